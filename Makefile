@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# torch is installed first and pinned: an unpinned torch pulls the CUDA build.
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: demo test test-slow lint format bench clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m bioreason.cli demo --out runs/demo
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check bioreason tests benchmarks pipelines
+	$(VENV)/bin/ruff format --check bioreason tests benchmarks pipelines
+
+test: $(VENV)/.installed lint
+	$(VENV)/bin/pytest -q -m "not slow"
+
+test-slow: $(VENV)/.installed
+	$(VENV)/bin/pytest -q -m slow
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format bioreason tests benchmarks pipelines
+	$(VENV)/bin/ruff check --fix bioreason tests benchmarks pipelines
+
+bench: $(VENV)/.installed
+	@for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)

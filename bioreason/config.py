@@ -1,0 +1,137 @@
+"""Config dataclasses: load from dicts/YAML, validated with errors that name the field."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+import yaml
+
+C = TypeVar("C", bound="Config")
+
+
+def _check_type(value: Any, annotation: Any, where: str) -> Any:
+    """Check ``value`` against a (simple) type annotation and return it, coerced.
+
+    Ints are accepted where floats are expected; lists where tuples are expected.
+    """
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in args:
+            try:
+                return _check_type(value, arg, where)
+            except TypeError as err:
+                errors.append(str(err))
+        names = " | ".join(getattr(a, "__name__", str(a)) for a in args)
+        raise TypeError(f"{where} must be {names}, got {value!r}")
+    if annotation is type(None):
+        if value is None:
+            return None
+        raise TypeError(f"{where} must be None, got {value!r}")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise TypeError(f"{where} must be one of {list(args)}, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{where} must be a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise TypeError(f"{where} must have {len(args)} items, got {len(value)}")
+            return tuple(
+                _check_type(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value))
+            )
+        item = args[0] if args else Any
+        checked = [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(checked) if origin is tuple else checked
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{where} must be an integer, got {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{where} must be true or false, got {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise TypeError(f"{where} must be a string, got {value!r}")
+        return value
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        if isinstance(value, dict) and issubclass(annotation, Config):
+            return annotation.from_dict(value, where=where)
+        raise TypeError(f"{where} must be a mapping for {annotation.__name__}, got {value!r}")
+    return value
+
+
+@dataclasses.dataclass
+class Config:
+    """Base class for configuration dataclasses.
+
+    Subclasses are plain dataclasses; ``from_dict``/``from_yaml`` reject unknown
+    fields and wrongly typed values with an error that names the field, then run the
+    subclass's ``__post_init__`` checks.
+    """
+
+    @classmethod
+    def from_dict(cls: type[C], values: dict[str, Any], *, where: str | None = None) -> C:
+        where = where or cls.__name__
+        if not isinstance(values, dict):
+            raise TypeError(f"{where}: expected a mapping of field names to values, got {values!r}")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ValueError(
+                f"{where}: unknown field(s) {unknown}; valid fields are {sorted(fields)}"
+            )
+        kwargs = {
+            name: _check_type(value, hints[name], f"{where}.{name}")
+            for name, value in values.items()
+        }
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{where}: {err}") from None
+
+    @classmethod
+    def from_yaml(cls: type[C], path: str | Path) -> C:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        with path.open() as handle:
+            values = yaml.safe_load(handle) or {}
+        return cls.from_dict(values, where=f"{cls.__name__} ({path})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, path: str | Path) -> None:
+        from bioreason._io import atomic_write_text
+
+        atomic_write_text(Path(path), yaml.safe_dump(_plain(self.to_dict()), sort_keys=False))
+
+
+def _plain(value: Any) -> Any:
+    """Tuples -> lists, recursively, so YAML stays readable."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,201 @@
+"""Deterministic train/val/test splits of a perturbation screen."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bioreason.data.perturbation import PerturbationData
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Split:
+    """Index arrays of the three parts (sorted cell indices).
+
+    Attributes
+    ----------
+    train, val, test : ndarray of int64
+    heldout_conditions : list of str
+        Conditions whose cells are all in ``test`` (empty for random splits).
+    """
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    heldout_conditions: tuple[str, ...] = ()
+
+    def labels(self, n_cells: int) -> np.ndarray:
+        """``"train"``/``"val"``/``"test"`` per cell, shape (n_cells,)."""
+        out = np.full(n_cells, "", dtype=object)
+        for name in SPLIT_NAMES:
+            out[getattr(self, name)] = name
+        return out
+
+    def write(self, adata: Any, key: str = "split") -> None:
+        """Store the split in ``adata.obs[key]`` (categorical)."""
+        import pandas as pd
+
+        adata.obs[key] = pd.Categorical(self.labels(adata.n_obs), categories=list(SPLIT_NAMES))
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in SPLIT_NAMES:
+            raise KeyError(f"unknown split {name!r}; use one of {SPLIT_NAMES}")
+        return getattr(self, name)
+
+
+def _check_fractions(val_fraction: float, test_fraction: float = 0.0) -> None:
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError("val_fraction + test_fraction must be below 1 so that train is not empty")
+
+
+def _partition(cells: np.ndarray, fractions: Sequence[float], rng: np.random.Generator):
+    """Shuffle ``cells`` and cut them into consecutive parts of the given fractions."""
+    cells = rng.permutation(cells)
+    cuts = np.rint(np.cumsum(fractions)[:-1] * cells.size).astype(int)
+    return np.split(cells, cuts)
+
+
+def _make(train, val, test, heldout=()) -> Split:
+    return Split(
+        train=np.sort(np.asarray(train, np.int64)),
+        val=np.sort(np.asarray(val, np.int64)),
+        test=np.sort(np.asarray(test, np.int64)),
+        heldout_conditions=tuple(heldout),
+    )
+
+
+def split_random(
+    data: PerturbationData, *, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
+) -> Split:
+    """Random split by cell."""
+    _check_fractions(val_fraction, test_fraction)
+    rng = np.random.default_rng(seed)
+    train, val, test = _partition(
+        np.arange(data.n_cells), [1 - val_fraction - test_fraction, val_fraction, test_fraction], rng
+    )
+    return _make(train, val, test)
+
+
+def _choose_conditions(
+    candidates: list[str],
+    heldout: Sequence[str] | None,
+    fraction: float | None,
+    rng: np.random.Generator,
+    what: str,
+) -> list[str]:
+    if heldout is not None:
+        unknown = sorted(set(heldout) - set(candidates))
+        if unknown:
+            raise ValueError(f"cannot hold out {unknown}: not {what} of this data set")
+        return sorted(heldout)
+    if fraction is None or not 0.0 < fraction < 1.0:
+        raise ValueError(f"pass heldout= names or a fraction in (0, 1), got fraction={fraction}")
+    if not candidates:
+        raise ValueError(f"the data set has no {what} to hold out")
+    n_heldout = max(1, int(round(fraction * len(candidates))))
+    return sorted(rng.choice(np.asarray(candidates, dtype=object), n_heldout, replace=False))
+
+
+def _heldout_split(
+    data: PerturbationData, test_mask: np.ndarray, val_fraction: float, rng, heldout
+) -> Split:
+    rest = np.flatnonzero(~test_mask)
+    train, val = _partition(rest, [1 - val_fraction, val_fraction], rng)
+    return _make(train, val, np.flatnonzero(test_mask), heldout)
+
+
+def split_heldout_combinations(
+    data: PerturbationData,
+    *,
+    fraction: float | None = 0.25,
+    heldout: Sequence[str] | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> Split:
+    """Hold out whole combinations (conditions of two or more perturbations) for test.
+
+    Every single perturbation and control cell, and the remaining combinations, are
+    split at random into train and val: the out-of-distribution task of SAMS-VAE.
+    """
+    _check_fractions(val_fraction)
+    rng = np.random.default_rng(seed)
+    table = data.condition_table()
+    combinations = table.index[table["n_perturbations"] >= 2].tolist()
+    chosen = _choose_conditions(combinations, heldout, fraction, rng, "combinations")
+    test_mask = np.isin(data.cell_condition, chosen)
+    return _heldout_split(data, test_mask, val_fraction, rng, chosen)
+
+
+def split_heldout_perturbations(
+    data: PerturbationData,
+    *,
+    fraction: float | None = 0.2,
+    heldout: Sequence[str] | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> Split:
+    """Hold out single perturbations: every cell that carries one of them goes to test."""
+    _check_fractions(val_fraction)
+    rng = np.random.default_rng(seed)
+    chosen = _choose_conditions(list(data.perturbation_names), heldout, fraction, rng, "perturbations")
+    columns = [data.perturbation_names.index(name) for name in chosen]
+    test_mask = np.asarray(data.dosage[:, columns].getnnz(axis=1) > 0)
+    return _heldout_split(data, test_mask, val_fraction, rng, chosen)
+
+
+def split_data_efficiency(
+    data: PerturbationData,
+    *,
+    combination_train_fraction: float = 0.1,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> Split:
+    """Only a fraction of each combination's cells in train; the other combination
+    cells are the test set. Singles and controls are split into train and val."""
+    _check_fractions(val_fraction)
+    if not 0.0 <= combination_train_fraction < 1.0:
+        raise ValueError(
+            f"combination_train_fraction must be in [0, 1), got {combination_train_fraction}"
+        )
+    rng = np.random.default_rng(seed)
+    is_combination = data.n_perturbations_per_cell >= 2
+    if not is_combination.any():
+        raise ValueError("the data set has no combination cells")
+    train, test = [], []
+    for code in np.unique(data.condition_codes[is_combination]):
+        cells = np.flatnonzero(data.condition_codes == code)
+        part_train, part_test = _partition(
+            cells, [combination_train_fraction, 1 - combination_train_fraction], rng
+        )
+        train.append(part_train)
+        test.append(part_test)
+    rest_train, val = _partition(np.flatnonzero(~is_combination), [1 - val_fraction, val_fraction], rng)
+    return _make(np.concatenate([rest_train, *train]), val, np.concatenate(test))
+
+
+SPLITS = {
+    "random": split_random,
+    "heldout_combinations": split_heldout_combinations,
+    "heldout_perturbations": split_heldout_perturbations,
+    "data_efficiency": split_data_efficiency,
+}
+
+
+def make_split(
+    data: PerturbationData, kind: str = "random", *, adata: Any = None, key: str = "split", **kwargs
+) -> Split:
+    """Build a split by registry name and optionally write it to ``adata.obs[key]``."""
+    if kind not in SPLITS:
+        raise ValueError(f"unknown split kind {kind!r}; choose one of {sorted(SPLITS)}")
+    split = SPLITS[kind](data, **kwargs)
+    if adata is not None:
+        split.write(adata, key)
+    return split
