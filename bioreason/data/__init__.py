@@ -6,6 +6,7 @@ from bioreason.data.labels import ParsedLabels, parse_perturbation_labels
 from bioreason.data.loader import Batch, MinibatchLoader
 from bioreason.data.perturbation import PerturbationData
 from bioreason.data.recover import RecoveryReport, recover_counts
+from bioreason.data.registry import DatasetEntry, dataset_registry, load_dataset
 from bioreason.data.simulate import ScreenConfig, ScreenGroundTruth, simulate_screen
 from bioreason.data.splits import (
     SPLITS,
@@ -21,6 +22,7 @@ from bioreason.data.validation import validate_counts
 __all__ = [
     "SPLITS",
     "Batch",
+    "DatasetEntry",
     "MinibatchLoader",
     "ParsedLabels",
     "PerturbationData",
@@ -28,6 +30,8 @@ __all__ = [
     "ScreenConfig",
     "ScreenGroundTruth",
     "Split",
+    "dataset_registry",
+    "load_dataset",
     "make_split",
     "parse_perturbation_labels",
     "prepare",

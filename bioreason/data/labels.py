@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-DEFAULT_CONTROLS: tuple[str, ...] = ("control",)
+DEFAULT_CONTROLS = "control"
 
 
 @dataclass(frozen=True)
