@@ -1,0 +1,100 @@
+"""Bernstein polynomials: the basis in which group-based estimators' objectives live.
+
+Davis & Recht (2025): with M rollouts and 0/1 rewards, an estimator whose per-rollout
+weight is ``Z_i = f(R_i, S_i)`` (``S_i`` the leave-one-out success count) has expected
+update ``h_M'(p) grad p`` with ``h_M'(p) = sum_s a_s b_{s, M-1}(p)`` and
+``a_s = f(1, s) - f(0, s)``; ``b_{s, n}`` is the Bernstein basis of degree ``n``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "bernstein_basis",
+    "bernstein_eval",
+    "bernstein_integral",
+    "fit_bernstein_coefficients",
+]
+
+
+def bernstein_basis(t: Tensor, degree: int) -> Tensor:
+    """Bernstein basis ``b_{s,d}(t) = C(d, s) t^s (1 - t)^(d - s)``.
+
+    Parameters
+    ----------
+    t : Tensor, shape (n,)
+        Points in [0, 1].
+    degree : int
+        ``d >= 0``.
+
+    Returns
+    -------
+    Tensor, shape (n, degree + 1)
+    """
+    if degree < 0:
+        raise ValueError(f"degree must be >= 0, got {degree}")
+    t = torch.as_tensor(t, dtype=torch.float64).reshape(-1, 1)
+    s = torch.arange(degree + 1, dtype=torch.float64)
+    log_binom = (
+        torch.lgamma(torch.tensor(degree + 1.0))
+        - torch.lgamma(s + 1)
+        - torch.lgamma(degree - s + 1)
+    )
+    # xlogy gives 0 * log 0 = 0, so the endpoints t = 0 and t = 1 are exact.
+    return torch.exp(log_binom + torch.xlogy(s, t) + torch.xlogy(degree - s, 1 - t))
+
+
+def bernstein_eval(coefficients: Tensor, t: Tensor) -> Tensor:
+    """``sum_s a_s b_{s, d}(t)`` with ``d = len(coefficients) - 1``; shape of ``t`` kept."""
+    coefficients = torch.as_tensor(coefficients, dtype=torch.float64)
+    t = torch.as_tensor(t, dtype=torch.float64)
+    basis = bernstein_basis(t.reshape(-1), coefficients.numel() - 1)
+    return (basis @ coefficients).reshape(t.shape)
+
+
+def bernstein_integral(coefficients: Tensor, t: Tensor) -> Tensor:
+    """``int_0^t sum_s a_s b_{s,d}(x) dx`` in closed form.
+
+    Uses ``int_0^t b_{s,d} = (1 / (d + 1)) sum_{j > s} b_{j, d + 1}(t)``.
+    """
+    coefficients = torch.as_tensor(coefficients, dtype=torch.float64)
+    t = torch.as_tensor(t, dtype=torch.float64)
+    degree = coefficients.numel() - 1
+    basis = bernstein_basis(t.reshape(-1), degree + 1)  # (n, d + 2)
+    # tail[:, s] = sum_{j >= s + 1} b_{j, d+1}
+    tail = basis.flip(1).cumsum(1).flip(1)[:, 1:]
+    return (tail @ coefficients / (degree + 1)).reshape(t.shape)
+
+
+def fit_bernstein_coefficients(
+    h_prime: Callable[[np.ndarray], np.ndarray], degree: int, n_nodes: int | None = None
+) -> Tensor:
+    """Coefficients ``a`` with ``sum_s a_s b_{s,d}(t) ~= h'(t)`` on (0, 1).
+
+    Weighted least squares at Gauss-Legendre nodes with weight ``(t (1 - t))^2``, so that
+    derivatives with poles at 0 or 1 (``1/t``, ``1/(t(1-t))``) still have a finite
+    objective. Any polynomial ``h'`` of degree ``<= d`` is reproduced exactly (it lies in
+    the span, and the least-squares residual is then zero).
+
+    Returns
+    -------
+    Tensor, shape (degree + 1,)
+    """
+    n_nodes = n_nodes or max(4 * (degree + 1), 64)
+    nodes, weights = np.polynomial.legendre.leggauss(n_nodes)
+    t = (nodes + 1) / 2
+    w = weights / 2 * (t * (1 - t)) ** 2
+    target = np.asarray(h_prime(t), dtype=np.float64)
+    if target.shape != t.shape or not np.all(np.isfinite(target)):
+        raise ValueError(
+            "h_prime must map an array of points in (0, 1) to finite values of the same shape"
+        )
+    design = bernstein_basis(torch.from_numpy(t), degree).numpy()
+    root_w = np.sqrt(w)[:, None]
+    coefficients, *_ = np.linalg.lstsq(design * root_w, target * root_w[:, 0], rcond=None)
+    return torch.from_numpy(coefficients)

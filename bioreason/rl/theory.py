@@ -1,0 +1,306 @@
+"""What each estimator optimises: objectives h_M for 0/1 rewards, and GRPO's distortion
+of scoring-rule rewards.
+
+**0/1 rewards** (Davis & Recht 2025). With M rollouts, success probability ``p`` and
+per-rollout weights ``Z_i = f(R_i, S_i)`` (``S_i`` the leave-one-out success count),
+the expected update of the group-mean loss is
+
+    E[(1/M) sum_i Z_i grad log pi(y_i)] = h_M'(p) grad p,
+    h_M'(p) = sum_{s=0}^{M-1} a_s b_{s,M-1}(p),   a_s = f(1, s) - f(0, s).
+
+REINFORCE and RLOO have ``a_s = 1`` (``h = t``); GRPO's ``a_s`` tend to
+``1/sqrt(t(1-t))`` (``h = 2 arcsin sqrt t``); rejection sampling's give
+``h_M'(p) = (1 - (1-p)^M)/p -> 1/p`` (``h = log t``).
+
+**Scoring-rule rewards** (Bereket & Leskovec 2025). All rollouts of a question share its
+outcome y. GRPO divides the group's rewards by their spread, which for large M is
+``sigma_y`` = std of ``S(a, y)`` under the policy, so its expected update is
+``p grad E S(a,1) / sigma_1 + (1-p) grad E S(a,0) / sigma_0``: the unbiased update at
+the distorted probability ``p~ = (p/sigma_1) / (p/sigma_1 + (1-p)/sigma_0)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from bioreason.rl.advantages import get_advantage, h_target_coefficients
+from bioreason.rl.bernstein import bernstein_eval, bernstein_integral
+from bioreason.rl.rewards import SCORING_RULES
+
+__all__ = [
+    "THEORY_TARGETS",
+    "GRPODrift",
+    "distorted_probability",
+    "estimator_coefficients",
+    "expected_binary_update",
+    "expected_scoring_update",
+    "grpo_coefficients",
+    "grpo_limit_derivative",
+    "objective",
+    "objective_derivative",
+    "outcome_spreads",
+    "predict_grpo_drift",
+    "rejection_sampling_coefficients",
+    "theory_target",
+]
+
+
+# ----- 0/1 rewards: Bernstein coefficients of each estimator -------------------------
+
+
+def grpo_coefficients(group_size: int, ddof: int = 1, eps: float = 1e-6) -> Tensor:
+    """Closed-form ``a_s`` of GRPO for 0/1 rewards, shape (group_size,).
+
+    With k successes among M, the group std is ``sqrt(k (M - k) / (M (M - ddof)))``;
+    ``f(1, s) = (1 - (s+1)/M) / (std(s+1) + eps)`` and ``f(0, s) = -(s/M) / (std(s) + eps)``,
+    each 0 for a constant group.
+    """
+    m = group_size
+    s = torch.arange(m, dtype=torch.float64)
+
+    def weight(k: Tensor, reward: float) -> Tensor:
+        std = torch.sqrt(k * (m - k) / (m * (m - ddof)))
+        value = (reward - k / m) / (std + eps)
+        return torch.where((k == 0) | (k == m), torch.zeros_like(value), value)
+
+    return weight(s + 1, 1.0) - weight(s, 0.0)
+
+
+def rejection_sampling_coefficients(group_size: int) -> Tensor:
+    """``a_s = M / (s + 1)`` (each of the k = s + 1 accepted rollouts gets M/k)."""
+    return group_size / torch.arange(1, group_size + 1, dtype=torch.float64)
+
+
+def grpo_limit_derivative(t: Tensor) -> Tensor:
+    """``1 / sqrt(t (1 - t))``, the derivative of ``2 arcsin sqrt t`` (GRPO as M -> inf)."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    return 1 / torch.sqrt(t * (1 - t))
+
+
+def estimator_coefficients(name: str, group_size: int, **options) -> Tensor:
+    """``a_s = f(1, s) - f(0, s)`` of any registered estimator, read off canonical groups.
+
+    Evaluates the estimator on the 2M groups "rollout 1 has reward r, s of the other
+    M - 1 have reward 1" and takes rollout 1's advantage. Valid for estimators that are
+    functions of the group's 0/1 rewards (answers are set equal to the rewards, so
+    ``seed_grpo`` clusters by outcome; ``ppo`` gets a constant baseline).
+
+    Returns
+    -------
+    Tensor, shape (group_size,)
+    """
+    estimator = get_advantage(name, **options)
+    m = group_size
+    s = torch.arange(m)
+    others = (torch.arange(m - 1)[None, :] < s[:, None]).to(torch.float64)  # (M, M-1)
+    groups = {
+        reward: torch.cat([torch.full((m, 1), float(reward), dtype=torch.float64), others], 1)
+        for reward in (1, 0)
+    }
+    z = {}
+    for reward, rewards in groups.items():
+        kwargs = {}
+        if estimator.requires_values:
+            kwargs["values"] = torch.full((m, 1), 0.5, dtype=torch.float64)
+        if estimator.requires_answers:
+            kwargs["answers"] = rewards * 0.999  # cluster by outcome, inside [0, 1)
+        z[reward] = estimator(rewards, **kwargs)[:, 0]
+    return z[1] - z[0]
+
+
+def objective_derivative(coefficients: Tensor, p: Tensor) -> Tensor:
+    """``h_M'(p) = sum_s a_s b_{s, M-1}(p)``; shape of ``p``."""
+    return bernstein_eval(coefficients, p)
+
+
+def objective(coefficients: Tensor, p: Tensor) -> Tensor:
+    """``h_M(p) = int_0^p h_M'(t) dt`` in closed form; shape of ``p``."""
+    return bernstein_integral(coefficients, p)
+
+
+def expected_binary_update(coefficients: Tensor, probs: Tensor, correct: Tensor) -> Tensor:
+    """Theoretical expected update ``h_M'(p) grad_theta p`` for a categorical policy.
+
+    Parameters
+    ----------
+    coefficients : Tensor, shape (M,)
+    probs : Tensor, shape (n_answers,)
+        ``softmax(theta)``.
+    correct : Tensor of bool, shape (n_answers,)
+        Answers with reward 1.
+
+    Returns
+    -------
+    Tensor, shape (n_answers,)
+        ``h_M'(p) pi_k (1[k correct] - p)``.
+    """
+    probs = torch.as_tensor(probs, dtype=torch.float64)
+    correct = torch.as_tensor(correct, dtype=torch.float64)
+    p = (probs * correct).sum()
+    return objective_derivative(coefficients, p) * probs * (correct - p)
+
+
+# ----- scoring-rule rewards: GRPO's distorted probability ----------------------------
+
+
+def outcome_spreads(probs: Tensor, answers: Tensor, rule: str = "log") -> tuple[Tensor, Tensor]:
+    """``sigma_1, sigma_0``: std of the reward ``S(a, y)`` under the policy, per outcome.
+
+    Parameters
+    ----------
+    probs : Tensor, shape (..., n_answers)
+    answers : Tensor, shape (n_answers,)
+        Probability of each answer.
+
+    Returns
+    -------
+    sigma_1, sigma_0 : Tensor, shape (...)
+    """
+    score = SCORING_RULES[rule]
+    probs = torch.as_tensor(probs, dtype=torch.float64)
+    spreads = []
+    for outcome in (1.0, 0.0):
+        reward = score(
+            answers.to(torch.float64), torch.full_like(answers, outcome, dtype=torch.float64)
+        )
+        mean = probs @ reward
+        var = (probs * (reward - mean[..., None]) ** 2).sum(-1)
+        spreads.append(var.clamp(min=0).sqrt())
+    return spreads[0], spreads[1]
+
+
+def distorted_probability(p: Tensor, sigma_1: Tensor, sigma_0: Tensor) -> Tensor:
+    """``p~ = (p / sigma_1) / (p / sigma_1 + (1 - p) / sigma_0)``.
+
+    Written as ``p sigma_0 / (p sigma_0 + (1 - p) sigma_1)`` so that a zero spread is safe
+    when the other one is not.
+    """
+    p = torch.as_tensor(p, dtype=torch.float64)
+    num = p * sigma_0
+    den = num + (1 - p) * sigma_1
+    return torch.where(den > 0, num / den.clamp(min=1e-300), p)
+
+
+def expected_scoring_update(
+    probs: Tensor, answers: Tensor, p: float | Tensor, rule: str = "log", *, grpo: bool
+) -> Tensor:
+    """Large-M expected update on the logits of one category for a scoring-rule reward.
+
+    Unbiased estimators (``grpo=False``): ``p g_1 + (1 - p) g_0`` with
+    ``g_y = grad_theta E_pi S(a, y) = pi (S(., y) - E_pi S(a, y))``. GRPO (``grpo=True``)
+    divides ``g_y`` by ``sigma_y``. Shape (n_answers,).
+    """
+    score = SCORING_RULES[rule]
+    probs = torch.as_tensor(probs, dtype=torch.float64)
+    answers = answers.to(torch.float64)
+    sigma_1, sigma_0 = outcome_spreads(probs, answers, rule)
+    update = torch.zeros_like(probs)
+    for outcome, weight, sigma in ((1.0, p, sigma_1), (0.0, 1 - p, sigma_0)):
+        reward = score(answers, torch.full_like(answers, outcome))
+        grad = probs * (reward - probs @ reward)
+        update = update + weight * (grad / sigma if grpo else grad)
+    return update
+
+
+@dataclass(frozen=True)
+class GRPODrift:
+    """Prediction of where GRPO pulls a policy that should answer ``p``.
+
+    Attributes (all shape (n_categories,))
+    ----------
+    p : true probability.
+    mean_answer : the policy's current mean answer.
+    sigma_1, sigma_0 : reward spreads under each outcome.
+    p_tilde : the probability GRPO's update is unbiased for (its target).
+    drift : ``p_tilde - p``; positive means pushed up.
+    outward : ``sign(p - 1/2) (p_tilde - p)``; positive means pushed toward 0/1
+        (overconfidence).
+    """
+
+    p: Tensor
+    mean_answer: Tensor
+    sigma_1: Tensor
+    sigma_0: Tensor
+    p_tilde: Tensor
+    drift: Tensor
+    outward: Tensor
+
+
+def predict_grpo_drift(probs: Tensor, answers: Tensor, p: Tensor, rule: str = "log") -> GRPODrift:
+    """Direction and size of GRPO's drift for a tabular policy and true probabilities.
+
+    Parameters
+    ----------
+    probs : Tensor, shape (n_categories, n_answers)
+        The policy.
+    answers : Tensor, shape (n_answers,)
+    p : Tensor, shape (n_categories,)
+        True outcome probability per category.
+
+    Notes
+    -----
+    For the log score and a policy concentrated near q, ``sigma_1 ~ spread / q`` and
+    ``sigma_0 ~ spread / (1 - q)``, so ``p~ = p q / (p q + (1 - p)(1 - q))``: at q = p,
+    ``p~ = p^2 / (p^2 + (1-p)^2)`` lies further from 1/2 than p, and iterating pushes
+    the answer to the edge of the grid (odds multiply by odds(p) each round).
+    """
+    probs = torch.as_tensor(probs, dtype=torch.float64)
+    p = torch.as_tensor(p, dtype=torch.float64)
+    sigma_1, sigma_0 = outcome_spreads(probs, answers, rule)
+    p_tilde = distorted_probability(p, sigma_1, sigma_0)
+    drift = p_tilde - p
+    return GRPODrift(
+        p=p,
+        mean_answer=probs @ answers.to(torch.float64),
+        sigma_1=sigma_1,
+        sigma_0=sigma_0,
+        p_tilde=p_tilde,
+        drift=drift,
+        outward=torch.sign(p - 0.5) * drift,
+    )
+
+
+def _unbiased_target(probs: Tensor, answers: Tensor, p: Tensor, rule: str) -> Tensor:
+    return torch.as_tensor(p, dtype=torch.float64).clone()
+
+
+def _grpo_target(probs: Tensor, answers: Tensor, p: Tensor, rule: str) -> Tensor:
+    return predict_grpo_drift(probs, answers, p, rule).p_tilde
+
+
+def _unknown_target(probs: Tensor, answers: Tensor, p: Tensor, rule: str) -> Tensor:
+    return torch.full_like(torch.as_tensor(p, dtype=torch.float64), math.nan)
+
+
+#: For a proper scoring-rule reward: the probability each estimator's expected update
+#: is unbiased for. Baseline-only estimators target the truth; GRPO (and SEED-GRPO,
+#: whose entropy scale is shared by both outcomes in the large-M limit) target p~;
+#: the h-targeted estimator has no scoring-rule theory (NaN).
+THEORY_TARGETS: dict[str, Callable[[Tensor, Tensor, Tensor, str], Tensor]] = {
+    "reinforce": _unbiased_target,
+    "rloo": _unbiased_target,
+    "grpo_no_std": _unbiased_target,
+    "ppo": _unbiased_target,
+    "grpo": _grpo_target,
+    "seed_grpo": _grpo_target,
+    "rejection_sampling": _unknown_target,
+    "h_target": _unknown_target,
+}
+
+
+def theory_target(
+    method: str, probs: Tensor, answers: Tensor, p: Tensor, rule: str = "log"
+) -> Tensor:
+    """The probability ``method``'s update targets, per category (see :data:`THEORY_TARGETS`)."""
+    base = method.partition(":")[0]
+    return THEORY_TARGETS.get(base, _unknown_target)(probs, answers, p, rule)
+
+
+def h_target_objective_coefficients(target: str, group_size: int) -> Tensor:
+    """Alias of :func:`bioreason.rl.advantages.h_target_coefficients` for the theory API."""
+    return h_target_coefficients(target, group_size)

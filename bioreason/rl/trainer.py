@@ -1,0 +1,345 @@
+"""Trainer for the tabular policy (the synthetic calibration experiment).
+
+Each step samples ``group_size`` answers per question, scores them against the
+question's fixed outcome, turns rewards into advantages with a registered estimator
+(:data:`bioreason.rl.advantages.ADVANTAGES`), and takes an AdamW step on the exact
+policy gradient. With ``updates_per_rollout > 1`` a rollout is reused for several steps
+under the clipped importance-ratio surrogate (the "offline" setting).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from bioreason.config import Config
+from bioreason.rl.advantages import get_advantage
+from bioreason.rl.losses import clipped_surrogate_weights
+from bioreason.rl.outcomes import OutcomeSource
+from bioreason.rl.policies import TabularPolicy
+from bioreason.rl.rewards import SCORING_RULES
+
+__all__ = ["TabularRLConfig", "TabularTrainer"]
+
+
+@dataclasses.dataclass
+class TabularRLConfig(Config):
+    """Settings of one tabular RL run (defaults: Bereket & Leskovec 2025, GRPO).
+
+    Attributes
+    ----------
+    method : str
+        Advantage estimator, a registry name (``grpo``, ``rloo``, ``h_target:log`` ...).
+    advantage_options : dict
+        Extra options for the estimator (e.g. ``{"ddof": 0}`` for GRPO).
+    group_size : int
+        Rollouts per question per step.
+    steps : int
+        Optimizer steps (with ``updates_per_rollout = u``, ``steps / u`` rollouts).
+    updates_per_rollout : int
+        1 is online; more reuses each rollout under the clipped surrogate.
+    clip_eps : float or None
+        Clipping of the importance ratio; None disables it.
+    lr, weight_decay, betas
+        AdamW on the logits.
+    value_lr : float
+        Adam learning rate of the per-category value baseline (estimators that use one).
+    reward : str
+        Scoring rule, a key of :data:`bioreason.rl.rewards.SCORING_RULES`.
+    entropy_coef, kl_coef : float
+        Entropy bonus and KL(pi || initial policy) penalty, exact for a tabular policy.
+    checkpoint_every : int
+        Steps between checkpoints (rounded to whole rollouts).
+    log_every : int
+        Steps between log rows.
+    seed : int
+    """
+
+    method: str = "grpo"
+    advantage_options: dict = dataclasses.field(default_factory=dict)
+    group_size: int = 10
+    steps: int = 50_000
+    updates_per_rollout: int = 1
+    clip_eps: float | None = None
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    value_lr: float = 1e-5
+    reward: str = "log"
+    entropy_coef: float = 0.0
+    kl_coef: float = 0.0
+    checkpoint_every: int = 5_000
+    log_every: int = 1_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        get_advantage(self.method, **self.advantage_options)  # validates name and options
+        if self.reward not in SCORING_RULES:
+            raise ValueError(f"reward must be one of {sorted(SCORING_RULES)}, got {self.reward!r}")
+        for name in ("group_size", "steps", "updates_per_rollout", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.clip_eps is not None and self.clip_eps <= 0:
+            raise ValueError(f"clip_eps must be > 0 or None, got {self.clip_eps}")
+        if self.lr <= 0 or self.value_lr < 0:
+            raise ValueError("lr must be > 0 and value_lr >= 0")
+
+
+class TabularTrainer:
+    """Train a :class:`TabularPolicy` on questions with fixed binary outcomes.
+
+    Parameters
+    ----------
+    policy : TabularPolicy
+    categories : Tensor of int, shape (n_questions,)
+        Category of each question (the policy's context).
+    outcomes : Tensor, shape (n_questions,)
+        Each question's outcome, drawn once (see :meth:`from_source`).
+    config : TabularRLConfig
+    """
+
+    def __init__(
+        self,
+        policy: TabularPolicy,
+        categories: Tensor,
+        outcomes: Tensor,
+        config: TabularRLConfig,
+    ) -> None:
+        self.policy = policy
+        self.config = config
+        self.categories = torch.as_tensor(categories, dtype=torch.long)
+        outcomes = torch.as_tensor(outcomes)
+        if outcomes.shape != self.categories.shape:
+            raise ValueError(
+                f"outcomes {tuple(outcomes.shape)} and categories "
+                f"{tuple(self.categories.shape)} must have one entry per question"
+            )
+        if not bool(((outcomes == 0) | (outcomes == 1)).all()):
+            raise ValueError("outcomes must be 0/1")
+        self.outcomes = outcomes.to(torch.long)
+        answers = policy.answers
+        score = SCORING_RULES[config.reward]
+        # reward of answer k under outcome y, flattened: index y * K + k
+        self.reward_table = torch.stack(
+            [score(answers, torch.zeros_like(answers)), score(answers, torch.ones_like(answers))]
+        ).reshape(-1)
+        options = dict(config.advantage_options)
+        estimator = get_advantage(config.method, **options)
+        if "reward_range" in estimator.accepted_options and "reward_range" not in options:
+            # estimators defined for bounded rewards learn the scoring rule's range on the grid
+            options["reward_range"] = (
+                float(self.reward_table.min()),
+                float(self.reward_table.max()),
+            )
+            estimator = get_advantage(config.method, **options)
+        self.estimator = estimator
+        self.optimizer = torch.optim.AdamW(
+            [policy.logits], lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        )
+        self.values = torch.nn.Parameter(torch.zeros(policy.n_categories, dtype=torch.float64))
+        self.value_optimizer = torch.optim.Adam([self.values], lr=max(config.value_lr, 1e-12))
+        self.reference_logits = policy.logits.detach().clone()
+        self.category_weight = (
+            torch.bincount(self.categories, minlength=policy.n_categories).to(torch.float64)
+            / self.categories.numel()
+        )
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+        self._rollout: dict[str, Tensor] | None = None
+
+    @classmethod
+    def from_source(
+        cls,
+        policy: TabularPolicy,
+        categories: Tensor,
+        source: OutcomeSource,
+        config: TabularRLConfig,
+        outcome_seed: int = 0,
+    ) -> TabularTrainer:
+        """Draw each question's outcome once from ``source`` and build a trainer."""
+        questions = torch.arange(len(categories))
+        outcomes = source.sample(questions, 1, outcome_seed)
+        if tuple(outcomes.shape) != (len(categories), 1):
+            raise ValueError(
+                f"outcome source returned shape {tuple(outcomes.shape)}, "
+                f"expected ({len(categories)}, 1)"
+            )
+        return cls(policy, categories, outcomes[:, 0], config)
+
+    # ----- one step ---------------------------------------------------------------
+
+    def _new_rollout(self) -> dict[str, Tensor]:
+        config = self.config
+        cats = self.categories
+        answers = self.policy.sample(cats, config.group_size, self.generator)
+        cells = (self.outcomes[:, None] * self.policy.n_answers + answers).reshape(-1)
+        rewards = self.reward_table.index_select(0, cells).view(answers.shape)
+        kwargs: dict[str, Tensor] = {}
+        if self.estimator.requires_values:
+            kwargs["values"] = self.values.detach()[cats][:, None]
+            self._update_values(rewards)
+        if self.estimator.requires_answers:
+            kwargs["answers"] = self.policy.answers[answers]
+        advantages = self.estimator(rewards, **kwargs)
+        rollout = {"answers": answers, "rewards": rewards, "advantages": advantages}
+        if config.updates_per_rollout > 1:
+            rollout["old_log_probs"] = self.policy.log_prob(cats, answers)
+        return rollout
+
+    def _update_values(self, rewards: Tensor) -> None:
+        # value loss: mean over rollouts of (V_c - r)^2
+        residual = self.values.detach()[self.categories][:, None] - rewards
+        grad = 2 * torch.bincount(
+            self.categories, weights=residual.sum(1), minlength=self.values.numel()
+        )
+        self.values.grad = grad / rewards.numel()
+        self.value_optimizer.step()
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step; returns the step's diagnostics."""
+        config = self.config
+        first_update = self.step % config.updates_per_rollout == 0
+        if first_update or self._rollout is None:
+            self._rollout = self._new_rollout()
+        rollout = self._rollout
+        advantages = rollout["advantages"]
+        if first_update or "old_log_probs" not in rollout:
+            ratio = torch.ones_like(advantages)  # the sampling policy is the current one
+        else:
+            log_probs = self.policy.log_prob(self.categories, rollout["answers"])
+            ratio = torch.exp(log_probs - rollout["old_log_probs"])
+        weights = clipped_surrogate_weights(ratio, advantages, config.clip_eps)
+        # loss = -(1 / n_rollouts) sum_i w_i log pi(a_i | c_i)  (sequence mean)
+        grad = -self.policy.policy_gradient(self.categories, rollout["answers"], weights)
+        grad /= advantages.numel()
+        if config.entropy_coef:
+            _, entropy_grad = self.policy.entropy_gradient()
+            grad -= config.entropy_coef * self.category_weight[:, None] * entropy_grad
+        if config.kl_coef:
+            _, kl_grad = self.policy.kl_gradient(self.reference_logits)
+            grad += config.kl_coef * self.category_weight[:, None] * kl_grad
+        self.policy.logits.grad = grad
+        self.optimizer.step()
+        self.step += 1
+        return {"clip_fraction": float((weights == 0).logical_and(advantages != 0).double().mean())}
+
+    # ----- loop, logging, checkpoints ----------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "logits": self.policy.logits.detach().clone(),
+            "optimizer": self.optimizer.state_dict(),
+            "values": self.values.detach().clone(),
+            "value_optimizer": self.value_optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "config": self.config.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("config") != self.config.to_dict():
+            raise ValueError("checkpoint was written with a different config; start a new run")
+        with torch.no_grad():
+            self.policy.logits.copy_(state["logits"])
+            self.values.copy_(state["values"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.value_optimizer.load_state_dict(state["value_optimizer"])
+        self.generator.set_state(state["generator"])
+        self.step = int(state["step"])
+        self._rollout = None
+
+    def diagnostics(self) -> dict[str, float]:
+        """Cheap summaries of the current policy for the training log."""
+        probs = self.policy.probs()
+        entropy = -(torch.xlogy(probs, probs)).sum(1)
+        mean_answer = self.policy.mean_answer()
+        return {
+            "step": self.step,
+            "policy_entropy": float(entropy.mean()),
+            "mean_extremity": float((mean_answer - 0.5).abs().mean()),
+            "value_mean": float(self.values.detach().mean()),
+        }
+
+    def train(
+        self,
+        *,
+        checkpoint_path: Path | None = None,
+        log_path: Path | None = None,
+        extra_log: Callable[[TabularPolicy], dict[str, float]] | None = None,
+        progress: bool = True,
+        description: str | None = None,
+    ) -> dict[str, float]:
+        """Run until ``config.steps``, resuming from ``checkpoint_path`` when it exists.
+
+        Writes a CSV row every ``log_every`` steps to ``log_path`` and a checkpoint every
+        ``checkpoint_every`` steps (both atomically). Returns timing figures.
+        """
+        from tqdm.auto import tqdm
+
+        from bioreason._io import atomic_path, atomic_write_text
+
+        config = self.config
+        log_rows: list[dict[str, float]] = []
+        if checkpoint_path is not None and Path(checkpoint_path).exists():
+            state = torch.load(checkpoint_path, weights_only=False)
+            self.load_state_dict(state)
+            log_rows = state.get("log_rows", [])
+        every = max(config.updates_per_rollout, config.checkpoint_every)
+        every -= every % config.updates_per_rollout
+
+        def write_log() -> None:
+            if log_path is None or not log_rows:
+                return
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=list(log_rows[0]))
+            writer.writeheader()
+            writer.writerows(log_rows)
+            atomic_write_text(log_path, buffer.getvalue())
+
+        def log() -> None:
+            row = self.diagnostics()
+            if extra_log is not None:
+                row.update(extra_log(self.policy))
+            log_rows.append(row)
+
+        start_step = self.step
+        start = time.perf_counter()
+        bar = tqdm(
+            total=config.steps,
+            initial=self.step,
+            disable=not progress,
+            desc=description or config.method,
+            mininterval=2.0,
+        )
+        if self.step == 0:
+            log()
+        while self.step < config.steps:
+            self.train_step()
+            bar.update(1)
+            if self.step % config.log_every == 0 or self.step == config.steps:
+                log()
+            if checkpoint_path is not None and (
+                self.step % every == 0 and self.step < config.steps
+            ):
+                state = self.state_dict() | {"log_rows": log_rows}
+                with atomic_path(checkpoint_path) as tmp:
+                    torch.save(state, tmp)
+                write_log()
+        bar.close()
+        write_log()
+        elapsed = time.perf_counter() - start
+        steps_run = self.step - start_step
+        return {
+            "seconds": elapsed,
+            "steps_run": steps_run,
+            "steps_per_second": steps_run / elapsed if elapsed > 0 else math.nan,
+        }
