@@ -69,6 +69,31 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synthetic_calibration(args: argparse.Namespace) -> int:
+    from bioreason.pipelines_calibration import (
+        SyntheticCalibrationConfig,
+        run_synthetic_calibration,
+    )
+
+    config = (
+        SyntheticCalibrationConfig.from_yaml(args.config)
+        if args.config
+        else SyntheticCalibrationConfig()
+    )
+    overrides = {
+        name: getattr(args, name)
+        for name in ("methods", "steps", "seed", "n_questions")
+        if getattr(args, name) is not None
+    }
+    if args.offline:
+        overrides["offline"] = True
+    config = SyntheticCalibrationConfig.from_dict({**config.to_dict(), **overrides})
+    run_synthetic_calibration(
+        Path(args.out), config, overwrite=args.overwrite, progress=not args.no_progress
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bioreason",
@@ -98,6 +123,33 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--layer", default="counts", help="raw-count layer; 'X' for adata.X")
     ins.add_argument("--backed", action="store_true", help="open the file backed (on disk)")
     ins.set_defaults(func=_inspect)
+
+    cal = sub.add_parser(
+        "synthetic-calibration",
+        help="train a tabular policy with each RL estimator on stochastic outcomes; "
+        "write calibration metrics and figures",
+    )
+    cal.add_argument("--out", required=True, help="output folder (new, empty, or a previous run)")
+    cal.add_argument("--config", help="YAML file of SyntheticCalibrationConfig fields")
+    cal.add_argument(
+        "--methods",
+        nargs="+",
+        help="advantage estimators (registry names, e.g. grpo rloo h_target:log); "
+        "default: grpo grpo_no_std rloo reinforce ppo",
+    )
+    cal.add_argument(
+        "--offline",
+        action="store_true",
+        help="also run each method with 10 updates per rollout, clip 0.2 and 0.001",
+    )
+    cal.add_argument("--steps", type=int, help="optimizer steps per run (default 50000)")
+    cal.add_argument("--n-questions", type=int, dest="n_questions", help="default 10000")
+    cal.add_argument("--seed", type=int)
+    cal.add_argument(
+        "--overwrite", action="store_true", help="replace runs written with other settings"
+    )
+    cal.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    cal.set_defaults(func=_synthetic_calibration)
 
     demo = sub.add_parser("demo", help="run the end-to-end demo on built-in synthetic data")
     demo.add_argument("--out", default="runs/demo", help="run folder")

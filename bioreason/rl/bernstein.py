@@ -72,14 +72,23 @@ def bernstein_integral(coefficients: Tensor, t: Tensor) -> Tensor:
 
 
 def fit_bernstein_coefficients(
-    h_prime: Callable[[np.ndarray], np.ndarray], degree: int, n_nodes: int | None = None
+    h_prime: Callable[[np.ndarray], np.ndarray],
+    degree: int,
+    n_nodes: int | None = None,
+    tolerance: float = 1e-9,
 ) -> Tensor:
     """Coefficients ``a`` with ``sum_s a_s b_{s,d}(t) ~= h'(t)`` on (0, 1).
 
-    Weighted least squares at Gauss-Legendre nodes with weight ``(t (1 - t))^2``, so that
-    derivatives with poles at 0 or 1 (``1/t``, ``1/(t(1-t))``) still have a finite
-    objective. Any polynomial ``h'`` of degree ``<= d`` is reproduced exactly (it lies in
-    the span, and the least-squares residual is then zero).
+    1. Least squares at Gauss-Legendre nodes: when ``h'`` is a polynomial of degree
+       ``<= d`` it lies in the span and is reproduced exactly (relative residual below
+       ``tolerance``); those coefficients are returned.
+    2. Otherwise the least-squares coefficients of a non-polynomial ``h'`` (e.g. ``1/t``)
+       oscillate in sign and size, which makes a useless, high-variance estimator. We
+       then use the Bernstein-type approximant at interior nodes,
+       ``a_s = h'((s + 1) / (d + 2))``: finite for derivatives with poles at 0 or 1,
+       positive wherever ``h'`` is, and convergent to ``h'`` on compacts of (0, 1) as
+       ``d`` grows. For ``h = log t`` it gives ``(M + 1) / (s + 1)``, which is
+       rejection sampling's ``M / (s + 1)`` up to a constant factor.
 
     Returns
     -------
@@ -88,13 +97,17 @@ def fit_bernstein_coefficients(
     n_nodes = n_nodes or max(4 * (degree + 1), 64)
     nodes, weights = np.polynomial.legendre.leggauss(n_nodes)
     t = (nodes + 1) / 2
-    w = weights / 2 * (t * (1 - t)) ** 2
     target = np.asarray(h_prime(t), dtype=np.float64)
     if target.shape != t.shape or not np.all(np.isfinite(target)):
         raise ValueError(
             "h_prime must map an array of points in (0, 1) to finite values of the same shape"
         )
     design = bernstein_basis(torch.from_numpy(t), degree).numpy()
-    root_w = np.sqrt(w)[:, None]
+    root_w = np.sqrt(weights / 2)[:, None]
     coefficients, *_ = np.linalg.lstsq(design * root_w, target * root_w[:, 0], rcond=None)
-    return torch.from_numpy(coefficients)
+    residual = np.linalg.norm((design @ coefficients - target) * root_w[:, 0])
+    scale = np.linalg.norm(target * root_w[:, 0])
+    if residual <= tolerance * max(scale, 1e-300):
+        return torch.from_numpy(coefficients)
+    interior = (np.arange(degree + 1) + 1.0) / (degree + 2)
+    return torch.from_numpy(np.asarray(h_prime(interior), dtype=np.float64))

@@ -1,0 +1,245 @@
+"""Calibration metrics of probability predictions against binary outcomes (and, when
+known, against the true probabilities ``p_star``). numpy only; pure functions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+__all__ = [
+    "METRICS",
+    "REFERENCE_METRICS",
+    "accuracy",
+    "adaptive_calibration_error",
+    "auroc",
+    "bootstrap_ci",
+    "brier_score",
+    "calibration_bins",
+    "ece_to_reference",
+    "expected_calibration_error",
+    "log_loss",
+    "max_calibration_error",
+    "mean_absolute_error_to_reference",
+    "overconfidence",
+    "sharpness",
+    "summarize",
+]
+
+_EPS = 1e-12
+
+
+def _check(outcomes, probs) -> tuple[np.ndarray, np.ndarray]:
+    outcomes = np.asarray(outcomes, dtype=np.float64).reshape(-1)
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+    if outcomes.shape != probs.shape:
+        raise ValueError(
+            f"outcomes ({outcomes.size}) and probs ({probs.size}) must have the same length"
+        )
+    if probs.size == 0:
+        raise ValueError("need at least one prediction")
+    if np.isnan(probs).any() or (probs < 0).any() or (probs > 1).any():
+        raise ValueError("probs must be probabilities in [0, 1] (no NaN)")
+    if not np.isin(outcomes, (0.0, 1.0)).all():
+        raise ValueError("outcomes must be 0/1")
+    return outcomes, probs
+
+
+def _equal_width_bin(probs: np.ndarray, n_bins: int) -> np.ndarray:
+    # bins [0, 1/B), ..., [(B-1)/B, 1]; 1.0 goes to the last bin
+    return np.minimum((probs * n_bins).astype(np.int64), n_bins - 1)
+
+
+def calibration_bins(
+    outcomes, probs, n_bins: int = 10, strategy: str = "uniform"
+) -> dict[str, np.ndarray]:
+    """Per-bin count, mean prediction and mean outcome.
+
+    ``strategy="uniform"``: equal-width bins on [0, 1]; ``"quantile"``: equal-mass bins
+    (consecutive blocks of the sorted predictions). Empty bins have count 0 and NaN means.
+    """
+    outcomes, probs = _check(outcomes, probs)
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    if strategy == "uniform":
+        index = _equal_width_bin(probs, n_bins)
+    elif strategy == "quantile":
+        order = np.argsort(probs, kind="stable")
+        index = np.empty(probs.size, dtype=np.int64)
+        index[order] = np.arange(probs.size) * n_bins // probs.size
+    else:
+        raise ValueError(f"strategy must be 'uniform' or 'quantile', got {strategy!r}")
+    count = np.bincount(index, minlength=n_bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_prob = np.bincount(index, probs, minlength=n_bins) / count
+        mean_outcome = np.bincount(index, outcomes, minlength=n_bins) / count
+    return {"count": count, "mean_prob": mean_prob, "mean_outcome": mean_outcome}
+
+
+def _calibration_error(outcomes, probs, n_bins: int, strategy: str, reduce: str) -> float:
+    bins = calibration_bins(outcomes, probs, n_bins, strategy)
+    filled = bins["count"] > 0
+    gap = np.abs(bins["mean_prob"][filled] - bins["mean_outcome"][filled])
+    if reduce == "max":
+        return float(gap.max())
+    weight = bins["count"][filled] / bins["count"].sum()
+    return float((weight * gap).sum())
+
+
+def expected_calibration_error(outcomes, probs, n_bins: int = 10) -> float:
+    """ECE with equal-width bins: ``sum_b (n_b / n) |mean q_b - mean y_b|``."""
+    return _calibration_error(outcomes, probs, n_bins, "uniform", "mean")
+
+
+def adaptive_calibration_error(outcomes, probs, n_bins: int = 10) -> float:
+    """ECE with equal-mass bins (each holds ~n / n_bins predictions)."""
+    return _calibration_error(outcomes, probs, n_bins, "quantile", "mean")
+
+
+def max_calibration_error(outcomes, probs, n_bins: int = 10) -> float:
+    """MCE: the largest ``|mean q_b - mean y_b|`` over non-empty equal-width bins."""
+    return _calibration_error(outcomes, probs, n_bins, "uniform", "max")
+
+
+def brier_score(outcomes, probs) -> float:
+    """Mean ``(q - y)^2`` (lower is better)."""
+    outcomes, probs = _check(outcomes, probs)
+    return float(np.mean((probs - outcomes) ** 2))
+
+
+def log_loss(outcomes, probs, eps: float = 1e-15) -> float:
+    """Mean ``-[y log q + (1 - y) log(1 - q)]`` with q clipped to [eps, 1 - eps]."""
+    outcomes, probs = _check(outcomes, probs)
+    q = np.clip(probs, eps, 1 - eps)
+    return float(-np.mean(outcomes * np.log(q) + (1 - outcomes) * np.log1p(-q)))
+
+
+def auroc(outcomes, probs) -> float:
+    """Area under the ROC curve (Mann-Whitney U with midranks for ties); NaN if one class."""
+    outcomes, probs = _check(outcomes, probs)
+    n_pos = outcomes.sum()
+    n_neg = outcomes.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(probs, kind="mergesort")
+    sorted_probs = probs[order]
+    ranks = np.empty(probs.size, dtype=np.float64)
+    # midranks: every member of a tie block gets the block's average rank
+    _, first, counts = np.unique(sorted_probs, return_index=True, return_counts=True)
+    block_rank = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(block_rank, counts)
+    u = ranks[outcomes == 1].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
+
+
+def accuracy(outcomes, probs, threshold: float = 0.5) -> float:
+    """Fraction of questions where ``q >= threshold`` agrees with ``y = 1``."""
+    outcomes, probs = _check(outcomes, probs)
+    return float(np.mean((probs >= threshold) == (outcomes == 1)))
+
+
+def sharpness(probs) -> float:
+    """Variance of the predictions (how far from a constant forecast they spread)."""
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+    return float(np.var(probs))
+
+
+def _check_reference(probs, p_star) -> tuple[np.ndarray, np.ndarray]:
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+    p_star = np.asarray(p_star, dtype=np.float64).reshape(-1)
+    if probs.shape != p_star.shape:
+        raise ValueError(f"probs ({probs.size}) and p_star ({p_star.size}) must match in length")
+    return probs, p_star
+
+
+def mean_absolute_error_to_reference(probs, p_star) -> float:
+    """Mean ``|q - p*|``."""
+    probs, p_star = _check_reference(probs, p_star)
+    return float(np.mean(np.abs(probs - p_star)))
+
+
+def ece_to_reference(probs, p_star, n_bins: int = 10) -> float:
+    """ECE with the true probability in place of the outcome:
+    ``sum_b (n_b / n) |mean q_b - mean p*_b|`` over equal-width bins of q."""
+    probs, p_star = _check_reference(probs, p_star)
+    index = _equal_width_bin(np.clip(probs, 0, 1), n_bins)
+    count = np.bincount(index, minlength=n_bins).astype(np.float64)
+    gap = np.abs(np.bincount(index, probs - p_star, minlength=n_bins))
+    return float(gap.sum() / count.sum())
+
+
+def overconfidence(probs, p_star) -> float:
+    """``mean |q - 1/2| - mean |p* - 1/2|``: > 0 when predictions are more extreme than
+    the truth."""
+    probs, p_star = _check_reference(probs, p_star)
+    return float(np.mean(np.abs(probs - 0.5)) - np.mean(np.abs(p_star - 0.5)))
+
+
+#: Metrics of (outcomes, probs).
+METRICS: dict[str, Callable[..., float]] = {
+    "ece": expected_calibration_error,
+    "adaptive_ece": adaptive_calibration_error,
+    "mce": max_calibration_error,
+    "brier": brier_score,
+    "log_loss": log_loss,
+    "auroc": auroc,
+    "accuracy": accuracy,
+}
+
+#: Metrics of (probs, p_star).
+REFERENCE_METRICS: dict[str, Callable[..., float]] = {
+    "mae_to_reference": mean_absolute_error_to_reference,
+    "ece_to_reference": ece_to_reference,
+    "overconfidence": overconfidence,
+}
+
+
+def bootstrap_ci(
+    metric: Callable[..., float],
+    *arrays,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Percentile bootstrap: ``(estimate, low, high)`` of ``metric(*arrays)``.
+
+    Questions are resampled with replacement (the same indices for every array).
+    """
+    arrays = tuple(np.asarray(a).reshape(-1) for a in arrays)
+    n = arrays[0].size
+    if any(a.size != n for a in arrays):
+        raise ValueError("all arrays passed to bootstrap_ci must have the same length")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    rng = np.random.default_rng(seed)
+    estimate = metric(*arrays)
+    draws = np.empty(n_boot)
+    for b in range(n_boot):  # loop over replicates; each metric call is vectorised
+        index = rng.integers(0, n, n)
+        draws[b] = metric(*(a[index] for a in arrays))
+    tail = (1 - level) / 2
+    low, high = np.nanquantile(draws, [tail, 1 - tail])
+    return float(estimate), float(low), float(high)
+
+
+def summarize(
+    outcomes, probs, p_star=None, n_bins: int = 10, n_boot: int = 0, seed: int = 0
+) -> dict[str, float]:
+    """Every metric in one dict (plus ``*_low``/``*_high`` bootstrap bounds if n_boot > 0)."""
+    result: dict[str, float] = {"sharpness": sharpness(probs)}
+    for name, fn in METRICS.items():
+        args = (outcomes, probs)
+        kwargs = {"n_bins": n_bins} if "calibration" in fn.__name__ else {}
+        result[name] = fn(*args, **kwargs)
+        if n_boot:
+            _, low, high = bootstrap_ci(
+                lambda y, q, fn=fn, kw=kwargs: fn(y, q, **kw), *args, n_boot=n_boot, seed=seed
+            )
+            result[f"{name}_low"], result[f"{name}_high"] = low, high
+    if p_star is not None:
+        for name, fn in REFERENCE_METRICS.items():
+            result[name] = fn(probs, p_star)
+            if n_boot:
+                _, low, high = bootstrap_ci(fn, probs, p_star, n_boot=n_boot, seed=seed)
+                result[f"{name}_low"], result[f"{name}_high"] = low, high
+    return result

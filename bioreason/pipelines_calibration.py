@@ -1,0 +1,357 @@
+"""The synthetic calibration experiment (Bereket & Leskovec 2025), behind
+``bioreason synthetic-calibration`` and ``pipelines/synthetic_calibration.py``.
+
+10,000 questions in 20 categories; category c has a true probability p_c ~ U(0, 1);
+each question's outcome is drawn once. A tabular policy (per category, a categorical
+over the answers 0.01..0.99, zero-initialised logits) is trained with the log-score
+reward by each advantage estimator; a prediction is the mean of 100 sampled answers.
+
+Layout of the output folder::
+
+    DIR/pipeline.json          marks the folder as ours (config of the last invocation)
+    DIR/questions.csv          question, category, p_star, outcome
+    DIR/metrics.csv            one row per run
+    DIR/<run>.png              true p_c against predicted probability, per category
+    DIR/runs/<run>/            manifest.json, result.json, log.csv, checkpoint.pt,
+                               predictions.csv, reliability.png, histogram.png
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bioreason._io import atomic_path, atomic_write_text, manifest_matches, write_manifest
+from bioreason.calibration import (
+    plot_prediction_histogram,
+    plot_reference,
+    plot_reliability_diagram,
+    summarize,
+)
+from bioreason.config import Config
+from bioreason.rl import (
+    AnswerGrid,
+    BernoulliOutcomes,
+    TabularPolicy,
+    TabularRLConfig,
+    TabularTrainer,
+    get_advantage,
+)
+from bioreason.rl.theory import theory_target
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "SyntheticCalibrationConfig",
+    "plan_runs",
+    "run_synthetic_calibration",
+]
+
+DEFAULT_METHODS = ["grpo", "grpo_no_std", "rloo", "reinforce", "ppo"]
+_OUR_FILES = {"pipeline.json", "questions.csv", "metrics.csv", "runs"}
+
+
+@dataclasses.dataclass
+class SyntheticCalibrationConfig(Config):
+    """Settings of the synthetic calibration experiment (defaults: the paper's).
+
+    Attributes
+    ----------
+    n_questions, n_categories : int
+        Questions are assigned to categories round-robin (500 per category by default).
+    methods : list of str
+        Advantage estimators (registry names, ``h_target:<target>`` included).
+    offline : bool
+        Also run each method offline: ``offline_updates`` updates per rollout under the
+        clipped surrogate, once per clip in ``offline_clips``.
+    steps : int
+        Optimizer steps per run (offline runs: ``steps / offline_updates`` rollouts).
+    group_size : int
+        Rollouts per question, except for methods listed in ``group_sizes``.
+    group_sizes : dict
+        Per-method group size (REINFORCE and PPO use one rollout).
+    lr, weight_decay, value_lr : float
+        AdamW on logits; Adam on the per-category value baseline (PPO).
+    reward : str
+        Scoring rule.
+    n_eval_samples : int
+        Answers averaged into one prediction.
+    n_bins, n_boot : int
+        ECE bins; bootstrap replicates for confidence intervals.
+    seed : int
+        Seeds p_c, the outcomes and the training.
+    """
+
+    n_questions: int = 10_000
+    n_categories: int = 20
+    methods: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_METHODS))
+    offline: bool = False
+    offline_updates: int = 10
+    offline_clips: list[float] = dataclasses.field(default_factory=lambda: [0.2, 0.001])
+    steps: int = 50_000
+    group_size: int = 10
+    group_sizes: dict = dataclasses.field(default_factory=lambda: {"reinforce": 1, "ppo": 1})
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    value_lr: float = 1e-5
+    reward: str = "log"
+    n_eval_samples: int = 100
+    n_bins: int = 10
+    n_boot: int = 200
+    checkpoint_every: int = 5_000
+    log_every: int = 1_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ValueError("methods must name at least one advantage estimator")
+        for method in self.methods:
+            get_advantage(method)  # raises with the list of valid names
+        if self.n_questions < self.n_categories or self.n_categories < 1:
+            raise ValueError("need n_categories >= 1 and n_questions >= n_categories")
+        if self.steps < 1 or self.n_eval_samples < 1 or self.offline_updates < 1:
+            raise ValueError("steps, n_eval_samples and offline_updates must be >= 1")
+
+
+def _run_name(method: str, clip: float | None) -> str:
+    return method if clip is None else f"{method}_offline_clip{clip:g}"
+
+
+def plan_runs(config: SyntheticCalibrationConfig) -> list[tuple[str, TabularRLConfig]]:
+    """The runs of an invocation: (name, trainer config), online first."""
+    variants: list[tuple[float | None, int]] = [(None, 1)]
+    if config.offline:
+        variants += [(clip, config.offline_updates) for clip in config.offline_clips]
+    runs = []
+    for clip, updates in variants:
+        for method in config.methods:
+            rl_config = TabularRLConfig(
+                method=method,
+                group_size=int(config.group_sizes.get(method, config.group_size)),
+                steps=config.steps,
+                updates_per_rollout=updates,
+                clip_eps=clip,
+                lr=config.lr,
+                weight_decay=config.weight_decay,
+                value_lr=config.value_lr,
+                reward=config.reward,
+                checkpoint_every=config.checkpoint_every,
+                log_every=config.log_every,
+                seed=config.seed,
+            )
+            runs.append((_run_name(method, clip), rl_config))
+    return runs
+
+
+def _questions(config: SyntheticCalibrationConfig) -> pd.DataFrame:
+    generator = torch.Generator().manual_seed(config.seed)
+    p_category = torch.rand(config.n_categories, generator=generator, dtype=torch.float64)
+    categories = torch.arange(config.n_questions) % config.n_categories
+    p_star = p_category[categories]
+    outcomes = BernoulliOutcomes(p_star).sample(torch.arange(config.n_questions), 1, config.seed)
+    return pd.DataFrame(
+        {
+            "question": np.arange(config.n_questions),
+            "category": categories.numpy(),
+            "p_star": p_star.numpy(),
+            "outcome": outcomes[:, 0].numpy().astype(np.int64),
+        }
+    )
+
+
+def _check_output_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder; choose another --out")
+    if out.exists() and any(out.iterdir()) and not (out / "pipeline.json").exists():
+        raise FileExistsError(
+            f"{out} is not empty and was not written by synthetic-calibration; "
+            "choose an empty or new folder for --out"
+        )
+
+
+def _safe(name: str) -> str:
+    return name.replace(":", "-")
+
+
+def run_synthetic_calibration(
+    out: str | Path,
+    config: SyntheticCalibrationConfig | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Run (or resume) every planned run and write ``out/metrics.csv``.
+
+    Completed runs whose manifest matches are skipped; an interrupted run resumes from
+    its checkpoint. A run folder written with different settings is only replaced when
+    ``overwrite`` is true.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows of ``metrics.csv``.
+    """
+    config = config or SyntheticCalibrationConfig()
+    out = Path(out)
+    _check_output_folder(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "pipeline.json", json.dumps(config.to_dict(), indent=2))
+
+    questions = _questions(config)
+    questions_path = out / "questions.csv"
+    if questions_path.exists():
+        saved = pd.read_csv(questions_path)
+        if not (saved.shape == questions.shape and np.allclose(saved.values, questions.values)):
+            if not overwrite:
+                raise FileExistsError(
+                    f"{questions_path} holds a different question set (other seed or sizes); "
+                    "use a new --out or pass --overwrite"
+                )
+    with atomic_path(questions_path) as tmp:
+        questions.to_csv(tmp, index=False)
+
+    categories = torch.as_tensor(questions["category"].to_numpy())
+    outcomes = torch.as_tensor(questions["outcome"].to_numpy())
+    p_star = questions["p_star"].to_numpy()
+    p_category = (
+        questions.groupby("category")["p_star"].first().reindex(range(config.n_categories))
+    ).to_numpy()
+    grid = AnswerGrid().probabilities()
+
+    rows = []
+    sweep_start = time.perf_counter()
+    for name, rl_config in plan_runs(config):
+        run_dir = out / "runs" / _safe(name)
+        manifest_config = {
+            "run": rl_config.to_dict(),
+            "n_questions": config.n_questions,
+            "n_categories": config.n_categories,
+            "n_eval_samples": config.n_eval_samples,
+            "n_bins": config.n_bins,
+            "n_boot": config.n_boot,
+        }
+        result_path = run_dir / "result.json"
+        if result_path.exists() and manifest_matches(
+            run_dir, config=manifest_config, seed=config.seed
+        ):
+            print(f"[{name}] up to date, skipped")
+            rows.append(json.loads(result_path.read_text()))
+            continue
+        manifest_path = run_dir / "manifest.json"
+        if manifest_path.exists() and not manifest_matches(
+            run_dir, config=manifest_config, seed=config.seed
+        ):
+            if not overwrite:
+                raise FileExistsError(
+                    f"{run_dir} holds a run with different settings; "
+                    "use a new --out or pass --overwrite to replace it"
+                )
+            for stale in ("checkpoint.pt", "result.json"):
+                (run_dir / stale).unlink(missing_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_manifest(run_dir, config=manifest_config, seed=config.seed)
+        # the manifest is (re)written first so a checkpoint always belongs to it;
+        # result.json is what marks the run complete
+        policy = TabularPolicy(config.n_categories, grid)
+        trainer = TabularTrainer(policy, categories, outcomes, rl_config)
+
+        def extra_log(policy: TabularPolicy) -> dict[str, float]:
+            mean_answer = policy.mean_answer().numpy()
+            return {
+                "mae_expected_answer": float(np.mean(np.abs(mean_answer - p_category))),
+                "overconfidence_expected_answer": float(
+                    np.mean(np.abs(mean_answer - 0.5)) - np.mean(np.abs(p_category - 0.5))
+                ),
+            }
+
+        timing = trainer.train(
+            checkpoint_path=run_dir / "checkpoint.pt",
+            log_path=run_dir / "log.csv",
+            extra_log=extra_log,
+            progress=progress,
+            description=name,
+        )
+        row = _evaluate(
+            name, trainer, policy, categories, outcomes, p_star, p_category, config, run_dir, out
+        )
+        row.update(
+            {
+                "group_size": rl_config.group_size,
+                "updates_per_rollout": rl_config.updates_per_rollout,
+                "clip_eps": rl_config.clip_eps,
+                "steps": rl_config.steps,
+                "seconds": timing["seconds"],
+                "steps_per_second": timing["steps_per_second"],
+            }
+        )
+        atomic_write_text(result_path, json.dumps(row, indent=2))
+        (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+        print(
+            f"[{name}] ece {row['ece']:.3f}, overconfidence {row['overconfidence']:+.3f}, "
+            f"drift theory {row['theory_drift']:+.3f} / observed {row['observed_drift']:+.3f}, "
+            f"{timing['steps_per_second']:.0f} steps/s"
+        )
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    with atomic_path(out / "metrics.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    print(
+        f"wrote {out / 'metrics.csv'} ({len(rows)} runs, {time.perf_counter() - sweep_start:.0f} s)"
+    )
+    return table
+
+
+def _evaluate(
+    name: str,
+    trainer: TabularTrainer,
+    policy: TabularPolicy,
+    categories: torch.Tensor,
+    outcomes: torch.Tensor,
+    p_star: np.ndarray,
+    p_category: np.ndarray,
+    config: SyntheticCalibrationConfig,
+    run_dir: Path,
+    out: Path,
+) -> dict[str, Any]:
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    predictions = policy.predict(categories, config.n_eval_samples, generator).numpy()
+    y = outcomes.numpy()
+    metrics = summarize(
+        y, predictions, p_star=p_star, n_bins=config.n_bins, n_boot=config.n_boot, seed=config.seed
+    )
+    per_category = (
+        pd.Series(predictions).groupby(categories.numpy()).mean().reindex(range(len(p_category)))
+    ).to_numpy()
+    target = theory_target(
+        trainer.config.method,
+        policy.probs(),
+        policy.answers,
+        torch.as_tensor(p_category),
+        trainer.config.reward,
+    ).numpy()
+    outward = np.sign(p_category - 0.5)
+    row: dict[str, Any] = {"method": name}
+    row.update(metrics)
+    row["theory_drift"] = float(np.mean(outward * (target - p_category)))
+    row["observed_drift"] = float(np.mean(outward * (per_category - p_category)))
+    row["theory_target_error"] = float(np.mean(np.abs(per_category - target)))
+    with atomic_path(run_dir / "predictions.csv") as tmp:
+        pd.DataFrame(
+            {"question": np.arange(len(y)), "prediction": predictions, "outcome": y}
+        ).to_csv(tmp, index=False)
+    plot_reference(
+        p_category,
+        per_category,
+        out / f"{_safe(name)}.png",
+        title=f"{name}: per-category prediction",
+        target=None if np.isnan(target).all() else target,
+    )
+    plot_reliability_diagram(y, predictions, run_dir / "reliability.png", config.n_bins, name)
+    plot_prediction_histogram(predictions, run_dir / "histogram.png", title=name)
+    return row
