@@ -41,7 +41,7 @@ def bernstein_basis(t: Tensor, degree: int) -> Tensor:
     t = torch.as_tensor(t, dtype=torch.float64).reshape(-1, 1)
     s = torch.arange(degree + 1, dtype=torch.float64)
     log_binom = (
-        torch.lgamma(torch.tensor(degree + 1.0))
+        torch.lgamma(torch.tensor(degree + 1.0, dtype=torch.float64))
         - torch.lgamma(s + 1)
         - torch.lgamma(degree - s + 1)
     )

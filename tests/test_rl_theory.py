@@ -1,0 +1,208 @@
+"""Theory vs Monte Carlo: the expected update of every estimator on a tabular policy."""
+
+import math
+
+import pytest
+import torch
+
+from bioreason.rl.advantages import get_advantage, h_target_coefficients
+from bioreason.rl.theory import (
+    distorted_probability,
+    estimator_coefficients,
+    expected_binary_update,
+    expected_scoring_update,
+    grpo_coefficients,
+    grpo_limit_derivative,
+    objective,
+    objective_derivative,
+    outcome_spreads,
+    predict_grpo_drift,
+    rejection_sampling_coefficients,
+    theory_target,
+)
+
+GRID = torch.arange(1, 100, dtype=torch.float64) / 100
+
+
+@pytest.mark.parametrize(("ddof", "eps"), [(1, 1e-6), (0, 0.0), (0, 0.3)])
+def test_grpo_closed_form_coefficients_match_estimator(ddof, eps):
+    closed = grpo_coefficients(7, ddof=ddof, eps=eps)
+    generic = estimator_coefficients("grpo", 7, ddof=ddof, eps=eps)
+    assert torch.allclose(closed, generic)
+
+
+def test_simple_estimator_coefficients():
+    m = 6
+    ones = torch.ones(m, dtype=torch.float64)
+    assert torch.allclose(estimator_coefficients("reinforce", m), ones)
+    assert torch.allclose(estimator_coefficients("rloo", m), ones * m / (m - 1) * (m - 1) / m)
+    assert torch.allclose(estimator_coefficients("ppo", m), ones)
+    assert torch.allclose(estimator_coefficients("grpo_no_std", m), ones * (m - 1) / m)
+    assert torch.allclose(
+        estimator_coefficients("rejection_sampling", m), rejection_sampling_coefficients(m)
+    )
+    assert torch.allclose(
+        estimator_coefficients("h_target:log", m), h_target_coefficients("log", m)
+    )
+
+
+def test_objectives_reinforce_and_rejection_sampling():
+    p = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
+    m = 8
+    ones = torch.ones(m, dtype=torch.float64)
+    assert torch.allclose(objective(ones, p), p)  # h(t) = t
+    rs = rejection_sampling_coefficients(m)
+    assert torch.allclose(objective_derivative(rs, p), (1 - (1 - p) ** m) / p)
+    # as M grows rejection sampling targets log t: h_M' -> 1/p
+    big = rejection_sampling_coefficients(400)
+    assert torch.allclose(objective_derivative(big, p) * p, torch.ones_like(p), atol=1e-6)
+    # the closed-form integral is the antiderivative of h_M'
+    step = 1e-5
+    numeric = (objective(rs, p + step) - objective(rs, p - step)) / (2 * step)
+    assert torch.allclose(numeric, objective_derivative(rs, p), rtol=1e-6)
+    assert objective(rs, torch.tensor(0.0)).item() == 0.0
+
+
+def test_grpo_tends_to_arcsine_objective():
+    p = torch.tensor([0.1, 0.3, 0.5, 0.8], dtype=torch.float64)
+    small = objective_derivative(grpo_coefficients(10, ddof=0, eps=0.0), p)
+    large = objective_derivative(grpo_coefficients(4000, ddof=0, eps=0.0), p)
+    limit = grpo_limit_derivative(p)
+    assert torch.allclose(large, limit, rtol=0.01)
+    # the error shrinks with M
+    assert ((large - limit).abs() < (small - limit).abs()).all()
+    # h_M of GRPO approaches 2 arcsin sqrt(p)
+    # h_M of GRPO approaches 2 arcsin sqrt(p) up to an additive constant
+    h = objective(grpo_coefficients(4000, ddof=0, eps=0.0), p)
+    limit_h = 2 * torch.arcsin(p.sqrt())
+    assert torch.allclose(h - h[2], limit_h - limit_h[2], atol=0.005)
+
+
+@pytest.mark.parametrize("target", ["log", "arcsin", "log_odds"])
+def test_h_target_derivative_converges(target):
+    p = torch.tensor([0.2, 0.5, 0.7], dtype=torch.float64)
+    exact = {"log": 1 / p, "arcsin": grpo_limit_derivative(p), "log_odds": 1 / (p * (1 - p))}
+    approx = objective_derivative(h_target_coefficients(target, 200), p)
+    assert torch.allclose(approx, exact[target], rtol=0.02)
+
+
+ESTIMATORS = [
+    ("reinforce", {}),
+    ("rloo", {}),
+    ("grpo", {}),
+    ("grpo", {"ddof": 0, "eps": 0.1}),
+    ("grpo_no_std", {}),
+    ("ppo", {}),
+    ("rejection_sampling", {}),
+    ("seed_grpo", {}),
+    ("h_target:identity", {}),
+    ("h_target:log", {}),
+    ("h_target:arcsin", {}),
+    ("h_target:log_odds", {}),
+]
+
+
+@pytest.mark.parametrize(("name", "options"), ESTIMATORS)
+def test_monte_carlo_expected_update_matches_theory(name, options):
+    """Tabular policy over 4 answers, 2 of them correct; 0/1 rewards; M = 5 rollouts."""
+    g = torch.Generator().manual_seed(11)
+    logits = torch.tensor([0.3, -0.4, 0.8, -0.2], dtype=torch.float64)
+    probs = torch.softmax(logits, 0)
+    correct = torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    m, n_groups = 5, 200_000
+    estimator = get_advantage(name, **options)
+    actions = torch.multinomial(probs, n_groups * m, replacement=True, generator=g)
+    actions = actions.view(n_groups, m)
+    rewards = correct[actions]
+    kwargs = {}
+    if estimator.requires_values:
+        kwargs["values"] = torch.full((n_groups, 1), 0.3, dtype=torch.float64)
+    if estimator.requires_answers:
+        kwargs["answers"] = rewards * 0.999  # yes/no answers: one cluster per outcome
+    advantages = estimator(rewards, **kwargs)
+    # per-group estimate of the update: (1/M) sum_i A_i (onehot(a_i) - pi)
+    onehot = torch.nn.functional.one_hot(actions, 4).to(torch.float64)
+    per_group = ((onehot - probs) * advantages[..., None]).mean(1)  # (n_groups, 4)
+    estimate = per_group.mean(0)
+    standard_error = per_group.std(0) / math.sqrt(n_groups)
+    coefficients = estimator_coefficients(name, m, **options)
+    theory = expected_binary_update(coefficients, probs, correct)
+    assert (standard_error < 0.05 * theory.abs().max()).all(), "test has too little power"
+    assert ((estimate - theory).abs() < 5 * standard_error + 1e-12).all(), (estimate, theory)
+
+
+def test_theory_distinguishes_estimators():
+    probs = torch.softmax(torch.tensor([0.3, -0.4, 0.8, -0.2], dtype=torch.float64), 0)
+    correct = torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    a = expected_binary_update(grpo_coefficients(5), probs, correct)
+    b = expected_binary_update(torch.ones(5, dtype=torch.float64), probs, correct)
+    assert not torch.allclose(a, b, rtol=0.1)
+
+
+# ----- scoring-rule rewards ----------------------------------------------------------
+
+
+def test_outcome_spreads_closed_form():
+    answers = torch.tensor([0.2, 0.8], dtype=torch.float64)
+    probs = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    sigma_1, sigma_0 = outcome_spreads(probs, answers, "log")
+    half_gap = abs(math.log(0.8) - math.log(0.2)) / 2
+    assert sigma_1.item() == pytest.approx(half_gap)
+    assert sigma_0.item() == pytest.approx(half_gap)
+
+
+def test_grpo_update_is_unbiased_update_at_distorted_probability():
+    probs = torch.softmax(-((GRID - 0.6) ** 2) / (2 * 0.1**2), 0)
+    p = 0.7
+    sigma_1, sigma_0 = outcome_spreads(probs, GRID, "log")
+    p_tilde = distorted_probability(torch.tensor(p), sigma_1, sigma_0).item()
+    grpo_update = expected_scoring_update(probs, GRID, p, grpo=True)
+    unbiased_at_tilde = expected_scoring_update(probs, GRID, p_tilde, grpo=False)
+    scale = p / sigma_1 + (1 - p) / sigma_0
+    assert torch.allclose(grpo_update, scale * unbiased_at_tilde)
+
+
+@pytest.mark.parametrize("outcome", [1.0, 0.0])
+def test_monte_carlo_grpo_weights_each_outcome_by_inverse_spread(outcome):
+    """Large-group GRPO with the log score: E[update | y] ~= grad E S(a, y) / sigma_y."""
+    g = torch.Generator().manual_seed(2)
+    answers = torch.linspace(0.1, 0.9, 9, dtype=torch.float64)
+    probs = torch.softmax(torch.tensor([0.1, 0.5, 0.9, 1.2, 1.0, 0.7, 0.2, -0.3, -0.6]), 0).double()
+    m, n_groups = 400, 2_000
+    actions = torch.multinomial(probs, n_groups * m, replacement=True, generator=g)
+    actions = actions.view(n_groups, m)
+    q = answers[actions]
+    rewards = torch.log(q) if outcome else torch.log1p(-q)
+    advantages = get_advantage("grpo", ddof=0, eps=0.0)(rewards)
+    onehot = torch.nn.functional.one_hot(actions, 9).to(torch.float64)
+    per_group = ((onehot - probs) * advantages[..., None]).mean(1)
+    estimate = per_group.mean(0)
+    standard_error = per_group.std(0) / math.sqrt(n_groups)
+    p = 1.0 if outcome else 0.0
+    theory = expected_scoring_update(probs, answers, p, grpo=True)
+    # finite-M bias is O(1/M): allow 2% of the update's size on top of 5 standard errors
+    tolerance = 5 * standard_error + 0.02 * theory.abs().max()
+    assert ((estimate - theory).abs() < tolerance).all(), (estimate, theory)
+
+
+def test_predict_grpo_drift_direction_and_size():
+    # uniform policy on a symmetric grid: equal spreads, no distortion
+    uniform = torch.full((2, 99), 1 / 99, dtype=torch.float64)
+    drift = predict_grpo_drift(uniform, GRID, torch.tensor([0.3, 0.8]))
+    assert torch.allclose(drift.p_tilde, torch.tensor([0.3, 0.8], dtype=torch.float64))
+    # a policy concentrated near the truth is pushed outward, by ~p^2/(p^2 + (1-p)^2) - p
+    p = torch.tensor([0.3, 0.7, 0.9], dtype=torch.float64)
+    concentrated = torch.softmax(-((GRID[None, :] - p[:, None]) ** 2) / (2 * 0.02**2), 1)
+    drift = predict_grpo_drift(concentrated, GRID, p)
+    expected = p**2 / (p**2 + (1 - p) ** 2)
+    assert (drift.outward > 0).all()
+    assert torch.allclose(drift.p_tilde, expected, atol=0.02)
+    assert torch.allclose(drift.mean_answer, p, atol=1e-3)
+
+
+def test_theory_target_registry():
+    probs = torch.softmax(-((GRID[None, :] - 0.7) ** 2) / (2 * 0.05**2), 1)
+    p = torch.tensor([0.7], dtype=torch.float64)
+    assert theory_target("rloo", probs, GRID, p).item() == pytest.approx(0.7)
+    assert theory_target("grpo", probs, GRID, p).item() > 0.8
+    assert math.isnan(theory_target("h_target:log", probs, GRID, p).item())
