@@ -44,7 +44,7 @@ from bioreason.rl import (
     TabularTrainer,
     get_advantage,
 )
-from bioreason.rl.theory import theory_target
+from bioreason.rl.theory import theory_fixed_point, theory_target
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -295,6 +295,7 @@ def run_synthetic_calibration(
         print(
             f"[{name}] ece {row['ece']:.3f}, overconfidence {row['overconfidence']:+.3f}, "
             f"drift theory {row['theory_drift']:+.3f} / observed {row['observed_drift']:+.3f}, "
+            f"overconfidence theory {row['theory_overconfidence']:+.3f}, "
             f"{timing['steps_per_second']:.0f} steps/s"
         )
         rows.append(row)
@@ -335,12 +336,31 @@ def _evaluate(
         torch.as_tensor(p_category),
         trainer.config.reward,
     ).numpy()
+    fixed_point = theory_fixed_point(
+        trainer.config.method, torch.as_tensor(p_category), policy.answers, trainer.config.reward
+    ).numpy()
     outward = np.sign(p_category - 0.5)
     row: dict[str, Any] = {"method": name}
     row.update(metrics)
+    # theory at the run's final policy vs what the run did, per category then averaged
     row["theory_drift"] = float(np.mean(outward * (target - p_category)))
     row["observed_drift"] = float(np.mean(outward * (per_category - p_category)))
+    predicted_sign = np.sign(target - p_category)
+    moving = predicted_sign != 0
+    row["drift_sign_agreement"] = (
+        float(np.mean(predicted_sign[moving] == np.sign(per_category - p_category)[moving]))
+        if moving.any()
+        else float("nan")
+    )
     row["theory_target_error"] = float(np.mean(np.abs(per_category - target)))
+    # theory's end point when started calibrated, as overconfidence (comparable to the run's)
+    row["theory_overconfidence"] = float(
+        np.mean(np.abs(fixed_point - 0.5)) - np.mean(np.abs(p_category - 0.5))
+    )
+    torch.save(
+        {"logits": policy.logits.detach().clone(), "p_category": torch.as_tensor(p_category)},
+        run_dir / "policy.pt",
+    )
     with atomic_path(run_dir / "predictions.csv") as tmp:
         pd.DataFrame(
             {"question": np.arange(len(y)), "prediction": predictions, "outcome": y}

@@ -206,3 +206,13 @@ def test_theory_target_registry():
     assert theory_target("rloo", probs, GRID, p).item() == pytest.approx(0.7)
     assert theory_target("grpo", probs, GRID, p).item() > 0.8
     assert math.isnan(theory_target("h_target:log", probs, GRID, p).item())
+
+
+def test_theory_fixed_point_grpo_runs_to_the_edges_unbiased_stay():
+    from bioreason.rl.theory import theory_fixed_point
+
+    p = torch.tensor([0.1, 0.35, 0.6, 0.9], dtype=torch.float64)
+    grpo_end = theory_fixed_point("grpo", p, GRID)
+    assert (grpo_end[:2] < 0.05).all() and (grpo_end[2:] > 0.95).all()
+    assert torch.allclose(theory_fixed_point("rloo", p, GRID), p)
+    assert torch.isnan(theory_fixed_point("h_target:log", p, GRID)).all()

@@ -46,6 +46,7 @@ __all__ = [
     "outcome_spreads",
     "predict_grpo_drift",
     "rejection_sampling_coefficients",
+    "theory_fixed_point",
     "theory_target",
 ]
 
@@ -299,6 +300,44 @@ def theory_target(
     """The probability ``method``'s update targets, per category (see :data:`THEORY_TARGETS`)."""
     base = method.partition(":")[0]
     return THEORY_TARGETS.get(base, _unknown_target)(probs, answers, p, rule)
+
+
+def theory_fixed_point(
+    method: str,
+    p: Tensor,
+    answers: Tensor,
+    rule: str = "log",
+    width: float = 0.02,
+    max_rounds: int = 5000,
+    tolerance: float = 1e-6,
+) -> Tensor:
+    """Where the theory says a method's answers end up, starting calibrated.
+
+    Start from a policy concentrated at ``q = p`` (a discretised Gaussian of ``width`` on
+    the answer grid), move ``q`` to the method's target (:func:`theory_target`) for that
+    policy, and repeat until ``q`` stops moving. Unbiased estimators stay at ``p``; for
+    GRPO with the log score each round multiplies the odds of q by the odds of p, so q
+    runs to the edge of the grid.
+
+    Returns
+    -------
+    Tensor, shape of ``p``
+        The fixed point, clipped to the grid's range.
+    """
+    p = torch.as_tensor(p, dtype=torch.float64)
+    answers = answers.to(torch.float64)
+    low, high = float(answers.min()), float(answers.max())
+    q = p.clamp(low, high)
+    for _ in range(max_rounds):
+        probs = torch.softmax(-((answers[None, :] - q[:, None]) ** 2) / (2 * width**2), 1)
+        target = theory_target(method, probs, answers, p, rule)
+        if bool(torch.isnan(target).any()):
+            return target
+        new_q = target.clamp(low, high)
+        if bool(((new_q - q).abs() < tolerance).all()):
+            return new_q
+        q = new_q
+    return q
 
 
 def h_target_objective_coefficients(target: str, group_size: int) -> Tensor:
