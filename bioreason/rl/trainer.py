@@ -204,8 +204,8 @@ class TabularTrainer:
         self.values.grad = grad / rewards.numel()
         self.value_optimizer.step()
 
-    def train_step(self) -> dict[str, float]:
-        """One optimizer step; returns the step's diagnostics."""
+    def train_step(self) -> None:
+        """One optimizer step (a new rollout first when the previous one is used up)."""
         config = self.config
         first_update = self.step % config.updates_per_rollout == 0
         if first_update or self._rollout is None:
@@ -230,7 +230,6 @@ class TabularTrainer:
         self.policy.logits.grad = grad
         self.optimizer.step()
         self.step += 1
-        return {"clip_fraction": float((weights == 0).logical_and(advantages != 0).double().mean())}
 
     # ----- loop, logging, checkpoints ----------------------------------------------
 
