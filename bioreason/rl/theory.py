@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bioreason.rl.advantages import get_advantage, h_target_coefficients
+from bioreason.rl.advantages import get_advantage
 from bioreason.rl.bernstein import bernstein_eval, bernstein_integral
 from bioreason.rl.rewards import SCORING_RULES
 
@@ -338,8 +338,3 @@ def theory_fixed_point(
             return new_q
         q = new_q
     return q
-
-
-def h_target_objective_coefficients(target: str, group_size: int) -> Tensor:
-    """Alias of :func:`bioreason.rl.advantages.h_target_coefficients` for the theory API."""
-    return h_target_coefficients(target, group_size)
