@@ -346,7 +346,7 @@ def _evaluate(
     row["theory_drift"] = float(np.mean(outward * (target - p_category)))
     row["observed_drift"] = float(np.mean(outward * (per_category - p_category)))
     predicted_sign = np.sign(target - p_category)
-    moving = predicted_sign != 0
+    moving = (predicted_sign != 0) & ~np.isnan(predicted_sign)  # NaN: no theory
     row["drift_sign_agreement"] = (
         float(np.mean(predicted_sign[moving] == np.sign(per_category - p_category)[moving]))
         if moving.any()

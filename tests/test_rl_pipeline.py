@@ -68,6 +68,7 @@ def test_cli_short_run_writes_metrics_figures_and_resumes(tmp_path, capsys):
     # unbiased estimators are predicted not to drift; GRPO's prediction is a number
     assert (table.set_index("method").loc[["rloo", "ppo"], "theory_drift"] == 0).all()
     assert pd.notna(table.set_index("method").loc["grpo", "theory_drift"])
+    assert pd.isna(table.set_index("method").loc["h_target:log", "drift_sign_agreement"])
     for name in ("grpo", "h_target-log", "rloo_offline_clip0.001"):
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     log = pd.read_csv(out / "runs" / "grpo" / "log.csv")
