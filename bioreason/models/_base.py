@@ -55,6 +55,8 @@ class PerturbationModel:
     n_latent : int
     guide : ``"correlated"`` or ``"mean_field"``
     likelihood : ``"nb"``, ``"poisson"`` or ``"lognormal"``
+    seed : int
+        Seed of the initial network weights.
     **config
         Further fields of :class:`~bioreason.models.VAEConfig` (``n_hidden``,
         ``n_layers``, ``residual``, ``mask_prior_probability``, ``encode_offset`` ...).
@@ -114,6 +116,7 @@ class PerturbationModel:
         n_latent: int = 20,
         guide: str = "correlated",
         likelihood: str = "nb",
+        seed: int = 0,
         **config: Any,
     ) -> None:
         settings = self._settings_of(adata)
@@ -137,7 +140,9 @@ class PerturbationModel:
         if library.size > _N_LIBRARY_KEPT:
             library = rng.choice(library, _N_LIBRARY_KEPT, replace=False)
         self.library_sizes = np.asarray(library, dtype=np.float32)
-        self.module = self._build_module(mean, std)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # reproducible initial weights, global RNG untouched
+            self.module = self._build_module(mean, std)
         self.history = pd.DataFrame(columns=["step", "epoch", "train_loss", "validation_loss"])
         self.is_trained = False
         self.device = torch.device("cpu")
