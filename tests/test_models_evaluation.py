@@ -149,3 +149,26 @@ def test_differential_expression_uses_scanpy(trained):
     _, adata = trained
     table = ev.differential_expression(adata, "P0", n_genes=5)
     assert len(table) == 5 and {"names", "logfoldchanges", "pvals_adj"} <= set(table.columns)
+
+
+def test_training_on_a_small_synthetic_screen_recovers_strong_masks():
+    from bioreason.data import simulate_screen
+
+    adata = simulate_screen(
+        n_cells_per_condition=80, n_genes=60, n_latent=3, n_perturbations=8, n_combinations=0,
+        mask_probability=0.2, ensure_effect=False, embedding_scale=2.5, decoder_scale=2.0, seed=1,
+    )
+    truth = ScreenGroundTruth.from_uns(adata.uns["ground_truth"])
+    SAMSVAE.setup_anndata(adata)
+    model = SAMSVAE(adata, n_latent=3, n_hidden=32, encode_offset=True, mask_prior_probability=0.1)
+    model.train(max_steps=800, batch_size=256, lr=1e-2, progress=False, device="cpu",
+                early_stopping=False)
+    effects = model.get_perturbation_effects()
+    probability = effects["mask_probability"].to_numpy()
+    result = ev.mask_recovery(truth.masks, truth.effects, probability, effects["effect"].to_numpy())
+    assert result["auroc"] > 0.85
+    strong = np.abs(truth.effects).max(1) > 1.0
+    assert strong.any() and (~truth.masks.any(1)).any()
+    # every strongly affected perturbation has a likely mask; no unaffected one has
+    assert probability[strong].max(1).min() > 0.5
+    assert probability[~truth.masks.any(1)].max() < 0.3
