@@ -46,7 +46,9 @@ def _known_answer_model():
 
     rng = np.random.default_rng(0)
     counts = rng.poisson(50.0, size=(40, 3)).astype(np.float32)
-    obs = pd.DataFrame({"perturbation": ["control"] * 20 + ["A"] * 20}, index=[f"c{i}" for i in range(40)])
+    obs = pd.DataFrame(
+        {"perturbation": ["control"] * 20 + ["A"] * 20}, index=[f"c{i}" for i in range(40)]
+    )
     adata = ad.AnnData(X=counts, obs=obs, var=pd.DataFrame(index=["g0", "g1", "g2"]))
     adata.layers["counts"] = counts
     CPAVAE.setup_anndata(adata)
@@ -112,7 +114,9 @@ def test_mask_recovery_is_invariant_to_permuting_latent_dimensions():
     effects = rng.normal(size=(30, 6)) * masks
     permutation = rng.permutation(6)
     noisy_probability = np.clip(masks + rng.normal(0, 0.2, masks.shape), 0, 1)
-    result = ev.mask_recovery(masks, effects, noisy_probability[:, permutation], effects[:, permutation])
+    result = ev.mask_recovery(
+        masks, effects, noisy_probability[:, permutation], effects[:, permutation]
+    )
     assert result["auroc"] > 0.95
     np.testing.assert_array_equal(permutation[result["model_dims"]], result["true_dims"])
     shuffled = ev.mask_recovery(masks, effects, rng.random((30, 6)), rng.normal(size=(30, 6)))
@@ -122,7 +126,12 @@ def test_mask_recovery_is_invariant_to_permuting_latent_dimensions():
 def test_ground_truth_ate_agrees_with_a_large_simulated_screen():
     adata = tiny_screen(n_cells_per_condition=1500, n_genes=20)
     truth = ScreenGroundTruth.from_uns(adata.uns["ground_truth"])
-    exact = ev.ground_truth_ate(truth, ["P0", "P1+P2"] if "P1+P2" in set(adata.obs["perturbation"]) else ["P0"], list(adata.var_names), n_cells=20_000)
+    exact = ev.ground_truth_ate(
+        truth,
+        ["P0", "P1+P2"] if "P1+P2" in set(adata.obs["perturbation"]) else ["P0"],
+        list(adata.var_names),
+        n_cells=20_000,
+    )
     observed = ev.average_treatment_effect(adata, conditions=list(exact.index))
     table = ev.ate_agreement(observed, exact)
     assert (table["pearson_all"] > 0.9).all()
@@ -155,14 +164,23 @@ def test_training_on_a_small_synthetic_screen_recovers_strong_masks():
     from bioreason.data import simulate_screen
 
     adata = simulate_screen(
-        n_cells_per_condition=80, n_genes=60, n_latent=3, n_perturbations=8, n_combinations=0,
-        mask_probability=0.2, ensure_effect=False, embedding_scale=2.5, decoder_scale=2.0, seed=1,
+        n_cells_per_condition=80,
+        n_genes=60,
+        n_latent=3,
+        n_perturbations=8,
+        n_combinations=0,
+        mask_probability=0.2,
+        ensure_effect=False,
+        embedding_scale=2.5,
+        decoder_scale=2.0,
+        seed=1,
     )
     truth = ScreenGroundTruth.from_uns(adata.uns["ground_truth"])
     SAMSVAE.setup_anndata(adata)
     model = SAMSVAE(adata, n_latent=3, n_hidden=32, encode_offset=True, mask_prior_probability=0.1)
-    model.train(max_steps=800, batch_size=256, lr=1e-2, progress=False, device="cpu",
-                early_stopping=False)
+    model.train(
+        max_steps=800, batch_size=256, lr=1e-2, progress=False, device="cpu", early_stopping=False
+    )
     effects = model.get_perturbation_effects()
     probability = effects["mask_probability"].to_numpy()
     result = ev.mask_recovery(truth.masks, truth.effects, probability, effects["effect"].to_numpy())

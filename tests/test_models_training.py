@@ -5,7 +5,7 @@ import pytest
 import torch
 from _models_util import tiny_screen
 
-from bioreason.models import SAMSVAE, CPAVAE, TrainConfig, TrainingDivergedError
+from bioreason.models import CPAVAE, SAMSVAE, TrainConfig, TrainingDivergedError
 
 
 def make(adata, cls=SAMSVAE, **kwargs):
@@ -43,8 +43,15 @@ def test_training_is_deterministic_on_cpu_for_a_seed():
 @pytest.mark.parametrize("engine", ["module", "svi"])
 def test_resume_from_a_checkpoint_continues_exactly(tmp_path, engine):
     adata = tiny_screen()
-    common = dict(batch_size=64, progress=False, device="cpu", seed=3, engine=engine,
-                  early_stopping=False, eval_every=4)
+    common = dict(
+        batch_size=64,
+        progress=False,
+        device="cpu",
+        seed=3,
+        engine=engine,
+        early_stopping=False,
+        eval_every=4,
+    )
     straight = make(adata.copy())
     straight.train(max_steps=10, **common)
     # 7 steps with a checkpoint every 3 steps: the last checkpoint is at step 6, mid-epoch
@@ -53,7 +60,9 @@ def test_resume_from_a_checkpoint_continues_exactly(tmp_path, engine):
     resumed = make(adata.copy())
     resumed.train(max_steps=10, checkpoint_dir=tmp_path, checkpoint_every=3, resume=True, **common)
     np.testing.assert_allclose(
-        resumed.history["train_loss"].to_numpy(), straight.history["train_loss"].to_numpy(), rtol=1e-6
+        resumed.history["train_loss"].to_numpy(),
+        straight.history["train_loss"].to_numpy(),
+        rtol=1e-6,
     )
     for key, value in params(straight).items():
         torch.testing.assert_close(params(resumed)[key], value, rtol=1e-5, atol=1e-6)
@@ -64,7 +73,9 @@ def test_first_nonfinite_loss_stops_with_a_clear_error():
     model = make(tiny_screen())
     with torch.no_grad():
         model.module.gene_parameter[3] = float("nan")
-    with pytest.raises(TrainingDivergedError, match=r"at step 1 .*parameter:gene_parameter.*lower learning rate"):
+    with pytest.raises(
+        TrainingDivergedError, match=r"at step 1 .*parameter:gene_parameter.*lower learning rate"
+    ):
         model.train(max_steps=5, batch_size=32, progress=False, device="cpu")
 
 
@@ -80,8 +91,16 @@ def test_nan_diagnosis_names_the_likelihood_term():
 def test_early_stopping_restores_the_best_validation_parameters():
     model = make(tiny_screen(), cls=CPAVAE)
     # a learning rate far too high makes the validation loss worse after the start
-    history = model.train(max_steps=60, batch_size=64, lr=0.5, progress=False, device="cpu",
-                          eval_every=2, patience=3, grad_clip=None)
+    history = model.train(
+        max_steps=60,
+        batch_size=64,
+        lr=0.5,
+        progress=False,
+        device="cpu",
+        eval_every=2,
+        patience=3,
+        grad_clip=None,
+    )
     evaluated = history.dropna(subset=["validation_loss"])
     assert len(history) < 60  # stopped early
     best = evaluated["validation_loss"].min()
