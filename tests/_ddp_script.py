@@ -1,4 +1,4 @@
-"""Run by tests/test_models_distributed.py under ``accelerate launch --num_processes 2``."""
+"""Run by tests/test_models_distributed.py under ``accelerate launch --multi_gpu``."""
 
 import json
 import sys

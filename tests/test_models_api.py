@@ -190,3 +190,16 @@ def test_device_auto_and_cuda_when_present(screen):
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     model.train(max_steps=1, progress=False, device="auto")
     assert next(model.module.parameters()).device.type == expected
+
+
+def test_evaluation_leaves_the_callers_random_state_alone(screen):
+    adata = screen.copy()
+    model = fitted(SAMSVAE, adata, steps=1)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    model.sample(["P0"], n_cells=3, seed=5)
+    model.get_perturbation_effects()
+    model.get_latent_representation(kind="perturbed")
+    model.iwelbo(adata, n_particles=2)
+    assert torch.equal(torch.rand(3), expected)

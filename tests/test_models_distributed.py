@@ -1,4 +1,4 @@
-"""Two CPU processes under ``accelerate launch`` stay in sync."""
+"""Two CPU processes under ``accelerate launch`` stay in sync (about 10 s)."""
 
 import json
 import os
@@ -7,25 +7,28 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
 def test_two_process_data_parallel_training_keeps_ranks_in_sync(tmp_path):
-    launcher = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
-    if not Path(launcher).exists():
+    launcher = Path(sys.executable).parent / "accelerate"  # the one of this environment
+    launcher = str(launcher) if launcher.exists() else shutil.which("accelerate")
+    if launcher is None:
         pytest.skip("accelerate launcher not installed")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # --multi_gpu starts one process per rank through torch elastic; without a GPU the
+    # processes run on CPU and talk over gloo (``--cpu`` alone starts a single process).
     command = [
         launcher,
         "launch",
+        "--multi_gpu",
         "--num_processes",
         "2",
         "--num_machines",
         "1",
-        "--cpu",
         "--mixed_precision",
         "no",
         "--dynamo_backend",
@@ -44,4 +47,4 @@ def test_two_process_data_parallel_training_keeps_ranks_in_sync(tmp_path):
     # ...but the same parameters after every averaged step
     assert ranks[0]["after"] != ranks[0]["before"]
     for key, value in ranks[0]["state"].items():
-        assert value == pytest.approx(ranks[1]["state"][key], rel=1e-5, abs=1e-6), key
+        np.testing.assert_allclose(value, ranks[1]["state"][key], rtol=1e-5, atol=1e-6, err_msg=key)

@@ -23,7 +23,7 @@ from bioreason._device import resolve_device
 from bioreason.data import MinibatchLoader, PerturbationData, parse_perturbation_labels
 from bioreason.models._module import VAEConfig
 from bioreason.models._nn import log1p_moments
-from bioreason.models._sampling import PARTICLE_DIM
+from bioreason.models._sampling import PARTICLE_DIM, seeded
 from bioreason.models.training import TrainConfig, fit
 
 SETUP_KEY = "_bioreason_setup"
@@ -297,8 +297,8 @@ class PerturbationModel:
         (E_q[E * M]); CPA-VAE: ``embedding``, ``effect``; SVAE+: per category ``shift``,
         ``mask_probability``, ``effect``; conditional VAE: ``decoder_weight``.
         """
-        pyro.set_rng_seed(seed)
-        effects = self.module.perturbation_effects(n_draws)
+        with seeded(seed):
+            effects = self.module.perturbation_effects(n_draws)
         index = self.categories or self.perturbation_names
         out = {}
         for name, value in effects.items():
@@ -327,8 +327,8 @@ class PerturbationModel:
             raise ValueError(f"kind must be 'basal' or 'perturbed', got {kind!r}")
         data = self._data_for(adata)
         categories = self._categories_tensor(data)
-        pyro.set_rng_seed(0)
-        effect = self._effect_mean()
+        with seeded(0):
+            effect = self._effect_mean()
         out = []
         for batch in self._loader(data, batch_size):
             out.append(
@@ -445,16 +445,18 @@ class PerturbationModel:
         dosage, labels, is_control = self._parse_conditions(perturbations)
         category = self._cell_categories(labels, is_control)
         rng = np.random.default_rng(seed)
-        if seed is not None:
-            pyro.set_rng_seed(seed)
         n_conditions = len(labels)
         # Interleave conditions so every global draw serves every condition.
         condition_of_cell = np.tile(np.arange(n_conditions), n_cells)
         library = self._library_for(n_cells, library_size, rng)
         library_of_cell = np.repeat(library, n_conditions)
-        counts = self._generate(
-            dosage[condition_of_cell], library_of_cell, category[condition_of_cell], n_global_draws
-        )
+        with seeded(seed):
+            counts = self._generate(
+                dosage[condition_of_cell],
+                library_of_cell,
+                category[condition_of_cell],
+                n_global_draws,
+            )
         order = np.argsort(condition_of_cell, kind="stable")
         counts = counts[order]
         obs = pd.DataFrame(

@@ -42,7 +42,11 @@ class VAEConfig(Config):
     embedding_prior_scale: s in E_t ~ N(0, s^2 I).
     mask_prior_probability: pi in M_t,d ~ Bernoulli(pi) (SAMS-VAE).
     mask_temperature: temperature of the straight-through relaxed Bernoulli in q(M).
-    encode_offset: feed the sampled latent offset D (E * M) to the basal encoder.
+    mask_init_probability: initial q(M = 1). Starting at the sparse prior leaves the masks
+        off, so the embeddings get no gradient and the encoder absorbs the perturbation
+        effects into z_basal; starting at 0.5 lets E learn first and the masks prune.
+    encode_offset: feed the sampled latent offset D (E * M) to the basal encoder (SAMS-VAE
+        and CPA-VAE), so that it can infer z_basal as what the offset does not explain.
     svae_beta: beta in the SVAE+ prior mask probability ~ Beta(1, beta).
     """
 
@@ -55,7 +59,8 @@ class VAEConfig(Config):
     embedding_prior_scale: float = 1.0
     mask_prior_probability: float = 0.01
     mask_temperature: float = 1.0
-    encode_offset: bool = False
+    mask_init_probability: float = 0.5
+    encode_offset: bool = True
     svae_beta: float = 1.0
 
     def __post_init__(self) -> None:
@@ -73,6 +78,10 @@ class VAEConfig(Config):
         if not 0.0 < self.mask_prior_probability < 1.0:
             raise ValueError(
                 f"mask_prior_probability must be in (0, 1), got {self.mask_prior_probability}"
+            )
+        if not 0.0 < self.mask_init_probability < 1.0:
+            raise ValueError(
+                f"mask_init_probability must be in (0, 1), got {self.mask_init_probability}"
             )
         for name in ("embedding_prior_scale", "mask_temperature", "svae_beta"):
             if getattr(self, name) <= 0:

@@ -6,7 +6,9 @@ the minibatch ELBO scaled to the full training set; ``accelerate`` wraps
 :class:`~bioreason.models.training.ELBOLoss` in DistributedDataParallel, which averages
 the gradients, so all processes take the same optimizer step and stay in sync.
 
-    accelerate launch --num_processes 4 my_training_script.py
+    accelerate launch --multi_gpu --num_processes 4 my_training_script.py
+
+(on a machine without GPUs the same command starts CPU processes that talk over gloo).
 
 where the script calls :func:`train_data_parallel` instead of ``model.train``.
 """
@@ -90,7 +92,9 @@ def train_data_parallel(
                 accelerator.clip_grad_norm_(model.module.parameters(), grad_clip)
             optimizer.step()
             step += 1
-            rows.append({"step": step, "epoch": epoch, "train_loss": float(loss) / n_total})
+            rows.append(
+                {"step": step, "epoch": epoch, "train_loss": float(loss.detach()) / n_total}
+            )
             if step >= max_steps:
                 break
     accelerator.wait_for_everyone()

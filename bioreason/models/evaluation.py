@@ -16,7 +16,7 @@ import torch
 from pyro import poutine
 
 from bioreason.models._module import CELLS_PLATE
-from bioreason.models._sampling import PARTICLE_DIM, draw_globals
+from bioreason.models._sampling import PARTICLE_DIM, draw_globals, seeded
 from bioreason.models.training import batch_arguments
 
 TARGET_SUM = 1e4
@@ -54,7 +54,11 @@ def log_importance_weights(
     density of g_k enters: conditional on the training data, q(g) stands in for the
     posterior predictive of the globals.
     """
-    pyro.set_rng_seed(seed)
+    with seeded(seed):
+        return _log_importance_weights(module, loader, categories, n_particles, particle_chunk)
+
+
+def _log_importance_weights(module, loader, categories, n_particles, particle_chunk):
     globals_ = draw_globals(module, n_particles)
     out = []
     for batch in loader:
@@ -334,10 +338,10 @@ def posterior_predictive_check(
     observed = data.get_counts(rows).toarray().astype(np.float64)
     dosage = data.dosage.toarray()
     category = model._cell_categories(data.cell_condition, data.is_control)
-    pyro.set_rng_seed(seed)
-    replicated = model._generate(
-        dosage, data.library_size.astype(np.float32), category, n_global_draws
-    )
+    with seeded(seed):
+        replicated = model._generate(
+            dosage, data.library_size.astype(np.float32), category, n_global_draws
+        )
     tables = []
     conditions = data.cell_condition
     for condition in pd.unique(conditions):

@@ -39,8 +39,8 @@ class SAMSVAEModule(PerturbationVAEModule):
         P, L, H = n_perturbations, config.n_latent, config.n_hidden
         self.global_sites = ("mask", "embedding") if self.use_masks else ("embedding",)
         if self.use_masks:
-            prior_logit = torch.logit(torch.tensor(config.mask_prior_probability))
-            self.mask_logits = nn.Parameter(torch.full((P, L), float(prior_logit)))
+            init_logit = torch.logit(torch.tensor(config.mask_init_probability))
+            self.mask_logits = nn.Parameter(torch.full((P, L), float(init_logit)))
         if config.guide == "mean_field":
             self.embedding_loc = nn.Parameter(0.1 * torch.randn(P, L))
             self.embedding_raw_scale = nn.Parameter(torch.full((P, L), -2.0))

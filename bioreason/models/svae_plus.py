@@ -36,7 +36,8 @@ class SVAEPlusModule(PerturbationVAEModule):
         C, L = n_categories, config.n_latent
         self.n_categories = C
         self.shift = nn.Parameter(0.1 * torch.randn(C, L))
-        self.mask_logits = nn.Parameter(torch.zeros(C, L))
+        init_logit = torch.logit(torch.tensor(config.mask_init_probability))
+        self.mask_logits = nn.Parameter(torch.full((C, L), float(init_logit)))
         self.pi_raw_alpha = nn.Parameter(torch.zeros(L))
         self.pi_raw_beta = nn.Parameter(torch.full((L,), 1.0))
 
