@@ -208,17 +208,13 @@ def diagnose_nonfinite(module: nn.Module, args: tuple) -> list[str]:
 def evaluate_loss(
     module: nn.Module, loader: MinibatchLoader, categories: torch.Tensor, n_particles: int
 ) -> float:
-    """Negative ELBO per cell over ``loader``'s cells (each batch weighted by its size)."""
-    loss = ELBOLoss(module, n_particles)
-    total = 0.0
-    for batch in loader:
-        n = batch.counts.shape[0]
-        # Each batch gives an unbiased estimate of the whole set's negative ELBO (cells
-        # plate scaled by N / n); averaging them with weights n / N keeps it unbiased.
-        total += (
-            float(loss(*batch_arguments(batch, categories, loader.n_cells))) * n / loader.n_cells
-        )
-    return total / loader.n_cells
+    """Negative ELBO per cell of ``loader``'s cells, with the global latents drawn from the
+    guide (as in the held-out IWELBO): the per-cell terms only, so the value does not
+    depend on how many cells the validation set has."""
+    from bioreason.models.evaluation import log_importance_weights
+
+    log_weights = log_importance_weights(module, loader, categories, n_particles, seed=0)
+    return float(-log_weights.mean())
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -256,7 +252,10 @@ def fit(
     Returns
     -------
     DataFrame with columns ``step, epoch, train_loss, validation_loss`` (nats per cell;
-    ``validation_loss`` is NaN between evaluations).
+    ``train_loss`` is the minibatch estimate of the training set's negative ELBO divided
+    by its number of cells, so it includes the global latents' KL / n_train;
+    ``validation_loss`` is the per-cell negative ELBO of the validation cells given
+    global latents drawn from the guide, NaN between evaluations).
     """
     from bioreason._device import resolve_device
 
