@@ -1,0 +1,218 @@
+"""Count likelihoods parameterized by decoder logits and library size, as Pyro distributions.
+
+All three take ``logits`` (..., G) (gene proportions ``rho = softmax(logits)``), the
+cell's ``library_size`` (...) and return exact log-probabilities summed over genes
+(event shape ``(G,)``). They are written for the ELBO's hot path:
+
+* the mean is never formed from ``softmax`` and then logged again: with
+  ``mu = l * softmax(logits)``, ``log mu = log l + log_softmax(logits)``;
+* terms that depend only on the observed counts (and the per-gene concentration)
+  are computed on the counts' own shape. Under vectorized particles the observed
+  counts have no particle dimension, so these terms are computed once per batch,
+  not once per particle.
+
+Negative binomial (mean ``mu``, concentration ``theta``)::
+
+    log NB(x) = [lgamma(x + theta) - lgamma(theta) - lgamma(x + 1)]
+                + theta log theta - (theta + x) log(theta + mu) + x log mu
+
+The bracket is zero where ``x == 0`` (most single-cell entries), so it is evaluated on
+nonzero entries only.
+"""
+
+from __future__ import annotations
+
+import torch
+from pyro.distributions import GammaPoisson, TorchDistribution
+from torch.distributions import constraints
+
+_EMPTY = torch.Size()
+
+
+def _batch_shape(logits: torch.Tensor, library_size: torch.Tensor) -> torch.Size:
+    return torch.broadcast_shapes(logits.shape[:-1], library_size.shape)
+
+
+def nb_count_term(counts: torch.Tensor, concentration: torch.Tensor) -> torch.Tensor:
+    """``sum_g lgamma(x + theta) - lgamma(theta) - lgamma(x + 1)`` over nonzero entries.
+
+    Parameters
+    ----------
+    counts : Tensor, shape (..., G)
+    concentration : Tensor, shape (G,)
+
+    Returns
+    -------
+    Tensor, shape (...)
+    """
+    flat = counts.reshape(-1, counts.shape[-1])
+    rows, cols = torch.nonzero(flat, as_tuple=True)
+    x = flat[rows, cols]
+    theta = concentration.expand(counts.shape[-1])[cols]
+    term = torch.lgamma(x + theta) - torch.lgamma(theta) - torch.lgamma(x + 1.0)
+    out = torch.zeros(flat.shape[0], dtype=term.dtype, device=term.device)
+    out = out.index_add(0, rows, term)
+    return out.reshape(counts.shape[:-1])
+
+
+class _CountLikelihood(TorchDistribution):
+    arg_constraints = {"logits": constraints.real, "library_size": constraints.positive}
+    support = constraints.independent(constraints.nonnegative_integer, 1)
+    has_rsample = False
+
+    def __init__(self, logits, library_size, validate_args=None) -> None:
+        self.logits = logits
+        self.library_size = torch.as_tensor(library_size, dtype=logits.dtype, device=logits.device)
+        super().__init__(
+            _batch_shape(logits, self.library_size), logits.shape[-1:], validate_args=validate_args
+        )
+
+    @property
+    def log_proportions(self) -> torch.Tensor:
+        return torch.log_softmax(self.logits, dim=-1)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        mean = torch.softmax(self.logits, -1) * self.library_size.unsqueeze(-1)
+        return mean.expand(self.batch_shape + self.event_shape)
+
+    def _expand_args(self, batch_shape):
+        logits = self.logits.expand(batch_shape + self.logits.shape[-1:])
+        return logits, self.library_size.expand(batch_shape)
+
+    def _log_mu_terms(self, value: torch.Tensor, log_rho: torch.Tensor) -> torch.Tensor:
+        """``sum_g x log mu = sum_g x log rho + (sum_g x) log l``."""
+        return (value * log_rho).sum(-1) + value.sum(-1) * torch.log(self.library_size)
+
+
+class NegativeBinomialCounts(_CountLikelihood):
+    """Negative binomial with mean ``library_size * softmax(logits)`` and per-gene
+    ``concentration``; same density as ``GammaPoisson(theta, theta / mu)``.
+
+    Parameters
+    ----------
+    logits : Tensor, shape (..., G)
+    library_size : Tensor, shape (...)
+    concentration : Tensor, shape (G,)
+    """
+
+    arg_constraints = {**_CountLikelihood.arg_constraints, "concentration": constraints.positive}
+
+    def __init__(self, logits, library_size, concentration, validate_args=None) -> None:
+        self.concentration = concentration
+        super().__init__(logits, library_size, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        logits, library = self._expand_args(torch.Size(batch_shape))
+        return NegativeBinomialCounts(logits, library, self.concentration)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        mean = self.mean
+        return mean + mean**2 / self.concentration
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        theta = self.concentration
+        log_rho = self.log_proportions
+        mu = torch.exp(log_rho) * self.library_size.unsqueeze(-1)
+        shared = nb_count_term(value, theta) + (theta * torch.log(theta)).sum()
+        per_particle = self._log_mu_terms(value, log_rho) - (
+            (theta + value) * torch.log(theta + mu)
+        ).sum(-1)
+        return shared + per_particle
+
+    def sample(self, sample_shape=_EMPTY) -> torch.Tensor:
+        with torch.no_grad():
+            mean = self.mean
+            return GammaPoisson(self.concentration, self.concentration / mean).sample(sample_shape)
+
+
+class PoissonCounts(_CountLikelihood):
+    """Poisson with mean ``library_size * softmax(logits)``.
+
+    Because ``sum_g mu_g = l``, ``log p = sum_g x log mu - l - sum_g lgamma(x + 1)``.
+    """
+
+    def expand(self, batch_shape, _instance=None):
+        return PoissonCounts(*self._expand_args(torch.Size(batch_shape)))
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self.mean
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        flat = value.reshape(-1, value.shape[-1])
+        rows, cols = torch.nonzero(flat, as_tuple=True)
+        factorial = torch.zeros(flat.shape[0], dtype=value.dtype, device=value.device).index_add(
+            0, rows, torch.lgamma(flat[rows, cols] + 1.0)
+        )
+        return (
+            self._log_mu_terms(value, self.log_proportions)
+            - self.library_size
+            - factorial.reshape(value.shape[:-1])
+        )
+
+    def sample(self, sample_shape=_EMPTY) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.poisson(self.mean.expand(torch.Size(sample_shape) + self.mean.shape))
+
+
+class LogNormalCounts(_CountLikelihood):
+    """``log(x + 1) ~ Normal(log(mu + 1), sigma_g)``: a continuous density on x >= 0.
+
+    ``log p(x) = log N(log(x + 1); log(mu + 1), sigma) - log(x + 1)`` (change of variables).
+
+    Parameters
+    ----------
+    scale : Tensor, shape (G,)
+        Per-gene standard deviation sigma_g on the log scale.
+    """
+
+    arg_constraints = {**_CountLikelihood.arg_constraints, "scale": constraints.positive}
+    support = constraints.independent(constraints.greater_than_eq(0.0), 1)
+
+    def __init__(self, logits, library_size, scale, validate_args=None) -> None:
+        self.scale = scale
+        super().__init__(logits, library_size, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        logits, library = self._expand_args(torch.Size(batch_shape))
+        return LogNormalCounts(logits, library, self.scale)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        log_x1 = torch.log1p(value)
+        loc = torch.log1p(torch.softmax(self.logits, -1) * self.library_size.unsqueeze(-1))
+        z = (log_x1 - loc) / self.scale
+        log_norm = -0.5 * z**2 - torch.log(self.scale) - 0.5 * torch.log(torch.tensor(2 * torch.pi))
+        return (log_norm - log_x1).sum(-1)
+
+    def sample(self, sample_shape=_EMPTY) -> torch.Tensor:
+        with torch.no_grad():
+            loc = torch.log1p(self.mean)
+            noise = torch.randn(torch.Size(sample_shape) + loc.shape, device=loc.device)
+            return torch.clamp(torch.expm1(loc + self.scale * noise), min=0.0)
+
+
+def _nb(logits, library_size, gene_parameter):
+    return NegativeBinomialCounts(
+        logits, library_size, torch.nn.functional.softplus(gene_parameter) + 1e-4
+    )
+
+
+def _poisson(logits, library_size, gene_parameter):
+    return PoissonCounts(logits, library_size)
+
+
+def _lognormal(logits, library_size, gene_parameter):
+    return LogNormalCounts(
+        logits, library_size, torch.nn.functional.softplus(gene_parameter) + 1e-3
+    )
+
+
+#: likelihood name -> ``f(logits, library_size, gene_parameter) -> distribution``;
+#: ``gene_parameter`` (G,) is the unconstrained per-gene concentration / scale.
+LIKELIHOODS = {"nb": _nb, "poisson": _poisson, "lognormal": _lognormal}

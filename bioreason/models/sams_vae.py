@@ -1,0 +1,158 @@
+"""SAMS-VAE (Bereket & Karaletsos, NeurIPS 2023): sparse additive mechanism shifts.
+
+Generative model (paper Sec. 3)::
+
+    E_t,d ~ N(0, s^2)            t = 1..P perturbations, d = 1..L latent dimensions
+    M_t,d ~ Bernoulli(pi)
+    z_basal_i ~ N(0, I_L)
+    z_i = z_basal_i + d_i (E * M)
+    x_i ~ NB(l_i softmax(decoder(z_i)), theta)
+
+Guides: ``mean_field`` q(M) q(E) with free parameters, or ``correlated`` q(M) q(E | M)
+(an MLP on [M_t, one-hot(t)]); both with an amortized basal encoder q(z_basal | x[, D(E*M)]).
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from bioreason.models._base import PerturbationModel
+from bioreason.models._module import (
+    CELLS_PLATE,
+    PerturbationVAEModule,
+    StraightThroughBernoulli,
+    cells_plate,
+)
+from bioreason.models._nn import LEAKY_SLOPE
+
+
+class SAMSVAEModule(PerturbationVAEModule):
+    """Model and guides of SAMS-VAE; ``use_masks=False`` gives CPA-VAE."""
+
+    use_masks = True
+
+    def __init__(self, n_genes, n_perturbations, config, input_mean, input_std) -> None:
+        super().__init__(n_genes, n_perturbations, config, input_mean, input_std)
+        P, L, H = n_perturbations, config.n_latent, config.n_hidden
+        self.global_sites = ("mask", "embedding") if self.use_masks else ("embedding",)
+        if self.use_masks:
+            init_logit = torch.logit(torch.tensor(config.mask_init_probability))
+            self.mask_logits = nn.Parameter(torch.full((P, L), float(init_logit)))
+        if config.guide == "mean_field":
+            self.embedding_loc = nn.Parameter(0.1 * torch.randn(P, L))
+            self.embedding_raw_scale = nn.Parameter(torch.full((P, L), -2.0))
+        else:
+            # A linear layer on [M_t, one-hot(t)] = W_M M_t + (column t of W_onehot):
+            # the one-hot half is stored as a per-perturbation table.
+            self.embedding_mask_layer = nn.Linear(L, H, bias=False) if self.use_masks else None
+            self.embedding_table = nn.Parameter(0.1 * torch.randn(P, H))
+            self.embedding_output = nn.Linear(H, 2 * L)
+            with torch.no_grad():
+                self.embedding_output.bias[L:].fill_(-2.0)
+        if config.encode_offset:
+            self.offset_layer = nn.Linear(L, H, bias=False)
+
+    # ------------------------------------------------------------------ model
+    def model_globals(self, latent: pyro.plate) -> torch.Tensor:
+        """Sample E (and M) from the prior; returns the effects E * M, shape (..., P, L)."""
+        cfg = self.config
+        with self.perturbation_plate(), latent:
+            embedding = pyro.sample(
+                "embedding", dist.Normal(self._zero, self._zero + cfg.embedding_prior_scale)
+            )
+            if not self.use_masks:
+                return embedding
+            mask = pyro.sample("mask", dist.Bernoulli(self._zero + cfg.mask_prior_probability))
+        return embedding * mask
+
+    def model(self, counts, dosage, library_size, category, n_total):
+        latent = self.latent_plate()
+        effects = self.model_globals(latent)
+        batch = library_size.shape[-1]
+        cells = cells_plate(n_total, batch, library_size.device)
+        with cells, latent:
+            z_basal = pyro.sample("z_basal", self.standard_normal())
+        z = z_basal + dosage @ effects
+        self.observe(self.decode(z), library_size, counts, cells)
+
+    # ------------------------------------------------------------------ guide
+    def guide_globals(self, latent: pyro.plate | None = None) -> dict[str, torch.Tensor]:
+        out = {}
+        with self.perturbation_plate(), latent or self.latent_plate():
+            mask = None
+            if self.use_masks:
+                mask = pyro.sample(
+                    "mask", StraightThroughBernoulli(self.mask_logits, self.config.mask_temperature)
+                )
+                out["mask"] = mask
+            loc, scale = self.embedding_posterior(mask)
+            out["embedding"] = pyro.sample("embedding", dist.Normal(loc, scale))
+        return out
+
+    def embedding_posterior(self, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loc and scale of q(E | M), shape (..., P, L)."""
+        if self.config.guide == "mean_field":
+            return self.embedding_loc, nn.functional.softplus(self.embedding_raw_scale) + 1e-4
+        pre = self.embedding_table
+        if mask is not None:
+            pre = pre + self.embedding_mask_layer(mask)
+        out = self.embedding_output(nn.functional.leaky_relu(pre, LEAKY_SLOPE))
+        loc, raw = out.split(self.config.n_latent, dim=-1)
+        return loc, nn.functional.softplus(raw) + 1e-4
+
+    def guide(self, counts, dosage, library_size, category, n_total):
+        latent = self.latent_plate()
+        values = self.guide_globals(latent)
+        effects = values["embedding"] * values["mask"] if self.use_masks else values["embedding"]
+        first_layer = None
+        if self.config.encode_offset:
+            # W (D (E*M))^T = D ((E*M) W^T): the offset enters the encoder's first layer
+            # through a (P, H) product instead of a (B, L) -> (B, H) one per particle.
+            first_layer = dosage @ self.offset_layer(effects)
+        loc, scale = self.encode(counts, first_layer)
+        batch = library_size.shape[-1]
+        cells = cells_plate(n_total, batch, library_size.device)
+        with cells, latent:
+            pyro.sample("z_basal", dist.Normal(loc, scale))
+
+    # ------------------------------------------------------------ summaries
+    def perturbation_effects(self, n_draws: int = 200) -> dict[str, torch.Tensor]:
+        from bioreason.models._sampling import draw_globals
+
+        draws = draw_globals(self, n_draws)
+        embedding = draws["embedding"]
+        out = {"embedding": embedding.mean(0)}
+        if self.use_masks:
+            out["mask_probability"] = torch.sigmoid(self.mask_logits).detach()
+            out["effect"] = (embedding * draws["mask"]).mean(0)
+        else:
+            out["effect"] = out["embedding"]
+        return out
+
+    def latent_mean(
+        self, counts, dosage, category, kind: str, effect: torch.Tensor
+    ) -> torch.Tensor:
+        """Posterior mean latent (B, L): basal, or basal + d E_q[E * M] (``perturbed``)."""
+        first = dosage @ self.offset_layer(effect) if self.config.encode_offset else None
+        loc, _ = self.encode(counts, first)
+        return loc if kind == "basal" else loc + dosage @ effect
+
+
+__all__ = ["CELLS_PLATE", "SAMSVAE", "SAMSVAEModule"]
+
+
+class SAMSVAE(PerturbationModel):
+    """SAMS-VAE for a Perturb-seq AnnData.
+
+    Examples
+    --------
+    >>> SAMSVAE.setup_anndata(adata, perturbation_key="perturbation", control="control")
+    >>> model = SAMSVAE(adata, n_latent=20, guide="correlated")
+    >>> model.train(max_steps=3000)
+    >>> model.get_perturbation_effects()["mask_probability"]
+    """
+
+    module_class = SAMSVAEModule

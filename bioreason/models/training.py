@@ -1,0 +1,376 @@
+"""Fitting a Pyro perturbation VAE by stochastic variational inference.
+
+Two interchangeable engines compute the same minibatch objective,
+``Trace_ELBO(num_particles=K, vectorize_particles=True)`` on a cells plate scaled by
+``n_train / batch_size`` (an unbiased estimate of the full-data ELBO):
+
+* ``"module"`` (default): the ELBO as a differentiable torch loss
+  (``elbo.differentiable_loss(model, guide, ...)`` wrapped in :class:`ELBOLoss`, an
+  ``nn.Module``) with a torch Adam optimizer. This keeps the parameters in the module
+  (no global param store), so the loss can be wrapped for data-parallel training.
+* ``"svi"``: ``pyro.infer.SVI`` with ``pyro.optim.ClippedAdam`` and the module's
+  parameters registered in Pyro's param store.
+
+``benchmarks/vae_throughput.py`` measures both.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO
+from torch import nn
+from tqdm.auto import tqdm
+
+from bioreason.config import Config
+from bioreason.data import MinibatchLoader
+from bioreason.models._module import MAX_PLATE_NESTING
+
+
+class TrainingDivergedError(ValueError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig(Config):
+    """Settings of :func:`fit` (and ``model.train``).
+
+    max_epochs, max_steps: length of training; ``max_steps`` wins when both are given.
+    batch_size: cells per minibatch.
+    lr: Adam learning rate.
+    n_particles: ELBO particles K (vectorized).
+    early_stopping: stop when the validation ELBO has not improved for ``patience``
+        evaluations, and restore the best parameters.
+    patience: evaluations without improvement before stopping.
+    eval_every: steps between validation evaluations (default: once per epoch).
+    grad_clip: maximum global gradient norm (``None`` = no clipping).
+    seed: seeds torch, Pyro and minibatch order (deterministic on CPU).
+    device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
+    checkpoint_every: steps between checkpoints (needs a checkpoint directory).
+    engine: ``"module"`` or ``"svi"`` (see module docstring).
+    progress: show a tqdm progress bar with the loss.
+    """
+
+    max_epochs: int | None = None
+    max_steps: int | None = None
+    batch_size: int = 512
+    lr: float = 1e-3
+    n_particles: int = 5
+    early_stopping: bool = True
+    patience: int = 5
+    eval_every: int | None = None
+    grad_clip: float | None = 10.0
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_every: int | None = None
+    engine: str = "module"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_epochs", "max_steps", "eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        for name in ("batch_size", "n_particles", "patience"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {sorted(ENGINES)}, got {self.engine!r}")
+
+
+def make_elbo(n_particles: int) -> Trace_ELBO:
+    return Trace_ELBO(
+        num_particles=n_particles, vectorize_particles=True, max_plate_nesting=MAX_PLATE_NESTING
+    )
+
+
+class ELBOLoss(nn.Module):
+    """Negative ELBO of a module on one minibatch, as an ``nn.Module`` (so it can be
+    wrapped by DistributedDataParallel / ``accelerate``). ``forward`` returns the loss
+    summed over the data set's ``n_total`` cells (divide by ``n_total`` for nats/cell)."""
+
+    def __init__(self, module: nn.Module, n_particles: int = 5) -> None:
+        super().__init__()
+        self.module = module
+        self.elbo = make_elbo(n_particles)
+
+    def forward(self, counts, dosage, library_size, category, n_total: int) -> torch.Tensor:
+        with pyro.validation_enabled(False):
+            return self.elbo.differentiable_loss(
+                self.module.model,
+                self.module.guide,
+                counts,
+                dosage,
+                library_size,
+                category,
+                n_total,
+            )
+
+
+class _ModuleEngine:
+    def __init__(self, module: nn.Module, config: TrainConfig) -> None:
+        self.module = module
+        self.loss = ELBOLoss(module, config.n_particles)
+        self.optimizer = torch.optim.Adam(module.parameters(), lr=config.lr)
+        self.grad_clip = config.grad_clip
+
+    def step(self, *batch) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss(*batch)
+        if not torch.isfinite(loss):
+            return float(loss.detach())
+        loss.backward()
+        if self.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state)
+
+
+class _SVIEngine:
+    def __init__(self, module: nn.Module, config: TrainConfig) -> None:
+        self.module = module
+        pyro.clear_param_store()
+        clip = {"clip_norm": config.grad_clip} if config.grad_clip is not None else {}
+        self.optimizer = pyro.optim.ClippedAdam({"lr": config.lr, **clip})
+
+        def model(*args):
+            pyro.module("vae", module)
+            return module.model(*args)
+
+        def guide(*args):
+            pyro.module("vae", module)
+            return module.guide(*args)
+
+        self.svi = pyro.infer.SVI(model, guide, self.optimizer, make_elbo(config.n_particles))
+
+    def step(self, *batch) -> float:
+        with pyro.validation_enabled(False):
+            return float(self.svi.step(*batch))
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizer.get_state()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.set_state(state)
+
+
+#: engine name -> class with ``step(*batch) -> loss`` and optimizer state access
+ENGINES = {"module": _ModuleEngine, "svi": _SVIEngine}
+
+
+def batch_arguments(batch, categories: torch.Tensor, n_total: int) -> tuple:
+    """(counts, dosage, library_size, category, n_total) for a module's model/guide."""
+    return (batch.counts, batch.dosage, batch.library_size, categories[batch.index], n_total)
+
+
+def diagnose_nonfinite(module: nn.Module, args: tuple) -> list[str]:
+    """Names of the model/guide sites whose log-probability is not finite (one draw)."""
+    with torch.no_grad(), pyro.validation_enabled(False):
+        guide_trace = poutine.trace(module.guide).get_trace(*args)
+        model_trace = poutine.trace(poutine.replay(module.model, trace=guide_trace)).get_trace(
+            *args
+        )
+    bad = []
+    for where, trace in (("model", model_trace), ("guide", guide_trace)):
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or site["is_observed"] and where == "guide":
+                continue
+            if site["type"] == "sample" and not site.get("infer", {}).get("_do_not_trace"):
+                try:
+                    value = site["fn"].log_prob(site["value"]).sum()
+                except Exception:  # noqa: BLE001 - a failing log_prob is itself the diagnosis
+                    bad.append(f"{where}:{name} (log_prob failed)")
+                    continue
+                if not torch.isfinite(value):
+                    bad.append(f"{where}:{name}")
+    nonfinite_params = [n for n, p in module.named_parameters() if not torch.isfinite(p).all()]
+    bad += [f"parameter:{n}" for n in nonfinite_params]
+    return bad
+
+
+@torch.no_grad()
+def evaluate_loss(
+    module: nn.Module, loader: MinibatchLoader, categories: torch.Tensor, n_particles: int
+) -> float:
+    """Negative ELBO per cell of ``loader``'s cells, with the global latents drawn from the
+    guide (as in the held-out IWELBO): the per-cell terms only, so the value does not
+    depend on how many cells the validation set has."""
+    from bioreason.models.evaluation import log_importance_weights
+
+    log_weights = log_importance_weights(module, loader, categories, n_particles, seed=0)
+    return float(-log_weights.mean())
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    from bioreason._io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def fit(
+    module: nn.Module,
+    data,
+    train_indices: np.ndarray,
+    validation_indices: np.ndarray | None,
+    categories: torch.Tensor,
+    config: TrainConfig,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+) -> pd.DataFrame:
+    """Train ``module`` on ``data`` (a :class:`~bioreason.data.PerturbationData`).
+
+    Parameters
+    ----------
+    module : PerturbationVAEModule (already on ``device``)
+    data : PerturbationData
+    train_indices, validation_indices : int arrays of cell indices
+    categories : Tensor, shape (n_cells,), int64
+        Per-cell category (used by SVAE+; zeros otherwise), on the device.
+    config : TrainConfig
+    checkpoint_dir : path, optional
+        Where ``checkpoint.pt`` is written every ``config.checkpoint_every`` steps.
+    resume : bool
+        Continue from ``checkpoint_dir/checkpoint.pt`` when it exists.
+
+    Returns
+    -------
+    DataFrame with columns ``step, epoch, train_loss, validation_loss`` (nats per cell;
+    ``train_loss`` is the minibatch estimate of the training set's negative ELBO divided
+    by its number of cells, so it includes the global latents' KL / n_train;
+    ``validation_loss`` is the per-cell negative ELBO of the validation cells given
+    global latents drawn from the guide, NaN between evaluations).
+    """
+    from bioreason._device import resolve_device
+
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    pyro.set_rng_seed(config.seed)
+    loader = MinibatchLoader(
+        data, train_indices, batch_size=config.batch_size, seed=config.seed, device=device
+    )
+    val_loader = None
+    if validation_indices is not None and len(validation_indices) > 0:
+        val_loader = MinibatchLoader(
+            data,
+            validation_indices,
+            batch_size=max(config.batch_size, 1024),
+            shuffle=False,
+            device=device,
+        )
+    steps_per_epoch = len(loader)
+    if config.max_steps is not None:
+        total_steps = config.max_steps
+    else:
+        epochs = config.max_epochs or min(400, max(1, round(20_000 / loader.n_cells * 400)))
+        total_steps = epochs * steps_per_epoch
+    eval_every = config.eval_every or steps_per_epoch
+    engine = ENGINES[config.engine](module, config)
+    n_total = loader.n_cells
+
+    rows: list[dict[str, float]] = []
+    step = 0
+    best = (math.inf, None)
+    since_best = 0
+    checkpoint = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
+    if config.checkpoint_every is not None and checkpoint is None:
+        raise ValueError("checkpoint_every needs a checkpoint directory (checkpoint_dir=...)")
+    skip = 0
+    if resume:
+        if checkpoint is None:
+            raise ValueError("resume=True needs checkpoint_dir= naming the folder of a checkpoint")
+        if checkpoint.exists():
+            state = torch.load(checkpoint, weights_only=False)
+            module.load_state_dict(state["module"])
+            engine.load_state_dict(state["optimizer"])
+            step, rows, since_best = state["step"], state["history"], state["since_best"]
+            best = (state["best_loss"], state["best_state"])
+            loader.epoch, skip = state["epoch"], state["batch_in_epoch"]
+            torch.set_rng_state(state["torch_rng"])
+            pyro.util.set_rng_state(state["pyro_rng"])
+
+    bar = tqdm(total=total_steps, initial=step, disable=not config.progress, desc="training")
+    stop = False
+    while step < total_steps and not stop:
+        epoch = loader.epoch
+        for position, batch in enumerate(loader, start=1):
+            if skip:
+                skip -= 1  # resuming inside an epoch: replay its order, skip done batches
+                continue
+            args = batch_arguments(batch, categories, n_total)
+            loss = engine.step(*args)
+            if not math.isfinite(loss):
+                bad = diagnose_nonfinite(module, args)
+                bar.close()
+                raise TrainingDivergedError(
+                    f"the loss became {loss} at step {step + 1} (epoch {epoch}); non-finite "
+                    f"terms: {bad or ['none found on a fresh draw: an unlucky sample']}. "
+                    f"Try a lower learning rate (lr={config.lr}), gradient clipping "
+                    f"(grad_clip={config.grad_clip}), fewer latent dimensions, or check the "
+                    "counts (raw integer counts, no all-zero cells)."
+                )
+            step += 1
+            row = {
+                "step": step,
+                "epoch": epoch,
+                "train_loss": loss / n_total,
+                "validation_loss": np.nan,
+            }
+            if val_loader is not None and (step % eval_every == 0 or step == total_steps):
+                module.eval()
+                val = evaluate_loss(module, val_loader, categories, config.n_particles)
+                module.train()
+                row["validation_loss"] = val
+                if val < best[0]:
+                    best = (val, {k: v.detach().clone() for k, v in module.state_dict().items()})
+                    since_best = 0
+                else:
+                    since_best += 1
+                    if config.early_stopping and since_best >= config.patience:
+                        stop = True
+            rows.append(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['train_loss']:.2f}")
+            if (
+                checkpoint is not None
+                and config.checkpoint_every
+                and step % config.checkpoint_every == 0
+            ):
+                _save_checkpoint(
+                    checkpoint,
+                    {
+                        "module": module.state_dict(),
+                        "optimizer": engine.state_dict(),
+                        "step": step,
+                        "epoch": epoch,
+                        "batch_in_epoch": position,
+                        "history": rows,
+                        "since_best": since_best,
+                        "best_loss": best[0],
+                        "best_state": best[1],
+                        "torch_rng": torch.get_rng_state(),
+                        "pyro_rng": pyro.util.get_rng_state(),
+                    },
+                )
+            if stop or step >= total_steps:
+                break
+    bar.close()
+    if config.early_stopping and best[1] is not None:
+        module.load_state_dict(best[1])
+    return pd.DataFrame(rows, columns=["step", "epoch", "train_loss", "validation_loss"])

@@ -1,0 +1,127 @@
+import math
+
+import pyro.distributions as dist
+import pytest
+import torch
+
+from bioreason.models import LogNormalCounts, NegativeBinomialCounts, PoissonCounts
+from bioreason.models._module import StraightThroughBernoulli
+from bioreason.models._nn import Standardize, log1p_moments
+from bioreason.models.likelihoods import nb_count_term
+
+
+def _inputs(seed=0, particles=3, cells=6, genes=25):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(particles, cells, 1, genes, generator=g, dtype=torch.float64)
+    library = torch.rand(cells, 1, generator=g, dtype=torch.float64) * 900 + 100
+    theta = torch.rand(genes, generator=g, dtype=torch.float64) * 5 + 0.05
+    counts = torch.poisson(torch.rand(cells, 1, genes, generator=g, dtype=torch.float64) * 20)
+    counts[counts < 8] = 0.0  # many zeros, as in single-cell data
+    return logits, library, theta, counts
+
+
+def test_nb_log_prob_equals_stock_gamma_poisson_with_gradients():
+    logits, library, theta, counts = _inputs()
+    assert (counts == 0).float().mean() > 0.2
+    logits.requires_grad_(True)
+    theta.requires_grad_(True)
+    ours = NegativeBinomialCounts(logits, library, theta).log_prob(counts)
+    mean = torch.softmax(logits, -1) * library.unsqueeze(-1)
+    stock = dist.GammaPoisson(theta, theta / mean).log_prob(counts).sum(-1)
+    assert ours.shape == stock.shape == (3, 6, 1)
+    torch.testing.assert_close(ours, stock, rtol=1e-10, atol=1e-9)
+    g_ours = torch.autograd.grad(ours.sum(), [logits, theta])
+    g_stock = torch.autograd.grad(stock.sum(), [logits, theta])
+    for a, b in zip(g_ours, g_stock):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
+
+
+def test_nb_count_term_only_uses_nonzero_entries():
+    counts = torch.tensor([[0.0, 3.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    theta = torch.tensor([0.5, 2.0, 7.0], dtype=torch.float64)
+    expected = math.lgamma(3 + 2.0) - math.lgamma(2.0) - math.lgamma(4.0)
+    torch.testing.assert_close(
+        nb_count_term(counts, theta), torch.tensor([expected, 0.0], dtype=torch.float64)
+    )
+
+
+def test_poisson_and_lognormal_log_prob_match_closed_forms():
+    logits, library, _, counts = _inputs(seed=1)
+    mean = torch.softmax(logits, -1) * library.unsqueeze(-1)
+    ours = PoissonCounts(logits, library).log_prob(counts)
+    torch.testing.assert_close(ours, dist.Poisson(mean).log_prob(counts).sum(-1))
+    scale = torch.linspace(0.3, 2.0, counts.shape[-1], dtype=torch.float64)
+    ours = LogNormalCounts(logits, library, scale).log_prob(counts)
+    normal = dist.Normal(torch.log1p(mean), scale).log_prob(torch.log1p(counts))
+    torch.testing.assert_close(ours, (normal - torch.log1p(counts)).sum(-1))
+
+
+def test_nb_samples_have_the_right_mean_and_variance():
+    torch.manual_seed(0)
+    logits = torch.tensor([[0.0, 1.0, -1.0]])
+    theta = torch.tensor([2.0, 5.0, 0.5])
+    d = NegativeBinomialCounts(logits, torch.tensor([300.0]), theta)
+    n = 40_000
+    x = d.sample((n,))
+    assert x.shape == (n, 1, 3)
+    assert torch.equal(x, x.round()) and (x >= 0).all()
+    mean, var = d.mean[0], d.variance[0]
+    # standard error of the sample mean: sqrt(var / n); five of them
+    assert (x.mean((0, 1)) - mean).abs().le(5 * (var / n).sqrt()).all()
+    # relative error of a sample variance is about sqrt(2 / n) (more for heavy tails)
+    assert ((x.var((0, 1)) / var) - 1).abs().le(0.15).all()
+
+
+def test_nb_expand_keeps_the_density():
+    logits, library, theta, counts = _inputs(particles=1)
+    d = NegativeBinomialCounts(logits[0], library, theta)
+    e = d.expand(torch.Size([4, 6, 1]))
+    assert e.batch_shape == (4, 6, 1)
+    torch.testing.assert_close(e.log_prob(counts)[2], d.log_prob(counts))
+
+
+def test_straight_through_bernoulli_is_hard_exact_and_differentiable():
+    torch.manual_seed(0)
+    logits = torch.tensor([-2.0, 0.0, 1.5], requires_grad=True)
+    d = StraightThroughBernoulli(logits, temperature=0.5)
+    n = 20_000
+    x = d.rsample((n,))
+    assert set(x.unique().tolist()) <= {0.0, 1.0}
+    p = torch.sigmoid(logits.detach())
+    assert (x.mean(0) - p).abs().le(5 * (p * (1 - p) / n).sqrt()).all()
+    torch.testing.assert_close(d.log_prob(x[:5]), dist.Bernoulli(logits=logits).log_prob(x[:5]))
+    (x * torch.arange(1.0, 4.0)).sum().backward()
+    assert logits.grad is not None and (logits.grad.abs() > 0).all()
+
+
+def test_standardize_never_divides_by_zero_std():
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+
+    from bioreason.data import PerturbationData
+
+    counts = np.array([[0, 1, 5], [0, 3, 5], [0, 2, 5]], dtype=np.float32)
+    adata = ad.AnnData(
+        X=sp.csr_matrix(counts),
+        obs=pd.DataFrame({"perturbation": ["control", "A", "A"]}, index=["a", "b", "c"]),
+    )
+    data = PerturbationData.from_anndata(adata, layer=None)
+    mean, std = log1p_moments(data, np.arange(3))
+    torch.testing.assert_close(mean, torch.log1p(torch.tensor(counts)).mean(0))
+    assert std[0] == 0 and std[2] == 0
+    out = Standardize(mean, std)(torch.tensor(counts))
+    assert torch.isfinite(out).all()
+    assert (out[:, [0, 2]] == 0).all()
+    torch.testing.assert_close(
+        out[:, 1].std(unbiased=False), torch.tensor(1.0), rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("cls", [NegativeBinomialCounts, PoissonCounts, LogNormalCounts])
+def test_likelihood_mean_sums_to_library(cls):
+    logits = torch.randn(2, 7)
+    library = torch.tensor([10.0, 1000.0])
+    d = cls(logits, library, torch.ones(7)) if cls is not PoissonCounts else cls(logits, library)
+    torch.testing.assert_close(d.mean.sum(-1), library)

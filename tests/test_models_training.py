@@ -1,0 +1,116 @@
+"""Training loop: loss goes down, determinism, checkpoints and resume, NaN errors."""
+
+import numpy as np
+import pytest
+import torch
+from _models_util import tiny_screen
+
+from bioreason.models import CPAVAE, SAMSVAE, TrainConfig, TrainingDivergedError
+
+
+def make(adata, cls=SAMSVAE, **kwargs):
+    cls.setup_anndata(adata)
+    return cls(adata, n_latent=3, n_hidden=16, **kwargs)
+
+
+def params(model):
+    return {k: v.detach().clone() for k, v in model.module.state_dict().items()}
+
+
+def test_short_training_lowers_the_loss():
+    model = make(tiny_screen())
+    history = model.train(max_steps=80, batch_size=64, lr=3e-3, progress=False, device="cpu")
+    first, last = history["train_loss"].iloc[:10].mean(), history["train_loss"].iloc[-10:].mean()
+    assert last < first - 5.0  # nats per cell
+    assert history["validation_loss"].notna().any()
+
+
+def test_training_is_deterministic_on_cpu_for_a_seed():
+    adata = tiny_screen()
+    runs = []
+    for _ in range(2):
+        model = make(adata.copy())
+        model.train(max_steps=6, batch_size=32, progress=False, device="cpu", seed=11)
+        runs.append((params(model), model.history["train_loss"].to_numpy()))
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    for key in runs[0][0]:
+        assert torch.equal(runs[0][0][key], runs[1][0][key]), key
+    other = make(adata.copy())
+    other.train(max_steps=6, batch_size=32, progress=False, device="cpu", seed=12)
+    assert not np.array_equal(other.history["train_loss"].to_numpy(), runs[0][1])
+
+
+@pytest.mark.parametrize("engine", ["module", "svi"])
+def test_resume_from_a_checkpoint_continues_exactly(tmp_path, engine):
+    adata = tiny_screen()
+    common = dict(
+        batch_size=64,
+        progress=False,
+        device="cpu",
+        seed=3,
+        engine=engine,
+        early_stopping=False,
+        eval_every=4,
+    )
+    straight = make(adata.copy())
+    straight.train(max_steps=10, **common)
+    # 7 steps with a checkpoint every 3 steps: the last checkpoint is at step 6, mid-epoch
+    first = make(adata.copy())
+    first.train(max_steps=7, checkpoint_dir=tmp_path, checkpoint_every=3, **common)
+    resumed = make(adata.copy())
+    resumed.train(max_steps=10, checkpoint_dir=tmp_path, checkpoint_every=3, resume=True, **common)
+    np.testing.assert_allclose(
+        resumed.history["train_loss"].to_numpy(),
+        straight.history["train_loss"].to_numpy(),
+        rtol=1e-6,
+    )
+    for key, value in params(straight).items():
+        torch.testing.assert_close(params(resumed)[key], value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
+def test_first_nonfinite_loss_stops_with_a_clear_error():
+    model = make(tiny_screen())
+    with torch.no_grad():
+        model.module.gene_parameter[3] = float("nan")
+    with pytest.raises(
+        TrainingDivergedError, match=r"at step 1 .*parameter:gene_parameter.*lower learning rate"
+    ):
+        model.train(max_steps=5, batch_size=32, progress=False, device="cpu")
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
+def test_nan_diagnosis_names_the_likelihood_term():
+    model = make(tiny_screen())
+    with torch.no_grad():
+        model.module.decoder.output.bias[0] = float("inf")
+    with pytest.raises(TrainingDivergedError, match="model:counts"):
+        model.train(max_steps=5, batch_size=32, progress=False, device="cpu")
+
+
+def test_early_stopping_restores_the_best_validation_parameters():
+    model = make(tiny_screen(), cls=CPAVAE)
+    # a learning rate far too high makes the validation loss worse after the start
+    history = model.train(
+        max_steps=60,
+        batch_size=64,
+        lr=0.5,
+        progress=False,
+        device="cpu",
+        eval_every=2,
+        patience=3,
+        grad_clip=None,
+    )
+    evaluated = history.dropna(subset=["validation_loss"])
+    assert len(history) < 60  # stopped early
+    best = evaluated["validation_loss"].min()
+    assert (evaluated["validation_loss"].iloc[-3:] >= best).all()
+
+
+def test_train_config_validates_fields():
+    with pytest.raises(ValueError, match="engine must be one of"):
+        TrainConfig(engine="jit")
+    with pytest.raises(TypeError, match="TrainConfig.lr must be a number"):
+        TrainConfig.from_dict({"lr": "fast"})
+    with pytest.raises(ValueError, match="n_particles must be positive"):
+        TrainConfig(n_particles=0)
