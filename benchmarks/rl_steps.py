@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from bioreason.pipelines_calibration import SyntheticCalibrationConfig, plan_runs
+from bioreason.pipelines.synthetic_calibration import SyntheticCalibrationConfig, plan_runs
 from bioreason.rl import AnswerGrid, BernoulliOutcomes, TabularPolicy, TabularTrainer
 from bioreason.rl.advantages import get_advantage
 

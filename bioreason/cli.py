@@ -63,14 +63,14 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from bioreason.pipelines_demo import run_demo
+    from bioreason.pipelines.demo import run_demo
 
     run_demo(Path(args.out), seed=args.seed)
     return 0
 
 
 def _synthetic_calibration(args: argparse.Namespace) -> int:
-    from bioreason.pipelines_calibration import (
+    from bioreason.pipelines.synthetic_calibration import (
         SyntheticCalibrationConfig,
         run_synthetic_calibration,
     )

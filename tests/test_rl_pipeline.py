@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 
 from bioreason.cli import main
-from bioreason.pipelines_calibration import SyntheticCalibrationConfig, plan_runs
+from bioreason.pipelines.synthetic_calibration import SyntheticCalibrationConfig, plan_runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,7 +103,7 @@ def test_cli_rejects_unknown_method(tmp_path, capsys):
 def test_grpo_becomes_overconfident_while_rloo_does_not(tmp_path):
     """A reduced paper run (2,000 questions, 1,500 steps): GRPO already drifts outward,
     as the theory predicts; RLOO approaches the truth from the uniform start."""
-    from bioreason.pipelines_calibration import run_synthetic_calibration
+    from bioreason.pipelines.synthetic_calibration import run_synthetic_calibration
 
     config = SyntheticCalibrationConfig(
         n_questions=2000, steps=1500, methods=["grpo", "rloo"], n_boot=0
