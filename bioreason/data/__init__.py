@@ -7,6 +7,7 @@ from bioreason.data.loader import Batch, MinibatchLoader
 from bioreason.data.perturbation import PerturbationData
 from bioreason.data.recover import RecoveryReport, recover_counts
 from bioreason.data.registry import DatasetEntry, dataset_registry, load_dataset
+from bioreason.data.setup import PerturbationSetup
 from bioreason.data.simulate import ScreenConfig, ScreenGroundTruth, simulate_screen
 from bioreason.data.splits import (
     SPLITS,
@@ -26,6 +27,7 @@ __all__ = [
     "MinibatchLoader",
     "ParsedLabels",
     "PerturbationData",
+    "PerturbationSetup",
     "RecoveryReport",
     "ScreenConfig",
     "ScreenGroundTruth",

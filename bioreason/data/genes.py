@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from bioreason.data.labels import DEFAULT_CONTROLS
 from bioreason.data.perturbation import PerturbationData
+from bioreason.data.setup import PerturbationSetup
 from bioreason.data.validation import get_layer
 
 
@@ -41,32 +40,35 @@ def select_genes(
 
 def prepare(
     adata: Any,
+    setup: PerturbationSetup | dict[str, Any] | None = None,
     *,
-    perturbation_key: str = "perturbation",
-    control: str | Sequence[str] = DEFAULT_CONTROLS,
-    delimiter: str = "+",
-    layer: str | None = "counts",
-    dosage_key: str | None = None,
     n_top_genes: int | None = None,
+    **setup_fields: Any,
 ) -> tuple[Any, PerturbationData]:
     """From a raw screen to a model-ready object in one call.
 
-    Optionally keeps the ``n_top_genes`` most variable genes (seurat_v3 on counts),
-    then parses perturbations and validates counts.
+    Optionally keeps the ``n_top_genes`` most variable genes (seurat_v3 on the counts
+    layer of the setup), then parses perturbations and validates counts.
+
+    Parameters
+    ----------
+    adata : AnnData
+    setup : PerturbationSetup, optional
+        Where labels, controls and counts are; defaults to ``PerturbationSetup()``.
+    n_top_genes : int, optional
+        Keep this many highly variable genes; ``None`` keeps all genes.
+    **setup_fields
+        Fields of :class:`~bioreason.data.PerturbationSetup` that override those of
+        ``setup`` (``perturbation_key``, ``control``, ``layer``, ``delimiter``,
+        ``dosage_key``); an unknown name raises a ``ValueError``.
 
     Returns
     -------
     (AnnData, PerturbationData)
         The (possibly gene-subset) AnnData and the parsed data.
     """
+    setup = PerturbationSetup.resolve(setup, where="prepare", **setup_fields)
     if n_top_genes is not None:
-        adata = select_genes(adata, n_top_genes, layer=layer)
-    data = PerturbationData.from_anndata(
-        adata,
-        perturbation_key=perturbation_key,
-        control=control,
-        delimiter=delimiter,
-        layer=layer,
-        dosage_key=dosage_key,
-    )
+        adata = select_genes(adata, n_top_genes, layer=setup.layer)
+    data = PerturbationData.from_anndata(adata, setup)
     return adata, data

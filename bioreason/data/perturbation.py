@@ -11,7 +11,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from bioreason.data._matrix import is_backed_matrix, read_rows, to_csr_float32
-from bioreason.data.labels import DEFAULT_CONTROLS, parse_perturbation_labels
+from bioreason.data.labels import parse_perturbation_labels
+from bioreason.data.setup import PerturbationSetup
 from bioreason.data.validation import get_layer, validate_counts
 
 
@@ -33,6 +34,8 @@ class PerturbationData:
         Canonical condition labels, each cell's condition, and the control mask.
     cell_names, gene_names
         ``obs_names`` and ``var_names`` of the source AnnData.
+    setup : PerturbationSetup
+        How the labels and counts were read.
     """
 
     counts: Any
@@ -44,20 +47,18 @@ class PerturbationData:
     is_control: np.ndarray
     cell_names: pd.Index
     gene_names: pd.Index
-    settings: dict[str, Any] = field(default_factory=dict)
+    setup: PerturbationSetup = field(default_factory=PerturbationSetup)
 
     @classmethod
     def from_anndata(
         cls,
         adata: Any,
-        perturbation_key: str = "perturbation",
-        control: str | Sequence[str] = DEFAULT_CONTROLS,
-        delimiter: str = "+",
-        layer: str | None = "counts",
-        dosage_key: str | None = None,
+        setup: PerturbationSetup | dict[str, Any] | None = None,
+        *,
         perturbation_names: Sequence[str] | None = None,
         validate: bool = True,
         require_control: bool = True,
+        **setup_fields: Any,
     ) -> PerturbationData:
         """Parse ``adata`` into counts, dosage matrix and library sizes.
 
@@ -65,24 +66,26 @@ class PerturbationData:
         ----------
         adata : AnnData
             Dense, sparse or backed (``backed="r"``) AnnData.
-        perturbation_key : str
-            ``obs`` column with labels such as ``control``, ``A`` or ``A+B``.
-        control : str or list of str
-            Label(s) of control cells (``"control"``, ``"ctrl"``, ``"non-targeting"``,
-            ``""`` ...).
-        delimiter : str
-            Separates the perturbations of a combination.
-        layer : str or None
-            Layer with raw counts; ``None`` uses ``adata.X``.
-        dosage_key : str, optional
-            ``obs`` column of doses: a number per cell, or ``"1+2"`` per component.
+        setup : PerturbationSetup, optional
+            Where labels, controls, counts and doses are; defaults to
+            ``PerturbationSetup()`` (``obs["perturbation"]``, control label
+            ``"control"``, ``layers["counts"]``, delimiter ``"+"``, no dosage column).
         perturbation_names : list of str, optional
             Fix the perturbation columns (for example those of a trained model).
         validate : bool
             Check that counts are finite, non-negative integers (chunk by chunk).
         require_control : bool
             Raise when no cell carries a control label.
+        **setup_fields
+            Fields of :class:`~bioreason.data.PerturbationSetup` that override those of
+            ``setup``: ``perturbation_key``, ``control``, ``layer`` (``None`` = ``X``),
+            ``delimiter``, ``dosage_key``. An unknown name raises a ``ValueError``.
         """
+        setup = PerturbationSetup.resolve(
+            setup, where="PerturbationData.from_anndata", **setup_fields
+        )
+        perturbation_key, control = setup.perturbation_key, setup.control
+        delimiter, layer, dosage_key = setup.delimiter, setup.layer, setup.dosage_key
         if perturbation_key not in adata.obs.columns:
             raise ValueError(
                 f"perturbation column {perturbation_key!r} not found in adata.obs; "
@@ -132,13 +135,7 @@ class PerturbationData:
             is_control=parsed.is_control,
             cell_names=cell_names,
             gene_names=gene_names,
-            settings={
-                "perturbation_key": perturbation_key,
-                "control": list(control) if not isinstance(control, str) else control,
-                "delimiter": delimiter,
-                "layer": layer,
-                "dosage_key": dosage_key,
-            },
+            setup=setup,
         )
 
     @property
