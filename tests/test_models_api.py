@@ -178,7 +178,7 @@ def test_backed_anndata_trains_from_disk(screen, tmp_path):
     backed = ad.read_h5ad(path, backed="r")
     SAMSVAE.setup_anndata(backed, layer=None)
     model = SAMSVAE(backed, n_latent=3, n_hidden=8)
-    assert model._data_for(None).is_backed
+    assert model.data_for(None).is_backed
     history = model.train(max_steps=3, batch_size=32, progress=False, device="cpu")
     assert np.isfinite(history["train_loss"]).all()
     assert model.get_latent_representation().shape == (backed.n_obs, 3)

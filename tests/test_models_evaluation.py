@@ -22,9 +22,9 @@ def trained():
 
 def test_iwelbo_is_above_elbo_and_increases_with_particles(trained):
     model, adata = trained
-    data = model._data_for(adata)
+    data = model.data_for(adata)
     loader = model._loader(data, 200)
-    categories = model._categories_tensor(data)
+    categories = model.categories_for(data)
     means = {}
     for k in (1, 10, 100):
         iw, elbo = ev.iwelbo(model.module, loader, categories, n_particles=k, seed=k)

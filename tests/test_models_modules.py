@@ -15,7 +15,7 @@ from bioreason.models import (
     SVAEPlusModule,
     VAEConfig,
 )
-from bioreason.models.training import make_elbo
+from bioreason.models.objectives import make_elbo
 
 G, P, B, L = 30, 4, 8, 5
 

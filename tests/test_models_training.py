@@ -100,6 +100,7 @@ def test_early_stopping_restores_the_best_validation_parameters():
         eval_every=2,
         patience=3,
         grad_clip=None,
+        early_stopping=True,
     )
     evaluated = history.dropna(subset=["validation_loss"])
     assert len(history) < 60  # stopped early

@@ -5,6 +5,7 @@
 
 from bioreason.models._base import PerturbationModel
 from bioreason.models._module import StraightThroughBernoulli, VAEConfig
+from bioreason.models._predictive_mixin import PosteriorPredictive
 from bioreason.models.conditional_vae import ConditionalVAE, ConditionalVAEModule
 from bioreason.models.cpa_vae import CPAVAE, CPAVAEModule
 from bioreason.models.likelihoods import (
@@ -13,17 +14,21 @@ from bioreason.models.likelihoods import (
     NegativeBinomialCounts,
     PoissonCounts,
 )
+from bioreason.models.objectives import ELBOLoss, log_importance_weights, make_elbo
 from bioreason.models.sams_vae import SAMSVAE, SAMSVAEModule
 from bioreason.models.svae_plus import SVAEPlus, SVAEPlusModule
 from bioreason.models.training import TrainConfig, TrainingDivergedError
+from bioreason.registry import Registry
 
-#: registry name -> model class
-MODELS = {
-    "sams_vae": SAMSVAE,
-    "cpa_vae": CPAVAE,
-    "conditional_vae": ConditionalVAE,
-    "svae_plus": SVAEPlus,
-}
+#: registry name -> model class; metadata ``composes``: predicts unseen combinations
+MODELS: Registry[type[PerturbationModel]] = Registry("perturbation model")
+for _name, _cls in (
+    ("sams_vae", SAMSVAE),
+    ("cpa_vae", CPAVAE),
+    ("conditional_vae", ConditionalVAE),
+    ("svae_plus", SVAEPlus),
+):
+    MODELS.register(_name, _cls, composes=_cls.composes)
 
 __all__ = [
     "CPAVAE",
@@ -33,10 +38,12 @@ __all__ = [
     "CPAVAEModule",
     "ConditionalVAE",
     "ConditionalVAEModule",
+    "ELBOLoss",
     "LogNormalCounts",
     "NegativeBinomialCounts",
     "PerturbationModel",
     "PoissonCounts",
+    "PosteriorPredictive",
     "SAMSVAEModule",
     "SVAEPlus",
     "SVAEPlusModule",
@@ -44,4 +51,6 @@ __all__ = [
     "TrainConfig",
     "TrainingDivergedError",
     "VAEConfig",
+    "log_importance_weights",
+    "make_elbo",
 ]

@@ -33,21 +33,41 @@ _EMPTY = torch.Size()
 class VAEConfig(Config):
     """Architecture and prior settings shared by the four models.
 
-    n_latent: latent dimensions L.
-    n_hidden, n_layers, residual: width, number of hidden layers and residual
-        connections of the encoder and decoder MLPs (LeakyReLU).
-    likelihood: ``"nb"`` (negative binomial, learned per-gene concentration),
-        ``"poisson"`` or ``"lognormal"``.
-    guide: ``"correlated"`` (q(E | M) from an MLP on [M_t, one-hot(t)]) or ``"mean_field"``.
-    embedding_prior_scale: s in E_t ~ N(0, s^2 I).
-    mask_prior_probability: pi in M_t,d ~ Bernoulli(pi) (SAMS-VAE).
-    mask_temperature: temperature of the straight-through relaxed Bernoulli in q(M).
-    mask_init_probability: initial q(M = 1). Starting at the sparse prior leaves the masks
-        off, so the embeddings get no gradient and the encoder absorbs the perturbation
-        effects into z_basal; starting at 0.5 lets E learn first and the masks prune.
-    encode_offset: feed the sampled latent offset D (E * M) to the basal encoder (SAMS-VAE
-        and CPA-VAE), so that it can infer z_basal as what the offset does not explain.
-    svae_beta: beta in the SVAE+ prior mask probability ~ Beta(1, beta).
+    Attributes
+    ----------
+    n_latent : int, default 20
+        Latent dimensions L.
+    n_hidden : int, default 400
+        Width of the encoder and decoder MLPs (LeakyReLU).
+    n_layers : int, default 1
+        Hidden layers of the encoder and decoder (0: the decoder is linear).
+    residual : bool, default False
+        Residual connections between the encoder/decoder hidden layers.
+    likelihood : str, default "nb"
+        ``"nb"`` (negative binomial, learned per-gene concentration), ``"poisson"`` or
+        ``"lognormal"``.
+    guide : str, default "correlated"
+        ``"correlated"`` (q(E | M) from an MLP on [M_t, one-hot(t)]) or ``"mean_field"``.
+    embedding_n_hidden : int or None, default None
+        Width of the correlated guide's q(E | M) network (None: ``n_hidden``).
+    embedding_n_layers : int, default 1
+        Hidden layers of q(E | M); layers after the first are residual (the SAMS-VAE
+        paper's Norman configuration uses 4 of 400 units).
+    embedding_prior_scale : float, default 1.0
+        s in E_t ~ N(0, s^2 I).
+    mask_prior_probability : float, default 0.01
+        pi in M_t,d ~ Bernoulli(pi) (SAMS-VAE).
+    mask_temperature : float, default 1.0
+        Temperature of the straight-through relaxed Bernoulli in q(M).
+    mask_init_probability : float, default 0.5
+        Initial q(M = 1). Starting at the sparse prior leaves the masks off, so the
+        embeddings get no gradient and the encoder absorbs the perturbation effects into
+        z_basal; starting at 0.5 lets E learn first and the masks prune.
+    encode_offset : bool, default True
+        Feed the sampled latent offset D (E * M) to the basal encoder (SAMS-VAE and
+        CPA-VAE), so that it can infer z_basal as what the offset does not explain.
+    svae_beta : float, default 1.0
+        beta in the SVAE+ prior mask probability ~ Beta(1, beta).
     """
 
     n_latent: int = 20
@@ -56,6 +76,8 @@ class VAEConfig(Config):
     residual: bool = False
     likelihood: Literal["nb", "poisson", "lognormal"] = "nb"
     guide: Literal["correlated", "mean_field"] = "correlated"
+    embedding_n_hidden: int | None = None
+    embedding_n_layers: int = 1
     embedding_prior_scale: float = 1.0
     mask_prior_probability: float = 0.01
     mask_temperature: float = 1.0
@@ -67,6 +89,10 @@ class VAEConfig(Config):
         for name in ("n_latent", "n_hidden"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.embedding_n_hidden is not None and self.embedding_n_hidden <= 0:
+            raise ValueError(f"embedding_n_hidden must be positive, got {self.embedding_n_hidden}")
+        if self.embedding_n_layers < 1:
+            raise ValueError(f"embedding_n_layers must be >= 1, got {self.embedding_n_layers}")
         if self.n_layers < 0:
             raise ValueError(f"n_layers must be >= 0, got {self.n_layers}")
         if self.likelihood not in LIKELIHOODS:
@@ -161,8 +187,6 @@ class PerturbationVAEModule(nn.Module):
 
     #: names of global sample sites, in sampling order
     global_sites: tuple[str, ...] = ()
-    #: the per-cell latent site that the encoder infers
-    latent_site = "z_basal"
 
     def __init__(
         self,
@@ -231,16 +255,68 @@ class PerturbationVAEModule(nn.Module):
         return pyro.plate("perturbations", size or self.n_perturbations, dim=-2)
 
     # ----------------------------------------------------------------- hooks
-    def model(self, counts, dosage, library_size, category, n_total):  # pragma: no cover
+    def model(
+        self,
+        counts: torch.Tensor | None,
+        dosage: torch.Tensor,
+        library_size: torch.Tensor,
+        category: torch.Tensor,
+        n_total: int,
+    ) -> None:  # pragma: no cover - abstract
+        """The generative model p(x, z, globals).
+
+        Parameters
+        ----------
+        counts : Tensor, shape (B, G), or None
+            Observed counts of a minibatch of B cells; None generates them.
+        dosage : Tensor, shape (B, P) (or (k, B, P): one block of cells per global draw)
+            Dosage rows D of the cells.
+        library_size : Tensor, shape (B,) (or (k, B))
+            Total counts per cell.
+        category : Tensor, shape (B,), int64
+            Category of each cell (SVAE+; ignored by the other models).
+        n_total : int
+            Cells the cells plate stands for (minibatch scale n_total / B).
+        """
         raise NotImplementedError
 
-    def guide(self, counts, dosage, library_size, category, n_total):  # pragma: no cover
+    def guide(
+        self,
+        counts: torch.Tensor | None,
+        dosage: torch.Tensor,
+        library_size: torch.Tensor,
+        category: torch.Tensor,
+        n_total: int,
+    ) -> None:  # pragma: no cover - abstract
+        """The variational posterior q(z, globals | x); same arguments as :meth:`model`."""
         raise NotImplementedError
 
     def guide_globals(self, latent: pyro.plate | None = None) -> dict[str, torch.Tensor]:
-        """Sample the global sites of the guide; returns their values."""
+        """Sample the global sites of the guide; returns name -> value, e.g. (..., P, L)."""
         return {}
 
     def perturbation_effects(self, n_draws: int = 200) -> dict[str, torch.Tensor]:
-        """Posterior summaries per perturbation (or category) x latent dimension."""
+        """Posterior summaries, each a Tensor of shape (P or C, L) (see
+        :meth:`~bioreason.models.PerturbationModel.get_perturbation_effects`)."""
         return {}
+
+    def latent_mean(
+        self,
+        counts: torch.Tensor,
+        dosage: torch.Tensor,
+        category: torch.Tensor,
+        kind: str,
+        effect: torch.Tensor | None,
+    ) -> torch.Tensor:  # pragma: no cover - abstract
+        """Posterior mean latent of B cells, shape (B, L).
+
+        Parameters
+        ----------
+        counts : Tensor, shape (B, G)
+        dosage : Tensor, shape (B, P)
+        category : Tensor, shape (B,), int64
+        kind : ``"basal"`` or ``"perturbed"``
+        effect : Tensor, shape (P or C, L), or None
+            Posterior mean effects ``perturbation_effects()["effect"]``.
+        """
+        raise NotImplementedError

@@ -3,7 +3,7 @@
 Each process builds the same model (same seed), reads a disjoint share of every epoch's
 minibatches (batch ``step * world_size + rank`` of one shared permutation) and computes
 the minibatch ELBO scaled to the full training set; ``accelerate`` wraps
-:class:`~bioreason.models.training.ELBOLoss` in DistributedDataParallel, which averages
+:class:`~bioreason.models.objectives.ELBOLoss` in DistributedDataParallel, which averages
 the gradients, so all processes take the same optimizer step and stay in sync.
 
     accelerate launch --multi_gpu --num_processes 4 my_training_script.py
@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from bioreason.data import MinibatchLoader
-from bioreason.models.training import ELBOLoss, TrainingDivergedError, batch_arguments
+from bioreason.models.objectives import ELBOLoss, batch_arguments
+from bioreason.models.training import TrainingDivergedError
 
 
 def train_data_parallel(
@@ -54,8 +55,8 @@ def train_data_parallel(
     accelerator = Accelerator(cpu=cpu)
     rank, world = accelerator.process_index, accelerator.num_processes
     model.to_device(accelerator.device)
-    data = model._data_for(None)
-    categories = model._categories_tensor(data)
+    data = model.data_for(None)
+    categories = model.categories_for(data)
     loss_module = ELBOLoss(model.module, n_particles)
     optimizer = torch.optim.Adam(model.module.parameters(), lr=lr)
     loss_module, optimizer = accelerator.prepare(loss_module, optimizer)

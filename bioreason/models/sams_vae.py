@@ -21,22 +21,41 @@ from torch import nn
 
 from bioreason.models._base import PerturbationModel
 from bioreason.models._module import (
-    CELLS_PLATE,
     PerturbationVAEModule,
     StraightThroughBernoulli,
+    VAEConfig,
     cells_plate,
 )
 from bioreason.models._nn import LEAKY_SLOPE
+from bioreason.models._sampling import draw_globals
+
+__all__ = ["SAMSVAE", "SAMSVAEModule"]
 
 
 class SAMSVAEModule(PerturbationVAEModule):
-    """Model and guides of SAMS-VAE; ``use_masks=False`` gives CPA-VAE."""
+    """Model and guides of SAMS-VAE; ``use_masks=False`` gives CPA-VAE.
+
+    Parameters
+    ----------
+    n_genes, n_perturbations : int
+    config : VAEConfig
+    input_mean, input_std : Tensor, shape (n_genes,)
+        Moments of log1p(counts) for the encoder's input standardization.
+    """
 
     use_masks = True
 
-    def __init__(self, n_genes, n_perturbations, config, input_mean, input_std) -> None:
+    def __init__(
+        self,
+        n_genes: int,
+        n_perturbations: int,
+        config: VAEConfig,
+        input_mean: torch.Tensor,
+        input_std: torch.Tensor,
+    ) -> None:
         super().__init__(n_genes, n_perturbations, config, input_mean, input_std)
-        P, L, H = n_perturbations, config.n_latent, config.n_hidden
+        P, L = n_perturbations, config.n_latent
+        H = config.embedding_n_hidden or config.n_hidden
         self.global_sites = ("mask", "embedding") if self.use_masks else ("embedding",)
         if self.use_masks:
             init_logit = torch.logit(torch.tensor(config.mask_init_probability))
@@ -49,11 +68,15 @@ class SAMSVAEModule(PerturbationVAEModule):
             # the one-hot half is stored as a per-perturbation table.
             self.embedding_mask_layer = nn.Linear(L, H, bias=False) if self.use_masks else None
             self.embedding_table = nn.Parameter(0.1 * torch.randn(P, H))
+            # further hidden layers of q(E | M), residual (h <- h + act(W h + b))
+            self.embedding_hidden = nn.ModuleList(
+                nn.Linear(H, H) for _ in range(config.embedding_n_layers - 1)
+            )
             self.embedding_output = nn.Linear(H, 2 * L)
             with torch.no_grad():
                 self.embedding_output.bias[L:].fill_(-2.0)
         if config.encode_offset:
-            self.offset_layer = nn.Linear(L, H, bias=False)
+            self.offset_layer = nn.Linear(L, config.n_hidden, bias=False)
 
     # ------------------------------------------------------------------ model
     def model_globals(self, latent: pyro.plate) -> torch.Tensor:
@@ -68,7 +91,14 @@ class SAMSVAEModule(PerturbationVAEModule):
             mask = pyro.sample("mask", dist.Bernoulli(self._zero + cfg.mask_prior_probability))
         return embedding * mask
 
-    def model(self, counts, dosage, library_size, category, n_total):
+    def model(
+        self,
+        counts: torch.Tensor | None,
+        dosage: torch.Tensor,
+        library_size: torch.Tensor,
+        category: torch.Tensor,
+        n_total: int,
+    ) -> None:
         latent = self.latent_plate()
         effects = self.model_globals(latent)
         batch = library_size.shape[-1]
@@ -99,11 +129,21 @@ class SAMSVAEModule(PerturbationVAEModule):
         pre = self.embedding_table
         if mask is not None:
             pre = pre + self.embedding_mask_layer(mask)
-        out = self.embedding_output(nn.functional.leaky_relu(pre, LEAKY_SLOPE))
+        hidden = nn.functional.leaky_relu(pre, LEAKY_SLOPE)
+        for layer in self.embedding_hidden:
+            hidden = hidden + nn.functional.leaky_relu(layer(hidden), LEAKY_SLOPE)
+        out = self.embedding_output(hidden)
         loc, raw = out.split(self.config.n_latent, dim=-1)
         return loc, nn.functional.softplus(raw) + 1e-4
 
-    def guide(self, counts, dosage, library_size, category, n_total):
+    def guide(
+        self,
+        counts: torch.Tensor | None,
+        dosage: torch.Tensor,
+        library_size: torch.Tensor,
+        category: torch.Tensor,
+        n_total: int,
+    ) -> None:
         latent = self.latent_plate()
         values = self.guide_globals(latent)
         effects = values["embedding"] * values["mask"] if self.use_masks else values["embedding"]
@@ -120,8 +160,6 @@ class SAMSVAEModule(PerturbationVAEModule):
 
     # ------------------------------------------------------------ summaries
     def perturbation_effects(self, n_draws: int = 200) -> dict[str, torch.Tensor]:
-        from bioreason.models._sampling import draw_globals
-
         draws = draw_globals(self, n_draws)
         embedding = draws["embedding"]
         out = {"embedding": embedding.mean(0)}
@@ -133,15 +171,17 @@ class SAMSVAEModule(PerturbationVAEModule):
         return out
 
     def latent_mean(
-        self, counts, dosage, category, kind: str, effect: torch.Tensor
+        self,
+        counts: torch.Tensor,
+        dosage: torch.Tensor,
+        category: torch.Tensor,
+        kind: str,
+        effect: torch.Tensor | None,
     ) -> torch.Tensor:
         """Posterior mean latent (B, L): basal, or basal + d E_q[E * M] (``perturbed``)."""
         first = dosage @ self.offset_layer(effect) if self.config.encode_offset else None
         loc, _ = self.encode(counts, first)
         return loc if kind == "basal" else loc + dosage @ effect
-
-
-__all__ = ["CELLS_PLATE", "SAMSVAE", "SAMSVAEModule"]
 
 
 class SAMSVAE(PerturbationModel):

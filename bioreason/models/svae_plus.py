@@ -20,17 +20,27 @@ import torch
 from torch import nn
 
 from bioreason.models._base import PerturbationModel
-from bioreason.models._module import PerturbationVAEModule, StraightThroughBernoulli, cells_plate
+from bioreason.models._module import (
+    PerturbationVAEModule,
+    StraightThroughBernoulli,
+    VAEConfig,
+    cells_plate,
+)
 
 
 class SVAEPlusModule(PerturbationVAEModule):
     """``category`` (B,) indexes ``categories``; the value ``n_categories`` means control."""
 
-    latent_site = "z"
     global_sites = ("mask_probability", "mask")
 
     def __init__(
-        self, n_genes, n_perturbations, config, input_mean, input_std, n_categories
+        self,
+        n_genes: int,
+        n_perturbations: int,
+        config: VAEConfig,
+        input_mean: torch.Tensor,
+        input_std: torch.Tensor,
+        n_categories: int,
     ) -> None:
         super().__init__(n_genes, n_perturbations, config, input_mean, input_std)
         C, L = n_categories, config.n_latent
@@ -59,7 +69,14 @@ class SVAEPlusModule(PerturbationVAEModule):
                 mask = pyro.sample("mask", dist.Bernoulli(pi))
         return mask
 
-    def model(self, counts, dosage, library_size, category, n_total):
+    def model(
+        self,
+        counts: torch.Tensor | None,
+        dosage: torch.Tensor,
+        library_size: torch.Tensor,
+        category: torch.Tensor,
+        n_total: int,
+    ) -> None:
         latent = self.latent_plate()
         mask = self.model_globals(latent)
         loc = self._one_hot(category) @ self.shift_table(mask)
@@ -82,7 +99,14 @@ class SVAEPlusModule(PerturbationVAEModule):
                 )
         return {"mask_probability": pi, "mask": mask}
 
-    def guide(self, counts, dosage, library_size, category, n_total):
+    def guide(
+        self,
+        counts: torch.Tensor | None,
+        dosage: torch.Tensor,
+        library_size: torch.Tensor,
+        category: torch.Tensor,
+        n_total: int,
+    ) -> None:
         latent = self.latent_plate()
         self.guide_globals(latent)
         loc, scale = self.encode(counts)
@@ -99,7 +123,14 @@ class SVAEPlusModule(PerturbationVAEModule):
             "effect": probs * self.shift.detach(),
         }
 
-    def latent_mean(self, counts, dosage, category, kind: str, effect) -> torch.Tensor:
+    def latent_mean(
+        self,
+        counts: torch.Tensor,
+        dosage: torch.Tensor,
+        category: torch.Tensor,
+        kind: str,
+        effect: torch.Tensor | None,
+    ) -> torch.Tensor:
         """Posterior mean of z (``perturbed``), or z minus E_q[M_c] a_c (``basal``), (B, L)."""
         loc = self.encode(counts)[0]
         if kind == "perturbed":

@@ -26,13 +26,20 @@ import pandas as pd
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO
 from torch import nn
 from tqdm.auto import tqdm
 
 from bioreason.config import Config
 from bioreason.data import MinibatchLoader
-from bioreason.models._module import MAX_PLATE_NESTING
+from bioreason.models.objectives import (
+    ELBOLoss,
+    batch_arguments,
+    log_importance_weights,
+    make_elbo,
+)
+
+#: default minimum number of steps between validation evaluations
+_MIN_EVAL_EVERY = 100
 
 
 class TrainingDivergedError(ValueError):
@@ -41,22 +48,49 @@ class TrainingDivergedError(ValueError):
 
 @dataclass
 class TrainConfig(Config):
-    """Settings of :func:`fit` (and ``model.train``).
+    """Settings of :func:`fit` (and ``model.train``). Every field has a default.
 
-    max_epochs, max_steps: length of training; ``max_steps`` wins when both are given.
-    batch_size: cells per minibatch.
-    lr: Adam learning rate.
-    n_particles: ELBO particles K (vectorized).
-    early_stopping: stop when the validation ELBO has not improved for ``patience``
-        evaluations, and restore the best parameters.
-    patience: evaluations without improvement before stopping.
-    eval_every: steps between validation evaluations (default: once per epoch).
-    grad_clip: maximum global gradient norm (``None`` = no clipping).
-    seed: seeds torch, Pyro and minibatch order (deterministic on CPU).
-    device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
-    checkpoint_every: steps between checkpoints (needs a checkpoint directory).
-    engine: ``"module"`` or ``"svi"`` (see module docstring).
-    progress: show a tqdm progress bar with the loss.
+    Attributes
+    ----------
+    max_epochs : int or None, default None
+        Passes over the training cells. When both are None: scvi-tools' heuristic
+        ``min(400, 20000 / n_cells * 400)`` epochs.
+    max_steps : int or None, default None
+        Optimizer steps; wins over ``max_epochs`` when both are given. A run with
+        ``early_stopping=False`` takes exactly this many steps.
+    batch_size : int, default 512
+        Cells per minibatch.
+    lr : float, default 1e-3
+        Adam learning rate.
+    n_particles : int, default 5
+        ELBO particles K (vectorized).
+    early_stopping : bool, default False
+        Stop when the validation loss has not improved by more than ``min_delta`` for
+        ``patience`` evaluations, and restore the best parameters. Off by default (as in
+        scvi-tools): a user who asks for ``max_steps`` gets them.
+    patience : int, default 10
+        Evaluations without improvement before stopping (with the default
+        ``eval_every`` that is at least 1,000 steps).
+    min_delta : float, default 0.01
+        Improvement of the validation loss (nats per cell) that counts as one.
+    eval_every : int or None, default None
+        Steps between validation evaluations; default ``max(100, one epoch)``, so that a
+        small data set is not judged on every noisy epoch.
+    validation_particles : int, default 20
+        Particles of the validation estimate (the per-cell negative ELBO of the
+        validation cells); more particles, less noise.
+    grad_clip : float or None, default 10.0
+        Maximum global gradient norm (``None`` = no clipping).
+    seed : int, default 0
+        Seeds torch, Pyro and the minibatch order (deterministic on CPU).
+    device : str, default "auto"
+        ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda[:N]"``.
+    checkpoint_every : int or None, default None
+        Steps between checkpoints (needs a checkpoint directory).
+    engine : str, default "module"
+        ``"module"`` or ``"svi"`` (see the module docstring).
+    progress : bool, default True
+        Show a tqdm progress bar with the loss.
     """
 
     max_epochs: int | None = None
@@ -64,9 +98,11 @@ class TrainConfig(Config):
     batch_size: int = 512
     lr: float = 1e-3
     n_particles: int = 5
-    early_stopping: bool = True
-    patience: int = 5
+    early_stopping: bool = False
+    patience: int = 10
+    min_delta: float = 0.01
     eval_every: int | None = None
+    validation_particles: int = 20
     grad_clip: float | None = 10.0
     seed: int = 0
     device: str = "auto"
@@ -79,42 +115,15 @@ class TrainConfig(Config):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
-        for name in ("batch_size", "n_particles", "patience"):
+        for name in ("batch_size", "n_particles", "patience", "validation_particles"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.min_delta < 0:
+            raise ValueError(f"min_delta must be >= 0, got {self.min_delta}")
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {sorted(ENGINES)}, got {self.engine!r}")
-
-
-def make_elbo(n_particles: int) -> Trace_ELBO:
-    return Trace_ELBO(
-        num_particles=n_particles, vectorize_particles=True, max_plate_nesting=MAX_PLATE_NESTING
-    )
-
-
-class ELBOLoss(nn.Module):
-    """Negative ELBO of a module on one minibatch, as an ``nn.Module`` (so it can be
-    wrapped by DistributedDataParallel / ``accelerate``). ``forward`` returns the loss
-    summed over the data set's ``n_total`` cells (divide by ``n_total`` for nats/cell)."""
-
-    def __init__(self, module: nn.Module, n_particles: int = 5) -> None:
-        super().__init__()
-        self.module = module
-        self.elbo = make_elbo(n_particles)
-
-    def forward(self, counts, dosage, library_size, category, n_total: int) -> torch.Tensor:
-        with pyro.validation_enabled(False):
-            return self.elbo.differentiable_loss(
-                self.module.model,
-                self.module.guide,
-                counts,
-                dosage,
-                library_size,
-                category,
-                n_total,
-            )
 
 
 class _ModuleEngine:
@@ -174,11 +183,6 @@ class _SVIEngine:
 ENGINES = {"module": _ModuleEngine, "svi": _SVIEngine}
 
 
-def batch_arguments(batch, categories: torch.Tensor, n_total: int) -> tuple:
-    """(counts, dosage, library_size, category, n_total) for a module's model/guide."""
-    return (batch.counts, batch.dosage, batch.library_size, categories[batch.index], n_total)
-
-
 def diagnose_nonfinite(module: nn.Module, args: tuple) -> list[str]:
     """Names of the model/guide sites whose log-probability is not finite (one draw)."""
     with torch.no_grad(), pyro.validation_enabled(False):
@@ -189,9 +193,9 @@ def diagnose_nonfinite(module: nn.Module, args: tuple) -> list[str]:
     bad = []
     for where, trace in (("model", model_trace), ("guide", guide_trace)):
         for name, site in trace.nodes.items():
-            if site["type"] != "sample" or site["is_observed"] and where == "guide":
+            if site["type"] != "sample" or (site["is_observed"] and where == "guide"):
                 continue
-            if site["type"] == "sample" and not site.get("infer", {}).get("_do_not_trace"):
+            if not site.get("infer", {}).get("_do_not_trace"):
                 try:
                     value = site["fn"].log_prob(site["value"]).sum()
                 except Exception:  # noqa: BLE001 - a failing log_prob is itself the diagnosis
@@ -211,8 +215,6 @@ def evaluate_loss(
     """Negative ELBO per cell of ``loader``'s cells, with the global latents drawn from the
     guide (as in the held-out IWELBO): the per-cell terms only, so the value does not
     depend on how many cells the validation set has."""
-    from bioreason.models.evaluation import log_importance_weights
-
     log_weights = log_importance_weights(module, loader, categories, n_particles, seed=0)
     return float(-log_weights.mean())
 
@@ -280,7 +282,7 @@ def fit(
     else:
         epochs = config.max_epochs or min(400, max(1, round(20_000 / loader.n_cells * 400)))
         total_steps = epochs * steps_per_epoch
-    eval_every = config.eval_every or steps_per_epoch
+    eval_every = config.eval_every or max(_MIN_EVAL_EVERY, steps_per_epoch)
     engine = ENGINES[config.engine](module, config)
     n_total = loader.n_cells
 
@@ -334,10 +336,10 @@ def fit(
             }
             if val_loader is not None and (step % eval_every == 0 or step == total_steps):
                 module.eval()
-                val = evaluate_loss(module, val_loader, categories, config.n_particles)
+                val = evaluate_loss(module, val_loader, categories, config.validation_particles)
                 module.train()
                 row["validation_loss"] = val
-                if val < best[0]:
+                if val < best[0] - config.min_delta:
                     best = (val, {k: v.detach().clone() for k, v in module.state_dict().items()})
                     since_best = 0
                 else:

@@ -31,10 +31,8 @@ DEMO_VAE_STEPS = 800
 DEMO_CALIBRATION = {
     "n_questions": 2000,
     "methods": ["grpo", "rloo"],
-    "steps": 3000,
     "n_boot": 50,
-    "checkpoint_every": 1000,
-    "log_every": 500,
+    "rl": {"steps": 3000, "checkpoint_every": 1000, "log_every": 500},
 }
 
 
@@ -58,8 +56,8 @@ def _screen_stage(out: Path, seed: int):
 
 
 def _vae_stage(out: Path, adata, screen_path: Path, split, seed: int) -> None:
+    from bioreason.data.expression import ate_agreement, average_treatment_effect
     from bioreason.models import SAMSVAE
-    from bioreason.models import evaluation as ev
 
     stage = out / "vae"
     model_dir = stage / "model"
@@ -92,11 +90,9 @@ def _vae_stage(out: Path, adata, screen_path: Path, split, seed: int) -> None:
     heldout = list(split.heldout_conditions)
     iwelbo = model.iwelbo(test_adata, n_particles=20)
     cells = np.concatenate([np.flatnonzero(adata.obs["perturbation"] == "control"), split.test])
-    data_ate = ev.average_treatment_effect(
-        adata[cells].copy(), control="control", conditions=heldout
-    )
+    data_ate = average_treatment_effect(adata[cells].copy(), control="control", conditions=heldout)
     model_ate = model.average_treatment_effect(heldout, n_cells=1000)
-    agreement = ev.ate_agreement(data_ate, model_ate, top_k=20)
+    agreement = ate_agreement(data_ate, model_ate, top_k=20)
     print(f"[vae] held-out combinations: {', '.join(heldout)}")
     print(f"[vae] test IWELBO (K=20): {iwelbo:.1f} nats/cell")
     print(
@@ -112,11 +108,13 @@ def _calibration_stage(out: Path, seed: int) -> None:
         run_synthetic_calibration,
     )
 
-    config = SyntheticCalibrationConfig.from_dict({**DEMO_CALIBRATION, "seed": seed})
+    values = {**DEMO_CALIBRATION, "seed": seed}
+    values["rl"] = {**DEMO_CALIBRATION["rl"], "seed": seed}
+    config = SyntheticCalibrationConfig.from_dict(values)
     start = time.perf_counter()
     run_synthetic_calibration(out / "calibration", config, progress=False)
     print(
-        f"[calibration] {config.n_questions} questions, {config.steps} steps per method "
+        f"[calibration] {config.n_questions} questions, {config.rl.steps} steps per method "
         f"({time.perf_counter() - start:.0f} s); metrics in {out / 'calibration' / 'metrics.csv'}"
     )
 

@@ -1,0 +1,172 @@
+"""Setup and data access of the user-facing models: how an AnnData is registered,
+parsed against the model's genes and perturbations, and turned into tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from bioreason._device import resolve_device
+from bioreason.data import (
+    MinibatchLoader,
+    PerturbationData,
+    PerturbationSetup,
+    parse_perturbation_labels,
+)
+
+
+def _differences(expected: Sequence[str], got: Sequence[str], what: str) -> str:
+    missing = [g for g in expected if g not in set(got)]
+    extra = [g for g in got if g not in set(expected)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} {what} missing from adata (e.g. {missing[:5]})")
+    if extra:
+        parts.append(f"{len(extra)} {what} not known to the model (e.g. {extra[:5]})")
+    if not parts:
+        parts.append(f"same {what} in a different order")
+    return "; ".join(parts)
+
+
+class SetupMixin:
+    """``setup_anndata`` and the parsing of AnnData / condition labels for a model.
+
+    Expects ``self.setup`` (:class:`~bioreason.data.PerturbationSetup`),
+    ``self.gene_names``, ``self.perturbation_names``, ``self.adata`` and ``self.device``.
+    """
+
+    setup: PerturbationSetup
+    gene_names: list[str]
+    perturbation_names: list[str]
+    device: torch.device
+
+    @classmethod
+    def setup_anndata(
+        cls, adata: Any, setup: PerturbationSetup | None = None, **fields: Any
+    ) -> PerturbationSetup:
+        """Check ``adata`` and record how to read it in ``adata.uns``.
+
+        Parameters
+        ----------
+        adata : AnnData
+        setup : PerturbationSetup, optional
+            How the screen is written (perturbation column, control label(s), counts
+            layer, delimiter, dosage column); defaults to ``PerturbationSetup()``.
+        **fields
+            Fields of :class:`~bioreason.data.PerturbationSetup` given one by one
+            (``perturbation_key=``, ``control=``, ``layer=``, ``delimiter=``,
+            ``dosage_key=``); an unknown name raises.
+
+        Returns
+        -------
+        PerturbationSetup
+            The setup written to ``adata.uns["_bioreason_setup"]``.
+        """
+        setup = PerturbationSetup.resolve(setup, **fields)
+        PerturbationData.from_anndata(adata, setup=setup)  # raises on bad input
+        setup.write(adata)
+        return setup
+
+    # ------------------------------------------------------------- data access
+    def data_for(self, adata: Any | None = None) -> PerturbationData:
+        """Parse ``adata`` (default: the model's own AnnData) with the model's setup.
+
+        Checks that the genes are the model's, in order, and that every perturbation is
+        one the model knows.
+
+        Returns
+        -------
+        PerturbationData
+            Dosage columns in the order of ``self.perturbation_names``.
+        """
+        if adata is None:
+            adata = getattr(self, "adata", None)
+        if adata is None:
+            raise ValueError("this model was loaded without an AnnData; pass adata=")
+        self._check_genes(list(map(str, adata.var_names)))
+        setup = PerturbationSetup.read(adata) or self.setup
+        try:
+            return PerturbationData.from_anndata(
+                adata,
+                setup=setup,
+                perturbation_names=self.perturbation_names,
+                require_control=False,
+            )
+        except ValueError as err:
+            if "not among the" in str(err):
+                raise ValueError(
+                    "adata has perturbations the model was not trained on and does not "
+                    f"know: {err}. The model knows {len(self.perturbation_names)} perturbations "
+                    f"(e.g. {self.perturbation_names[:5]}); remove those cells, or build the "
+                    "model with perturbation_names= listing every perturbation."
+                ) from None
+            raise
+
+    def categories_for(self, data: PerturbationData) -> torch.Tensor:
+        """Category index of every cell of ``data`` (SVAE+; zeros for the other
+        models), Tensor of shape (n_cells,), int64, on the model's device."""
+        codes = self._cell_categories(data.cell_condition, data.is_control)
+        return torch.as_tensor(codes, dtype=torch.int64, device=self.device)
+
+    def training_conditions(self) -> list[str]:
+        """Canonical labels of the non-control conditions of the model's AnnData."""
+        table = self.data_for(None).condition_table()
+        return [c for c in table.index if table.loc[c, "n_perturbations"] > 0]
+
+    def to_device(self, device: str | torch.device) -> SetupMixin:
+        """Move the module to ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``); returns self."""
+        self.device = resolve_device(device)
+        self.module.to(self.device)
+        return self
+
+    # ----------------------------------------------------------------- helpers
+    def _cell_categories(
+        self, condition_names: Sequence[str], is_control: np.ndarray
+    ) -> np.ndarray:
+        """Category index per cell, shape (n,), int64 (only SVAE+ overrides this)."""
+        return np.zeros(len(condition_names), dtype=np.int64)
+
+    def _check_genes(self, genes: list[str]) -> None:
+        if genes != self.gene_names:
+            raise ValueError(
+                f"adata's genes differ from the model's ({len(genes)} vs {len(self.gene_names)}): "
+                f"{_differences(self.gene_names, genes, 'genes')}. Subset adata to the model's "
+                "genes in the same order (adata[:, model.gene_names])."
+            )
+
+    def _loader(self, data: PerturbationData, batch_size: int, indices=None) -> MinibatchLoader:
+        return MinibatchLoader(
+            data, indices, batch_size=batch_size, shuffle=False, device=self.device
+        )
+
+    def _parse_conditions(
+        self, perturbations: Sequence[str] | str
+    ) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """Dosage rows (n, P), canonical labels and control flags of condition labels."""
+        if isinstance(perturbations, str):
+            perturbations = [perturbations]
+        try:
+            parsed = parse_perturbation_labels(
+                list(perturbations),
+                control=self.setup.control,
+                delimiter=self.setup.delimiter,
+                perturbation_names=self.perturbation_names,
+                key="perturbations",
+            )
+        except ValueError as err:
+            raise ValueError(
+                f"{err}. The model can only generate conditions built from its "
+                f"{len(self.perturbation_names)} perturbations "
+                f"(e.g. {self.perturbation_names[:5]})."
+            ) from None
+        labels = list(np.asarray(parsed.condition_names, dtype=object)[parsed.condition_codes])
+        return parsed.dosage.toarray(), labels, parsed.is_control
+
+    @property
+    def control_label(self) -> str:
+        """The (first) control label of the model's setup."""
+        control = self.setup.control
+        return control if isinstance(control, str) else control[0]

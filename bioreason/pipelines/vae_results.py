@@ -1,0 +1,357 @@
+"""Held-out results of the perturbation VAEs (behind ``benchmarks/vae_results.py``).
+
+For a data set, a split and a model: train with fixed settings, then measure the
+held-out IWELBO (overall and per held-out condition), the IWELBO of the validation cells
+(conditions seen in training), the agreement of data and model average treatment effects
+on the held-out combinations (per-condition mean and pooled Pearson r), and, on the
+synthetic screen, the agreement with the exact ATE and the recovery of the true masks.
+One JSON file per run; :func:`write_results_table` collects them into a Markdown table.
+
+Splits:
+
+* ``composable``: 25 % of the combinations held out, drawn among those whose parts are
+  measured alone (see :func:`bioreason.data.composable_combinations`).
+* ``reference`` (Norman only): the held-out combinations of the SAMS-VAE reference
+  evaluation, ``NORMAN_REFERENCE_HELDOUT``; two of their parts (CBL, TBX3) have no
+  training cells, so the model is built with every perturbation name.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bioreason.config import Config
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED_H5AD = ROOT.parent / "shared" / "data" / "perturbench_devel.h5ad"
+
+#: the four combinations held out by the SAMS-VAE reference evaluation of Norman 2019
+NORMAN_REFERENCE_HELDOUT = ("CBL+CNN1", "MAP2K3+SLC38A2", "MAPK1+TGFBR2", "SGK1+TBX3")
+
+__all__ = [
+    "NORMAN_REFERENCE_HELDOUT",
+    "VAEResultsConfig",
+    "load_results_dataset",
+    "run_vae_results",
+    "write_results_table",
+]
+
+
+@dataclass
+class VAEResultsConfig(Config):
+    """Settings of one results run.
+
+    Attributes
+    ----------
+    dataset : str, default "synthetic"
+        ``"synthetic"`` (a simulated screen with known truth) or ``"norman"`` (the
+        Norman 2019 subset from ``../shared/data``).
+    model : str, default "sams_vae"
+        A name of :data:`bioreason.models.MODELS`.
+    split : str, default "composable"
+        ``"composable"`` or ``"reference"`` (Norman only; see the module docstring).
+    steps : int, default 3000
+        Optimizer steps.
+    early_stopping : bool, default False
+        Train with early stopping (the model's defaults otherwise).
+    lr : float, default 1e-3
+    batch_size : int, default 512
+    n_particles : int, default 5
+    n_latent : int or None, default None
+        None: 20 (synthetic) or 200 (Norman).
+    n_hidden : int or None, default None
+        None: 256 (synthetic) or 400 (Norman).
+    model_options : dict, default {}
+        Further :class:`~bioreason.models.VAEConfig` fields (e.g.
+        ``{"embedding_n_layers": 4}``).
+    iwelbo_particles : int, default 100
+    seed : int, default 0
+    """
+
+    dataset: str = "synthetic"
+    model: str = "sams_vae"
+    split: str = "composable"
+    steps: int = 3000
+    early_stopping: bool = False
+    lr: float = 1e-3
+    batch_size: int = 512
+    n_particles: int = 5
+    n_latent: int | None = None
+    n_hidden: int | None = None
+    model_options: dict = field(default_factory=dict)
+    iwelbo_particles: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from bioreason.models import MODELS
+
+        if self.dataset not in _DEFAULTS:
+            raise ValueError(f"dataset must be one of {sorted(_DEFAULTS)}, got {self.dataset!r}")
+        MODELS.get(self.model)  # raises listing the models
+        if self.split not in ("composable", "reference"):
+            raise ValueError(f"split must be 'composable' or 'reference', got {self.split!r}")
+        if self.split == "reference" and self.dataset != "norman":
+            raise ValueError("the reference split exists for dataset='norman' only")
+        for name in ("steps", "batch_size", "n_particles", "iwelbo_particles"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def name(self) -> str:
+        """File stem of the run's result."""
+        parts = [self.dataset, self.split, self.model, f"{self.steps}steps"]
+        if self.early_stopping:
+            parts.append("earlystop")
+        parts += [f"{k}{v}" for k, v in sorted(self.model_options.items())]
+        return "_".join(str(p) for p in parts)
+
+
+_DEFAULTS = {
+    "synthetic": {"n_latent": 20, "n_hidden": 256},
+    "norman": {"n_latent": 200, "n_hidden": 400},
+}
+
+
+def load_results_dataset(name: str) -> tuple[Any, Any]:
+    """The AnnData of a results data set and its ground truth (None for real data).
+
+    Returns
+    -------
+    (AnnData, ScreenGroundTruth or None)
+    """
+    from bioreason.data import ScreenGroundTruth, recover_counts, simulate_screen
+
+    if name == "synthetic":
+        adata = simulate_screen(
+            n_cells_per_condition=200,
+            n_genes=500,
+            n_latent=10,
+            n_perturbations=20,
+            n_combinations=20,
+            mask_probability=0.1,
+            seed=0,
+        )
+        return adata, ScreenGroundTruth.from_uns(adata.uns["ground_truth"])
+    if name == "norman":
+        import anndata as ad
+
+        if not SHARED_H5AD.exists():
+            raise FileNotFoundError(
+                f"{SHARED_H5AD} not found: the Norman 2019 subset lives in ../shared/data"
+            )
+        full = ad.read_h5ad(SHARED_H5AD)
+        adata = full[full.obs["dataset"] == "norman19"].copy()
+        adata, _ = recover_counts(adata)
+        adata.obs["perturbation"] = adata.obs["condition"].astype(str)
+        return adata, None
+    raise ValueError(f"unknown results data set {name!r}; choose one of {sorted(_DEFAULTS)}")
+
+
+def _split(config: VAEResultsConfig, data: Any) -> Any:
+    from bioreason.data import composable_combinations, split_heldout_combinations
+
+    if config.split == "reference":
+        heldout = list(NORMAN_REFERENCE_HELDOUT)
+    else:
+        heldout = composable_combinations(data, fraction=0.25, seed=config.seed)
+    return split_heldout_combinations(data, heldout=heldout, val_fraction=0.1, seed=config.seed)
+
+
+def run_vae_results(config: VAEResultsConfig, progress: bool = False) -> dict[str, Any]:
+    """Train and evaluate one model; returns the result as a JSON-ready dict.
+
+    Keys: the settings, ``train_seconds``, ``heldout`` (conditions), ``n_train``,
+    ``n_validation``, ``n_test``, ``test_iwelbo`` and ``test_iwelbo_per_condition``
+    (nats per cell), ``validation_iwelbo``, ``final_train_loss``, the ATE agreement
+    (``ate_pearson_all`` / ``ate_pearson_top20``: mean over held-out conditions of the
+    per-condition r; ``ate_pooled_pearson_all`` / ``ate_pooled_pearson_top20``: r over all
+    (condition, gene) entries pooled), ``mask_probability_quantiles`` (SAMS-VAE) and, on
+    the synthetic screen, ``ate_vs_truth_*`` and ``mask_auroc``. A model that cannot
+    compose the held-out combinations gets ``cannot_predict_heldout`` instead.
+    """
+    from bioreason.data import PerturbationData
+    from bioreason.data.expression import (
+        ate_agreement,
+        average_treatment_effect,
+        ground_truth_ate,
+        pooled_ate_agreement,
+    )
+    from bioreason.models import MODELS
+    from bioreason.models.evaluation import mask_recovery
+
+    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    adata, truth = load_results_dataset(config.dataset)
+    data = PerturbationData.from_anndata(adata)
+    split = _split(config, data)
+    heldout = list(split.heldout_conditions)
+    train_adata = adata[np.concatenate([split.train, split.val])].copy()
+    test_adata = adata[split.test].copy()
+    n_train = len(split.train)
+    cls = MODELS[config.model]
+    cls.setup_anndata(train_adata)
+    sizes = {
+        key: getattr(config, key) or default for key, default in _DEFAULTS[config.dataset].items()
+    }
+    model = cls(
+        train_adata,
+        guide="correlated",
+        seed=config.seed,
+        perturbation_names=data.perturbation_names,
+        **sizes,
+        **config.model_options,
+    )
+    start = time.perf_counter()
+    model.train(
+        max_steps=config.steps,
+        batch_size=config.batch_size,
+        n_particles=config.n_particles,
+        lr=config.lr,
+        seed=config.seed,
+        device="cpu",
+        train_indices=np.arange(n_train),
+        validation_indices=np.arange(n_train, train_adata.n_obs),
+        early_stopping=config.early_stopping,
+        progress=progress,
+    )
+    seconds = time.perf_counter() - start
+    history = model.history
+    result: dict[str, Any] = {
+        **config.to_dict(),
+        **sizes,
+        "train_seconds": round(seconds, 1),
+        "steps_taken": int(history["step"].iloc[-1]),
+        "heldout": heldout,
+        "n_train": n_train,
+        "n_validation": int(len(split.val)),
+        "n_test": int(test_adata.n_obs),
+        "final_train_loss": float(history["train_loss"].iloc[-50:].mean()),
+    }
+    k = config.iwelbo_particles
+    result["validation_iwelbo"] = model.iwelbo(train_adata[n_train:].copy(), n_particles=k)
+    if model.composes:
+        per_cell = model.iwelbo(test_adata, n_particles=k, return_per_cell=True)
+        labels = data.cell_condition[split.test]
+        result["test_iwelbo"] = float(per_cell.mean())
+        result["test_iwelbo_per_condition"] = {
+            c: float(per_cell[labels == c].mean()) for c in heldout
+        }
+        control = model.control_label
+        data_ate = average_treatment_effect(
+            adata[np.concatenate([np.flatnonzero(data.is_control), split.test])].copy(),
+            control=control,
+            conditions=heldout,
+        )
+        model_ate = model.average_treatment_effect(heldout, n_cells=2500)
+        table = ate_agreement(data_ate, model_ate, top_k=20)
+        pooled = pooled_ate_agreement(data_ate, model_ate, top_k=20)
+        result["ate_pearson_all"] = float(table["pearson_all"].mean())
+        result["ate_pearson_top20"] = float(table["pearson_top"].mean())
+        result["ate_pooled_pearson_all"] = float(pooled["pearson_all"])
+        result["ate_pooled_pearson_top20"] = float(pooled["pearson_top"])
+        if truth is not None:
+            exact = ground_truth_ate(truth, heldout, list(adata.var_names), n_cells=10_000)
+            vs_truth = ate_agreement(exact, model_ate, top_k=20)
+            result["ate_vs_truth_pearson_all"] = float(vs_truth["pearson_all"].mean())
+            result["ate_vs_truth_pearson_top20"] = float(vs_truth["pearson_top"].mean())
+    else:
+        result["cannot_predict_heldout"] = "SVAE+ has no category for an unseen combination"
+    effects = model.get_perturbation_effects()
+    if "mask_probability" in effects:
+        probability = effects["mask_probability"].to_numpy()
+        result["mask_probability_quantiles"] = {
+            str(q): float(np.quantile(probability, q)) for q in (0.1, 0.5, 0.9, 0.99)
+        }
+        if truth is not None:
+            frame, effect = effects["mask_probability"], effects["effect"]
+            if config.model == "svae_plus":  # categories: keep the single perturbations
+                singles = [p for p in truth.perturbation_names if p in frame.index]
+                frame, effect = frame.loc[singles], effect.loc[singles]
+            rows = [truth.perturbation_names.index(p) for p in frame.index]
+            recovery = mask_recovery(
+                truth.masks[rows], truth.effects[rows], frame.to_numpy(), effect.to_numpy()
+            )
+            result["mask_auroc"] = recovery["auroc"]
+    return result
+
+
+def save_result(result: dict[str, Any], directory: Path, name: str) -> Path:
+    """Write ``result`` to ``directory/name.json`` (atomically); returns the path."""
+    from bioreason._io import atomic_write_text
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
+    atomic_write_text(path, json.dumps(result, indent=1))
+    return path
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def write_results_table(directory: Path) -> str:
+    """Markdown tables (one per data set and split) of every result in ``directory``."""
+    rows = [json.loads(p.read_text()) for p in sorted(Path(directory).glob("*.json"))]
+    lines: list[str] = []
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        key = (r["dataset"], r["split"], r["steps"], r["early_stopping"], r["lr"])
+        groups.setdefault(key, []).append(r)
+    for (dataset, split, steps, early, lr), subset in sorted(groups.items()):
+        first = subset[0]
+        lines += [
+            f"### {dataset}, {split} split, {steps} steps, early stopping "
+            f"{'on' if early else 'off'}, lr {lr:g}",
+            "",
+            f"{first['n_train']} training, {first['n_validation']} validation, "
+            f"{first['n_test']} test cells; held out: {', '.join(first['heldout'])}; "
+            f"n_latent {first['n_latent']}, hidden {first['n_hidden']}, batch "
+            f"{first['batch_size']}, {first['n_particles']} particles, seed {first['seed']}; "
+            f"IWELBO with K = {first['iwelbo_particles']}.",
+            "",
+            "| model | options | steps run | test IWELBO | "
+            + " | ".join(first["heldout"])
+            + " | validation IWELBO | ATE r all (mean / pooled) | ATE r top 20 (mean / pooled)"
+            " | ATE r vs truth (all / top 20) | mask AUROC | median q(M=1) | train s |",
+            "| " + " | ".join(["---"] * (12 + len(first["heldout"]))) + " |",
+        ]
+        for r in subset:
+            per = r.get("test_iwelbo_per_condition", {})
+            cannot = "cannot compose" if "cannot_predict_heldout" in r else None
+            truth = "n/a"
+            if "ate_vs_truth_pearson_all" in r:
+                truth = (
+                    f"{_fmt(r['ate_vs_truth_pearson_all'])} / "
+                    f"{_fmt(r['ate_vs_truth_pearson_top20'])}"
+                )
+            ate_all = cannot or (
+                f"{_fmt(r.get('ate_pearson_all'))} / {_fmt(r.get('ate_pooled_pearson_all'))}"
+            )
+            ate_top = cannot or (
+                f"{_fmt(r.get('ate_pearson_top20'))} / {_fmt(r.get('ate_pooled_pearson_top20'))}"
+            )
+            quantiles = r.get("mask_probability_quantiles", {})
+            options = ", ".join(f"{k}={v}" for k, v in r["model_options"].items()) or "default"
+            cells = [
+                r["model"],
+                options,
+                str(r["steps_taken"]),
+                cannot or _fmt(r.get("test_iwelbo"), 1),
+                *[cannot or _fmt(per.get(c), 1) for c in first["heldout"]],
+                _fmt(r.get("validation_iwelbo"), 1),
+                ate_all,
+                ate_top,
+                truth,
+                _fmt(r.get("mask_auroc")),
+                _fmt(quantiles.get("0.5")),
+                str(r["train_seconds"]),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
