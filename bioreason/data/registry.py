@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from bioreason.config import Config
+from bioreason.data.setup import PerturbationSetup
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REGISTRY_PATH = REPO_ROOT / "data" / "datasets.yaml"
@@ -16,25 +17,54 @@ REGISTRY_PATH = REPO_ROOT / "data" / "datasets.yaml"
 
 @dataclass
 class DatasetEntry(Config):
-    """One registry entry.
+    """One entry of the dataset registry (``data/datasets.yaml``).
 
-    path: the .h5ad file, relative to the repository root or absolute.
-    obs_filter: keep cells whose obs columns equal these values.
-    perturbation_key, control, delimiter: how labels are written.
-    recover_counts: X is log1p-normalized and counts must be rebuilt.
-    library_key: obs column with each cell's total count (for recover_counts).
-    layer: raw-count layer when recover_counts is false.
+    Parameters
+    ----------
+    path : str
+        The ``.h5ad`` file, relative to the repository root or absolute. Required.
+    description : str, default ``""``
+        One line on what the data set is.
+    obs_filter : dict, default ``{}``
+        Keep only cells whose ``obs`` columns equal these values
+        (``{dataset: norman19}``); empty keeps all cells.
+    setup : PerturbationSetup, default ``PerturbationSetup()``
+        How the cells returned by :func:`load_dataset` are read: perturbation column,
+        control label(s), counts layer, delimiter, dosage column. In YAML a mapping of
+        those fields (``setup: {control: ctrl}``); the fields may also be written at
+        the top level of the entry, as older registry files do.
+    recover_counts : bool, default ``False``
+        ``X`` holds log1p-normalized values and integer counts must be rebuilt with
+        :func:`~bioreason.data.recover_counts` (written to ``layers["counts"]``, so
+        ``setup.layer`` stays ``"counts"``).
+    library_key : str or None, default ``None``
+        ``obs`` column with each cell's total count before normalization, used by
+        ``recover_counts``; ``None`` recovers without it.
     """
 
     path: str
     description: str = ""
     obs_filter: dict[str, Any] = field(default_factory=dict)
-    perturbation_key: str = "perturbation"
-    control: str = "control"
-    delimiter: str = "+"
+    setup: PerturbationSetup = field(default_factory=PerturbationSetup)
     recover_counts: bool = False
     library_key: str | None = None
-    layer: str | None = "counts"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, where: str | None = None) -> DatasetEntry:
+        """As :meth:`Config.from_dict`; setup fields written at the top level of the
+        entry are moved into ``setup`` (both places at once is an error)."""
+        if isinstance(values, dict):
+            names = {f.name for f in fields(PerturbationSetup)}
+            flat = {k: v for k, v in values.items() if k in names}
+            if flat:
+                if "setup" in values:
+                    raise ValueError(
+                        f"{where or cls.__name__}: write {sorted(flat)} inside setup:, "
+                        "not beside it"
+                    )
+                values = {k: v for k, v in values.items() if k not in names}
+                values["setup"] = flat
+        return super().from_dict(values, where=where)
 
 
 def dataset_registry(path: str | Path = REGISTRY_PATH) -> dict[str, DatasetEntry]:
@@ -47,6 +77,8 @@ def dataset_registry(path: str | Path = REGISTRY_PATH) -> dict[str, DatasetEntry
 def load_dataset(name: str, *, registry: str | Path = REGISTRY_PATH, backed: bool = False) -> Any:
     """Read a registered dataset as AnnData with raw counts in ``layers["counts"]``.
 
+    Parse it with the entry's setup:
+    ``PerturbationData.from_anndata(adata, dataset_registry()[name].setup)``.
     Raises ``FileNotFoundError`` naming the expected path when the file is absent.
     """
     import anndata as ad
