@@ -43,21 +43,24 @@ def _simulate(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     import anndata as ad
 
-    from bioreason.data import PerturbationData
+    from bioreason.data import PerturbationData, PerturbationSetup
 
     path = Path(args.path)
     if not path.exists():
         raise SystemExit(f"error: {path} does not exist")
+    # options left out keep the PerturbationSetup defaults
+    fields = {
+        name: getattr(args, name)
+        for name in ("perturbation_key", "control", "layer", "delimiter", "dosage_key")
+        if getattr(args, name) is not None
+    }
+    if "layer" in fields and fields["layer"] in ("X", "none", ""):
+        fields["layer"] = None
+    if "control" in fields and "," in fields["control"]:
+        fields["control"] = fields["control"].split(",")
+    setup = PerturbationSetup.resolve(where="bioreason inspect", **fields)
     adata = ad.read_h5ad(path, backed="r" if args.backed else None)
-    layer = None if args.layer in ("X", "none", "") else args.layer
-    controls = args.control.split(",") if "," in args.control else args.control
-    data = PerturbationData.from_anndata(
-        adata,
-        perturbation_key=args.perturbation_key,
-        control=controls,
-        delimiter=args.delimiter,
-        layer=layer,
-    )
+    data = PerturbationData.from_anndata(adata, setup)
     print(data.summary())
     return 0
 
@@ -117,10 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     ins = sub.add_parser("inspect", help="parse a perturbation .h5ad and print a summary")
     ins.add_argument("path")
-    ins.add_argument("--perturbation-key", default="perturbation")
-    ins.add_argument("--control", default="control", help="control label(s), comma-separated")
-    ins.add_argument("--delimiter", default="+")
-    ins.add_argument("--layer", default="counts", help="raw-count layer; 'X' for adata.X")
+    # defaults (None here) are those of bioreason.data.PerturbationSetup
+    ins.add_argument(
+        "--perturbation-key", dest="perturbation_key", help="obs column of labels (perturbation)"
+    )
+    ins.add_argument("--control", help="control label(s), comma-separated (control)")
+    ins.add_argument("--delimiter", help="joins the parts of a combination (+)")
+    ins.add_argument("--layer", help="raw-count layer; 'X' for adata.X (counts)")
+    ins.add_argument("--dosage-key", dest="dosage_key", help="obs column of doses (none)")
     ins.add_argument("--backed", action="store_true", help="open the file backed (on disk)")
     ins.set_defaults(func=_inspect)
 

@@ -116,3 +116,19 @@ def test_yaml_round_trip(tmp_path):
     setup = PerturbationSetup(control=["ctrl", "nt"], layer=None)
     setup.to_yaml(tmp_path / "setup.yaml")
     assert PerturbationSetup.from_yaml(tmp_path / "setup.yaml") == setup
+
+
+def test_cli_inspect_reads_through_the_setup(tmp_path, capsys):
+    from bioreason.cli import main
+
+    path = tmp_path / "toy.h5ad"
+    toy_adata().write_h5ad(path)
+    args = ["inspect", str(path), "--perturbation-key", "guide", "--layer", "X"]
+    assert main([*args, "--control", "ctrl,nt", "--delimiter", "_", "--dosage-key", "dose"]) == 0
+    out = capsys.readouterr().out
+    assert "4 cells x 2 genes, 2 perturbations" in out and "control cells: 2" in out
+    # without --control the PerturbationSetup default ("control") applies: no control cells
+    assert main(args) == 2
+    assert "equals 'control'" in capsys.readouterr().err
+    assert main([*args, "--control", "ctrl", "--delimiter", ""]) == 2
+    assert "bioreason inspect: delimiter must be a non-empty string" in capsys.readouterr().err
