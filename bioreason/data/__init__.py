@@ -1,6 +1,16 @@
-"""Perturbation data: parsing AnnData, validation, count recovery, splits, loaders,
-synthetic screens."""
+"""Perturbation data: parsing AnnData (one PerturbationSetup), validation, count
+recovery, splits, loaders, synthetic screens, expression summaries (condition means,
+average treatment effects)."""
 
+from bioreason.data.expression import (
+    ate_agreement,
+    average_treatment_effect,
+    condition_means,
+    differential_expression,
+    ground_truth_ate,
+    log_normalized,
+    pooled_ate_agreement,
+)
 from bioreason.data.genes import prepare, select_genes
 from bioreason.data.labels import ParsedLabels, parse_perturbation_labels
 from bioreason.data.loader import Batch, MinibatchLoader
@@ -32,10 +42,17 @@ __all__ = [
     "ScreenConfig",
     "ScreenGroundTruth",
     "Split",
+    "ate_agreement",
+    "average_treatment_effect",
+    "condition_means",
     "dataset_registry",
+    "differential_expression",
+    "ground_truth_ate",
     "load_dataset",
+    "log_normalized",
     "make_split",
     "parse_perturbation_labels",
+    "pooled_ate_agreement",
     "prepare",
     "recover_counts",
     "select_genes",
