@@ -22,10 +22,12 @@ from bioreason.data.simulate import ScreenConfig, ScreenGroundTruth, simulate_sc
 from bioreason.data.splits import (
     SPLITS,
     Split,
+    composable_combinations,
     make_split,
     split_data_efficiency,
     split_heldout_combinations,
     split_heldout_perturbations,
+    split_norman_reference,
     split_random,
 )
 from bioreason.data.validation import validate_counts
@@ -44,6 +46,7 @@ __all__ = [
     "Split",
     "ate_agreement",
     "average_treatment_effect",
+    "composable_combinations",
     "condition_means",
     "dataset_registry",
     "differential_expression",
@@ -60,6 +63,7 @@ __all__ = [
     "split_data_efficiency",
     "split_heldout_combinations",
     "split_heldout_perturbations",
+    "split_norman_reference",
     "split_random",
     "validate_counts",
 ]

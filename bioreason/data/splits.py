@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from bioreason.data.perturbation import PerturbationData
+from bioreason.registry import Registry
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -20,7 +21,7 @@ class Split:
     Attributes
     ----------
     train, val, test : ndarray of int64
-    heldout_conditions : list of str
+    heldout_conditions : tuple of str
         Conditions whose cells are all in ``test`` (empty for random splits).
     """
 
@@ -79,7 +80,9 @@ def split_random(
     _check_fractions(val_fraction, test_fraction)
     rng = np.random.default_rng(seed)
     train, val, test = _partition(
-        np.arange(data.n_cells), [1 - val_fraction - test_fraction, val_fraction, test_fraction], rng
+        np.arange(data.n_cells),
+        [1 - val_fraction - test_fraction, val_fraction, test_fraction],
+        rng,
     )
     return _make(train, val, test)
 
@@ -134,6 +137,101 @@ def split_heldout_combinations(
     return _heldout_split(data, test_mask, val_fraction, rng, chosen)
 
 
+def composable_combinations(
+    data: PerturbationData, *, fraction: float = 0.25, seed: int = 0
+) -> list[str]:
+    """Draw combinations to hold out among those whose every part is measured alone.
+
+    A combination of perturbations that never appear alone cannot be predicted by an
+    additive model from its parts, so an out-of-distribution test of composition should
+    hold out only combinations whose parts all have single-perturbation cells. The
+    number drawn is ``fraction`` of *all* combinations (rounded, at least one); in the
+    Norman 2019 subset 5 of the 15 combinations qualify and 25 % draws 4 of them.
+    Use with :func:`split_heldout_combinations`::
+
+        heldout = composable_combinations(data, fraction=0.25, seed=0)
+        split = split_heldout_combinations(data, heldout=heldout, seed=0)
+
+    Parameters
+    ----------
+    data : PerturbationData
+    fraction : float
+        Share of all combinations to hold out, in (0, 1].
+    seed : int
+        Seeds the draw (``numpy.random.default_rng(seed)``).
+
+    Returns
+    -------
+    list of str
+        Sorted canonical condition labels.
+
+    Raises
+    ------
+    ValueError
+        When fewer combinations are composable than are asked for.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    table = data.condition_table()
+    combinations = table.index[table["n_perturbations"] >= 2].tolist()
+    if not combinations:
+        raise ValueError("the data set has no combinations to hold out")
+    singles = set(table.index[table["n_perturbations"] == 1])
+    delimiter = data.setup.delimiter
+    eligible = sorted(c for c in combinations if all(p in singles for p in c.split(delimiter)))
+    n_heldout = max(1, round(fraction * len(combinations)))
+    if len(eligible) < n_heldout:
+        raise ValueError(
+            f"only {len(eligible)} of {len(combinations)} combinations have every part "
+            f"measured alone ({eligible}); cannot hold out {n_heldout}. Lower fraction."
+        )
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(eligible, n_heldout, replace=False).tolist())
+
+
+#: The held-out combinations of the SAMS-VAE reference evaluation on the Norman 2019
+#: subset. CBL and TBX3 appear only inside CBL+CNN1 and SGK1+TBX3, so a model evaluated
+#: on this split must know every perturbation name, not only those of its training cells.
+NORMAN_REFERENCE_HELDOUT: tuple[str, ...] = (
+    "CBL+CNN1",
+    "MAP2K3+SLC38A2",
+    "MAPK1+TGFBR2",
+    "SGK1+TBX3",
+)
+
+
+def split_norman_reference(
+    data: PerturbationData,
+    *,
+    heldout: Sequence[str] = NORMAN_REFERENCE_HELDOUT,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> Split:
+    """The reference split of the Norman 2019 subset: named combinations held out.
+
+    Every cell of the ``heldout`` combinations is in ``test``; all other cells (controls,
+    singles, the other combinations) are split at random, ``1 - val_fraction`` to train
+    and ``val_fraction`` to validation (90/10 by default).
+
+    Parameters
+    ----------
+    data : PerturbationData
+        Must hold every condition in ``heldout`` (else a ``ValueError`` names them).
+    heldout : list of str
+        Combination labels; default :data:`NORMAN_REFERENCE_HELDOUT`.
+    val_fraction : float
+    seed : int
+
+    Returns
+    -------
+    Split
+        ``heldout_conditions`` lists the held-out combinations.
+    """
+    return split_heldout_combinations(
+        data, heldout=list(heldout), val_fraction=val_fraction, seed=seed
+    )
+
+
 def split_heldout_perturbations(
     data: PerturbationData,
     *,
@@ -145,7 +243,9 @@ def split_heldout_perturbations(
     """Hold out single perturbations: every cell that carries one of them goes to test."""
     _check_fractions(val_fraction)
     rng = np.random.default_rng(seed)
-    chosen = _choose_conditions(list(data.perturbation_names), heldout, fraction, rng, "perturbations")
+    chosen = _choose_conditions(
+        list(data.perturbation_names), heldout, fraction, rng, "perturbations"
+    )
     columns = [data.perturbation_names.index(name) for name in chosen]
     test_mask = np.asarray(data.dosage[:, columns].getnnz(axis=1) > 0)
     return _heldout_split(data, test_mask, val_fraction, rng, chosen)
@@ -177,25 +277,26 @@ def split_data_efficiency(
         )
         train.append(part_train)
         test.append(part_test)
-    rest_train, val = _partition(np.flatnonzero(~is_combination), [1 - val_fraction, val_fraction], rng)
+    rest_train, val = _partition(
+        np.flatnonzero(~is_combination), [1 - val_fraction, val_fraction], rng
+    )
     return _make(np.concatenate([rest_train, *train]), val, np.concatenate(test))
 
 
-SPLITS = {
-    "random": split_random,
-    "heldout_combinations": split_heldout_combinations,
-    "heldout_perturbations": split_heldout_perturbations,
-    "data_efficiency": split_data_efficiency,
-}
+#: split kind -> ``f(data, **options) -> Split``
+SPLITS: Registry[Callable[..., Split]] = Registry("split kind")
+SPLITS.register("random", split_random)
+SPLITS.register("heldout_combinations", split_heldout_combinations)
+SPLITS.register("heldout_perturbations", split_heldout_perturbations)
+SPLITS.register("data_efficiency", split_data_efficiency)
+SPLITS.register("norman_reference", split_norman_reference)
 
 
 def make_split(
     data: PerturbationData, kind: str = "random", *, adata: Any = None, key: str = "split", **kwargs
 ) -> Split:
     """Build a split by registry name and optionally write it to ``adata.obs[key]``."""
-    if kind not in SPLITS:
-        raise ValueError(f"unknown split kind {kind!r}; choose one of {sorted(SPLITS)}")
-    split = SPLITS[kind](data, **kwargs)
+    split = SPLITS.get(kind)(data, **kwargs)
     if adata is not None:
         split.write(adata, key)
     return split
