@@ -132,3 +132,19 @@ def test_cli_inspect_reads_through_the_setup(tmp_path, capsys):
     assert "equals 'control'" in capsys.readouterr().err
     assert main([*args, "--control", "ctrl", "--delimiter", ""]) == 2
     assert "bioreason inspect: delimiter must be a non-empty string" in capsys.readouterr().err
+
+
+def test_data_configs_document_every_field_with_its_default():
+    import dataclasses
+    import re
+
+    from bioreason.data import DatasetEntry, ScreenConfig
+
+    for cls in (PerturbationSetup, ScreenConfig, DatasetEntry):
+        for field in dataclasses.fields(cls):
+            line = re.search(rf"^    {field.name} : (.*)$", cls.__doc__, re.MULTILINE)
+            assert line, f"{cls.__name__}.{field.name} is not documented"
+            required = field.default is dataclasses.MISSING and (
+                field.default_factory is dataclasses.MISSING
+            )
+            assert required or "default" in line.group(1), f"{cls.__name__}.{field.name}"

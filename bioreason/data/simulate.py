@@ -30,20 +30,44 @@ _CHUNK_CELLS = 4096
 class ScreenConfig(Config):
     """Settings of :func:`simulate_screen`; every field has a default.
 
-    n_cells_per_condition: cells in each condition (control, single, combination).
-    n_control_cells: control cells (default: n_cells_per_condition).
-    n_genes, n_latent: genes and latent dimensions.
-    n_perturbations: single perturbations; n_combinations: distinct two-gene combinations.
-    mask_probability: prior probability that a perturbation affects a latent dimension.
-    embedding_scale: standard deviation of the perturbation embeddings E.
-    ensure_effect: give every perturbation at least one active latent dimension.
-    decoder_hidden: width of the decoder's hidden layer.
-    decoder_scale: scale of the decoder's output weights (effect size on log proportions).
-    gene_log_abundance_sd: spread of the genes' baseline log abundance.
-    library_log_mean, library_log_sd: log-normal library size.
-    dispersion_log_mean, dispersion_log_sd: log-normal negative-binomial concentration
-        per gene (larger = closer to Poisson).
-    seed: random seed.
+    Parameters
+    ----------
+    n_cells_per_condition : int, default ``200``
+        Cells in each non-control condition (single perturbation or combination).
+    n_control_cells : int or None, default ``None``
+        Control cells; ``None`` uses ``n_cells_per_condition``.
+    n_genes : int, default ``500``
+        Genes G.
+    n_latent : int, default ``10``
+        Latent dimensions L of the true model.
+    n_perturbations : int, default ``20``
+        Single perturbations P, named ``P00``, ``P01``, ...
+    n_combinations : int, default ``10``
+        Distinct two-perturbation combinations, drawn among the P (P - 1) / 2 pairs.
+    mask_probability : float, default ``0.1``
+        Probability that a perturbation acts on a latent dimension (the masks M).
+    embedding_scale : float, default ``1.5``
+        Standard deviation of the perturbation embeddings E.
+    ensure_effect : bool, default ``True``
+        Give every perturbation at least one active latent dimension (a perturbation
+        whose mask came out empty gets one dimension at random).
+    decoder_hidden : int, default ``64``
+        Width of the true decoder's hidden layer.
+    decoder_scale : float, default ``1.5``
+        Scale of the decoder's output weights: the effect size on log gene proportions.
+    gene_log_abundance_sd : float, default ``1.0``
+        Spread of the genes' baseline log abundance (the output bias).
+    library_log_mean : float, default ``log(5000)``
+        Mean of the log library size (log-normal).
+    library_log_sd : float, default ``0.3``
+        Standard deviation of the log library size.
+    dispersion_log_mean : float, default ``log(5)``
+        Mean of the log negative-binomial concentration theta_g (log-normal per gene;
+        larger theta is closer to Poisson).
+    dispersion_log_sd : float, default ``0.5``
+        Standard deviation of the log concentration.
+    seed : int, default ``0``
+        Seeds every draw (parameters and cells).
     """
 
     n_cells_per_condition: int = 200
@@ -193,7 +217,9 @@ class ScreenGroundTruth:
         """Rebuild from ``adata.uns["ground_truth"]`` (also after an h5ad round trip)."""
         missing = {"perturbation_names", "masks", "embeddings", "decoder", "dispersion"} - set(uns)
         if missing:
-            raise ValueError(f"uns['ground_truth'] lacks {sorted(missing)}; not a simulated screen?")
+            raise ValueError(
+                f"uns['ground_truth'] lacks {sorted(missing)}; not a simulated screen?"
+            )
         return cls(
             perturbation_names=[str(n) for n in uns["perturbation_names"]],
             masks=np.asarray(uns["masks"]).astype(bool),
@@ -265,7 +291,9 @@ def simulate_screen(config: ScreenConfig | None = None, **overrides: Any) -> Any
     rng = np.random.default_rng(config.seed)
     truth = _draw_ground_truth(config, rng)
     n_pert = config.n_perturbations
-    pair_index = np.array([(a, b) for a in range(n_pert) for b in range(a + 1, n_pert)]).reshape(-1, 2)
+    pair_index = np.array([(a, b) for a in range(n_pert) for b in range(a + 1, n_pert)]).reshape(
+        -1, 2
+    )
     chosen = pair_index[np.sort(rng.choice(len(pair_index), config.n_combinations, replace=False))]
 
     names = truth.perturbation_names
