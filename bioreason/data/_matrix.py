@@ -61,7 +61,10 @@ def to_csr_float32(matrix: Any, n_rows: int, chunk_rows: int = DEFAULT_CHUNK_ROW
         out = sp.csr_matrix(matrix, dtype=np.float32)
     else:
         out = sp.vstack(
-            [sp.csr_matrix(c, dtype=np.float32) for _, c in iter_row_chunks(matrix, n_rows, chunk_rows)],
+            [
+                sp.csr_matrix(c, dtype=np.float32)
+                for _, c in iter_row_chunks(matrix, n_rows, chunk_rows)
+            ],
             format="csr",
         )
     out.sort_indices()

@@ -57,8 +57,7 @@ def _parse_dose(dose: object, n_parts: int, label: str, delimiter: str) -> list[
         values = [float(p) for p in parts]
     except ValueError:
         raise ValueError(
-            f"dosage {dose!r} of label {label!r} is not a number or numbers joined by "
-            f"{delimiter!r}"
+            f"dosage {dose!r} of label {label!r} is not a number or numbers joined by {delimiter!r}"
         ) from None
     if len(values) == 1:
         return values * n_parts
@@ -179,9 +178,7 @@ def parse_perturbation_labels(
     )
     dosage = pair_dosage[pair_codes].tocsr()
 
-    canonical = [
-        delimiter.join(sorted(doses)) if doses else controls[0] for doses in parsed
-    ]
+    canonical = [delimiter.join(sorted(doses)) if doses else controls[0] for doses in parsed]
     condition_codes_of_pair, condition_names = pd.factorize(pd.Series(canonical), sort=True)
     condition_codes = condition_codes_of_pair[pair_codes]
     is_control_pair = np.array([not doses for doses in parsed], dtype=bool)
