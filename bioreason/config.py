@@ -46,7 +46,7 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
             if len(args) != len(value):
                 raise TypeError(f"{where} must have {len(args)} items, got {len(value)}")
             return tuple(
-                _check_type(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value))
+                _check_type(v, a, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value))
             )
         item = args[0] if args else Any
         checked = [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
