@@ -11,7 +11,7 @@ from bioreason.calibration import (
     adaptive_calibration_error,
     auroc,
     bootstrap_ci,
-    brier_score,
+    brier_loss,
     calibration_bins,
     ece_to_reference,
     expected_calibration_error,
@@ -49,7 +49,7 @@ def test_ece_matches_sklearn_calibration_curve(n_bins):
 
 def test_brier_log_loss_auroc_accuracy_match_sklearn():
     outcomes, probs, _ = _data(seed=1, distortion=1.7)
-    assert brier_score(outcomes, probs) == pytest.approx(brier_score_loss(outcomes, probs))
+    assert brier_loss(outcomes, probs) == pytest.approx(brier_score_loss(outcomes, probs))
     assert log_loss(outcomes, probs) == pytest.approx(sk_log_loss(outcomes, probs))
     assert auroc(outcomes, probs) == pytest.approx(roc_auc_score(outcomes, probs))
     tied = np.round(probs, 2)  # many ties: midranks must match sklearn
@@ -92,25 +92,25 @@ def test_reference_metrics():
 def test_sharpness_and_input_errors():
     assert sharpness(np.array([0.2, 0.8])) == pytest.approx(0.09)
     with pytest.raises(ValueError, match="same length"):
-        brier_score(np.zeros(3), np.zeros(4))
+        brier_loss(np.zeros(3), np.zeros(4))
     with pytest.raises(ValueError, match="probabilities"):
-        brier_score(np.zeros(2), np.array([0.2, 1.2]))
+        brier_loss(np.zeros(2), np.array([0.2, 1.2]))
     with pytest.raises(ValueError, match="0/1"):
-        brier_score(np.array([0.0, 2.0]), np.array([0.2, 0.3]))
+        brier_loss(np.array([0.0, 2.0]), np.array([0.2, 0.3]))
 
 
 def test_bootstrap_ci_covers_and_matches_normal_theory():
     rng = np.random.default_rng(4)
     outcomes = (rng.uniform(size=4000) < 0.3).astype(float)
     probs = np.full(4000, 0.3)
-    estimate, low, high = bootstrap_ci(brier_score, outcomes, probs, n_boot=400, seed=1)
+    estimate, low, high = bootstrap_ci(brier_loss, outcomes, probs, n_boot=400, seed=1)
     assert low <= estimate <= high
     # Brier of a constant 0.3 forecast is a mean of iid terms: normal-theory half width
     terms = (probs - outcomes) ** 2
     half_width = 1.96 * terms.std() / math.sqrt(terms.size)
     assert (high - low) / 2 == pytest.approx(half_width, rel=0.2)
     with pytest.raises(ValueError, match="same length"):
-        bootstrap_ci(brier_score, outcomes, probs[:10])
+        bootstrap_ci(brier_loss, outcomes, probs[:10])
 
 
 def test_summarize_has_every_metric_and_intervals():
@@ -120,3 +120,61 @@ def test_summarize_has_every_metric_and_intervals():
         assert result[f"{name}_low"] <= result[name] <= result[f"{name}_high"]
     for name in ("mae_to_reference", "ece_to_reference", "overconfidence", "sharpness"):
         assert name in result
+
+
+def test_right_closed_bins_match_pandas_cut():
+    """``right=True`` bins exactly as pandas.cut (the Uncalibrated Reasoning code)."""
+    pd = pytest.importorskip("pandas")
+    grid = np.arange(0, 101) / 100  # every answer of the grid, 0 and 1 included
+    rng = np.random.default_rng(7)
+    probs = np.concatenate([grid, rng.uniform(size=500)])
+    outcomes = (rng.uniform(size=probs.size) < probs).astype(float)
+    for n_bins in (5, 10, 20):
+        edges = np.linspace(0, 1, n_bins + 1)
+        codes = pd.cut(probs, edges, right=True, include_lowest=True, labels=False)
+        bins = calibration_bins(outcomes, probs, n_bins, right=True)
+        assert bins["count"].tolist() == np.bincount(codes, minlength=n_bins).tolist()
+        frame = pd.DataFrame({"y": outcomes, "q": probs, "bin": codes})
+        grouped = frame.groupby("bin").agg(n=("y", "size"), y=("y", "mean"), q=("q", "mean"))
+        reference = float((grouped["n"] / probs.size * (grouped["y"] - grouped["q"]).abs()).sum())
+        assert expected_calibration_error(outcomes, probs, n_bins, right=True) == pytest.approx(
+            reference
+        )
+    # the conventions differ exactly on the edges: 0.1 is in bin 0 with right=True, 1 without
+    edge = np.array([0.1])
+    assert calibration_bins([1.0], edge, 10, right=True)["count"][0] == 1
+    assert calibration_bins([1.0], edge, 10, right=False)["count"][1] == 1
+    assert expected_calibration_error(outcomes, probs, 10, right=True) != pytest.approx(
+        expected_calibration_error(outcomes, probs, 10, right=False)
+    )
+
+
+def test_adaptive_ece_keeps_tied_predictions_in_one_bin():
+    probs = np.array([0.2] * 6 + [0.8] * 4)
+    outcomes = np.array([0, 1, 0, 0, 1, 0, 1, 1, 0, 1], dtype=float)
+    bins = calibration_bins(outcomes, probs, n_bins=4, strategy="quantile")
+    filled = bins["count"] > 0
+    # each bin holds one predicted value, never a mix of 0.2 and 0.8
+    assert sorted(bins["count"][filled].tolist()) == [4, 6]
+    assert set(bins["mean_prob"][filled].round(6)) == {0.2, 0.8}
+    expected = 0.6 * abs(0.2 - 2 / 6) + 0.4 * abs(0.8 - 3 / 4)
+    assert adaptive_calibration_error(outcomes, probs, n_bins=4) == pytest.approx(expected)
+
+
+def test_metric_registries_and_references():
+    from bioreason.calibration import METRICS, REFERENCE_METRICS
+    from bioreason.registry import Registry, UnknownEntryError
+
+    assert isinstance(METRICS, Registry) and isinstance(REFERENCE_METRICS, Registry)
+    assert METRICS["brier"] is brier_loss
+    assert METRICS.where(lambda meta: meta["binned"]) == ["ece", "adaptive_ece", "mce"]
+    with pytest.raises(UnknownEntryError, match="choose one of"):
+        METRICS.get("brier_score")
+    outcomes, probs, p_star = _data(n=2000, seed=6)
+    rate = np.full(probs.size, outcomes.mean())
+    result = summarize(outcomes, probs, p_star=p_star, references={"empirical": rate})
+    assert result["mae_to_reference_empirical"] == pytest.approx(
+        mean_absolute_error_to_reference(probs, rate)
+    )
+    assert result["overconfidence_empirical"] == pytest.approx(overconfidence(probs, rate))
+    assert result["ece_to_reference"] == pytest.approx(ece_to_reference(probs, p_star))

@@ -1,11 +1,28 @@
 """Calibration metrics of probability predictions against binary outcomes (and, when
-known, against the true probabilities ``p_star``). numpy only; pure functions."""
+known, against the true probabilities ``p_star``). numpy only; pure functions.
+
+Every metric here is a *loss or a summary*, never a reward: :func:`brier_loss` is the
+mean squared error ``(q - y)^2`` (lower is better), the opposite sign of the RL reward
+:func:`bioreason.rl.rewards.brier_reward`.
+
+**Bin edges.** Equal-width binning takes ``right``: ``right=False`` (the default, and
+what every table of this project uses) puts q in ``[b/B, (b+1)/B)`` with 1.0 in the
+last bin; ``right=True`` puts q in ``(b/B, (b+1)/B]`` with 0.0 in the first bin, which
+is ``pandas.cut(q, numpy.linspace(0, 1, B + 1), right=True, include_lowest=True)``,
+the convention of the Uncalibrated Reasoning code. The two differ only for predictions
+that sit exactly on an edge (on the default answer grid 0.01..0.99 with 10 bins: 0.1,
+0.2, ..., 0.9).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+from bioreason.registry import Registry
 
 __all__ = [
     "METRICS",
@@ -14,7 +31,7 @@ __all__ = [
     "adaptive_calibration_error",
     "auroc",
     "bootstrap_ci",
-    "brier_score",
+    "brier_loss",
     "calibration_bins",
     "ece_to_reference",
     "expected_calibration_error",
@@ -45,28 +62,62 @@ def _check(outcomes, probs) -> tuple[np.ndarray, np.ndarray]:
     return outcomes, probs
 
 
-def _equal_width_bin(probs: np.ndarray, n_bins: int) -> np.ndarray:
-    # bins [0, 1/B), ..., [(B-1)/B, 1]; 1.0 goes to the last bin
-    return np.minimum((probs * n_bins).astype(np.int64), n_bins - 1)
+def _equal_width_bin(probs: np.ndarray, n_bins: int, right: bool = False) -> np.ndarray:
+    if not right:
+        # bins [0, 1/B), ..., [(B-1)/B, 1]; 1.0 goes to the last bin
+        return np.minimum((probs * n_bins).astype(np.int64), n_bins - 1)
+    # bins [0, 1/B], (1/B, 2/B], ...: pandas.cut's edges and comparisons, exactly
+    edges = np.linspace(0, 1, n_bins + 1)
+    return np.clip(np.searchsorted(edges, probs, side="left") - 1, 0, n_bins - 1)
+
+
+def _quantile_bin(probs: np.ndarray, n_bins: int) -> np.ndarray:
+    # consecutive blocks of the sorted predictions; tied predictions share the bin of
+    # the first of them, so a bin edge never splits a tie
+    order = np.argsort(probs, kind="stable")
+    ranked = probs[order]
+    first_of_tie = np.searchsorted(ranked, ranked, side="left")
+    index = np.empty(probs.size, dtype=np.int64)
+    index[order] = first_of_tie * n_bins // probs.size
+    return index
 
 
 def calibration_bins(
-    outcomes, probs, n_bins: int = 10, strategy: str = "uniform"
+    outcomes: ArrayLike,
+    probs: ArrayLike,
+    n_bins: int = 10,
+    strategy: str = "uniform",
+    right: bool = False,
 ) -> dict[str, np.ndarray]:
     """Per-bin count, mean prediction and mean outcome.
 
-    ``strategy="uniform"``: equal-width bins on [0, 1]; ``"quantile"``: equal-mass bins
-    (consecutive blocks of the sorted predictions). Empty bins have count 0 and NaN means.
+    Parameters
+    ----------
+    outcomes : array, shape (n,)
+        0/1 outcomes.
+    probs : array, shape (n,)
+        Predicted probabilities.
+    n_bins : int
+    strategy : {"uniform", "quantile"}
+        ``"uniform"``: equal-width bins on [0, 1]; ``"quantile"``: equal-mass bins
+        (consecutive blocks of the sorted predictions, ties kept in one bin, so a bin
+        may hold more than n / n_bins and another fewer or none).
+    right : bool
+        Edge convention of equal-width bins (module docstring): False ``[a, b)``,
+        True ``(a, b]`` as ``pandas.cut``.
+
+    Returns
+    -------
+    dict of arrays, each shape (n_bins,)
+        ``count``, ``mean_prob``, ``mean_outcome``; empty bins have count 0 and NaN means.
     """
     outcomes, probs = _check(outcomes, probs)
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")
     if strategy == "uniform":
-        index = _equal_width_bin(probs, n_bins)
+        index = _equal_width_bin(probs, n_bins, right)
     elif strategy == "quantile":
-        order = np.argsort(probs, kind="stable")
-        index = np.empty(probs.size, dtype=np.int64)
-        index[order] = np.arange(probs.size) * n_bins // probs.size
+        index = _quantile_bin(probs, n_bins)
     else:
         raise ValueError(f"strategy must be 'uniform' or 'quantile', got {strategy!r}")
     count = np.bincount(index, minlength=n_bins).astype(np.float64)
@@ -76,8 +127,10 @@ def calibration_bins(
     return {"count": count, "mean_prob": mean_prob, "mean_outcome": mean_outcome}
 
 
-def _calibration_error(outcomes, probs, n_bins: int, strategy: str, reduce: str) -> float:
-    bins = calibration_bins(outcomes, probs, n_bins, strategy)
+def _calibration_error(
+    outcomes: ArrayLike, probs: ArrayLike, n_bins: int, strategy: str, reduce: str, right: bool
+) -> float:
+    bins = calibration_bins(outcomes, probs, n_bins, strategy, right)
     filled = bins["count"] > 0
     gap = np.abs(bins["mean_prob"][filled] - bins["mean_outcome"][filled])
     if reduce == "max":
@@ -86,23 +139,38 @@ def _calibration_error(outcomes, probs, n_bins: int, strategy: str, reduce: str)
     return float((weight * gap).sum())
 
 
-def expected_calibration_error(outcomes, probs, n_bins: int = 10) -> float:
-    """ECE with equal-width bins: ``sum_b (n_b / n) |mean q_b - mean y_b|``."""
-    return _calibration_error(outcomes, probs, n_bins, "uniform", "mean")
+def expected_calibration_error(
+    outcomes: ArrayLike, probs: ArrayLike, n_bins: int = 10, right: bool = False
+) -> float:
+    """ECE with equal-width bins: ``sum_b (n_b / n) |mean q_b - mean y_b|``.
+
+    ``outcomes``, ``probs``: arrays of shape (n,). ``right`` picks the bin-edge
+    convention (module docstring).
+    """
+    return _calibration_error(outcomes, probs, n_bins, "uniform", "mean", right)
 
 
-def adaptive_calibration_error(outcomes, probs, n_bins: int = 10) -> float:
-    """ECE with equal-mass bins (each holds ~n / n_bins predictions)."""
-    return _calibration_error(outcomes, probs, n_bins, "quantile", "mean")
+def adaptive_calibration_error(outcomes: ArrayLike, probs: ArrayLike, n_bins: int = 10) -> float:
+    """ECE with equal-mass bins (each holds ~n / n_bins predictions; ties share a bin).
+
+    ``outcomes``, ``probs``: arrays of shape (n,).
+    """
+    return _calibration_error(outcomes, probs, n_bins, "quantile", "mean", False)
 
 
-def max_calibration_error(outcomes, probs, n_bins: int = 10) -> float:
+def max_calibration_error(
+    outcomes: ArrayLike, probs: ArrayLike, n_bins: int = 10, right: bool = False
+) -> float:
     """MCE: the largest ``|mean q_b - mean y_b|`` over non-empty equal-width bins."""
-    return _calibration_error(outcomes, probs, n_bins, "uniform", "max")
+    return _calibration_error(outcomes, probs, n_bins, "uniform", "max", right)
 
 
-def brier_score(outcomes, probs) -> float:
-    """Mean ``(q - y)^2`` (lower is better)."""
+def brier_loss(outcomes: ArrayLike, probs: ArrayLike) -> float:
+    """Brier *loss*: mean ``(q - y)^2``, lower is better (the RL reward
+    :func:`bioreason.rl.rewards.brier_reward` is its negative).
+
+    ``outcomes``, ``probs``: arrays of shape (n,).
+    """
     outcomes, probs = _check(outcomes, probs)
     return float(np.mean((probs - outcomes) ** 2))
 
@@ -158,11 +226,16 @@ def mean_absolute_error_to_reference(probs, p_star) -> float:
     return float(np.mean(np.abs(probs - p_star)))
 
 
-def ece_to_reference(probs, p_star, n_bins: int = 10) -> float:
+def ece_to_reference(
+    probs: ArrayLike, p_star: ArrayLike, n_bins: int = 10, right: bool = False
+) -> float:
     """ECE with the true probability in place of the outcome:
-    ``sum_b (n_b / n) |mean q_b - mean p*_b|`` over equal-width bins of q."""
+    ``sum_b (n_b / n) |mean q_b - mean p*_b|`` over equal-width bins of q.
+
+    ``probs``, ``p_star``: arrays of shape (n,); ``right``: bin-edge convention.
+    """
     probs, p_star = _check_reference(probs, p_star)
-    index = _equal_width_bin(np.clip(probs, 0, 1), n_bins)
+    index = _equal_width_bin(np.clip(probs, 0, 1), n_bins, right)
     count = np.bincount(index, minlength=n_bins).astype(np.float64)
     gap = np.abs(np.bincount(index, probs - p_star, minlength=n_bins))
     return float(gap.sum() / count.sum())
@@ -175,23 +248,32 @@ def overconfidence(probs, p_star) -> float:
     return float(np.mean(np.abs(probs - 0.5)) - np.mean(np.abs(p_star - 0.5)))
 
 
-#: Metrics of (outcomes, probs).
-METRICS: dict[str, Callable[..., float]] = {
-    "ece": expected_calibration_error,
-    "adaptive_ece": adaptive_calibration_error,
-    "mce": max_calibration_error,
-    "brier": brier_score,
-    "log_loss": log_loss,
-    "auroc": auroc,
-    "accuracy": accuracy,
-}
+#: Metrics of (outcomes, probs), arrays of shape (n,). Metadata ``binned``: the metric
+#: takes ``n_bins`` (and, for equal-width bins, ``right``).
+METRICS: Registry[Callable[..., float]] = Registry("calibration metric")
+METRICS.register("ece", expected_calibration_error, binned=True, edges=True)
+METRICS.register("adaptive_ece", adaptive_calibration_error, binned=True, edges=False)
+METRICS.register("mce", max_calibration_error, binned=True, edges=True)
+METRICS.register("brier", brier_loss, binned=False, edges=False)
+METRICS.register("log_loss", log_loss, binned=False, edges=False)
+METRICS.register("auroc", auroc, binned=False, edges=False)
+METRICS.register("accuracy", accuracy, binned=False, edges=False)
 
-#: Metrics of (probs, p_star).
-REFERENCE_METRICS: dict[str, Callable[..., float]] = {
-    "mae_to_reference": mean_absolute_error_to_reference,
-    "ece_to_reference": ece_to_reference,
-    "overconfidence": overconfidence,
-}
+#: Metrics of (probs, reference probabilities), arrays of shape (n,); same metadata.
+REFERENCE_METRICS: Registry[Callable[..., float]] = Registry("reference metric")
+REFERENCE_METRICS.register(
+    "mae_to_reference", mean_absolute_error_to_reference, binned=False, edges=False
+)
+REFERENCE_METRICS.register("ece_to_reference", ece_to_reference, binned=True, edges=True)
+REFERENCE_METRICS.register("overconfidence", overconfidence, binned=False, edges=False)
+
+
+def _bin_options(registry: Registry, name: str, n_bins: int, right: bool) -> dict[str, Any]:
+    meta = registry.metadata(name)
+    options: dict[str, Any] = {"n_bins": n_bins} if meta["binned"] else {}
+    if meta["edges"]:
+        options["right"] = right
+    return options
 
 
 def bootstrap_ci(
@@ -223,23 +305,56 @@ def bootstrap_ci(
 
 
 def summarize(
-    outcomes, probs, p_star=None, n_bins: int = 10, n_boot: int = 0, seed: int = 0
+    outcomes: ArrayLike,
+    probs: ArrayLike,
+    p_star: ArrayLike | None = None,
+    n_bins: int = 10,
+    n_boot: int = 0,
+    seed: int = 0,
+    *,
+    right: bool = False,
+    references: Mapping[str, ArrayLike] | None = None,
 ) -> dict[str, float]:
-    """Every metric in one dict (plus ``*_low``/``*_high`` bootstrap bounds if n_boot > 0)."""
+    """Every metric in one dict (plus ``*_low``/``*_high`` bootstrap bounds if n_boot > 0).
+
+    Parameters
+    ----------
+    outcomes, probs : arrays, shape (n,)
+    p_star : array, shape (n,), optional
+        True probabilities: adds the :data:`REFERENCE_METRICS` under their own names.
+    n_bins, right
+        Binning of the binned metrics (``right``: bin-edge convention, module docstring).
+    n_boot, seed
+        Bootstrap replicates over questions and their seed.
+    references : mapping of str to array of shape (n,), optional
+        Further reference probabilities (e.g. ``{"empirical": rate}``): adds each
+        reference metric as ``<metric>_<key>`` (e.g. ``mae_to_reference_empirical``).
+    """
     result: dict[str, float] = {"sharpness": sharpness(probs)}
     for name, fn in METRICS.items():
         args = (outcomes, probs)
-        kwargs = {"n_bins": n_bins} if "calibration" in fn.__name__ else {}
+        kwargs = _bin_options(METRICS, name, n_bins, right)
         result[name] = fn(*args, **kwargs)
         if n_boot:
             _, low, high = bootstrap_ci(
                 lambda y, q, fn=fn, kw=kwargs: fn(y, q, **kw), *args, n_boot=n_boot, seed=seed
             )
             result[f"{name}_low"], result[f"{name}_high"] = low, high
-    if p_star is not None:
+    named: dict[str, ArrayLike] = {} if p_star is None else {"": p_star}
+    for key, reference in (references or {}).items():
+        named[f"_{key}"] = reference
+    for suffix, reference in named.items():
         for name, fn in REFERENCE_METRICS.items():
-            result[name] = fn(probs, p_star)
+            kwargs = _bin_options(REFERENCE_METRICS, name, n_bins, right)
+            column = f"{name}{suffix}"
+            result[column] = fn(probs, reference, **kwargs)
             if n_boot:
-                _, low, high = bootstrap_ci(fn, probs, p_star, n_boot=n_boot, seed=seed)
-                result[f"{name}_low"], result[f"{name}_high"] = low, high
+                _, low, high = bootstrap_ci(
+                    lambda q, r, fn=fn, kw=kwargs: fn(q, r, **kw),
+                    probs,
+                    reference,
+                    n_boot=n_boot,
+                    seed=seed,
+                )
+                result[f"{column}_low"], result[f"{column}_high"] = low, high
     return result

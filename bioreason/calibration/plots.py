@@ -34,18 +34,28 @@ def _save(fig, path: str | Path, overwrite: bool) -> Path:
 
 
 def plot_reliability_diagram(
-    outcomes, probs, path: str | Path, n_bins: int = 10, title: str = "", overwrite: bool = True
+    outcomes,
+    probs,
+    path: str | Path,
+    n_bins: int = 10,
+    title: str = "",
+    overwrite: bool = True,
+    right: bool = False,
 ) -> Path:
-    """Mean outcome against mean prediction per equal-width bin, with bin counts."""
+    """Mean outcome against mean prediction per equal-width bin, with bin counts.
+
+    ``outcomes``, ``probs``: arrays of shape (n,); ``right``: the bin-edge convention of
+    :func:`bioreason.calibration.calibration_bins`.
+    """
     plt = _figure()
-    bins = calibration_bins(outcomes, probs, n_bins)
+    bins = calibration_bins(outcomes, probs, n_bins, right=right)
     filled = bins["count"] > 0
     fig, (top, bottom) = plt.subplots(
         2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
     top.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
     top.plot(bins["mean_prob"][filled], bins["mean_outcome"][filled], "o-", label="model")
-    ece = expected_calibration_error(outcomes, probs, n_bins)
+    ece = expected_calibration_error(outcomes, probs, n_bins, right=right)
     top.set(ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1))
     top.set_title(f"{title} (ECE {ece:.3f})".strip())
     top.legend(loc="upper left")
