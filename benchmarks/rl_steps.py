@@ -2,7 +2,8 @@
 
 10,000 questions, 20 categories, 99 answers; group 10 (1 for REINFORCE and PPO).
 Prints one ``name: value unit`` line per figure: steps/s of each method, the projected
-time of the full online sweep (5 methods x 50,000 steps; target < 900 s on 2 cores), and
+time of the paper's online sweep (its 5 methods x 50,000 steps; target < 900 s on 2
+cores), and
 a baseline in the same run: the same GRPO step with torch.multinomial sampling and
 autograd through log_softmax.
 
@@ -17,20 +18,25 @@ import time
 
 import torch
 
-from bioreason.pipelines.synthetic_calibration import SyntheticCalibrationConfig, plan_runs
-from bioreason.rl import AnswerGrid, BernoulliOutcomes, TabularPolicy, TabularTrainer
+from bioreason.pipelines.synthetic_calibration import (
+    SyntheticCalibrationConfig,
+    _questions,
+    plan_runs,
+)
+from bioreason.rl import AnswerGrid, TabularPolicy, TabularTrainer
 from bioreason.rl.advantages import get_advantage
 
 N_QUESTIONS, N_CATEGORIES = 10_000, 20
 
 
 def _problem(seed: int = 0):
-    generator = torch.Generator().manual_seed(seed)
-    p_category = torch.rand(N_CATEGORIES, generator=generator, dtype=torch.float64)
-    categories = torch.arange(N_QUESTIONS) % N_CATEGORIES
-    outcomes = BernoulliOutcomes(p_category[categories]).sample(torch.arange(N_QUESTIONS), 1, seed)[
-        :, 0
-    ]
+    # the pipeline's own question set (p_c and outcomes from independent streams)
+    config = SyntheticCalibrationConfig(
+        n_questions=N_QUESTIONS, n_categories=N_CATEGORIES, seed=seed
+    )
+    questions = _questions(config)
+    categories = torch.as_tensor(questions["category"].to_numpy())
+    outcomes = torch.as_tensor(questions["outcome"].to_numpy())
     return categories, outcomes
 
 
@@ -77,7 +83,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     categories, outcomes = _problem()
     config = SyntheticCalibrationConfig(
-        methods=["grpo", "grpo_no_std", "rloo", "reinforce", "ppo", "h_target:log", "seed_grpo"],
+        methods=[
+            "grpo",
+            "grpo_no_std",
+            "rloo",
+            "reinforce",
+            "ppo",
+            "grpo_batch_std",
+            "h_target:log",
+            "seed_grpo",
+            "seed_grpo:base=grpo",
+        ],
         offline=True,
         offline_clips=[0.2],
     )

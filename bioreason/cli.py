@@ -85,12 +85,17 @@ def _synthetic_calibration(args: argparse.Namespace) -> int:
     )
     overrides = {
         name: getattr(args, name)
-        for name in ("methods", "steps", "seed", "n_questions")
+        for name in ("methods", "seed", "n_questions")
         if getattr(args, name) is not None
     }
     if args.offline:
         overrides["offline"] = True
-    config = SyntheticCalibrationConfig.from_dict({**config.to_dict(), **overrides})
+    rl_overrides = {"steps": args.steps} if args.steps is not None else {}
+    if args.seed is not None:  # one seed for the questions and the training
+        rl_overrides["seed"] = args.seed
+    values = {**config.to_dict(), **overrides}
+    values["rl"] = {**values["rl"], **rl_overrides}
+    config = SyntheticCalibrationConfig.from_dict(values)
     run_synthetic_calibration(
         Path(args.out), config, overwrite=args.overwrite, progress=not args.no_progress
     )
@@ -141,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument(
         "--methods",
         nargs="+",
-        help="advantage estimators (registry names, e.g. grpo rloo h_target:log); "
-        "default: grpo grpo_no_std rloo reinforce ppo",
+        help="advantage estimators (registry names with options, e.g. grpo rloo h_target:log "
+        "seed_grpo:base=grpo); default: grpo grpo_no_std rloo reinforce ppo",
     )
     cal.add_argument(
         "--offline",
@@ -151,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cal.add_argument("--steps", type=int, help="optimizer steps per run (default 50000)")
     cal.add_argument("--n-questions", type=int, dest="n_questions", help="default 10000")
-    cal.add_argument("--seed", type=int)
+    cal.add_argument("--seed", type=int, help="seed of the questions and the training")
     cal.add_argument(
         "--overwrite", action="store_true", help="replace runs written with other settings"
     )

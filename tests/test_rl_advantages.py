@@ -9,6 +9,7 @@ from bioreason.rl.advantages import (
     gae,
     get_advantage,
     grpo,
+    grpo_batch_std,
     grpo_no_std,
     h_target,
     h_target_coefficients,
@@ -17,6 +18,7 @@ from bioreason.rl.advantages import (
     rejection_sampling,
     rloo,
     seed_grpo,
+    semantic_entropy,
 )
 from bioreason.rl.bernstein import bernstein_eval
 
@@ -31,6 +33,7 @@ def test_registry_names():
         "rloo",
         "grpo",
         "grpo_no_std",
+        "grpo_batch_std",
         "ppo",
         "h_target",
         "seed_grpo",
@@ -114,19 +117,67 @@ def test_h_target_continuous_rewards_need_range():
 
 
 def test_seed_grpo_scales_grpo_by_semantic_entropy():
+    # base="grpo": the assertions of the former GRPO-based default, where SE_max does
+    # not depend on n_bins (4 clusters of one rollout each reach log G = log 4)
     r = _rewards(4, (3, 4))
     same = torch.full((3, 4), 0.55, dtype=torch.float64)  # one cluster: entropy 0
-    assert torch.allclose(seed_grpo(r, answers=same), grpo(r))
+    assert torch.allclose(seed_grpo(r, answers=same, base="grpo"), grpo(r))
     spread = torch.tensor([[0.05, 0.35, 0.65, 0.95]] * 3, dtype=torch.float64)  # 4 clusters
-    assert torch.allclose(seed_grpo(r, answers=spread), torch.zeros_like(r))
+    assert torch.allclose(seed_grpo(r, answers=spread, base="grpo"), torch.zeros_like(r))
     half = torch.tensor([[0.05, 0.05, 0.95, 0.95]] * 3, dtype=torch.float64)
     scale = 1 - math.log(2) / math.log(4)
-    assert torch.allclose(seed_grpo(r, answers=half), grpo(r) * scale)
-    assert torch.allclose(seed_grpo(r, answers=spread, alpha=0.0), grpo(r))
-    coarse = seed_grpo(r, answers=spread, n_bins=2)  # two clusters of two
-    assert torch.allclose(coarse, grpo(r) * (1 - math.log(2) / math.log(2)))
+    assert torch.allclose(seed_grpo(r, answers=half, base="grpo"), grpo(r) * scale)
+    assert torch.allclose(seed_grpo(r, answers=spread, alpha=0.0, base="grpo"), grpo(r))
     with pytest.raises(ValueError, match="answers"):
         seed_grpo(r)
+    with pytest.raises(ValueError, match="base"):
+        seed_grpo(r, answers=same, base="rloo")
+
+
+def test_seed_grpo_default_is_mean_centred_and_normalised_by_log_group_size():
+    """The published method: (R_i - mean R) f(alpha SE / log G), whatever n_bins."""
+    r = _rewards(4, (3, 4))
+    same = torch.full((3, 4), 0.55, dtype=torch.float64)
+    assert torch.allclose(seed_grpo(r, answers=same), grpo_no_std(r))
+    spread = torch.tensor([[0.05, 0.35, 0.65, 0.95]] * 3, dtype=torch.float64)
+    # two bins: two clusters of two rollouts, SE = log 2 of SE_max = log 4 (was log 2)
+    coarse = seed_grpo(r, answers=spread, n_bins=2)
+    assert torch.allclose(coarse, grpo_no_std(r) * (1 - math.log(2) / math.log(4)))
+    coarse_grpo = seed_grpo(r, answers=spread, n_bins=2, base="grpo")
+    assert torch.allclose(coarse_grpo, grpo(r) * 0.5)
+
+
+def test_semantic_entropy_from_cluster_probability_mass():
+    answers = torch.tensor([[0.05, 0.05, 0.95, 0.95]], dtype=torch.float64)
+    # two distinct sequences: pi(0.05) = 0.3 (sampled twice), pi(0.95) = 0.1 (twice)
+    log_probs = torch.tensor([[0.3, 0.3, 0.1, 0.1]], dtype=torch.float64).log()
+    mass = torch.tensor([0.75, 0.25], dtype=torch.float64)
+    expected = -(mass * mass.log()).sum()
+    assert semantic_entropy(answers, log_probs).item() == pytest.approx(expected.item())
+    assert semantic_entropy(answers).item() == pytest.approx(math.log(2))  # frequencies
+    # two different sequences with the same answer both count toward its cluster
+    answers = torch.tensor([[0.05, 0.06, 0.95]], dtype=torch.float64)
+    log_probs = torch.tensor([[0.3, 0.3, 0.2]], dtype=torch.float64).log()
+    mass = torch.tensor([0.75, 0.25], dtype=torch.float64)
+    expected = -(mass * mass.log()).sum()
+    assert semantic_entropy(answers, log_probs).item() == pytest.approx(expected.item())
+    r = _rewards(5, (1, 3))
+    scaled = seed_grpo(r, answers=answers, log_probs=log_probs)
+    assert torch.allclose(scaled, grpo_no_std(r) * (1 - expected / math.log(3)))
+
+
+def test_grpo_batch_std_divides_by_the_batch_std():
+    r = _rewards(6, (5, 4))
+    for ddof in (0, 1):
+        expected = (r - r.mean(1, keepdim=True)) / (r.std(correction=ddof) + 1e-6)
+        assert torch.allclose(grpo_batch_std(r, ddof=ddof), expected)
+    # one scale for the whole batch: a group's advantages do not depend on its own spread
+    wide = r.clone()
+    wide[0] *= 10
+    ratio = grpo_batch_std(wide)[1:] / grpo_batch_std(r)[1:]
+    assert torch.allclose(ratio, ratio[0, 0].expand_as(ratio))
+    constant = torch.full((3, 4), 0.4, dtype=torch.float64)
+    assert torch.equal(grpo_batch_std(constant), torch.zeros_like(constant))
 
 
 def test_get_advantage_resolution_and_errors():
@@ -179,3 +230,41 @@ def test_gae_outcome_reward_gamma_one_is_reward_minus_value():
     rewards = torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)
     advantages, _ = gae(rewards, values, gamma=1.0, lam=1.0)
     assert torch.allclose(advantages, 1.0 - values)
+
+
+def test_advantages_is_a_registry_with_metadata_and_method_options():
+    from bioreason.registry import Registry, UnknownEntryError
+    from bioreason.rl.advantages import parse_method, register_advantage
+
+    assert isinstance(ADVANTAGES, Registry)
+    assert ADVANTAGES.metadata("ppo")["requires_values"]
+    assert ADVANTAGES.metadata("seed_grpo")["requires_log_probs"]
+    assert ADVANTAGES.where(lambda meta: meta["requires_values"]) == ["ppo"]
+    with pytest.raises(UnknownEntryError, match="choose one of"):
+        ADVANTAGES.get("a2c")
+    assert parse_method("grpo") == ("grpo", {})
+    assert parse_method("h_target:log") == ("h_target", {"target": "log"})
+    assert parse_method("seed_grpo:base=grpo,alpha=0.5,n_bins=4") == (
+        "seed_grpo",
+        {"base": "grpo", "alpha": 0.5, "n_bins": 4},
+    )
+    r = _rewards(7, (3, 4))
+    answers = torch.tensor([[0.05, 0.05, 0.95, 0.35]] * 3, dtype=torch.float64)
+    named = get_advantage("seed_grpo:base=grpo")
+    assert named.options == {"base": "grpo"} and named.base_name == "seed_grpo"
+    assert torch.allclose(named(r, answers=answers), seed_grpo(r, answers=answers, base="grpo"))
+    with pytest.raises(TypeError, match="does not take"):
+        get_advantage("grpo:alpha=1")
+
+    @register_advantage("_test_double", theory="unbiased")
+    def double(rewards, *, values=None, answers=None, log_probs=None, factor: float = 2.0):
+        return rewards * factor
+
+    try:
+        assert torch.allclose(get_advantage("_test_double:factor=3")(r), 3 * r)
+        with pytest.raises(ValueError, match="already registered"):
+            register_advantage("_test_double")(double)
+        with pytest.raises(ValueError, match="theory"):
+            register_advantage("_test_bad", theory="biased")
+    finally:
+        ADVANTAGES.unregister("_test_double")

@@ -102,3 +102,25 @@ def test_policy_loss_adds_kl_and_entropy():
         policy_loss(logp, logp, adv, entropy_coef=0.1)
     with pytest.raises(ValueError, match="KL estimator"):
         policy_loss(logp, logp, adv, kl_estimator="k2", ref_log_probs=ref, kl_coef=1.0)
+
+
+def test_policy_loss_registry_entry_and_its_closed_form_weights():
+    from bioreason.registry import Registry
+    from bioreason.rl.losses import POLICY_LOSSES, clipped_policy_loss
+
+    assert isinstance(POLICY_LOSSES, Registry) and POLICY_LOSSES["clipped"] is clipped_policy_loss
+    g = torch.Generator().manual_seed(3)
+    log_probs = (torch.randn(6, 1, generator=g, dtype=torch.float64) * 0.3).requires_grad_()
+    old = torch.randn(6, 1, generator=g, dtype=torch.float64) * 0.3
+    advantages = torch.randn(6, 1, generator=g, dtype=torch.float64)
+    loss, stats = POLICY_LOSSES["clipped"](
+        log_probs, old, advantages, clip_eps=0.2, aggregation="sequence_sum", constant=1.0
+    )
+    (grad,) = torch.autograd.grad(loss, log_probs)
+    weights = POLICY_LOSSES.metadata("clipped")["weights"]
+    ratio = torch.exp(log_probs.detach() - old)
+    # d(-loss)/d log pi = weights / batch (sequence_sum over one token, mean over sequences)
+    assert torch.allclose(-grad * 6, weights(ratio, advantages, 0.2))
+    assert "clip_fraction" in stats
+    with pytest.raises(ValueError, match="unknown policy loss"):
+        policy_loss(log_probs, old, advantages, loss="dual_clip")

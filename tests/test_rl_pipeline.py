@@ -3,9 +3,11 @@
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from bioreason.cli import main
 from bioreason.pipelines.synthetic_calibration import SyntheticCalibrationConfig, plan_runs
+from bioreason.rl import TabularRLConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +32,7 @@ def test_default_plan_is_the_paper_setting():
 def test_cli_short_run_writes_metrics_figures_and_resumes(tmp_path, capsys):
     out = tmp_path / "calibration"
     config = tmp_path / "small.yaml"
-    config.write_text("n_questions: 400\nn_boot: 20\nlog_every: 50\ncheckpoint_every: 50\n")
+    config.write_text("n_questions: 400\nn_boot: 20\nrl: {log_every: 50, checkpoint_every: 50}\n")
     args = [
         "synthetic-calibration",
         "--out",
@@ -62,6 +64,11 @@ def test_cli_short_run_writes_metrics_figures_and_resumes(tmp_path, capsys):
         "overconfidence",
         "theory_drift",
         "observed_drift",
+        # against each category's empirical outcome rate
+        "mae_to_reference_empirical",
+        "ece_to_reference_empirical",
+        "overconfidence_empirical",
+        "mae_category_to_empirical",
     ):
         assert column in table.columns
     assert table["ece"].between(0, 1).all() and table["auroc"].between(0, 1).all()
@@ -105,8 +112,15 @@ def test_grpo_becomes_overconfident_while_rloo_does_not(tmp_path):
     as the theory predicts; RLOO approaches the truth from the uniform start."""
     from bioreason.pipelines.synthetic_calibration import run_synthetic_calibration
 
+    # seed 1: since p_c and the outcomes come from independent streams, seed 0's question
+    # set has a category with p_c = 0.007, below the answer grid, where even the
+    # unbiased theory's end point is clipped to 0.01
     config = SyntheticCalibrationConfig(
-        n_questions=2000, steps=1500, methods=["grpo", "rloo"], n_boot=0
+        n_questions=2000,
+        methods=["grpo", "rloo"],
+        n_boot=0,
+        seed=1,
+        rl=TabularRLConfig(steps=1500, seed=1),
     )
     table = run_synthetic_calibration(tmp_path, config, progress=False).set_index("method")
     assert table.loc["grpo", "overconfidence"] > 0.1
@@ -114,3 +128,41 @@ def test_grpo_becomes_overconfident_while_rloo_does_not(tmp_path):
     assert table.loc["grpo", "theory_drift"] > 0 and table.loc["grpo", "observed_drift"] > 0
     assert table.loc["grpo", "theory_overconfidence"] > 0.2
     assert table.loc["rloo", "theory_overconfidence"] == 0
+
+
+def test_category_probabilities_and_outcomes_come_from_independent_streams():
+    """Drawn from generators with the same seed, an outcome reused the uniform that made
+    its p_c, so question 0's outcome was 0 for every seed."""
+    import numpy as np
+
+    from bioreason.pipelines.synthetic_calibration import _questions
+
+    first = [
+        int(_questions(SyntheticCalibrationConfig(n_questions=40, seed=seed))["outcome"][0])
+        for seed in range(40)
+    ]
+    assert 8 <= sum(first) <= 32  # p_0 ~ U(0, 1): about half the seeds give a 1
+    config = SyntheticCalibrationConfig(n_questions=40, seed=3)
+    p_stream, y_stream = np.random.SeedSequence(3).spawn(2)
+    p_category = np.random.default_rng(p_stream).random(20)
+    table = _questions(config)
+    assert np.allclose(table["p_star"], p_category[np.arange(40) % 20])
+    uniforms = np.random.default_rng(y_stream).random(40)
+    assert (table["outcome"] == (uniforms < table["p_star"])).all()
+
+
+def test_plan_nests_the_rl_config_and_method_options():
+    config = SyntheticCalibrationConfig.from_dict(
+        {
+            "methods": ["grpo_batch_std", "seed_grpo:base=grpo"],
+            "group_sizes": {"seed_grpo": 6},
+            "rl": {"steps": 7, "lr": 0.01, "seed": 4},
+        }
+    )
+    runs = dict(plan_runs(config))
+    assert runs["grpo_batch_std"].steps == 7 and runs["grpo_batch_std"].lr == 0.01
+    assert runs["grpo_batch_std"].group_size == 10 and runs["grpo_batch_std"].seed == 4
+    assert runs["seed_grpo:base=grpo"].group_size == 6
+    assert runs["seed_grpo:base=grpo"].method == "seed_grpo:base=grpo"
+    with pytest.raises(ValueError, match="rl: steps must be >= 1"):
+        SyntheticCalibrationConfig.from_dict({"rl": {"steps": 0}})

@@ -7,7 +7,7 @@ from bioreason.rl.rewards import (
     FLOOR_REWARD,
     SCORING_RULES,
     AnswerGrid,
-    brier_score,
+    brier_reward,
     correctness_reward,
     log_score,
     parse_answers,
@@ -67,8 +67,8 @@ def test_scoring_rule_closed_forms():
     y1, y0 = torch.ones(2), torch.zeros(2)
     assert log_score(q, y1).tolist() == pytest.approx([math.log(0.2), math.log(0.7)])
     assert log_score(q, y0).tolist() == pytest.approx([math.log(0.8), math.log(0.3)])
-    assert brier_score(q, y1).tolist() == pytest.approx([-0.64, -0.09])
-    assert brier_score(q, y0).tolist() == pytest.approx([-0.04, -0.49])
+    assert brier_reward(q, y1).tolist() == pytest.approx([-0.64, -0.09])
+    assert brier_reward(q, y0).tolist() == pytest.approx([-0.04, -0.49])
     norm = [math.sqrt(0.04 + 0.64), math.sqrt(0.49 + 0.09)]
     assert spherical_score(q, y1).tolist() == pytest.approx([0.2 / norm[0], 0.7 / norm[1]])
     assert spherical_score(q, y0).tolist() == pytest.approx([0.8 / norm[0], 0.3 / norm[1]])

@@ -166,3 +166,38 @@ def test_rloo_learns_category_probabilities():
     end = (trainer.policy.mean_answer() - empirical).abs().mean().item()
     assert start > 0.15 and end < 0.05
     assert (trainer.policy.mean_answer() - p_category).abs().max() < 0.15
+
+
+def test_tabular_config_extends_the_shared_rl_config():
+    from bioreason.rl.loop import RLConfig
+
+    assert issubclass(TabularRLConfig, RLConfig)
+    shared = {f.name for f in __import__("dataclasses").fields(RLConfig)}
+    assert {"method", "group_size", "steps", "lr", "reward", "seed", "policy_loss"} <= shared
+    config = TabularRLConfig(method="seed_grpo:base=grpo", betas=(0.8, 0.99), steps=7)
+    # a round trip through a dict keeps tuples (the betas) and validates again
+    assert TabularRLConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="policy_loss"):
+        TabularRLConfig(policy_loss="dual_clip")
+
+
+def test_seed_grpo_trainer_passes_the_rollouts_log_probs():
+    trainer = _trainer("seed_grpo", group_size=4)
+    seen = {}
+    estimator = trainer.estimator
+
+    def spy(rewards, **kwargs):
+        seen.update(kwargs)
+        return estimator(rewards, **kwargs)
+
+    trainer.estimator = spy
+    trainer.estimator.requires_values = False
+    trainer.estimator.requires_answers = True
+    trainer.estimator.requires_log_probs = True
+    sampling_policy = TabularPolicy(3, GRID, trainer.policy.logits.detach())
+    trainer.train_step()
+    answers = trainer._rollout["answers"]
+    # log-probabilities under the policy that sampled the rollout
+    expected = sampling_policy.log_prob(trainer.categories, answers)
+    assert torch.allclose(seen["log_probs"], expected)
+    assert torch.allclose(seen["answers"], GRID[answers])

@@ -95,6 +95,7 @@ ESTIMATORS = [
     ("ppo", {}),
     ("rejection_sampling", {}),
     ("seed_grpo", {}),
+    ("seed_grpo", {"base": "grpo"}),
     ("h_target:identity", {}),
     ("h_target:log", {}),
     ("h_target:arcsin", {}),
@@ -216,3 +217,70 @@ def test_theory_fixed_point_grpo_runs_to_the_edges_unbiased_stay():
     assert (grpo_end[:2] < 0.05).all() and (grpo_end[2:] > 0.95).all()
     assert torch.allclose(theory_fixed_point("rloo", p, GRID), p)
     assert torch.isnan(theory_fixed_point("h_target:log", p, GRID)).all()
+
+
+def test_batch_std_coefficients_are_flat_so_the_objective_stays_linear():
+    """grpo_batch_std's scale is shared by the whole batch, so a_s is constant in s
+    (the objective is p itself, like REINFORCE), unlike GRPO's per-group std."""
+    for m in (4, 10):
+        batch = estimator_coefficients("grpo_batch_std", m)
+        assert torch.allclose(batch, batch[0].expand_as(batch))
+        assert batch[0] > 0
+        no_std = estimator_coefficients("grpo_no_std", m)
+        assert torch.allclose(batch / batch[0], no_std / no_std[0])
+        grpo = estimator_coefficients("grpo", m)
+        assert not torch.allclose(grpo, grpo[0].expand_as(grpo), rtol=0.05)
+
+
+def test_monte_carlo_batch_std_update_is_the_unbiased_one_over_the_batch_std():
+    g = torch.Generator().manual_seed(12)
+    probs = torch.softmax(torch.tensor([0.3, -0.4, 0.8, -0.2], dtype=torch.float64), 0)
+    correct = torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    m, n_groups = 5, 200_000
+    actions = torch.multinomial(probs, n_groups * m, replacement=True, generator=g)
+    actions = actions.view(n_groups, m)
+    rewards = correct[actions]
+    advantages = get_advantage("grpo_batch_std")(rewards)
+    onehot = torch.nn.functional.one_hot(actions, 4).to(torch.float64)
+    per_group = ((onehot - probs) * advantages[..., None]).mean(1)
+    estimate = per_group.mean(0)
+    standard_error = per_group.std(0) / math.sqrt(n_groups)
+    p = float((probs * correct).sum())
+    coefficients = estimator_coefficients("grpo_no_std", m) / math.sqrt(p * (1 - p))
+    theory = expected_binary_update(coefficients, probs, correct)
+    assert ((estimate - theory).abs() < 5 * standard_error + 1e-12).all(), (estimate, theory)
+
+
+def test_each_estimator_declares_its_scoring_rule_theory():
+    from bioreason.registry import UnknownEntryError
+    from bioreason.rl.advantages import ADVANTAGES, register_advantage
+    from bioreason.rl.theory import theory_fixed_point, theory_kind
+
+    # every built-in estimator declares one (explicitly "none" where no theory applies)
+    for name in ADVANTAGES:
+        assert theory_kind(name) in ("unbiased", "group_std", "none")
+    assert theory_kind("grpo") == "group_std"
+    assert theory_kind("grpo_batch_std") == "unbiased"
+    assert theory_kind("h_target:log") == "none"
+    # SEED-GRPO's entropy scale is shared by both outcomes: its base decides
+    assert theory_kind("seed_grpo") == "unbiased"
+    assert theory_kind("seed_grpo:base=grpo") == "group_std"
+    assert theory_kind("seed_grpo", {"base": "grpo"}) == "group_std"
+    p = torch.tensor([0.1, 0.35, 0.6, 0.9], dtype=torch.float64)
+    assert torch.allclose(theory_fixed_point("grpo_batch_std", p, GRID), p)
+    seed_end = theory_fixed_point("seed_grpo:base=grpo", p, GRID)
+    assert (seed_end[:2] < 0.05).all() and (seed_end[2:] > 0.95).all()
+    probs = torch.softmax(-((GRID[None, :] - 0.7) ** 2) / (2 * 0.05**2), 1)
+    # an unknown estimator is an error, not a silent NaN
+    with pytest.raises(UnknownEntryError, match="choose one of"):
+        theory_target("a2c", probs, GRID, torch.tensor([0.7], dtype=torch.float64))
+
+    @register_advantage("_test_no_theory")
+    def _no_theory(rewards, *, values=None, answers=None, log_probs=None):
+        return rewards
+
+    try:
+        with pytest.raises(ValueError, match="declares no scoring-rule theory"):
+            theory_target("_test_no_theory", probs, GRID, torch.tensor([0.7]))
+    finally:
+        ADVANTAGES.unregister("_test_no_theory")

@@ -2,9 +2,12 @@
 ``bioreason synthetic-calibration`` and ``pipelines/synthetic_calibration.py``.
 
 10,000 questions in 20 categories; category c has a true probability p_c ~ U(0, 1);
-each question's outcome is drawn once. A tabular policy (per category, a categorical
-over the answers 0.01..0.99, zero-initialised logits) is trained with the log-score
-reward by each advantage estimator; a prediction is the mean of 100 sampled answers.
+each question's outcome is drawn once (p_c and the outcomes from independent streams
+of the seed). A tabular policy (per category, a categorical over the answers
+0.01..0.99, zero-initialised logits) is trained with the log-score reward by each
+advantage estimator; a prediction is the mean of 100 sampled answers. Metrics are
+reported against the outcomes, against p_c and against each category's empirical
+outcome rate (what an unbiased method converges to when outcomes are fixed).
 
 Layout of the output folder::
 
@@ -38,13 +41,12 @@ from bioreason.calibration import (
 from bioreason.config import Config
 from bioreason.rl import (
     AnswerGrid,
-    BernoulliOutcomes,
     TabularPolicy,
     TabularRLConfig,
     TabularTrainer,
     get_advantage,
 )
-from bioreason.rl.theory import theory_fixed_point, theory_target
+from bioreason.rl.theory import theory_fixed_point, theory_kind, theory_target
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -54,38 +56,49 @@ __all__ = [
 ]
 
 DEFAULT_METHODS = ["grpo", "grpo_no_std", "rloo", "reinforce", "ppo"]
-_OUR_FILES = {"pipeline.json", "questions.csv", "metrics.csv", "runs"}
 
 
 @dataclasses.dataclass
 class SyntheticCalibrationConfig(Config):
     """Settings of the synthetic calibration experiment (defaults: the paper's).
 
-    Attributes
+    Parameters
     ----------
-    n_questions, n_categories : int
-        Questions are assigned to categories round-robin (500 per category by default).
-    methods : list of str
-        Advantage estimators (registry names, ``h_target:<target>`` included).
-    offline : bool
+    n_questions : int, default 10_000
+        Questions, assigned to categories round-robin (500 per category by default).
+    n_categories : int, default 20
+        Categories; category c has p_c ~ U(0, 1).
+    methods : list of str, default ``["grpo", "grpo_no_std", "rloo", "reinforce", "ppo"]``
+        Advantage estimators, method names with their options
+        (``h_target:log``, ``seed_grpo:base=grpo`` ...); one run each.
+    offline : bool, default False
         Also run each method offline: ``offline_updates`` updates per rollout under the
         clipped surrogate, once per clip in ``offline_clips``.
-    steps : int
-        Optimizer steps per run (offline runs: ``steps / offline_updates`` rollouts).
-    group_size : int
-        Rollouts per question, except for methods listed in ``group_sizes``.
-    group_sizes : dict
-        Per-method group size (REINFORCE and PPO use one rollout).
-    lr, weight_decay, value_lr : float
-        AdamW on logits; Adam on the per-category value baseline (PPO).
-    reward : str
-        Scoring rule.
-    n_eval_samples : int
+    offline_updates : int, default 10
+        Updates per rollout of the offline runs (``rl.steps / offline_updates`` rollouts).
+    offline_clips : list of float, default ``[0.2, 0.001]``
+        Clip of the importance ratio, one offline run each.
+    group_sizes : dict, default ``{"reinforce": 1, "ppo": 1}``
+        Per-method group size (by full method name, else by registry name); other
+        methods use ``rl.group_size``.
+    n_eval_samples : int, default 100
         Answers averaged into one prediction.
-    n_bins, n_boot : int
-        ECE bins; bootstrap replicates for confidence intervals.
-    seed : int
-        Seeds p_c, the outcomes and the training.
+    n_bins : int, default 10
+        Equal-width bins of the ECE (and MCE, ECE to reference).
+    bin_right : bool, default False
+        Bin-edge convention: False ``[a, b)`` (this project's tables), True ``(a, b]``
+        as ``pandas.cut`` (the Uncalibrated Reasoning code); see
+        :mod:`bioreason.calibration.metrics`.
+    n_boot : int, default 200
+        Bootstrap replicates for the confidence intervals (0: none).
+    seed : int, default 0
+        Seeds p_c, the outcomes and the evaluation draws.
+    rl : TabularRLConfig, default ``TabularRLConfig()``
+        The trainer settings every run shares (steps 50,000, group size 10, AdamW lr
+        3e-3 and weight decay 0.01, value lr 1e-5, log-score reward, checkpoint every
+        5,000 and log every 1,000 steps, training seed 0). ``rl.method`` is replaced by
+        each entry of ``methods``; the offline runs replace ``updates_per_rollout`` and
+        ``clip_eps``; ``rl.advantage_options`` go to every method.
     """
 
     n_questions: int = 10_000
@@ -94,33 +107,36 @@ class SyntheticCalibrationConfig(Config):
     offline: bool = False
     offline_updates: int = 10
     offline_clips: list[float] = dataclasses.field(default_factory=lambda: [0.2, 0.001])
-    steps: int = 50_000
-    group_size: int = 10
     group_sizes: dict = dataclasses.field(default_factory=lambda: {"reinforce": 1, "ppo": 1})
-    lr: float = 3e-3
-    weight_decay: float = 0.01
-    value_lr: float = 1e-5
-    reward: str = "log"
     n_eval_samples: int = 100
     n_bins: int = 10
+    bin_right: bool = False
     n_boot: int = 200
-    checkpoint_every: int = 5_000
-    log_every: int = 1_000
     seed: int = 0
+    rl: TabularRLConfig = dataclasses.field(default_factory=TabularRLConfig)
 
     def __post_init__(self) -> None:
         if not self.methods:
             raise ValueError("methods must name at least one advantage estimator")
         for method in self.methods:
-            get_advantage(method)  # raises with the list of valid names
+            # raises with the list of valid names, or says the theory is missing
+            get_advantage(method, **self.rl.advantage_options)
+            theory_kind(method, self.rl.advantage_options)
         if self.n_questions < self.n_categories or self.n_categories < 1:
             raise ValueError("need n_categories >= 1 and n_questions >= n_categories")
-        if self.steps < 1 or self.n_eval_samples < 1 or self.offline_updates < 1:
-            raise ValueError("steps, n_eval_samples and offline_updates must be >= 1")
+        if self.n_eval_samples < 1 or self.offline_updates < 1:
+            raise ValueError("n_eval_samples and offline_updates must be >= 1")
 
 
 def _run_name(method: str, clip: float | None) -> str:
     return method if clip is None else f"{method}_offline_clip{clip:g}"
+
+
+def _group_size(config: SyntheticCalibrationConfig, method: str) -> int:
+    for key in (method, method.partition(":")[0]):
+        if key in config.group_sizes:
+            return int(config.group_sizes[key])
+    return config.rl.group_size
 
 
 def plan_runs(config: SyntheticCalibrationConfig) -> list[tuple[str, TabularRLConfig]]:
@@ -131,36 +147,35 @@ def plan_runs(config: SyntheticCalibrationConfig) -> list[tuple[str, TabularRLCo
     runs = []
     for clip, updates in variants:
         for method in config.methods:
-            rl_config = TabularRLConfig(
+            rl_config = dataclasses.replace(
+                config.rl,
                 method=method,
-                group_size=int(config.group_sizes.get(method, config.group_size)),
-                steps=config.steps,
+                group_size=_group_size(config, method),
                 updates_per_rollout=updates,
-                clip_eps=clip,
-                lr=config.lr,
-                weight_decay=config.weight_decay,
-                value_lr=config.value_lr,
-                reward=config.reward,
-                checkpoint_every=config.checkpoint_every,
-                log_every=config.log_every,
-                seed=config.seed,
+                clip_eps=config.rl.clip_eps if clip is None else clip,
             )
             runs.append((_run_name(method, clip), rl_config))
     return runs
 
 
 def _questions(config: SyntheticCalibrationConfig) -> pd.DataFrame:
-    generator = torch.Generator().manual_seed(config.seed)
-    p_category = torch.rand(config.n_categories, generator=generator, dtype=torch.float64)
-    categories = torch.arange(config.n_questions) % config.n_categories
+    """The question set: category probabilities p_c and one outcome per question.
+
+    p_c and the outcomes come from independent streams of one seed
+    (``numpy.random.SeedSequence(seed).spawn(2)``): drawing both from generators with
+    the same seed would correlate an outcome with the uniform draw that made its p_c.
+    """
+    p_stream, outcome_stream = np.random.SeedSequence(config.seed).spawn(2)
+    p_category = np.random.default_rng(p_stream).random(config.n_categories)
+    categories = np.arange(config.n_questions) % config.n_categories
     p_star = p_category[categories]
-    outcomes = BernoulliOutcomes(p_star).sample(torch.arange(config.n_questions), 1, config.seed)
+    outcomes = np.random.default_rng(outcome_stream).random(config.n_questions) < p_star
     return pd.DataFrame(
         {
             "question": np.arange(config.n_questions),
-            "category": categories.numpy(),
-            "p_star": p_star.numpy(),
-            "outcome": outcomes[:, 0].numpy().astype(np.int64),
+            "category": categories,
+            "p_star": p_star,
+            "outcome": outcomes.astype(np.int64),
         }
     )
 
@@ -176,7 +191,7 @@ def _check_output_folder(out: Path) -> None:
 
 
 def _safe(name: str) -> str:
-    return name.replace(":", "-")
+    return name.replace(":", "-").replace("=", "_").replace(",", "-")
 
 
 def run_synthetic_calibration(
@@ -234,6 +249,7 @@ def run_synthetic_calibration(
             "n_categories": config.n_categories,
             "n_eval_samples": config.n_eval_samples,
             "n_bins": config.n_bins,
+            "bin_right": config.bin_right,
             "n_boot": config.n_boot,
         }
         result_path = run_dir / "result.json"
@@ -323,21 +339,39 @@ def _evaluate(
     generator = torch.Generator().manual_seed(config.seed + 1)
     predictions = policy.predict(categories, config.n_eval_samples, generator).numpy()
     y = outcomes.numpy()
+    category_index = categories.numpy()
+    # each category's empirical outcome rate: with outcomes fixed per question, the
+    # probability an unbiased method converges to
+    rate = pd.Series(y).groupby(category_index).mean().reindex(range(len(p_category)))
+    empirical = rate.to_numpy()[category_index]
     metrics = summarize(
-        y, predictions, p_star=p_star, n_bins=config.n_bins, n_boot=config.n_boot, seed=config.seed
+        y,
+        predictions,
+        p_star=p_star,
+        n_bins=config.n_bins,
+        n_boot=config.n_boot,
+        seed=config.seed,
+        right=config.bin_right,
+        references={"empirical": empirical},
     )
     per_category = (
-        pd.Series(predictions).groupby(categories.numpy()).mean().reindex(range(len(p_category)))
+        pd.Series(predictions).groupby(category_index).mean().reindex(range(len(p_category)))
     ).to_numpy()
+    method, options = trainer.config.method, trainer.config.advantage_options
     target = theory_target(
-        trainer.config.method,
+        method,
         policy.probs(),
         policy.answers,
         torch.as_tensor(p_category),
         trainer.config.reward,
+        options,
     ).numpy()
     fixed_point = theory_fixed_point(
-        trainer.config.method, torch.as_tensor(p_category), policy.answers, trainer.config.reward
+        method,
+        torch.as_tensor(p_category),
+        policy.answers,
+        trainer.config.reward,
+        options=options,
     ).numpy()
     outward = np.sign(p_category - 0.5)
     row: dict[str, Any] = {"method": name}
@@ -353,6 +387,8 @@ def _evaluate(
         else float("nan")
     )
     row["theory_target_error"] = float(np.mean(np.abs(per_category - target)))
+    row["mae_category_to_reference"] = float(np.mean(np.abs(per_category - p_category)))
+    row["mae_category_to_empirical"] = float(np.mean(np.abs(per_category - rate.to_numpy())))
     # theory's end point when started calibrated, as overconfidence (comparable to the run's)
     row["theory_overconfidence"] = float(
         np.mean(np.abs(fixed_point - 0.5)) - np.mean(np.abs(p_category - 0.5))
@@ -372,6 +408,8 @@ def _evaluate(
         title=f"{name}: per-category prediction",
         target=None if np.isnan(target).all() else target,
     )
-    plot_reliability_diagram(y, predictions, run_dir / "reliability.png", config.n_bins, name)
+    plot_reliability_diagram(
+        y, predictions, run_dir / "reliability.png", config.n_bins, name, right=config.bin_right
+    )
     plot_prediction_histogram(predictions, run_dir / "histogram.png", title=name)
     return row

@@ -1,5 +1,6 @@
-"""RL for probability predictors: rewards, advantage estimators, policy losses, the
-tabular policy and its trainer, and the theory of what each estimator optimises."""
+"""RL for probability predictors: rewards, advantage estimators, policy losses (all
+registries), the shared RL config and training loop, the tabular policy and its
+trainer, and the theory of what each estimator optimises."""
 
 from bioreason.rl.advantages import (
     ADVANTAGES,
@@ -8,11 +9,14 @@ from bioreason.rl.advantages import (
     gae,
     get_advantage,
     h_target_coefficients,
+    parse_method,
     register_advantage,
 )
+from bioreason.rl.loop import RLConfig, run_training_loop
 from bioreason.rl.losses import (
     AGGREGATIONS,
     KL_ESTIMATORS,
+    POLICY_LOSSES,
     aggregate,
     clipped_surrogate_loss,
     clipped_surrogate_weights,
@@ -27,6 +31,8 @@ from bioreason.rl.rewards import (
     FLOOR_REWARD,
     SCORING_RULES,
     AnswerGrid,
+    brier_reward,
+    log_score,
     parse_answers,
     score_answers,
 )
@@ -38,15 +44,18 @@ __all__ = [
     "FLOOR_REWARD",
     "H_TARGETS",
     "KL_ESTIMATORS",
+    "POLICY_LOSSES",
     "SCORING_RULES",
     "AnswerGrid",
     "BernoulliOutcomes",
     "HTarget",
     "OutcomeSource",
+    "RLConfig",
     "TabularPolicy",
     "TabularRLConfig",
     "TabularTrainer",
     "aggregate",
+    "brier_reward",
     "clipped_surrogate_loss",
     "clipped_surrogate_weights",
     "entropy_from_logits",
@@ -55,8 +64,11 @@ __all__ = [
     "h_target_coefficients",
     "kl_k1",
     "kl_k3",
+    "log_score",
     "parse_answers",
+    "parse_method",
     "policy_loss",
     "register_advantage",
+    "run_training_loop",
     "score_answers",
 ]

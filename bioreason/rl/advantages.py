@@ -3,12 +3,16 @@
 Every estimator maps ``rewards`` of shape ``(n_questions, group_size)`` (the rollouts
 of a question form its group) to advantages of the same shape::
 
-    estimator(rewards, *, values=None, answers=None, **options) -> advantages
+    estimator(rewards, *, values=None, answers=None, log_probs=None, **options) -> advantages
 
 ``values`` (a learned baseline, broadcastable to ``rewards``) is used by estimators
-flagged ``requires_values``; ``answers`` (each rollout's answer, e.g. its probability q)
-by those flagged ``requires_answers``. Look estimators up with :func:`get_advantage`,
-which also understands ``"h_target:<target>"``.
+registered with ``requires_values``; ``answers`` (each rollout's answer, e.g. its
+probability q) by those with ``requires_answers``; ``log_probs`` (each rollout's log
+probability under the sampling policy) by those with ``requires_log_probs``. Every
+estimator also registers ``theory``: what :mod:`bioreason.rl.theory` says its update
+targets for a proper scoring-rule reward (``"unbiased"``, ``"group_std"`` or ``"none"``,
+or a function of the estimator's options returning one of them). Look estimators up
+with :func:`get_advantage`, which also understands ``"h_target:<target>"``.
 """
 
 from __future__ import annotations
@@ -23,49 +27,94 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bioreason.registry import Registry
 from bioreason.rl.bernstein import fit_bernstein_coefficients
 
 __all__ = [
     "ADVANTAGES",
     "H_TARGETS",
+    "THEORY_KINDS",
     "AdvantageEstimator",
     "HTarget",
     "gae",
     "get_advantage",
     "grpo",
+    "grpo_batch_std",
     "grpo_no_std",
     "h_target",
     "h_target_coefficients",
+    "parse_method",
     "ppo",
     "register_advantage",
     "reinforce",
     "rejection_sampling",
     "rloo",
     "seed_grpo",
+    "semantic_entropy",
 ]
 
 
 class AdvantageEstimator(Protocol):
+    """The signature every registered estimator has (options bound by
+    :func:`get_advantage`)."""
+
     def __call__(
-        self, rewards: Tensor, *, values: Tensor | None = None, answers: Tensor | None = None
+        self,
+        rewards: Tensor,
+        *,
+        values: Tensor | None = None,
+        answers: Tensor | None = None,
+        log_probs: Tensor | None = None,
     ) -> Tensor: ...
 
 
-ADVANTAGES: dict[str, Callable[..., Tensor]] = {}
+#: Advantage estimators by name. Metadata: ``requires_values``, ``requires_answers``,
+#: ``requires_log_probs`` (bool) and ``theory`` (see the module docstring).
+ADVANTAGES: Registry[Callable[..., Tensor]] = Registry("advantage estimator")
+
+#: The scoring-rule theories an estimator may declare (see :mod:`bioreason.rl.theory`).
+THEORY_KINDS = ("unbiased", "group_std", "none")
 
 
 def register_advantage(
-    name: str, *, requires_values: bool = False, requires_answers: bool = False
+    name: str,
+    *,
+    requires_values: bool = False,
+    requires_answers: bool = False,
+    requires_log_probs: bool = False,
+    theory: str | Callable[[dict[str, Any]], str] | None = None,
+    overwrite: bool = False,
 ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
-    """Decorator: add an estimator to :data:`ADVANTAGES` under ``name``."""
+    """Decorator: add an estimator to :data:`ADVANTAGES` under ``name``.
 
-    def wrap(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        fn.requires_values = requires_values  # type: ignore[attr-defined]
-        fn.requires_answers = requires_answers  # type: ignore[attr-defined]
-        ADVANTAGES[name] = fn
-        return fn
-
-    return wrap
+    Parameters
+    ----------
+    name : str
+        Registry name.
+    requires_values, requires_answers, requires_log_probs : bool
+        Which of ``values``, ``answers``, ``log_probs`` a trainer must pass.
+    theory : str or callable, optional
+        What the estimator's expected update targets for a proper scoring-rule reward:
+        ``"unbiased"`` (the true probability), ``"group_std"`` (GRPO's distorted
+        probability, the reward divided by its spread within the question's group),
+        ``"none"`` (no theory; reported as NaN), or a function of the estimator's
+        options that returns one of these. Left out, asking the theory module about
+        this estimator raises an error that says so.
+    overwrite : bool
+        Replace an estimator already registered under ``name``.
+    """
+    if isinstance(theory, str) and theory not in THEORY_KINDS:
+        raise ValueError(
+            f"theory must be one of {list(THEORY_KINDS)} or a callable, got {theory!r}"
+        )
+    return ADVANTAGES.register(
+        name,
+        overwrite=overwrite,
+        requires_values=requires_values,
+        requires_answers=requires_answers,
+        requires_log_probs=requires_log_probs,
+        theory=theory,
+    )
 
 
 def _as_group(rewards: Tensor, min_group: int = 1) -> Tensor:
@@ -81,22 +130,44 @@ def _as_group(rewards: Tensor, min_group: int = 1) -> Tensor:
     return rewards
 
 
-@register_advantage("reinforce")
-def reinforce(rewards: Tensor, *, values: Tensor | None = None, answers: Tensor | None = None):
+# Every estimator below takes rewards of shape (n_questions, group_size) and returns
+# advantages of the same shape; the keyword-only inputs it does not use are ignored.
+
+
+@register_advantage("reinforce", theory="unbiased")
+def reinforce(
+    rewards: Tensor,
+    *,
+    values: Tensor | None = None,
+    answers: Tensor | None = None,
+    log_probs: Tensor | None = None,
+) -> Tensor:
     """REINFORCE without a baseline: ``A_i = R_i``."""
     return _as_group(rewards).clone()
 
 
-@register_advantage("rloo")
-def rloo(rewards: Tensor, *, values: Tensor | None = None, answers: Tensor | None = None):
+@register_advantage("rloo", theory="unbiased")
+def rloo(
+    rewards: Tensor,
+    *,
+    values: Tensor | None = None,
+    answers: Tensor | None = None,
+    log_probs: Tensor | None = None,
+) -> Tensor:
     """REINFORCE leave-one-out: ``A_i = R_i - mean_{j != i} R_j`` (Kool et al. 2019)."""
     rewards = _as_group(rewards, 2)
     group = rewards.shape[1]
     return (rewards - rewards.sum(1, keepdim=True) / group) * (group / (group - 1))
 
 
-@register_advantage("grpo_no_std")
-def grpo_no_std(rewards: Tensor, *, values: Tensor | None = None, answers: Tensor | None = None):
+@register_advantage("grpo_no_std", theory="unbiased")
+def grpo_no_std(
+    rewards: Tensor,
+    *,
+    values: Tensor | None = None,
+    answers: Tensor | None = None,
+    log_probs: Tensor | None = None,
+) -> Tensor:
     """Mean-centred rewards without std normalisation (Dr. GRPO): ``A_i = R_i - mean R``."""
     rewards = _as_group(rewards)
     return rewards - rewards.mean(1, keepdim=True)
@@ -111,16 +182,17 @@ def _group_std(rewards: Tensor, ddof: int) -> tuple[Tensor, Tensor]:
     return centred, std
 
 
-@register_advantage("grpo")
+@register_advantage("grpo", theory="group_std")
 def grpo(
     rewards: Tensor,
     *,
     values: Tensor | None = None,
     answers: Tensor | None = None,
+    log_probs: Tensor | None = None,
     ddof: int = 1,
     eps: float = 1e-6,
-):
-    """GRPO (Shao et al. 2024): ``A_i = (R_i - mean R) / (std R + eps)``.
+) -> Tensor:
+    """GRPO (Shao et al. 2024): ``A_i = (R_i - mean R) / (std R + eps)``, per group.
 
     A group whose rewards are all equal gets zero advantages (never NaN), whatever ``eps``.
     """
@@ -133,8 +205,46 @@ def grpo(
     return torch.where(constant, torch.zeros_like(centred), centred / safe)
 
 
-@register_advantage("ppo", requires_values=True)
-def ppo(rewards: Tensor, *, values: Tensor | None = None, answers: Tensor | None = None):
+@register_advantage("grpo_batch_std", theory="unbiased")
+def grpo_batch_std(
+    rewards: Tensor,
+    *,
+    values: Tensor | None = None,
+    answers: Tensor | None = None,
+    log_probs: Tensor | None = None,
+    ddof: int = 1,
+    eps: float = 1e-6,
+) -> Tensor:
+    """Group-mean-centred rewards divided by the std of *all* rewards in the batch.
+
+    ``A_qi = (R_qi - mean_j R_qj) / (std_{q', j} R_q'j + eps)``: TRL's
+    ``scale_rewards="batch"``. Every question of the batch shares one scale, which does
+    not depend on that question's outcome, so the update stays unbiased for a proper
+    scoring rule (up to a positive factor), unlike GRPO's per-group scale. A batch
+    whose rewards are all equal gets zero advantages.
+    """
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    rewards = _as_group(rewards)
+    n = rewards.numel()
+    if not 0 <= ddof < n:
+        raise ValueError(f"ddof must be in [0, n_rewards), got ddof={ddof}, n_rewards={n}")
+    centred = rewards - rewards.mean(1, keepdim=True)
+    batch_centred = rewards - rewards.mean()
+    std = ((batch_centred * batch_centred).sum() / (n - ddof)).sqrt()
+    if float(rewards.max() - rewards.min()) == 0.0:
+        return torch.zeros_like(rewards)
+    return centred / (std + eps)
+
+
+@register_advantage("ppo", requires_values=True, theory="unbiased")
+def ppo(
+    rewards: Tensor,
+    *,
+    values: Tensor | None = None,
+    answers: Tensor | None = None,
+    log_probs: Tensor | None = None,
+) -> Tensor:
     """Learned-baseline advantage ``A_i = R_i - V`` (one-step PPO; see :func:`gae` for tokens).
 
     ``values`` must broadcast to ``rewards`` (e.g. shape ``(n_questions, 1)``).
@@ -145,10 +255,14 @@ def ppo(rewards: Tensor, *, values: Tensor | None = None, answers: Tensor | None
     return rewards - torch.as_tensor(values, dtype=rewards.dtype)
 
 
-@register_advantage("rejection_sampling")
+@register_advantage("rejection_sampling", theory="none")
 def rejection_sampling(
-    rewards: Tensor, *, values: Tensor | None = None, answers: Tensor | None = None
-):
+    rewards: Tensor,
+    *,
+    values: Tensor | None = None,
+    answers: Tensor | None = None,
+    log_probs: Tensor | None = None,
+) -> Tensor:
     """Rejection-sampling fine-tuning: the accepted (reward 1) rollouts share weight equally.
 
     ``A_i = M R_i / max(1, sum_j R_j)`` for 0/1 rewards, so a group with k successes puts
@@ -230,15 +344,16 @@ def h_target_coefficients(
     return _cached_coefficients(_resolve_target(target), group_size).clone()
 
 
-@register_advantage("h_target")
+@register_advantage("h_target", theory="none")
 def h_target(
     rewards: Tensor,
     *,
     values: Tensor | None = None,
     answers: Tensor | None = None,
+    log_probs: Tensor | None = None,
     target: str | HTarget | Callable[[np.ndarray], np.ndarray] = "log",
     reward_range: tuple[float, float] = (0.0, 1.0),
-):
+) -> Tensor:
     """h-targeted estimator (Davis & Recht 2025): ``Z_i = a(S_i) (R_i - S_i / (M - 1))``.
 
     ``S_i`` is the leave-one-out reward sum and ``a_s`` come from
@@ -269,28 +384,105 @@ def h_target(
     return weight * (scaled - loo_sum / (group - 1))
 
 
-@register_advantage("seed_grpo", requires_answers=True)
+# ----- SEED-GRPO (Chen et al. 2025) ----------------------------------------------
+
+_SEED_BASES = ("grpo_no_std", "grpo")
+
+
+def semantic_entropy(answers: Tensor, log_probs: Tensor | None = None, n_bins: int = 10) -> Tensor:
+    """Semantic entropy of each group's answers, clustered by meaning.
+
+    A probability answer q in [0, 1] falls in cluster ``floor(q * n_bins)``. With
+    ``log_probs``, a cluster's probability is the policy mass of the distinct answers
+    sampled in it, normalised over the group's clusters (Kuhn et al. 2023; SEED-GRPO):
+    ``p(C) = sum_{distinct o in C} pi(o) / sum_{distinct o} pi(o)``. Two rollouts count
+    as the same sequence when both their answer and their log-probability agree.
+    Without ``log_probs``, a cluster's probability is its share of the rollouts.
+
+    Parameters
+    ----------
+    answers : Tensor, shape (n_questions, group_size)
+        Probabilities in [0, 1].
+    log_probs : Tensor, shape (n_questions, group_size), optional
+        Log-probability of each rollout under the policy that sampled it.
+    n_bins : int
+        Clusters on [0, 1].
+
+    Returns
+    -------
+    Tensor, shape (n_questions, 1)
+    """
+    answers = torch.as_tensor(answers, dtype=torch.float64)
+    n_questions, group = answers.shape
+    clusters = (answers * n_bins).floor().long().clamp(0, n_bins - 1)
+    if log_probs is None:
+        weight = torch.ones_like(answers)
+    else:
+        log_probs = torch.as_tensor(log_probs, dtype=torch.float64)
+        if log_probs.shape != answers.shape:
+            raise ValueError(
+                f"log_probs must have the shape of answers {tuple(answers.shape)}, "
+                f"got {tuple(log_probs.shape)}"
+            )
+        same = (answers[:, :, None] == answers[:, None, :]) & (
+            log_probs[:, :, None] == log_probs[:, None, :]
+        )
+        # each distinct sequence counts once: its copies share its probability
+        weight = log_probs.exp() / same.sum(2).to(torch.float64)
+    mass = torch.zeros(n_questions, n_bins, dtype=torch.float64)
+    mass.scatter_add_(1, clusters, weight)
+    mass = mass / mass.sum(1, keepdim=True).clamp(min=1e-300)
+    return -torch.xlogy(mass, mass).sum(1, keepdim=True)
+
+
+def _seed_theory(options: dict[str, Any]) -> str:
+    # the entropy scale multiplies both outcomes' terms alike, so the base decides
+    return ADVANTAGES.metadata(options.get("base", "grpo_no_std"))["theory"]
+
+
+@register_advantage(
+    "seed_grpo", requires_answers=True, requires_log_probs=True, theory=_seed_theory
+)
 def seed_grpo(
     rewards: Tensor,
     *,
     values: Tensor | None = None,
     answers: Tensor | None = None,
+    log_probs: Tensor | None = None,
+    base: str = "grpo_no_std",
     alpha: float = 1.0,
     n_bins: int = 10,
     ddof: int = 1,
     eps: float = 1e-6,
-):
-    """SEED-GRPO (Chen et al. 2025): GRPO advantages scaled by ``1 - alpha * H / H_max``.
+) -> Tensor:
+    """SEED-GRPO (Chen et al. 2025): a base advantage scaled by ``1 - alpha SE / SE_max``.
 
-    ``H`` is the semantic entropy of the group's answers, clustered by meaning; a
-    probability answer q in [0, 1] falls in cluster ``floor(q * n_bins)``.
-    ``H_max = log(min(group_size, n_bins))`` is the largest entropy a group can have.
-    ``alpha`` in [0, 1]: 0 is plain GRPO.
+    ``SE`` is the semantic entropy of the group's answers (:func:`semantic_entropy`,
+    from the clusters' probability mass when ``log_probs`` are given) and
+    ``SE_max = log(group_size)``, the entropy of a group whose rollouts all differ in
+    meaning (the paper's normalisation). ``alpha`` in [0, 1]; 0 is the base estimator.
 
-    ``answers`` : Tensor, shape (n_questions, group_size), probabilities in [0, 1].
+    Parameters
+    ----------
+    rewards : Tensor, shape (n_questions, group_size)
+    answers : Tensor, shape (n_questions, group_size)
+        Probabilities in [0, 1], clustered into ``n_bins`` equal-width bins.
+    log_probs : Tensor, shape (n_questions, group_size), optional
+        Each rollout's log-probability under the sampling policy.
+    base : {"grpo_no_std", "grpo"}
+        The advantage that is scaled: the published method's mean-centred
+        ``R_i - mean R`` (default), or GRPO's std-normalised one.
+    ddof, eps
+        Passed to :func:`grpo` when ``base="grpo"``.
+
+    Returns
+    -------
+    Tensor, shape (n_questions, group_size)
     """
     if answers is None:
         raise ValueError("seed_grpo needs each rollout's answer (answers=...) to cluster them")
+    if base not in _SEED_BASES:
+        raise ValueError(f"seed_grpo: base must be one of {list(_SEED_BASES)}, got {base!r}")
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if n_bins < 2:
@@ -303,44 +495,94 @@ def seed_grpo(
             f"got {tuple(answers.shape)}"
         )
     group = rewards.shape[1]
-    clusters = (answers * n_bins).floor().long().clamp(0, n_bins - 1)
-    counts = torch.zeros(rewards.shape[0], n_bins, dtype=torch.float64)
-    counts.scatter_add_(1, clusters, torch.ones_like(answers))
-    freq = counts / group
-    entropy = -torch.xlogy(freq, freq).sum(1, keepdim=True)
-    max_entropy = math.log(min(group, n_bins))
+    entropy = semantic_entropy(answers, log_probs, n_bins)
+    max_entropy = math.log(group)
     scale = 1 - alpha * entropy / max_entropy if max_entropy > 0 else torch.ones_like(entropy)
-    return grpo(rewards, ddof=ddof, eps=eps) * scale.to(rewards.dtype)
+    if base == "grpo":
+        advantages = grpo(rewards, ddof=ddof, eps=eps)
+    else:
+        advantages = grpo_no_std(rewards)
+    return advantages * scale.to(rewards.dtype)
+
+
+def _option_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_method(name: str) -> tuple[str, dict[str, Any]]:
+    """Split a method name into the registry name and the options it carries.
+
+    ``"grpo"`` -> ``("grpo", {})``; ``"seed_grpo:base=grpo,alpha=0.5"`` ->
+    ``("seed_grpo", {"base": "grpo", "alpha": 0.5})``; ``"h_target:log"`` ->
+    ``("h_target", {"target": "log"})`` (a bare part is h_target's target). Values are
+    read as bool, int or float where they parse as one, else kept as strings.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a method name must be a non-empty string, got {name!r}")
+    base, _, suffix = name.partition(":")
+    options: dict[str, Any] = {}
+    for part in filter(None, suffix.split(",")):
+        key, sep, value = part.partition("=")
+        if not sep:
+            if base != "h_target":
+                raise ValueError(
+                    f"only h_target takes a ':<target>' suffix, got {name!r}; "
+                    "give other options as ':key=value'"
+                )
+            key, value = "target", part
+        options[key.strip()] = _option_value(value.strip()) if sep else value
+    return base, options
 
 
 def get_advantage(name: str, **options: Any) -> Callable[..., Tensor]:
-    """Look up an estimator by registry name, binding ``options``.
+    """Look up an estimator by method name, binding ``options``.
 
-    ``"h_target:log"`` is ``h_target`` with ``target="log"``. Unknown names or options
-    raise a ValueError/TypeError that lists what is accepted.
+    The name may carry options (:func:`parse_method`): ``"h_target:log"`` is
+    ``h_target`` with ``target="log"``, ``"seed_grpo:base=grpo"`` is ``seed_grpo`` with
+    ``base="grpo"``; keyword ``options`` are added to those. Unknown names or options
+    raise a ValueError/TypeError that lists what is accepted. The returned callable
+    carries the registry metadata as attributes (``requires_values``,
+    ``requires_answers``, ``requires_log_probs``) plus ``name``, ``base_name``,
+    ``options`` and ``accepted_options``.
     """
-    base, _, suffix = name.partition(":")
+    base = name.partition(":")[0] if isinstance(name, str) else name
     if base not in ADVANTAGES:
         raise ValueError(
             f"unknown advantage estimator {name!r}; choose one of {sorted(ADVANTAGES)} "
             f"(h_target takes a target: h_target:<{'|'.join(sorted(H_TARGETS))}>)"
         )
+    base, named_options = parse_method(name)
+    if "target" in named_options and base == "h_target":
+        _resolve_target(named_options["target"])
+    options = {**named_options, **options}
     fn = ADVANTAGES[base]
-    if suffix:
-        if base != "h_target":
-            raise ValueError(f"only h_target takes a ':<target>' suffix, got {name!r}")
-        _resolve_target(suffix)
-        options = {"target": suffix, **options}
-    accepted = set(inspect.signature(fn).parameters) - {"rewards", "values", "answers"}
+    accepted = set(inspect.signature(fn).parameters) - {
+        "rewards",
+        "values",
+        "answers",
+        "log_probs",
+    }
     unknown = sorted(set(options) - accepted)
     if unknown:
         raise TypeError(
             f"estimator {base!r} does not take option(s) {unknown}; it takes {sorted(accepted)}"
         )
     bound = functools.partial(fn, **options)
-    bound.requires_values = fn.requires_values  # type: ignore[attr-defined]
-    bound.requires_answers = fn.requires_answers  # type: ignore[attr-defined]
+    metadata = ADVANTAGES.metadata(base)
+    bound.requires_values = metadata["requires_values"]  # type: ignore[attr-defined]
+    bound.requires_answers = metadata["requires_answers"]  # type: ignore[attr-defined]
+    bound.requires_log_probs = metadata["requires_log_probs"]  # type: ignore[attr-defined]
     bound.name = name  # type: ignore[attr-defined]
+    bound.base_name = base  # type: ignore[attr-defined]
+    bound.options = dict(options)  # type: ignore[attr-defined]
     bound.accepted_options = frozenset(accepted)  # type: ignore[attr-defined]
     return bound
 

@@ -2,7 +2,16 @@
 and loss aggregation over tokens and sequences.
 
 All functions take per-token tensors of shape ``(batch, n_tokens)`` with a ``mask`` of
-valid tokens; a one-token "sequence" is the tabular case.
+valid tokens; a one-token "sequence" is the tabular case. Policy losses, aggregations
+and KL estimators are registries (:data:`POLICY_LOSSES`, :data:`AGGREGATIONS`,
+:data:`KL_ESTIMATORS`). Every policy loss has one signature::
+
+    loss_fn(log_probs, old_log_probs, advantages, *, clip_eps, mask, aggregation, constant)
+        -> (loss, stats)
+
+and registers ``weights``, its gradient in closed form: ``weights(ratio, advantages,
+clip_eps)`` is ``d(-loss)/d log pi`` per sample, which a trainer with an exact policy
+gradient (the tabular one) uses without autograd.
 """
 
 from __future__ import annotations
@@ -12,10 +21,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from bioreason.registry import Registry
+
 __all__ = [
     "AGGREGATIONS",
     "KL_ESTIMATORS",
+    "POLICY_LOSSES",
     "aggregate",
+    "clipped_policy_loss",
     "clipped_surrogate_loss",
     "clipped_surrogate_weights",
     "entropy_from_logits",
@@ -46,12 +59,12 @@ def _sequence_sum(values: Tensor, mask: Tensor, constant: float | None) -> Tenso
     return (values * mask).sum(-1).mean() / constant
 
 
-#: How per-token losses of shape (batch, n_tokens) become one scalar.
-AGGREGATIONS: dict[str, Callable[[Tensor, Tensor, float | None], Tensor]] = {
-    "token_mean": _token_mean,
-    "sequence_mean": _sequence_mean,
-    "sequence_sum": _sequence_sum,
-}
+#: How per-token losses of shape (batch, n_tokens) become one scalar:
+#: ``fn(values, mask, constant) -> scalar``.
+AGGREGATIONS: Registry[Callable[[Tensor, Tensor, float | None], Tensor]] = Registry("aggregation")
+AGGREGATIONS.register("token_mean", _token_mean)
+AGGREGATIONS.register("sequence_mean", _sequence_mean)
+AGGREGATIONS.register("sequence_sum", _sequence_sum)
 
 
 def aggregate(
@@ -64,11 +77,11 @@ def aggregate(
 
     ``token_mean``: mean over all valid tokens of the batch; ``sequence_mean``: mean over
     each sequence's tokens, then over sequences; ``sequence_sum``: sum over each
-    sequence's tokens / ``constant``, then mean over sequences.
+    sequence's tokens / ``constant``, then mean over sequences. ``mask``: shape
+    ``(batch, n_tokens)``, valid tokens.
     """
-    if mode not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {mode!r}; choose one of {sorted(AGGREGATIONS)}")
-    return AGGREGATIONS[mode](values, _mask(values, mask), constant)
+    fn = AGGREGATIONS.get(mode)  # an unknown mode raises, listing the choices
+    return fn(values, _mask(values, mask), constant)
 
 
 def clipped_surrogate_weights(ratio: Tensor, advantages: Tensor, clip_eps: float | None) -> Tensor:
@@ -128,6 +141,31 @@ def clipped_surrogate_loss(
     return aggregate(-surrogate, mask, aggregation, constant), clip_fraction
 
 
+def clipped_policy_loss(
+    log_probs: Tensor,
+    old_log_probs: Tensor,
+    advantages: Tensor,
+    *,
+    clip_eps: float | None = 0.2,
+    mask: Tensor | None = None,
+    aggregation: str = "token_mean",
+    constant: float | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The ``"clipped"`` policy loss: :func:`clipped_surrogate_loss` in the registry's
+    signature. Shapes as there; returns the scalar loss and ``{"clip_fraction": ...}``.
+    """
+    loss, clip_fraction = clipped_surrogate_loss(
+        log_probs, old_log_probs, advantages, clip_eps, mask, aggregation, constant
+    )
+    return loss, {"clip_fraction": clip_fraction.detach()}
+
+
+#: Policy losses of (log_probs, old_log_probs, advantages), each with its closed-form
+#: per-sample gradient weights as metadata ``weights`` (see the module docstring).
+POLICY_LOSSES: Registry[Callable[..., tuple[Tensor, dict[str, Tensor]]]] = Registry("policy loss")
+POLICY_LOSSES.register("clipped", clipped_policy_loss, weights=clipped_surrogate_weights)
+
+
 def kl_k1(log_probs: Tensor, ref_log_probs: Tensor) -> Tensor:
     """k1 estimator of KL(pi || ref) per sampled token: ``log pi - log ref`` (unbiased)."""
     return log_probs - ref_log_probs
@@ -142,8 +180,11 @@ def kl_k3(log_probs: Tensor, ref_log_probs: Tensor) -> Tensor:
     return torch.expm1(log_ratio) - log_ratio
 
 
-#: Per-token estimators of KL(pi || ref) from samples of pi.
-KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"k1": kl_k1, "k3": kl_k3}
+#: Per-token estimators of KL(pi || ref) from samples of pi:
+#: ``fn(log_probs, ref_log_probs) -> per-token KL``, shape (batch, n_tokens).
+KL_ESTIMATORS: Registry[Callable[[Tensor, Tensor], Tensor]] = Registry("KL estimator")
+KL_ESTIMATORS.register("k1", kl_k1)
+KL_ESTIMATORS.register("k3", kl_k3)
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:
@@ -157,6 +198,7 @@ def policy_loss(
     old_log_probs: Tensor,
     advantages: Tensor,
     *,
+    loss: str = "clipped",
     mask: Tensor | None = None,
     clip_eps: float | None = 0.2,
     ref_log_probs: Tensor | None = None,
@@ -167,31 +209,46 @@ def policy_loss(
     aggregation: str = "token_mean",
     constant: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Clipped surrogate + ``kl_coef`` x KL(pi || ref) - ``entropy_coef`` x entropy.
+    """A registered policy loss + ``kl_coef`` x KL(pi || ref) - ``entropy_coef`` x entropy.
 
-    ``entropy`` is the per-token entropy of the current policy, shape (batch, n_tokens).
-    Returns the scalar loss and a dict of detached diagnostics.
+    Parameters
+    ----------
+    log_probs, old_log_probs, ref_log_probs : Tensor, shape (batch, n_tokens)
+        Log-probabilities of the sampled tokens under the current policy (with grad),
+        the sampling policy and the reference policy.
+    advantages : Tensor, shape (batch, n_tokens) or (batch, 1)
+    loss : str
+        A name of :data:`POLICY_LOSSES`.
+    entropy : Tensor, shape (batch, n_tokens), optional
+        Per-token entropy of the current policy.
+
+    Returns
+    -------
+    loss : Tensor, scalar
+    stats : dict of str to Tensor
+        Detached diagnostics (the policy loss's own, plus ``kl`` and ``entropy``).
     """
-    if kl_estimator not in KL_ESTIMATORS:
-        raise ValueError(
-            f"unknown KL estimator {kl_estimator!r}; choose one of {sorted(KL_ESTIMATORS)}"
-        )
-    loss, clip_fraction = clipped_surrogate_loss(
-        log_probs, old_log_probs, advantages, clip_eps, mask, aggregation, constant
+    loss_fn = POLICY_LOSSES.get(loss)  # an unknown name raises, listing the choices
+    kl_fn = KL_ESTIMATORS.get(kl_estimator)
+    total, stats = loss_fn(
+        log_probs,
+        old_log_probs,
+        advantages,
+        clip_eps=clip_eps,
+        mask=mask,
+        aggregation=aggregation,
+        constant=constant,
     )
-    stats = {"clip_fraction": clip_fraction.detach()}
     if kl_coef:
         if ref_log_probs is None:
             raise ValueError("kl_coef > 0 needs ref_log_probs (the reference policy's log-probs)")
-        kl = aggregate(
-            KL_ESTIMATORS[kl_estimator](log_probs, ref_log_probs), mask, aggregation, constant
-        )
-        loss = loss + kl_coef * kl
+        kl = aggregate(kl_fn(log_probs, ref_log_probs), mask, aggregation, constant)
+        total = total + kl_coef * kl
         stats["kl"] = kl.detach()
     if entropy_coef:
         if entropy is None:
             raise ValueError("entropy_coef > 0 needs the per-token entropy (entropy=...)")
         mean_entropy = aggregate(entropy, mask, aggregation, constant)
-        loss = loss - entropy_coef * mean_entropy
+        total = total - entropy_coef * mean_entropy
         stats["entropy"] = mean_entropy.detach()
-    return loss, stats
+    return total, stats

@@ -2,7 +2,9 @@
 
 A policy answers ``<answer>N</answer>`` with ``N`` an integer on a grid (by default
 1..99, read as ``q = N / 100``). Rewards are pure functions of the answer ``q`` and the
-binary outcome ``y`` of the experiment.
+binary outcome ``y`` of the experiment, and higher is better: :func:`brier_reward` is
+``-(q - y)^2``, the negative of the calibration loss
+:func:`bioreason.calibration.brier_loss`.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from bioreason.registry import Registry
+
 __all__ = [
     "FLOOR_REWARD",
     "SCORING_RULES",
     "AnswerGrid",
     "ParsedAnswers",
-    "brier_score",
+    "brier_reward",
     "correctness_reward",
     "log_score",
     "parse_answers",
@@ -117,8 +121,9 @@ def log_score(q: Tensor, y: Tensor) -> Tensor:
     return torch.where(y > 0.5, torch.log(q), torch.log1p(-q))
 
 
-def brier_score(q: Tensor, y: Tensor) -> Tensor:
-    """Negative Brier score ``-(q - y)^2`` (proper)."""
+def brier_reward(q: Tensor, y: Tensor) -> Tensor:
+    """Brier *reward* ``-(q - y)^2``: the negative squared error, higher is better
+    (proper). Shape of the broadcast ``q`` and ``y``."""
     q, y = _check(q, y)
     return -((q - y) ** 2)
 
@@ -136,12 +141,12 @@ def correctness_reward(answer: Tensor, y: Tensor) -> Tensor:
     return (answer.round() == y.round()).to(torch.float64)
 
 
-#: Scoring rules of a probability answer q and a binary outcome y, by name.
-SCORING_RULES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "log": log_score,
-    "brier": brier_score,
-    "spherical": spherical_score,
-}
+#: Proper scoring rules of a probability answer q and a binary outcome y (rewards:
+#: higher is better), by name; ``rule(q, y)`` keeps the broadcast shape of q and y.
+SCORING_RULES: Registry[Callable[[Tensor, Tensor], Tensor]] = Registry("scoring rule")
+SCORING_RULES.register("log", log_score, bounded=False)
+SCORING_RULES.register("brier", brier_reward, bounded=True)
+SCORING_RULES.register("spherical", spherical_score, bounded=True)
 
 
 def score_answers(
@@ -162,11 +167,10 @@ def score_answers(
     n_floored : int
         How many answers received the floor reward.
     """
-    if rule not in SCORING_RULES:
-        raise ValueError(f"unknown scoring rule {rule!r}; choose one of {sorted(SCORING_RULES)}")
+    score = SCORING_RULES.get(rule)  # an unknown rule raises, listing the rules
     probabilities = torch.as_tensor(probabilities, dtype=torch.float64)
     invalid = torch.isnan(probabilities)
     safe = torch.where(invalid, torch.full_like(probabilities, 0.5), probabilities)
-    rewards = SCORING_RULES[rule](safe, outcomes)
+    rewards = score(safe, outcomes)
     rewards = torch.where(invalid, torch.full_like(rewards, floor), rewards)
     return rewards, int(invalid.sum())

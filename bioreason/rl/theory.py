@@ -24,11 +24,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from bioreason.rl.advantages import get_advantage
+from bioreason.registry import Registry
+from bioreason.rl.advantages import ADVANTAGES, get_advantage, parse_method
 from bioreason.rl.bernstein import bernstein_eval, bernstein_integral
 from bioreason.rl.rewards import SCORING_RULES
 
@@ -47,6 +49,7 @@ __all__ = [
     "predict_grpo_drift",
     "rejection_sampling_coefficients",
     "theory_fixed_point",
+    "theory_kind",
     "theory_target",
 ]
 
@@ -83,13 +86,16 @@ def grpo_limit_derivative(t: Tensor) -> Tensor:
     return 1 / torch.sqrt(t * (1 - t))
 
 
-def estimator_coefficients(name: str, group_size: int, **options) -> Tensor:
+def estimator_coefficients(name: str, group_size: int, **options: Any) -> Tensor:
     """``a_s = f(1, s) - f(0, s)`` of any registered estimator, read off canonical groups.
 
-    Evaluates the estimator on the 2M groups "rollout 1 has reward r, s of the other
-    M - 1 have reward 1" and takes rollout 1's advantage. Valid for estimators that are
-    functions of the group's 0/1 rewards (answers are set equal to the rewards, so
-    ``seed_grpo`` clusters by outcome; ``ppo`` gets a constant baseline).
+    Evaluates the estimator on one batch of the 2M groups "rollout 1 has reward r, s of
+    the other M - 1 have reward 1" and takes rollout 1's advantage. Valid for
+    estimators that are functions of the group's 0/1 rewards (answers are set equal to
+    the rewards, so ``seed_grpo`` clusters by outcome; ``ppo`` gets a constant
+    baseline). A batch-level estimator (``grpo_batch_std``) sees this canonical batch,
+    whose reward std is a constant: its ``a_s`` are right up to that positive factor
+    (the real factor is the std of the training batch's rewards).
 
     Returns
     -------
@@ -99,19 +105,15 @@ def estimator_coefficients(name: str, group_size: int, **options) -> Tensor:
     m = group_size
     s = torch.arange(m)
     others = (torch.arange(m - 1)[None, :] < s[:, None]).to(torch.float64)  # (M, M-1)
-    groups = {
-        reward: torch.cat([torch.full((m, 1), float(reward), dtype=torch.float64), others], 1)
-        for reward in (1, 0)
-    }
-    z = {}
-    for reward, rewards in groups.items():
-        kwargs = {}
-        if estimator.requires_values:
-            kwargs["values"] = torch.full((m, 1), 0.5, dtype=torch.float64)
-        if estimator.requires_answers:
-            kwargs["answers"] = rewards * 0.999  # cluster by outcome, inside [0, 1)
-        z[reward] = estimator(rewards, **kwargs)[:, 0]
-    return z[1] - z[0]
+    first = torch.cat([torch.ones(m, 1), torch.zeros(m, 1)]).to(torch.float64)  # r = 1, 0
+    rewards = torch.cat([first, torch.cat([others, others])], 1)  # (2M, M)
+    kwargs = {}
+    if estimator.requires_values:
+        kwargs["values"] = torch.full((2 * m, 1), 0.5, dtype=torch.float64)
+    if estimator.requires_answers:
+        kwargs["answers"] = rewards * 0.999  # cluster by outcome, inside [0, 1)
+    z = estimator(rewards, **kwargs)[:, 0]
+    return z[:m] - z[m:]
 
 
 def objective_derivative(coefficients: Tensor, p: Tensor) -> Tensor:
@@ -270,36 +272,84 @@ def _unbiased_target(probs: Tensor, answers: Tensor, p: Tensor, rule: str) -> Te
     return torch.as_tensor(p, dtype=torch.float64).clone()
 
 
-def _grpo_target(probs: Tensor, answers: Tensor, p: Tensor, rule: str) -> Tensor:
+def _group_std_target(probs: Tensor, answers: Tensor, p: Tensor, rule: str) -> Tensor:
     return predict_grpo_drift(probs, answers, p, rule).p_tilde
 
 
-def _unknown_target(probs: Tensor, answers: Tensor, p: Tensor, rule: str) -> Tensor:
+def _no_theory(probs: Tensor, answers: Tensor, p: Tensor, rule: str) -> Tensor:
     return torch.full_like(torch.as_tensor(p, dtype=torch.float64), math.nan)
 
 
-#: For a proper scoring-rule reward: the probability each estimator's expected update
-#: is unbiased for. Baseline-only estimators target the truth; GRPO (and SEED-GRPO,
-#: whose entropy scale is shared by both outcomes in the large-M limit) target p~;
-#: the h-targeted estimator has no scoring-rule theory (NaN).
-THEORY_TARGETS: dict[str, Callable[[Tensor, Tensor, Tensor, str], Tensor]] = {
-    "reinforce": _unbiased_target,
-    "rloo": _unbiased_target,
-    "grpo_no_std": _unbiased_target,
-    "ppo": _unbiased_target,
-    "grpo": _grpo_target,
-    "seed_grpo": _grpo_target,
-    "rejection_sampling": _unknown_target,
-    "h_target": _unknown_target,
-}
+#: For a proper scoring-rule reward: the probability an estimator's expected update is
+#: unbiased for, by the ``theory`` each estimator declares where it is registered
+#: (:func:`bioreason.rl.advantages.register_advantage`). ``unbiased``: the truth
+#: (a baseline, or a scale shared by both outcomes, changes nothing in expectation);
+#: ``group_std``: GRPO's distorted probability p~ (each outcome's reward divided by its
+#: own spread); ``none``: no scoring-rule theory (NaN, e.g. the h-targeted estimator).
+THEORY_TARGETS: Registry[Callable[[Tensor, Tensor, Tensor, str], Tensor]] = Registry(
+    "scoring-rule theory"
+)
+THEORY_TARGETS.register("unbiased", _unbiased_target)
+THEORY_TARGETS.register("group_std", _group_std_target)
+THEORY_TARGETS.register("none", _no_theory)
+
+
+def theory_kind(method: str, options: dict[str, Any] | None = None) -> str:
+    """Which scoring-rule theory ``method`` (with ``options``) declared.
+
+    Raises
+    ------
+    ValueError
+        For an unknown estimator, or one registered without a ``theory``.
+    """
+    base = method.partition(":")[0]
+    declared = ADVANTAGES.metadata(base)["theory"]  # an unknown name raises, listing all
+    if callable(declared):
+        declared = declared({**parse_method(method)[1], **(options or {})})
+    if declared is None:
+        raise ValueError(
+            f"advantage estimator {base!r} declares no scoring-rule theory; register it "
+            f"with theory= one of {list(THEORY_TARGETS)} ('none' if no theory applies)"
+        )
+    if declared not in THEORY_TARGETS:
+        raise ValueError(
+            f"advantage estimator {base!r} declares theory {declared!r}; "
+            f"choose one of {list(THEORY_TARGETS)}"
+        )
+    return declared
 
 
 def theory_target(
-    method: str, probs: Tensor, answers: Tensor, p: Tensor, rule: str = "log"
+    method: str,
+    probs: Tensor,
+    answers: Tensor,
+    p: Tensor,
+    rule: str = "log",
+    options: dict[str, Any] | None = None,
 ) -> Tensor:
-    """The probability ``method``'s update targets, per category (see :data:`THEORY_TARGETS`)."""
-    base = method.partition(":")[0]
-    return THEORY_TARGETS.get(base, _unknown_target)(probs, answers, p, rule)
+    """The probability ``method``'s update targets, per category.
+
+    Parameters
+    ----------
+    method : str
+        Registry name of the estimator (``h_target:<target>`` included).
+    probs : Tensor, shape (n_categories, n_answers)
+        The policy.
+    answers : Tensor, shape (n_answers,)
+    p : Tensor, shape (n_categories,)
+        True outcome probability per category.
+    rule : str
+        Scoring rule of the reward.
+    options : dict, optional
+        The estimator's options (SEED-GRPO's theory depends on its ``base``).
+
+    Returns
+    -------
+    Tensor, shape (n_categories,)
+        NaN where the estimator declared ``theory="none"``.
+    """
+    kind = theory_kind(method, options)
+    return THEORY_TARGETS[kind](probs, answers, p, rule)
 
 
 def theory_fixed_point(
@@ -310,6 +360,7 @@ def theory_fixed_point(
     width: float = 0.02,
     max_rounds: int = 5000,
     tolerance: float = 1e-6,
+    options: dict[str, Any] | None = None,
 ) -> Tensor:
     """Where the theory says a method's answers end up, starting calibrated.
 
@@ -330,7 +381,7 @@ def theory_fixed_point(
     q = p.clamp(low, high)
     for _ in range(max_rounds):
         probs = torch.softmax(-((answers[None, :] - q[:, None]) ** 2) / (2 * width**2), 1)
-        target = theory_target(method, probs, answers, p, rule)
+        target = theory_target(method, probs, answers, p, rule, options)
         if bool(torch.isnan(target).any()):
             return target
         new_q = target.clamp(low, high)

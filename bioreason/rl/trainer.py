@@ -3,17 +3,15 @@
 Each step samples ``group_size`` answers per question, scores them against the
 question's fixed outcome, turns rewards into advantages with a registered estimator
 (:data:`bioreason.rl.advantages.ADVANTAGES`), and takes an AdamW step on the exact
-policy gradient. With ``updates_per_rollout > 1`` a rollout is reused for several steps
-under the clipped importance-ratio surrogate (the "offline" setting).
+policy gradient of a registered policy loss (:data:`bioreason.rl.losses.POLICY_LOSSES`,
+through its closed-form weights). With ``updates_per_rollout > 1`` a rollout is reused
+for several steps under the importance ratio (the "offline" setting). The loop,
+checkpoints, CSV log and resume are :func:`bioreason.rl.loop.run_training_loop`.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,9 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bioreason.config import Config
 from bioreason.rl.advantages import get_advantage
-from bioreason.rl.losses import clipped_surrogate_weights
+from bioreason.rl.loop import RLConfig, run_training_loop
+from bioreason.rl.losses import POLICY_LOSSES
 from bioreason.rl.outcomes import OutcomeSource
 from bioreason.rl.policies import TabularPolicy
 from bioreason.rl.rewards import SCORING_RULES
@@ -32,66 +30,25 @@ __all__ = ["TabularRLConfig", "TabularTrainer"]
 
 
 @dataclasses.dataclass
-class TabularRLConfig(Config):
-    """Settings of one tabular RL run (defaults: Bereket & Leskovec 2025, GRPO).
+class TabularRLConfig(RLConfig):
+    """Settings of one tabular RL run: :class:`bioreason.rl.loop.RLConfig` plus the
+    tabular policy's value baseline.
 
-    Attributes
+    Parameters
     ----------
-    method : str
-        Advantage estimator, a registry name (``grpo``, ``rloo``, ``h_target:log`` ...).
-    advantage_options : dict
-        Extra options for the estimator (e.g. ``{"ddof": 0}`` for GRPO).
-    group_size : int
-        Rollouts per question per step.
-    steps : int
-        Optimizer steps (with ``updates_per_rollout = u``, ``steps / u`` rollouts).
-    updates_per_rollout : int
-        1 is online; more reuses each rollout under the clipped surrogate.
-    clip_eps : float or None
-        Clipping of the importance ratio; None disables it.
-    lr, weight_decay, betas
-        AdamW on the logits.
-    value_lr : float
-        Adam learning rate of the per-category value baseline (estimators that use one).
-    reward : str
-        Scoring rule, a key of :data:`bioreason.rl.rewards.SCORING_RULES`.
-    entropy_coef, kl_coef : float
-        Entropy bonus and KL(pi || initial policy) penalty, exact for a tabular policy.
-    checkpoint_every : int
-        Steps between checkpoints (rounded to whole rollouts).
-    log_every : int
-        Steps between log rows.
-    seed : int
+    value_lr : float, default 1e-5
+        Adam learning rate of the per-category value baseline (estimators registered
+        with ``requires_values``, e.g. ``ppo``).
+
+    The entropy bonus and KL penalty of :class:`RLConfig` are exact for a tabular policy.
     """
 
-    method: str = "grpo"
-    advantage_options: dict = dataclasses.field(default_factory=dict)
-    group_size: int = 10
-    steps: int = 50_000
-    updates_per_rollout: int = 1
-    clip_eps: float | None = None
-    lr: float = 3e-3
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
     value_lr: float = 1e-5
-    reward: str = "log"
-    entropy_coef: float = 0.0
-    kl_coef: float = 0.0
-    checkpoint_every: int = 5_000
-    log_every: int = 1_000
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        get_advantage(self.method, **self.advantage_options)  # validates name and options
-        if self.reward not in SCORING_RULES:
-            raise ValueError(f"reward must be one of {sorted(SCORING_RULES)}, got {self.reward!r}")
-        for name in ("group_size", "steps", "updates_per_rollout", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.clip_eps is not None and self.clip_eps <= 0:
-            raise ValueError(f"clip_eps must be > 0 or None, got {self.clip_eps}")
-        if self.lr <= 0 or self.value_lr < 0:
-            raise ValueError("lr must be > 0 and value_lr >= 0")
+        super().__post_init__()
+        if self.value_lr < 0:
+            raise ValueError(f"value_lr must be >= 0, got {self.value_lr}")
 
 
 class TabularTrainer:
@@ -142,6 +99,7 @@ class TabularTrainer:
             )
             estimator = get_advantage(config.method, **options)
         self.estimator = estimator
+        self.surrogate_weights = POLICY_LOSSES.metadata(config.policy_loss)["weights"]
         self.optimizer = torch.optim.AdamW(
             [policy.logits], lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
         )
@@ -189,10 +147,15 @@ class TabularTrainer:
             self._update_values(rewards)
         if self.estimator.requires_answers:
             kwargs["answers"] = self.policy.answers[answers]
+        old_log_probs = None
+        if self.estimator.requires_log_probs or config.updates_per_rollout > 1:
+            old_log_probs = self.policy.log_prob(cats, answers)
+        if self.estimator.requires_log_probs:
+            kwargs["log_probs"] = old_log_probs
         advantages = self.estimator(rewards, **kwargs)
         rollout = {"answers": answers, "rewards": rewards, "advantages": advantages}
         if config.updates_per_rollout > 1:
-            rollout["old_log_probs"] = self.policy.log_prob(cats, answers)
+            rollout["old_log_probs"] = old_log_probs
         return rollout
 
     def _update_values(self, rewards: Tensor) -> None:
@@ -217,7 +180,7 @@ class TabularTrainer:
         else:
             log_probs = self.policy.log_prob(self.categories, rollout["answers"])
             ratio = torch.exp(log_probs - rollout["old_log_probs"])
-        weights = clipped_surrogate_weights(ratio, advantages, config.clip_eps)
+        weights = self.surrogate_weights(ratio, advantages, config.clip_eps)
         # loss = -(1 / n_rollouts) sum_i w_i log pi(a_i | c_i)  (sequence mean)
         grad = -self.policy.policy_gradient(self.categories, rollout["answers"], weights)
         grad /= advantages.numel()
@@ -280,65 +243,15 @@ class TabularTrainer:
         """Run until ``config.steps``, resuming from ``checkpoint_path`` when it exists.
 
         Writes a CSV row every ``log_every`` steps to ``log_path`` and a checkpoint every
-        ``checkpoint_every`` steps (both atomically). Returns timing figures.
+        ``checkpoint_every`` steps (both atomically; see
+        :func:`bioreason.rl.loop.run_training_loop`). ``extra_log(policy)`` adds
+        columns to each log row. Returns timing figures.
         """
-        from tqdm.auto import tqdm
-
-        from bioreason._io import atomic_path, atomic_write_text
-
-        config = self.config
-        log_rows: list[dict[str, float]] = []
-        if checkpoint_path is not None and Path(checkpoint_path).exists():
-            state = torch.load(checkpoint_path, weights_only=False)
-            self.load_state_dict(state)
-            log_rows = state.get("log_rows", [])
-        every = max(config.updates_per_rollout, config.checkpoint_every)
-        every -= every % config.updates_per_rollout
-
-        def write_log() -> None:
-            if log_path is None or not log_rows:
-                return
-            buffer = io.StringIO()
-            writer = csv.DictWriter(buffer, fieldnames=list(log_rows[0]))
-            writer.writeheader()
-            writer.writerows(log_rows)
-            atomic_write_text(log_path, buffer.getvalue())
-
-        def log() -> None:
-            row = self.diagnostics()
-            if extra_log is not None:
-                row.update(extra_log(self.policy))
-            log_rows.append(row)
-
-        start_step = self.step
-        start = time.perf_counter()
-        bar = tqdm(
-            total=config.steps,
-            initial=self.step,
-            disable=not progress,
-            desc=description or config.method,
-            mininterval=2.0,
+        return run_training_loop(
+            self,
+            checkpoint_path=checkpoint_path,
+            log_path=log_path,
+            extra_log=None if extra_log is None else lambda: extra_log(self.policy),
+            progress=progress,
+            description=description,
         )
-        if self.step == 0:
-            log()
-        while self.step < config.steps:
-            self.train_step()
-            bar.update(1)
-            if self.step % config.log_every == 0 or self.step == config.steps:
-                log()
-            if checkpoint_path is not None and (
-                self.step % every == 0 and self.step < config.steps
-            ):
-                state = self.state_dict() | {"log_rows": log_rows}
-                with atomic_path(checkpoint_path) as tmp:
-                    torch.save(state, tmp)
-                write_log()
-        bar.close()
-        write_log()
-        elapsed = time.perf_counter() - start
-        steps_run = self.step - start_step
-        return {
-            "seconds": elapsed,
-            "steps_run": steps_run,
-            "steps_per_second": steps_run / elapsed if elapsed > 0 else math.nan,
-        }
