@@ -7,6 +7,7 @@ import torch
 from _models_util import tiny_screen
 
 from bioreason.data import ScreenGroundTruth
+from bioreason.data import expression as expr
 from bioreason.models import CPAVAE, SAMSVAE
 from bioreason.models import evaluation as ev
 
@@ -87,12 +88,12 @@ def test_data_ate_uses_normalized_log2_counts():
     obs = pd.DataFrame({"perturbation": ["control", "control", "A", "A"]}, index=list("abcd"))
     adata = ad.AnnData(X=counts, obs=obs)
     adata.layers["counts"] = counts
-    ate = ev.average_treatment_effect(adata)
+    ate = expr.average_treatment_effect(adata)
     normalized = np.log2(1e4 * counts / counts.sum(1, keepdims=True) + 1)
     expected = normalized[2:].mean(0) - normalized[:2].mean(0)
     np.testing.assert_allclose(ate.loc["A"].to_numpy(), expected, rtol=1e-6)
     with pytest.raises(ValueError, match="no control cells labelled 'ctrl'"):
-        ev.average_treatment_effect(adata, control="ctrl")
+        expr.average_treatment_effect(adata, control="ctrl")
 
 
 def test_ate_agreement_pearson_and_r2():
@@ -101,7 +102,7 @@ def test_ate_agreement_pearson_and_r2():
     data = pd.DataFrame(rng.normal(size=(2, 30)), index=["A", "B"], columns=genes)
     model = data.copy()
     model.loc["B"] = 2 * data.loc["B"]
-    table = ev.ate_agreement(data, model, top_k=5)
+    table = expr.ate_agreement(data, model, top_k=5)
     assert table.loc["A"].tolist() == pytest.approx([1.0, 1.0, 1.0, 1.0])
     assert table.loc["B", "pearson_all"] == pytest.approx(1.0)
     b = data.loc["B"].to_numpy()
@@ -126,14 +127,14 @@ def test_mask_recovery_is_invariant_to_permuting_latent_dimensions():
 def test_ground_truth_ate_agrees_with_a_large_simulated_screen():
     adata = tiny_screen(n_cells_per_condition=1500, n_genes=20)
     truth = ScreenGroundTruth.from_uns(adata.uns["ground_truth"])
-    exact = ev.ground_truth_ate(
+    exact = expr.ground_truth_ate(
         truth,
         ["P0", "P1+P2"] if "P1+P2" in set(adata.obs["perturbation"]) else ["P0"],
         list(adata.var_names),
         n_cells=20_000,
     )
-    observed = ev.average_treatment_effect(adata, conditions=list(exact.index))
-    table = ev.ate_agreement(observed, exact)
+    observed = expr.average_treatment_effect(adata, conditions=list(exact.index))
+    table = expr.ate_agreement(observed, exact)
     assert (table["pearson_all"] > 0.9).all()
 
 
@@ -156,7 +157,7 @@ def test_posterior_predictive_check_table_and_plot(trained, tmp_path):
 
 def test_differential_expression_uses_scanpy(trained):
     _, adata = trained
-    table = ev.differential_expression(adata, "P0", n_genes=5)
+    table = expr.differential_expression(adata, "P0", n_genes=5)
     assert len(table) == 5 and {"names", "logfoldchanges", "pvals_adj"} <= set(table.columns)
 
 

@@ -33,6 +33,8 @@ import torch
 from pyro.distributions import GammaPoisson, TorchDistribution
 from torch.distributions import constraints
 
+from bioreason.registry import Registry
+
 _EMPTY = torch.Size()
 
 
@@ -240,22 +242,31 @@ class LogNormalCounts(_CountLikelihood):
             return torch.clamp(torch.expm1(loc + self.scale * noise), min=0.0)
 
 
-def _nb(logits, library_size, gene_parameter):
+#: likelihood name -> ``f(logits, library_size, gene_parameter) -> distribution``;
+#: ``gene_parameter`` (G,) is the unconstrained per-gene concentration / scale.
+LIKELIHOODS: Registry = Registry("count likelihood")
+
+
+@LIKELIHOODS.register("nb", gene_parameter="concentration")
+def _nb(
+    logits: torch.Tensor, library_size: torch.Tensor, gene_parameter: torch.Tensor
+) -> NegativeBinomialCounts:
     return NegativeBinomialCounts(
         logits, library_size, torch.nn.functional.softplus(gene_parameter) + 1e-4
     )
 
 
-def _poisson(logits, library_size, gene_parameter):
+@LIKELIHOODS.register("poisson", gene_parameter=None)
+def _poisson(
+    logits: torch.Tensor, library_size: torch.Tensor, gene_parameter: torch.Tensor
+) -> PoissonCounts:
     return PoissonCounts(logits, library_size)
 
 
-def _lognormal(logits, library_size, gene_parameter):
+@LIKELIHOODS.register("lognormal", gene_parameter="scale")
+def _lognormal(
+    logits: torch.Tensor, library_size: torch.Tensor, gene_parameter: torch.Tensor
+) -> LogNormalCounts:
     return LogNormalCounts(
         logits, library_size, torch.nn.functional.softplus(gene_parameter) + 1e-3
     )
-
-
-#: likelihood name -> ``f(logits, library_size, gene_parameter) -> distribution``;
-#: ``gene_parameter`` (G,) is the unconstrained per-gene concentration / scale.
-LIKELIHOODS = {"nb": _nb, "poisson": _poisson, "lognormal": _lognormal}

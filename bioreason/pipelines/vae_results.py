@@ -12,8 +12,9 @@ Splits:
 * ``composable``: 25 % of the combinations held out, drawn among those whose parts are
   measured alone (see :func:`bioreason.data.composable_combinations`).
 * ``reference`` (Norman only): the held-out combinations of the SAMS-VAE reference
-  evaluation, ``NORMAN_REFERENCE_HELDOUT``; two of their parts (CBL, TBX3) have no
-  training cells, so the model is built with every perturbation name.
+  evaluation, :data:`bioreason.data.splits.NORMAN_REFERENCE_HELDOUT`; two of their
+  parts (CBL, TBX3) have no training cells, so the model is built with every
+  perturbation name.
 """
 
 from __future__ import annotations
@@ -28,12 +29,11 @@ import numpy as np
 import torch
 
 from bioreason.config import Config
+from bioreason.data.splits import NORMAN_REFERENCE_HELDOUT
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_H5AD = ROOT.parent / "shared" / "data" / "perturbench_devel.h5ad"
 
-#: the four combinations held out by the SAMS-VAE reference evaluation of Norman 2019
-NORMAN_REFERENCE_HELDOUT = ("CBL+CNN1", "MAP2K3+SLC38A2", "MAPK1+TGFBR2", "SGK1+TBX3")
 
 __all__ = [
     "NORMAN_REFERENCE_HELDOUT",
