@@ -46,7 +46,7 @@ __all__ = [
 _EPS = 1e-12
 
 
-def _check(outcomes, probs) -> tuple[np.ndarray, np.ndarray]:
+def _check(outcomes: ArrayLike, probs: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     outcomes = np.asarray(outcomes, dtype=np.float64).reshape(-1)
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)
     if outcomes.shape != probs.shape:
@@ -175,15 +175,21 @@ def brier_loss(outcomes: ArrayLike, probs: ArrayLike) -> float:
     return float(np.mean((probs - outcomes) ** 2))
 
 
-def log_loss(outcomes, probs, eps: float = 1e-15) -> float:
-    """Mean ``-[y log q + (1 - y) log(1 - q)]`` with q clipped to [eps, 1 - eps]."""
+def log_loss(outcomes: ArrayLike, probs: ArrayLike, eps: float = 1e-15) -> float:
+    """Mean ``-[y log q + (1 - y) log(1 - q)]`` with q clipped to [eps, 1 - eps].
+
+    ``outcomes``, ``probs``: arrays of shape (n,).
+    """
     outcomes, probs = _check(outcomes, probs)
     q = np.clip(probs, eps, 1 - eps)
     return float(-np.mean(outcomes * np.log(q) + (1 - outcomes) * np.log1p(-q)))
 
 
-def auroc(outcomes, probs) -> float:
-    """Area under the ROC curve (Mann-Whitney U with midranks for ties); NaN if one class."""
+def auroc(outcomes: ArrayLike, probs: ArrayLike) -> float:
+    """Area under the ROC curve (Mann-Whitney U with midranks for ties); NaN if one class.
+
+    ``outcomes``, ``probs``: arrays of shape (n,).
+    """
     outcomes, probs = _check(outcomes, probs)
     n_pos = outcomes.sum()
     n_neg = outcomes.size - n_pos
@@ -200,19 +206,22 @@ def auroc(outcomes, probs) -> float:
     return float(u / (n_pos * n_neg))
 
 
-def accuracy(outcomes, probs, threshold: float = 0.5) -> float:
-    """Fraction of questions where ``q >= threshold`` agrees with ``y = 1``."""
+def accuracy(outcomes: ArrayLike, probs: ArrayLike, threshold: float = 0.5) -> float:
+    """Fraction of questions where ``q >= threshold`` agrees with ``y = 1``.
+
+    ``outcomes``, ``probs``: arrays of shape (n,).
+    """
     outcomes, probs = _check(outcomes, probs)
     return float(np.mean((probs >= threshold) == (outcomes == 1)))
 
 
-def sharpness(probs) -> float:
-    """Variance of the predictions (how far from a constant forecast they spread)."""
+def sharpness(probs: ArrayLike) -> float:
+    """Variance of the predictions, shape (n,) (how far from a constant forecast they spread)."""
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)
     return float(np.var(probs))
 
 
-def _check_reference(probs, p_star) -> tuple[np.ndarray, np.ndarray]:
+def _check_reference(probs: ArrayLike, p_star: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)
     p_star = np.asarray(p_star, dtype=np.float64).reshape(-1)
     if probs.shape != p_star.shape:
@@ -220,8 +229,8 @@ def _check_reference(probs, p_star) -> tuple[np.ndarray, np.ndarray]:
     return probs, p_star
 
 
-def mean_absolute_error_to_reference(probs, p_star) -> float:
-    """Mean ``|q - p*|``."""
+def mean_absolute_error_to_reference(probs: ArrayLike, p_star: ArrayLike) -> float:
+    """Mean ``|q - p*|``; ``probs``, ``p_star``: arrays of shape (n,)."""
     probs, p_star = _check_reference(probs, p_star)
     return float(np.mean(np.abs(probs - p_star)))
 
@@ -241,7 +250,7 @@ def ece_to_reference(
     return float(gap.sum() / count.sum())
 
 
-def overconfidence(probs, p_star) -> float:
+def overconfidence(probs: ArrayLike, p_star: ArrayLike) -> float:
     """``mean |q - 1/2| - mean |p* - 1/2|``: > 0 when predictions are more extreme than
     the truth."""
     probs, p_star = _check_reference(probs, p_star)
