@@ -191,3 +191,43 @@ def test_training_on_a_small_synthetic_screen_recovers_strong_masks():
     # every strongly affected perturbation has a likely mask; no unaffected one has
     assert probability[strong].max(1).min() > 0.9
     assert probability[~truth.masks.any(1)].max() < 0.5
+
+
+def test_local_terms_add_up_to_the_log_weights(trained):
+    from bioreason.models.objectives import local_terms, log_importance_weights
+
+    model, adata = trained
+    data = model.data_for(adata)
+    loader = model._loader(data, 200)
+    categories = model.categories_for(data)
+    terms = local_terms(model.module, loader, categories, n_particles=6, seed=2)
+    assert set(terms) == {"model:z_basal", "model:counts", "guide:z_basal"}
+    assert all(v.shape == (6, adata.n_obs) for v in terms.values())
+    log_w = log_importance_weights(model.module, loader, categories, n_particles=6, seed=2)
+    expected = terms["model:counts"] + terms["model:z_basal"] - terms["guide:z_basal"]
+    torch.testing.assert_close(log_w, expected)
+
+
+def test_global_kl_matches_the_closed_form_for_a_mean_field_guide():
+    from bioreason.models.objectives import global_kl
+
+    adata = tiny_screen()
+    CPAVAE.setup_anndata(adata)
+    model = CPAVAE(adata, n_latent=3, n_hidden=8, guide="mean_field")
+    module = model.module
+    with torch.no_grad():
+        module.embedding_loc.copy_(
+            torch.linspace(-1, 1, module.embedding_loc.numel()).reshape(5, 3)
+        )
+    loc = module.embedding_loc.detach().double()
+    scale = (torch.nn.functional.softplus(module.embedding_raw_scale) + 1e-4).detach().double()
+    exact = float((-torch.log(scale) + (scale**2 + loc**2) / 2 - 0.5).sum())
+    # the estimate averages n_draws i.i.d. values of log q - log p; its standard error
+    n_draws = 4000
+    draws = torch.distributions.Normal(loc, scale).sample((n_draws,))
+    values = (
+        torch.distributions.Normal(loc, scale).log_prob(draws)
+        - torch.distributions.Normal(0.0, 1.0).log_prob(draws)
+    ).sum((1, 2))
+    se = float(values.std() / n_draws**0.5)
+    assert global_kl(module, n_draws=n_draws, seed=0) == pytest.approx(exact, abs=5 * se)

@@ -26,7 +26,9 @@ from bioreason.models._sampling import PARTICLE_DIM, draw_globals, seeded
 __all__ = [
     "ELBOLoss",
     "batch_arguments",
+    "global_kl",
     "local_log_prob",
+    "local_terms",
     "log_importance_weights",
     "make_elbo",
 ]
@@ -88,22 +90,89 @@ def batch_arguments(batch: Any, categories: torch.Tensor, n_total: int) -> tuple
     return (batch.counts, batch.dosage, batch.library_size, categories[batch.index], n_total)
 
 
-def local_log_prob(trace: Any, n_particles: int, n_cells: int) -> torch.Tensor:
-    """Sum of the log-probabilities of the per-cell sites of ``trace`` (those inside
-    the cells plate), shape (n_particles, n_cells), float64 on the CPU."""
-    total = torch.zeros(n_particles, n_cells, dtype=torch.float64)
-    for site in trace.nodes.values():
+def _site_log_probs(trace: Any, n_particles: int, n_cells: int) -> dict[str, torch.Tensor]:
+    """Log-probability of every per-cell site of ``trace``, each (n_particles, n_cells)."""
+    out = {}
+    for name, site in trace.nodes.items():
         if site["type"] != "sample":
             continue
         if not any(frame.name == CELLS_PLATE for frame in site["cond_indep_stack"]):
             continue
         log_prob = site["fn"].log_prob(site["value"])
-        # per-cell sites have shape (..., B, L) or (..., B, 1): sum the last dimension
-        total = total + log_prob.sum(-1).expand(n_particles, n_cells).double().cpu()
+        out[name] = log_prob.sum(-1).expand(n_particles, n_cells).double().cpu()
+    return out
+
+
+def local_log_prob(trace: Any, n_particles: int, n_cells: int) -> torch.Tensor:
+    """Sum of the log-probabilities of the per-cell sites of ``trace`` (those inside
+    the cells plate), shape (n_particles, n_cells), float64 on the CPU."""
+    total = torch.zeros(n_particles, n_cells, dtype=torch.float64)
+    for value in _site_log_probs(trace, n_particles, n_cells).values():
+        total = total + value
     return total
 
 
 @torch.no_grad()
+def local_terms(
+    module: Any,
+    loader: Any,
+    categories: torch.Tensor,
+    n_particles: int = 100,
+    particle_chunk: int | None = None,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Per-cell, per-particle log-probabilities of the local sites, each of shape
+    (n_particles, n_cells): ``model:<site>`` (log p, e.g. ``model:counts`` is the
+    reconstruction term log p(x | z), ``model:z_basal`` the prior of the basal state)
+    and ``guide:<site>`` (log q). Global latents g_k are drawn once per particle from the
+    guide and shared by all cells. ``log_importance_weights`` is the sum of the model
+    terms minus the sum of the guide terms.
+
+    Parameters are those of :func:`log_importance_weights`.
+    """
+    with seeded(seed):
+        globals_ = draw_globals(module, n_particles)
+        batches: list[dict[str, torch.Tensor]] = []
+        for batch in loader:
+            n_cells = batch.counts.shape[0]
+            args = batch_arguments(batch, categories, n_cells)
+            chunk = particle_chunk or max(
+                1, min(n_particles, (1 << 22) // (n_cells * batch.counts.shape[1]))
+            )
+            chunks: list[dict[str, torch.Tensor]] = []
+            for start in range(0, n_particles, chunk):
+                stop = min(start + chunk, n_particles)
+                values = {name: value[start:stop] for name, value in globals_.items()}
+                with (
+                    pyro.plate("particles", stop - start, dim=PARTICLE_DIM),
+                    pyro.validation_enabled(False),
+                ):
+                    guide_trace = poutine.trace(
+                        poutine.condition(module.guide, data=values)
+                    ).get_trace(*args)
+                    drawn = {
+                        name: site["value"]
+                        for name, site in guide_trace.nodes.items()
+                        if site["type"] == "sample"
+                    }
+                    model_trace = poutine.trace(
+                        poutine.condition(module.model, data=drawn)
+                    ).get_trace(*args)
+                terms = {
+                    f"model:{k}": v
+                    for k, v in _site_log_probs(model_trace, stop - start, n_cells).items()
+                }
+                terms.update(
+                    {
+                        f"guide:{k}": v
+                        for k, v in _site_log_probs(guide_trace, stop - start, n_cells).items()
+                    }
+                )
+                chunks.append(terms)
+            batches.append({k: torch.cat([c[k] for c in chunks], dim=0) for k in chunks[0]})
+    return {k: torch.cat([b[k] for b in batches], dim=1) for k in batches[0]}
+
+
 def log_importance_weights(
     module: Any,
     loader: Any,
@@ -133,37 +202,34 @@ def log_importance_weights(
     seed : int
         Seeds the draws; the caller's random streams are restored afterwards.
     """
-    with seeded(seed):
-        globals_ = draw_globals(module, n_particles)
-        out = []
-        for batch in loader:
-            n_cells = batch.counts.shape[0]
-            args = batch_arguments(batch, categories, n_cells)
-            chunk = particle_chunk or max(
-                1, min(n_particles, (1 << 22) // (n_cells * batch.counts.shape[1]))
+    terms = local_terms(module, loader, categories, n_particles, particle_chunk, seed)
+    total = 0.0
+    for name, value in terms.items():
+        total = total + (value if name.startswith("model:") else -value)
+    return total
+
+
+@torch.no_grad()
+def global_kl(module: Any, n_draws: int = 100, seed: int = 0) -> float:
+    """Monte Carlo estimate of KL(q(g) || p(g)) of the global latents, in nats:
+    the mean over ``n_draws`` guide draws of ``log q(g) - log p(g)``, summed over the
+    global sites (0 for a model without global latents)."""
+    if not module.global_sites:
+        return 0.0
+    with seeded(seed), pyro.plate("draws", n_draws, dim=PARTICLE_DIM):
+        with pyro.validation_enabled(False):
+            guide_trace = poutine.trace(module.guide_globals).get_trace()
+            latent = module.latent_plate()
+            model_globals = getattr(module, "model_globals", None)
+            if model_globals is None:
+                raise TypeError(f"{type(module).__name__} has no model_globals")
+            model_trace = poutine.trace(poutine.replay(model_globals, trace=guide_trace)).get_trace(
+                latent
             )
-            weights = []
-            for start in range(0, n_particles, chunk):
-                stop = min(start + chunk, n_particles)
-                values = {name: value[start:stop] for name, value in globals_.items()}
-                with (
-                    pyro.plate("particles", stop - start, dim=PARTICLE_DIM),
-                    pyro.validation_enabled(False),
-                ):
-                    guide_trace = poutine.trace(
-                        poutine.condition(module.guide, data=values)
-                    ).get_trace(*args)
-                    drawn = {
-                        name: site["value"]
-                        for name, site in guide_trace.nodes.items()
-                        if site["type"] == "sample"
-                    }
-                    model_trace = poutine.trace(
-                        poutine.condition(module.model, data=drawn)
-                    ).get_trace(*args)
-                weights.append(
-                    local_log_prob(model_trace, stop - start, n_cells)
-                    - local_log_prob(guide_trace, stop - start, n_cells)
-                )
-            out.append(torch.cat(weights, dim=0))
-    return torch.cat(out, dim=1)
+    total = torch.zeros(n_draws, dtype=torch.float64)
+    for name in module.global_sites:
+        for trace, sign in ((guide_trace, 1.0), (model_trace, -1.0)):
+            site = trace.nodes[name]
+            log_prob = site["fn"].log_prob(site["value"]).double()
+            total = total + sign * log_prob.reshape(n_draws, -1).sum(-1).cpu()
+    return float(total.mean())
