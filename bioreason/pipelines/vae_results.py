@@ -164,6 +164,153 @@ def _split(config: VAEResultsConfig, data: Any) -> Any:
     return split_heldout_combinations(data, heldout=heldout, val_fraction=0.1, seed=config.seed)
 
 
+@dataclass
+class _Prepared:
+    """Data, split and an untrained model of one results run."""
+
+    adata: Any
+    truth: Any
+    data: Any
+    split: Any
+    train_adata: Any
+    test_adata: Any
+    n_train: int
+    model: Any
+    sizes: dict
+
+
+def _prepare(config: VAEResultsConfig) -> _Prepared:
+    from bioreason.data import PerturbationData
+    from bioreason.models import MODELS
+
+    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    adata, truth = load_results_dataset(config.dataset)
+    data = PerturbationData.from_anndata(adata)
+    split = _split(config, data)
+    train_adata = adata[np.concatenate([split.train, split.val])].copy()
+    test_adata = adata[split.test].copy()
+    cls = MODELS[config.model]
+    cls.setup_anndata(train_adata)
+    sizes = {
+        key: getattr(config, key) or default for key, default in _DEFAULTS[config.dataset].items()
+    }
+    options = {"guide": "correlated", **sizes, **config.model_options}
+    model = cls(
+        train_adata, seed=config.seed, perturbation_names=data.perturbation_names, **options
+    )
+    return _Prepared(
+        adata, truth, data, split, train_adata, test_adata, len(split.train), model, sizes
+    )
+
+
+def _train(
+    prepared: _Prepared, config: VAEResultsConfig, steps: int, progress: bool, **kwargs: Any
+) -> None:
+    prepared.model.train(
+        max_steps=steps,
+        batch_size=config.batch_size,
+        n_particles=config.n_particles,
+        lr=config.lr,
+        seed=config.seed,
+        device="cpu",
+        train_indices=np.arange(prepared.n_train),
+        validation_indices=np.arange(prepared.n_train, prepared.train_adata.n_obs),
+        early_stopping=config.early_stopping,
+        progress=progress,
+        **kwargs,
+    )
+
+
+def training_curve(
+    config: VAEResultsConfig,
+    milestones: tuple[int, ...] = (500, 1000, 3000),
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Held-out and validation IWELBO, term by term, along one training run.
+
+    The run is trained up to each milestone in turn (resuming from a checkpoint, so the
+    optimizer state carries over and the run is the same as one uninterrupted run) and
+    evaluated there with ``config.iwelbo_particles`` particles.
+
+    Returns
+    -------
+    list of dict, one per milestone: ``step``, ``test_iwelbo``,
+    ``test_iwelbo_per_condition``, ``validation_iwelbo``, ``train_iwelbo`` (the first
+    ``n_validation`` training cells), and for each of ``test`` / ``validation`` /
+    ``train`` the mean ``*_reconstruction`` (E log p(x | z)) and ``*_local_kl``
+    (E log q(z | x) - log p(z)) in nats per cell; ``global_kl`` (nats, and
+    ``global_kl_per_training_cell``); ``mask_probability_quantiles``; the mean training
+    loss over the last 50 steps.
+    """
+    import tempfile
+
+    from bioreason.models.objectives import global_kl, local_terms
+
+    milestones = tuple(sorted(milestones))
+    if config.early_stopping:
+        raise ValueError("training_curve follows a run to fixed steps: set early_stopping=False")
+    prepared = _prepare(config)
+    model = prepared.model
+    n_val = prepared.train_adata.n_obs - prepared.n_train
+    sets = {
+        "test": prepared.test_adata,
+        "validation": prepared.train_adata[prepared.n_train :].copy(),
+        "train": prepared.train_adata[: min(n_val, prepared.n_train)].copy(),
+    }
+    labels = prepared.data.cell_condition[prepared.split.test]
+    heldout = list(prepared.split.heldout_conditions)
+    rows = []
+    with tempfile.TemporaryDirectory() as checkpoints:
+        every = int(np.gcd.reduce(np.asarray(milestones)))
+        for number, step in enumerate(milestones):
+            _train(
+                prepared,
+                config,
+                step,
+                progress,
+                checkpoint_dir=checkpoints,
+                checkpoint_every=every,
+                resume=number > 0,
+            )
+            row: dict[str, Any] = {
+                "step": step,
+                "train_loss": float(model.history["train_loss"].iloc[-50:].mean()),
+            }
+            for name, cells in sets.items():
+                data = model.data_for(cells)
+                terms = local_terms(
+                    model.module,
+                    model._loader(data, 256),
+                    model.categories_for(data),
+                    n_particles=config.iwelbo_particles,
+                    seed=config.seed,
+                )
+                model_sum = sum(v for k, v in terms.items() if k.startswith("model:"))
+                guide_sum = sum(v for k, v in terms.items() if k.startswith("guide:"))
+                log_w = model_sum - guide_sum
+                per_cell = torch.logsumexp(log_w, 0) - np.log(config.iwelbo_particles)
+                row[f"{name}_iwelbo"] = float(per_cell.mean())
+                row[f"{name}_reconstruction"] = float(terms["model:counts"].mean())
+                row[f"{name}_local_kl"] = float(
+                    (guide_sum - (model_sum - terms["model:counts"])).mean()
+                )
+                if name == "test":
+                    row["test_iwelbo_per_condition"] = {
+                        c: float(per_cell[torch.as_tensor(labels == c)].mean()) for c in heldout
+                    }
+            kl = global_kl(model.module, n_draws=100, seed=config.seed)
+            row["global_kl"] = kl
+            row["global_kl_per_training_cell"] = kl / prepared.n_train
+            effects = model.get_perturbation_effects()
+            if "mask_probability" in effects:
+                probability = effects["mask_probability"].to_numpy()
+                row["mask_probability_quantiles"] = {
+                    str(q): float(np.quantile(probability, q)) for q in (0.1, 0.5, 0.9, 0.99)
+                }
+            rows.append(row)
+    return rows
+
+
 def run_vae_results(config: VAEResultsConfig, progress: bool = False) -> dict[str, Any]:
     """Train and evaluate one model; returns the result as a JSON-ready dict.
 
@@ -176,50 +323,25 @@ def run_vae_results(config: VAEResultsConfig, progress: bool = False) -> dict[st
     the synthetic screen, ``ate_vs_truth_*`` and ``mask_auroc``. A model that cannot
     compose the held-out combinations gets ``cannot_predict_heldout`` instead.
     """
-    from bioreason.data import PerturbationData
     from bioreason.data.expression import (
         ate_agreement,
         average_treatment_effect,
         ground_truth_ate,
         pooled_ate_agreement,
     )
-    from bioreason.models import MODELS
     from bioreason.models.evaluation import mask_recovery
 
-    torch.set_num_threads(min(torch.get_num_threads(), 2))
-    adata, truth = load_results_dataset(config.dataset)
-    data = PerturbationData.from_anndata(adata)
-    split = _split(config, data)
+    prepared = _prepare(config)
+    adata, truth, data, split = prepared.adata, prepared.truth, prepared.data, prepared.split
+    train_adata, test_adata, n_train = (
+        prepared.train_adata,
+        prepared.test_adata,
+        prepared.n_train,
+    )
+    model, sizes = prepared.model, prepared.sizes
     heldout = list(split.heldout_conditions)
-    train_adata = adata[np.concatenate([split.train, split.val])].copy()
-    test_adata = adata[split.test].copy()
-    n_train = len(split.train)
-    cls = MODELS[config.model]
-    cls.setup_anndata(train_adata)
-    sizes = {
-        key: getattr(config, key) or default for key, default in _DEFAULTS[config.dataset].items()
-    }
-    model = cls(
-        train_adata,
-        guide="correlated",
-        seed=config.seed,
-        perturbation_names=data.perturbation_names,
-        **sizes,
-        **config.model_options,
-    )
     start = time.perf_counter()
-    model.train(
-        max_steps=config.steps,
-        batch_size=config.batch_size,
-        n_particles=config.n_particles,
-        lr=config.lr,
-        seed=config.seed,
-        device="cpu",
-        train_indices=np.arange(n_train),
-        validation_indices=np.arange(n_train, train_adata.n_obs),
-        early_stopping=config.early_stopping,
-        progress=progress,
-    )
+    _train(prepared, config, config.steps, progress)
     seconds = time.perf_counter() - start
     history = model.history
     result: dict[str, Any] = {
