@@ -126,6 +126,18 @@ def test_a_model_knows_perturbations_without_training_cells():
     test = adata[held].copy()
     assert np.isfinite(model.iwelbo(test, n_particles=2))
     assert model.sample(["P4"], n_cells=2).n_obs == 2
+    # P4 had no training cells: its guide is its prior, exactly
+    assert model.module.perturbation_observed.tolist() == [True] * 4 + [False]
+    effects = model.get_perturbation_effects(n_draws=400)
+    np.testing.assert_allclose(effects["mask_probability"].loc["P4"], 0.01, rtol=1e-5)
+    assert (np.abs(effects["mask_probability"].loc["P0"] - 0.01) > 0.1).all()
+    embedding = effects["embedding"].loc["P4"].to_numpy()
+    assert np.abs(embedding).max() < 5 / np.sqrt(400)  # mean of 400 N(0, 1) draws
+    from pyro import poutine
+
+    trace = poutine.trace(model.module.guide_globals).get_trace()
+    scale = trace.nodes["embedding"]["fn"].scale.detach()
+    assert (scale[4] == 1.0).all() and (scale[:4] != 1.0).any()
 
 
 def test_max_steps_are_honoured_and_early_stopping_is_robust_to_validation_noise():

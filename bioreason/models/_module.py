@@ -212,6 +212,10 @@ class PerturbationVAEModule(nn.Module):
         init = 2.0 if config.likelihood == "nb" else 1.0
         self.gene_parameter = nn.Parameter(torch.full((n_genes,), _inverse_softplus(init)))
         self.register_buffer("_zero", torch.zeros(()))
+        # Which perturbations had training cells. The guide of one that had none is its
+        # prior: with no data its posterior is the prior, and a guide that was never
+        # fitted (only pulled toward the prior by Adam's small steps) is not.
+        self.register_buffer("perturbation_observed", torch.ones(n_perturbations, dtype=torch.bool))
 
     # ----------------------------------------------------------------- networks
     def encode(

@@ -86,7 +86,10 @@ class SaveMixin:
         self.library_sizes = state["library_sizes"].numpy()
         n_genes = len(self.gene_names)
         self.module = self._build_module(torch.zeros(n_genes), torch.ones(n_genes))
-        self.module.load_state_dict(state["state_dict"])
+        weights = state["state_dict"]
+        # folders saved before the buffer existed: every perturbation counts as observed
+        weights.setdefault("perturbation_observed", self.module.perturbation_observed)
+        self.module.load_state_dict(weights)
         self.module.eval()
         history = directory / "history.csv"
         self.history = pd.read_csv(history) if history.exists() else pd.DataFrame()

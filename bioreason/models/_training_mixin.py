@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from bioreason.models.training import TrainConfig, fit
 
@@ -57,7 +58,9 @@ class TrainingMixin:
             Checkpoint every N steps; continue from the last checkpoint with
             ``resume=True``.
         train_indices, validation_indices : int arrays, optional
-            Cell indices (rows of the model's AnnData) to train and validate on.
+            Cell indices (rows of the model's AnnData) to train and validate on. A
+            perturbation that no training cell carries keeps its prior as its posterior
+            (``module.perturbation_observed`` records which ones had cells).
         **kwargs
             Further fields of :class:`~bioreason.models.TrainConfig`.
 
@@ -92,6 +95,8 @@ class TrainingMixin:
             validation_indices, train_indices = np.sort(order[:n_val]), np.sort(order[n_val:])
         self.to_device(config.device)
         categories = self.categories_for(data)
+        observed = np.asarray(data.dosage[np.asarray(train_indices)].getnnz(axis=0) > 0)
+        self.module.perturbation_observed.copy_(torch.as_tensor(observed))
         self.module.train()
         history = fit(
             self.module,

@@ -57,6 +57,8 @@ def train_data_parallel(
     model.to_device(accelerator.device)
     data = model.data_for(None)
     categories = model.categories_for(data)
+    observed = np.asarray(data.dosage.getnnz(axis=0) > 0)
+    model.module.perturbation_observed.copy_(torch.as_tensor(observed))
     loss_module = ELBOLoss(model.module, n_particles)
     optimizer = torch.optim.Adam(model.module.parameters(), lr=lr)
     loss_module, optimizer = accelerator.prepare(loss_module, optimizer)

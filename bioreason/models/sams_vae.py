@@ -111,16 +111,23 @@ class SAMSVAEModule(PerturbationVAEModule):
     # ------------------------------------------------------------------ guide
     def guide_globals(self, latent: pyro.plate | None = None) -> dict[str, torch.Tensor]:
         out = {}
+        observed = self.perturbation_observed.unsqueeze(-1)  # (P, 1)
         with self.perturbation_plate(), latent or self.latent_plate():
             mask = None
             if self.use_masks:
+                logits = torch.where(observed, self.mask_logits, self._prior_mask_logit())
                 mask = pyro.sample(
-                    "mask", StraightThroughBernoulli(self.mask_logits, self.config.mask_temperature)
+                    "mask", StraightThroughBernoulli(logits, self.config.mask_temperature)
                 )
                 out["mask"] = mask
             loc, scale = self.embedding_posterior(mask)
+            loc = torch.where(observed, loc, self._zero)
+            scale = torch.where(observed, scale, self._zero + self.config.embedding_prior_scale)
             out["embedding"] = pyro.sample("embedding", dist.Normal(loc, scale))
         return out
+
+    def _prior_mask_logit(self) -> torch.Tensor:
+        return torch.logit(self._zero + self.config.mask_prior_probability)
 
     def embedding_posterior(self, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Loc and scale of q(E | M), shape (..., P, L)."""
@@ -164,7 +171,10 @@ class SAMSVAEModule(PerturbationVAEModule):
         embedding = draws["embedding"]
         out = {"embedding": embedding.mean(0)}
         if self.use_masks:
-            out["mask_probability"] = torch.sigmoid(self.mask_logits).detach()
+            logits = torch.where(
+                self.perturbation_observed.unsqueeze(-1), self.mask_logits, self._prior_mask_logit()
+            )
+            out["mask_probability"] = torch.sigmoid(logits).detach()
             out["effect"] = (embedding * draws["mask"]).mean(0)
         else:
             out["effect"] = out["embedding"]
