@@ -23,6 +23,14 @@ from bioreason.pipelines.vae_results import VAEResultsConfig, training_curve
 OUT = Path(__file__).resolve().parents[1] / "runs" / "vae_curves"
 
 
+def _parse(items: list[str]) -> dict:
+    options = {}
+    for item in items:
+        field, _, value = item.partition("=")
+        options[field] = json.loads(value)
+    return options
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", choices=["synthetic", "norman"], default="norman")
@@ -39,12 +47,17 @@ def main() -> None:
         metavar="FIELD=VALUE",
         help="a VAEConfig field, e.g. embedding_n_layers=4 (repeatable; VALUE is JSON)",
     )
+    parser.add_argument(
+        "--train-option",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a TrainConfig field, e.g. grad_clip=100 (repeatable; VALUE is JSON)",
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
-    options = {}
-    for item in args.option:
-        field, _, value = item.partition("=")
-        options[field] = json.loads(value)
+    options = _parse(args.option)
+    train_options = _parse(args.train_option)
     config = VAEResultsConfig(
         dataset=args.dataset,
         model=args.model,
@@ -54,6 +67,7 @@ def main() -> None:
         seed=args.seed,
         iwelbo_particles=args.particles,
         model_options=options,
+        train_options=train_options,
     )
     rows = training_curve(config, tuple(args.steps))
     for row in rows:

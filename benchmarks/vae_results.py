@@ -24,6 +24,14 @@ from bioreason.pipelines.vae_results import (
 OUT = Path(__file__).resolve().parents[1] / "runs" / "vae_results"
 
 
+def _parse(items: list[str]) -> dict:
+    options = {}
+    for item in items:
+        field, _, value = item.partition("=")
+        options[field] = json.loads(value)
+    return options
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", choices=["synthetic", "norman"], default="synthetic")
@@ -40,16 +48,21 @@ def main() -> None:
         metavar="FIELD=VALUE",
         help="a VAEConfig field, e.g. embedding_n_layers=4 (repeatable; VALUE is JSON)",
     )
+    parser.add_argument(
+        "--train-option",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a TrainConfig field, e.g. grad_clip=100 (repeatable; VALUE is JSON)",
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--table", action="store_true", help="print the tables of --out")
     args = parser.parse_args()
     if args.table:
         print(write_results_table(args.out))
         return
-    options = {}
-    for item in args.option:
-        field, _, value = item.partition("=")
-        options[field] = json.loads(value)
+    options = _parse(args.option)
+    train_options = _parse(args.train_option)
     config = VAEResultsConfig(
         dataset=args.dataset,
         model=args.model,
@@ -59,6 +72,7 @@ def main() -> None:
         early_stopping=args.early_stopping,
         seed=args.seed,
         model_options=options,
+        train_options=train_options,
     )
     result = run_vae_results(config)
     path = save_result(result, args.out, config.name)

@@ -43,6 +43,9 @@ class VAEConfig(Config):
         Hidden layers of the encoder and decoder (0: the decoder is linear).
     residual : bool, default False
         Residual connections between the encoder/decoder hidden layers.
+    leaky_slope : float, default 0.2
+        Negative slope of every LeakyReLU (encoder, decoder, q(E | M)); the SAMS-VAE
+        reference uses torch's default 0.01.
     likelihood : str, default "nb"
         ``"nb"`` (negative binomial, learned per-gene concentration), ``"poisson"`` or
         ``"lognormal"``.
@@ -74,6 +77,7 @@ class VAEConfig(Config):
     n_hidden: int = 400
     n_layers: int = 1
     residual: bool = False
+    leaky_slope: float = 0.2
     likelihood: Literal["nb", "poisson", "lognormal"] = "nb"
     guide: Literal["correlated", "mean_field"] = "correlated"
     embedding_n_hidden: int | None = None
@@ -109,6 +113,8 @@ class VAEConfig(Config):
             raise ValueError(
                 f"mask_init_probability must be in (0, 1), got {self.mask_init_probability}"
             )
+        if not 0.0 <= self.leaky_slope < 1.0:
+            raise ValueError(f"leaky_slope must be in [0, 1), got {self.leaky_slope}")
         for name in ("embedding_prior_scale", "mask_temperature", "svae_beta"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -204,8 +210,9 @@ class PerturbationVAEModule(nn.Module):
         self.n_perturbations = n_perturbations
         L, H = config.n_latent, config.n_hidden
         self.standardize = Standardize(input_mean, input_std)
-        self.encoder = MLP(n_genes, 2 * L, H, max(config.n_layers, 1), config.residual)
-        self.decoder = MLP(L, n_genes, H, config.n_layers, config.residual)
+        slope = config.leaky_slope
+        self.encoder = MLP(n_genes, 2 * L, H, max(config.n_layers, 1), config.residual, slope)
+        self.decoder = MLP(L, n_genes, H, config.n_layers, config.residual, slope)
         first = H if config.n_layers > 0 else n_genes
         self.encoder_extra = nn.Linear(encoder_extra, H, bias=False) if encoder_extra else None
         self.decoder_extra = nn.Linear(decoder_extra, first, bias=False) if decoder_extra else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+#: default negative slope of the LeakyReLU activations
 LEAKY_SLOPE = 0.2
 
 
@@ -21,6 +22,8 @@ class MLP(nn.Module):
     n_layers : int
         Number of hidden layers (0 gives a single linear map).
     residual : bool
+    negative_slope : float
+        Slope of the LeakyReLU for negative inputs.
     """
 
     def __init__(
@@ -30,6 +33,7 @@ class MLP(nn.Module):
         n_hidden: int = 400,
         n_layers: int = 1,
         residual: bool = False,
+        negative_slope: float = LEAKY_SLOPE,
     ) -> None:
         super().__init__()
         if n_layers < 0 or n_hidden <= 0:
@@ -38,6 +42,7 @@ class MLP(nn.Module):
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.output = nn.Linear(widths[-1], n_output)
         self.residual = residual
+        self.negative_slope = negative_slope
 
     def forward_hidden(
         self, x: torch.Tensor, first_layer: torch.Tensor | None = None
@@ -53,7 +58,7 @@ class MLP(nn.Module):
             pre = layer(h)
             if i == 0 and first_layer is not None:
                 pre = pre + first_layer
-            out = nn.functional.leaky_relu(pre, LEAKY_SLOPE)
+            out = nn.functional.leaky_relu(pre, self.negative_slope)
             h = h + out if (self.residual and i > 0) else out
         return h
 

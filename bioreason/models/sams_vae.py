@@ -26,7 +26,6 @@ from bioreason.models._module import (
     VAEConfig,
     cells_plate,
 )
-from bioreason.models._nn import LEAKY_SLOPE
 from bioreason.models._sampling import draw_globals
 
 __all__ = ["SAMSVAE", "SAMSVAEModule"]
@@ -136,9 +135,10 @@ class SAMSVAEModule(PerturbationVAEModule):
         pre = self.embedding_table
         if mask is not None:
             pre = pre + self.embedding_mask_layer(mask)
-        hidden = nn.functional.leaky_relu(pre, LEAKY_SLOPE)
+        slope = self.config.leaky_slope
+        hidden = nn.functional.leaky_relu(pre, slope)
         for layer in self.embedding_hidden:
-            hidden = hidden + nn.functional.leaky_relu(layer(hidden), LEAKY_SLOPE)
+            hidden = hidden + nn.functional.leaky_relu(layer(hidden), slope)
         out = self.embedding_output(hidden)
         loc, raw = out.split(self.config.n_latent, dim=-1)
         return loc, nn.functional.softplus(raw) + 1e-4

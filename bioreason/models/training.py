@@ -62,6 +62,8 @@ class TrainConfig(Config):
         Cells per minibatch.
     lr : float, default 1e-3
         Adam learning rate.
+    weight_decay : float, default 0.0
+        Adam's L2 weight decay (the SAMS-VAE reference uses 1e-6).
     n_particles : int, default 5
         ELBO particles K (vectorized).
     early_stopping : bool, default False
@@ -97,6 +99,7 @@ class TrainConfig(Config):
     max_steps: int | None = None
     batch_size: int = 512
     lr: float = 1e-3
+    weight_decay: float = 0.0
     n_particles: int = 5
     early_stopping: bool = False
     patience: int = 10
@@ -120,6 +123,8 @@ class TrainConfig(Config):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.min_delta < 0:
             raise ValueError(f"min_delta must be >= 0, got {self.min_delta}")
         if self.engine not in ENGINES:
@@ -130,7 +135,9 @@ class _ModuleEngine:
     def __init__(self, module: nn.Module, config: TrainConfig) -> None:
         self.module = module
         self.loss = ELBOLoss(module, config.n_particles)
-        self.optimizer = torch.optim.Adam(module.parameters(), lr=config.lr)
+        self.optimizer = torch.optim.Adam(
+            module.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
         self.grad_clip = config.grad_clip
 
     def step(self, *batch) -> float:
@@ -156,7 +163,9 @@ class _SVIEngine:
         self.module = module
         pyro.clear_param_store()
         clip = {"clip_norm": config.grad_clip} if config.grad_clip is not None else {}
-        self.optimizer = pyro.optim.ClippedAdam({"lr": config.lr, **clip})
+        self.optimizer = pyro.optim.ClippedAdam(
+            {"lr": config.lr, "weight_decay": config.weight_decay, **clip}
+        )
 
         def model(*args):
             pyro.module("vae", module)

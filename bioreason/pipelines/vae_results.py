@@ -71,6 +71,9 @@ class VAEResultsConfig(Config):
     model_options : dict, default {}
         Further :class:`~bioreason.models.VAEConfig` fields (e.g.
         ``{"embedding_n_layers": 4}``).
+    train_options : dict, default {}
+        Further :class:`~bioreason.models.TrainConfig` fields (e.g.
+        ``{"grad_clip": 100, "weight_decay": 1e-6}``).
     iwelbo_particles : int, default 100
     seed : int, default 0
     """
@@ -86,6 +89,7 @@ class VAEResultsConfig(Config):
     n_latent: int | None = None
     n_hidden: int | None = None
     model_options: dict = field(default_factory=dict)
+    train_options: dict = field(default_factory=dict)
     iwelbo_particles: int = 100
     seed: int = 0
 
@@ -109,7 +113,8 @@ class VAEResultsConfig(Config):
         parts = [self.dataset, self.split, self.model, f"{self.steps}steps"]
         if self.early_stopping:
             parts.append("earlystop")
-        parts += [f"{k}{v}" for k, v in sorted(self.model_options.items())]
+        options = {**self.model_options, **self.train_options}
+        parts += [f"{k}{v}" for k, v in sorted(options.items())]
         return "_".join(str(p) for p in parts)
 
 
@@ -217,6 +222,7 @@ def _train(
         validation_indices=np.arange(prepared.n_train, prepared.train_adata.n_obs),
         early_stopping=config.early_stopping,
         progress=progress,
+        **config.train_options,
         **kwargs,
     )
 
@@ -459,7 +465,8 @@ def write_results_table(directory: Path) -> str:
                 f"{_fmt(r.get('ate_pearson_top20'))} / {_fmt(r.get('ate_pooled_pearson_top20'))}"
             )
             quantiles = r.get("mask_probability_quantiles", {})
-            options = ", ".join(f"{k}={v}" for k, v in r["model_options"].items()) or "default"
+            chosen = {**r["model_options"], **r.get("train_options", {})}
+            options = ", ".join(f"{k}={v}" for k, v in chosen.items()) or "default"
             cells = [
                 r["model"],
                 options,
