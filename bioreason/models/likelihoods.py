@@ -92,10 +92,16 @@ def nb_count_term_centered(counts: torch.Tensor, concentration: torch.Tensor) ->
     n_rows, rows, cols, x = _nonzero_entries(counts)
     # float64 is not available on every accelerator (MPS); there float32 is the best we have
     wide = torch.float32 if counts.device.type == "mps" else torch.float64
-    x = x.to(wide)
-    theta = concentration.expand(counts.shape[-1])[cols].to(wide)
+    theta = concentration.expand(counts.shape[-1]).to(wide)
+    # per-gene pieces once per gene, then gathered; only lgamma(x + theta) is per entry
+    lgamma_theta = torch.lgamma(theta)
+    x_wide = x.to(wide)
     term = (
-        torch.lgamma(x + theta) - torch.lgamma(theta) - x * torch.log(theta) - torch.lgamma(x + 1.0)
+        torch.lgamma(x_wide + theta[cols])
+        - lgamma_theta[cols]
+        - x_wide * torch.log(theta)[cols]
+        # float32 lgamma is off by several ulps: a nat at x = 2e4
+        - torch.lgamma(x_wide + 1.0)
     )
     return _sum_rows(n_rows, rows, term, counts.shape[:-1]).to(counts.dtype)
 
