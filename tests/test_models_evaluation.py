@@ -231,3 +231,13 @@ def test_global_kl_matches_the_closed_form_for_a_mean_field_guide():
     ).sum((1, 2))
     se = float(values.std() / n_draws**0.5)
     assert global_kl(module, n_draws=n_draws, seed=0) == pytest.approx(exact, abs=5 * se)
+
+
+def test_per_cell_posteriors_close_the_amortization_gap(trained):
+    model, adata = trained
+    cells = adata[:60].copy()
+    result = ev.amortization_gap(model, cells, n_steps=150, n_particles=20)
+    assert result["amortized_iwelbo"] == pytest.approx(model.iwelbo(cells, n_particles=20))
+    # free per-cell posteriors can only match or beat the encoder (up to MC noise)
+    assert result["gap"] > -0.5
+    assert result["gap"] == pytest.approx(result["optimized_iwelbo"] - result["amortized_iwelbo"])
