@@ -43,6 +43,12 @@ class VAEConfig(Config):
         Hidden layers of the encoder and decoder (0: the decoder is linear).
     residual : bool, default False
         Residual connections between the encoder/decoder hidden layers.
+    encoder_input : str, default "standardize"
+        Input of the basal encoder: ``"standardize"`` (log1p counts minus the gene's mean,
+        divided by its standard deviation over the cells given to the constructor) or
+        ``"log1p"`` (log1p counts as they are, as scvi-tools does). Standardizing divides
+        a gene seen in one training cell of 2,700 by about 0.013, so a single count of
+        it in a new cell becomes an input of about 50.
     leaky_slope : float, default 0.2
         Negative slope of every LeakyReLU (encoder, decoder, q(E | M)); the SAMS-VAE
         reference uses torch's default 0.01.
@@ -77,6 +83,7 @@ class VAEConfig(Config):
     n_hidden: int = 400
     n_layers: int = 1
     residual: bool = False
+    encoder_input: Literal["standardize", "log1p"] = "standardize"
     leaky_slope: float = 0.2
     likelihood: Literal["nb", "poisson", "lognormal"] = "nb"
     guide: Literal["correlated", "mean_field"] = "correlated"
@@ -112,6 +119,10 @@ class VAEConfig(Config):
         if not 0.0 < self.mask_init_probability < 1.0:
             raise ValueError(
                 f"mask_init_probability must be in (0, 1), got {self.mask_init_probability}"
+            )
+        if self.encoder_input not in ("standardize", "log1p"):
+            raise ValueError(
+                f"encoder_input must be 'standardize' or 'log1p', got {self.encoder_input!r}"
             )
         if not 0.0 <= self.leaky_slope < 1.0:
             raise ValueError(f"leaky_slope must be in [0, 1), got {self.leaky_slope}")
@@ -209,6 +220,9 @@ class PerturbationVAEModule(nn.Module):
         self.n_genes = n_genes
         self.n_perturbations = n_perturbations
         L, H = config.n_latent, config.n_hidden
+        if config.encoder_input == "log1p":
+            # scvi-tools' encoder input: log1p counts, no per-gene scaling
+            input_mean, input_std = torch.zeros_like(input_mean), torch.ones_like(input_std)
         self.standardize = Standardize(input_mean, input_std)
         slope = config.leaky_slope
         self.encoder = MLP(n_genes, 2 * L, H, max(config.n_layers, 1), config.residual, slope)
