@@ -54,6 +54,9 @@ def main() -> None:
         metavar="FIELD=VALUE",
         help="a TrainConfig field, e.g. grad_clip=100 (repeatable; VALUE is JSON)",
     )
+    parser.add_argument(
+        "--gap", action="store_true", help="also the amortization gap on validation cells"
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     options = _parse(args.option)
@@ -69,7 +72,7 @@ def main() -> None:
         model_options=options,
         train_options=train_options,
     )
-    rows = training_curve(config, tuple(args.steps))
+    rows = training_curve(config, tuple(args.steps), gap=args.gap)
     for row in rows:
         step = row["step"]
         for key in ("test_iwelbo", "validation_iwelbo", "train_iwelbo"):
@@ -81,6 +84,11 @@ def main() -> None:
             print(f"{part}_local_kl_{step}: {row[part + '_local_kl']:.2f} nats/cell")
         print(f"global_kl_per_training_cell_{step}: {row['global_kl_per_training_cell']:.3f} nats")
         print(f"train_loss_{step}: {row['train_loss']:.2f} nats/cell")
+        if "validation_amortization_gap" in row:
+            print(
+                f"validation_amortization_gap_{step}: "
+                f"{row['validation_amortization_gap']:.2f} nats/cell"
+            )
         if "mask_probability_quantiles" in row:
             print(f"median_mask_probability_{step}: {row['mask_probability_quantiles']['0.5']:.3f}")
     args.out.mkdir(parents=True, exist_ok=True)

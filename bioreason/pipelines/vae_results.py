@@ -231,6 +231,7 @@ def training_curve(
     config: VAEResultsConfig,
     milestones: tuple[int, ...] = (500, 1000, 3000),
     progress: bool = False,
+    gap: bool = False,
 ) -> list[dict[str, Any]]:
     """Held-out and validation IWELBO, term by term, along one training run.
 
@@ -246,7 +247,9 @@ def training_curve(
     ``train`` the mean ``*_reconstruction`` (E log p(x | z)) and ``*_local_kl``
     (E log q(z | x) - log p(z)) in nats per cell; ``global_kl`` (nats, and
     ``global_kl_per_training_cell``); ``mask_probability_quantiles``; the mean training
-    loss over the last 50 steps.
+    loss over the last 50 steps. With ``gap=True`` also ``validation_amortization_gap``:
+    the IWELBO gained on the validation cells by per-cell fitted posteriors
+    (:func:`bioreason.models.evaluation.amortization_gap`).
     """
     import tempfile
 
@@ -304,6 +307,17 @@ def training_curve(
                     row["test_iwelbo_per_condition"] = {
                         c: float(per_cell[torch.as_tensor(labels == c)].mean()) for c in heldout
                     }
+            if gap:
+                from bioreason.models.evaluation import amortization_gap
+
+                result = amortization_gap(
+                    model,
+                    sets["validation"],
+                    n_particles=config.iwelbo_particles,
+                    seed=config.seed,
+                )
+                row["validation_amortization_gap"] = result["gap"]
+                row["validation_optimized_iwelbo"] = result["optimized_iwelbo"]
             kl = global_kl(model.module, n_draws=100, seed=config.seed)
             row["global_kl"] = kl
             row["global_kl_per_training_cell"] = kl / prepared.n_train
