@@ -4,8 +4,8 @@ Times forward + backward of ``NegativeBinomialCounts.log_prob`` on float32 input
 the training shape (5 particles, 512 cells, 2000 genes, ~75 % zero counts) and prints
 the median over repeats, in milliseconds, beside Pyro's stock ``GammaPoisson`` on the
 same inputs (the baseline); then the largest per-cell error of the float32 likelihood
-against scipy's float64 ``nbinom`` for concentrations 1 to 1e5 (2,000 genes, library sizes 1e4 to 1e5, counts up
-to a few thousand). One ``name: value unit`` line per figure.
+against scipy's float64 ``nbinom`` for concentrations 1 to 1e5 (2,000 genes, library
+sizes 1e4 to 1e5, counts up to a few thousand). One ``name: value unit`` line per figure.
 
     python benchmarks/nb_likelihood.py --threads 2 --repeats 30
 """
