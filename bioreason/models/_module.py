@@ -43,12 +43,14 @@ class VAEConfig(Config):
         Hidden layers of the encoder and decoder (0: the decoder is linear).
     residual : bool, default False
         Residual connections between the encoder/decoder hidden layers.
-    encoder_input : str, default "standardize"
-        Input of the basal encoder: ``"standardize"`` (log1p counts minus the gene's mean,
-        divided by its standard deviation over the cells given to the constructor) or
-        ``"log1p"`` (log1p counts as they are, as scvi-tools does). Standardizing divides
-        a gene seen in one training cell of 2,700 by about 0.013, so a single count of
-        it in a new cell becomes an input of about 50.
+    encoder_input : str, default "log1p"
+        Input of the basal encoder: ``"log1p"`` (log1p counts, as scvi-tools does) or
+        ``"standardize"`` (log1p counts minus each gene's mean, divided by its standard
+        deviation over the cells given to the constructor). Standardizing divides a gene
+        seen in one training cell of 2,700 by about 0.013, so one count of it in a new
+        cell becomes an input near 50: on the Norman subset the encoder then maps new
+        cells far from the prior and their validation IWELBO falls from -71 to -125
+        nats per cell between steps 500 and 3,000, while log1p stays at -52.
     leaky_slope : float, default 0.2
         Negative slope of every LeakyReLU (encoder, decoder, q(E | M)); the SAMS-VAE
         reference uses torch's default 0.01.
@@ -83,7 +85,7 @@ class VAEConfig(Config):
     n_hidden: int = 400
     n_layers: int = 1
     residual: bool = False
-    encoder_input: Literal["standardize", "log1p"] = "standardize"
+    encoder_input: Literal["standardize", "log1p"] = "log1p"
     leaky_slope: float = 0.2
     likelihood: Literal["nb", "poisson", "lognormal"] = "nb"
     guide: Literal["correlated", "mean_field"] = "correlated"
