@@ -23,7 +23,8 @@ from bioreason.data import MinibatchLoader, PerturbationData, simulate_screen
 from bioreason.models import LIKELIHOODS, MODELS, VAEConfig
 from bioreason.models._nn import log1p_moments
 from bioreason.models.evaluation import iwelbo
-from bioreason.models.training import ENGINES, TrainConfig, batch_arguments
+from bioreason.models.objectives import batch_arguments
+from bioreason.models.training import ENGINES, TrainConfig
 
 
 def _stock_nb(logits, library_size, gene_parameter):
@@ -102,7 +103,7 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="also mean-field, CPA-VAE, SVI engine")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    LIKELIHOODS["nb_stock_gamma_poisson"] = _stock_nb
+    LIKELIHOODS.register("nb_stock_gamma_poisson", _stock_nb, overwrite=True)
 
     rate = time_training(args, "nb")
     print(f"train_throughput: {rate:.0f} cells/s")
