@@ -115,3 +115,24 @@ def test_train_config_validates_fields():
         TrainConfig.from_dict({"lr": "fast"})
     with pytest.raises(ValueError, match="n_particles must be positive"):
         TrainConfig(n_particles=0)
+
+
+def test_mask_logits_get_their_own_learning_rate():
+    from bioreason.models.training import ENGINES
+
+    model = make(tiny_screen())
+    config = TrainConfig(mask_lr=0.05, lr=1e-3)
+    engine = ENGINES["module"](model.module, config)
+    groups = engine.optimizer.param_groups
+    assert [g["lr"] for g in groups] == [1e-3, 0.05]
+    assert groups[1]["params"] == [model.module.mask_logits]
+    before = model.module.mask_logits.detach().clone()
+    batch = next(iter(model._loader(model.data_for(None), 64)))
+    from bioreason.models.objectives import batch_arguments
+
+    engine.step(*batch_arguments(batch, model.categories_for(model.data_for(None)), 64))
+    # Adam's first step moves every parameter by about its learning rate
+    moved = (model.module.mask_logits.detach() - before).abs()
+    assert moved.max() == pytest.approx(0.05, rel=0.01)
+    with pytest.raises(ValueError, match="mask_lr must be positive"):
+        TrainConfig(mask_lr=0.0)
