@@ -64,9 +64,11 @@ class TrainConfig(Config):
         Adam learning rate.
     weight_decay : float, default 0.0
         Adam's L2 weight decay (the SAMS-VAE reference uses 1e-6).
-    mask_lr : float or None, default None
+    mask_lr : float or None, default 0.01
         Learning rate of the q(M) logits (SAMS-VAE, SVAE+; ``"module"`` engine); None:
-        ``lr``.
+        ``lr``. On the Norman reference split at lr 3e-4 (3,000 steps) the median
+        q(M = 1) went from 0.33 (mask_lr = lr) to 0.010, the prior, and the held-out
+        IWELBO from -79.6 to -75.4 nats per cell.
     n_particles : int, default 5
         ELBO particles K (vectorized).
     early_stopping : bool, default False
@@ -103,7 +105,7 @@ class TrainConfig(Config):
     batch_size: int = 512
     lr: float = 1e-3
     weight_decay: float = 0.0
-    mask_lr: float | None = None
+    mask_lr: float | None = 0.01
     n_particles: int = 5
     early_stopping: bool = False
     patience: int = 10
