@@ -18,17 +18,14 @@ import json
 from pathlib import Path
 
 from bioreason.models import MODELS
-from bioreason.pipelines.vae_results import VAEResultsConfig, training_curve
+from bioreason.pipelines.vae_results import (
+    VAEResultsConfig,
+    add_option_arguments,
+    parse_field_values,
+    training_curve,
+)
 
 OUT = Path(__file__).resolve().parents[1] / "runs" / "vae_curves"
-
-
-def _parse(items: list[str]) -> dict:
-    options = {}
-    for item in items:
-        field, _, value = item.partition("=")
-        options[field] = json.loads(value)
-    return options
 
 
 def main() -> None:
@@ -41,26 +38,13 @@ def main() -> None:
     parser.add_argument("--particles", type=int, default=100, help="IWELBO particles")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="a VAEConfig field, e.g. embedding_n_layers=4 (repeatable; VALUE is JSON)",
-    )
-    parser.add_argument(
-        "--train-option",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="a TrainConfig field, e.g. grad_clip=100 (repeatable; VALUE is JSON)",
-    )
-    parser.add_argument(
         "--gap", action="store_true", help="also the amortization gap on validation cells"
     )
+    add_option_arguments(parser)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
-    options = _parse(args.option)
-    train_options = _parse(args.train_option)
+    options = parse_field_values(args.option)
+    train_options = parse_field_values(args.train_option)
     config = VAEResultsConfig(
         dataset=args.dataset,
         model=args.model,

@@ -10,26 +10,19 @@ The logic lives in :mod:`bioreason.pipelines.vae_results`.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from bioreason.models import MODELS
 from bioreason.pipelines.vae_results import (
     VAEResultsConfig,
+    add_option_arguments,
+    parse_field_values,
     run_vae_results,
     save_result,
     write_results_table,
 )
 
 OUT = Path(__file__).resolve().parents[1] / "runs" / "vae_results"
-
-
-def _parse(items: list[str]) -> dict:
-    options = {}
-    for item in items:
-        field, _, value = item.partition("=")
-        options[field] = json.loads(value)
-    return options
 
 
 def main() -> None:
@@ -41,28 +34,15 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--early-stopping", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="a VAEConfig field, e.g. embedding_n_layers=4 (repeatable; VALUE is JSON)",
-    )
-    parser.add_argument(
-        "--train-option",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="a TrainConfig field, e.g. grad_clip=100 (repeatable; VALUE is JSON)",
-    )
+    add_option_arguments(parser)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--table", action="store_true", help="print the tables of --out")
     args = parser.parse_args()
     if args.table:
         print(write_results_table(args.out))
         return
-    options = _parse(args.option)
-    train_options = _parse(args.train_option)
+    options = parse_field_values(args.option)
+    train_options = parse_field_values(args.train_option)
     config = VAEResultsConfig(
         dataset=args.dataset,
         model=args.model,

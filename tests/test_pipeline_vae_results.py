@@ -37,3 +37,13 @@ def test_a_short_synthetic_run_reports_every_figure_and_tabulates(tmp_path):
     table = write_results_table(tmp_path)
     assert "### synthetic, composable split, 3 steps, early stopping off" in table
     assert "| sams_vae | default | 3 |" in table
+
+
+def test_field_values_are_json_and_errors_say_how_to_quote():
+    from bioreason.pipelines.vae_results import parse_field_values
+
+    assert parse_field_values(["a=1", 'b="x"', "c=null"]) == {"a": 1, "b": "x", "c": None}
+    with pytest.raises(ValueError, match="not JSON"):
+        parse_field_values(["guide=mean_field"])
+    with pytest.raises(ValueError, match="expected FIELD=VALUE"):
+        parse_field_values(["guide"])

@@ -124,6 +124,39 @@ _DEFAULTS = {
 }
 
 
+def add_option_arguments(parser: Any) -> None:
+    """``--option FIELD=VALUE`` (VAEConfig) and ``--train-option FIELD=VALUE``
+    (TrainConfig), repeatable, VALUE as JSON, for the scripts over this module."""
+    for flag, what, example in (
+        ("--option", "VAEConfig", "embedding_n_layers=4"),
+        ("--train-option", "TrainConfig", "grad_clip=100"),
+    ):
+        parser.add_argument(
+            flag,
+            action="append",
+            default=[],
+            metavar="FIELD=VALUE",
+            help=f"a {what} field, e.g. {example} (repeatable; VALUE is JSON)",
+        )
+
+
+def parse_field_values(items: list[str]) -> dict[str, Any]:
+    """``["a=1", "b=\"x\""]`` -> ``{"a": 1, "b": "x"}`` (values are JSON)."""
+    options = {}
+    for item in items:
+        field_name, sep, value = item.partition("=")
+        if not sep or not field_name:
+            raise ValueError(f"expected FIELD=VALUE, got {item!r}")
+        try:
+            options[field_name] = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(
+                f"the value of {field_name} is not JSON: {value!r} (quote strings: "
+                f"{field_name}='\"text\"')"
+            ) from None
+    return options
+
+
 def load_results_dataset(name: str) -> tuple[Any, Any]:
     """The AnnData of a results data set and its ground truth (None for real data).
 
