@@ -16,7 +16,9 @@ Two interchangeable engines compute the same minibatch objective,
 
 from __future__ import annotations
 
+import logging
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,29 @@ from bioreason.models.objectives import (
 
 #: default minimum number of steps between validation evaluations
 _MIN_EVAL_EVERY = 100
+
+#: steps between checkpoints when a checkpoint directory is given without checkpoint_every
+DEFAULT_CHECKPOINT_EVERY = 1_000
+
+#: TrainConfig fields a resumed run must share with its checkpoint (they shape the
+#: optimization path); the others (length, device, progress, checkpoint and validation
+#: cadence, early stopping) may change between the two runs
+RESUME_FIELDS = (
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "mask_lr",
+    "n_particles",
+    "grad_clip",
+    "seed",
+    "engine",
+)
+
+#: tag of the checkpoints written by :func:`fit`
+_CHECKPOINT_FORMAT = "bioreason.models.fit_checkpoint"
+_CHECKPOINT_VERSION = 1
+
+_logger = logging.getLogger(__name__)
 
 
 class TrainingDivergedError(ValueError):
@@ -93,7 +118,9 @@ class TrainConfig(Config):
     device : str, default "auto"
         ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda[:N]"``.
     checkpoint_every : int or None, default None
-        Steps between checkpoints (needs a checkpoint directory).
+        Steps between checkpoints (needs a checkpoint directory). None with a checkpoint
+        directory: every ``DEFAULT_CHECKPOINT_EVERY`` (1,000) steps. A checkpoint is
+        also written when training ends.
     engine : str, default "module"
         ``"module"`` or ``"svi"`` (see the module docstring).
     progress : bool, default True
@@ -255,6 +282,112 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
+def run_fingerprint(
+    module: nn.Module,
+    data,
+    train_indices: np.ndarray,
+    validation_indices: np.ndarray | None,
+    config: TrainConfig,
+) -> dict[str, Any]:
+    """What a checkpoint must share with the run that resumes it: the
+    :data:`RESUME_FIELDS` of ``config``, the module's class, architecture settings and
+    parameter shapes, and the data (numbers of cells, genes and perturbations; short
+    hashes of the training and validation cell indices, library sizes, dosage matrix
+    and gene names). Plain Python values, computed once per :func:`fit`."""
+    from bioreason.config import Config
+    from bioreason.models._checkpoint import digest
+
+    fingerprint: dict[str, Any] = {name: getattr(config, name) for name in RESUME_FIELDS}
+    fingerprint["module.class"] = type(module).__name__
+    architecture = getattr(module, "config", None)
+    if isinstance(architecture, Config):
+        for name, value in architecture.to_dict().items():
+            fingerprint[f"module.{name}"] = value
+    for name in ("n_genes", "n_perturbations", "n_categories"):
+        if isinstance(getattr(module, name, None), int):
+            fingerprint[f"module.{name}"] = getattr(module, name)
+    shapes = [f"{k}:{tuple(v.shape)}" for k, v in module.state_dict().items()]
+    fingerprint["module.parameter_shapes"] = digest(np.asarray(shapes, dtype=object))
+    validation = np.asarray([] if validation_indices is None else validation_indices)
+    dosage = data.dosage
+    fingerprint.update(
+        {
+            "data.n_cells": int(data.n_cells),
+            "data.n_genes": int(data.n_genes),
+            "data.n_perturbations": int(data.n_perturbations),
+            "data.n_train_cells": int(np.asarray(train_indices).size),
+            "data.train_cells": digest(np.asarray(train_indices, dtype=np.int64)),
+            "data.n_validation_cells": int(validation.size),
+            "data.validation_cells": digest(validation.astype(np.int64)),
+            "data.library_sizes": digest(np.asarray(data.library_size, dtype=np.float32)),
+            "data.dosage": digest(dosage.indptr, dosage.indices, dosage.data),
+            "data.genes": digest(np.asarray(list(map(str, data.gene_names)), dtype=object)),
+        }
+    )
+    return fingerprint
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    """Torch, Python and NumPy random states as tensors and plain values (loadable with
+    ``weights_only=True``)."""
+    # Pyro's RNG state includes the legacy global NumPy stream; a resumed run restores it
+    name, keys, position, has_gauss, cached = np.random.get_state()  # noqa: NPY002
+    state = {
+        "torch": torch.get_rng_state(),
+        "random": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["random"])
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state(  # noqa: NPY002
+        (name, keys.numpy().astype(np.uint32), position, has_gauss, cached)
+    )
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _read_checkpoint(path: Path, fingerprint: dict[str, Any], total_steps: int) -> dict[str, Any]:
+    """The checkpoint at ``path``, checked against this run; errors name the file."""
+    from bioreason.models._checkpoint import describe_differences, safe_torch_load
+
+    fresh = (
+        "Delete it to start over, or pass resume=False with another checkpoint_dir to start "
+        "a new run."
+    )
+    state = safe_torch_load(path, fresh)
+    if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path} is damaged or was not written by this version of bioreason's training "
+            f"(no {_CHECKPOINT_FORMAT!r} header). {fresh}"
+        )
+    if state.get("version") != _CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{path} was written by another version of bioreason (checkpoint version "
+            f"{state.get('version')}, this one reads {_CHECKPOINT_VERSION}). {fresh}"
+        )
+    differences = describe_differences(state.get("fingerprint", {}), fingerprint)
+    if differences:
+        raise ValueError(
+            f"{path} was written by a different run and cannot be resumed; what differs "
+            f"(checkpoint -> now): {'; '.join(differences)}. Resume with the same settings, "
+            "model and data, or pass resume=False with another checkpoint_dir to start a "
+            "new run."
+        )
+    if state["step"] > total_steps:
+        raise ValueError(
+            f"{path} is at step {state['step']}, beyond this run's {total_steps} steps "
+            f"(max_steps={total_steps}); pass max_steps={state['step']} or more to resume it"
+        )
+    return state
+
+
 def fit(
     module: nn.Module,
     data,
@@ -276,9 +409,15 @@ def fit(
         Per-cell category (used by SVAE+; zeros otherwise), on the device.
     config : TrainConfig
     checkpoint_dir : path, optional
-        Where ``checkpoint.pt`` is written every ``config.checkpoint_every`` steps.
+        Where ``checkpoint.pt`` is written every ``config.checkpoint_every`` steps
+        (default :data:`DEFAULT_CHECKPOINT_EVERY`) and when training ends. A fresh run
+        (``resume=False``) refuses a folder that already holds a checkpoint.
     resume : bool
-        Continue from ``checkpoint_dir/checkpoint.pt`` when it exists.
+        Continue from ``checkpoint_dir/checkpoint.pt``. The folder must exist (a missing
+        one raises, naming it); an existing folder without a checkpoint starts a new run
+        and logs a warning that says so. A checkpoint written with other
+        :data:`RESUME_FIELDS`, another module architecture or other data (see
+        :func:`run_fingerprint`) is refused, naming what differs.
 
     Returns
     -------
@@ -322,22 +461,51 @@ def fit(
     checkpoint = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
     if config.checkpoint_every is not None and checkpoint is None:
         raise ValueError("checkpoint_every needs a checkpoint directory (checkpoint_dir=...)")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint_dir= naming the folder of a checkpoint")
+    checkpoint_every = config.checkpoint_every or DEFAULT_CHECKPOINT_EVERY
+    fingerprint: dict[str, Any] = {}
+    state = None
+    if checkpoint is not None:
+        folder = checkpoint.parent
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"checkpoint_dir {folder} is a file, not a folder")
+        if resume and not folder.exists():
+            raise ValueError(
+                f"resume=True but the checkpoint folder {folder} does not exist; check the "
+                "path, or pass resume=False to start a new run there"
+            )
+        if not resume and checkpoint.exists():
+            raise ValueError(
+                f"{checkpoint} holds the checkpoint of an earlier run, which a new run would "
+                "overwrite; pass resume=True to continue it, or choose another checkpoint_dir"
+            )
+        fingerprint = run_fingerprint(module, data, train_indices, validation_indices, config)
+        if resume and checkpoint.exists():
+            state = _read_checkpoint(checkpoint, fingerprint, total_steps)
+        elif resume:
+            _logger.warning(
+                "resume=True: no checkpoint in %s yet, so training starts from step 0", folder
+            )
     skip = 0
-    if resume:
-        if checkpoint is None:
-            raise ValueError("resume=True needs checkpoint_dir= naming the folder of a checkpoint")
-        if checkpoint.exists():
-            state = torch.load(checkpoint, weights_only=False)
+    if state is not None:
+        try:
             module.load_state_dict(state["module"])
             engine.load_state_dict(state["optimizer"])
-            step, rows, since_best = state["step"], state["history"], state["since_best"]
-            best = (state["best_loss"], state["best_state"])
-            loader.epoch, skip = state["epoch"], state["batch_in_epoch"]
-            torch.set_rng_state(state["torch_rng"])
-            pyro.util.set_rng_state(state["pyro_rng"])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise ValueError(
+                f"{checkpoint} is damaged or was not written by this version of bioreason: "
+                f"its weights do not fit the model ({type(err).__name__}). Delete it to start "
+                "over, or pass resume=False with another checkpoint_dir."
+            ) from None
+        step, rows, since_best = state["step"], list(state["history"]), state["since_best"]
+        best = (state["best_loss"], state["best_state"])
+        loader.epoch, skip = state["epoch"], state["batch_in_epoch"]
+        _set_rng_state(state["rng"], device)
 
     bar = tqdm(total=total_steps, initial=step, disable=not config.progress, desc="training")
-    stop = False
+    # a run that stopped early stays stopped when it is resumed
+    stop = config.early_stopping and since_best >= config.patience
     while step < total_steps and not stop:
         epoch = loader.epoch
         for position, batch in enumerate(loader, start=1):
@@ -378,14 +546,15 @@ def fit(
             rows.append(row)
             bar.update(1)
             bar.set_postfix(loss=f"{row['train_loss']:.2f}")
-            if (
-                checkpoint is not None
-                and config.checkpoint_every
-                and step % config.checkpoint_every == 0
+            if checkpoint is not None and (
+                step % checkpoint_every == 0 or stop or step >= total_steps
             ):
                 _save_checkpoint(
                     checkpoint,
                     {
+                        "format": _CHECKPOINT_FORMAT,
+                        "version": _CHECKPOINT_VERSION,
+                        "fingerprint": fingerprint,
                         "module": module.state_dict(),
                         "optimizer": engine.state_dict(),
                         "step": step,
@@ -395,8 +564,7 @@ def fit(
                         "since_best": since_best,
                         "best_loss": best[0],
                         "best_state": best[1],
-                        "torch_rng": torch.get_rng_state(),
-                        "pyro_rng": pyro.util.get_rng_state(),
+                        "rng": _rng_state(device),
                     },
                 )
             if stop or step >= total_steps:
