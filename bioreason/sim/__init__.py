@@ -1,0 +1,60 @@
+"""The outcome simulator: a fitted perturbation model as a stochastic experiment.
+
+``OutcomeSimulator(model, "screen_hit", threshold=0.1)`` answers questions such as
+"does knocking down A and B shift program P's score by more than 0.1 in a replicate
+screen?" with the posterior predictive probability p* (``.probability``) and draws 0/1
+outcomes of simulated experiments (``.sample``, the ``OutcomeSource`` protocol of
+:mod:`bioreason.rl.outcomes`). ``GroundTruthSimulator`` does the same with a synthetic
+screen's true parameters (p_true).
+"""
+
+from bioreason.sim.ground_truth import GroundTruthModel, GroundTruthSimulator
+from bioreason.sim.outcomes import (
+    OUTCOMES,
+    CellExpression,
+    CustomOutcome,
+    Direction,
+    Outcome,
+    ScreenHit,
+    make_outcome,
+    register_outcome,
+)
+from bioreason.sim.readouts import (
+    Readout,
+    ReadoutSet,
+    cell_scores,
+    gene_readout,
+    learn_programs,
+    log_normalize,
+    program_readout,
+)
+from bioreason.sim.simulator import (
+    FAST_MIN_CELLS,
+    OutcomeSimulator,
+    describe_condition,
+    questions_frame,
+)
+
+__all__ = [
+    "FAST_MIN_CELLS",
+    "OUTCOMES",
+    "CellExpression",
+    "CustomOutcome",
+    "Direction",
+    "GroundTruthModel",
+    "GroundTruthSimulator",
+    "Outcome",
+    "OutcomeSimulator",
+    "Readout",
+    "ReadoutSet",
+    "ScreenHit",
+    "cell_scores",
+    "describe_condition",
+    "gene_readout",
+    "learn_programs",
+    "log_normalize",
+    "make_outcome",
+    "program_readout",
+    "questions_frame",
+    "register_outcome",
+]

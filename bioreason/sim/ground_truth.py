@@ -1,0 +1,146 @@
+"""The true generative model of a synthetic screen, behind the simulator's model API.
+
+``simulate_screen`` stores its parameters in ``adata.uns["ground_truth"]``.
+:class:`GroundTruthModel` generates cells from them with the same
+``posterior_predictive`` interface as a fitted model -- every "posterior draw" is the
+one true parameter set -- so ``GroundTruthSimulator(adata, "screen_hit", ...)`` gives
+p_true, the probability of a question under the process that made the data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from bioreason.data.simulate import ScreenGroundTruth
+from bioreason.models import PosteriorPredictive
+from bioreason.sim.simulator import OutcomeSimulator
+
+__all__ = ["GroundTruthModel", "GroundTruthSimulator"]
+
+
+class GroundTruthModel:
+    """Cells from a synthetic screen's true parameters.
+
+    Parameters
+    ----------
+    truth : ScreenGroundTruth or AnnData from :func:`bioreason.data.simulate_screen`
+    gene_names : list of str, optional (default: the AnnData's var_names, or gene0..)
+    control_label : str
+    delimiter : str
+    """
+
+    def __init__(
+        self,
+        truth: ScreenGroundTruth | Any,
+        gene_names: Sequence[str] | None = None,
+        control_label: str = "control",
+        delimiter: str = "+",
+    ) -> None:
+        self.adata = None
+        if not isinstance(truth, ScreenGroundTruth):
+            uns = getattr(truth, "uns", None)
+            if uns is None or "ground_truth" not in uns:
+                raise ValueError(
+                    "GroundTruthModel needs a ScreenGroundTruth or an AnnData made by "
+                    "simulate_screen (with uns['ground_truth'])"
+                )
+            self.adata = truth
+            if gene_names is None:
+                gene_names = [str(g) for g in truth.var_names]
+            truth = ScreenGroundTruth.from_uns(truth.uns["ground_truth"])
+        self.truth = truth
+        n_genes = truth.dispersion.shape[0]
+        self.gene_names = (
+            [f"gene{i}" for i in range(n_genes)] if gene_names is None else list(gene_names)
+        )
+        if len(self.gene_names) != n_genes:
+            raise ValueError(f"{len(self.gene_names)} gene names for {n_genes} genes")
+        self.control_label = control_label
+        self.delimiter = delimiter
+        self.perturbation_names = list(truth.perturbation_names)
+
+    def canonical(self, condition: str) -> str:
+        label = str(condition)
+        if label == self.control_label:
+            return label
+        parts = label.split(self.delimiter)
+        unknown = [p for p in parts if p not in self.perturbation_names]
+        if unknown or not label:
+            raise ValueError(
+                f"unknown perturbation {unknown[0] if unknown else label!r} in condition "
+                f"{label!r}; the screen has {len(self.perturbation_names)} perturbations "
+                f"(e.g. {self.perturbation_names[:5]})"
+            )
+        if len(set(parts)) != len(parts):
+            raise ValueError(f"condition {label!r} names a perturbation twice")
+        order = {name: i for i, name in enumerate(self.perturbation_names)}
+        return self.delimiter.join(sorted(parts, key=order.__getitem__))
+
+    def data_for(self, adata: Any = None) -> Any:
+        from bioreason.data import PerturbationData
+
+        source = self.adata if adata is None else adata
+        if source is None:
+            raise ValueError("GroundTruthModel was built without an AnnData; pass observed=adata")
+        return PerturbationData.from_anndata(
+            source, {"perturbation_key": "perturbation", "control": self.control_label}
+        )
+
+    def posterior_predictive(
+        self,
+        conditions: Sequence[str] | str,
+        n_cells: int = 100,
+        n_draws: int = 100,
+        library_size: Any = None,
+        seed: int | None = 0,
+    ) -> PosteriorPredictive:
+        """Cells of each condition under the true parameters, in ``n_draws`` blocks.
+
+        Returns
+        -------
+        PosteriorPredictive with arrays of shape (n_draws, C, n_cells, G).
+        """
+        if isinstance(conditions, str):
+            conditions = [conditions]
+        labels = [self.canonical(c) for c in conditions]
+        for name, value in (("n_cells", n_cells), ("n_draws", n_draws)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        rng = np.random.default_rng(seed)
+        n_conditions = len(labels)
+        dosage = self.truth.dosage_of(
+            ["control" if c == self.control_label else c for c in labels], self.delimiter
+        )
+        rows = np.tile(np.repeat(dosage, n_cells, axis=0), (n_draws, 1))
+        counts, _, z, library = self.truth.sample_counts(rows, rng)
+        if library_size is not None:
+            raise ValueError("GroundTruthModel draws library sizes from the true distribution")
+        shape = (n_draws, n_conditions, n_cells, len(self.gene_names))
+        expected = self.truth.expected_counts(z, library).astype(np.float32)
+        return PosteriorPredictive(
+            conditions=labels,
+            gene_names=list(self.gene_names),
+            counts=counts.toarray().reshape(shape),
+            expected_counts=expected.reshape(shape),
+            library_size=library.astype(np.float32).reshape(shape[:3]),
+        )
+
+
+class GroundTruthSimulator(OutcomeSimulator):
+    """:class:`OutcomeSimulator` over a synthetic screen's true parameters: its
+    ``probability`` is p_true (the spread across draws is 0 up to Monte Carlo noise).
+
+    Parameters
+    ----------
+    truth : AnnData from ``simulate_screen`` or ScreenGroundTruth
+    outcome, **options : as for :class:`OutcomeSimulator`
+    """
+
+    def __init__(self, truth: Any, outcome: Any = "screen_hit", **options: Any) -> None:
+        model = truth if isinstance(truth, GroundTruthModel) else GroundTruthModel(truth)
+        if "observed" not in options and model.adata is not None:
+            options["observed"] = model.adata
+        super().__init__(model, outcome, **options)

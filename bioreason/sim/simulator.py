@@ -1,0 +1,457 @@
+"""The outcome simulator: posterior predictive probabilities p* and Bernoulli outcomes.
+
+A question is (condition, readout) under one outcome definition. With the fitted
+model's approximate posterior q(globals),
+
+    p* = E_{globals ~ q} [ P(outcome = 1 | globals) ],
+
+where the inner probability integrates over everything local to an experiment: basal
+states, library sizes, count noise and which cells land in the replicate. The two
+levels are kept apart: each posterior draw k gives an estimate P_k of the inner
+probability; p* is their mean, its Monte Carlo standard error is sd(P_k) / sqrt(K), and
+the spread of P_k across draws is the model's epistemic uncertainty about the question.
+
+Two ways to compute P_k (``method=``):
+
+* ``"brute"``: simulate ``replicates_per_draw`` replicate experiments under draw k and
+  average the outcome -- the definition itself, for any outcome;
+* ``"fast"``: simulate ``cells_per_draw`` cells per condition under draw k and compute
+  P_k from them with the outcome's formula (a normal approximation for replicate means;
+  exact for single-cell outcomes); see :mod:`bioreason.sim.outcomes`.
+
+``"auto"`` takes the fast path when the outcome has one and replicates have at least
+:data:`FAST_MIN_CELLS` cells. All questions of a condition share its simulated cells;
+control cells are simulated once per draw and shared by every condition.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bioreason.sim.outcomes import CustomOutcome, Outcome, make_outcome
+from bioreason.sim.readouts import Readout, ReadoutSet, cell_scores
+
+__all__ = ["FAST_MIN_CELLS", "OutcomeSimulator", "questions_frame"]
+
+#: replicate size from which the normal approximation of the fast path is used by "auto"
+FAST_MIN_CELLS = 20
+#: generated count entries (draws x cells x genes) per simulation call
+_ENTRIES_PER_CALL = 1 << 24
+
+
+def questions_frame(questions: Any, uses_readout: bool = True) -> pd.DataFrame:
+    """Questions as a DataFrame with columns ``condition`` and ``readout``.
+
+    Accepts a DataFrame with those columns, a list of ``(condition, readout)`` pairs,
+    a list of mappings, or (for outcomes without readouts) a list of condition labels.
+    """
+    if isinstance(questions, pd.DataFrame):
+        frame = questions
+    else:
+        rows = list(questions)
+        if rows and isinstance(rows[0], Mapping):
+            frame = pd.DataFrame(rows)
+        elif rows and isinstance(rows[0], str):
+            frame = pd.DataFrame({"condition": rows, "readout": [""] * len(rows)})
+        else:
+            try:
+                frame = pd.DataFrame(rows, columns=["condition", "readout"])
+            except ValueError:
+                raise ValueError(
+                    "questions must be (condition, readout) pairs, mappings with 'condition' "
+                    "and 'readout', a DataFrame with those columns, or integer indices into "
+                    "the simulator's bound questions"
+                ) from None
+    if "condition" not in frame.columns:
+        raise ValueError(f"questions need a 'condition' column; got columns {list(frame.columns)}")
+    if "readout" not in frame.columns:
+        if uses_readout:
+            raise ValueError("questions need a 'readout' column (a gene or program name)")
+        frame = frame.assign(readout="")
+    out = pd.DataFrame(
+        {
+            "condition": frame["condition"].astype(str).to_numpy(),
+            "readout": frame["readout"].fillna("").astype(str).to_numpy(),
+        }
+    )
+    if len(out) == 0:
+        raise ValueError("no questions given")
+    return out
+
+
+class OutcomeSimulator:
+    """Experiments simulated from a fitted perturbation model's posterior predictive.
+
+    Parameters
+    ----------
+    model : a fitted model of :mod:`bioreason.models` (or anything with
+        ``posterior_predictive``, ``gene_names`` and ``control_label``, such as
+        :class:`~bioreason.sim.GroundTruthModel`)
+    outcome : str, Outcome or mapping
+        A registered outcome name (``"screen_hit"``, ``"direction"``,
+        ``"cell_expression"`` or a custom one), with its options as keyword arguments.
+    readouts : iterable of Readout or gene names, optional
+        Programs the questions may name; a gene of the model is always a valid readout.
+    questions : optional
+        Questions that ``sample`` and ``probability`` may refer to by integer index
+        (what the RL trainers pass through the ``OutcomeSource`` protocol).
+    observed : AnnData, optional
+        Observed cells for data-dependent thresholds (default: the model's AnnData).
+    cells_per_draw : int, optional
+        Cells per condition simulated per draw on the fast path (default: 4 x the
+        replicate size).
+    replicates_per_draw : int
+        Replicates per draw on the brute-force path.
+    **outcome_options
+        Options of the outcome, e.g. ``threshold=0.2``, ``test="welch"``.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        outcome: str | Outcome | Mapping[str, Any] = "screen_hit",
+        *,
+        readouts: Iterable[Readout | str] = (),
+        questions: Any = None,
+        observed: Any = None,
+        cells_per_draw: int | None = None,
+        replicates_per_draw: int = 8,
+        **outcome_options: Any,
+    ) -> None:
+        for name in ("posterior_predictive", "gene_names", "control_label"):
+            if not hasattr(model, name):
+                raise TypeError(
+                    f"OutcomeSimulator needs a fitted perturbation model (with {name}); "
+                    f"got {type(model).__name__}"
+                )
+        self.model = model
+        self.outcome = make_outcome(outcome, **outcome_options)
+        self.readouts = ReadoutSet(model.gene_names, readouts)
+        self.observed = observed
+        size = max(self.outcome.n_cells, self.outcome.n_control or 0)
+        self.cells_per_draw = int(cells_per_draw or max(4 * size, 32))
+        if self.cells_per_draw < 2 * size:
+            raise ValueError(
+                f"cells_per_draw must be at least twice the replicate size ({2 * size}), "
+                f"got {self.cells_per_draw}"
+            )
+        if replicates_per_draw < 1:
+            raise ValueError(f"replicates_per_draw must be >= 1, got {replicates_per_draw}")
+        self.replicates_per_draw = int(replicates_per_draw)
+        self._auto_thresholds = (
+            self.outcome.needs_thresholds() and self.outcome.name != "screen_hit"
+        )
+        self.questions = None if questions is None else self._resolve(questions)
+
+    # ------------------------------------------------------------ questions
+    def bind(self, questions: Any) -> OutcomeSimulator:
+        """Remember ``questions`` so that integer indices can refer to them; returns self."""
+        self.questions = self._resolve(questions)
+        return self
+
+    def _resolve(self, questions: Any) -> pd.DataFrame:
+        if isinstance(questions, torch.Tensor):
+            questions = questions.detach().cpu().numpy()
+        if isinstance(questions, np.ndarray) and questions.dtype.kind in "iu":
+            if self.questions is None:
+                raise ValueError(
+                    "integer questions index the simulator's bound questions; bind them "
+                    "first (OutcomeSimulator(..., questions=...) or .bind(questions))"
+                )
+            index = questions.reshape(-1)
+            if index.size and (index.min() < 0 or index.max() >= len(self.questions)):
+                raise ValueError(
+                    f"question index out of range: the simulator has {len(self.questions)} "
+                    "bound questions"
+                )
+            return self.questions.iloc[index].reset_index(drop=True)
+        frame = questions_frame(questions, uses_readout=self.outcome.uses_readout)
+        if self.outcome.uses_readout:
+            for name in frame["readout"].unique():
+                self.readouts.get(name)  # raises naming the unknown readout
+        canonical = self._canonical(list(frame["condition"].unique()))
+        return frame.assign(condition=frame["condition"].map(canonical))
+
+    def _canonical(self, conditions: list[str]) -> dict[str, str]:
+        """Canonical labels of ``conditions`` (the model's parser validates them: an
+        unknown perturbation raises naming it and listing the known ones)."""
+        predictive = self.model.posterior_predictive(conditions, n_cells=1, n_draws=1, seed=0)
+        return dict(zip(conditions, predictive.conditions, strict=True))
+
+    # ------------------------------------------------------------ thresholds
+    def fix_thresholds(self, readouts: Sequence[str]) -> Outcome:
+        """Fix data-dependent thresholds for ``readouts`` (cell_expression's default: the
+        observed control cells' median score per readout); returns the outcome in use."""
+        if self.outcome.name == "screen_hit" and self.outcome.needs_thresholds():
+            raise ValueError(
+                "screen_hit has threshold=None: pass a threshold, or pick one per readout with "
+                "simulator.suggest_thresholds(conditions, readouts)"
+            )
+        if not self._auto_thresholds:
+            return self.outcome
+        current = self.outcome.threshold if isinstance(self.outcome.threshold, Mapping) else {}
+        missing = [r for r in dict.fromkeys(readouts) if r not in current]
+        if not missing:
+            return self.outcome
+        counts = self._observed_control_counts()
+        medians = np.median(cell_scores(counts, self.readouts.weights(missing)), axis=0)
+        fixed = {**current, **{r: float(v) for r, v in zip(missing, medians, strict=True)}}
+        self.outcome = self.outcome.with_thresholds(fixed)
+        return self.outcome
+
+    def _observed_control_counts(self) -> np.ndarray:
+        import scipy.sparse as sp
+
+        if self.observed is not None:
+            from bioreason.data import PerturbationData
+
+            data = PerturbationData.from_anndata(
+                self.observed, getattr(self.model, "setup", None), require_control=True
+            )
+        elif hasattr(self.model, "data_for"):
+            try:
+                data = self.model.data_for(None)
+            except ValueError:
+                raise ValueError(
+                    "the threshold is taken from observed control cells, but the model has no "
+                    "AnnData: pass observed=adata or a numeric threshold"
+                ) from None
+        else:
+            raise ValueError("pass observed=adata or a numeric threshold")
+        rows = np.flatnonzero(data.is_control)
+        if rows.size == 0:
+            raise ValueError("the observed data has no control cells to take a threshold from")
+        counts = data.get_counts(rows)
+        return counts.toarray() if sp.issparse(counts) else np.asarray(counts)
+
+    def suggest_thresholds(
+        self,
+        conditions: Sequence[str],
+        readouts: Sequence[str],
+        quantile: float = 0.5,
+        n_draws: int = 16,
+        seed: int = 0,
+    ) -> dict[str, float]:
+        """Per-readout screen_hit thresholds: the ``quantile`` over ``conditions`` of the
+        model's expected |effect| on the readout (mean over ``n_draws`` posterior draws of
+        |mean perturbed score - mean control score|). The median makes about half of the
+        conditions hits, so p* spreads over (0, 1)."""
+        if not 0 < quantile < 1:
+            raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+        canonical = self._canonical(list(dict.fromkeys(map(str, conditions))))
+        labels = list(dict.fromkeys(canonical.values()))
+        readouts = list(dict.fromkeys(readouts))
+        perturbed, control = self._simulate_scores(
+            labels, readouts, n_draws, self.cells_per_draw, seed
+        )
+        effect = np.abs(perturbed.mean(axis=2) - control.mean(axis=2)).mean(axis=0)  # (C, R)
+        values = np.quantile(effect, quantile, axis=0)
+        return {r: float(v) for r, v in zip(readouts, values, strict=True)}
+
+    # ------------------------------------------------------------ simulation
+    def _simulate_counts(
+        self, conditions: list[str], n_draws: int, n_cells: int, seed: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Counts (n_draws, C, n_cells, G) and control counts (n_draws, 1, n_cells, G)."""
+        labels = [self.model.control_label, *conditions]
+        predictive = self.model.posterior_predictive(
+            labels, n_cells=n_cells, n_draws=n_draws, seed=seed
+        )
+        counts = predictive.counts
+        return counts[:, 1:], counts[:, :1]
+
+    def _simulate_scores(
+        self, conditions: list[str], readouts: list[str], n_draws: int, n_cells: int, seed: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        weights = self.readouts.weights(readouts)
+        perturbed, control = [], []
+        for _, size, sub_seed in self._chunks(len(conditions) + 1, n_draws, n_cells, seed):
+            counts, ctrl = self._simulate_counts(conditions, size, n_cells, sub_seed)
+            perturbed.append(cell_scores(counts, weights))
+            control.append(cell_scores(ctrl, weights))
+        return np.concatenate(perturbed), np.concatenate(control)
+
+    def _chunks(self, n_conditions: int, n_draws: int, n_cells: int, seed: int):
+        per_draw = n_conditions * n_cells * len(self.model.gene_names)
+        step = max(1, min(n_draws, _ENTRIES_PER_CALL // max(per_draw, 1)))
+        for number, start in enumerate(range(0, n_draws, step)):
+            yield start, min(step, n_draws - start), _sub_seed(seed, number)
+
+    def _resolve_method(self, method: str) -> str:
+        if method not in ("auto", "fast", "brute"):
+            raise ValueError(f"method must be 'auto', 'fast' or 'brute', got {method!r}")
+        has_fast = not isinstance(self.outcome, CustomOutcome)
+        if method == "fast" and not has_fast:
+            raise ValueError(f"outcome {self.outcome.name!r} has no fast path; use method='brute'")
+        if method == "auto":
+            large = self.outcome.n_cells >= FAST_MIN_CELLS or self.outcome.name == "cell_expression"
+            return "fast" if has_fast and large else "brute"
+        return method
+
+    def _draw_probabilities(
+        self, conditions: list[str], readouts: list[str], n_draws: int, method: str, seed: int
+    ) -> np.ndarray:
+        """P_k for every draw, condition and readout: shape (n_draws, C, R)."""
+        outcome = self.outcome
+        if method == "fast":
+            perturbed, control = self._simulate_scores(
+                conditions, readouts, n_draws, self.cells_per_draw, seed
+            )
+            return outcome.probability_given_globals(perturbed, control, readouts)
+        reps = self.replicates_per_draw
+        n_p, n_c = outcome.n_cells, max(outcome.n_control or 0, 1)
+        size = reps * max(n_p, n_c)
+        out = []
+        for _, count, sub_seed in self._chunks(len(conditions) + 1, n_draws, size, seed):
+            counts, ctrl = self._simulate_counts(conditions, count, size, sub_seed)
+            pert = counts[:, :, : reps * n_p].reshape(count, len(conditions), reps, n_p, -1)
+            cont = ctrl[:, :, : reps * n_c].reshape(count, 1, reps, n_c, -1)
+            if isinstance(outcome, CustomOutcome):
+                hits = outcome.replicate_counts(pert, cont)[..., None]  # (k, C, reps, 1)
+            else:
+                weights = self.readouts.weights(readouts)
+                hits = outcome.replicate(
+                    cell_scores(pert, weights), cell_scores(cont, weights), readouts
+                )
+            out.append(hits.mean(axis=2, dtype=np.float64))
+        return np.concatenate(out)
+
+    # ------------------------------------------------------------ public API
+    def probability(
+        self,
+        questions: Any = None,
+        target_se: float = 0.01,
+        max_draws: int = 2000,
+        min_draws: int = 16,
+        draws_per_round: int = 16,
+        method: str = "auto",
+        seed: int = 0,
+    ) -> pd.DataFrame:
+        """p* of every question, with its Monte Carlo standard error.
+
+        Posterior draws are added in rounds of ``draws_per_round`` until every question's
+        standard error is at most ``target_se`` (after at least ``min_draws``) or
+        ``max_draws`` is reached; later rounds simulate only conditions that still have
+        unconverged questions.
+
+        Returns
+        -------
+        DataFrame, one row per question in the given order, columns ``condition``,
+        ``readout``, ``p_star``, ``p_star_se`` (sd(P_k) / sqrt(K)), ``p_star_spread``
+        (sd of the per-draw estimates P_k across posterior draws: the epistemic spread,
+        plus the per-draw estimate's own noise), ``n_draws``, ``converged`` (bool) and
+        ``method`` (``"fast"`` or ``"brute"``). ``attrs["seconds"]`` is the wall time.
+        """
+        start_time = time.perf_counter()
+        frame = self._resolve(self.questions if questions is None else questions)
+        if not target_se > 0:
+            raise ValueError(f"target_se must be > 0, got {target_se}")
+        if min(max_draws, min_draws, draws_per_round) < 1 or min_draws > max_draws:
+            raise ValueError("need 1 <= min_draws <= max_draws and draws_per_round >= 1")
+        chosen = self._resolve_method(method)
+        self.fix_thresholds(list(dict.fromkeys(frame["readout"])))
+        conditions = list(dict.fromkeys(frame["condition"]))
+        readouts = list(dict.fromkeys(frame["readout"]))
+        c_index = {c: i for i, c in enumerate(conditions)}
+        r_index = {r: i for i, r in enumerate(readouts)}
+        q_cond = frame["condition"].map(c_index).to_numpy()
+        q_read = frame["readout"].map(r_index).to_numpy()
+        shape = (len(conditions), len(readouts))
+        total, total_sq = np.zeros(shape), np.zeros(shape)
+        draws = np.zeros(len(conditions), dtype=np.int64)
+        asked = np.zeros(shape, dtype=bool)
+        asked[q_cond, q_read] = True
+        active = np.ones(len(conditions), dtype=bool)
+        rounds = 0
+        while active.any():
+            room = max_draws - draws[active].max()
+            if room <= 0:
+                break
+            batch = int(min(draws_per_round, room))
+            which = np.flatnonzero(active)
+            values = self._draw_probabilities(
+                [conditions[i] for i in which], readouts, batch, chosen, _sub_seed(seed, rounds)
+            )
+            rounds += 1
+            total[which] += values.sum(axis=0)
+            total_sq[which] += (values**2).sum(axis=0)
+            draws[which] += batch
+            se = _standard_error(total, total_sq, draws)
+            done = (se <= target_se) | ~asked
+            active = ~done.all(axis=1) | (draws < min_draws)
+        se = _standard_error(total, total_sq, draws)
+        k = np.maximum(draws, 1)[:, None]
+        mean = total / k
+        spread = np.sqrt(np.maximum(total_sq / k - mean**2, 0.0) * k / np.maximum(k - 1, 1))
+        result = frame.assign(
+            p_star=mean[q_cond, q_read],
+            p_star_se=se[q_cond, q_read],
+            p_star_spread=spread[q_cond, q_read],
+            n_draws=draws[q_cond],
+            converged=se[q_cond, q_read] <= target_se,
+            method=chosen,
+        )
+        result.attrs["seconds"] = time.perf_counter() - start_time
+        result.attrs["outcome"] = self.outcome.to_json()
+        return result
+
+    def sample(self, questions: Any = None, n: int = 1, seed: int = 0) -> torch.Tensor:
+        """Outcomes of simulated experiments: for each of ``n`` outcomes, a fresh draw of
+        the globals and one replicate experiment (all questions of a draw share it).
+
+        Implements :class:`bioreason.rl.outcomes.OutcomeSource`: ``questions`` may be
+        integer indices into the bound questions.
+
+        Returns
+        -------
+        Tensor, shape (len(questions), n), float64 of 0/1.
+        """
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        frame = self._resolve(self.questions if questions is None else questions)
+        self.fix_thresholds(list(dict.fromkeys(frame["readout"])))
+        conditions = list(dict.fromkeys(frame["condition"]))
+        readouts = list(dict.fromkeys(frame["readout"]))
+        previous = self.replicates_per_draw
+        self.replicates_per_draw = 1
+        try:
+            hits = self._draw_probabilities(conditions, readouts, int(n), "brute", seed)
+        finally:
+            self.replicates_per_draw = previous
+        q_cond = frame["condition"].map({c: i for i, c in enumerate(conditions)}).to_numpy()
+        q_read = frame["readout"].map({r: i for i, r in enumerate(readouts)}).to_numpy()
+        if hits.shape[-1] == 1 and len(readouts) > 1:  # custom outcomes ignore the readout
+            q_read = np.zeros_like(q_read)
+        return torch.as_tensor(hits[:, q_cond, q_read].T.copy(), dtype=torch.float64)
+
+    def describe(self, condition: str, readout: str, condition_text: str | None = None) -> str:
+        """The question in plain words."""
+        text = condition_text or describe_condition(condition)
+        return self.outcome.describe(text, readout)
+
+
+def describe_condition(condition: str, delimiter: str = "+", verb: str = "knocking down") -> str:
+    """``"A+B"`` -> ``"knocking down A and B"``."""
+    parts = [p for p in str(condition).split(delimiter) if p]
+    if len(parts) <= 1:
+        return f"{verb} {condition}"
+    return f"{verb} {', '.join(parts[:-1])} and {parts[-1]}"
+
+
+def _standard_error(total: np.ndarray, total_sq: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    k = draws[:, None].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = total / k
+        var = np.maximum(total_sq / k - mean**2, 0.0) * k / (k - 1)
+        se = np.sqrt(var / k)
+    return np.where(k > 1, se, np.inf)
+
+
+def _sub_seed(seed: int, number: int) -> int:
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, number]).generate_state(1)[0])

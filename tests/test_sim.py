@@ -1,0 +1,247 @@
+"""The outcome simulator: p* against closed forms, fast path against brute force, sampled
+outcomes against p*, the ground-truth simulator against a direct Monte Carlo."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats
+
+import bioreason.data as bd
+from bioreason.models import PosteriorPredictive
+from bioreason.rl.outcomes import OutcomeSource
+from bioreason.sim import (
+    OUTCOMES,
+    GroundTruthSimulator,
+    OutcomeSimulator,
+    cell_scores,
+    learn_programs,
+    program_readout,
+    register_outcome,
+)
+
+LOG_SCALE = float(np.log1p(1e4))
+
+
+class PoissonModel:
+    """A model whose cells have one informative gene ``g0`` with Poisson counts and a
+    silent gene ``g1``: a cell's g0 score is log1p(1e4) when it has a count, else 0.
+    The "posterior" alternates between two rates per condition (draw k uses rates[k % 2])."""
+
+    gene_names = ["g0", "g1"]
+    control_label = "control"
+
+    def __init__(self, rates: dict[str, tuple[float, float]]) -> None:
+        self.rates = rates
+
+    def posterior_predictive(self, conditions, n_cells=100, n_draws=100, library_size=None, seed=0):
+        if isinstance(conditions, str):
+            conditions = [conditions]
+        unknown = [c for c in conditions if c not in self.rates]
+        if unknown:
+            raise ValueError(f"unknown condition {unknown[0]!r}; known: {sorted(self.rates)}")
+        rng = np.random.default_rng(seed)
+        start = rng.integers(2)  # which posterior "draw" comes first: both equally likely
+        which = (start + np.arange(n_draws)) % 2
+        rate = np.array([[self.rates[c][w] for c in conditions] for w in which])
+        g0 = rng.poisson(rate[:, :, None], size=(n_draws, len(conditions), n_cells))
+        counts = np.stack([g0, np.zeros_like(g0)], axis=-1).astype(np.float32)
+        return PosteriorPredictive(
+            conditions=list(conditions),
+            gene_names=self.gene_names,
+            counts=counts,
+            expected_counts=counts,
+            library_size=counts.sum(-1),
+        )
+
+
+def _exact_hit_probability(q_perturbed: float, q_control: float, n: int, threshold: float):
+    """P(log1p(1e4) * (B_p - B_c) / n > threshold) for B ~ Binomial(n, q)."""
+    k = np.arange(n + 1)
+    pmf_p = stats.binom.pmf(k, n, q_perturbed)
+    pmf_c = stats.binom.pmf(k, n, q_control)
+    difference = LOG_SCALE * (k[:, None] - k[None, :]) / n
+    return float((pmf_p[:, None] * pmf_c[None, :] * (difference > threshold)).sum())
+
+
+def test_cell_expression_matches_the_poisson_closed_form_over_two_posterior_draws():
+    model = PoissonModel({"control": (1.0, 1.0), "A": (0.2, 1.5)})
+    simulator = OutcomeSimulator(model, "cell_expression", threshold=1.0, cells_per_draw=400)
+    result = simulator.probability([("A", "g0")], target_se=0.005, min_draws=64)
+    # P(x > 0) = 1 - exp(-rate), averaged over the two equally likely draws
+    exact = 1 - 0.5 * (np.exp(-0.2) + np.exp(-1.5))
+    row = result.iloc[0]
+    assert row["method"] == "fast"
+    assert abs(row["p_star"] - exact) < 4 * row["p_star_se"] + 1e-3
+    # the epistemic spread: the two draws' probabilities differ by exp(-0.2) - exp(-1.5)
+    between = 0.5 * (np.exp(-0.2) - np.exp(-1.5))
+    assert abs(row["p_star_spread"] - between) < 0.05
+
+
+@pytest.mark.parametrize("method", ["brute", "fast"])
+def test_screen_hit_matches_the_exact_binomial_answer(method):
+    rates = {"control": (0.4, 0.4), "A": (0.7, 0.7)}
+    n, threshold = 100, LOG_SCALE * 16.5 / 100  # halfway between two lattice points of D
+    model = PoissonModel(rates)
+    simulator = OutcomeSimulator(
+        model, "screen_hit", threshold=threshold, direction="up", n_cells=n, replicates_per_draw=8
+    )
+    result = simulator.probability([("A", "g0")], target_se=0.01, method=method, seed=3)
+    q_p, q_c = 1 - np.exp(-0.7), 1 - np.exp(-0.4)
+    exact = _exact_hit_probability(q_p, q_c, n, threshold)
+    row = result.iloc[0]
+    assert row["method"] == method
+    # brute force is exact up to Monte Carlo error; the fast path adds the normal
+    # approximation of a difference of two binomial means (n = 100): allow 0.02 for it
+    slack = 0.0 if method == "brute" else 0.02
+    assert abs(row["p_star"] - exact) < 4 * row["p_star_se"] + slack, (row["p_star"], exact)
+
+
+def test_sampled_outcomes_match_p_star_within_binomial_tolerance():
+    model = PoissonModel({"control": (0.5, 0.5), "A": (0.8, 0.3), "B": (0.6, 0.6)})
+    simulator = OutcomeSimulator(model, "screen_hit", threshold=0.3, n_cells=50)
+    questions = [("A", "g0"), ("B", "g0")]
+    p_star = simulator.probability(questions, target_se=0.005, method="brute", seed=1)["p_star"]
+    n = 2000
+    outcomes = simulator.sample(questions, n=n, seed=7)
+    assert outcomes.shape == (2, n) and outcomes.dtype == torch.float64
+    assert set(outcomes.unique().tolist()) <= {0.0, 1.0}
+    for rate, p in zip(outcomes.mean(1).tolist(), p_star, strict=True):
+        tolerance = 4 * np.sqrt(p * (1 - p) / n) + 4 * 0.005
+        assert abs(rate - p) < tolerance
+
+
+def test_same_seed_same_outcomes_and_the_outcome_source_protocol():
+    model = PoissonModel({"control": (0.5, 0.5), "A": (0.8, 0.3)})
+    simulator = OutcomeSimulator(model, "direction", n_cells=30, questions=[("A", "g0")] * 3)
+    assert isinstance(simulator, OutcomeSource)
+    first = simulator.sample(torch.tensor([0, 2]), n=50, seed=11)
+    again = simulator.sample(torch.tensor([0, 2]), n=50, seed=11)
+    other = simulator.sample(torch.tensor([0, 2]), n=50, seed=12)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    # questions of one condition share the simulated experiment
+    assert torch.equal(first[0], first[1])
+    with pytest.raises(ValueError, match="out of range"):
+        simulator.sample(torch.tensor([5]), n=1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def screen():
+    return bd.simulate_screen(
+        n_cells_per_condition=60, n_genes=80, n_perturbations=6, n_combinations=4, seed=0
+    )
+
+
+def test_ground_truth_simulator_matches_a_direct_monte_carlo_of_the_true_model(screen):
+    truth = bd.ScreenGroundTruth.from_uns(screen.uns["ground_truth"])
+    condition = [c for c in screen.obs["perturbation"].unique() if "+" in c][0]
+    genes = [str(g) for g in screen.var_names[:4]]
+    program = program_readout("prog", genes)
+    n, threshold = 40, 0.15
+    simulator = GroundTruthSimulator(
+        screen, "screen_hit", readouts=[program], threshold=threshold, n_cells=n
+    )
+    result = simulator.probability([(condition, "prog")], target_se=0.01, seed=0)
+    row = result.iloc[0]
+    # direct Monte Carlo: replicate experiments drawn straight from ScreenGroundTruth
+    rng = np.random.default_rng(123)
+    replicates = 800
+    dosage = truth.dosage_of([condition] * (n * replicates) + ["control"] * (n * replicates))
+    counts, *_ = truth.sample_counts(dosage, rng)
+    weights = np.zeros((len(screen.var_names), 1), dtype=np.float32)
+    weights[:4, 0] = 0.25
+    scores = cell_scores(counts.toarray(), weights)[:, 0]
+    perturbed = scores[: n * replicates].reshape(replicates, n).mean(1)
+    control = scores[n * replicates :].reshape(replicates, n).mean(1)
+    direct = np.mean(np.abs(perturbed - control) > threshold)
+    direct_se = np.sqrt(direct * (1 - direct) / replicates)
+    assert abs(row["p_star"] - direct) < 4 * np.hypot(row["p_star_se"], direct_se) + 0.02
+    # the true parameters are one point: no epistemic spread beyond estimate noise
+    assert row["p_star_spread"] < 0.2
+
+
+def test_fast_path_agrees_with_brute_force_for_welch_and_thresholds(screen):
+    condition = [c for c in screen.obs["perturbation"].unique() if c != "control"][0]
+    genes = [str(g) for g in screen.var_names[:3]]
+    questions = [(condition, g) for g in genes]
+    for options in ({"test": "welch", "alpha": 0.05}, {"threshold": 0.1, "direction": "either"}):
+        simulator = GroundTruthSimulator(screen, "screen_hit", n_cells=40, **options)
+        fast = simulator.probability(questions, target_se=0.01, method="fast", seed=0)
+        brute = simulator.probability(questions, target_se=0.015, method="brute", seed=1)
+        gap = np.abs(fast["p_star"] - brute["p_star"])
+        bound = 4 * np.hypot(fast["p_star_se"], brute["p_star_se"]) + 0.03
+        assert (gap < bound).all(), (options, fast["p_star"].tolist(), brute["p_star"].tolist())
+
+
+def test_custom_outcomes_are_registered_and_simulated_by_brute_force(screen):
+    def more_total_counts(perturbed, control):
+        return perturbed.sum(axis=(-1, -2)) > control.sum(axis=(-1, -2))
+
+    register_outcome("more_counts", more_total_counts, n_cells=20, overwrite=True)
+    try:
+        simulator = GroundTruthSimulator(screen, "more_counts")
+        result = simulator.probability(["control"], target_se=0.03, seed=0)
+        # control against control: a coin flip up to ties
+        assert result["method"].iloc[0] == "brute"
+        assert abs(result["p_star"].iloc[0] - 0.5) < 4 * result["p_star_se"].iloc[0] + 0.02
+        assert simulator.sample(["control"], n=5, seed=0).shape == (1, 5)
+        with pytest.raises(ValueError, match="no fast path"):
+            simulator.probability(["control"], method="fast")
+    finally:
+        OUTCOMES.unregister("more_counts")
+
+
+def test_unknown_perturbation_gene_or_program_names_the_problem(screen):
+    simulator = GroundTruthSimulator(screen, "screen_hit", threshold=0.1)
+    gene = str(screen.var_names[0])
+    with pytest.raises(ValueError, match="ZZZ"):
+        simulator.probability([("ZZZ", gene)])
+    with pytest.raises(ValueError, match="unknown readout 'NOPE'"):
+        simulator.probability([("P0", "NOPE")])
+    with pytest.raises(ValueError, match="not among the model's"):
+        GroundTruthSimulator(screen, "screen_hit", readouts=[program_readout("p", ["nope"])])
+    with pytest.raises(ValueError, match="outcome"):
+        GroundTruthSimulator(screen, "no_such_outcome")
+    with pytest.raises(ValueError, match="bad options"):
+        GroundTruthSimulator(screen, "screen_hit", treshold=0.1)
+    with pytest.raises(ValueError, match="direction"):
+        GroundTruthSimulator(screen, "screen_hit", direction="sideways")
+
+
+def test_cell_expression_threshold_defaults_to_the_observed_control_median(screen):
+    simulator = GroundTruthSimulator(screen, "cell_expression")
+    gene = str(screen.var_names[5])
+    result = simulator.probability([("control", gene)], target_se=0.01, seed=0)
+    threshold = simulator.outcome.threshold[gene]
+    control = screen[screen.obs["perturbation"] == "control"]
+    scores = cell_scores(control.layers["counts"].toarray(), np.eye(80, dtype=np.float32)[:, 5:6])
+    assert threshold == pytest.approx(float(np.median(scores)))
+    expected = float(np.mean(scores[:, 0] > threshold))
+    n = len(scores)
+    assert abs(result["p_star"].iloc[0] - expected) < 4 * np.sqrt(0.25 / n) + 0.02
+
+
+def test_suggested_thresholds_spread_p_star(screen):
+    simulator = GroundTruthSimulator(screen, "screen_hit", threshold=None, n_cells=50)
+    conditions = [c for c in screen.obs["perturbation"].unique() if c != "control"]
+    genes = [str(g) for g in screen.var_names[:5]]
+    with pytest.raises(ValueError, match="suggest_thresholds"):
+        simulator.probability([(conditions[0], genes[0])])
+    thresholds = simulator.suggest_thresholds(conditions, genes, quantile=0.5)
+    assert set(thresholds) == set(genes) and all(v > 0 for v in thresholds.values())
+    tuned = GroundTruthSimulator(screen, "screen_hit", threshold=thresholds, n_cells=50)
+    result = tuned.probability([(c, g) for c in conditions for g in genes], target_se=0.03)
+    # at the median effect about half of the conditions are hits: p* is not all 0 or 1
+    assert 0.2 < result["p_star"].mean() < 0.8
+
+
+def test_learned_programs_score_their_marker_genes(screen):
+    programs = learn_programs(screen, n_programs=3, n_markers=5, seed=0)
+    assert [p.name for p in programs] == ["program0", "program1", "program2"]
+    for program in programs:
+        assert len(program.genes) == 5 and abs(sum(program.weights) - 1) < 1e-9
+    simulator = GroundTruthSimulator(screen, "direction", readouts=programs, n_cells=30)
+    result = simulator.probability(pd.DataFrame({"condition": ["P0"], "readout": ["program1"]}))
+    assert 0 <= result["p_star"].iloc[0] <= 1
