@@ -46,20 +46,69 @@ __all__ = [
 _EPS = 1e-12
 
 
-def _check(outcomes: ArrayLike, probs: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    outcomes = np.asarray(outcomes, dtype=np.float64).reshape(-1)
-    probs = np.asarray(probs, dtype=np.float64).reshape(-1)
-    if outcomes.shape != probs.shape:
-        raise ValueError(
-            f"outcomes ({outcomes.size}) and probs ({probs.size}) must have the same length"
+def _vector(values: ArrayLike, name: str, where: str, kind: str) -> np.ndarray:
+    """The one validator of every metric's inputs: a non-empty 1-d float64 array of
+    probabilities in [0, 1] (``kind="probability"``) or 0/1 outcomes (``"outcome"``).
+
+    Errors name the function (``where``), the argument and the first offending index.
+    """
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError) as err:  # ragged nested lists
+        raise TypeError(
+            f"{where}: {name} must be numbers in a 1-d array of shape (n,), "
+            f"got {type(values).__name__} ({err})"
+        ) from None
+    if array.dtype.kind not in "biuf":
+        raise TypeError(
+            f"{where}: {name} must be numbers in a 1-d array of shape (n,), got dtype {array.dtype}"
         )
-    if probs.size == 0:
-        raise ValueError("need at least one prediction")
-    if np.isnan(probs).any() or (probs < 0).any() or (probs > 1).any():
-        raise ValueError("probs must be probabilities in [0, 1] (no NaN)")
-    if not np.isin(outcomes, (0.0, 1.0)).all():
-        raise ValueError("outcomes must be 0/1")
+    array = array.astype(np.float64, copy=False)
+    if array.ndim != 1:
+        raise ValueError(
+            f"{where}: {name} must be a 1-d array of shape (n,), one value per question, "
+            f"got shape {array.shape}; flatten it yourself (.ravel()) only if the "
+            "values line up with the other argument"
+        )
+    if array.size == 0:
+        raise ValueError(f"{where}: {name} is empty; need at least one prediction")
+    if kind == "outcome":
+        ok = (array == 0) | (array == 1)
+        rule = "outcomes must be 0/1"
+    else:
+        ok = (array >= 0) & (array <= 1)  # False for NaN
+        rule = "must be probabilities in [0, 1] (finite, no NaN)"
+    if not ok.all():
+        bad = np.flatnonzero(~ok)
+        raise ValueError(
+            f"{where}: {name}[{bad[0]}] = {float(array[bad[0]])!r}: {name} {rule} "
+            f"({bad.size} of {array.size} values are not)"
+        )
+    return array
+
+
+def _same_length(first: np.ndarray, second: np.ndarray, names: str, where: str) -> None:
+    if first.shape != second.shape:
+        raise ValueError(
+            f"{where}: {names} must have the same length, got {first.size} and {second.size}"
+        )
+
+
+def _check(
+    outcomes: ArrayLike, probs: ArrayLike, where: str = "metric"
+) -> tuple[np.ndarray, np.ndarray]:
+    outcomes = _vector(outcomes, "outcomes", where, "outcome")
+    probs = _vector(probs, "probs", where, "probability")
+    _same_length(outcomes, probs, "outcomes and probs", where)
     return outcomes, probs
+
+
+def _check_n_bins(n_bins: Any, where: str) -> int:
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)):
+        raise TypeError(f"{where}: n_bins must be an integer >= 1, got {n_bins!r}")
+    if n_bins < 1:
+        raise ValueError(f"{where}: n_bins must be an integer >= 1, got {n_bins}")
+    return int(n_bins)
 
 
 def _equal_width_bin(probs: np.ndarray, n_bins: int, right: bool = False) -> np.ndarray:
@@ -110,16 +159,28 @@ def calibration_bins(
     -------
     dict of arrays, each shape (n_bins,)
         ``count``, ``mean_prob``, ``mean_outcome``; empty bins have count 0 and NaN means.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Inputs that are not 1-d arrays of one length, probabilities outside [0, 1]
+        (NaN included), outcomes other than 0/1, no predictions, or ``n_bins`` not an
+        integer >= 1; the message names the argument and the first bad index.
     """
-    outcomes, probs = _check(outcomes, probs)
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    return _bins(outcomes, probs, n_bins, strategy, right, "calibration_bins")
+
+
+def _bins(
+    outcomes: ArrayLike, probs: ArrayLike, n_bins: int, strategy: str, right: bool, where: str
+) -> dict[str, np.ndarray]:
+    outcomes, probs = _check(outcomes, probs, where)
+    n_bins = _check_n_bins(n_bins, where)
     if strategy == "uniform":
         index = _equal_width_bin(probs, n_bins, right)
     elif strategy == "quantile":
         index = _quantile_bin(probs, n_bins)
     else:
-        raise ValueError(f"strategy must be 'uniform' or 'quantile', got {strategy!r}")
+        raise ValueError(f"{where}: strategy must be 'uniform' or 'quantile', got {strategy!r}")
     count = np.bincount(index, minlength=n_bins).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_prob = np.bincount(index, probs, minlength=n_bins) / count
@@ -128,9 +189,15 @@ def calibration_bins(
 
 
 def _calibration_error(
-    outcomes: ArrayLike, probs: ArrayLike, n_bins: int, strategy: str, reduce: str, right: bool
+    outcomes: ArrayLike,
+    probs: ArrayLike,
+    n_bins: int,
+    strategy: str,
+    reduce: str,
+    right: bool,
+    where: str,
 ) -> float:
-    bins = calibration_bins(outcomes, probs, n_bins, strategy, right)
+    bins = _bins(outcomes, probs, n_bins, strategy, right, where)
     filled = bins["count"] > 0
     gap = np.abs(bins["mean_prob"][filled] - bins["mean_outcome"][filled])
     if reduce == "max":
@@ -147,7 +214,9 @@ def expected_calibration_error(
     ``outcomes``, ``probs``: arrays of shape (n,). ``right`` picks the bin-edge
     convention (module docstring).
     """
-    return _calibration_error(outcomes, probs, n_bins, "uniform", "mean", right)
+    return _calibration_error(
+        outcomes, probs, n_bins, "uniform", "mean", right, "expected_calibration_error"
+    )
 
 
 def adaptive_calibration_error(outcomes: ArrayLike, probs: ArrayLike, n_bins: int = 10) -> float:
@@ -155,14 +224,18 @@ def adaptive_calibration_error(outcomes: ArrayLike, probs: ArrayLike, n_bins: in
 
     ``outcomes``, ``probs``: arrays of shape (n,).
     """
-    return _calibration_error(outcomes, probs, n_bins, "quantile", "mean", False)
+    return _calibration_error(
+        outcomes, probs, n_bins, "quantile", "mean", False, "adaptive_calibration_error"
+    )
 
 
 def max_calibration_error(
     outcomes: ArrayLike, probs: ArrayLike, n_bins: int = 10, right: bool = False
 ) -> float:
     """MCE: the largest ``|mean q_b - mean y_b|`` over non-empty equal-width bins."""
-    return _calibration_error(outcomes, probs, n_bins, "uniform", "max", right)
+    return _calibration_error(
+        outcomes, probs, n_bins, "uniform", "max", right, "max_calibration_error"
+    )
 
 
 def brier_loss(outcomes: ArrayLike, probs: ArrayLike) -> float:
@@ -171,16 +244,19 @@ def brier_loss(outcomes: ArrayLike, probs: ArrayLike) -> float:
 
     ``outcomes``, ``probs``: arrays of shape (n,).
     """
-    outcomes, probs = _check(outcomes, probs)
+    outcomes, probs = _check(outcomes, probs, "brier_loss")
     return float(np.mean((probs - outcomes) ** 2))
 
 
 def log_loss(outcomes: ArrayLike, probs: ArrayLike, eps: float = 1e-15) -> float:
     """Mean ``-[y log q + (1 - y) log(1 - q)]`` with q clipped to [eps, 1 - eps].
 
-    ``outcomes``, ``probs``: arrays of shape (n,).
+    ``outcomes``, ``probs``: arrays of shape (n,). ``eps`` in (0, 0.5): the clip keeps
+    the loss finite (at most ``-log eps``) when a certain prediction is wrong.
     """
-    outcomes, probs = _check(outcomes, probs)
+    outcomes, probs = _check(outcomes, probs, "log_loss")
+    if not 0 < eps < 0.5:  # False for NaN
+        raise ValueError(f"log_loss: eps must be in (0, 0.5), got {eps!r}")
     q = np.clip(probs, eps, 1 - eps)
     return float(-np.mean(outcomes * np.log(q) + (1 - outcomes) * np.log1p(-q)))
 
@@ -190,7 +266,7 @@ def auroc(outcomes: ArrayLike, probs: ArrayLike) -> float:
 
     ``outcomes``, ``probs``: arrays of shape (n,).
     """
-    outcomes, probs = _check(outcomes, probs)
+    outcomes, probs = _check(outcomes, probs, "auroc")
     n_pos = outcomes.sum()
     n_neg = outcomes.size - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -209,29 +285,35 @@ def auroc(outcomes: ArrayLike, probs: ArrayLike) -> float:
 def accuracy(outcomes: ArrayLike, probs: ArrayLike, threshold: float = 0.5) -> float:
     """Fraction of questions where ``q >= threshold`` agrees with ``y = 1``.
 
-    ``outcomes``, ``probs``: arrays of shape (n,).
+    ``outcomes``, ``probs``: arrays of shape (n,); ``threshold``: a finite number.
     """
-    outcomes, probs = _check(outcomes, probs)
+    outcomes, probs = _check(outcomes, probs, "accuracy")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number)):
+        raise TypeError(f"accuracy: threshold must be a number, got {threshold!r}")
+    if not np.isfinite(threshold):
+        raise ValueError(f"accuracy: threshold must be a finite number, got {threshold!r}")
     return float(np.mean((probs >= threshold) == (outcomes == 1)))
 
 
 def sharpness(probs: ArrayLike) -> float:
-    """Variance of the predictions, shape (n,) (how far from a constant forecast they spread)."""
-    probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+    """Variance of the predictions, shape (n,) (how far from a constant forecast they
+    spread); in [0, 1/4]."""
+    probs = _vector(probs, "probs", "sharpness", "probability")
     return float(np.var(probs))
 
 
-def _check_reference(probs: ArrayLike, p_star: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    probs = np.asarray(probs, dtype=np.float64).reshape(-1)
-    p_star = np.asarray(p_star, dtype=np.float64).reshape(-1)
-    if probs.shape != p_star.shape:
-        raise ValueError(f"probs ({probs.size}) and p_star ({p_star.size}) must match in length")
+def _check_reference(
+    probs: ArrayLike, p_star: ArrayLike, where: str, reference_name: str = "p_star"
+) -> tuple[np.ndarray, np.ndarray]:
+    probs = _vector(probs, "probs", where, "probability")
+    p_star = _vector(p_star, reference_name, where, "probability")
+    _same_length(probs, p_star, f"probs and {reference_name}", where)
     return probs, p_star
 
 
 def mean_absolute_error_to_reference(probs: ArrayLike, p_star: ArrayLike) -> float:
-    """Mean ``|q - p*|``; ``probs``, ``p_star``: arrays of shape (n,)."""
-    probs, p_star = _check_reference(probs, p_star)
+    """Mean ``|q - p*|``; ``probs``, ``p_star``: arrays of shape (n,) of probabilities."""
+    probs, p_star = _check_reference(probs, p_star, "mean_absolute_error_to_reference")
     return float(np.mean(np.abs(probs - p_star)))
 
 
@@ -241,10 +323,12 @@ def ece_to_reference(
     """ECE with the true probability in place of the outcome:
     ``sum_b (n_b / n) |mean q_b - mean p*_b|`` over equal-width bins of q.
 
-    ``probs``, ``p_star``: arrays of shape (n,); ``right``: bin-edge convention.
+    ``probs``, ``p_star``: arrays of shape (n,) of probabilities; ``right``: bin-edge
+    convention.
     """
-    probs, p_star = _check_reference(probs, p_star)
-    index = _equal_width_bin(np.clip(probs, 0, 1), n_bins, right)
+    probs, p_star = _check_reference(probs, p_star, "ece_to_reference")
+    n_bins = _check_n_bins(n_bins, "ece_to_reference")
+    index = _equal_width_bin(probs, n_bins, right)
     count = np.bincount(index, minlength=n_bins).astype(np.float64)
     gap = np.abs(np.bincount(index, probs - p_star, minlength=n_bins))
     return float(gap.sum() / count.sum())
@@ -252,8 +336,8 @@ def ece_to_reference(
 
 def overconfidence(probs: ArrayLike, p_star: ArrayLike) -> float:
     """``mean |q - 1/2| - mean |p* - 1/2|``: > 0 when predictions are more extreme than
-    the truth."""
-    probs, p_star = _check_reference(probs, p_star)
+    the truth. ``probs``, ``p_star``: arrays of shape (n,) of probabilities."""
+    probs, p_star = _check_reference(probs, p_star, "overconfidence")
     return float(np.mean(np.abs(probs - 0.5)) - np.mean(np.abs(p_star - 0.5)))
 
 
@@ -285,31 +369,69 @@ def _bin_options(registry: Registry, name: str, n_bins: int, right: bool) -> dic
     return options
 
 
+def _check_n_boot(n_boot: Any, where: str, minimum: int) -> int:
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)):
+        raise TypeError(f"{where}: n_boot must be an integer >= {minimum}, got {n_boot!r}")
+    if n_boot < minimum:
+        raise ValueError(f"{where}: n_boot must be an integer >= {minimum}, got {n_boot}")
+    return int(n_boot)
+
+
 def bootstrap_ci(
     metric: Callable[..., float],
-    *arrays,
+    *arrays: ArrayLike,
     n_boot: int = 1000,
     level: float = 0.95,
     seed: int = 0,
 ) -> tuple[float, float, float]:
     """Percentile bootstrap: ``(estimate, low, high)`` of ``metric(*arrays)``.
 
-    Questions are resampled with replacement (the same indices for every array).
+    Questions are resampled with replacement, the same indices for every array. The
+    questions lie along the first axis (1-d arrays of shape (n,), or (n, ...)), and
+    every array has the same n >= 1. Replicates where the metric is NaN (e.g. AUROC of
+    a resample with one class) are left out of the quantiles; if all are NaN, ``low``
+    and ``high`` are NaN.
+
+    Raises
+    ------
+    TypeError
+        ``metric`` not callable, ``n_boot`` not an integer.
+    ValueError
+        No arrays, arrays of different lengths or empty, ``n_boot < 1``, ``level``
+        outside (0, 1).
     """
-    arrays = tuple(np.asarray(a).reshape(-1) for a in arrays)
-    n = arrays[0].size
-    if any(a.size != n for a in arrays):
-        raise ValueError("all arrays passed to bootstrap_ci must have the same length")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+    if not callable(metric):
+        raise TypeError(f"bootstrap_ci: metric must be callable, got {metric!r}")
+    n_boot = _check_n_boot(n_boot, "bootstrap_ci", 1)
+    if not 0 < level < 1:  # False for NaN
+        raise ValueError(f"bootstrap_ci: level must be in (0, 1), got {level}")
+    if not arrays:
+        raise ValueError("bootstrap_ci: pass at least one array to resample")
+    arrays = tuple(np.asarray(a) for a in arrays)
+    if any(a.ndim == 0 for a in arrays):
+        raise ValueError(
+            "bootstrap_ci: arrays must hold one entry per question along their first axis, "
+            f"got shapes {[a.shape for a in arrays]}"
+        )
+    n = len(arrays[0])
+    if any(len(a) != n for a in arrays):
+        raise ValueError(
+            "bootstrap_ci: all arrays passed to bootstrap_ci must have the same length, "
+            f"got {[len(a) for a in arrays]}"
+        )
+    if n == 0:
+        raise ValueError("bootstrap_ci: the arrays are empty; need at least one question")
     rng = np.random.default_rng(seed)
     estimate = metric(*arrays)
     draws = np.empty(n_boot)
     for b in range(n_boot):  # loop over replicates; each metric call is vectorised
         index = rng.integers(0, n, n)
         draws[b] = metric(*(a[index] for a in arrays))
+    draws = draws[~np.isnan(draws)]
+    if draws.size == 0:
+        return float(estimate), float("nan"), float("nan")
     tail = (1 - level) / 2
-    low, high = np.nanquantile(draws, [tail, 1 - tail])
+    low, high = np.quantile(draws, [tail, 1 - tail])
     return float(estimate), float(low), float(high)
 
 
@@ -338,7 +460,28 @@ def summarize(
     references : mapping of str to array of shape (n,), optional
         Further reference probabilities (e.g. ``{"empirical": rate}``): adds each
         reference metric as ``<metric>_<key>`` (e.g. ``mae_to_reference_empirical``).
+
+    Raises
+    ------
+    ValueError, TypeError
+        As the metrics (naming ``summarize`` and the argument, e.g.
+        ``references['empirical']``), or ``n_boot`` not an integer >= 0.
     """
+    outcomes, probs = _check(outcomes, probs, "summarize")
+    n_boot = _check_n_boot(n_boot, "summarize", 0)
+    if references is not None and not isinstance(references, Mapping):
+        raise TypeError(
+            f"summarize: references must be a mapping of name to array, got {references!r}"
+        )
+    _check_n_bins(n_bins, "summarize")
+    # reference probabilities by column suffix, each checked against probs
+    named: dict[str, np.ndarray] = {}
+    if p_star is not None:
+        _, named[""] = _check_reference(probs, p_star, "summarize")
+    for key, reference in (references or {}).items():
+        _, named[f"_{key}"] = _check_reference(
+            probs, reference, "summarize", f"references[{key!r}]"
+        )
     result: dict[str, float] = {"sharpness": sharpness(probs)}
     for name, fn in METRICS.items():
         args = (outcomes, probs)
@@ -349,9 +492,6 @@ def summarize(
                 lambda y, q, fn=fn, kw=kwargs: fn(y, q, **kw), *args, n_boot=n_boot, seed=seed
             )
             result[f"{name}_low"], result[f"{name}_high"] = low, high
-    named: dict[str, ArrayLike] = {} if p_star is None else {"": p_star}
-    for key, reference in (references or {}).items():
-        named[f"_{key}"] = reference
     for suffix, reference in named.items():
         for name, fn in REFERENCE_METRICS.items():
             kwargs = _bin_options(REFERENCE_METRICS, name, n_bins, right)

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bioreason.calibration.metrics import calibration_bins, expected_calibration_error
+from bioreason.calibration.metrics import (
+    _check_n_bins,
+    _check_reference,
+    _vector,
+    calibration_bins,
+    expected_calibration_error,
+)
 
 __all__ = ["plot_prediction_histogram", "plot_reference", "plot_reliability_diagram"]
 
@@ -68,10 +74,12 @@ def plot_reliability_diagram(
 def plot_prediction_histogram(
     probs, path: str | Path, n_bins: int = 50, title: str = "", overwrite: bool = True
 ) -> Path:
-    """Histogram of predicted probabilities."""
+    """Histogram of predicted probabilities, ``probs`` an array of shape (n,)."""
+    probs = _vector(probs, "probs", "plot_prediction_histogram", "probability")
+    n_bins = _check_n_bins(n_bins, "plot_prediction_histogram")
     plt = _figure()
     fig, ax = plt.subplots(figsize=(4.5, 3))
-    ax.hist(np.asarray(probs, dtype=float).reshape(-1), bins=n_bins, range=(0, 1))
+    ax.hist(probs, bins=n_bins, range=(0, 1))
     ax.set(xlabel="predicted probability", ylabel="count", title=title)
     return _save(fig, path, overwrite)
 
@@ -86,8 +94,18 @@ def plot_reference(
 ) -> Path:
     """Predicted probability against the true one (one point per category or question).
 
-    ``target``, if given, is a theory-predicted probability per point (drawn as crosses).
+    ``p_star``, ``probs``: arrays of shape (n,) of probabilities. ``target``, if given, is
+    a theory-predicted probability per point, shape (n,) (drawn as crosses; NaN where the
+    theory has no prediction).
     """
+    probs, p_star = _check_reference(probs, p_star, "plot_reference")
+    if target is not None:
+        target = np.asarray(target, dtype=np.float64)
+        if target.shape != p_star.shape:
+            raise ValueError(
+                f"plot_reference: target must have shape {p_star.shape} like p_star, "
+                f"got {target.shape}"
+            )
     plt = _figure()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
