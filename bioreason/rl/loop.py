@@ -7,6 +7,10 @@ drives any object with the small :class:`LoopTrainer` protocol: it resumes from 
 checkpoint, shows a progress bar, appends a log row every ``log_every`` steps, writes a
 CSV log and a checkpoint every ``checkpoint_every`` steps (atomically), and returns
 timing figures.
+
+Checkpoints are read with ``torch.load(..., weights_only=True)`` (tensors and plain
+values only, so a file from elsewhere cannot run code); one that cannot be read that way
+is reported as damaged or from another version, naming the file.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import logging
 import math
+import pickle
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +34,12 @@ from bioreason.rl.losses import POLICY_LOSSES
 from bioreason.rl.rewards import SCORING_RULES
 
 __all__ = ["LoopTrainer", "RLConfig", "run_training_loop", "write_csv_log"]
+
+#: tag of the checkpoints written by :func:`run_training_loop`
+_CHECKPOINT_FORMAT = "bioreason.rl.checkpoint"
+_CHECKPOINT_VERSION = 1
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -135,6 +147,43 @@ def write_csv_log(path: Path, rows: list[dict[str, float]]) -> None:
     atomic_write_text(Path(path), buffer.getvalue())
 
 
+def _read_checkpoint(path: Path) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """The trainer state and log rows of the checkpoint at ``path`` (weights only)."""
+    fresh = "Delete it to start over, or pass another checkpoint_path to start a new run."
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except pickle.UnpicklingError as err:
+        reason = (
+            "it holds Python objects other than tensors and plain values, which are never "
+            "unpickled (that could run code)"
+            if "weights" in str(err).lower()
+            else "its contents are not a torch file"
+        )
+        state = None
+    except Exception:  # noqa: BLE001 - torch raises RuntimeError/EOFError/OSError for damage
+        reason = "it could not be read (truncated, empty, or not a torch file)"
+        state = None
+    if state is None:
+        raise ValueError(
+            f"{path} is damaged or was not written by this version of bioreason: {reason}. {fresh}"
+        )
+    if isinstance(state, dict) and state.get("format") == _CHECKPOINT_FORMAT:
+        if state.get("version") != _CHECKPOINT_VERSION:
+            raise ValueError(
+                f"{path} was written by another version of bioreason (checkpoint version "
+                f"{state.get('version')}, this one reads {_CHECKPOINT_VERSION}). {fresh}"
+            )
+        return state["trainer"], list(state.get("log_rows", []))
+    if isinstance(state, dict) and "step" in state:  # a bare trainer.state_dict()
+        return state, list(state.get("log_rows", []))
+    raise ValueError(
+        f"{path} is damaged or was not written by this version of bioreason (no trainer "
+        f"state in it). {fresh}"
+    )
+
+
 def run_training_loop(
     trainer: LoopTrainer,
     *,
@@ -143,19 +192,26 @@ def run_training_loop(
     extra_log: Callable[[], dict[str, float]] | None = None,
     progress: bool = True,
     description: str | None = None,
+    resume: bool | str = "auto",
 ) -> dict[str, float]:
-    """Run ``trainer.train_step()`` until ``trainer.config.steps``, resuming when a
-    checkpoint exists.
+    """Run ``trainer.train_step()`` until ``trainer.config.steps``, resuming from a
+    checkpoint.
 
     Parameters
     ----------
     trainer : LoopTrainer
-        Its ``state_dict()`` must hold everything a resumed run needs; the loop adds
-        the log rows written so far.
+        Its ``state_dict()`` must hold everything a resumed run needs (and its
+        ``load_state_dict`` refuses a state of another run, naming what differs); the
+        loop adds the log rows written so far.
     checkpoint_path : Path, optional
-        Read at the start when it exists; written every ``checkpoint_every`` steps
+        Read at the start (see ``resume``); written every ``checkpoint_every`` steps
         (rounded down to a multiple of ``updates_per_rollout``, so a checkpoint never
         splits a rollout) and removed by nobody: the caller decides.
+    resume : True, False or "auto", default "auto"
+        ``"auto"``: continue from ``checkpoint_path`` when it exists, else start a new
+        run. ``True``: the checkpoint must exist (a missing one raises, naming the path).
+        ``False``: start a new run; an existing checkpoint raises rather than being
+        overwritten.
     log_path : Path, optional
         CSV log: a row at step 0, every ``log_every`` steps and at the end, with
         ``trainer.diagnostics()`` and ``extra_log()``.
@@ -175,10 +231,47 @@ def run_training_loop(
 
     config = trainer.config
     log_rows: list[dict[str, float]] = []
-    if checkpoint_path is not None and Path(checkpoint_path).exists():
-        state = torch.load(checkpoint_path, weights_only=False)
-        trainer.load_state_dict(state)
-        log_rows = state.get("log_rows", [])
+    if resume not in (True, False, "auto"):
+        raise ValueError(f"resume must be True, False or 'auto', got {resume!r}")
+    if checkpoint_path is None and resume is True:
+        raise ValueError("resume=True needs checkpoint_path= naming the checkpoint file")
+    if checkpoint_path is not None:
+        checkpoint_path = Path(checkpoint_path)
+        if checkpoint_path.is_dir():
+            raise ValueError(
+                f"checkpoint_path {checkpoint_path} is a folder; name the file, e.g. "
+                f"{checkpoint_path / 'checkpoint.pt'}"
+            )
+        exists = checkpoint_path.exists()
+        if resume is True and not exists:
+            where = (
+                f" (nor does its folder {checkpoint_path.parent})"
+                if not checkpoint_path.parent.exists()
+                else ""
+            )
+            raise ValueError(
+                f"resume=True but the checkpoint {checkpoint_path} does not exist{where}; "
+                "check the path, or pass resume='auto' or False to start a new run"
+            )
+        if resume is False and exists:
+            raise ValueError(
+                f"{checkpoint_path} holds the checkpoint of an earlier run, which a new run "
+                "would overwrite; pass resume=True to continue it, or choose another "
+                "checkpoint_path"
+            )
+        if exists:
+            state, log_rows = _read_checkpoint(checkpoint_path)
+            try:
+                trainer.load_state_dict(state)
+            except ValueError as err:
+                raise ValueError(f"{checkpoint_path}: {err}") from None
+            except (KeyError, RuntimeError, TypeError) as err:
+                raise ValueError(
+                    f"{checkpoint_path} is damaged or was not written by this version of "
+                    f"bioreason: its state does not fit the trainer ({type(err).__name__}: "
+                    f"{err}). Delete it to start over, or pass another checkpoint_path."
+                ) from None
+            _logger.info("resumed from %s at step %d", checkpoint_path, trainer.step)
     every = max(config.updates_per_rollout, config.checkpoint_every)
     every -= every % config.updates_per_rollout
 
@@ -207,7 +300,12 @@ def run_training_loop(
         if checkpoint_path is not None and (
             trainer.step % every == 0 and trainer.step < config.steps
         ):
-            state = trainer.state_dict() | {"log_rows": log_rows}
+            state = {
+                "format": _CHECKPOINT_FORMAT,
+                "version": _CHECKPOINT_VERSION,
+                "trainer": trainer.state_dict(),
+                "log_rows": log_rows,
+            }
             with atomic_path(checkpoint_path) as tmp:
                 torch.save(state, tmp)
             if log_path is not None:

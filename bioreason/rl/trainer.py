@@ -12,6 +12,7 @@ checkpoints, CSV log and resume are :func:`bioreason.rl.loop.run_training_loop`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,15 @@ class TabularTrainer:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self._rollout: dict[str, Tensor] | None = None
+        #: what a checkpoint must share with this trainer besides its config
+        self.data_fingerprint = {
+            "n_questions": int(self.categories.numel()),
+            "n_categories": int(policy.n_categories),
+            "n_answers": int(policy.n_answers),
+            "categories": _digest(self.categories),
+            "outcomes": _digest(self.outcomes),
+            "answers": _digest(policy.answers),
+        }
 
     @classmethod
     def from_source(
@@ -205,11 +215,23 @@ class TabularTrainer:
             "value_optimizer": self.value_optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "config": self.config.to_dict(),
+            "data": dict(self.data_fingerprint),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("config") != self.config.to_dict():
-            raise ValueError("checkpoint was written with a different config; start a new run")
+        """Restore a :meth:`state_dict`; one of another config or other questions /
+        outcomes / answer grid raises a ``ValueError`` naming what differs."""
+        config = self.config.to_dict()
+        if state.get("config") != config:
+            raise ValueError(
+                "checkpoint was written with a different config "
+                f"({_differences(state.get('config') or {}, config)}); start a new run"
+            )
+        if "data" in state and state["data"] != self.data_fingerprint:
+            raise ValueError(
+                "checkpoint was written for other questions "
+                f"({_differences(state['data'], self.data_fingerprint)}); start a new run"
+            )
         with torch.no_grad():
             self.policy.logits.copy_(state["logits"])
             self.values.copy_(state["values"])
@@ -239,12 +261,14 @@ class TabularTrainer:
         extra_log: Callable[[TabularPolicy], dict[str, float]] | None = None,
         progress: bool = True,
         description: str | None = None,
+        resume: bool | str = "auto",
     ) -> dict[str, float]:
-        """Run until ``config.steps``, resuming from ``checkpoint_path`` when it exists.
+        """Run until ``config.steps``, resuming from ``checkpoint_path``.
 
         Writes a CSV row every ``log_every`` steps to ``log_path`` and a checkpoint every
-        ``checkpoint_every`` steps (both atomically; see
-        :func:`bioreason.rl.loop.run_training_loop`). ``extra_log(policy)`` adds
+        ``checkpoint_every`` steps (both atomically). ``resume="auto"`` continues from the
+        checkpoint when it exists, ``True`` requires it, ``False`` refuses to overwrite
+        one (see :func:`bioreason.rl.loop.run_training_loop`). ``extra_log(policy)`` adds
         columns to each log row. Returns timing figures.
         """
         return run_training_loop(
@@ -254,4 +278,23 @@ class TabularTrainer:
             extra_log=None if extra_log is None else lambda: extra_log(self.policy),
             progress=progress,
             description=description,
+            resume=resume,
         )
+
+
+def _digest(tensor: Tensor) -> str:
+    """Short SHA-256 of a tensor's dtype, shape and values."""
+    array = tensor.detach().cpu().contiguous().numpy()
+    hasher = hashlib.sha256(f"{array.dtype}{array.shape}".encode())
+    hasher.update(array.tobytes())
+    return hasher.hexdigest()[:16]
+
+
+def _differences(saved: dict[str, Any], current: dict[str, Any]) -> str:
+    """``"name: saved -> current"`` for the keys whose values differ."""
+    keys = list(dict.fromkeys([*saved, *current]))
+    return "; ".join(
+        f"{k}: {saved.get(k, '(absent)')} -> {current.get(k, '(absent)')}"
+        for k in keys
+        if saved.get(k, "(absent)") != current.get(k, "(absent)")
+    )
