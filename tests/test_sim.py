@@ -245,3 +245,43 @@ def test_learned_programs_score_their_marker_genes(screen):
     simulator = GroundTruthSimulator(screen, "direction", readouts=programs, n_cells=30)
     result = simulator.probability(pd.DataFrame({"condition": ["P0"], "readout": ["program1"]}))
     assert 0 <= result["p_star"].iloc[0] <= 1
+
+
+@pytest.fixture(scope="module")
+def fitted_models():
+    from _models_util import tiny_screen
+
+    from bioreason.models import MODELS
+
+    adata = tiny_screen(seed=1)
+    combos = [c for c in adata.obs["perturbation"].unique() if "+" in c]
+    train = adata[adata.obs["perturbation"] != combos[0]].copy()
+    models = {}
+    for name in ("sams_vae", "svae_plus"):
+        cls = MODELS[name]
+        cls.setup_anndata(train)
+        model = cls(train, n_latent=3, n_hidden=16)
+        model.train(max_steps=30, batch_size=64, progress=False, device="cpu")
+        models[name] = model
+    return models, combos[0], str(adata.var_names[0])
+
+
+def test_a_fitted_sams_vae_answers_questions_about_an_unseen_combination(fitted_models):
+    models, unseen, gene = fitted_models
+    simulator = OutcomeSimulator(models["sams_vae"], "screen_hit", threshold=0.2, n_cells=20)
+    part = unseen.split("+")[0]
+    result = simulator.probability(
+        [(unseen, gene), (part, gene)], target_se=0.05, max_draws=64, seed=0
+    )
+    assert list(result.columns[:2]) == ["condition", "readout"]
+    assert result["p_star"].between(0, 1).all() and (result["n_draws"] >= 16).all()
+    assert (result["converged"] == (result["p_star_se"] <= 0.05)).all()
+    outcomes = simulator.sample([(unseen, gene)], n=4, seed=0)
+    assert outcomes.shape == (1, 4)
+
+
+def test_svae_plus_gives_its_clear_error_for_an_unseen_combination(fitted_models):
+    models, unseen, gene = fitted_models
+    simulator = OutcomeSimulator(models["svae_plus"], "direction", n_cells=20)
+    with pytest.raises(ValueError, match="SVAE|combination|categor"):
+        simulator.probability([(unseen, gene)])

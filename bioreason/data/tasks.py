@@ -1,0 +1,431 @@
+"""Task tables: the questions a predictor answers, one row per question (parquet).
+
+Columns (every task, simulated or loaded):
+
+=====================  =============================================================
+``question_id``        unique string id
+``condition``          the perturbation condition (``"A"``, ``"A+B"``)
+``readout``            the gene or program the question is about (``""`` if none)
+``outcome_definition`` the outcome's name and options, as JSON
+``prompt``             the text the predictor reads
+``p_star``             posterior predictive probability from the fitted model (NaN if none)
+``p_star_se``          its Monte Carlo standard error
+``p_star_spread``      spread of the per-draw probabilities (epistemic uncertainty)
+``p_true``             probability under the true generating process (NaN if unknown)
+``reference_probability``  a published probability (the Replogle task's ``hit_prob``)
+``outcome``            one sampled (or observed) 0/1 outcome
+``further_outcomes``   the other sampled outcomes (list), only when ``n_outcomes > 1``
+``split``              ``"train"``, ``"val"`` or ``"test"``
+=====================  =============================================================
+
+:func:`build_task` builds a table from an outcome simulator (:mod:`bioreason.sim`);
+:func:`load_replogle_task` reads the real Replogle K562 task into the same schema.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "REPLOGLE_TEMPLATE",
+    "SPLITS",
+    "TASK_COLUMNS",
+    "build_task",
+    "load_replogle_task",
+    "load_task",
+    "save_task",
+    "split_questions",
+    "task_summary",
+]
+
+TASK_COLUMNS = [
+    "question_id",
+    "condition",
+    "readout",
+    "outcome_definition",
+    "prompt",
+    "p_star",
+    "p_star_se",
+    "p_star_spread",
+    "p_true",
+    "reference_probability",
+    "outcome",
+    "split",
+]
+
+#: fields a prompt template may use
+TEMPLATE_FIELDS = ("question", "condition", "condition_text", "readout", "markers")
+
+DEFAULT_TEMPLATE = (
+    "{question} How likely is this, in percent? Answer with an integer from 1 to 99 inside "
+    "<answer></answer>."
+)
+
+REPLOGLE_TEMPLATE = (
+    "In a CRISPRi Perturb-seq screen of K562 cells, does knocking down {condition} have a "
+    "strong effect on the gene expression program marked by {markers}? How likely is this, "
+    "in percent? Answer with an integer from 1 to 99 inside <answer></answer>."
+)
+
+SPLITS = ("random", "heldout_conditions", "heldout_combinations")
+
+
+def _check_template(template: str) -> None:
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    except ValueError as err:
+        raise ValueError(f"prompt template is not a valid format string: {err}") from None
+    unknown = sorted(names - set(TEMPLATE_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"prompt template uses unknown field(s) {unknown}; available: {list(TEMPLATE_FIELDS)}"
+        )
+
+
+def split_questions(
+    table: pd.DataFrame,
+    split: str = "random",
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    delimiter: str = "+",
+) -> np.ndarray:
+    """``"train"`` / ``"val"`` / ``"test"`` for every row of ``table``.
+
+    ``"random"``: questions at random; ``"heldout_conditions"``: whole conditions;
+    ``"heldout_combinations"``: test questions are those of combinations whose parts are
+    all single conditions of the task (unseen pairs of seen perturbations), validation
+    and training share the other conditions.
+
+    Returns
+    -------
+    ndarray of str, shape (len(table),)
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    for name, value in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
+        if not 0 <= value < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
+    if test_fraction + val_fraction >= 1:
+        raise ValueError("test_fraction + val_fraction must be < 1 (nothing left to train on)")
+    rng = np.random.default_rng(seed)
+    n = len(table)
+    out = np.full(n, "train", dtype=object)
+
+    def assign(units: np.ndarray, unit_of_row: np.ndarray, fractions: dict[str, float]) -> None:
+        order = rng.permutation(len(units))
+        start = 0
+        for name, fraction in fractions.items():
+            count = int(round(fraction * len(units)))
+            chosen = set(units[order[start : start + count]])
+            out[np.isin(unit_of_row, list(chosen))] = name
+            start += count
+
+    conditions = table["condition"].astype(str).to_numpy()
+    if split == "random":
+        assign(np.arange(n), np.arange(n), {"test": test_fraction, "val": val_fraction})
+    elif split == "heldout_conditions":
+        units = np.asarray(list(dict.fromkeys(conditions)), dtype=object)
+        assign(units, conditions, {"test": test_fraction, "val": val_fraction})
+    else:
+        unique = list(dict.fromkeys(conditions))
+        singles = {c for c in unique if delimiter not in c}
+        composable = np.asarray(
+            [c for c in unique if delimiter in c and set(c.split(delimiter)) <= singles],
+            dtype=object,
+        )
+        if composable.size == 0:
+            raise ValueError(
+                "heldout_combinations needs combinations whose parts are also single "
+                "conditions of the task; none found"
+            )
+        count = max(1, int(round(test_fraction * composable.size)))
+        held = composable[rng.permutation(composable.size)[:count]]
+        out[np.isin(conditions, held)] = "test"
+        rest = np.asarray([c for c in unique if c not in set(held)], dtype=object)
+        order = rng.permutation(rest.size)
+        val = rest[order[: int(round(val_fraction * rest.size))]]
+        out[np.isin(conditions, val)] = "val"
+    return out.astype(str)
+
+
+def build_task(
+    simulator: Any,
+    conditions: Sequence[str],
+    readouts: Sequence[str] | None = None,
+    *,
+    template: str = DEFAULT_TEMPLATE,
+    n_outcomes: int = 1,
+    split: str = "random",
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    target_se: float = 0.01,
+    max_draws: int = 2000,
+    threshold_quantile: float = 0.5,
+    truth: Any = None,
+    path: str | Path | None = None,
+    overwrite: bool = False,
+) -> pd.DataFrame:
+    """Questions (every condition x readout) with p*, sampled outcomes and a split.
+
+    Parameters
+    ----------
+    simulator : an :class:`~bioreason.sim.OutcomeSimulator`
+    conditions : condition labels (``"A"``, ``"A+B"``)
+    readouts : gene or program names (None for outcomes without readouts)
+    template : format string with fields from :data:`TEMPLATE_FIELDS`
+    n_outcomes : sampled outcomes per question (the first is ``outcome``)
+    split, test_fraction, val_fraction : see :func:`split_questions`
+    target_se, max_draws : passed to ``simulator.probability``
+    threshold_quantile : when a ``screen_hit`` outcome has ``threshold=None``, each
+        readout's threshold is this quantile of the model's expected |effect| across
+        ``conditions`` (:meth:`~bioreason.sim.OutcomeSimulator.suggest_thresholds`)
+    truth : optional simulator of the true process (e.g. ``GroundTruthSimulator``): fills
+        ``p_true``; it is given the same outcome definition (thresholds included)
+    path : write the table there as parquet (atomically); an existing file is refused
+        unless ``overwrite=True``
+
+    Returns
+    -------
+    DataFrame with :data:`TASK_COLUMNS` (plus ``further_outcomes`` when n_outcomes > 1,
+    and ``p_star_draws``, ``p_star_method``); ``attrs["summary"]`` is :func:`task_summary`.
+    """
+    _check_template(template)
+    if isinstance(n_outcomes, bool) or not isinstance(n_outcomes, (int, np.integer)):
+        raise TypeError(f"n_outcomes must be an integer, got {n_outcomes!r}")
+    if n_outcomes < 1:
+        raise ValueError(f"n_outcomes must be >= 1, got {n_outcomes}")
+    if path is not None and Path(path).exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    conditions = [str(c) for c in dict.fromkeys(conditions)]
+    if not conditions:
+        raise ValueError("no conditions given")
+    uses_readout = simulator.outcome.uses_readout
+    if uses_readout:
+        if not readouts:
+            raise ValueError(f"outcome {simulator.outcome.name!r} needs readouts (genes/programs)")
+        readouts = [str(r) for r in dict.fromkeys(readouts)]
+    else:
+        readouts = [""]
+    outcome = simulator.outcome
+    if outcome.name == "screen_hit" and outcome.needs_thresholds():
+        thresholds = simulator.suggest_thresholds(
+            conditions, readouts, quantile=threshold_quantile, seed=seed
+        )
+        simulator.outcome = outcome.with_thresholds(thresholds)
+    simulator.fix_thresholds(readouts)
+    questions = pd.DataFrame(
+        [(c, r) for c in conditions for r in readouts], columns=["condition", "readout"]
+    )
+    result = simulator.probability(questions, target_se=target_se, max_draws=max_draws, seed=seed)
+    outcomes = simulator.sample(result[["condition", "readout"]], n=n_outcomes, seed=seed + 1)
+    outcomes = np.asarray(outcomes, dtype=np.int8)
+    p_true = np.full(len(result), np.nan)
+    if truth is not None:
+        truth.outcome = simulator.outcome
+        p_true = truth.probability(
+            result[["condition", "readout"]], target_se=target_se, max_draws=max_draws, seed=seed
+        )["p_star"].to_numpy()
+    prompts = []
+    for condition, readout in zip(result["condition"], result["readout"], strict=True):
+        markers = ""
+        if uses_readout:
+            markers = ", ".join(simulator.readouts.get(readout).markers[:15])
+        condition_text = _condition_text(simulator, condition)
+        prompts.append(
+            template.format(
+                question=simulator.describe(condition, readout, condition_text),
+                condition=condition,
+                condition_text=condition_text,
+                readout=readout,
+                markers=markers,
+            )
+        )
+    table = pd.DataFrame(
+        {
+            "question_id": [f"q{i:05d}" for i in range(len(result))],
+            "condition": result["condition"].to_numpy(),
+            "readout": result["readout"].to_numpy(),
+            "outcome_definition": simulator.outcome.to_json(),
+            "prompt": prompts,
+            "p_star": result["p_star"].to_numpy(),
+            "p_star_se": result["p_star_se"].to_numpy(),
+            "p_star_spread": result["p_star_spread"].to_numpy(),
+            "p_true": p_true,
+            "reference_probability": np.nan,
+            "outcome": outcomes[:, 0],
+        }
+    )
+    if n_outcomes > 1:
+        table["further_outcomes"] = [row.tolist() for row in outcomes[:, 1:]]
+    table["split"] = split_questions(table, split, test_fraction, val_fraction, seed)
+    table["p_star_draws"] = result["n_draws"].to_numpy()
+    table["p_star_method"] = result["method"].to_numpy()
+    unconverged = int((~result["converged"]).sum())
+    if unconverged:
+        warnings.warn(
+            f"{unconverged} of {len(result)} questions did not reach p_star_se <= {target_se} "
+            f"within {max_draws} draws (see column p_star_se)",
+            UserWarning,
+            stacklevel=2,
+        )
+    table.attrs["summary"] = task_summary(table)
+    extreme = table.attrs["summary"]["p_star_extreme_fraction"]
+    if extreme > 0.8:
+        warnings.warn(
+            f"p* is within 0.05 of 0 or 1 for {extreme:.0%} of the questions: calibration "
+            "differences between predictors will hardly show; choose other thresholds "
+            "(threshold=None picks them from the model's effects) or replicate sizes",
+            UserWarning,
+            stacklevel=2,
+        )
+    if path is not None:
+        save_task(table, path, overwrite=overwrite)
+    return table
+
+
+def _condition_text(simulator: Any, condition: str) -> str:
+    control = getattr(simulator.model, "control_label", "control")
+    if condition == control:
+        return "no perturbation (control cells)"
+    parts = condition.split("+")
+    if len(parts) == 1:
+        return f"knocking down {condition}"
+    return f"knocking down {', '.join(parts[:-1])} and {parts[-1]} together"
+
+
+def task_summary(table: pd.DataFrame) -> dict[str, Any]:
+    """Questions per split, mean p*, outcome rate, mean SE and the histogram of p*
+    (10 bins over [0, 1]); a plain dict."""
+    _require_columns(table, ["split", "outcome", "p_star", "p_star_se"], "task table")
+    p_star = table["p_star"].to_numpy(dtype=float)
+    known = p_star[np.isfinite(p_star)]
+    histogram = np.histogram(known, bins=10, range=(0, 1))[0].tolist() if known.size else []
+    return {
+        "n_questions": int(len(table)),
+        "questions_per_split": {k: int(v) for k, v in table["split"].value_counts().items()},
+        "outcome_rate": float(table["outcome"].mean()) if len(table) else float("nan"),
+        "mean_p_star": float(known.mean()) if known.size else float("nan"),
+        "mean_p_star_se": float(np.nanmean(table["p_star_se"])) if known.size else float("nan"),
+        "p_star_histogram": histogram,
+        "p_star_extreme_fraction": (
+            float(np.mean((known < 0.05) | (known > 0.95))) if known.size else float("nan")
+        ),
+    }
+
+
+def _require_columns(table: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"{what} lacks column(s) {missing}; it has {list(table.columns)}")
+
+
+def save_task(table: pd.DataFrame, path: str | Path, overwrite: bool = False) -> Path:
+    """Write a task table as parquet, atomically; refuses to replace a file unless
+    ``overwrite=True``. Returns the path."""
+    from bioreason._io import atomic_write
+
+    _require_columns(table, TASK_COLUMNS, "task table")
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    frame = table.copy()
+    frame.attrs = {}
+    metadata = json.dumps(table.attrs.get("summary", {}))
+    atomic_write(
+        path,
+        lambda tmp: frame.assign().to_parquet(tmp, index=False),
+        overwrite=True,
+    )
+    sidecar = path.with_suffix(path.suffix + ".summary.json")
+    atomic_write(sidecar, lambda tmp: tmp.write_text(metadata), overwrite=True)
+    return path
+
+
+def load_task(path: str | Path) -> pd.DataFrame:
+    """Read a task table written by :func:`save_task` (checks the schema).
+
+    Returns
+    -------
+    DataFrame with :data:`TASK_COLUMNS`; ``attrs["summary"]`` recomputed.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"task table {path} does not exist")
+    try:
+        table = pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise ValueError(f"{path} is not a readable parquet task table ({err})") from None
+    _require_columns(table, TASK_COLUMNS, f"task table {path}")
+    table.attrs["summary"] = task_summary(table)
+    return table
+
+
+def load_replogle_task(folder: str | Path, template: str = REPLOGLE_TEMPLATE) -> pd.DataFrame:
+    """The Replogle K562 essential-gene task (train/val/test parquet files) in the task
+    schema: ``condition`` = the knocked-down gene, ``readout`` = ``program<pheno>``,
+    ``outcome`` = ``hit``, ``reference_probability`` = the published ``hit_prob``,
+    ``p_star`` empty (NaN), the given splits; prompts from ``template`` over the gene
+    (``{condition}``) and the program's markers (``{markers}``).
+
+    Returns
+    -------
+    DataFrame with :data:`TASK_COLUMNS` plus ``markers``.
+    """
+    _check_template(template)
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Replogle task folder {folder} does not exist")
+    files = {split: folder / f"{split}.pq" for split in ("train", "val", "test")}
+    for file in files.values():
+        if not file.exists():
+            raise FileNotFoundError(
+                f"{file} is missing: the Replogle task folder needs train.pq, val.pq and test.pq"
+            )
+    frames = []
+    for split, file in files.items():
+        frame = pd.read_parquet(file)
+        _require_columns(frame, ["pert", "pheno", "pheno_markers", "hit", "hit_prob"], str(file))
+        frames.append(frame.assign(split=split))
+    raw = pd.concat(frames, ignore_index=True)
+    condition = raw["pert"].astype(str).to_numpy()
+    readout = np.asarray([f"program{int(p)}" for p in raw["pheno"]], dtype=object)
+    markers = raw["pheno_markers"].astype(str).to_numpy()
+    prompts = [
+        template.format(
+            question="",
+            condition=c,
+            condition_text=f"knocking down {c}",
+            readout=r,
+            markers=m,
+        )
+        for c, r, m in zip(condition, readout, markers, strict=True)
+    ]
+    definition = json.dumps({"name": "replogle_hit", "source": "Replogle et al. 2022, cNMF"})
+    return pd.DataFrame(
+        {
+            "question_id": [f"replogle{i:05d}" for i in range(len(raw))],
+            "condition": condition,
+            "readout": readout,
+            "outcome_definition": definition,
+            "prompt": prompts,
+            "p_star": np.nan,
+            "p_star_se": np.nan,
+            "p_star_spread": np.nan,
+            "p_true": np.nan,
+            "reference_probability": raw["hit_prob"].to_numpy(dtype=float),
+            "outcome": raw["hit"].astype(np.int8).to_numpy(),
+            "split": raw["split"].to_numpy(),
+            "markers": markers,
+        }
+    )
