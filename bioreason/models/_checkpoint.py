@@ -29,14 +29,12 @@ def safe_torch_load(path: str | Path, remedy: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (FileNotFoundError, PermissionError, IsADirectoryError):
         raise  # these name the file and mean what they say
-    except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower() or "weights_only" in str(err):
-            reason = (
-                "it holds Python objects other than tensors and plain values, which are "
-                "never unpickled (that could run code)"
-            )
-        else:
-            reason = "its contents are not a torch file"
+    except pickle.UnpicklingError:
+        # torch reports bytes that are not a pickle and a pickle of arbitrary objects alike
+        reason = (
+            "it is not a torch file of tensors and plain values (damaged bytes, or Python "
+            "objects, which are never unpickled because that could run code)"
+        )
     except Exception:  # noqa: BLE001 - torch raises RuntimeError/EOFError/OSError for damage
         reason = "it could not be read (truncated, empty, or not a torch file)"
     raise ValueError(

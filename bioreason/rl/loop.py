@@ -154,12 +154,11 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, Any], list[dict[str, float]]
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (FileNotFoundError, PermissionError, IsADirectoryError):
         raise
-    except pickle.UnpicklingError as err:
+    except pickle.UnpicklingError:
+        # torch reports bytes that are not a pickle and a pickle of arbitrary objects alike
         reason = (
-            "it holds Python objects other than tensors and plain values, which are never "
-            "unpickled (that could run code)"
-            if "weights" in str(err).lower()
-            else "its contents are not a torch file"
+            "it is not a torch file of tensors and plain values (damaged bytes, or Python "
+            "objects, which are never unpickled because that could run code)"
         )
         state = None
     except Exception:  # noqa: BLE001 - torch raises RuntimeError/EOFError/OSError for damage
