@@ -112,11 +112,8 @@ class Config:
 
     @classmethod
     def from_yaml(cls: type[C], path: str | Path) -> C:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        with path.open() as handle:
-            values = yaml.safe_load(handle) or {}
+        values = read_yaml(path, what="config file")
+        values = {} if values is None else values
         return cls.from_dict(values, where=f"{cls.__name__} ({path})")
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,6 +123,48 @@ class Config:
         from bioreason._io import atomic_write_text
 
         atomic_write_text(Path(path), yaml.safe_dump(_plain(self.to_dict()), sort_keys=False))
+
+
+def read_yaml(path: str | Path, *, what: str = "YAML file") -> Any:
+    """Parse a YAML file; every error names the file (and the line of a syntax error).
+
+    Raises
+    ------
+    FileNotFoundError, IsADirectoryError, PermissionError
+        The file cannot be opened.
+    ValueError
+        It is not UTF-8 text or not valid YAML (with the line and column).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a folder; give the path of a YAML file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except PermissionError:
+        raise PermissionError(f"{what} {path} is not readable (permission denied)") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{what} {path} is not UTF-8 text (byte {err.start}); is it a YAML file?"
+        ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        problem = getattr(err, "problem", None) or _first_line(err)
+        context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+        opened = (
+            f" ({context} that starts at line {start.line + 1}, column {start.column + 1})"
+            if context and start
+            else ""
+        )
+        raise ValueError(f"{what} {path} is not valid YAML: {problem} at {where}{opened}") from None
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def _plain(value: Any) -> Any:

@@ -43,20 +43,21 @@ def test_simulate_writes_h5ad_and_refuses_to_overwrite(tmp_path, capsys):
     adata = ad.read_h5ad(out)
     assert adata.shape == (5 * 7, 30)
     before = out.stat().st_mtime_ns
-    with pytest.raises(SystemExit, match="already exists; pass --overwrite"):
-        main(args)
+    capsys.readouterr()
+    assert main(args) == 1  # a failure (1), not a usage error (2)
+    assert "already exists; choose another --out or pass --force" in capsys.readouterr().err
     assert out.stat().st_mtime_ns == before
     assert main([*args, "--overwrite"]) == 0
     assert main(["inspect", str(out)]) == 0
     assert "35 cells x 30 genes" in capsys.readouterr().out
-    assert main(["inspect", str(out), "--control", "ctrl"]) == 2
+    assert main(["inspect", str(out), "--control", "ctrl"]) == 1
     assert "no control cells" in capsys.readouterr().err
 
 
 def test_simulate_config_yaml_with_bad_field(tmp_path, capsys):
     config = tmp_path / "screen.yaml"
     config.write_text("n_genes: 30\nn_cels: 4\n")
-    assert main(["simulate", "--out", str(tmp_path / "x.h5ad"), "--config", str(config)]) == 2
+    assert main(["simulate", "--out", str(tmp_path / "x.h5ad"), "--config", str(config)]) == 1
     assert "unknown field(s) ['n_cels']" in capsys.readouterr().err
 
 

@@ -9,6 +9,10 @@ skipped on re-run):
    its predicted treatment effects of the unseen combinations match the data.
 3. ``calibration``: a shortened synthetic calibration experiment (GRPO against RLOO):
    GRPO's std normalization makes its predictions overconfident.
+
+A file or folder the demo would write is replaced only when a stage's manifest records
+that the demo wrote it and it is unchanged since (or with ``force=True``, ``--force``);
+every stage's outputs are checked before any work starts.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bioreason._io import atomic_write, manifest_matches, write_manifest
+from bioreason._io import atomic_write, check_replaceable, manifest_matches, write_manifest
 
 DEMO_SCREEN = {
     "n_cells_per_condition": 100,
@@ -36,7 +40,7 @@ DEMO_CALIBRATION = {
 }
 
 
-def _screen_stage(out: Path, seed: int):
+def _screen_stage(out: Path, seed: int, force: bool = False):
     import anndata as ad
 
     from bioreason.data import ScreenConfig, simulate_screen
@@ -47,15 +51,17 @@ def _screen_stage(out: Path, seed: int):
     if path.exists() and manifest_matches(stage, config=config.to_dict(), seed=seed):
         print(f"[screen] up to date: {path}")
         return ad.read_h5ad(path), path
+    check_replaceable(path, force=force)
     start = time.perf_counter()
     adata = simulate_screen(config)
+    write_manifest(stage, config=config.to_dict(), seed=seed, outputs=[path], complete=False)
     atomic_write(path, lambda tmp: adata.write_h5ad(tmp))
-    write_manifest(stage, config=config.to_dict(), seed=seed)
+    write_manifest(stage, config=config.to_dict(), seed=seed, outputs=[path])
     print(f"[screen] simulated in {time.perf_counter() - start:.1f} s -> {path}")
     return adata, path
 
 
-def _vae_stage(out: Path, adata, screen_path: Path, split, seed: int) -> None:
+def _vae_stage(out: Path, adata, screen_path: Path, split, seed: int, force: bool = False) -> None:
     from bioreason.data.expression import ate_agreement, average_treatment_effect
     from bioreason.models import SAMSVAE
 
@@ -70,7 +76,11 @@ def _vae_stage(out: Path, adata, screen_path: Path, split, seed: int) -> None:
         print(f"[vae] up to date: {model_dir}")
         model = SAMSVAE.load(model_dir, adata=train_adata)
     else:
+        check_replaceable(model_dir, force=force)
         model = SAMSVAE(train_adata, guide="correlated", seed=seed, **DEMO_VAE)
+        write_manifest(
+            stage, config=config, seed=seed, inputs=inputs, outputs=[model_dir], complete=False
+        )
         n_train = split.train.size
         start = time.perf_counter()
         model.train(
@@ -86,7 +96,7 @@ def _vae_stage(out: Path, adata, screen_path: Path, split, seed: int) -> None:
         seconds = time.perf_counter() - start
         print(f"[vae] SAMS-VAE trained for {DEMO_VAE_STEPS} steps in {seconds:.0f} s")
         model.save(model_dir, overwrite=True)
-        write_manifest(stage, config=config, seed=seed, inputs=inputs)
+        write_manifest(stage, config=config, seed=seed, inputs=inputs, outputs=[model_dir])
     heldout = list(split.heldout_conditions)
     iwelbo = model.iwelbo(test_adata, n_particles=20)
     cells = np.concatenate([np.flatnonzero(adata.obs["perturbation"] == "control"), split.test])
@@ -102,7 +112,7 @@ def _vae_stage(out: Path, adata, screen_path: Path, split, seed: int) -> None:
     )
 
 
-def _calibration_stage(out: Path, seed: int) -> None:
+def _calibration_stage(out: Path, seed: int, force: bool = False) -> None:
     from bioreason.pipelines.synthetic_calibration import (
         SyntheticCalibrationConfig,
         run_synthetic_calibration,
@@ -112,18 +122,44 @@ def _calibration_stage(out: Path, seed: int) -> None:
     values["rl"] = {**DEMO_CALIBRATION["rl"], "seed": seed}
     config = SyntheticCalibrationConfig.from_dict(values)
     start = time.perf_counter()
-    run_synthetic_calibration(out / "calibration", config, progress=False)
+    run_synthetic_calibration(out / "calibration", config, overwrite=force, progress=False)
     print(
         f"[calibration] {config.n_questions} questions, {config.rl.steps} steps per method "
         f"({time.perf_counter() - start:.0f} s); metrics in {out / 'calibration' / 'metrics.csv'}"
     )
 
 
-def run_demo(out: Path, seed: int = 0) -> None:
-    """Run every demo stage into the run folder ``out``."""
+def _check_outputs(out: Path, force: bool) -> None:
+    """Refuse, before any work, a run folder holding files the demo did not write."""
+    from bioreason.pipelines.synthetic_calibration import _check_output_folder
+
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} is a file; the demo writes a folder, choose another --out")
+    # a stage with a manifest is checked when it runs (it may be up to date)
+    for stage, output in (("screen", "screen.h5ad"), ("vae", "model")):
+        if not (out / stage / "manifest.json").exists():
+            check_replaceable(out / stage / output, force=force)
+    _check_output_folder(out / "calibration")  # its own marker; --force does not bypass it
+
+
+def run_demo(out: Path, seed: int = 0, force: bool = False) -> None:
+    """Run every demo stage into the run folder ``out``.
+
+    Parameters
+    ----------
+    out : Path
+        The run folder; created when missing.
+    seed : int, default 0
+        Seeds the screen, the split, the VAE and the calibration runs.
+    force : bool, default False
+        Replace files in ``out`` that the demo did not write (or that changed since).
+        Without it such a file stops the demo with a ``FileExistsError`` naming it.
+    """
     from bioreason.data import MinibatchLoader, PerturbationData, split_heldout_combinations
 
-    adata, screen_path = _screen_stage(out, seed)
+    out = Path(out)
+    _check_outputs(out, force)
+    adata, screen_path = _screen_stage(out, seed, force)
     data = PerturbationData.from_anndata(adata)
     print(data.summary())
     split = split_heldout_combinations(data, fraction=0.25, seed=seed)
@@ -138,5 +174,5 @@ def run_demo(out: Path, seed: int = 0) -> None:
     print(
         f"minibatch loader: {n_cells} training cells in {len(loader)} batches ({rate:,.0f} cells/s)"
     )
-    _vae_stage(out, adata, screen_path, split, seed)
-    _calibration_stage(out, seed)
+    _vae_stage(out, adata, screen_path, split, seed, force)
+    _calibration_stage(out, seed, force)

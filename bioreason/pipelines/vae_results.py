@@ -456,13 +456,49 @@ def run_vae_results(config: VAEResultsConfig, progress: bool = False) -> dict[st
     return result
 
 
-def save_result(result: dict[str, Any], directory: Path, name: str) -> Path:
-    """Write ``result`` to ``directory/name.json`` (atomically); returns the path."""
-    from bioreason._io import atomic_write_text
+def _result_manifest(directory: Path, name: str) -> Path:
+    return Path(directory) / f"{name}.manifest.json"
 
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}.json"
-    atomic_write_text(path, json.dumps(result, indent=1))
+
+def check_result_path(directory: Path, name: str, overwrite: bool = False) -> Path:
+    """The path :func:`save_result` would write, after checking it may be written.
+
+    Call it before a long run: it raises ``FileExistsError`` when ``directory/name.json``
+    exists and was not written by :func:`save_result` (no ``name.manifest.json`` records
+    it with its current hash), unless ``overwrite``.
+    """
+    from bioreason._io import check_replaceable
+
+    path = Path(directory) / f"{name}.json"
+    check_replaceable(path, manifest=_result_manifest(directory, name), force=overwrite)
+    return path
+
+
+def save_result(
+    result: dict[str, Any], directory: Path, name: str, *, overwrite: bool = False
+) -> Path:
+    """Write ``result`` to ``directory/name.json`` (atomically); returns the path.
+
+    A result that :func:`save_result` wrote before is replaced (``name.manifest.json``
+    beside it records its hash); any other existing file raises ``FileExistsError``
+    unless ``overwrite=True``. Nothing is lost then: the new result is written to
+    ``name.json.new`` and the error names both files.
+    """
+    from bioreason._io import atomic_write_text, write_manifest
+
+    directory = Path(directory)
+    text = json.dumps(result, indent=1)
+    try:
+        path = check_result_path(directory, name, overwrite)
+    except FileExistsError as err:
+        kept = directory / f"{name}.json.new"
+        atomic_write_text(kept, text)
+        raise FileExistsError(f"{err}; the new result was written to {kept}") from None
+    manifest = {"config": {"name": name}, "seed": result.get("seed"), "outputs": [path]}
+    manifest_name = _result_manifest(directory, name).name
+    write_manifest(directory, **manifest, complete=False, name=manifest_name)
+    atomic_write_text(path, text)
+    write_manifest(directory, **manifest, name=manifest_name)
     return path
 
 
@@ -472,7 +508,8 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 def write_results_table(directory: Path) -> str:
     """Markdown tables (one per data set and split) of every result in ``directory``."""
-    rows = [json.loads(p.read_text()) for p in sorted(Path(directory).glob("*.json"))]
+    paths = sorted(Path(directory).glob("*.json"))
+    rows = [json.loads(p.read_text()) for p in paths if not p.name.endswith(".manifest.json")]
     lines: list[str] = []
     groups: dict[tuple, list] = {}
     for r in rows:
