@@ -39,8 +39,10 @@ def test_resolve_overrides_and_names_unknown_fields():
     assert PerturbationSetup.resolve({"layer": None}).layer is None
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['perturbaton_key'\]"):
         PerturbationSetup.resolve(perturbaton_key="guide")
-    with pytest.raises(TypeError, match=r"control must be str \| list"):
-        PerturbationSetup.resolve(control=3)
+    # an integer control label is compared as text (an integer obs column)
+    assert PerturbationSetup.resolve(control=3).control == "3"
+    with pytest.raises(TypeError, match=r"control must be str \| int \| list"):
+        PerturbationSetup.resolve(control=3.5)
     with pytest.raises(ValueError, match="delimiter must be a non-empty string"):
         PerturbationSetup(delimiter="")
     with pytest.raises(TypeError, match="pass single fields by keyword"):

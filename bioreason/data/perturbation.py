@@ -13,7 +13,13 @@ import scipy.sparse as sp
 from bioreason.data._matrix import is_backed_matrix, read_rows, to_csr_float32
 from bioreason.data.labels import parse_perturbation_labels
 from bioreason.data.setup import PerturbationSetup
-from bioreason.data.validation import get_layer, validate_counts
+from bioreason.data.validation import (
+    check_anndata,
+    check_no_empty_cells,
+    get_layer,
+    validate_counts,
+    warn_mixed_experiments,
+)
 
 
 @dataclass
@@ -80,12 +86,39 @@ class PerturbationData:
             Fields of :class:`~bioreason.data.PerturbationSetup` that override those of
             ``setup``: ``perturbation_key``, ``control``, ``layer`` (``None`` = ``X``),
             ``delimiter``, ``dosage_key``. An unknown name raises a ``ValueError``.
+
+        Raises
+        ------
+        TypeError
+            When ``adata`` is not an AnnData.
+        ValueError
+            For no cells or no genes; a missing column or layer; bad labels or doses
+            (see :func:`~bioreason.data.parse_perturbation_labels`); no control cells
+            (with ``require_control``); no perturbed cells (unless
+            ``perturbation_names`` is given); counts that are not non-negative integers;
+            cells whose counts are all zero (drop them first, e.g. with
+            :func:`~bioreason.data.prepare` and ``drop_empty_cells=True``).
+
+        Warns
+        -----
+        UserWarning
+            When an obs column that names the experiment (``dataset``, ``cell_type``,
+            ``cell_line``, ``perturbation_type``) holds several values: the file may mix
+            experiments whose labels would be merged.
         """
+        check_anndata(adata, "PerturbationData.from_anndata")
         setup = PerturbationSetup.resolve(
             setup, where="PerturbationData.from_anndata", **setup_fields
         )
         perturbation_key, control = setup.perturbation_key, setup.control
         delimiter, layer, dosage_key = setup.delimiter, setup.layer, setup.dosage_key
+        if adata.n_obs == 0:
+            raise ValueError("adata has no cells (0 rows); subset it to the cells of a screen")
+        if adata.n_vars == 0:
+            raise ValueError(
+                "adata has no genes (0 columns); keep the genes when subsetting "
+                "(adata[cells, :]) or read a file with expression"
+            )
         if perturbation_key not in adata.obs.columns:
             raise ValueError(
                 f"perturbation column {perturbation_key!r} not found in adata.obs; "
@@ -99,6 +132,7 @@ class PerturbationData:
                     f"columns are {list(adata.obs.columns)}"
                 )
             dosages = adata.obs[dosage_key].to_numpy()
+        warn_mixed_experiments(adata)
         parsed = parse_perturbation_labels(
             adata.obs[perturbation_key].to_numpy(),
             control=control,
@@ -106,12 +140,22 @@ class PerturbationData:
             dosages=dosages,
             perturbation_names=perturbation_names,
             key=perturbation_key,
+            dosage_key=dosage_key,
+            cell_names=adata.obs_names,
         )
         if require_control and not parsed.is_control.any():
             top = adata.obs[perturbation_key].astype(str).value_counts().index[:5].tolist()
             raise ValueError(
                 f"no control cells: no label in obs[{perturbation_key!r}] equals {control!r}. "
                 f"Most common labels: {top}. Pass control= with your control label(s)."
+            )
+        if perturbation_names is None and not parsed.perturbation_names:
+            raise ValueError(
+                f"no perturbed cells: every label in obs[{perturbation_key!r}] is a control "
+                f"label ({sorted(set(adata.obs[perturbation_key].astype(str)))[:5]}), so there "
+                "is no perturbation to learn. Check control= (it lists the control labels "
+                "only), or pass perturbation_names= to read control cells for a model that "
+                "knows its perturbations."
             )
         matrix = get_layer(adata, layer)
         cell_names = pd.Index(adata.obs_names)
@@ -125,6 +169,7 @@ class PerturbationData:
         counts = matrix if is_backed_matrix(matrix) else to_csr_float32(matrix, adata.n_obs)
         if library_size is None:
             library_size = _row_sums(counts, adata.n_obs)
+        check_no_empty_cells(library_size, cell_names, layer)
         return cls(
             counts=counts,
             dosage=parsed.dosage,

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from bioreason.config import Config
+from bioreason.data.labels import as_controls
 
 #: ``adata.uns`` key under which :meth:`PerturbationSetup.write` stores the setup
 SETUP_KEY = "_bioreason_setup"
@@ -32,7 +33,8 @@ class PerturbationSetup(Config):
         ``A`` or a combination ``A+B``.
     control : str or list of str, default ``"control"``
         Label(s) of control cells, e.g. ``["control", "non-targeting"]``. ``""`` is a
-        valid label (unlabelled cells).
+        valid label (unlabelled cells). Labels are compared as text: an integer (``0``)
+        is stored as its text (``"0"``) and matches an integer column's ``0``.
     layer : str or None, default ``"counts"``
         ``adata.layers`` key of the raw counts; ``None`` reads ``adata.X``.
     delimiter : str, default ``"+"``
@@ -49,7 +51,7 @@ class PerturbationSetup(Config):
     """
 
     perturbation_key: str = "perturbation"
-    control: str | list[str] = "control"
+    control: str | int | list[str | int] = "control"
     layer: str | None = "counts"
     delimiter: str = "+"
     dosage_key: str | None = None
@@ -60,13 +62,9 @@ class PerturbationSetup(Config):
                 "perturbation_key must be a non-empty obs column name, "
                 f"got {self.perturbation_key!r}"
             )
-        if not isinstance(self.control, str):
-            controls = list(self.control)
-            if not controls or not all(isinstance(c, str) for c in controls):
-                raise ValueError(
-                    f"control must be a label or a non-empty list of labels, got {self.control!r}"
-                )
-            self.control = controls
+        controls = as_controls(self.control)  # TypeError/ValueError naming control
+        is_one = isinstance(self.control, (str, int, np.integer))
+        self.control = controls[0] if is_one else list(controls)
         if not isinstance(self.delimiter, str) or not self.delimiter:
             raise ValueError(f"delimiter must be a non-empty string, got {self.delimiter!r}")
         if self.layer is not None and (not isinstance(self.layer, str) or not self.layer):

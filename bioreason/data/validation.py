@@ -2,16 +2,103 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from bioreason.data._matrix import DEFAULT_CHUNK_ROWS, iter_row_chunks
+
+#: obs columns that name the experiment a cell comes from; several values in one of
+#: them suggest a file that mixes experiments (e.g. the PerturBench devel file)
+EXPERIMENT_COLUMNS = ("dataset", "cell_type", "cell_line", "perturbation_type")
+
+#: how many offending cells an error message lists by name
+N_NAMED = 5
 
 
 def layer_label(layer: str | None) -> str:
     return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+
+
+def check_anndata(adata: Any, where: str) -> None:
+    """Raise a ``TypeError`` unless ``adata`` is an AnnData (in memory or backed)."""
+    import anndata as ad
+
+    if not isinstance(adata, ad.AnnData):
+        hint = (
+            "; read the file first with anndata.read_h5ad(path)"
+            if isinstance(adata, (str, bytes)) or hasattr(adata, "__fspath__")
+            else ""
+        )
+        raise TypeError(f"{where}: adata must be an AnnData, got {type(adata).__name__}{hint}")
+
+
+def named_cells(cell_names: Sequence[Any], rows: np.ndarray, n: int = N_NAMED) -> str:
+    """``'c1', 'c7', ...`` for the first ``n`` of ``rows``."""
+    names = ", ".join(repr(str(cell_names[int(row)])) for row in rows[:n])
+    return names + (", ..." if len(rows) > n else "")
+
+
+def check_no_empty_cells(
+    library_size: np.ndarray, cell_names: Sequence[Any], layer: str | None
+) -> None:
+    """Raise a ``ValueError`` when a cell's total count is 0 (or not a positive number).
+
+    A cell without counts has no library size; a model fit to it diverges, so it is
+    refused here, where the message can say which cells and what to do.
+    """
+    library_size = np.asarray(library_size)
+    where = layer_label(layer)
+    invalid = np.flatnonzero(~np.isfinite(library_size) | (library_size < 0))
+    if invalid.size:
+        raise ValueError(
+            f"{invalid.size} of {library_size.size} cells have a total count in {where} that "
+            f"is negative or not finite ({named_cells(cell_names, invalid)}); parse with "
+            "validate=True to find the offending entries"
+        )
+    empty = np.flatnonzero(library_size == 0)
+    if empty.size:
+        matrix = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        raise ValueError(
+            f"{empty.size} of {library_size.size} cells have no counts in {where} "
+            f"({named_cells(cell_names, empty)}): a cell without counts has no library size "
+            "and a model cannot be fit to it. Remove them first, e.g. "
+            f"adata = adata[np.asarray({matrix}.sum(axis=1)).ravel() > 0].copy(), or call "
+            "bioreason.data.prepare(adata, ..., drop_empty_cells=True), which drops them "
+            "with a warning."
+        )
+
+
+def warn_mixed_experiments(adata: Any, stacklevel: int = 3) -> None:
+    """Warn when an obs column of :data:`EXPERIMENT_COLUMNS` holds several values.
+
+    Cells of different experiments that share perturbation labels (CRISPRa and CRISPRi
+    of the same gene) would be merged into one condition.
+    """
+    mixed = []
+    for column in EXPERIMENT_COLUMNS:
+        if column in adata.obs.columns:
+            values = sorted(map(str, pd.unique(adata.obs[column].dropna())))
+            if len(values) > 1:
+                mixed.append((column, values))
+    if not mixed:
+        return
+    described = "; ".join(
+        f"obs[{column!r}] holds {len(values)} values {values[:10]}"
+        + (" ..." if len(values) > 10 else "")
+        for column, values in mixed
+    )
+    column, values = mixed[0]
+    warnings.warn(
+        f"{described}. The cells may come from different experiments, and cells with the "
+        "same perturbation label are merged into one condition across them. To use one "
+        f"experiment, subset first: adata = adata[adata.obs[{column!r}] == {values[0]!r}].copy()",
+        UserWarning,
+        stacklevel=stacklevel,
+    )
 
 
 def get_layer(adata: Any, layer: str | None) -> Any:
@@ -50,9 +137,26 @@ def validate_counts(
     Raises
     ------
     ValueError
-        For NaN/inf, negative or non-integer values, naming the layer, cell and gene.
+        For NaN/inf, negative or non-integer values, naming the layer, cell and gene;
+        for names that do not match the matrix's shape.
     """
     n_cells = len(cell_names)
+    shape = tuple(getattr(matrix, "shape", ()))
+    if len(shape) != 2:
+        raise ValueError(f"{layer_label(layer)} must be a 2-D matrix, got shape {shape}")
+    if shape[0] != n_cells:
+        raise ValueError(
+            f"{layer_label(layer)} has {shape[0]} rows but {n_cells} cell names were given"
+        )
+    if shape[1] != len(gene_names):
+        raise ValueError(
+            f"{layer_label(layer)} has {shape[1]} columns but {len(gene_names)} gene names "
+            "were given"
+        )
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)):
+        raise TypeError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+    if chunk_rows <= 0:
+        raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows}")
     library_size = np.zeros(n_cells, dtype=np.float32)
     checks = (
         (lambda v: ~np.isfinite(v), "a non-finite value (NaN or inf)"),
