@@ -31,19 +31,34 @@ def test_round_trip_recovers_exact_counts(small_screen):
 
 def test_cell_without_single_counts_is_rescaled(small_screen):
     counts = small_screen.layers["counts"].toarray()
-    # Cell 0 gets only even counts: its smallest positive value is 2, not 1.
-    counts[0] *= 2
+    # Cell 0 has no gene at one count: its smallest positive value is 2 counts.
+    counts[0][counts[0] == 1] = 2
+    assert (counts[0] % 2 == 1).any()  # its odd counts show that the smallest is not one
     adata = small_screen.copy()
     adata.layers["counts"] = sp.csr_matrix(counts)
     normalized = normalized_copy(adata)
     recovered, report = recover_counts(normalized)
     np.testing.assert_array_equal(recovered.layers["counts"].toarray(), counts)
-    assert report.n_cells_rescaled == 1
-    # Without the library sizes the 2-count cell would come back halved.
+    assert report.n_cells_rescaled == 1 and report.n_cells_library_mismatch == 0
+    # Without the library sizes the cell's values come back as halves.
     del normalized.obs["ncounts"]
     with pytest.warns(UserWarning, match="obs\\['ncounts'\\] not found"):
-        halved, _ = recover_counts(normalized)
+        with pytest.raises(ValueError, match="farther than 0.05 from integers"):
+            recover_counts(normalized)
+
+
+def test_cell_with_only_even_counts_cannot_be_told_from_a_wrong_library(small_screen):
+    counts = small_screen.layers["counts"].toarray()
+    counts[0] *= 2  # every count even: the library column alone says "smallest = 2"
+    adata = small_screen.copy()
+    adata.layers["counts"] = sp.csr_matrix(counts)
+    normalized = normalized_copy(adata)
+    with pytest.raises(ValueError, match="'cell0000000': ncounts .* 2 times .* whole counts"):
+        recover_counts(normalized)
+    with pytest.warns(UserWarning, match="1 of 1860 cells"):
+        halved, report = recover_counts(normalized, on_failure="warn")
     np.testing.assert_array_equal(halved.layers["counts"].toarray()[0], counts[0] / 2)
+    assert report.n_cells_library_mismatch == 1 and report.n_cells_rescaled == 0
 
 
 def test_non_normalized_data_fails_or_warns(small_screen):

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from bioreason.config import Config
@@ -69,8 +70,18 @@ class DatasetEntry(Config):
 
 def dataset_registry(path: str | Path = REGISTRY_PATH) -> dict[str, DatasetEntry]:
     """All entries of the registry file."""
-    with Path(path).open() as handle:
-        raw = yaml.safe_load(handle) or {}
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset registry {path} not found (or not a file)")
+    try:
+        with path.open() as handle:
+            raw = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"dataset registry {path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(
+            f"dataset registry {path} must map dataset names to entries, got {type(raw).__name__}"
+        )
     return {name: DatasetEntry.from_dict(v, where=f"{path}:{name}") for name, v in raw.items()}
 
 
@@ -97,9 +108,28 @@ def load_dataset(name: str, *, registry: str | Path = REGISTRY_PATH, backed: boo
     adata = ad.read_h5ad(path, backed="r" if backed and not entry.recover_counts else None)
     for column, value in entry.obs_filter.items():
         if column not in adata.obs.columns:
-            raise ValueError(f"dataset {name!r}: obs_filter column {column!r} not in obs")
-        adata = adata[adata.obs[column] == value]
+            raise ValueError(
+                f"dataset {name!r}: obs_filter column {column!r} not in obs; columns are "
+                f"{list(adata.obs.columns)}"
+            )
+        kept = adata[adata.obs[column] == value]
+        if kept.n_obs == 0:
+            present = sorted(map(str, pd.unique(adata.obs[column].dropna())))[:10]
+            raise ValueError(
+                f"dataset {name!r}: obs_filter keeps no cells: no cell has "
+                f"obs[{column!r}] == {value!r}; its values are {present}. Fix obs_filter in "
+                f"{registry}."
+            )
+        adata = kept
     adata = adata.to_memory() if adata.isbacked and entry.obs_filter else adata.copy()
     if entry.recover_counts:
-        adata, _ = recover_counts(adata, library_key=entry.library_key)
+        try:
+            adata, _ = recover_counts(adata, library_key=entry.library_key)
+        except ValueError as err:
+            if entry.library_key is None or "disagrees with" not in str(err):
+                raise
+            raise ValueError(
+                f"dataset {name!r}: {err} In the registry ({registry}), "
+                "library_key: null in this entry recovers every cell from its values alone."
+            ) from None
     return adata
