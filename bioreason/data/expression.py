@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from bioreason.data.validation import get_layer
+from bioreason.data.validation import check_anndata, get_layer
 
 __all__ = [
     "TARGET_SUM",
@@ -53,6 +53,14 @@ def log_normalized(adata: Any, layer: str | None = "counts", target_sum: float =
     import anndata as ad
     import scanpy as sc
 
+    check_anndata(adata, "log_normalized")
+    if (
+        isinstance(target_sum, bool)
+        or not isinstance(target_sum, (int, float, np.number))
+        or not np.isfinite(target_sum)
+        or target_sum <= 0
+    ):
+        raise ValueError(f"target_sum must be a finite number above 0, got {target_sum!r}")
     matrix = get_layer(adata, layer)
     matrix = (
         sp.csr_matrix(matrix, dtype=np.float64)
@@ -78,6 +86,8 @@ def condition_means(
         Indexed by ``condition`` in order of first appearance; columns are the genes.
     """
     _check_column(adata, perturbation_key)
+    if adata.n_obs == 0:
+        raise ValueError("adata has no cells; condition means need at least one cell")
     normalized = log_normalized(adata, layer)
     labels = normalized.obs[perturbation_key].astype(str).to_numpy()
     codes, names = pd.factorize(labels)
@@ -116,6 +126,7 @@ def average_treatment_effect(
     -------
     DataFrame, shape (n_conditions, n_genes)
     """
+    control = _label_text(control, "control")
     means = condition_means(adata, perturbation_key, layer)
     if control not in means.index:
         raise ValueError(f"no control cells labelled {control!r} in obs[{perturbation_key!r}]")
@@ -127,7 +138,23 @@ def average_treatment_effect(
     return means.loc[list(conditions)] - means.loc[control]
 
 
+def _label_text(label: object, name: str) -> str:
+    """A label as the text it is compared as (an integer column's ``0`` is ``"0"``)."""
+    if isinstance(label, str):
+        return label
+    if isinstance(label, (int, np.integer)) and not isinstance(label, (bool, np.bool_)):
+        return str(int(label))
+    raise TypeError(f"{name} must be a label (text or an integer), got {label!r}")
+
+
+def _check_top_k(top_k: object) -> int:
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k <= 0:
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    return int(top_k)
+
+
 def _check_column(adata: Any, key: str) -> None:
+    check_anndata(adata, "bioreason.data.expression")
     if key not in adata.obs.columns:
         raise ValueError(
             f"perturbation column {key!r} not found in adata.obs; "
@@ -187,6 +214,7 @@ def ate_agreement(data_ate: pd.DataFrame, model_ate: pd.DataFrame, top_k: int = 
     DataFrame indexed by condition with ``pearson_all, r2_all, pearson_top, r2_top``;
     R^2 is ``1 - SS_res / SS_tot`` with the data ATE as truth.
     """
+    top_k = _check_top_k(top_k)
     truth_all, prediction_all = _aligned(data_ate, model_ate)
     rows = {}
     for condition, truth, prediction in zip(data_ate.index, truth_all, prediction_all):
@@ -224,6 +252,7 @@ def pooled_ate_agreement(
     ``pearson_top`` and ``r2_top`` (the top-k entries of every condition), and the
     numbers of entries ``n_all`` and ``n_top``.
     """
+    top_k = _check_top_k(top_k)
     truth, prediction = _aligned(data_ate, model_ate)
     top = _top_genes(truth, top_k)
     truth_top = np.take_along_axis(truth, top, axis=-1).ravel()
@@ -258,6 +287,21 @@ def differential_expression(
     import scanpy as sc
 
     _check_column(adata, perturbation_key)
+    condition = _label_text(condition, "condition")
+    control = _label_text(control, "control")
+    if isinstance(n_genes, bool) or not isinstance(n_genes, (int, np.integer)) or n_genes <= 0:
+        raise ValueError(f"n_genes must be a positive integer, got {n_genes!r}")
+    labels = adata.obs[perturbation_key].astype(str)
+    for name, label in (("condition", condition), ("control", control)):
+        n_cells = int((labels == label).sum())
+        if n_cells < 2:
+            raise ValueError(
+                f"{name} {label!r} has {'no cells' if n_cells == 0 else 'one cell'} in "
+                f"obs[{perturbation_key!r}]; a Wilcoxon test needs two or more. Labels "
+                f"include {labels.value_counts().index[:5].tolist()}"
+            )
+    if condition == control:
+        raise ValueError(f"condition and control are the same label {condition!r}")
     normalized = log_normalized(adata, layer)
     normalized.obs[perturbation_key] = (
         normalized.obs[perturbation_key].astype(str).astype("category")
@@ -298,6 +342,10 @@ def ground_truth_ate(
     """
     import anndata as ad
 
+    if isinstance(n_cells, bool) or not isinstance(n_cells, (int, np.integer)) or n_cells <= 0:
+        raise ValueError(f"n_cells must be a positive integer, got {n_cells!r}")
+    if isinstance(conditions, str):
+        raise TypeError(f"conditions must be a list of labels, got the string {conditions!r}")
     rng = np.random.default_rng(seed)
     labels = [control, *conditions]
     dosage = truth.dosage_of(labels)

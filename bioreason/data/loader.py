@@ -38,14 +38,16 @@ class MinibatchLoader:
     ----------
     data : PerturbationData
     indices : array of int, optional
-        Cells to iterate over (e.g. ``split.train``); all cells by default.
+        Cells to iterate over (e.g. ``split.train``); all cells by default. A boolean
+        mask raises a ``TypeError`` (pass ``np.flatnonzero(mask)``).
     batch_size : int
     shuffle : bool
     seed : int
     device : str or torch.device
         ``"auto"`` picks CUDA when present.
     drop_last : bool
-        Drop a final batch smaller than ``batch_size``.
+        Drop a final batch smaller than ``batch_size`` (an error when that would leave
+        no batch at all).
     """
 
     def __init__(
@@ -59,17 +61,29 @@ class MinibatchLoader:
         device: str | torch.device = "cpu",
         drop_last: bool = False,
     ) -> None:
+        if not isinstance(data, PerturbationData):
+            raise TypeError(
+                f"MinibatchLoader: data must be a PerturbationData, got {type(data).__name__}; "
+                "parse an AnnData with PerturbationData.from_anndata(adata) first"
+            )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+            raise TypeError(f"batch_size must be a positive integer, got {batch_size!r}")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self.data = data
-        self.indices = (
-            np.arange(data.n_cells) if indices is None else np.asarray(indices, dtype=np.int64)
-        )
+        self.indices = np.arange(data.n_cells) if indices is None else _as_indices(indices)
         if self.indices.size == 0:
             raise ValueError("MinibatchLoader got no cells to iterate over")
         if self.indices.min() < 0 or self.indices.max() >= data.n_cells:
             raise ValueError(f"indices must lie in [0, {data.n_cells})")
-        self.batch_size = batch_size
+        if drop_last and self.indices.size < batch_size:
+            raise ValueError(
+                f"drop_last=True with {self.indices.size} cells and batch_size {batch_size} "
+                "yields no batch; lower batch_size or pass drop_last=False"
+            )
+        self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.seed = seed
         self.device = resolve_device(device)
@@ -110,3 +124,20 @@ class MinibatchLoader:
             if self.drop_last and rows.size < self.batch_size:
                 break
             yield self.batch(rows)
+
+
+def _as_indices(indices: object) -> np.ndarray:
+    """Cell indices as a 1-D int64 array; a boolean mask or non-integers raise a TypeError."""
+    array = np.asarray(indices)
+    if array.dtype == bool:
+        raise TypeError(
+            "indices is a boolean mask; MinibatchLoader takes cell indices: pass "
+            "np.flatnonzero(mask)"
+        )
+    if array.ndim != 1:
+        raise ValueError(f"indices must be one-dimensional, got shape {array.shape}")
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        whole = np.issubdtype(array.dtype, np.floating) and np.all(array == np.round(array))
+        if not whole:
+            raise TypeError(f"indices must be integers (cell indices), got {array.dtype} values")
+    return array.astype(np.int64)

@@ -89,6 +89,38 @@ class ScreenConfig(Config):
     seed: int = 0
 
     def __post_init__(self) -> None:
+        integers = (
+            "n_cells_per_condition",
+            "n_genes",
+            "n_latent",
+            "n_perturbations",
+            "n_combinations",
+            "decoder_hidden",
+            "seed",
+        )
+        for name in (*integers, "n_control_cells"):
+            value = getattr(self, name)
+            if name == "n_control_cells" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"{name} must be an integer, got {value!r}")
+        for name in (
+            "mask_probability",
+            "embedding_scale",
+            "decoder_scale",
+            "gene_log_abundance_sd",
+            "library_log_mean",
+            "library_log_sd",
+            "dispersion_log_mean",
+            "dispersion_log_sd",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                raise TypeError(f"{name} must be a number, got {value!r}")
+            if not np.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         positive = ("n_cells_per_condition", "n_genes", "n_latent", "decoder_hidden")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -105,7 +137,13 @@ class ScreenConfig(Config):
             )
         if not 0.0 <= self.mask_probability <= 1.0:
             raise ValueError(f"mask_probability must be in [0, 1], got {self.mask_probability}")
-        for name in ("embedding_scale", "library_log_sd", "dispersion_log_sd", "decoder_scale"):
+        for name in (
+            "embedding_scale",
+            "library_log_sd",
+            "dispersion_log_sd",
+            "decoder_scale",
+            "gene_log_abundance_sd",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,10 +38,25 @@ class Split:
             out[getattr(self, name)] = name
         return out
 
+    @property
+    def n_cells(self) -> int:
+        """Number of cells the split covers (train + val + test)."""
+        return int(self.train.size + self.val.size + self.test.size)
+
     def write(self, adata: Any, key: str = "split") -> None:
-        """Store the split in ``adata.obs[key]`` (categorical)."""
+        """Store the split in ``adata.obs[key]`` (categorical).
+
+        ``adata`` must hold the cells the split was made from, in the same order.
+        """
         import pandas as pd
 
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"key must be a non-empty obs column name, got {key!r}")
+        if adata.n_obs != self.n_cells:
+            raise ValueError(
+                f"the split covers {self.n_cells} cells but adata has {adata.n_obs}; write it "
+                "into the AnnData the split's PerturbationData was parsed from"
+            )
         adata.obs[key] = pd.Categorical(self.labels(adata.n_obs), categories=list(SPLIT_NAMES))
 
     def __getitem__(self, name: str) -> np.ndarray:
@@ -49,9 +65,32 @@ class Split:
         return getattr(self, name)
 
 
+def _check_number(name: str, value: object) -> float:
+    """``value`` as a float, or a TypeError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def _check_seed(seed: object) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be a non-negative integer, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    return int(seed)
+
+
+def _check_data(data: object, where: str) -> None:
+    if not isinstance(data, PerturbationData):
+        raise TypeError(
+            f"{where}: data must be a PerturbationData, got {type(data).__name__}; parse an "
+            "AnnData with PerturbationData.from_anndata(adata) first"
+        )
+
+
 def _check_fractions(val_fraction: float, test_fraction: float = 0.0) -> None:
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 <= value < 1.0:
+        if not 0.0 <= _check_number(name, value) < 1.0:
             raise ValueError(f"{name} must be in [0, 1), got {value}")
     if val_fraction + test_fraction >= 1.0:
         raise ValueError("val_fraction + test_fraction must be below 1 so that train is not empty")
@@ -65,6 +104,11 @@ def _partition(cells: np.ndarray, fractions: Sequence[float], rng: np.random.Gen
 
 
 def _make(train, val, test, heldout=()) -> Split:
+    if len(train) == 0:
+        raise ValueError(
+            f"the split leaves no cell in train ({len(val)} in val, {len(test)} in test); "
+            "lower val_fraction / test_fraction, or hold out fewer conditions"
+        )
     return Split(
         train=np.sort(np.asarray(train, np.int64)),
         val=np.sort(np.asarray(val, np.int64)),
@@ -76,9 +120,14 @@ def _make(train, val, test, heldout=()) -> Split:
 def split_random(
     data: PerturbationData, *, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
 ) -> Split:
-    """Random split by cell."""
+    """Random split by cell.
+
+    Raises a ``ValueError`` for fractions outside [0, 1), fractions that sum to 1 or
+    more, or too few cells to leave one in train.
+    """
+    _check_data(data, "split_random")
     _check_fractions(val_fraction, test_fraction)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_check_seed(seed))
     train, val, test = _partition(
         np.arange(data.n_cells),
         [1 - val_fraction - test_fraction, val_fraction, test_fraction],
@@ -93,18 +142,43 @@ def _choose_conditions(
     fraction: float | None,
     rng: np.random.Generator,
     what: str,
+    allow_all: bool = True,
 ) -> list[str]:
     if heldout is not None:
-        unknown = sorted(set(heldout) - set(candidates))
+        if isinstance(heldout, (str, bytes)) or not isinstance(heldout, Iterable):
+            raise TypeError(
+                f"heldout must be a list of condition labels, got {heldout!r}; "
+                f"for one, pass [{heldout!r}]"
+            )
+        chosen = sorted({str(name) for name in heldout})
+        if not chosen:
+            raise ValueError(
+                f"heldout is empty: name the {what} to hold out, or pass heldout=None and "
+                "a fraction"
+            )
+        unknown = sorted(set(chosen) - set(candidates))
         if unknown:
-            raise ValueError(f"cannot hold out {unknown}: not {what} of this data set")
-        return sorted(heldout)
-    if fraction is None or not 0.0 < fraction < 1.0:
-        raise ValueError(f"pass heldout= names or a fraction in (0, 1), got fraction={fraction}")
-    if not candidates:
-        raise ValueError(f"the data set has no {what} to hold out")
-    n_heldout = max(1, int(round(fraction * len(candidates))))
-    return sorted(rng.choice(np.asarray(candidates, dtype=object), n_heldout, replace=False))
+            raise ValueError(
+                f"cannot hold out {unknown[:10]}: not {what} of this data set "
+                f"(it has {sorted(candidates)[:10]}{' ...' if len(candidates) > 10 else ''})"
+            )
+    else:
+        if fraction is not None:
+            _check_number("fraction", fraction)
+        if fraction is None or not 0.0 < fraction < 1.0:
+            raise ValueError(
+                f"pass heldout= names or a fraction in (0, 1), got fraction={fraction}"
+            )
+        if not candidates:
+            raise ValueError(f"the data set has no {what} to hold out")
+        n_heldout = max(1, int(round(fraction * len(candidates))))
+        chosen = sorted(rng.choice(np.asarray(candidates, dtype=object), n_heldout, replace=False))
+    if not allow_all and len(chosen) == len(candidates):
+        raise ValueError(
+            f"this split holds out all {len(candidates)} {what}, which leaves none to train "
+            "on; lower fraction or name fewer in heldout="
+        )
+    return chosen
 
 
 def _heldout_split(
@@ -127,9 +201,12 @@ def split_heldout_combinations(
 
     Every single perturbation and control cell, and the remaining combinations, are
     split at random into train and val: the out-of-distribution task of SAMS-VAE.
+    ``fraction`` of the combinations (rounded, at least one) are drawn at random unless
+    ``heldout`` names them.
     """
+    _check_data(data, "split_heldout_combinations")
     _check_fractions(val_fraction)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_check_seed(seed))
     table = data.condition_table()
     combinations = table.index[table["n_perturbations"] >= 2].tolist()
     chosen = _choose_conditions(combinations, heldout, fraction, rng, "combinations")
@@ -170,8 +247,10 @@ def composable_combinations(
     ValueError
         When fewer combinations are composable than are asked for.
     """
-    if not 0.0 < fraction <= 1.0:
+    _check_data(data, "composable_combinations")
+    if not 0.0 < _check_number("fraction", fraction) <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    seed = _check_seed(seed)
     table = data.condition_table()
     combinations = table.index[table["n_perturbations"] >= 2].tolist()
     if not combinations:
@@ -240,11 +319,17 @@ def split_heldout_perturbations(
     val_fraction: float = 0.1,
     seed: int = 0,
 ) -> Split:
-    """Hold out single perturbations: every cell that carries one of them goes to test."""
+    """Hold out single perturbations: every cell that carries one of them goes to test.
+
+    ``fraction`` of the perturbations (rounded, at least one) are drawn at random unless
+    ``heldout`` names them; holding out every perturbation is an error (nothing would be
+    left to train on).
+    """
+    _check_data(data, "split_heldout_perturbations")
     _check_fractions(val_fraction)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_check_seed(seed))
     chosen = _choose_conditions(
-        list(data.perturbation_names), heldout, fraction, rng, "perturbations"
+        list(data.perturbation_names), heldout, fraction, rng, "perturbations", allow_all=False
     )
     columns = [data.perturbation_names.index(name) for name in chosen]
     test_mask = np.asarray(data.dosage[:, columns].getnnz(axis=1) > 0)
@@ -260,12 +345,13 @@ def split_data_efficiency(
 ) -> Split:
     """Only a fraction of each combination's cells in train; the other combination
     cells are the test set. Singles and controls are split into train and val."""
+    _check_data(data, "split_data_efficiency")
     _check_fractions(val_fraction)
-    if not 0.0 <= combination_train_fraction < 1.0:
+    if not 0.0 <= _check_number("combination_train_fraction", combination_train_fraction) < 1.0:
         raise ValueError(
             f"combination_train_fraction must be in [0, 1), got {combination_train_fraction}"
         )
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_check_seed(seed))
     is_combination = data.n_perturbations_per_cell >= 2
     if not is_combination.any():
         raise ValueError("the data set has no combination cells")
@@ -295,8 +381,22 @@ SPLITS.register("norman_reference", split_norman_reference)
 def make_split(
     data: PerturbationData, kind: str = "random", *, adata: Any = None, key: str = "split", **kwargs
 ) -> Split:
-    """Build a split by registry name and optionally write it to ``adata.obs[key]``."""
-    split = SPLITS.get(kind)(data, **kwargs)
+    """Build a split by registry name and optionally write it to ``adata.obs[key]``.
+
+    An option the split kind does not take raises a ``TypeError`` that lists those it
+    does.
+    """
+    function = SPLITS.get(kind)
+    try:
+        inspect.signature(function).bind(data, **kwargs)
+    except TypeError as err:
+        options = [
+            name
+            for name, parameter in inspect.signature(function).parameters.items()
+            if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+        ]
+        raise TypeError(f"make_split({kind!r}): {err}; its options are {options}") from None
+    split = function(data, **kwargs)
     if adata is not None:
         split.write(adata, key)
     return split
