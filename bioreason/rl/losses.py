@@ -12,11 +12,21 @@ and KL estimators are registries (:data:`POLICY_LOSSES`, :data:`AGGREGATIONS`,
 and registers ``weights``, its gradient in closed form: ``weights(ratio, advantages,
 clip_eps)`` is ``d(-loss)/d log pi`` per sample, which a trainer with an exact policy
 gradient (the tabular one) uses without autograd.
+
+**Validation.** :func:`policy_loss` (for every registered loss) and
+:func:`clipped_surrogate_loss` check their inputs in one place: ``log_probs`` and
+``old_log_probs`` of one shape ``(batch, n_tokens)``, ``advantages`` of that shape or
+``(batch, 1)`` (a 1-d ``(batch,)`` would broadcast along the tokens), a ``mask`` of
+that shape with 0/1 entries, every entry finite (padding included: fill it with 0),
+and a finite loss (a huge log-ratio overflows ``exp``). A violation raises a
+ValueError naming the function, the argument and the first offending sequence (row).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -42,6 +52,122 @@ def _mask(like: Tensor, mask: Tensor | None) -> Tensor:
     return torch.ones_like(like) if mask is None else mask.to(like.dtype)
 
 
+# ----- the shared input checks -----------------------------------------------------
+
+
+def _tensor(value: Any, name: str, where: str) -> Tensor:
+    if not isinstance(value, Tensor):
+        try:
+            value = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(
+                f"{where}: {name} must be a tensor of real numbers, got "
+                f"{type(value).__name__} ({err})"
+            ) from None
+    if value.is_complex():
+        raise TypeError(f"{where}: {name} must be a tensor of real numbers, got {value.dtype}")
+    return value
+
+
+def _require_finite(tensor: Tensor, name: str, where: str) -> None:
+    # one sum decides for finite input (a sum of finite numbers is never NaN and is
+    # finite unless it overflows); the offending row is located only on failure
+    if not tensor.is_floating_point() or bool(torch.isfinite(tensor.detach().sum())):
+        return
+    finite = torch.isfinite(tensor.detach())
+    if bool(finite.all()):
+        return
+    rows = (~finite).reshape(finite.shape[0], -1).any(1).nonzero()[:, 0] if finite.ndim else None
+    if rows is None:
+        raise ValueError(f"{where}: {name} is not finite ({tensor.item()})")
+    row = int(rows[0])
+    raise ValueError(
+        f"{where}: {name} of sequence {row} (row {row}) are not finite ({rows.numel()} of "
+        f"{finite.shape[0]} sequences have NaN or inf); padding positions count too: "
+        "fill them with 0 and leave them out with mask"
+    )
+
+
+def _check_mask(mask: Any, shape: torch.Size, where: str) -> Tensor | None:
+    if mask is None:
+        return None
+    mask = _tensor(mask, "mask", where)
+    if mask.shape != shape:
+        raise ValueError(
+            f"{where}: mask must have shape {tuple(shape)} like log_probs, got {tuple(mask.shape)}"
+        )
+    if mask.dtype != torch.bool and int(torch.count_nonzero(mask * (1 - mask))):
+        raise ValueError(f"{where}: mask must be 0/1 (or bool): 1 marks a valid token")
+    return mask
+
+
+def _check_number(value: Any, name: str, where: str, minimum: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{where}: {name} must be a number, got {value!r}")
+    if not (math.isfinite(value) and value >= minimum):
+        raise ValueError(f"{where}: {name} must be a finite number >= {minimum}, got {value}")
+    return float(value)
+
+
+def _check_clip_eps(clip_eps: Any, where: str) -> float | None:
+    if clip_eps is None:
+        return None
+    if isinstance(clip_eps, bool) or not isinstance(clip_eps, (int, float)):
+        raise TypeError(f"{where}: clip_eps must be a number > 0 or None, got {clip_eps!r}")
+    if not (math.isfinite(clip_eps) and clip_eps > 0):
+        raise ValueError(f"{where}: clip_eps must be a finite number > 0 or None, got {clip_eps}")
+    return float(clip_eps)
+
+
+def _check_advantages_shape(advantages: Tensor, shape: torch.Size, where: str) -> None:
+    batch = shape[0]
+    if tuple(advantages.shape) not in (tuple(shape), (batch, 1)):
+        raise ValueError(
+            f"{where}: advantages must have shape {tuple(shape)} or ({batch}, 1) (one per "
+            f"sequence), got {tuple(advantages.shape)}; a 1-d advantages would broadcast "
+            "along the tokens, use advantages[:, None]"
+        )
+
+
+def _check_loss_inputs(
+    log_probs: Any, old_log_probs: Any, advantages: Any, mask: Any, where: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """The shared check of every policy loss's inputs (module docstring)."""
+    log_probs = _tensor(log_probs, "log_probs", where)
+    old_log_probs = _tensor(old_log_probs, "old_log_probs", where)
+    advantages = _tensor(advantages, "advantages", where)
+    if log_probs.ndim != 2:
+        raise ValueError(
+            f"{where}: log_probs must have shape (batch, n_tokens), got "
+            f"{tuple(log_probs.shape)}; one token per sequence is shape (batch, 1)"
+        )
+    if old_log_probs.shape != log_probs.shape:
+        raise ValueError(
+            f"{where}: old_log_probs must have the shape of log_probs "
+            f"{tuple(log_probs.shape)}, got {tuple(old_log_probs.shape)}"
+        )
+    _check_advantages_shape(advantages, log_probs.shape, where)
+    mask = _check_mask(mask, log_probs.shape, where)
+    for name, tensor in (
+        ("log_probs", log_probs),
+        ("old_log_probs", old_log_probs),
+        ("advantages", advantages),
+    ):
+        _require_finite(tensor, name, where)
+    return log_probs, old_log_probs, advantages, mask
+
+
+def _require_finite_loss(loss: Tensor, log_probs: Tensor, old_log_probs: Tensor, where: str):
+    if not bool(torch.isfinite(loss.detach())):
+        log_ratio = (log_probs.detach() - old_log_probs.detach()).abs().max()
+        raise ValueError(
+            f"{where}: the loss is not finite ({loss.item()}) although every input is: the "
+            f"largest |log_probs - old_log_probs| is {float(log_ratio):.3g}, and exp of it "
+            "overflows the importance ratio; old_log_probs must come from the policy that "
+            "sampled the tokens"
+        )
+
+
 def _token_mean(values: Tensor, mask: Tensor, constant: float | None) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
@@ -54,8 +180,11 @@ def _sequence_mean(values: Tensor, mask: Tensor, constant: float | None) -> Tens
 def _sequence_sum(values: Tensor, mask: Tensor, constant: float | None) -> Tensor:
     # Dr. GRPO: sum over tokens divided by a fixed constant (e.g. the maximum length),
     # so that long and short completions are not re-weighted by their own length.
-    if constant is None or constant <= 0:
-        raise ValueError("aggregation 'sequence_sum' needs a positive constant (e.g. max tokens)")
+    if constant is None or not (math.isfinite(constant) and constant > 0):
+        raise ValueError(
+            "aggregation 'sequence_sum' needs a positive, finite constant (e.g. max tokens), "
+            f"got {constant!r}"
+        )
     return (values * mask).sum(-1).mean() / constant
 
 
@@ -78,9 +207,17 @@ def aggregate(
     ``token_mean``: mean over all valid tokens of the batch; ``sequence_mean``: mean over
     each sequence's tokens, then over sequences; ``sequence_sum``: sum over each
     sequence's tokens / ``constant``, then mean over sequences. ``mask``: shape
-    ``(batch, n_tokens)``, valid tokens.
+    ``(batch, n_tokens)``, valid tokens (0/1 or bool). Values must be finite; a batch
+    without valid tokens aggregates to 0.
     """
     fn = AGGREGATIONS.get(mode)  # an unknown mode raises, listing the choices
+    values = _tensor(values, "values", "aggregate")
+    if values.ndim != 2:
+        raise ValueError(
+            f"aggregate: values must have shape (batch, n_tokens), got {tuple(values.shape)}"
+        )
+    mask = _check_mask(mask, values.shape, "aggregate")
+    _require_finite(values, "values", "aggregate")
     return fn(values, _mask(values, mask), constant)
 
 
@@ -90,8 +227,14 @@ def clipped_surrogate_weights(ratio: Tensor, advantages: Tensor, clip_eps: float
     The surrogate ``min(ratio A, clip(ratio, 1 - eps, 1 + eps) A)`` has gradient
     ``ratio A grad log pi`` where the unclipped term is the minimum, and zero where the
     clipped (constant) term is strictly smaller: ratio > 1 + eps with A > 0, or
-    ratio < 1 - eps with A < 0. ``clip_eps=None`` disables clipping.
+    ratio < 1 - eps with A < 0. ``clip_eps=None`` disables clipping, else a finite
+    number > 0. ``advantages`` has the shape of ``ratio`` or ``(batch, 1)``. (Shapes
+    only: this runs every step of the tabular trainer, on advantages the estimators
+    have already checked.)
     """
+    clip_eps = _check_clip_eps(clip_eps, "clipped_surrogate_weights")
+    if ratio.ndim:
+        _check_advantages_shape(advantages, ratio.shape, "clipped_surrogate_weights")
     weights = ratio * advantages
     if clip_eps is None:
         return weights
@@ -125,7 +268,33 @@ def clipped_surrogate_loss(
     loss : Tensor, scalar
     clip_fraction : Tensor, scalar
         Fraction of valid tokens whose gradient was clipped away.
+
+    Raises
+    ------
+    ValueError
+        As the module docstring's validation; ``clip_eps`` not None or > 0.
     """
+    where = "clipped_surrogate_loss"
+    clip_eps = _check_clip_eps(clip_eps, where)
+    log_probs, old_log_probs, advantages, mask = _check_loss_inputs(
+        log_probs, old_log_probs, advantages, mask, where
+    )
+    loss, clip_fraction = _clipped_surrogate(
+        log_probs, old_log_probs, advantages, clip_eps, mask, aggregation, constant
+    )
+    _require_finite_loss(loss, log_probs, old_log_probs, where)
+    return loss, clip_fraction
+
+
+def _clipped_surrogate(
+    log_probs: Tensor,
+    old_log_probs: Tensor,
+    advantages: Tensor,
+    clip_eps: float | None,
+    mask: Tensor | None,
+    aggregation: str,
+    constant: float | None,
+) -> tuple[Tensor, Tensor]:
     ratio = torch.exp(log_probs - old_log_probs.detach())
     advantages = advantages.detach().expand_as(ratio)
     surrogate = ratio * advantages
@@ -138,7 +307,8 @@ def clipped_surrogate_loss(
         was_clipped = torch.zeros_like(ratio, dtype=torch.bool)
     m = _mask(ratio, mask)
     clip_fraction = (was_clipped.to(m.dtype) * m).sum() / m.sum().clamp(min=1)
-    return aggregate(-surrogate, mask, aggregation, constant), clip_fraction
+    aggregate_fn = AGGREGATIONS.get(aggregation)  # an unknown mode raises, listing them
+    return aggregate_fn(-surrogate, m, constant), clip_fraction
 
 
 def clipped_policy_loss(
@@ -166,16 +336,30 @@ POLICY_LOSSES: Registry[Callable[..., tuple[Tensor, dict[str, Tensor]]]] = Regis
 POLICY_LOSSES.register("clipped", clipped_policy_loss, weights=clipped_surrogate_weights)
 
 
+def _check_same_shape(log_probs: Tensor, ref_log_probs: Tensor, where: str) -> None:
+    if ref_log_probs.shape != log_probs.shape:
+        raise ValueError(
+            f"{where}: ref_log_probs must have the shape of log_probs "
+            f"{tuple(log_probs.shape)}, got {tuple(ref_log_probs.shape)}"
+        )
+
+
 def kl_k1(log_probs: Tensor, ref_log_probs: Tensor) -> Tensor:
-    """k1 estimator of KL(pi || ref) per sampled token: ``log pi - log ref`` (unbiased)."""
+    """k1 estimator of KL(pi || ref) per sampled token: ``log pi - log ref`` (unbiased).
+
+    Both of one shape (no broadcasting); elementwise, so NaN in gives NaN out
+    (:func:`policy_loss` checks finiteness)."""
+    _check_same_shape(log_probs, ref_log_probs, "kl_k1")
     return log_probs - ref_log_probs
 
 
 def kl_k3(log_probs: Tensor, ref_log_probs: Tensor) -> Tensor:
     """k3 estimator of KL(pi || ref): ``r - 1 - log r`` with ``r = ref / pi`` (Schulman 2020).
 
-    Unbiased for samples from pi, always >= 0, and of lower variance than k1.
+    Unbiased for samples from pi, always >= 0, and of lower variance than k1. Both of
+    one shape, as :func:`kl_k1`.
     """
+    _check_same_shape(log_probs, ref_log_probs, "kl_k3")
     log_ratio = ref_log_probs - log_probs
     return torch.expm1(log_ratio) - log_ratio
 
@@ -188,9 +372,29 @@ KL_ESTIMATORS.register("k3", kl_k3)
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:
-    """Entropy of each categorical distribution, shape ``logits.shape[:-1]``."""
+    """Entropy of each categorical distribution, shape ``logits.shape[:-1]``.
+
+    ``logits``: shape ``(..., n_classes)``; ``-inf`` marks an impossible class (a masked
+    vocabulary) and contributes 0, with a finite gradient. NaN, ``+inf`` or a row whose
+    logits are all ``-inf`` raise a ValueError.
+    """
+    logits = _tensor(logits, "logits", "entropy_from_logits")
+    if logits.ndim == 0 or logits.shape[-1] == 0:
+        raise ValueError(
+            "entropy_from_logits: logits must have shape (..., n_classes) with n_classes "
+            f">= 1, got {tuple(logits.shape)}"
+        )
+    detached = logits.detach()
+    if bool(torch.isnan(detached).any()) or bool((detached == math.inf).any()):
+        raise ValueError("entropy_from_logits: logits contain NaN or +inf")
+    if bool((detached == -math.inf).all(-1).any()):
+        raise ValueError(
+            "entropy_from_logits: logits of some distribution are all -inf (no possible class)"
+        )
     log_p = torch.log_softmax(logits, -1)
-    return -(log_p.exp() * log_p).sum(-1)
+    # 0 log 0 = 0 for masked classes; torch.where keeps the gradient finite there
+    safe_log_p = torch.where(log_p > -math.inf, log_p, torch.zeros_like(log_p))
+    return -(log_p.exp() * safe_log_p).sum(-1)
 
 
 def policy_loss(
@@ -230,6 +434,25 @@ def policy_loss(
     """
     loss_fn = POLICY_LOSSES.get(loss)  # an unknown name raises, listing the choices
     kl_fn = KL_ESTIMATORS.get(kl_estimator)
+    where = "policy_loss"
+    kl_coef = _check_number(kl_coef, "kl_coef", where)
+    entropy_coef = _check_number(entropy_coef, "entropy_coef", where, -math.inf)
+    clip_eps = _check_clip_eps(clip_eps, where)
+    # the shared check, whichever registered loss runs
+    log_probs, old_log_probs, advantages, mask = _check_loss_inputs(
+        log_probs, old_log_probs, advantages, mask, where
+    )
+    if kl_coef and ref_log_probs is not None:
+        ref_log_probs = _tensor(ref_log_probs, "ref_log_probs", where)
+        _check_same_shape(log_probs, ref_log_probs, where)
+        _require_finite(ref_log_probs, "ref_log_probs", where)
+    if entropy_coef and entropy is not None:
+        entropy = _tensor(entropy, "entropy", where)
+        if entropy.shape != log_probs.shape:
+            raise ValueError(
+                f"{where}: entropy must have the shape of log_probs {tuple(log_probs.shape)}, "
+                f"got {tuple(entropy.shape)}"
+            )
     total, stats = loss_fn(
         log_probs,
         old_log_probs,
@@ -251,4 +474,5 @@ def policy_loss(
         mean_entropy = aggregate(entropy, mask, aggregation, constant)
         total = total - entropy_coef * mean_entropy
         stats["entropy"] = mean_entropy.detach()
+    _require_finite_loss(total, log_probs, old_log_probs, where)
     return total, stats
