@@ -486,7 +486,11 @@ _CONDITIONS = ["control", "A", "B", "C", "A+B", "B+C"]
 @given(
     cells=st.lists(st.sampled_from(_CONDITIONS), min_size=1, max_size=40),
     kind=st.sampled_from(["random", "heldout_combinations", "heldout_perturbations"]),
-    fraction=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.just(0.5)),
+    fraction=st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.floats(min_value=0.5, max_value=0.95),
+        st.just(0.5),
+    ),
     seed=st.integers(0, 3),
 )
 def test_any_split_is_a_partition_with_nonempty_train_or_a_clear_error(cells, kind, fraction, seed):
@@ -502,6 +506,8 @@ def test_any_split_is_a_partition_with_nonempty_train_or_a_clear_error(cells, ki
     joined = np.concatenate([split.train, split.val, split.test])
     assert np.array_equal(np.sort(joined), np.arange(data.n_cells))
     assert split.train.size > 0
+    if kind == "heldout_perturbations":  # something perturbed is left to learn from
+        assert data.dosage[split.train].nnz > 0
     # every cell of a held-out condition (or carrying a held-out perturbation) is in test
     in_test = np.zeros(data.n_cells, bool)
     in_test[split.test] = True
@@ -512,3 +518,30 @@ def test_any_split_is_a_partition_with_nonempty_train_or_a_clear_error(cells, ki
         else:
             carriers = data.cell_condition == name
         assert carriers.any() and in_test[carriers].all()
+
+
+def test_ground_truth_and_counts_access_errors(small_screen, screen_data):
+    from bioreason.data import ScreenGroundTruth, average_treatment_effect, simulate_screen
+
+    truth = ScreenGroundTruth.from_uns(small_screen.uns["ground_truth"])
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match=r"dosage must have shape \(n_cells, 20\)"):
+        truth.sample_counts(np.ones((3, 5)), rng)
+    with pytest.raises(ValueError, match="n_samples must be a positive integer"):
+        truth.expected_condition_proportions(["P00"], n_samples=0)
+    with pytest.raises(ValueError, match="conditions must be a non-empty list"):
+        truth.expected_condition_proportions([])
+    with pytest.raises(TypeError, match="config must be a ScreenConfig"):
+        simulate_screen("small")
+    assert (
+        simulate_screen(
+            {"n_genes": 5, "n_perturbations": 2, "n_combinations": 1, "n_cells_per_condition": 3}
+        ).n_vars
+        == 5
+    )
+    with pytest.raises(TypeError, match="boolean mask"):
+        screen_data.get_counts(np.ones(screen_data.n_cells, bool))
+    with pytest.raises(ValueError, match=r"rows must lie in \[0, 1860\)"):
+        screen_data.get_counts(np.array([0, 5000]))
+    with pytest.raises(TypeError, match="conditions must be a list of labels"):
+        average_treatment_effect(small_screen, conditions="P00+P01")

@@ -130,6 +130,8 @@ def average_treatment_effect(
     means = condition_means(adata, perturbation_key, layer)
     if control not in means.index:
         raise ValueError(f"no control cells labelled {control!r} in obs[{perturbation_key!r}]")
+    if isinstance(conditions, str):
+        raise TypeError(f"conditions must be a list of labels, got the string {conditions!r}")
     if conditions is None:
         conditions = [c for c in means.index if c != control]
     missing = [c for c in conditions if c not in means.index]

@@ -211,7 +211,19 @@ class PerturbationData:
 
     def get_counts(self, rows: np.ndarray) -> sp.csr_matrix:
         """Counts of ``rows`` as CSR float32, shape (len(rows), n_genes)."""
-        return read_rows(self.counts, rows)
+        rows = np.asarray(rows)
+        if rows.dtype == bool or not np.issubdtype(rows.dtype, np.integer) and rows.size:
+            raise TypeError(
+                f"rows must be integer cell indices, got {rows.dtype} values (for a boolean "
+                "mask pass np.flatnonzero(mask))"
+            )
+        if rows.ndim != 1:
+            raise ValueError(f"rows must be one-dimensional, got shape {rows.shape}")
+        if rows.size and (rows.min() < -self.n_cells or rows.max() >= self.n_cells):
+            raise ValueError(
+                f"rows must lie in [0, {self.n_cells}), got {rows.min()}..{rows.max()}"
+            )
+        return read_rows(self.counts, rows.astype(np.int64))
 
     def condition_table(self) -> pd.DataFrame:
         """One row per condition: number of perturbations, cells, mean library size."""

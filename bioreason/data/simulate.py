@@ -214,6 +214,12 @@ class ScreenGroundTruth:
 
         The standard error of each entry is at most ``max(rho) / sqrt(n_samples)``.
         """
+        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)):
+            raise TypeError(f"n_samples must be a positive integer, got {n_samples!r}")
+        if n_samples <= 0:
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples}")
+        if isinstance(conditions, str) or len(conditions) == 0:
+            raise ValueError(f"conditions must be a non-empty list of labels, got {conditions!r}")
         rng = np.random.default_rng(seed)
         shifts = self.latent_shift(self.dosage_of(conditions))
         basal = rng.standard_normal((n_samples, self.masks.shape[1]))
@@ -223,6 +229,15 @@ class ScreenGroundTruth:
         self, dosage: np.ndarray, rng: np.random.Generator
     ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray, np.ndarray]:
         """Draw cells for dosage rows (n, P): (counts CSR, z_basal, z, library_size)."""
+        dosage = np.asarray(dosage, dtype=np.float64)
+        n_perturbations = len(self.perturbation_names)
+        if dosage.ndim != 2 or dosage.shape[1] != n_perturbations:
+            raise ValueError(
+                f"dosage must have shape (n_cells, {n_perturbations}), got {dosage.shape}; "
+                "build it with dosage_of(conditions)"
+            )
+        if not np.isfinite(dosage).all():
+            raise ValueError("dosage holds NaN or inf")
         n_cells = dosage.shape[0]
         n_latent = self.masks.shape[1]
         z_basal = rng.standard_normal((n_cells, n_latent))
@@ -306,7 +321,7 @@ def simulate_screen(config: ScreenConfig | None = None, **overrides: Any) -> Any
 
     Parameters
     ----------
-    config : ScreenConfig, optional
+    config : ScreenConfig or dict, optional
     **overrides
         Fields of :class:`ScreenConfig` (e.g. ``n_genes=2000, seed=1``).
 
@@ -322,8 +337,16 @@ def simulate_screen(config: ScreenConfig | None = None, **overrides: Any) -> Any
     """
     import anndata as ad
 
+    if isinstance(config, dict):
+        config = ScreenConfig.from_dict({**config, **overrides})
+        overrides = {}
     if config is None:
         config = ScreenConfig.from_dict(overrides)
+    elif not isinstance(config, ScreenConfig):
+        raise TypeError(
+            f"config must be a ScreenConfig, a dict of its fields or None, got "
+            f"{type(config).__name__}"
+        )
     elif overrides:
         config = ScreenConfig.from_dict({**config.to_dict(), **overrides})
     rng = np.random.default_rng(config.seed)
