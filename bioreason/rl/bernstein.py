@@ -9,6 +9,7 @@ update ``h_M'(p) grad p`` with ``h_M'(p) = sum_s a_s b_{s, M-1}(p)`` and
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +21,41 @@ __all__ = [
     "bernstein_integral",
     "fit_bernstein_coefficients",
 ]
+
+
+def _check_degree(degree: Any, where: str) -> int:
+    if isinstance(degree, bool) or not isinstance(degree, (int, np.integer)):
+        raise TypeError(f"{where}: degree must be an integer >= 0, got {degree!r}")
+    if degree < 0:
+        raise ValueError(f"{where}: degree must be >= 0, got {degree}")
+    return int(degree)
+
+
+def _points(t: Any, where: str) -> Tensor:
+    """``t`` as a float64 tensor of points in [0, 1] (NaN refused, first bad one named)."""
+    try:
+        t = torch.as_tensor(t, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{where}: t must be real numbers in [0, 1] ({err})") from None
+    inside = (t >= 0) & (t <= 1)  # False for NaN
+    if not bool(inside.all()):
+        flat = t.reshape(-1)
+        index = int((~inside.reshape(-1)).nonzero()[0])
+        bad = float(f"{flat[index].item():.7g}")
+        raise ValueError(f"{where}: t[{index}] = {bad!r}: points must lie in [0, 1]")
+    return t
+
+
+def _coefficients(coefficients: Any, where: str) -> Tensor:
+    coefficients = torch.as_tensor(coefficients, dtype=torch.float64)
+    if coefficients.ndim != 1 or coefficients.numel() == 0:
+        raise ValueError(
+            f"{where}: coefficients must be a non-empty 1-d tensor, shape (degree + 1,), "
+            f"got shape {tuple(coefficients.shape)}"
+        )
+    if not bool(torch.isfinite(coefficients).all()):
+        raise ValueError(f"{where}: coefficients must be finite, got {coefficients.tolist()}")
+    return coefficients
 
 
 def bernstein_basis(t: Tensor, degree: int) -> Tensor:
@@ -36,9 +72,8 @@ def bernstein_basis(t: Tensor, degree: int) -> Tensor:
     -------
     Tensor, shape (n, degree + 1)
     """
-    if degree < 0:
-        raise ValueError(f"degree must be >= 0, got {degree}")
-    t = torch.as_tensor(t, dtype=torch.float64).reshape(-1, 1)
+    degree = _check_degree(degree, "bernstein_basis")
+    t = _points(t, "bernstein_basis").reshape(-1, 1)
     s = torch.arange(degree + 1, dtype=torch.float64)
     log_binom = (
         torch.lgamma(torch.tensor(degree + 1.0, dtype=torch.float64))
@@ -50,9 +85,11 @@ def bernstein_basis(t: Tensor, degree: int) -> Tensor:
 
 
 def bernstein_eval(coefficients: Tensor, t: Tensor) -> Tensor:
-    """``sum_s a_s b_{s, d}(t)`` with ``d = len(coefficients) - 1``; shape of ``t`` kept."""
-    coefficients = torch.as_tensor(coefficients, dtype=torch.float64)
-    t = torch.as_tensor(t, dtype=torch.float64)
+    """``sum_s a_s b_{s, d}(t)`` with ``d = len(coefficients) - 1``; shape of ``t`` kept.
+
+    ``coefficients``: finite, shape (d + 1,); ``t``: points in [0, 1]."""
+    coefficients = _coefficients(coefficients, "bernstein_eval")
+    t = _points(t, "bernstein_eval")
     basis = bernstein_basis(t.reshape(-1), coefficients.numel() - 1)
     return (basis @ coefficients).reshape(t.shape)
 
@@ -61,9 +98,10 @@ def bernstein_integral(coefficients: Tensor, t: Tensor) -> Tensor:
     """``int_0^t sum_s a_s b_{s,d}(x) dx`` in closed form.
 
     Uses ``int_0^t b_{s,d} = (1 / (d + 1)) sum_{j > s} b_{j, d + 1}(t)``.
+    ``coefficients``: finite, shape (d + 1,); ``t``: points in [0, 1], shape kept.
     """
-    coefficients = torch.as_tensor(coefficients, dtype=torch.float64)
-    t = torch.as_tensor(t, dtype=torch.float64)
+    coefficients = _coefficients(coefficients, "bernstein_integral")
+    t = _points(t, "bernstein_integral")
     degree = coefficients.numel() - 1
     basis = bernstein_basis(t.reshape(-1), degree + 1)  # (n, d + 2)
     # tail[:, s] = sum_{j >= s + 1} b_{j, d+1}
@@ -94,6 +132,13 @@ def fit_bernstein_coefficients(
     -------
     Tensor, shape (degree + 1,)
     """
+    degree = _check_degree(degree, "fit_bernstein_coefficients")
+    if n_nodes is not None and (
+        isinstance(n_nodes, bool) or not isinstance(n_nodes, (int, np.integer)) or n_nodes < 1
+    ):
+        raise ValueError(
+            f"fit_bernstein_coefficients: n_nodes must be an integer >= 1, got {n_nodes!r}"
+        )
     n_nodes = n_nodes or max(4 * (degree + 1), 64)
     nodes, weights = np.polynomial.legendre.leggauss(n_nodes)
     t = (nodes + 1) / 2

@@ -14,12 +14,31 @@ closed form so that a step over 100,000 rollouts takes a few milliseconds:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 __all__ = ["TabularPolicy"]
 
 _GUIDE_BUCKETS = 1024  # a power of two: u * L and cdf * L are exact in floating point
+
+
+def _check_count(value: Any, name: str, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{where}: {name} must be an integer >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{where}: {name} must be an integer >= 1, got {value}")
+    return value
+
+
+def _indices(values: Any, name: str, where: str) -> Tensor:
+    """Integer indices as a long tensor; fractional or non-numeric input is refused
+    (converting 1.7 to 1 would silently pick another entry)."""
+    tensor = torch.as_tensor(values)
+    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+        raise TypeError(f"{where}: {name} must be integer indices, got dtype {tensor.dtype}")
+    return tensor.to(torch.long)
 
 
 class TabularPolicy:
@@ -35,17 +54,27 @@ class TabularPolicy:
     """
 
     def __init__(self, n_categories: int, answers: Tensor, logits: Tensor | None = None) -> None:
+        where = "TabularPolicy"
+        n_categories = _check_count(n_categories, "n_categories", where)
         answers = torch.as_tensor(answers, dtype=torch.float64)
         if answers.ndim != 1 or answers.numel() < 2:
             raise ValueError("answers must be a 1-d tensor of at least 2 answer values")
-        if n_categories < 1:
-            raise ValueError(f"n_categories must be >= 1, got {n_categories}")
+        finite = torch.isfinite(answers)
+        if not bool(finite.all()):
+            index = int((~finite).nonzero()[0])
+            raise ValueError(
+                f"{where}: answers[{index}] = {answers[index].item()}: answers must be finite"
+            )
         self.answers = answers
         shape = (n_categories, answers.numel())
         if logits is None:
             logits = torch.zeros(shape, dtype=torch.float64)
-        elif tuple(logits.shape) != shape:
-            raise ValueError(f"logits must have shape {shape}, got {tuple(logits.shape)}")
+        else:
+            logits = torch.as_tensor(logits)
+            if tuple(logits.shape) != shape:
+                raise ValueError(f"logits must have shape {shape}, got {tuple(logits.shape)}")
+            if not bool(torch.isfinite(logits).all()):
+                raise ValueError(f"{where}: logits must be finite (no NaN or inf)")
         self.logits = torch.nn.Parameter(logits.detach().to(torch.float64).clone())
 
     @property
@@ -65,7 +94,7 @@ class TabularPolicy:
         return self.probs() @ self.answers
 
     def _check_categories(self, categories: Tensor) -> Tensor:
-        categories = torch.as_tensor(categories, dtype=torch.long)
+        categories = _indices(categories, "categories", "TabularPolicy")
         if categories.ndim != 1:
             raise ValueError("categories must be a 1-d tensor of category indices")
         if categories.numel() and (categories.min() < 0 or categories.max() >= self.n_categories):
@@ -89,6 +118,7 @@ class TabularPolicy:
             Answer indices into ``self.answers``.
         """
         categories = self._check_categories(categories)
+        n = _check_count(n, "n", "TabularPolicy.sample")
         n_cat, n_ans = self.logits.shape
         buckets = _GUIDE_BUCKETS
         cdf = torch.cumsum(self.probs(), dim=1)[:, :-1]  # the n_ans - 1 inner boundaries
@@ -117,11 +147,24 @@ class TabularPolicy:
     def log_prob(self, categories: Tensor, answers: Tensor) -> Tensor:
         """``log pi(answer | category)`` without autograd, shape of ``answers``.
 
-        ``answers`` has shape (n_questions, n) and ``categories`` (n_questions,).
+        ``answers`` has shape (n_questions, n) and ``categories`` (n_questions,), both
+        integer indices (checked for shape and dtype; ranges are not, on this hot path).
         """
+        categories, answers = self._check_rollouts(categories, answers, "log_prob")
         log_pi = torch.log_softmax(self.logits.detach(), dim=1).reshape(-1)
         cells = categories[:, None] * self.n_answers + answers
         return log_pi.index_select(0, cells.reshape(-1)).view(cells.shape)
+
+    def _check_rollouts(self, categories: Tensor, answers: Tensor, where: str):
+        where = f"TabularPolicy.{where}"
+        categories = _indices(categories, "categories", where)
+        answers = _indices(answers, "answers", where)
+        if categories.ndim != 1 or answers.ndim != 2 or answers.shape[0] != categories.shape[0]:
+            raise ValueError(
+                f"{where}: categories must have shape (n_questions,) and answers "
+                f"(n_questions, n), got {tuple(categories.shape)} and {tuple(answers.shape)}"
+            )
+        return categories, answers
 
     def policy_gradient(self, categories: Tensor, answers: Tensor, weights: Tensor) -> Tensor:
         """Exact gradient of ``sum_i w_i log pi(a_i | c_i)`` w.r.t. the logits.
@@ -137,6 +180,13 @@ class TabularPolicy:
         -------
         Tensor, shape (n_categories, n_answers)
         """
+        categories, answers = self._check_rollouts(categories, answers, "policy_gradient")
+        weights = torch.as_tensor(weights)
+        if weights.shape != answers.shape:
+            raise ValueError(
+                f"TabularPolicy.policy_gradient: weights must have the shape of answers "
+                f"{tuple(answers.shape)}, got {tuple(weights.shape)}"
+            )
         n_cat, n_ans = self.logits.shape
         weights = weights.to(torch.float64)
         cells = (categories[:, None] * n_ans + answers).reshape(-1)
@@ -152,7 +202,14 @@ class TabularPolicy:
         return entropy, -pi * (log_pi + entropy[:, None])
 
     def kl_gradient(self, ref_logits: Tensor) -> tuple[Tensor, Tensor]:
-        """``KL(pi_c || ref_c)`` and its exact gradient ``pi (log pi - log ref - KL)``."""
+        """``KL(pi_c || ref_c)`` and its exact gradient ``pi (log pi - log ref - KL)``.
+
+        ``ref_logits``: shape (n_categories, n_answers), like the policy's."""
+        if tuple(ref_logits.shape) != tuple(self.logits.shape):
+            raise ValueError(
+                f"TabularPolicy.kl_gradient: ref_logits must have shape "
+                f"{tuple(self.logits.shape)}, got {tuple(ref_logits.shape)}"
+            )
         log_pi = torch.log_softmax(self.logits.detach(), dim=1)
         log_ref = torch.log_softmax(ref_logits, dim=1)
         pi = log_pi.exp()
@@ -168,5 +225,6 @@ class TabularPolicy:
         -------
         Tensor, shape (n_questions,)
         """
+        n_samples = _check_count(n_samples, "n_samples", "TabularPolicy.predict")
         draws = self.sample(categories, n_samples, generator)
         return self.answers[draws].mean(1)

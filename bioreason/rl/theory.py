@@ -54,6 +54,65 @@ __all__ = [
 ]
 
 
+# ----- input checks -------------------------------------------------------------------
+
+
+def _check_int(value: Any, name: str, where: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def _check_positive(value: Any, name: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{where}: {name} must be a number > 0, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{where}: {name} must be a finite number > 0, got {value}")
+    return float(value)
+
+
+def _tensor(value: Any, name: str, where: str) -> Tensor:
+    try:
+        return torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{where}: {name} must be real numbers ({err})") from None
+
+
+def _probabilities(value: Any, name: str, where: str) -> Tensor:
+    """float64 tensor of values in [0, 1]; NaN refused, the first bad entry named."""
+    tensor = _tensor(value, name, where)
+    inside = (tensor >= 0) & (tensor <= 1)  # False for NaN
+    if not bool(inside.all()):
+        index = int((~inside.reshape(-1)).nonzero()[0])
+        bad = tensor.reshape(-1)[index].item()
+        raise ValueError(
+            f"{where}: {name}[{index}] = {float(f'{bad:.7g}')!r}: {name} must lie in [0, 1]"
+        )
+    return tensor
+
+
+def _answers(answers: Any, where: str) -> Tensor:
+    answers = _probabilities(answers, "answers", where)
+    if answers.ndim != 1 or answers.numel() == 0:
+        raise ValueError(
+            f"{where}: answers must be a non-empty 1-d tensor, shape (n_answers,), "
+            f"got shape {tuple(answers.shape)}"
+        )
+    return answers
+
+
+def _policy(probs: Any, n_answers: int, where: str) -> Tensor:
+    probs = _probabilities(probs, "probs", where)
+    if probs.ndim == 0 or probs.shape[-1] != n_answers:
+        raise ValueError(
+            f"{where}: probs must have shape (..., n_answers) with n_answers = {n_answers} "
+            f"(one probability per answer), got {tuple(probs.shape)}"
+        )
+    return probs
+
+
 # ----- 0/1 rewards: Bernstein coefficients of each estimator -------------------------
 
 
@@ -62,9 +121,16 @@ def grpo_coefficients(group_size: int, ddof: int = 1, eps: float = 1e-6) -> Tens
 
     With k successes among M, the group std is ``sqrt(k (M - k) / (M (M - ddof)))``;
     ``f(1, s) = (1 - (s+1)/M) / (std(s+1) + eps)`` and ``f(0, s) = -(s/M) / (std(s) + eps)``,
-    each 0 for a constant group.
+    each 0 for a constant group. ``ddof`` is an integer in [0, group_size) (0 for a
+    group of one); ``eps`` a finite number >= 0.
     """
-    m = group_size
+    where = "grpo_coefficients"
+    m = _check_int(group_size, "group_size", where, 1)
+    ddof = _check_int(ddof, "ddof", where, 0)
+    if m > 1 and ddof >= m:
+        raise ValueError(f"{where}: ddof must be < group_size = {m}, got {ddof}")
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"{where}: eps must be a finite number >= 0, got {eps!r}")
     s = torch.arange(m, dtype=torch.float64)
 
     def weight(k: Tensor, reward: float) -> Tensor:
@@ -77,12 +143,15 @@ def grpo_coefficients(group_size: int, ddof: int = 1, eps: float = 1e-6) -> Tens
 
 def rejection_sampling_coefficients(group_size: int) -> Tensor:
     """``a_s = M / (s + 1)`` (each of the k = s + 1 accepted rollouts gets M/k)."""
+    _check_int(group_size, "group_size", "rejection_sampling_coefficients", 1)
     return group_size / torch.arange(1, group_size + 1, dtype=torch.float64)
 
 
 def grpo_limit_derivative(t: Tensor) -> Tensor:
-    """``1 / sqrt(t (1 - t))``, the derivative of ``2 arcsin sqrt t`` (GRPO as M -> inf)."""
-    t = torch.as_tensor(t, dtype=torch.float64)
+    """``1 / sqrt(t (1 - t))``, the derivative of ``2 arcsin sqrt t`` (GRPO as M -> inf).
+
+    ``t`` in [0, 1]; the derivative has poles at the ends, so t = 0 and t = 1 give inf."""
+    t = _probabilities(t, "t", "grpo_limit_derivative")
     return 1 / torch.sqrt(t * (1 - t))
 
 
@@ -102,7 +171,7 @@ def estimator_coefficients(name: str, group_size: int, **options: Any) -> Tensor
     Tensor, shape (group_size,)
     """
     estimator = get_advantage(name, **options)
-    m = group_size
+    m = _check_int(group_size, "group_size", "estimator_coefficients", 1)
     s = torch.arange(m)
     others = (torch.arange(m - 1)[None, :] < s[:, None]).to(torch.float64)  # (M, M-1)
     first = torch.cat([torch.ones(m, 1), torch.zeros(m, 1)]).to(torch.float64)  # r = 1, 0
@@ -142,8 +211,16 @@ def expected_binary_update(coefficients: Tensor, probs: Tensor, correct: Tensor)
     Tensor, shape (n_answers,)
         ``h_M'(p) pi_k (1[k correct] - p)``.
     """
-    probs = torch.as_tensor(probs, dtype=torch.float64)
-    correct = torch.as_tensor(correct, dtype=torch.float64)
+    where = "expected_binary_update"
+    probs = _probabilities(probs, "probs", where)
+    correct = _tensor(correct, "correct", where)
+    if probs.ndim != 1 or correct.shape != probs.shape:
+        raise ValueError(
+            f"{where}: probs and correct must be 1-d of one shape (n_answers,), got "
+            f"{tuple(probs.shape)} and {tuple(correct.shape)}"
+        )
+    if not bool(((correct == 0) | (correct == 1)).all()):
+        raise ValueError(f"{where}: correct must be bool (or 0/1), one per answer")
     p = (probs * correct).sum()
     return objective_derivative(coefficients, p) * probs * (correct - p)
 
@@ -165,12 +242,11 @@ def outcome_spreads(probs: Tensor, answers: Tensor, rule: str = "log") -> tuple[
     sigma_1, sigma_0 : Tensor, shape (...)
     """
     score = SCORING_RULES[rule]
-    probs = torch.as_tensor(probs, dtype=torch.float64)
+    answers = _answers(answers, "outcome_spreads")
+    probs = _policy(probs, answers.numel(), "outcome_spreads")
     spreads = []
     for outcome in (1.0, 0.0):
-        reward = score(
-            answers.to(torch.float64), torch.full_like(answers, outcome, dtype=torch.float64)
-        )
+        reward = score(answers, torch.full_like(answers, outcome))
         mean = probs @ reward
         var = (probs * (reward - mean[..., None]) ** 2).sum(-1)
         spreads.append(var.clamp(min=0).sqrt())
@@ -181,9 +257,15 @@ def distorted_probability(p: Tensor, sigma_1: Tensor, sigma_0: Tensor) -> Tensor
     """``p~ = (p / sigma_1) / (p / sigma_1 + (1 - p) / sigma_0)``.
 
     Written as ``p sigma_0 / (p sigma_0 + (1 - p) sigma_1)`` so that a zero spread is safe
-    when the other one is not.
+    when the other one is not (both zero: ``p``). ``p`` in [0, 1]; spreads finite, >= 0.
     """
-    p = torch.as_tensor(p, dtype=torch.float64)
+    where = "distorted_probability"
+    p = _probabilities(p, "p", where)
+    sigma_1 = _tensor(sigma_1, "sigma_1", where)
+    sigma_0 = _tensor(sigma_0, "sigma_0", where)
+    for name, sigma in (("sigma_1", sigma_1), ("sigma_0", sigma_0)):
+        if not bool((torch.isfinite(sigma) & (sigma >= 0)).all()):
+            raise ValueError(f"{where}: {name} must be finite and >= 0")
     num = p * sigma_0
     den = num + (1 - p) * sigma_1
     return torch.where(den > 0, num / den.clamp(min=1e-300), p)
@@ -196,17 +278,24 @@ def expected_scoring_update(
 
     Unbiased estimators (``grpo=False``): ``p g_1 + (1 - p) g_0`` with
     ``g_y = grad_theta E_pi S(a, y) = pi (S(., y) - E_pi S(a, y))``. GRPO (``grpo=True``)
-    divides ``g_y`` by ``sigma_y``. Shape (n_answers,).
+    divides ``g_y`` by ``sigma_y``; where ``sigma_y = 0`` (a policy whose reward under y
+    is constant) ``g_y = 0`` too and GRPO's update is 0, as its advantages are for a
+    constant group. Shape (n_answers,).
     """
+    where = "expected_scoring_update"
     score = SCORING_RULES[rule]
-    probs = torch.as_tensor(probs, dtype=torch.float64)
-    answers = answers.to(torch.float64)
+    answers = _answers(answers, where)
+    probs = _policy(probs, answers.numel(), where)
+    p = _probabilities(p, "p", where)
     sigma_1, sigma_0 = outcome_spreads(probs, answers, rule)
     update = torch.zeros_like(probs)
     for outcome, weight, sigma in ((1.0, p, sigma_1), (0.0, 1 - p, sigma_0)):
         reward = score(answers, torch.full_like(answers, outcome))
         grad = probs * (reward - probs @ reward)
-        update = update + weight * (grad / sigma if grpo else grad)
+        if grpo:
+            safe = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
+            grad = torch.where(sigma > 0, grad / safe, torch.zeros_like(grad))
+        update = update + weight * grad
     return update
 
 
@@ -252,14 +341,21 @@ def predict_grpo_drift(probs: Tensor, answers: Tensor, p: Tensor, rule: str = "l
     ``p~ = p^2 / (p^2 + (1-p)^2)`` lies further from 1/2 than p, and iterating pushes
     the answer to the edge of the grid (odds multiply by odds(p) each round).
     """
-    probs = torch.as_tensor(probs, dtype=torch.float64)
-    p = torch.as_tensor(p, dtype=torch.float64)
+    where = "predict_grpo_drift"
+    answers = _answers(answers, where)
+    probs = _policy(probs, answers.numel(), where)
+    p = _probabilities(p, "p", where)
+    if probs.ndim != 2 or p.shape not in ((), (probs.shape[0],)):
+        raise ValueError(
+            f"{where}: probs must have shape (n_categories, n_answers) and p shape "
+            f"(n_categories,), got {tuple(probs.shape)} and {tuple(p.shape)}"
+        )
     sigma_1, sigma_0 = outcome_spreads(probs, answers, rule)
     p_tilde = distorted_probability(p, sigma_1, sigma_0)
     drift = p_tilde - p
     return GRPODrift(
         p=p,
-        mean_answer=probs @ answers.to(torch.float64),
+        mean_answer=probs @ answers,
         sigma_1=sigma_1,
         sigma_0=sigma_0,
         p_tilde=p_tilde,
@@ -302,6 +398,8 @@ def theory_kind(method: str, options: dict[str, Any] | None = None) -> str:
     ValueError
         For an unknown estimator, or one registered without a ``theory``.
     """
+    if not isinstance(method, str) or not method:
+        raise TypeError(f"theory_kind: method must be a non-empty string, got {method!r}")
     base = method.partition(":")[0]
     declared = ADVANTAGES.metadata(base)["theory"]  # an unknown name raises, listing all
     if callable(declared):
@@ -374,9 +472,19 @@ def theory_fixed_point(
     -------
     Tensor, shape of ``p``
         The fixed point, clipped to the grid's range.
+
+    Raises
+    ------
+    ValueError, TypeError
+        ``p`` or ``answers`` outside [0, 1], ``width``/``tolerance`` not finite and
+        > 0, ``max_rounds`` not an integer >= 1.
     """
-    p = torch.as_tensor(p, dtype=torch.float64)
-    answers = answers.to(torch.float64)
+    where = "theory_fixed_point"
+    p = _probabilities(p, "p", where)
+    answers = _answers(answers, where)
+    width = _check_positive(width, "width", where)
+    tolerance = _check_positive(tolerance, "tolerance", where)
+    max_rounds = _check_int(max_rounds, "max_rounds", where, 1)
     low, high = float(answers.min()), float(answers.max())
     q = p.clamp(low, high)
     for _ in range(max_rounds):
