@@ -112,6 +112,20 @@ def test_recover_counts_non_numeric_library_column(small_screen):
         recover_counts(adata)
 
 
+def test_mcfaline23_library_column_is_refused_and_its_values_alone_recover():
+    path = require_norman()
+    adata = ad.read_h5ad(path)
+    mcfaline = adata[adata.obs["dataset"] == "mcfaline23"].copy()
+    with pytest.raises(
+        ValueError, match=r"obs\['ncounts'\] disagrees with adata.X for 1472 of 2586"
+    ):
+        recover_counts(mcfaline)
+    _, report = recover_counts(mcfaline, library_key=None)
+    assert report.n_cells_over_tolerance == 0 and report.n_cells_rescaled == 0
+    with pytest.raises(ValueError, match=r"dataset 'mcfaline23'.*library_key: null"):
+        load_dataset("mcfaline23")
+
+
 # ------------------------------------------------------------------ 2. labels and doses
 @pytest.mark.parametrize("label", ["A+A", "B+A+A", "A+control+A"])
 def test_repeated_perturbation_in_a_label_is_an_error(label):
