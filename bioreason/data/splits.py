@@ -186,6 +186,13 @@ def _heldout_split(
 ) -> Split:
     rest = np.flatnonzero(~test_mask)
     train, val = _partition(rest, [1 - val_fraction, val_fraction], rng)
+    if len(train) and data.dosage.nnz and not data.dosage[np.sort(train)].nnz:
+        # e.g. B is measured only inside A+B and A is held out: train has controls only
+        raise ValueError(
+            f"the split leaves no perturbed cell in train (held out: {list(heldout)[:10]}); "
+            "every perturbed cell is held out or in val. Hold out fewer conditions, lower "
+            "val_fraction, or try another seed"
+        )
     return _make(train, val, np.flatnonzero(test_mask), heldout)
 
 
