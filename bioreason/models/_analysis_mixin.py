@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bioreason.models._predictive_mixin import _check_count
 from bioreason.models._sampling import seeded
 
 
@@ -30,6 +31,7 @@ class AnalysisMixin:
             category ``shift``, ``mask_probability``, ``effect``; conditional VAE:
             ``decoder_weight`` (perturbations x hidden units).
         """
+        _check_count("n_draws", n_draws)
         with seeded(seed):
             effects = self.module.perturbation_effects(n_draws)
         index = self.categories or self.perturbation_names
@@ -64,7 +66,8 @@ class AnalysisMixin:
         """
         if kind not in ("basal", "perturbed"):
             raise ValueError(f"kind must be 'basal' or 'perturbed', got {kind!r}")
-        data = self.data_for(adata)
+        _check_count("batch_size", batch_size)
+        data = self._cells_for(adata, "get_latent_representation")
         categories = self.categories_for(data)
         with seeded(0):
             effect = self.module.perturbation_effects(200).get("effect")
@@ -95,7 +98,9 @@ class AnalysisMixin:
         """
         from bioreason.models.evaluation import iwelbo
 
-        data = self.data_for(adata)
+        _check_count("n_particles", n_particles)
+        _check_count("batch_size", batch_size)
+        data = self._cells_for(adata, "iwelbo")
         per_cell, _ = iwelbo(
             self.module,
             self._loader(data, batch_size),
@@ -117,8 +122,9 @@ class AnalysisMixin:
 
         Parameters
         ----------
-        perturbations : list of str, optional
-            Conditions (default: every non-control condition of the training data).
+        perturbations : str or list of str, optional
+            Conditions, each once (default: every non-control condition of the training
+            data; a model loaded without its AnnData needs them listed).
         n_cells : int
             Generated cells per condition (control included).
         seed : int
@@ -132,9 +138,28 @@ class AnalysisMixin:
         from bioreason.data.expression import average_treatment_effect
 
         if perturbations is None:
+            if getattr(self, "adata", None) is None:
+                example = (self.perturbation_names or ["A"])[0]
+                raise ValueError(
+                    "this model was loaded without an AnnData, so it does not know its "
+                    "training conditions; pass the conditions: "
+                    f"average_treatment_effect(perturbations=[{example!r}, ...]), or load the "
+                    f"model with {type(self).__name__}.load(folder, adata=adata)"
+                )
             perturbations = self.training_conditions()
+        elif isinstance(perturbations, str):
+            perturbations = [perturbations]
+        else:
+            perturbations = list(perturbations)
+        if not perturbations:
+            raise ValueError(
+                "no conditions given; pass at least one condition label to "
+                "average_treatment_effect, or None for every training condition"
+            )
         control = self.control_label
+        # the control cells are generated once, also when the control is asked for
+        others = [p for p in perturbations if p != control]
         generated = self.sample(
-            [control, *perturbations], n_cells=n_cells, seed=seed, library_size=library_size
+            [control, *others], n_cells=n_cells, seed=seed, library_size=library_size
         )
         return average_treatment_effect(generated, control=control, conditions=list(perturbations))

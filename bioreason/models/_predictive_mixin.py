@@ -42,7 +42,8 @@ class PosteriorPredictive:
     Attributes
     ----------
     conditions : list of str, length C
-        Canonical condition labels, in the order asked for.
+        Condition labels in the order asked for: canonical (``"B+A"`` becomes
+        ``"A+B"``), except that a control label keeps the spelling asked for.
     gene_names : list of str, length G
     counts : ndarray, shape (n_draws, C, n_cells, G), float32
         Sampled counts; ``counts[k, c]`` are ``n_cells`` cells of condition ``c`` that
@@ -123,17 +124,18 @@ class PredictiveMixin:
 
         Parameters
         ----------
-        conditions : list of str
+        conditions : str or list of str
             Condition labels (``"control"``, ``"A"``, ``"A+B"``); combinations of known
-            perturbations may be new (not for SVAE+).
+            perturbations may be new (not for SVAE+). A label given twice is generated
+            twice (the arrays are indexed by position).
         n_cells : int
             Cells per condition and draw.
         n_draws : int
             Draws of the global latents from the guide; all conditions of a draw share it.
         library_size : None, float or array
             None: drawn per generated cell from the training cells' library sizes; a
-            number; or an array broadcastable to (n_draws, C, n_cells).
-        seed : int or None
+            positive number; or an array broadcastable to (n_draws, C, n_cells).
+        seed : int >= 0 or None
             Seeds the draws (the caller's random streams are restored); None: unseeded.
 
         Returns
@@ -142,14 +144,20 @@ class PredictiveMixin:
             Arrays of shape (n_draws, C, n_cells, G): ``counts`` and
             ``expected_counts``; ``library_size`` (n_draws, C, n_cells).
         """
-        for name, value in (("n_cells", n_cells), ("n_draws", n_draws)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be positive (an integer >= 1), got {value!r}")
-        dosage, labels, is_control = self._parse_conditions(conditions)
+        _check_count("n_cells", n_cells)
+        _check_count("n_draws", n_draws)
+        _check_seed(seed)
+        dosage, labels, is_control, shown = self._parse_conditions(conditions)
         category = self._cell_categories(labels, is_control)
         n_conditions = len(labels)
         rng = np.random.default_rng(seed)
-        library = self._library_for((n_draws, n_conditions, n_cells), library_size, rng)
+        library = self._library_for(
+            (n_draws, n_conditions, n_cells),
+            library_size,
+            rng,
+            "an array broadcastable to (n_draws, n_conditions, n_cells) = "
+            f"{(n_draws, n_conditions, n_cells)}",
+        )
         with seeded(seed):
             counts, expected = self._simulate(
                 np.repeat(dosage, n_cells, axis=0)[None],
@@ -158,7 +166,7 @@ class PredictiveMixin:
             )
         shape = (n_draws, n_conditions, n_cells, len(self.gene_names))
         return PosteriorPredictive(
-            conditions=labels,
+            conditions=shown,
             gene_names=list(self.gene_names),
             counts=counts.reshape(shape),
             expected_counts=expected.reshape(shape),
@@ -173,19 +181,23 @@ class PredictiveMixin:
         seed: int | None = 0,
         n_global_draws: int = 50,
     ) -> Any:
-        """Generate cells of the given conditions (e.g. ``["control", "A", "A+B"]``).
+        """Generate ``n_cells`` cells **per condition** of the given conditions (e.g.
+        ``["control", "A", "A+B"]``): C conditions give ``C * n_cells`` cells.
 
         Parameters
         ----------
-        perturbations : list of str
-            Condition labels; combinations of perturbations seen in training may be new
-            (not SVAE+).
+        perturbations : str or list of str
+            Condition labels, each once; combinations of perturbations seen in training
+            may be new (not SVAE+). Cells keep the label asked for when it is a control
+            label (with several control labels, ``"ctrl2"`` stays ``"ctrl2"``); other
+            labels are written canonically (``"B+A"`` as ``"A+B"``).
         n_cells : int
-            Cells per condition.
+            Cells per condition (not in total).
         library_size : None, float, or array of shape (n_cells,)
-            None: drawn from the training library sizes (the same n_cells values for
-            every condition).
-        seed : int or None
+            None: drawn from the training library sizes; a positive number; or one
+            value per generated cell of a condition. The same n_cells values are used
+            for every condition.
+        seed : int >= 0 or None
             Random seed (None: do not reseed).
         n_global_draws : int
             Posterior draws of the global latents; each is shared by a block of
@@ -194,18 +206,32 @@ class PredictiveMixin:
         Returns
         -------
         AnnData
-            ``n_cells`` cells per condition, grouped by condition: counts in ``X`` and
-            ``layers["counts"]``; ``obs["perturbation"]``, ``obs["library_size"]``,
-            ``obs["draw"]``.
+            ``n_cells`` cells per condition, grouped by condition in the order asked
+            for: counts in ``X`` and ``layers["counts"]``; ``obs["perturbation"]``,
+            ``obs["library_size"]``, ``obs["draw"]``.
         """
-        if isinstance(n_cells, bool) or not isinstance(n_cells, (int, np.integer)) or n_cells < 1:
-            raise ValueError(f"n_cells must be positive (an integer >= 1), got {n_cells!r}")
-        if n_global_draws < 1:
-            raise ValueError(f"n_global_draws must be >= 1, got {n_global_draws}")
+        _check_count("n_cells", n_cells)
+        _check_count("n_global_draws", n_global_draws)
+        _check_seed(seed)
+        # cells of a condition asked for twice would merge under one label
+        shown = self._parse_conditions(perturbations)[3]
+        repeated = [label for label in dict.fromkeys(shown) if shown.count(label) > 1]
+        if repeated:
+            asked = [perturbations] if isinstance(perturbations, str) else list(perturbations)
+            spelled = [a for a, label in zip(asked, shown) if label == repeated[0]]
+            raise ValueError(
+                f"condition {repeated[0]!r} is asked for twice ({spelled}); ask for each "
+                "condition once (n_cells is per condition)"
+            )
         draws = min(n_global_draws, n_cells)
         per_draw = math.ceil(n_cells / draws)
         rng = np.random.default_rng(seed)
-        library = self._library_for((n_cells,), library_size, rng)
+        library = self._library_for(
+            (n_cells,),
+            library_size,
+            rng,
+            f"n_cells={n_cells} values (one per generated cell, shared by every condition)",
+        )
         padded = np.resize(library, draws * per_draw).reshape(draws, 1, per_draw)
         predictive = self.posterior_predictive(
             perturbations, n_cells=per_draw, n_draws=draws, library_size=padded, seed=seed
@@ -238,7 +264,9 @@ class PredictiveMixin:
         -------
         ndarray, shape (n_cells, n_genes), float32
         """
-        data = self.data_for(adata)
+        _check_count("n_global_draws", n_global_draws)
+        _check_seed(seed)
+        data = self._cells_for(adata, "replicate_cells")
         n = data.n_cells
         draws = max(1, min(n_global_draws, n))
         per_draw = math.ceil(n / draws)
@@ -259,15 +287,27 @@ class PredictiveMixin:
 
     # ----------------------------------------------------------------- helpers
     def _library_for(
-        self, shape: tuple[int, ...], library_size: Any, rng: np.random.Generator
+        self,
+        shape: tuple[int, ...],
+        library_size: Any,
+        rng: np.random.Generator,
+        expected: str = "",
     ) -> np.ndarray:
         if library_size is None:
             return rng.choice(self.library_sizes, shape, replace=True).astype(np.float32)
         try:
-            library = np.broadcast_to(np.asarray(library_size, dtype=np.float32), shape).copy()
+            values = np.asarray(library_size, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"library_size must be a number or an array of numbers, got {library_size!r}"
+            ) from None
+        try:
+            library = np.broadcast_to(values, shape).copy()
         except ValueError:
             raise ValueError(
-                f"library_size of shape {np.shape(library_size)} does not broadcast to {shape}"
+                f"library_size of shape {np.shape(library_size)} does not broadcast to "
+                f"{shape}: pass a number or {expected or shape}, got shape "
+                f"{np.shape(library_size)}"
             ) from None
         if not (np.isfinite(library).all() and (library > 0).all()):
             raise ValueError("library_size must be positive and finite")
@@ -328,6 +368,21 @@ class PredictiveMixin:
                 counts[draws, rows] = site["value"].reshape(shape).cpu().numpy()
                 expected[draws, rows] = site["fn"].mean.reshape(shape).cpu().numpy()
         return counts, expected
+
+
+def _check_count(name: str, value: Any) -> None:
+    """``value`` must be an integer >= 1 (not a bool, float or string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be positive (an integer >= 1), got {value!r}")
+
+
+def _check_seed(seed: Any) -> None:
+    if seed is None:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an integer >= 0 or None, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be an integer >= 0 or None, got {seed}")
 
 
 def _cells_anndata(

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from bioreason._device import resolve_device
@@ -85,7 +86,13 @@ class SetupMixin:
         if adata is None:
             adata = getattr(self, "adata", None)
         if adata is None:
-            raise ValueError("this model was loaded without an AnnData; pass adata=")
+            raise ValueError(
+                "this model was loaded without an AnnData, so it has no cells of its own; "
+                "pass one: model.data_for(adata), or load the model with "
+                f"{type(self).__name__}.load(folder, adata=adata)"
+            )
+        if not hasattr(adata, "var_names") or not hasattr(adata, "obs"):
+            raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}")
         self._check_genes(list(map(str, adata.var_names)))
         setup = PerturbationSetup.read(adata) or self.setup
         try:
@@ -113,7 +120,11 @@ class SetupMixin:
 
     def training_conditions(self) -> list[str]:
         """Canonical labels of the non-control conditions of the model's AnnData."""
-        table = self.data_for(None).condition_table()
+        data = self._own_data(
+            f"load the model with {type(self).__name__}.load(folder, adata=adata) to list "
+            "the conditions of its training cells"
+        )
+        table = data.condition_table()
         return [c for c in table.index if table.loc[c, "n_perturbations"] > 0]
 
     def to_device(self, device: str | torch.device) -> SetupMixin:
@@ -123,6 +134,28 @@ class SetupMixin:
         return self
 
     # ----------------------------------------------------------------- helpers
+    def _own_data(self, fix: str) -> PerturbationData:
+        """The model's own AnnData, parsed; a model loaded without one raises with
+        ``fix`` (how to fix it for the calling method)."""
+        if getattr(self, "adata", None) is None:
+            raise ValueError(
+                f"this model was loaded without an AnnData, so it has no cells of its own; {fix}"
+            )
+        return self.data_for(None)
+
+    def _cells_for(self, adata: Any | None, method: str) -> PerturbationData:
+        """``adata`` (default: the model's own) parsed for ``method``; at least one cell."""
+        if adata is None:
+            data = self._own_data(
+                f"pass the cells: model.{method}(adata=...) with the model's genes, or load "
+                f"the model with {type(self).__name__}.load(folder, adata=adata)"
+            )
+        else:
+            data = self.data_for(adata)
+        if data.n_cells == 0:
+            raise ValueError(f"{method}: adata has no cells (0 rows); pass at least one cell")
+        return data
+
     def _cell_categories(
         self, condition_names: Sequence[str], is_control: np.ndarray
     ) -> np.ndarray:
@@ -144,26 +177,54 @@ class SetupMixin:
 
     def _parse_conditions(
         self, perturbations: Sequence[str] | str
-    ) -> tuple[np.ndarray, list[str], np.ndarray]:
-        """Dosage rows (n, P), canonical labels and control flags of condition labels."""
+    ) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
+        """Dosage rows (n, P), canonical labels, control flags, and the labels to show:
+        the canonical ones, except that a control label keeps the spelling asked for
+        (with several control labels, ``"ctrl2"`` stays ``"ctrl2"``)."""
         if isinstance(perturbations, str):
             perturbations = [perturbations]
+        if not isinstance(perturbations, (Sequence, np.ndarray, pd.Index, pd.Series)):
+            raise TypeError(
+                "conditions must be a condition label or a list of condition labels "
+                f"(e.g. ['control', 'A', 'A+B']), got {type(perturbations).__name__}"
+            )
+        asked = list(perturbations)
+        if not asked:
+            raise ValueError(
+                "no conditions given; pass at least one condition label, e.g. "
+                f"[{self.control_label!r}, {(self.perturbation_names or ['A'])[0]!r}]"
+            )
+        not_labels = [label for label in asked if not isinstance(label, str)]
+        if not_labels:
+            raise TypeError(
+                f"condition labels must be strings, got {not_labels[:5]} "
+                f"({type(not_labels[0]).__name__})"
+            )
+        key = "perturbations"
         try:
             parsed = parse_perturbation_labels(
-                list(perturbations),
+                asked,
                 control=self.setup.control,
                 delimiter=self.setup.delimiter,
                 perturbation_names=self.perturbation_names,
-                key="perturbations",
+                key=key,
             )
         except ValueError as err:
+            message = str(err).replace(f"obs[{key!r}] names", "the conditions asked for name")
+            message = message.replace(f"obs[{key!r}]", "condition")
             raise ValueError(
-                f"{err}. The model can only generate conditions built from its "
+                f"{message}. The model can only generate conditions built from its "
                 f"{len(self.perturbation_names)} perturbations "
                 f"(e.g. {self.perturbation_names[:5]})."
             ) from None
         labels = list(np.asarray(parsed.condition_names, dtype=object)[parsed.condition_codes])
-        return parsed.dosage.toarray(), labels, parsed.is_control
+        controls = self.setup.control
+        controls = [controls] if isinstance(controls, str) else list(controls)
+        shown = [
+            str(a).strip() if is_control and str(a).strip() in controls else c
+            for a, c, is_control in zip(asked, labels, parsed.is_control)
+        ]
+        return parsed.dosage.toarray(), labels, parsed.is_control, shown
 
     @property
     def control_label(self) -> str:
