@@ -91,7 +91,7 @@ def test_save_load_round_trip_gives_identical_outputs(screen, tmp_path):
     # loading without an AnnData still generates; adata-dependent calls then ask for one
     bare = SAMSVAE.load(tmp_path / "sams")
     np.testing.assert_array_equal(bare.sample(["P1", "P0+P2"], n_cells=5, seed=7).X.toarray(), a)
-    with pytest.raises(ValueError, match="pass adata="):
+    with pytest.raises(ValueError, match=r"get_latent_representation\(adata="):
         bare.get_latent_representation()
 
 
