@@ -456,3 +456,58 @@ def test_average_treatment_effect_of_the_control_itself_is_zero(model):
     ate = model.average_treatment_effect(["control", "P0"], n_cells=5)
     assert list(ate.index) == ["control", "P0"]
     assert np.allclose(ate.loc["control"].to_numpy(), 0.0)
+
+
+# ----------------------------------------------------------------- training settings
+@pytest.mark.parametrize(
+    "settings, error, match",
+    [
+        ({"grad_clip": -1.0}, ValueError, "grad_clip"),  # would flip the gradient's sign
+        ({"lr": float("nan")}, ValueError, "lr"),
+        ({"lr": float("inf")}, ValueError, "lr"),
+        ({"weight_decay": float("nan")}, ValueError, "weight_decay"),
+        ({"min_delta": float("nan")}, ValueError, "min_delta"),
+        ({"seed": -1}, ValueError, "seed"),
+    ],
+)
+def test_train_settings_are_checked(model, settings, error, match):
+    with pytest.raises(error, match=match):
+        model.train(max_steps=1, **{**COMMON, **settings})
+
+
+def test_resume_must_be_a_bool(model, tmp_path):
+    with pytest.raises(TypeError, match="resume must be True or False"):
+        model.train(max_steps=1, checkpoint_dir=tmp_path, resume="yes", **COMMON)
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda m, a: SAMSVAE(np.ones((3, 3))), TypeError, "AnnData"),
+        (lambda m, a: SAMSVAE(a, seed=-1), ValueError, "seed"),
+        (lambda m, a: m.get_latent_representation(np.ones((3, 3))), TypeError, "AnnData"),
+        (lambda m, a: m.get_perturbation_effects(n_draws=2, seed=-1), ValueError, "seed"),
+        (lambda m, a: m.iwelbo(a, n_particles=2, seed=-1), ValueError, "seed"),
+    ],
+)
+def test_model_arguments_are_checked(model, screen, call, error, match):
+    with pytest.raises(error, match=match):
+        call(model, screen)
+
+
+def test_evaluation_functions_check_their_arguments(model, screen, saved):
+    from bioreason.models import evaluation
+
+    with pytest.raises(ValueError, match=r"posterior_predictive_check\(model, adata\)"):
+        evaluation.posterior_predictive_check(SAMSVAE.load(saved))
+    with pytest.raises(ValueError, match="same shape"):
+        evaluation.mask_recovery(np.ones((2, 2)), np.ones((2, 2)), np.ones((2, 3)), np.ones((3, 3)))
+    result = evaluation.mask_recovery(
+        [[1, 0], [0, 1]], [[1.0, 0], [0, 1]], [[0.9, 0.1]] * 2, [[1.0, 0], [0, 1]]
+    )
+    assert np.isfinite(result["correlation"])
+    data = model.data_for(screen)
+    with pytest.raises(ValueError, match="n_particles"):
+        evaluation.iwelbo(model.module, model._loader(data, 64), model.categories_for(data), 0)
+    with pytest.raises(ValueError, match="lr"):
+        evaluation.amortization_gap(model, screen[:10].copy(), n_steps=1, lr=-1.0, n_particles=2)

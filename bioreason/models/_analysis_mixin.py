@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bioreason.models._predictive_mixin import _check_count
-from bioreason.models._sampling import seeded
+from bioreason.models._sampling import check_count, seeded
 
 
 class AnalysisMixin:
@@ -31,7 +30,7 @@ class AnalysisMixin:
             category ``shift``, ``mask_probability``, ``effect``; conditional VAE:
             ``decoder_weight`` (perturbations x hidden units).
         """
-        _check_count("n_draws", n_draws)
+        check_count("n_draws", n_draws)
         with seeded(seed):
             effects = self.module.perturbation_effects(n_draws)
         index = self.categories or self.perturbation_names
@@ -66,7 +65,7 @@ class AnalysisMixin:
         """
         if kind not in ("basal", "perturbed"):
             raise ValueError(f"kind must be 'basal' or 'perturbed', got {kind!r}")
-        _check_count("batch_size", batch_size)
+        check_count("batch_size", batch_size)
         data = self._cells_for(adata, "get_latent_representation")
         categories = self.categories_for(data)
         with seeded(0):
@@ -98,8 +97,8 @@ class AnalysisMixin:
         """
         from bioreason.models.evaluation import iwelbo
 
-        _check_count("n_particles", n_particles)
-        _check_count("batch_size", batch_size)
+        check_count("n_particles", n_particles)
+        check_count("batch_size", batch_size)
         data = self._cells_for(adata, "iwelbo")
         per_cell, _ = iwelbo(
             self.module,

@@ -75,6 +75,10 @@ class PerturbationModel(SetupMixin, TrainingMixin, PredictiveMixin, AnalysisMixi
         perturbation_names: Sequence[str] | None = None,
         **config: Any,
     ) -> None:
+        if not all(hasattr(adata, name) for name in ("obs", "var_names", "uns")):
+            raise TypeError(f"adata must be an AnnData (cells x genes), got {type(adata).__name__}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         setup = PerturbationSetup.read(adata)
         if setup is None:
             raise ValueError(

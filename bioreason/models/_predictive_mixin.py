@@ -29,7 +29,7 @@ import pyro
 import torch
 from pyro import poutine
 
-from bioreason.models._sampling import PARTICLE_DIM, draw_globals, seeded
+from bioreason.models._sampling import PARTICLE_DIM, check_count, check_seed, draw_globals, seeded
 
 #: generated entries (cells x genes x draws) per vectorized pass
 _CHUNK_ENTRIES = 1 << 23
@@ -144,9 +144,9 @@ class PredictiveMixin:
             Arrays of shape (n_draws, C, n_cells, G): ``counts`` and
             ``expected_counts``; ``library_size`` (n_draws, C, n_cells).
         """
-        _check_count("n_cells", n_cells)
-        _check_count("n_draws", n_draws)
-        _check_seed(seed)
+        check_count("n_cells", n_cells)
+        check_count("n_draws", n_draws)
+        check_seed(seed)
         dosage, labels, is_control, shown = self._parse_conditions(conditions)
         category = self._cell_categories(labels, is_control)
         n_conditions = len(labels)
@@ -210,9 +210,9 @@ class PredictiveMixin:
             for: counts in ``X`` and ``layers["counts"]``; ``obs["perturbation"]``,
             ``obs["library_size"]``, ``obs["draw"]``.
         """
-        _check_count("n_cells", n_cells)
-        _check_count("n_global_draws", n_global_draws)
-        _check_seed(seed)
+        check_count("n_cells", n_cells)
+        check_count("n_global_draws", n_global_draws)
+        check_seed(seed)
         # cells of a condition asked for twice would merge under one label
         shown = self._parse_conditions(perturbations)[3]
         repeated = [label for label in dict.fromkeys(shown) if shown.count(label) > 1]
@@ -264,8 +264,8 @@ class PredictiveMixin:
         -------
         ndarray, shape (n_cells, n_genes), float32
         """
-        _check_count("n_global_draws", n_global_draws)
-        _check_seed(seed)
+        check_count("n_global_draws", n_global_draws)
+        check_seed(seed)
         data = self._cells_for(adata, "replicate_cells")
         n = data.n_cells
         draws = max(1, min(n_global_draws, n))
@@ -368,21 +368,6 @@ class PredictiveMixin:
                 counts[draws, rows] = site["value"].reshape(shape).cpu().numpy()
                 expected[draws, rows] = site["fn"].mean.reshape(shape).cpu().numpy()
         return counts, expected
-
-
-def _check_count(name: str, value: Any) -> None:
-    """``value`` must be an integer >= 1 (not a bool, float or string)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be positive (an integer >= 1), got {value!r}")
-
-
-def _check_seed(seed: Any) -> None:
-    if seed is None:
-        return
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an integer >= 0 or None, got {seed!r}")
-    if seed < 0:
-        raise ValueError(f"seed must be an integer >= 0 or None, got {seed}")
 
 
 def _cells_anndata(

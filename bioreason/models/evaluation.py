@@ -86,15 +86,40 @@ def mask_recovery(
     from sklearn.metrics import roc_auc_score
 
     true_masks = np.asarray(true_masks, bool)
+    true_effects = np.asarray(true_effects, float)
+    mask_probability = np.asarray(mask_probability, float)
+    inferred_effects = np.asarray(inferred_effects, float)
+    for name, array in (
+        ("true_masks", true_masks),
+        ("true_effects", true_effects),
+        ("mask_probability", mask_probability),
+        ("inferred_effects", inferred_effects),
+    ):
+        if array.ndim != 2:
+            raise ValueError(
+                f"{name} must be a 2-D array (perturbations x latent dimensions), got shape "
+                f"{array.shape}"
+            )
+    if true_masks.shape != true_effects.shape:
+        raise ValueError(
+            f"true_masks {true_masks.shape} and true_effects {true_effects.shape} must have "
+            "the same shape (perturbations x true latent dimensions)"
+        )
+    if mask_probability.shape != inferred_effects.shape:
+        raise ValueError(
+            f"mask_probability {mask_probability.shape} and inferred_effects "
+            f"{inferred_effects.shape} must have the same shape (perturbations x model "
+            "latent dimensions)"
+        )
     if true_masks.shape[0] != mask_probability.shape[0]:
         raise ValueError(
             f"true masks have {true_masks.shape[0]} perturbations, "
             f"inferred ones {mask_probability.shape[0]}"
         )
-    corr = _abs_correlation(np.asarray(true_effects, float), np.asarray(inferred_effects, float))
+    corr = _abs_correlation(true_effects, inferred_effects)
     rows, cols = linear_sum_assignment(-corr)
     labels = true_masks[:, rows].ravel()
-    scores = np.asarray(mask_probability)[:, cols].ravel()
+    scores = mask_probability[:, cols].ravel()
     auroc = float(roc_auc_score(labels, scores)) if 0 < labels.sum() < labels.size else float("nan")
     return {
         "auroc": auroc,
@@ -105,6 +130,20 @@ def mask_recovery(
 
 
 # -------------------------------------------------------- posterior predictive check
+def _cells_of(model: Any, adata: Any | None, function: str) -> Any:
+    """``model.data_for(adata)`` with errors that name ``function``'s own fix."""
+    if adata is None and getattr(model, "adata", None) is None:
+        raise ValueError(
+            f"{function}: the model was loaded without an AnnData, so it has no cells of "
+            f"its own; pass them: {function}(model, adata), or load the model with "
+            f"{type(model).__name__}.load(folder, adata=adata)"
+        )
+    data = model.data_for(adata)
+    if data.n_cells == 0:
+        raise ValueError(f"{function}: adata has no cells (0 rows); pass at least one cell")
+    return data
+
+
 def posterior_predictive_check(
     model: Any, adata: Any | None = None, n_global_draws: int = 50, seed: int = 0
 ) -> pd.DataFrame:
@@ -118,7 +157,7 @@ def posterior_predictive_check(
     DataFrame with columns ``condition, gene, observed_mean, replicated_mean,
     observed_variance, replicated_variance`` (one row per condition and gene).
     """
-    data = model.data_for(adata)
+    data = _cells_of(model, adata, "posterior_predictive_check")
     observed = data.get_counts(np.arange(data.n_cells)).toarray().astype(np.float64)
     replicated = model.replicate_cells(adata, n_global_draws=n_global_draws, seed=seed)
     tables = []
@@ -244,10 +283,15 @@ def amortization_gap(
     """
     import pyro
 
-    from bioreason.models._sampling import seeded
+    from bioreason.models._sampling import check_count, seeded
     from bioreason.models.objectives import batch_arguments, log_importance_weights, make_elbo
 
-    data = model.data_for(adata)
+    check_count("n_particles", n_particles)
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
+        raise ValueError(f"n_steps must be an integer >= 0, got {n_steps!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    data = _cells_of(model, adata, "amortization_gap")
     categories = model.categories_for(data)
     loader = model._loader(data, data.n_cells)
     amortized = log_importance_weights(model.module, loader, categories, n_particles, seed=seed)

@@ -21,7 +21,7 @@ from pyro.infer import Trace_ELBO
 from torch import nn
 
 from bioreason.models._module import CELLS_PLATE, MAX_PLATE_NESTING
-from bioreason.models._sampling import PARTICLE_DIM, draw_globals, seeded
+from bioreason.models._sampling import PARTICLE_DIM, check_count, draw_globals, seeded
 
 __all__ = [
     "ELBOLoss",
@@ -130,6 +130,9 @@ def local_terms(
 
     Parameters are those of :func:`log_importance_weights`.
     """
+    check_count("n_particles", n_particles)
+    if particle_chunk is not None:
+        check_count("particle_chunk", particle_chunk)
     with seeded(seed):
         globals_ = draw_globals(module, n_particles)
         batches: list[dict[str, torch.Tensor]] = []

@@ -154,14 +154,21 @@ class TrainConfig(Config):
         for name in ("batch_size", "n_particles", "patience", "validation_particles"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.mask_lr is not None and not self.mask_lr > 0:
-            raise ValueError(f"mask_lr must be positive or None, got {self.mask_lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.min_delta < 0:
-            raise ValueError(f"min_delta must be >= 0, got {self.min_delta}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be positive and finite, got {self.lr}")
+        if self.mask_lr is not None and not (self.mask_lr > 0 and math.isfinite(self.mask_lr)):
+            raise ValueError(f"mask_lr must be positive and finite, or None, got {self.mask_lr}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ValueError(f"weight_decay must be >= 0 and finite, got {self.weight_decay}")
+        if not (self.min_delta >= 0 and math.isfinite(self.min_delta)):
+            raise ValueError(f"min_delta must be >= 0 and finite, got {self.min_delta}")
+        # a negative clip norm would flip the gradient's sign (clip_grad_norm_ scales by it)
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(
+                f"grad_clip must be positive or None (no clipping), got {self.grad_clip}"
+            )
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {sorted(ENGINES)}, got {self.engine!r}")
 
@@ -429,6 +436,8 @@ def fit(
     """
     from bioreason._device import resolve_device
 
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume must be True or False, got {resume!r}")
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     pyro.set_rng_seed(config.seed)
