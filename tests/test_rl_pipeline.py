@@ -90,13 +90,13 @@ def test_cli_short_run_writes_metrics_figures_and_resumes(tmp_path, capsys):
 
     # other settings in the same folder: refused unless --overwrite
     changed = [a if a != "150" else "100" for a in args]
-    assert main(changed) == 2
+    assert main(changed) == 1  # a failure, not a usage error (exit codes of issue 9)
     assert "different settings" in capsys.readouterr().err
 
 
 def test_cli_refuses_a_foreign_folder(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
-    assert main(["synthetic-calibration", "--out", str(tmp_path), "--steps", "1"]) == 2
+    assert main(["synthetic-calibration", "--out", str(tmp_path), "--steps", "1"]) == 1
     assert "not written by synthetic-calibration" in capsys.readouterr().err
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
@@ -166,3 +166,77 @@ def test_plan_nests_the_rl_config_and_method_options():
     assert runs["seed_grpo:base=grpo"].method == "seed_grpo:base=grpo"
     with pytest.raises(ValueError, match="rl: steps must be >= 1"):
         SyntheticCalibrationConfig.from_dict({"rl": {"steps": 0}})
+
+
+# ----- bad settings fail before anything is trained or written (issue 9) ------------
+
+
+def _small(**values):
+    values = {"n_questions": 40, "n_boot": 0, "rl": {"steps": 2, "log_every": 1}, **values}
+    return SyntheticCalibrationConfig.from_dict(values)
+
+
+@pytest.mark.parametrize(
+    ("methods", "named"),
+    [
+        (["grpo", "rloo", "grpo"], "'grpo'"),
+        (["h_target:log", "h_target:target=log"], "'h_target:target=log'"),
+        (["seed_grpo:base=grpo,alpha=0.5", "seed_grpo:alpha=0.5,base=grpo"], "seed_grpo"),
+    ],
+)
+def test_duplicate_methods_are_refused_naming_the_duplicate(methods, named):
+    """``--methods grpo grpo`` produced two rows named grpo (and trained twice)."""
+    with pytest.raises(ValueError, match=rf"methods lists .*{named}.* more than once"):
+        _small(methods=methods)
+
+
+def test_cli_refuses_duplicate_methods(tmp_path, capsys):
+    out = tmp_path / "x"
+    args = ["synthetic-calibration", "--out", str(out), "--methods", "grpo", "grpo"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "grpo" in err and "more than once" in err
+    assert not out.exists()
+
+
+def test_duplicate_offline_clips_and_misspelt_group_sizes_are_refused():
+    with pytest.raises(ValueError, match="offline_clips lists 0.2 more than once"):
+        _small(offline=True, offline_clips=[0.2, 0.2])
+    with pytest.raises(ValueError, match="group_sizes.*'rinforce'.*choose"):
+        _small(group_sizes={"rinforce": 1})
+    with pytest.raises(ValueError, match="n_bins"):
+        _small(n_bins=0)
+    with pytest.raises(ValueError, match="n_boot"):
+        _small(n_boot=-1)
+
+
+def test_unknown_method_fails_before_anything_is_written(tmp_path):
+    from bioreason.pipelines.synthetic_calibration import run_synthetic_calibration
+
+    config = _small(methods=["grpo"])
+    config.methods.append("dpo")  # changed after validation
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"unknown advantage estimator 'dpo'; choose one of"):
+        run_synthetic_calibration(out, config, progress=False)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("methods", "group_sizes", "message"),
+    [
+        (["grpo", "rejection_sampling"], {}, "rejection_sampling.*0/1"),
+        (["grpo", "rloo"], {"rloo": 1}, "rloo needs group_size >= 2"),
+    ],
+)
+def test_a_method_that_cannot_run_fails_before_any_training(
+    tmp_path, methods, group_sizes, message
+):
+    """rejection_sampling with the log-score reward, or RLOO with one rollout, used to
+    fail (or train on garbage) only after the runs before it had trained."""
+    from bioreason.pipelines.synthetic_calibration import run_synthetic_calibration
+
+    config = _small(methods=methods, group_sizes=group_sizes)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=rf"cannot run.*{message}"):
+        run_synthetic_calibration(out, config, progress=False)
+    assert not out.exists()

@@ -40,11 +40,13 @@ from bioreason.calibration import (
 )
 from bioreason.config import Config
 from bioreason.rl import (
+    ADVANTAGES,
     AnswerGrid,
     TabularPolicy,
     TabularRLConfig,
     TabularTrainer,
     get_advantage,
+    parse_method,
 )
 from bioreason.rl.theory import theory_fixed_point, theory_kind, theory_target
 
@@ -116,16 +118,60 @@ class SyntheticCalibrationConfig(Config):
     rl: TabularRLConfig = dataclasses.field(default_factory=TabularRLConfig)
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check the settings (run again by :func:`run_synthetic_calibration`, so a
+        config changed after construction is checked before anything is written).
+
+        Raises
+        ------
+        ValueError, TypeError
+            Unknown methods (listing the choices), a method listed twice (also under
+            another spelling of the same options), a repeated offline clip, a
+            ``group_sizes`` key that names no estimator, or sizes out of range.
+        """
         if not self.methods:
             raise ValueError("methods must name at least one advantage estimator")
+        seen: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
         for method in self.methods:
             # raises with the list of valid names, or says the theory is missing
             get_advantage(method, **self.rl.advantage_options)
             theory_kind(method, self.rl.advantage_options)
+            base, options = parse_method(method)
+            key = (base, tuple(sorted((name, repr(value)) for name, value in options.items())))
+            if key in seen:
+                spelling = "" if seen[key] == method else f" (as {seen[key]!r} and {method!r})"
+                raise ValueError(
+                    f"methods lists {method!r} more than once{spelling}; each method is one "
+                    "run and one row of metrics.csv: remove the duplicate"
+                )
+            seen[key] = method
+        run_names: dict[str, float] = {}
+        for clip in self.offline_clips:
+            name = _run_name("m", clip)
+            if name in run_names:
+                raise ValueError(
+                    f"offline_clips lists {clip:g} more than once ({run_names[name]!r} and "
+                    f"{clip!r} name the same run); remove the duplicate"
+                )
+            run_names[name] = clip
+        for key, size in self.group_sizes.items():
+            if not isinstance(key, str) or key.partition(":")[0] not in ADVANTAGES:
+                raise ValueError(
+                    f"group_sizes has a key {key!r} that names no advantage estimator; "
+                    f"choose one of {sorted(ADVANTAGES)} or a method of methods"
+                )
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ValueError(f"group_sizes[{key!r}] must be an integer >= 1, got {size!r}")
         if self.n_questions < self.n_categories or self.n_categories < 1:
             raise ValueError("need n_categories >= 1 and n_questions >= n_categories")
         if self.n_eval_samples < 1 or self.offline_updates < 1:
             raise ValueError("n_eval_samples and offline_updates must be >= 1")
+        if self.n_bins < 1:
+            raise ValueError(f"n_bins must be >= 1, got {self.n_bins}")
+        if self.n_boot < 0:
+            raise ValueError(f"n_boot must be >= 0 (0: no intervals), got {self.n_boot}")
 
 
 def _run_name(method: str, clip: float | None) -> str:
@@ -140,7 +186,11 @@ def _group_size(config: SyntheticCalibrationConfig, method: str) -> int:
 
 
 def plan_runs(config: SyntheticCalibrationConfig) -> list[tuple[str, TabularRLConfig]]:
-    """The runs of an invocation: (name, trainer config), online first."""
+    """The runs of an invocation: (name, trainer config), online first.
+
+    Raises a ValueError if the config is invalid (:meth:`SyntheticCalibrationConfig.validate`).
+    """
+    config.validate()
     variants: list[tuple[float | None, int]] = [(None, 1)]
     if config.offline:
         variants += [(clip, config.offline_updates) for clip in config.offline_clips]
@@ -194,6 +244,24 @@ def _safe(name: str) -> str:
     return name.replace(":", "-").replace("=", "_").replace(",", "-")
 
 
+def _preflight(runs: list[tuple[str, TabularRLConfig]]) -> None:
+    """One training step of every planned run on a two-question problem, so that a
+    method that cannot run with its settings (rejection sampling with a scoring-rule
+    reward, RLOO with one rollout, ...) fails before any run trains."""
+    categories = torch.tensor([0, 1])
+    outcomes = torch.tensor([1, 0])
+    grid = AnswerGrid().probabilities()
+    for name, rl_config in runs:
+        try:
+            trainer = TabularTrainer(TabularPolicy(2, grid), categories, outcomes, rl_config)
+            trainer.train_step()
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                f"run {name!r} cannot run (method {rl_config.method!r}, group_size "
+                f"{rl_config.group_size}, reward {rl_config.reward!r}): {err}"
+            ) from err
+
+
 def run_synthetic_calibration(
     out: str | Path,
     config: SyntheticCalibrationConfig | None = None,
@@ -205,14 +273,23 @@ def run_synthetic_calibration(
 
     Completed runs whose manifest matches are skipped; an interrupted run resumes from
     its checkpoint. A run folder written with different settings is only replaced when
-    ``overwrite`` is true.
+    ``overwrite`` is true. The settings are checked, and every run takes one step on a
+    two-question problem, before anything is written or trained.
 
     Returns
     -------
     pandas.DataFrame
         The rows of ``metrics.csv``.
+
+    Raises
+    ------
+    ValueError
+        Invalid settings (:meth:`SyntheticCalibrationConfig.validate`) or a run that
+        cannot take a step (naming the run); nothing is written then.
     """
     config = config or SyntheticCalibrationConfig()
+    runs = plan_runs(config)
+    _preflight(runs)
     out = Path(out)
     _check_output_folder(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -241,7 +318,7 @@ def run_synthetic_calibration(
 
     rows = []
     sweep_start = time.perf_counter()
-    for name, rl_config in plan_runs(config):
+    for name, rl_config in runs:
         run_dir = out / "runs" / _safe(name)
         manifest_config = {
             "run": rl_config.to_dict(),
