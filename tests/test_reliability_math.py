@@ -44,6 +44,7 @@ from bioreason.rl.bernstein import bernstein_basis
 from bioreason.rl.losses import (
     aggregate,
     clipped_surrogate_loss,
+    clipped_surrogate_weights,
     entropy_from_logits,
     kl_k3,
     policy_loss,
@@ -53,6 +54,7 @@ from bioreason.rl.policies import TabularPolicy
 from bioreason.rl.rewards import (
     FLOOR_REWARD,
     SCORING_RULES,
+    AnswerGrid,
     correctness_reward,
     log_score,
     parse_answers,
@@ -509,6 +511,46 @@ def test_tabular_policy_refuses_fractional_categories_and_bad_sizes():
         TabularPolicy(2, torch.tensor([0.25, math.nan]))
     with pytest.raises(ValueError, match="n must be an integer >= 1"):
         policy.sample(torch.tensor([0, 1]), 0)
+
+
+def test_neighbouring_inputs_of_the_issue_name_the_option():
+    """Found by probing every public function: each was a Python/torch error that did not
+    name the option (or a silent answer)."""
+    rewards = _binary(2, 4)
+    with pytest.raises(TypeError, match="seed_grpo: alpha"):
+        seed_grpo(rewards, answers=torch.full((2, 4), 0.5), alpha="x")
+    with pytest.raises(TypeError, match="gae: gamma"):
+        gae(torch.zeros(2, 3), torch.zeros(2, 3), gamma="a")
+    with pytest.raises(ValueError, match="gae: mask must be 0/1"):  # 0.5 counted as valid
+        gae(torch.zeros(2, 3), torch.zeros(2, 3), mask=torch.full((2, 3), 0.5))
+    with pytest.raises(ValueError, match="bootstrap_ci: seed"):
+        bootstrap_ci(brier_loss, [0.0, 1.0], [0.2, 0.3], n_boot=3, seed=-1)
+    with pytest.raises(TypeError, match="bootstrap_ci: seed"):
+        bootstrap_ci(brier_loss, [0.0, 1.0], [0.2, 0.3], n_boot=3, seed=1.5)
+    with pytest.raises(TypeError, match="right must be True or False"):  # "x" was True
+        expected_calibration_error([0.0, 1.0], [0.2, 0.3], right="x")
+    with pytest.raises(TypeError, match="AnswerGrid: low must be an integer"):  # accepted
+        AnswerGrid(low=1.5, high=2, scale=10)
+    with pytest.raises(TypeError, match="sequence of completions"):
+        parse_answers(None)
+
+
+def test_kl_estimators_and_surrogate_weights_take_lists():
+    """A list used to raise AttributeError ('list' object has no attribute ...)."""
+    assert kl_k3([0.0], [0.0]).tolist() == [0.0]
+    assert clipped_surrogate_weights([[1.0]], [[2.0]], 0.2).tolist() == [[2.0]]
+
+
+def test_tabular_policy_refuses_out_of_range_answers_and_nan_weights():
+    """Answer 2 of category 0 (of 2 answers) read category 1's answer 0 silently; NaN
+    weights gave a NaN gradient; a wrong generator gave torch's list of signatures."""
+    policy = TabularPolicy(2, torch.tensor([0.25, 0.75]))
+    with pytest.raises(ValueError, match=r"log_prob: answers must be indices in \[0, 2\)"):
+        policy.log_prob(torch.tensor([0]), torch.tensor([[2]]))
+    with pytest.raises(ValueError, match="policy_gradient: weights of question 0"):
+        policy.policy_gradient(torch.tensor([0]), torch.tensor([[1]]), torch.tensor([[math.nan]]))
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        policy.sample(torch.tensor([0]), 2, generator="seed")
 
 
 # ----- property-based tests ---------------------------------------------------------

@@ -103,6 +103,12 @@ def _check(
     return outcomes, probs
 
 
+def _check_right(right: Any, where: str) -> bool:
+    if not isinstance(right, (bool, np.bool_)):
+        raise TypeError(f"{where}: right must be True or False, got {right!r}")
+    return bool(right)
+
+
 def _check_n_bins(n_bins: Any, where: str) -> int:
     if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)):
         raise TypeError(f"{where}: n_bins must be an integer >= 1, got {n_bins!r}")
@@ -175,6 +181,7 @@ def _bins(
 ) -> dict[str, np.ndarray]:
     outcomes, probs = _check(outcomes, probs, where)
     n_bins = _check_n_bins(n_bins, where)
+    right = _check_right(right, where)
     if strategy == "uniform":
         index = _equal_width_bin(probs, n_bins, right)
     elif strategy == "quantile":
@@ -328,6 +335,7 @@ def ece_to_reference(
     """
     probs, p_star = _check_reference(probs, p_star, "ece_to_reference")
     n_bins = _check_n_bins(n_bins, "ece_to_reference")
+    right = _check_right(right, "ece_to_reference")
     index = _equal_width_bin(probs, n_bins, right)
     count = np.bincount(index, minlength=n_bins).astype(np.float64)
     gap = np.abs(np.bincount(index, probs - p_star, minlength=n_bins))
@@ -405,6 +413,10 @@ def bootstrap_ci(
     n_boot = _check_n_boot(n_boot, "bootstrap_ci", 1)
     if not 0 < level < 1:  # False for NaN
         raise ValueError(f"bootstrap_ci: level must be in (0, 1), got {level}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"bootstrap_ci: seed must be an integer >= 0, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"bootstrap_ci: seed must be an integer >= 0, got {seed}")
     if not arrays:
         raise ValueError("bootstrap_ci: pass at least one array to resample")
     arrays = tuple(np.asarray(a) for a in arrays)

@@ -714,6 +714,8 @@ def seed_grpo(
         raise ValueError("seed_grpo needs each rollout's answer (answers=...) to cluster them")
     if base not in _SEED_BASES:
         raise ValueError(f"seed_grpo: base must be one of {list(_SEED_BASES)}, got {base!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.number)):
+        raise TypeError(f"seed_grpo: alpha must be a number in [0, 1], got {alpha!r}")
     if not 0 <= alpha <= 1:  # False for NaN
         raise ValueError(f"seed_grpo: alpha must be in [0, 1], got {alpha}")
     n_bins = _check_int(n_bins, "n_bins", "seed_grpo", 2)
@@ -857,6 +859,9 @@ def gae(
         raise ValueError(
             f"gae: rewards {tuple(rewards.shape)} and values {tuple(values.shape)} must match"
         )
+    for name, value in (("gamma", gamma), ("lam", lam)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+            raise TypeError(f"gae: {name} must be a number in [0, 1], got {value!r}")
     if not (0 <= gamma <= 1 and 0 <= lam <= 1):  # False for NaN
         raise ValueError(f"gae: gamma and lam must be in [0, 1], got gamma={gamma}, lam={lam}")
     if rewards.numel():
@@ -869,6 +874,8 @@ def gae(
                 f"gae: mask must have shape {tuple(rewards.shape)} like rewards, "
                 f"got {tuple(mask.shape)}"
             )
+        if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError("gae: mask must be 0/1 (or bool): 1 marks a valid token")
     mask = torch.ones_like(rewards, dtype=torch.bool) if mask is None else mask.bool()
     maskf = mask.to(rewards.dtype)
     n_tokens = rewards.shape[1]

@@ -233,6 +233,8 @@ def clipped_surrogate_weights(ratio: Tensor, advantages: Tensor, clip_eps: float
     have already checked.)
     """
     clip_eps = _check_clip_eps(clip_eps, "clipped_surrogate_weights")
+    ratio = _tensor(ratio, "ratio", "clipped_surrogate_weights")
+    advantages = _tensor(advantages, "advantages", "clipped_surrogate_weights")
     if ratio.ndim:
         _check_advantages_shape(advantages, ratio.shape, "clipped_surrogate_weights")
     weights = ratio * advantages
@@ -349,6 +351,8 @@ def kl_k1(log_probs: Tensor, ref_log_probs: Tensor) -> Tensor:
 
     Both of one shape (no broadcasting); elementwise, so NaN in gives NaN out
     (:func:`policy_loss` checks finiteness)."""
+    log_probs = _tensor(log_probs, "log_probs", "kl_k1")
+    ref_log_probs = _tensor(ref_log_probs, "ref_log_probs", "kl_k1")
     _check_same_shape(log_probs, ref_log_probs, "kl_k1")
     return log_probs - ref_log_probs
 
@@ -359,6 +363,8 @@ def kl_k3(log_probs: Tensor, ref_log_probs: Tensor) -> Tensor:
     Unbiased for samples from pi, always >= 0, and of lower variance than k1. Both of
     one shape, as :func:`kl_k1`.
     """
+    log_probs = _tensor(log_probs, "log_probs", "kl_k3")
+    ref_log_probs = _tensor(ref_log_probs, "ref_log_probs", "kl_k3")
     _check_same_shape(log_probs, ref_log_probs, "kl_k3")
     log_ratio = ref_log_probs - log_probs
     return torch.expm1(log_ratio) - log_ratio

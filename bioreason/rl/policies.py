@@ -119,6 +119,11 @@ class TabularPolicy:
         """
         categories = self._check_categories(categories)
         n = _check_count(n, "n", "TabularPolicy.sample")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(
+                f"TabularPolicy.sample: generator must be a torch.Generator or None, "
+                f"got {generator!r}"
+            )
         n_cat, n_ans = self.logits.shape
         buckets = _GUIDE_BUCKETS
         cdf = torch.cumsum(self.probs(), dim=1)[:, :-1]  # the n_ans - 1 inner boundaries
@@ -164,6 +169,18 @@ class TabularPolicy:
                 f"{where}: categories must have shape (n_questions,) and answers "
                 f"(n_questions, n), got {tuple(categories.shape)} and {tuple(answers.shape)}"
             )
+        # an index out of range would address another category's cell: one min/max pass
+        for name, index, size in (
+            ("categories", categories, self.n_categories),
+            ("answers", answers, self.n_answers),
+        ):
+            if index.numel():
+                low, high = torch.aminmax(index)
+                if low < 0 or high >= size:
+                    raise ValueError(
+                        f"{where}: {name} must be indices in [0, {size}), got values in "
+                        f"[{int(low)}, {int(high)}]"
+                    )
         return categories, answers
 
     def policy_gradient(self, categories: Tensor, answers: Tensor, weights: Tensor) -> Tensor:
@@ -189,6 +206,11 @@ class TabularPolicy:
             )
         n_cat, n_ans = self.logits.shape
         weights = weights.to(torch.float64)
+        if not bool(torch.isfinite(weights.sum())) and not bool(torch.isfinite(weights).all()):
+            row = int((~torch.isfinite(weights)).any(1).nonzero()[0])
+            raise ValueError(
+                f"TabularPolicy.policy_gradient: weights of question {row} are not finite"
+            )
         cells = (categories[:, None] * n_ans + answers).reshape(-1)
         scattered = torch.bincount(cells, weights=weights.reshape(-1), minlength=n_cat * n_ans)
         per_category = torch.bincount(categories, weights=weights.sum(1), minlength=n_cat)

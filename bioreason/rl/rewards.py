@@ -62,6 +62,10 @@ class AnswerGrid:
     scale: int = 100
 
     def __post_init__(self) -> None:
+        for name in ("low", "high", "scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"AnswerGrid: {name} must be an integer, got {value!r}")
         if not 0 < self.low <= self.high < self.scale:
             raise ValueError(
                 f"AnswerGrid needs 0 < low <= high < scale so that every q lies in (0, 1); "
@@ -103,6 +107,10 @@ def parse_answers(texts: Sequence[str], grid: AnswerGrid | None = None) -> Parse
     """
     if isinstance(texts, str):
         raise TypeError("parse_answers expects a sequence of completions, got a single string")
+    if not isinstance(texts, Sequence) and not hasattr(texts, "__iter__"):
+        raise TypeError(
+            f"parse_answers expects a sequence of completions (strings), got {type(texts).__name__}"
+        )
     if grid is not None and not isinstance(grid, AnswerGrid):
         raise TypeError(f"parse_answers: grid must be an AnswerGrid, got {grid!r}")
     grid = grid or AnswerGrid()
