@@ -51,11 +51,7 @@ def _make_parent(path: Path) -> None:
     parent = path.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise NotADirectoryError(
-            f"cannot write {path}: {_first_file(parent)} is a file, not a folder"
-        ) from None
-    except NotADirectoryError:
+    except (FileExistsError, NotADirectoryError):
         raise NotADirectoryError(
             f"cannot write {path}: {_first_file(parent)} is a file, not a folder"
         ) from None
@@ -71,6 +67,17 @@ def _first_file(folder: Path) -> Path:
         if candidate.exists() and not candidate.is_dir():
             return candidate
     return folder
+
+
+def check_output_folder(path: str | Path) -> None:
+    """Raise ``NotADirectoryError`` naming the file when ``path`` (an output folder to be
+    created or reused) is a file or lies inside one."""
+    path = Path(path)
+    blocker = _first_file(path)
+    if blocker == path and path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path} is a file, not a folder; choose another output folder")
+    if blocker != path:
+        raise NotADirectoryError(f"cannot create the folder {path}: {blocker} is a file")
 
 
 @contextmanager

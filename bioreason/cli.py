@@ -194,6 +194,7 @@ def _check_methods(methods: list[str]) -> None:
 
 
 def _synthetic_calibration(args: argparse.Namespace) -> int:
+    from bioreason._io import check_output_folder
     from bioreason.pipelines.synthetic_calibration import (
         SyntheticCalibrationConfig,
         run_synthetic_calibration,
@@ -201,6 +202,7 @@ def _synthetic_calibration(args: argparse.Namespace) -> int:
 
     if args.methods is not None:
         _check_methods(args.methods)
+    check_output_folder(args.out)
     config = (
         SyntheticCalibrationConfig.from_yaml(args.config)
         if args.config

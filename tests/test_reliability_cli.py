@@ -389,6 +389,8 @@ def test_synthetic_calibration_out_a_file_or_a_foreign_folder(tmp_path, capsys):
     afile.write_text("mine")
     assert main(["synthetic-calibration", "--out", str(afile)]) == 1
     _one_error_line(capsys.readouterr().err, afile)
+    assert main(["synthetic-calibration", "--out", str(afile / "sub")]) == 1
+    assert "is a file" in _one_error_line(capsys.readouterr().err, afile)
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "notes.txt").write_text("mine")
@@ -401,7 +403,9 @@ def test_demo_out_a_file(tmp_path, capsys):
     afile = tmp_path / "demo"
     afile.write_text("mine")
     assert main(["demo", "--out", str(afile)]) == 1
-    _one_error_line(capsys.readouterr().err, afile)
+    assert "is a file" in _one_error_line(capsys.readouterr().err, afile)
+    assert main(["demo", "--out", str(afile / "sub")]) == 1
+    assert "is a file" in _one_error_line(capsys.readouterr().err, afile)
     assert afile.read_text() == "mine"
 
 

@@ -22,7 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bioreason._io import atomic_write, check_replaceable, manifest_matches, write_manifest
+from bioreason._io import (
+    atomic_write,
+    check_output_folder,
+    check_replaceable,
+    manifest_matches,
+    write_manifest,
+)
 
 DEMO_SCREEN = {
     "n_cells_per_condition": 100,
@@ -133,8 +139,7 @@ def _check_outputs(out: Path, force: bool) -> None:
     """Refuse, before any work, a run folder holding files the demo did not write."""
     from bioreason.pipelines.synthetic_calibration import _check_output_folder
 
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out} is a file; the demo writes a folder, choose another --out")
+    check_output_folder(out)
     # a stage with a manifest is checked when it runs (it may be up to date)
     for stage, output in (("screen", "screen.h5ad"), ("vae", "model")):
         if not (out / stage / "manifest.json").exists():
