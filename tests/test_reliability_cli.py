@@ -178,13 +178,20 @@ def test_check_replaceable_a_folder_output(tmp_path):
 
 
 def test_save_result_replaces_only_its_own_results(tmp_path):
-    from bioreason.pipelines.vae_results import save_result, write_results_table
+    from bioreason.pipelines.vae_results import (
+        check_result_path,
+        save_result,
+        write_results_table,
+    )
 
     path = tmp_path / "run.json"
     path.write_text('{"mine": true}')
-    with pytest.raises(FileExistsError, match="run.json"):
+    with pytest.raises(FileExistsError, match=r"run\.json.*written to .*run\.json\.new"):
         save_result({"a": 1}, tmp_path, "run")
     assert json.loads(path.read_text()) == {"mine": True}
+    assert json.loads((tmp_path / "run.json.new").read_text()) == {"a": 1}  # not lost
+    with pytest.raises(FileExistsError, match="run.json"):
+        check_result_path(tmp_path, "run")  # the check to make before a long run
     assert save_result({"a": 1}, tmp_path, "run", overwrite=True) == path
     assert save_result({"a": 2}, tmp_path, "run") == path  # written by save_result: replaced
     assert json.loads(path.read_text()) == {"a": 2}
