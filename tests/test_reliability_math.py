@@ -555,7 +555,7 @@ def test_tabular_policy_refuses_out_of_range_answers_and_nan_weights():
 
 # ----- property-based tests ---------------------------------------------------------
 
-PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 _anything = st.floats(allow_nan=True, allow_infinity=True, width=64)
 _extremes = st.sampled_from([0.0, 1.0, 0.5, 1e-300, 1 - 1e-16, -0.0])
@@ -610,21 +610,26 @@ def test_property_metrics_of_valid_inputs_are_finite_and_in_range(pair):
     assert 0 <= sharpness(probs) <= 0.25
 
 
-def _estimator_inputs(draw, name, shape):
+def _estimator_inputs(draw, name, shape, arbitrary=False):
+    """Inputs an estimator requires: valid ones, or (``arbitrary``) any floats."""
     meta = ADVANTAGES.metadata(name)
     kwargs = {}
     n = shape[0] if len(shape) else 1
+
+    def floats(low, high):
+        return _anything if arbitrary else st.floats(low, high)
+
     if meta["requires_values"]:
         kwargs["values"] = torch.as_tensor(
-            draw(hnp.arrays(np.float64, (n, 1), elements=st.floats(-1e6, 1e6)))
+            draw(hnp.arrays(np.float64, (n, 1), elements=floats(-1e6, 1e6)))
         )
     if meta["requires_answers"]:
         kwargs["answers"] = torch.as_tensor(
-            draw(hnp.arrays(np.float64, shape, elements=st.floats(0.0, 1.0)))
+            draw(hnp.arrays(np.float64, shape, elements=floats(0.0, 1.0)))
         )
     if meta["requires_log_probs"]:
         kwargs["log_probs"] = torch.as_tensor(
-            draw(hnp.arrays(np.float64, shape, elements=st.floats(-50.0, 0.0)))
+            draw(hnp.arrays(np.float64, shape, elements=floats(-50.0, 0.0)))
         )
     return kwargs
 
@@ -633,7 +638,7 @@ def _estimator_inputs(draw, name, shape):
 @given(data=st.data(), rewards=_arrays(_anything, max_dims=3))
 def test_property_estimators_raise_clearly_or_return_finite_advantages(data, rewards):
     for name in sorted(ADVANTAGES):
-        kwargs = _estimator_inputs(data.draw, name, rewards.shape)
+        kwargs = _estimator_inputs(data.draw, name, rewards.shape, arbitrary=True)
         try:
             advantages = get_advantage(name)(torch.as_tensor(rewards), **kwargs)
         except CLEAR as err:
@@ -693,3 +698,25 @@ def test_property_score_answers_floors_invalid_answers(q, data):
         assert torch.isfinite(rewards).all()
         assert n_floored == int(np.isnan(q).sum())
         assert (rewards[torch.as_tensor(np.isnan(q))] == FLOOR_REWARD).all()
+
+
+@PROPERTY
+@given(
+    shape=st.tuples(st.integers(0, 4), st.integers(0, 4)),
+    advantage_columns=st.sampled_from(["tokens", "one", "flat"]),
+    data=st.data(),
+)
+def test_property_policy_loss_raises_clearly_or_is_finite(shape, advantage_columns, data):
+    def draw(array_shape):
+        elements = st.one_of(_anything, st.floats(-5.0, 0.0))
+        return torch.as_tensor(data.draw(hnp.arrays(np.float64, array_shape, elements=elements)))
+
+    advantages_shape = {"tokens": shape, "one": (shape[0], 1), "flat": (shape[0],)}
+    try:
+        loss, stats = policy_loss(
+            draw(shape), draw(shape), draw(advantages_shape[advantage_columns])
+        )
+    except CLEAR as err:
+        assert "policy_loss" in str(err)
+        return
+    assert torch.isfinite(loss) and 0 <= stats["clip_fraction"] <= 1

@@ -284,6 +284,16 @@ def _as_group(rewards: Tensor, min_group: int = 1, where: str = "this estimator"
     return rewards
 
 
+def _require_probabilities(tensor: Tensor, name: str, where: str) -> None:
+    inside = (tensor >= 0) & (tensor <= 1)  # False for NaN
+    if not bool(inside.all()):
+        row, n_rows = _first_bad_row(inside)
+        raise ValueError(
+            f"{where}: {name} of question {row} (row {row}) are not probabilities in "
+            f"[0, 1] ({tensor[row].tolist()[:8]}); {n_rows} questions affected"
+        )
+
+
 def _check_int(value: Any, name: str, where: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
@@ -636,13 +646,7 @@ def semantic_entropy(answers: Tensor, log_probs: Tensor | None = None, n_bins: i
             f"{where}: answers must have shape (n_questions, group_size), "
             f"got {tuple(answers.shape)}"
         )
-    inside = (answers >= 0) & (answers <= 1)  # False for NaN
-    if not bool(inside.all()):
-        row, n_rows = _first_bad_row(inside)
-        raise ValueError(
-            f"{where}: answers of question {row} (row {row}) are not probabilities in "
-            f"[0, 1] ({answers[row].tolist()[:8]}); {n_rows} questions affected"
-        )
+    _require_probabilities(answers, "answers", where)
     n_questions, group = answers.shape
     clusters = (answers * n_bins).floor().long().clamp(0, n_bins - 1)
     if log_probs is None:
@@ -726,6 +730,7 @@ def seed_grpo(
             f"seed_grpo: answers must have the shape of rewards {tuple(rewards.shape)}, "
             f"got {tuple(answers.shape)}"
         )
+    _require_probabilities(answers, "answers", "seed_grpo")
     group = rewards.shape[1]
     entropy = semantic_entropy(answers, log_probs, n_bins)
     max_entropy = math.log(group)

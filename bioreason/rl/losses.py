@@ -459,15 +459,18 @@ def policy_loss(
                 f"{where}: entropy must have the shape of log_probs {tuple(log_probs.shape)}, "
                 f"got {tuple(entropy.shape)}"
             )
-    total, stats = loss_fn(
-        log_probs,
-        old_log_probs,
-        advantages,
-        clip_eps=clip_eps,
-        mask=mask,
-        aggregation=aggregation,
-        constant=constant,
-    )
+    try:
+        total, stats = loss_fn(
+            log_probs,
+            old_log_probs,
+            advantages,
+            clip_eps=clip_eps,
+            mask=mask,
+            aggregation=aggregation,
+            constant=constant,
+        )
+    except ValueError as err:  # name the caller's function and the registered loss
+        raise ValueError(f"{where} (loss {loss!r}): {err}") from None
     if kl_coef:
         if ref_log_probs is None:
             raise ValueError("kl_coef > 0 needs ref_log_probs (the reference policy's log-probs)")
