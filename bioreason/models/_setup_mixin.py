@@ -3,11 +3,10 @@ parsed against the model's genes and perturbations, and turned into tensors."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from bioreason._device import resolve_device
@@ -183,7 +182,7 @@ class SetupMixin:
         (with several control labels, ``"ctrl2"`` stays ``"ctrl2"``)."""
         if isinstance(perturbations, str):
             perturbations = [perturbations]
-        if not isinstance(perturbations, (Sequence, np.ndarray, pd.Index, pd.Series)):
+        if isinstance(perturbations, Mapping) or not isinstance(perturbations, Iterable):
             raise TypeError(
                 "conditions must be a condition label or a list of condition labels "
                 f"(e.g. ['control', 'A', 'A+B']), got {type(perturbations).__name__}"
