@@ -167,7 +167,7 @@ def _all_finite(tensor: Tensor) -> bool:
     """Whether every entry is finite, by one sum: a sum of finite numbers is never NaN,
     and it is finite unless it overflows (then the exact, slower check decides). On CPU
     this is ~20x faster than ``torch.isfinite(tensor).all()``."""
-    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+    return math.isfinite(tensor.sum().item()) or bool(torch.isfinite(tensor).all())
 
 
 def _require_finite(tensor: Tensor, name: str, where: str, unit: str = "question") -> None:

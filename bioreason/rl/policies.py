@@ -14,6 +14,7 @@ closed form so that a step over 100,000 rollouts takes a few milliseconds:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -175,11 +176,11 @@ class TabularPolicy:
             ("answers", answers, self.n_answers),
         ):
             if index.numel():
-                low, high = torch.aminmax(index)
+                low, high = (bound.item() for bound in torch.aminmax(index))
                 if low < 0 or high >= size:
                     raise ValueError(
                         f"{where}: {name} must be indices in [0, {size}), got values in "
-                        f"[{int(low)}, {int(high)}]"
+                        f"[{low}, {high}]"
                     )
         return categories, answers
 
@@ -206,7 +207,7 @@ class TabularPolicy:
             )
         n_cat, n_ans = self.logits.shape
         weights = weights.to(torch.float64)
-        if not bool(torch.isfinite(weights.sum())) and not bool(torch.isfinite(weights).all()):
+        if not math.isfinite(weights.sum().item()) and not bool(torch.isfinite(weights).all()):
             row = int((~torch.isfinite(weights)).any(1).nonzero()[0])
             raise ValueError(
                 f"TabularPolicy.policy_gradient: weights of question {row} are not finite"
