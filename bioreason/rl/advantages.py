@@ -285,6 +285,10 @@ def _as_group(rewards: Tensor, min_group: int = 1, where: str = "this estimator"
 
 
 def _require_probabilities(tensor: Tensor, name: str, where: str) -> None:
+    if tensor.numel():
+        low, high = (bound.item() for bound in torch.aminmax(tensor))  # one pass
+        if low >= 0 and high <= 1:  # False when NaN is present
+            return
     inside = (tensor >= 0) & (tensor <= 1)  # False for NaN
     if not bool(inside.all()):
         row, n_rows = _first_bad_row(inside)
