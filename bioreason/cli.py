@@ -103,10 +103,6 @@ def _simulate(args: argparse.Namespace) -> int:
             f"{out} already exists; choose another --out or pass --force to replace it"
         )
     config = ScreenConfig.from_yaml(args.config) if args.config else ScreenConfig()
-    if config.seed < 0:  # numpy would only say "expected non-negative integer"
-        raise ValueError(
-            f"ScreenConfig ({args.config}).seed must be a non-negative integer, got {config.seed}"
-        )
     overrides = {
         name: getattr(args, name)
         for name in (
