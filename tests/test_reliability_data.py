@@ -112,7 +112,7 @@ def test_recover_counts_non_numeric_library_column(small_screen):
         recover_counts(adata)
 
 
-def test_mcfaline23_library_column_is_refused_and_its_values_alone_recover():
+def test_mcfaline23_library_column_is_refused_and_its_values_alone_recover(tmp_path):
     path = require_norman()
     adata = ad.read_h5ad(path)
     mcfaline = adata[adata.obs["dataset"] == "mcfaline23"].copy()
@@ -122,8 +122,18 @@ def test_mcfaline23_library_column_is_refused_and_its_values_alone_recover():
         recover_counts(mcfaline)
     _, report = recover_counts(mcfaline, library_key=None)
     assert report.n_cells_over_tolerance == 0 and report.n_cells_rescaled == 0
-    with pytest.raises(ValueError, match=r"dataset 'mcfaline23'.*library_key: null"):
-        load_dataset("mcfaline23")
+    # an entry that reads the column names the registry fix ...
+    registry = tmp_path / "datasets.yaml"
+    registry.write_text(
+        f"mc:\n  path: {path}\n  obs_filter: {{dataset: mcfaline23}}\n"
+        "  recover_counts: true\n  library_key: ncounts\n"
+    )
+    with pytest.raises(ValueError, match=r"dataset 'mc'.*library_key: null"):
+        load_dataset("mc", registry=registry)
+    # ... which the repository's entry has: it loads, every cell with whole counts
+    loaded = load_dataset("mcfaline23")
+    counts = loaded.layers["counts"]
+    assert loaded.n_obs == 2586 and (counts.data == np.rint(counts.data)).all()
 
 
 # ------------------------------------------------------------------ 2. labels and doses
