@@ -18,6 +18,9 @@ import yaml
 
 from bioreason import __version__
 
+# the split names of bioreason.data.tasks.SPLITS (kept here: importing data is slow)
+TASK_SPLITS = ("random", "heldout_conditions", "heldout_combinations")
+
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -76,6 +79,16 @@ def _probability(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
     if not (math.isfinite(value) and 0.0 <= value <= 1.0):
         raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
@@ -223,6 +236,286 @@ def _synthetic_calibration(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- task tables
+# flags of build-task that set the TaskConfig field of the same name
+_TASK_FIELDS = (
+    "model",
+    "model_class",
+    "adata",
+    "device",
+    "outcome",
+    "readouts",
+    "n_programs",
+    "n_markers",
+    "conditions",
+    "ground_truth",
+    "template",
+    "n_outcomes",
+    "split",
+    "test_fraction",
+    "val_fraction",
+    "seed",
+    "target_se",
+    "max_draws",
+    "threshold_quantile",
+    "cells_per_draw",
+)
+
+
+def _option_value(text: str):
+    """``--option`` values: integers, numbers (``1e-3`` too), ``null``/``none``, else YAML."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    if text.lower() in ("none", "null", "~"):
+        return None
+    return yaml.safe_load(text) if text.strip() else text
+
+
+def _outcome_options(pairs: list[str]) -> dict:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--option expects KEY=VALUE (e.g. threshold=0.1), got {pair!r}")
+        try:
+            options[key.strip()] = _option_value(value.strip())
+        except yaml.YAMLError:
+            raise UsageError(f"--option {pair}: cannot read the value {value!r}") from None
+    return options
+
+
+def _task_config(args: argparse.Namespace):
+    """The TaskConfig of ``--config`` (if any) with the flags given on top."""
+    from bioreason.config import read_yaml
+    from bioreason.sim.task_config import TaskConfig
+
+    values, where = {}, "build-task"
+    if args.config:
+        values = read_yaml(args.config, what="config file")
+        values = {} if values is None else values
+        if not isinstance(values, dict):
+            raise ValueError(
+                f"config file {args.config} must hold a mapping of TaskConfig fields, got "
+                f"{type(values).__name__}"
+            )
+        where = f"TaskConfig ({args.config})"
+    elif args.model is None:
+        raise UsageError("give the saved model folder (--model DIR) or a config file (--config)")
+    overrides = {
+        name: getattr(args, name) for name in _TASK_FIELDS if getattr(args, name) is not None
+    }
+    if args.programs_file is not None:
+        overrides["programs"] = args.programs_file
+    if "outcome" in overrides and overrides["outcome"] != values.get("outcome", "screen_hit"):
+        values.pop("outcome_options", None)  # the file's options belong to its own outcome
+    if args.option:
+        base = values.get("outcome_options") or {}
+        if not isinstance(base, dict):
+            raise ValueError(f"{where}.outcome_options must be a mapping, got {base!r}")
+        overrides["outcome_options"] = {**base, **_outcome_options(args.option)}
+    return TaskConfig.from_dict({**values, **overrides}, where=where)
+
+
+def _build_task(args: argparse.Namespace) -> int:
+    import warnings
+
+    from bioreason.sim.task_config import build_task_from_config
+
+    out = Path(args.out)
+    if out.suffix not in (".parquet", ".pq"):
+        raise UsageError(f"--out must end in .parquet (or .pq), got {out}")
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a folder; give a file path ending in .parquet")
+    if out.exists() and not args.force:
+        raise FileExistsError(
+            f"{out} already exists; choose another --out or pass --force to replace it"
+        )
+    config = _task_config(args)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        table = build_task_from_config(config, out, overwrite=args.force)
+    for warning in caught:
+        print(f"warning: {_one_line(warning.message)}", file=sys.stderr)
+    summary = table.attrs["summary"]
+    splits = ", ".join(f"{k} {v}" for k, v in _ordered_splits(summary["questions_per_split"]))
+    print(
+        f"wrote {out}: {len(table)} questions ({table['condition'].nunique()} conditions x "
+        f"{table['readout'].nunique()} readouts; {splits}); mean p* {summary['mean_p_star']:.3f}, "
+        f"outcome rate {summary['outcome_rate']:.3f}"
+    )
+    return 0
+
+
+def _ordered_splits(counts: dict) -> list:
+    order = {"train": 0, "val": 1, "test": 2}
+    return sorted(counts.items(), key=lambda item: (order.get(item[0], 3), item[0]))
+
+
+def _read_task(path: Path):
+    """A task table from a parquet file (``save_task``) or a Replogle task folder."""
+    from bioreason.data.tasks import load_replogle_task, load_task
+
+    if path.is_dir():
+        if (path / "train.pq").exists():
+            return load_replogle_task(path)
+        raise IsADirectoryError(
+            f"{path} is a folder; give a task .parquet file (bioreason build-task --out) or "
+            "a Replogle task folder (train.pq, val.pq, test.pq)"
+        )
+    if not path.exists():
+        raise FileNotFoundError(f"task table {path} does not exist")
+    try:
+        return load_task(path)
+    except ValueError as err:
+        text = _one_line(err)
+        if "not a readable parquet" in text:
+            raise ValueError(f"{path} is not a parquet file (not a task table)") from None
+        if "lacks column" in text:
+            raise ValueError(f"{path} is a parquet file but not a task table: {text}") from None
+        raise
+
+
+def _task_facts(table, path: Path, target_se: float | None) -> dict:
+    """The summary of a task table, plus what inspect-task prints beyond it."""
+    import json
+
+    import numpy as np
+
+    from bioreason.data.tasks import task_summary
+
+    facts = task_summary(table)
+    sidecar = path.with_suffix(path.suffix + ".summary.json")
+    if target_se is None and path.is_file() and sidecar.exists():
+        try:
+            target_se = json.loads(sidecar.read_text()).get("target_se")
+        except (OSError, ValueError, AttributeError):
+            target_se = None
+    target_se = 0.01 if target_se is None else float(target_se)
+    p_star = table["p_star"].to_numpy(dtype=float)
+    known = np.isfinite(p_star)
+    facts["questions_per_split"] = dict(_ordered_splits(facts["questions_per_split"]))
+    facts["outcome_rate_per_split"] = {
+        split: float(table.loc[table["split"] == split, "outcome"].mean())
+        for split in facts["questions_per_split"]
+    }
+    facts["n_conditions"] = int(table["condition"].nunique())
+    facts["n_readouts"] = int(table["readout"].nunique())
+    facts["n_with_p_star"] = int(known.sum())
+    facts["target_se"] = target_se
+    facts["n_unconverged"] = int(
+        (table["p_star_se"].to_numpy(dtype=float)[known] > target_se).sum()
+    )
+    for column, key in (("p_true", "mean_p_true"), ("reference_probability", "mean_reference")):
+        values = table[column].to_numpy(dtype=float)
+        facts[key] = float(np.nanmean(values)) if np.isfinite(values).any() else None
+    both = known & np.isfinite(table["p_true"].to_numpy(dtype=float))
+    facts["mean_abs_p_star_minus_p_true"] = (
+        float(np.abs(p_star[both] - table["p_true"].to_numpy(dtype=float)[both]).mean())
+        if both.any()
+        else None
+    )
+    reference = table["reference_probability"].to_numpy(dtype=float)
+    reference = reference[np.isfinite(reference)]
+    facts["reference_histogram"] = (
+        np.histogram(reference, bins=10, range=(0, 1))[0].tolist() if reference.size else []
+    )
+    facts["outcome_definitions"] = list(dict.fromkeys(table["outcome_definition"].astype(str)))
+    facts["columns"] = [str(c) for c in table.columns]
+    return facts
+
+
+def _describe_outcome(text: str) -> str:
+    import json
+
+    try:
+        definition = json.loads(text)
+    except ValueError:
+        return text[:200]
+    if not isinstance(definition, dict):
+        return text[:200]
+    name = definition.pop("name", "?")
+    parts = []
+    for key, value in definition.items():
+        if (
+            isinstance(value, dict)
+            and value
+            and all(isinstance(v, (int, float)) for v in value.values())
+        ):
+            low, high = min(value.values()), max(value.values())
+            parts.append(f"{key} per readout ({len(value)} values, {low:.3g}-{high:.3g})")
+        else:
+            parts.append(f"{key}={value}")
+    return f"{name} ({', '.join(parts)})" if parts else str(name)
+
+
+def _histogram_lines(counts: list[int], width: int = 40) -> list[str]:
+    top = max(max(counts), 1)
+    return [
+        f"  {k / 10:.1f}-{(k + 1) / 10:.1f} | {'#' * round(width * n / top):<{width}} {n}"
+        for k, n in enumerate(counts)
+    ]
+
+
+def _task_report(facts: dict, path: Path) -> str:
+    def number(value) -> str:
+        return "n/a" if value is None or value != value else f"{value:.3f}"
+
+    splits = ", ".join(f"{k} {v}" for k, v in facts["questions_per_split"].items())
+    rates = ", ".join(f"{k} {number(v)}" for k, v in facts["outcome_rate_per_split"].items())
+    lines = [
+        f"{path}: {facts['n_questions']} questions, {facts['n_conditions']} conditions, "
+        f"{facts['n_readouts']} readouts",
+    ]
+    for text in facts["outcome_definitions"][:3]:
+        lines.append(f"outcome: {_describe_outcome(text)}")
+    if len(facts["outcome_definitions"]) > 3:
+        lines.append(f"  ... {len(facts['outcome_definitions'])} outcome definitions in all")
+    lines += [
+        f"questions per split: {splits}",
+        f"outcome rate: {number(facts['outcome_rate'])} ({rates})",
+    ]
+    if facts["n_with_p_star"]:
+        lines.append(
+            f"p*: mean {number(facts['mean_p_star'])}, mean SE {facts['mean_p_star_se']:.4f}, "
+            f"unconverged (SE > {facts['target_se']:g}) {facts['n_unconverged']} of "
+            f"{facts['n_with_p_star']}; within 0.05 of 0 or 1: "
+            f"{facts['p_star_extreme_fraction']:.0%}"
+        )
+        lines.append("p* histogram:")
+        lines += _histogram_lines(facts["p_star_histogram"])
+    else:
+        lines.append("p*: none (no model behind this task: p_star is empty)")
+    if facts["mean_p_true"] is not None:
+        gap = facts["mean_abs_p_star_minus_p_true"]
+        lines.append(
+            f"p_true: mean {number(facts['mean_p_true'])}"
+            + (f", mean |p* - p_true| {gap:.3f}" if gap is not None else "")
+        )
+    if facts["mean_reference"] is not None:
+        lines.append(f"reference probability: mean {number(facts['mean_reference'])}")
+        if not facts["n_with_p_star"]:
+            lines.append("reference probability histogram:")
+            lines += _histogram_lines(facts["reference_histogram"])
+    lines.append(f"columns: {', '.join(facts['columns'])}")
+    return "\n".join(lines)
+
+
+def _inspect_task(args: argparse.Namespace) -> int:
+    import json
+
+    path = Path(args.path)
+    table = _read_task(path)
+    facts = _task_facts(table, path, args.target_se)
+    if args.json:
+        print(json.dumps(facts, indent=1))
+    else:
+        print(_task_report(facts, path))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="bioreason",
@@ -285,6 +578,86 @@ def build_parser() -> argparse.ArgumentParser:
     _add_force(cal, "runs of this folder written with other settings")
     cal.add_argument("--no-progress", action="store_true", help="hide progress bars")
     cal.set_defaults(func=_synthetic_calibration)
+
+    task = sub.add_parser(
+        "build-task",
+        help="build a task table (questions, p*, sampled outcomes, splits) from a saved model",
+        description="Build a task table from a saved model folder. Flags override the "
+        "fields of --config (a YAML file of TaskConfig fields, see docs/tasks.md).",
+    )
+    task.add_argument("--out", required=True, help="output .parquet path")
+    task.add_argument("--config", help="YAML file of TaskConfig fields")
+    task.add_argument("--model", help="folder written by model.save")
+    task.add_argument(
+        "--model-class", dest="model_class", help="e.g. sams_vae (default: recorded in the folder)"
+    )
+    task.add_argument("--adata", help="observed cells (.h5ad): measured conditions, programs")
+    task.add_argument("--device", help="cpu (default), cuda or auto")
+    task.add_argument("--outcome", help="registered outcome (default screen_hit)")
+    task.add_argument(
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an outcome option, e.g. threshold=0.1, n_cells=100, test=welch, threshold=null "
+        "(per-readout thresholds from the model's effects); repeatable",
+    )
+    task.add_argument("--readouts", nargs="+", metavar="NAME", help="genes or program names")
+    task.add_argument(
+        "--n-programs",
+        "--programs",
+        dest="n_programs",
+        type=_positive_int,
+        metavar="N",
+        help="learn N programs by NMF on --adata (program0, ...)",
+    )
+    task.add_argument("--n-markers", dest="n_markers", type=_positive_int, help="default 15")
+    task.add_argument(
+        "--programs-file",
+        dest="programs_file",
+        metavar="FILE",
+        help="YAML mapping of user programs, name: [gene, ...]",
+    )
+    task.add_argument(
+        "--conditions",
+        nargs="+",
+        metavar="LABEL",
+        help="condition labels (A, A+B) and/or sets: singles, measured, measured_singles, "
+        "measured_combinations, pairs, unseen_pairs (default: measured with --adata, "
+        "else singles)",
+    )
+    task.add_argument(
+        "--ground-truth",
+        dest="ground_truth",
+        action="store_true",
+        default=None,
+        help="fill p_true from --adata's simulated ground truth (simulate_screen)",
+    )
+    task.add_argument("--template", help="prompt format string (see docs/tasks.md)")
+    task.add_argument("--n-outcomes", dest="n_outcomes", type=_positive_int, help="default 1")
+    task.add_argument("--split", choices=TASK_SPLITS, help="default random")
+    task.add_argument("--test-fraction", dest="test_fraction", type=_probability)
+    task.add_argument("--val-fraction", dest="val_fraction", type=_probability)
+    task.add_argument("--seed", type=_non_negative_int)
+    task.add_argument("--target-se", dest="target_se", type=_positive_float, help="default 0.01")
+    task.add_argument("--max-draws", dest="max_draws", type=_positive_int, help="default 2000")
+    task.add_argument("--threshold-quantile", dest="threshold_quantile", type=_probability)
+    task.add_argument("--cells-per-draw", dest="cells_per_draw", type=_positive_int)
+    _add_force(task, "an existing --out")
+    task.set_defaults(func=_build_task)
+
+    itask = sub.add_parser(
+        "inspect-task",
+        help="print a task table's summary (questions per split, p*, outcome rate, SE)",
+    )
+    itask.add_argument("path", help="task .parquet file, or a Replogle task folder")
+    itask.add_argument(
+        "--target-se",
+        dest="target_se",
+        type=_positive_float,
+        help="SE above which p* counts as unconverged (default: the task's target, else 0.01)",
+    )
+    itask.add_argument("--json", action="store_true", help="print the summary as JSON")
+    itask.set_defaults(func=_inspect_task)
 
     demo = sub.add_parser("demo", help="run the end-to-end demo on built-in synthetic data")
     demo.add_argument("--out", default="runs/demo", help="run folder")

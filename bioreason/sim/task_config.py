@@ -1,0 +1,502 @@
+"""Task tables from a config: a saved model folder, an outcome, readouts and conditions in,
+a task parquet out (what ``bioreason build-task`` runs).
+
+:class:`TaskConfig` holds everything that defines a task (validated on load, unknown
+fields named); :func:`build_task_from_config` loads the model (and the observed AnnData
+when given), learns or reads the programs, expands the condition sets, builds the
+:class:`~bioreason.sim.OutcomeSimulator` and calls :func:`bioreason.data.tasks.build_task`.
+Paths in a config are relative to the current working directory.
+
+Condition sets (:data:`CONDITION_SETS`) name groups of conditions instead of listing
+them; a ``conditions`` entry that is not a set's name is a condition label (``"A"``,
+``"A+B"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bioreason.config import Config, read_yaml
+from bioreason.data.tasks import DEFAULT_TEMPLATE, SPLITS, _check_template
+from bioreason.registry import Registry
+
+__all__ = [
+    "CONDITION_SETS",
+    "TaskConfig",
+    "build_task_from_config",
+    "load_model",
+    "resolve_conditions",
+]
+
+
+# ---------------------------------------------------------------- condition sets
+def _measured(model: Any) -> list[str]:
+    """Non-control conditions with cells in the model's AnnData, canonical labels."""
+    return list(model.training_conditions())
+
+
+def _parts(model: Any, label: str) -> list[str]:
+    return label.split(model.setup.delimiter)
+
+
+def _measured_singles(model: Any) -> list[str]:
+    return [c for c in _measured(model) if len(_parts(model, c)) == 1]
+
+
+def _pairs_of_measured_singles(model: Any) -> list[str]:
+    singles = set(_measured_singles(model))
+    ordered = [p for p in model.perturbation_names if p in singles]  # the model's order
+    return [model.setup.delimiter.join(pair) for pair in itertools.combinations(ordered, 2)]
+
+
+#: name -> function(model) -> condition labels; ``measured*`` and ``*pairs`` read the
+#: observed AnnData (``adata``), ``singles`` only the model
+CONDITION_SETS: Registry[Callable[[Any], list[str]]] = Registry("condition set")
+CONDITION_SETS.register(
+    "singles",
+    lambda model: list(model.perturbation_names),
+    needs_adata=False,
+    help="every single perturbation the model knows",
+)
+CONDITION_SETS.register(
+    "measured",
+    _measured,
+    needs_adata=True,
+    help="every non-control condition with cells in adata (singles and combinations)",
+)
+CONDITION_SETS.register(
+    "measured_singles",
+    _measured_singles,
+    needs_adata=True,
+    help="single perturbations with cells in adata",
+)
+CONDITION_SETS.register(
+    "measured_combinations",
+    lambda model: [c for c in _measured(model) if len(_parts(model, c)) > 1],
+    needs_adata=True,
+    help="combinations with cells in adata",
+)
+CONDITION_SETS.register(
+    "pairs",
+    _pairs_of_measured_singles,
+    needs_adata=True,
+    help="every pair A+B of measured singles, measured or not",
+)
+CONDITION_SETS.register(
+    "unseen_pairs",
+    lambda model: [
+        pair
+        for pair in _pairs_of_measured_singles(model)
+        if frozenset(_parts(model, pair))
+        not in {frozenset(_parts(model, c)) for c in _measured(model)}
+    ],
+    needs_adata=True,
+    help="pairs of measured singles without cells in adata (the model composes them)",
+)
+
+
+# ---------------------------------------------------------------- the config
+@dataclass
+class TaskConfig(Config):
+    """Everything that defines a task table built from a saved model.
+
+    Attributes
+    ----------
+    model : str
+        Folder written by ``model.save`` (required).
+    model_class : str, optional
+        Registry name (``"sams_vae"``) or class name (``"SAMSVAE"``) of
+        :data:`bioreason.models.MODELS`; default: the class recorded in the folder's
+        ``attributes.json``.
+    adata : str, optional
+        ``.h5ad`` of observed cells with the model's genes: the source of ``measured``
+        conditions, learned programs, data-dependent thresholds (``cell_expression``)
+        and, for a synthetic screen, the ground truth. A saved model folder does not
+        record its AnnData, so give it here.
+    device : str
+        ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    outcome : str
+        A registered outcome (:data:`bioreason.sim.OUTCOMES`): ``screen_hit``,
+        ``direction``, ``cell_expression`` or a custom one.
+    outcome_options : dict
+        The outcome's options, e.g. ``{threshold: 0.1, n_cells: 100}``; for
+        ``screen_hit``, ``threshold: null`` picks one threshold per readout at
+        ``threshold_quantile`` of the model's effects.
+    readouts : list of str
+        Gene names of the model or program names; empty: every program (given or
+        learned).
+    programs : dict or str, optional
+        User programs, ``{name: [gene, ...]}`` (equal weights) or
+        ``{name: {gene: weight}}``, or the path of a YAML file holding that mapping.
+    n_programs : int, optional
+        Learn this many programs (``program0``, ...) by NMF on the cells of ``adata``.
+    n_markers : int
+        Marker genes kept per learned program.
+    conditions : list of str or str, optional
+        Condition labels and/or names of :data:`CONDITION_SETS`; default ``measured``
+        with ``adata``, else ``singles``.
+    ground_truth : bool
+        Fill ``p_true`` from ``adata.uns["ground_truth"]`` (a screen made by
+        ``simulate_screen``).
+    template : str
+        Prompt format string (fields: question, condition, condition_text, readout,
+        markers).
+    n_outcomes : int
+        Sampled outcomes per question.
+    split, test_fraction, val_fraction : see :func:`bioreason.data.tasks.split_questions`
+    seed : int
+    target_se, max_draws : Monte Carlo target of p* and its draw budget.
+    threshold_quantile : float in (0, 1)
+    cells_per_draw : int, optional
+        Cells per condition per posterior draw on the fast path (default: the
+        simulator's).
+    replicates_per_draw : int
+        Replicates per draw on the brute-force path.
+    """
+
+    model: str | None = None
+    model_class: str | None = None
+    adata: str | None = None
+    device: str = "cpu"
+    outcome: str = "screen_hit"
+    outcome_options: dict[str, Any] = field(default_factory=dict)
+    readouts: list[str] = field(default_factory=list)
+    programs: dict[str, Any] | str | None = None
+    n_programs: int | None = None
+    n_markers: int = 15
+    conditions: list[str] | str | None = None
+    ground_truth: bool = False
+    template: str = DEFAULT_TEMPLATE
+    n_outcomes: int = 1
+    split: str = "random"
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+    seed: int = 0
+    target_se: float = 0.01
+    max_draws: int = 2000
+    threshold_quantile: float = 0.5
+    cells_per_draw: int | None = None
+    replicates_per_draw: int = 8
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError(
+                "model: give the folder of a saved model (--model DIR, or 'model:' in the "
+                "config file)"
+            )
+        if isinstance(self.conditions, str):
+            self.conditions = [self.conditions]
+        if self.conditions is not None and not self.conditions:
+            raise ValueError("conditions is empty; list condition labels or condition sets")
+        _check_outcome(self.outcome, self.outcome_options)
+        if isinstance(self.programs, Mapping):
+            _check_programs(self.programs, "programs")
+        _check_template(self.template)
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {list(SPLITS)}, got {self.split!r}")
+        for name, smallest in (
+            ("n_outcomes", 1),
+            ("n_markers", 1),
+            ("max_draws", 1),
+            ("replicates_per_draw", 1),
+            ("seed", 0),
+        ):
+            if getattr(self, name) < smallest:
+                raise ValueError(f"{name} must be >= {smallest}, got {getattr(self, name)}")
+        for name in ("n_programs", "cells_per_draw"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 (or null), got {value}")
+        for name in ("test_fraction", "val_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.test_fraction + self.val_fraction >= 1:
+            raise ValueError("test_fraction + val_fraction must be < 1 (nothing left to train on)")
+        if not self.target_se > 0:
+            raise ValueError(f"target_se must be > 0, got {self.target_se}")
+        if not 0 < self.threshold_quantile < 1:
+            raise ValueError(f"threshold_quantile must be in (0, 1), got {self.threshold_quantile}")
+        if self.n_programs is not None and self.adata is None:
+            raise ValueError("n_programs learns programs from observed cells: give adata too")
+        if _needs_observed_thresholds(self.outcome, self.outcome_options) and self.adata is None:
+            raise ValueError(
+                f"outcome {self.outcome!r} takes its default threshold from the observed "
+                "control cells: give adata (--adata FILE.h5ad) or a numeric threshold "
+                "(--option threshold=1.0)"
+            )
+        if self.ground_truth and self.adata is None:
+            raise ValueError("ground_truth reads adata.uns['ground_truth']: give adata too")
+
+
+def _check_outcome(name: str, options: Mapping[str, Any]) -> None:
+    """Raise naming an unregistered outcome or an option it does not have."""
+    from bioreason.sim.outcomes import OUTCOMES, make_outcome
+
+    factory = OUTCOMES.get(name)  # lists the registered outcomes
+    if isinstance(factory, type) and dataclasses.is_dataclass(factory):
+        valid = sorted(f.name for f in dataclasses.fields(factory) if f.init)
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ValueError(
+                f"outcome_options: unknown option(s) {unknown} for outcome {name!r}; "
+                f"its options are {valid}"
+            )
+    try:
+        make_outcome(name, **options)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"outcome_options: {err}") from None
+
+
+def _needs_observed_thresholds(name: str, options: Mapping[str, Any]) -> bool:
+    """Whether the outcome fixes its thresholds from observed cells (not screen_hit, whose
+    missing thresholds come from the model's effects)."""
+    from bioreason.sim.outcomes import make_outcome
+
+    outcome = make_outcome(name, **options)
+    return outcome.needs_thresholds() and outcome.name != "screen_hit"
+
+
+def _check_programs(programs: Mapping[str, Any], where: str) -> None:
+    if not programs:
+        raise ValueError(f"{where} is empty; give name: [gene, ...] entries")
+    for name, genes in programs.items():
+        if isinstance(genes, Mapping):
+            good = bool(genes) and all(
+                isinstance(g, str) and isinstance(w, (int, float)) and not isinstance(w, bool)
+                for g, w in genes.items()
+            )
+        else:
+            good = (
+                isinstance(genes, (list, tuple))
+                and bool(genes)
+                and all(isinstance(g, str) for g in genes)
+            )
+        if not isinstance(name, str) or not good:
+            raise ValueError(
+                f"{where}: program {name!r} must map a name to a non-empty list of gene names "
+                f"or to {{gene: weight}}, got {genes!r}"
+            )
+
+
+# ---------------------------------------------------------------- building
+def load_model(
+    folder: str | Path, model_class: str | None = None, adata: Any = None, **kw: Any
+) -> Any:
+    """Load a saved model folder with its recorded class (or ``model_class``).
+
+    Returns
+    -------
+    A fitted model of :mod:`bioreason.models` (``adata`` attached when given).
+    """
+    from bioreason.models import MODELS
+
+    folder = Path(folder)
+    attributes = folder / "attributes.json"
+    if model_class is None:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"model folder {folder} does not exist (check the path)")
+        if not attributes.exists():
+            raise FileNotFoundError(
+                f"{attributes} not found: {folder} is not a folder written by model.save"
+            )
+        try:
+            model_class = str(json.loads(attributes.read_text())["model_class"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            raise ValueError(f"{attributes} is damaged: no readable 'model_class'") from None
+    by_class = {cls.__name__: cls for cls in MODELS.values()}
+    cls = by_class.get(model_class) or MODELS.get(model_class)  # the latter lists the choices
+    return cls.load(folder, adata=adata, **kw)
+
+
+def _read_adata(path: str | Path) -> Any:
+    """``anndata.read_h5ad`` whose errors name the file.
+
+    Returns
+    -------
+    AnnData
+    """
+    import anndata as ad
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"adata {path} does not exist")
+    if path.is_dir():
+        raise IsADirectoryError(f"adata {path} is a folder; give the path of one .h5ad file")
+    try:
+        return ad.read_h5ad(path)
+    except OSError as err:
+        raise OSError(f"cannot read adata {path} as .h5ad: {' '.join(str(err).split())}") from None
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"adata {path} is not an AnnData .h5ad file ({err})") from None
+
+
+def resolve_conditions(model: Any, entries: list[str], has_adata: bool) -> list[str]:
+    """Expand condition-set names (:data:`CONDITION_SETS`) among ``entries``; other
+    entries are labels, kept as given (the simulator checks them against the model).
+
+    Returns
+    -------
+    list of str, without repeats, in order of first appearance.
+    """
+    known = set(model.perturbation_names)
+    out: list[str] = []
+    for entry in entries:
+        if entry not in CONDITION_SETS:
+            out.append(entry)
+            continue
+        if entry in known:
+            raise ValueError(
+                f"conditions: {entry!r} is both a condition set and a perturbation of the "
+                "model; list the perturbation's conditions another way (e.g. as a pair)"
+            )
+        if CONDITION_SETS.metadata(entry)["needs_adata"] and not has_adata:
+            raise ValueError(
+                f"conditions: the set {entry!r} ({CONDITION_SETS.metadata(entry)['help']}) "
+                "needs observed cells: give adata (--adata FILE.h5ad)"
+            )
+        found = CONDITION_SETS.get(entry)(model)
+        if not found:
+            raise ValueError(f"conditions: the set {entry!r} is empty for this model and adata")
+        out.extend(found)
+    return list(dict.fromkeys(out))
+
+
+def _programs(config: TaskConfig, model: Any, adata: Any) -> list[Any]:
+    from bioreason.sim.readouts import learn_programs, program_readout
+
+    readouts = []
+    user = config.programs
+    if isinstance(user, str):
+        user = read_yaml(user, what="programs file")
+        if not isinstance(user, Mapping):
+            raise ValueError(
+                f"programs file {config.programs} must hold a mapping name: [gene, ...], "
+                f"got {type(user).__name__}"
+            )
+        _check_programs(user, f"programs file {config.programs}")
+    for name, genes in (user or {}).items():
+        if isinstance(genes, Mapping):
+            readouts.append(program_readout(name, list(genes), list(genes.values())))
+        else:
+            readouts.append(program_readout(name, genes))
+    if config.n_programs is not None:
+        learned = learn_programs(
+            adata,
+            n_programs=config.n_programs,
+            n_markers=config.n_markers,
+            layer=model.setup.layer,
+            seed=config.seed,
+        )
+        clash = sorted({r.name for r in learned} & {r.name for r in readouts})
+        if clash:
+            raise ValueError(f"programs {clash} are named like learned programs; rename them")
+        readouts.extend(learned)
+    return readouts
+
+
+def build_task_from_config(
+    config: TaskConfig, out: str | Path | None = None, overwrite: bool = False
+) -> pd.DataFrame:
+    """Build the task ``config`` describes; write it to ``out`` (parquet, atomically, with
+    a ``.summary.json`` and a ``.manifest.json`` beside it) when given.
+
+    Raises
+    ------
+    FileExistsError
+        ``out`` exists and ``overwrite`` is false (checked before any work).
+    ValueError, FileNotFoundError
+        A bad field, file, gene, program or condition; the message names it.
+
+    Returns
+    -------
+    DataFrame, the task table of :func:`bioreason.data.tasks.build_task`;
+    ``attrs["summary"]`` is its summary plus ``target_se`` and ``n_unconverged``.
+    """
+    from bioreason._io import write_manifest
+    from bioreason.data.tasks import build_task, save_task
+    from bioreason.sim.ground_truth import GroundTruthSimulator
+    from bioreason.sim.simulator import OutcomeSimulator
+
+    if out is not None:
+        out = Path(out)
+        if out.is_dir():
+            raise IsADirectoryError(f"{out} is a folder; give the path of a .parquet file")
+        if out.exists() and not overwrite:
+            raise FileExistsError(
+                f"{out} already exists; choose another path or pass --force "
+                "(overwrite=True in Python) to replace it"
+            )
+    adata = _read_adata(config.adata) if config.adata is not None else None
+    if config.ground_truth and "ground_truth" not in adata.uns:
+        raise ValueError(
+            f"ground_truth: adata {config.adata} has no uns['ground_truth'] (only screens made "
+            "by simulate_screen know their true parameters)"
+        )
+    model = load_model(config.model, config.model_class, adata=adata, device=config.device)
+    programs = _programs(config, model, adata)
+    readouts = list(config.readouts) or [r.name for r in programs]
+    options = dict(
+        readouts=programs,
+        observed=adata,
+        cells_per_draw=config.cells_per_draw,
+        replicates_per_draw=config.replicates_per_draw,
+    )
+    simulator = OutcomeSimulator(model, config.outcome, **options, **config.outcome_options)
+    if simulator.outcome.uses_readout:
+        if not readouts:
+            raise ValueError(
+                f"outcome {config.outcome!r} asks about readouts: give genes (--readouts), "
+                "programs (programs: in the config) or learned programs (--n-programs N)"
+            )
+        for name in readouts:
+            simulator.readouts.get(name)  # names an unknown gene or program
+    entries = config.conditions or (["measured"] if adata is not None else ["singles"])
+    conditions = resolve_conditions(model, list(entries), adata is not None)
+    truth = None
+    if config.ground_truth:
+        truth = GroundTruthSimulator(adata, config.outcome, **options, **config.outcome_options)
+    table = build_task(
+        simulator,
+        conditions,
+        readouts if simulator.outcome.uses_readout else None,
+        template=config.template,
+        n_outcomes=config.n_outcomes,
+        split=config.split,
+        test_fraction=config.test_fraction,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        target_se=config.target_se,
+        max_draws=config.max_draws,
+        threshold_quantile=config.threshold_quantile,
+        truth=truth,
+    )
+    table.attrs["summary"] = {
+        **table.attrs["summary"],
+        "target_se": config.target_se,
+        "n_unconverged": int((table["p_star_se"] > config.target_se).sum()),
+    }
+    if out is not None:
+        inputs = {"model": config.model}
+        if config.adata is not None:
+            inputs["adata"] = config.adata
+        if isinstance(config.programs, str):
+            inputs["programs"] = config.programs
+        sidecar = out.with_suffix(out.suffix + ".summary.json")
+        manifest = {
+            "config": config.to_dict(),
+            "seed": config.seed,
+            "inputs": inputs,
+            "name": out.name + ".manifest.json",
+        }
+        write_manifest(out.parent, **manifest, outputs=[out, sidecar], complete=False)
+        save_task(table, out, overwrite=overwrite)
+        write_manifest(out.parent, **manifest, outputs=[out, sidecar])
+    return table
