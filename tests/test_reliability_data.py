@@ -441,6 +441,20 @@ def test_load_dataset_filter_that_keeps_no_cells(tmp_path):
         load_dataset("toy", registry=registry)
 
 
+def test_registry_yaml_errors_name_the_file_and_line(tmp_path):
+    registry = tmp_path / "datasets.yaml"
+    registry.write_text("toy:\n  path: toy.h5ad\n  obs_filter: {dataset: [x\n  setup: {}\n")
+    with pytest.raises(ValueError) as err:
+        load_dataset("toy", registry=registry)
+    message = str(err.value)
+    assert f"dataset registry {registry} is not valid YAML" in message
+    assert "at line 4, column 8" in message and "\n" not in message  # one line
+    with pytest.raises(FileNotFoundError, match=r"dataset registry .*missing\.yaml does not exist"):
+        load_dataset("toy", registry=tmp_path / "missing.yaml")
+    with pytest.raises(IsADirectoryError, match="dataset registry .* is a folder"):
+        load_dataset("toy", registry=tmp_path)
+
+
 # ------------------------------------------------------------------ property-based
 _PART = st.sampled_from(["A", "B", "C", "control", "", " ", "A ", "a"])
 _LABEL = st.lists(_PART, min_size=1, max_size=4)

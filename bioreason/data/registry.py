@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
-from bioreason.config import Config
+from bioreason.config import Config, read_yaml
 from bioreason.data.setup import PerturbationSetup
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -69,15 +68,14 @@ class DatasetEntry(Config):
 
 
 def dataset_registry(path: str | Path = REGISTRY_PATH) -> dict[str, DatasetEntry]:
-    """All entries of the registry file."""
+    """All entries of the registry file.
+
+    Raises ``FileNotFoundError`` / ``IsADirectoryError`` naming the path, and
+    ``ValueError`` naming the file and the line and column of a YAML syntax error.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"dataset registry {path} not found (or not a file)")
-    try:
-        with path.open() as handle:
-            raw = yaml.safe_load(handle) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"dataset registry {path} is not valid YAML: {err}") from None
+    # errors name the file; a syntax error also its line and column
+    raw = read_yaml(path, what="dataset registry") or {}
     if not isinstance(raw, dict):
         raise ValueError(
             f"dataset registry {path} must map dataset names to entries, got {type(raw).__name__}"
