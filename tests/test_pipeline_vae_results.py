@@ -47,3 +47,40 @@ def test_field_values_are_json_and_errors_say_how_to_quote():
         parse_field_values(["guide=mean_field"])
     with pytest.raises(ValueError, match="expected FIELD=VALUE"):
         parse_field_values(["guide"])
+
+
+def _benchmark_script():
+    """benchmarks/vae_results.py as a module (benchmarks/ is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "vae_results.py"
+    spec = importlib.util.spec_from_file_location("_vae_results_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_script_refuses_a_result_it_did_not_write_before_training(tmp_path, capsys):
+    script = _benchmark_script()
+    trained = []
+
+    def run(config):
+        trained.append(config.name)
+        return {"model": config.model, "seed": config.seed, "test_iwelbo": -1.0}
+
+    script.run_vae_results = run
+    argv = ["--dataset", "synthetic", "--steps", "1", "--out", str(tmp_path)]
+    name = VAEResultsConfig(steps=1).name
+    theirs = tmp_path / f"{name}.json"
+    theirs.write_text('{"written": "by hand"}')
+    assert script.main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(theirs) in err and "--force" in err
+    assert trained == []  # refused before training
+    assert theirs.read_text() == '{"written": "by hand"}'
+    assert not (tmp_path / f"{name}.json.new").exists()
+    assert script.main([*argv, "--force"]) == 0
+    assert json.loads(theirs.read_text())["model"] == "sams_vae" and trained == [name]
+    assert script.main(argv) == 0  # its own result is replaced without --force
+    assert trained == [name, name]
