@@ -162,12 +162,16 @@ def test_ground_truth_simulator_matches_a_direct_monte_carlo_of_the_true_model(s
     assert row["p_star_spread"] < 0.2
 
 
-def test_fast_path_agrees_with_brute_force_for_welch_and_thresholds(screen):
+@pytest.mark.parametrize("counterfactual", [True, False])
+def test_fast_path_agrees_with_brute_force_for_welch_and_thresholds(screen, counterfactual):
     condition = [c for c in screen.obs["perturbation"].unique() if c != "control"][0]
     genes = [str(g) for g in screen.var_names[:3]]
     questions = [(condition, g) for g in genes]
     for options in ({"test": "welch", "alpha": 0.05}, {"threshold": 0.1, "direction": "either"}):
-        simulator = GroundTruthSimulator(screen, "screen_hit", n_cells=40, **options)
+        simulator = GroundTruthSimulator(
+            screen, "screen_hit", n_cells=40, counterfactual=counterfactual, **options
+        )
+        assert simulator.paired is counterfactual
         fast = simulator.probability(questions, target_se=0.01, method="fast", seed=0)
         brute = simulator.probability(questions, target_se=0.015, method="brute", seed=1)
         gap = np.abs(fast["p_star"] - brute["p_star"])
@@ -285,3 +289,59 @@ def test_svae_plus_gives_its_clear_error_for_an_unseen_combination(fitted_models
     simulator = OutcomeSimulator(models["svae_plus"], "direction", n_cells=20)
     with pytest.raises(ValueError, match="SVAE|combination|categor"):
         simulator.probability([(unseen, gene)])
+
+
+def test_counterfactual_cells_share_basal_state_and_library(fitted_models):
+    models = fitted_models[0]
+    model = models["sams_vae"]
+    labels = [model.control_label, model.control_label, model.perturbation_names[0]]
+    pp = model.posterior_predictive(labels, n_cells=30, n_draws=4, seed=0, counterfactual=True)
+    # the same basal cell under the same condition: identical means, fresh count noise
+    np.testing.assert_array_equal(pp.expected_counts[:, 0], pp.expected_counts[:, 1])
+    assert not np.array_equal(pp.counts[:, 0], pp.counts[:, 1])
+    np.testing.assert_array_equal(pp.library_size[:, 0], pp.library_size[:, 2])
+    independent = model.posterior_predictive(labels, n_cells=30, n_draws=4, seed=0)
+    assert not np.array_equal(independent.expected_counts[:, 0], independent.expected_counts[:, 1])
+    with pytest.raises(ValueError, match="no basal state"):
+        models["svae_plus"].posterior_predictive(
+            [model.control_label], n_cells=2, n_draws=1, counterfactual=True
+        )
+    with pytest.raises(ValueError, match="cannot generate counterfactual"):
+        OutcomeSimulator(models["svae_plus"], "screen_hit", counterfactual=True)
+
+
+@pytest.mark.parametrize("likelihood", ["nb", "poisson"])
+def test_generating_some_genes_keeps_the_total_count_distribution(likelihood):
+    from bioreason.models.likelihoods import LIKELIHOODS
+
+    torch.manual_seed(0)
+    n_cells, n_genes = 4000, 300
+    logits = torch.randn(n_genes) * 1.5
+    library = torch.full((n_cells,), 2000.0)
+    gene_parameter = torch.full((n_genes,), 0.5)  # unconstrained; theta = softplus(.)
+    distribution = LIKELIHOODS[likelihood](logits.expand(n_cells, -1), library, gene_parameter)
+    genes = torch.arange(0, n_genes, 7)
+    counts, totals = distribution.sample_genes(genes)
+    full = distribution.sample()
+    assert counts.shape == (n_cells, len(genes)) and totals.shape == (n_cells,)
+    # the returned genes have their own distribution ...
+    mean, sd = full[:, genes].mean(0), full[:, genes].std(0)
+    assert (torch.abs(counts.mean(0) - mean) < 6 * sd / n_cells**0.5 + 1e-3).all()
+    # ... and the totals the full sample's mean and variance (Monte Carlo tolerances:
+    # the mean within 5 SE, the variance within 5 SE of a sample variance, ~sqrt(2/n))
+    full_totals = full.sum(-1)
+    se = full_totals.std() / n_cells**0.5
+    assert abs(totals.mean() - full_totals.mean()) < 5 * 2**0.5 * se
+    ratio = totals.var() / full_totals.var()
+    assert abs(ratio - 1) < 5 * (4 / n_cells) ** 0.5
+    assert (totals >= counts.sum(-1)).all()
+
+
+def test_posterior_predictive_of_some_genes_names_unknown_genes(fitted_models):
+    model = fitted_models[0]["sams_vae"]
+    genes = list(model.gene_names[:3])
+    pp = model.posterior_predictive([model.control_label], n_cells=5, n_draws=2, genes=genes)
+    assert pp.counts.shape == (2, 1, 5, 3) and pp.gene_names == genes
+    assert (pp.totals() >= pp.counts.sum(-1)).all()
+    with pytest.raises(ValueError, match="NOPE"):
+        model.posterior_predictive([model.control_label], genes=["NOPE"])

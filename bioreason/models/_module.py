@@ -206,6 +206,10 @@ class PerturbationVAEModule(nn.Module):
 
     #: names of global sample sites, in sampling order
     global_sites: tuple[str, ...] = ()
+    #: per-cell latent site drawn from N(0, I) independently of the condition (a cell's
+    #: basal state, shared by counterfactual generation); None when the cell latent's
+    #: distribution depends on the condition
+    basal_site: str | None = None
 
     def __init__(
         self,

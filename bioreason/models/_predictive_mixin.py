@@ -52,6 +52,10 @@ class PosteriorPredictive:
         The likelihood's mean of each generated cell (for the negative binomial,
         ``library_size * softmax(decoder(z))``): the counts without sampling noise.
     library_size : ndarray, shape (n_draws, C, n_cells), float32
+    total_counts : ndarray, shape (n_draws, C, n_cells), float32, or None
+        Each cell's total count over all the model's genes: ``counts.sum(-1)``, except
+        when generation was restricted to some genes (``genes=``), where it also counts
+        the genes not returned. None means ``counts.sum(-1)``.
     """
 
     conditions: list[str]
@@ -59,6 +63,13 @@ class PosteriorPredictive:
     counts: np.ndarray
     expected_counts: np.ndarray
     library_size: np.ndarray
+    total_counts: np.ndarray | None = None
+
+    def totals(self) -> np.ndarray:
+        """Each cell's total count over all genes, shape (n_draws, C, n_cells)."""
+        if self.total_counts is not None:
+            return self.total_counts
+        return self.counts.sum(axis=-1, dtype=np.float32)
 
     @property
     def n_draws(self) -> int:
@@ -111,6 +122,15 @@ class PosteriorPredictive:
 class PredictiveMixin:
     """Posterior predictive generation for a model with ``self.module``."""
 
+    @property
+    def supports_counterfactual(self) -> bool:
+        """Whether ``posterior_predictive(..., counterfactual=True)`` works: the model
+        has a basal cell state independent of the condition (not SVAE+)."""
+        return getattr(self.module, "basal_site", None) is not None
+
+    #: :meth:`posterior_predictive` takes ``genes=`` (generate only some genes)
+    supports_gene_subset = True
+
     def posterior_predictive(
         self,
         conditions: Sequence[str] | str,
@@ -118,6 +138,8 @@ class PredictiveMixin:
         n_draws: int = 100,
         library_size: float | np.ndarray | None = None,
         seed: int | None = 0,
+        counterfactual: bool = False,
+        genes: Sequence[str] | None = None,
     ) -> PosteriorPredictive:
         """Generate ``n_cells`` cells of each condition for each of ``n_draws``
         posterior draws of the global latents.
@@ -137,41 +159,100 @@ class PredictiveMixin:
             positive number; or an array broadcastable to (n_draws, C, n_cells).
         seed : int >= 0 or None
             Seeds the draws (the caller's random streams are restored); None: unseeded.
+        counterfactual : bool
+            False (default): every generated cell has its own basal state and library
+            size. True: cell ``i`` of every condition of a draw is the same basal cell
+            (the same basal latent state and library size) under each condition -- a
+            counterfactual comparison, and common random numbers that make differences
+            between conditions far less noisy than independent cells. Each condition's
+            cells, taken alone, have the same distribution either way; only cells of
+            different conditions become dependent. Models without a basal state shared
+            across conditions (SVAE+) raise a ``ValueError``.
+        genes : list of str, optional
+            Return only these genes' counts (faster: the other genes are not sampled);
+            ``total_counts`` still holds each cell's total over all genes, so that
+            library-size normalization stays right. The total is exact for the Poisson
+            likelihood; for the negative binomial the other genes' summed gamma rate is
+            drawn from a two-moment-matched gamma (see
+            :meth:`~bioreason.models.likelihoods.NegativeBinomialCounts.sample_genes`).
 
         Returns
         -------
         PosteriorPredictive
-            Arrays of shape (n_draws, C, n_cells, G): ``counts`` and
-            ``expected_counts``; ``library_size`` (n_draws, C, n_cells).
+            Arrays of shape (n_draws, C, n_cells, G) (G = len(genes) when given):
+            ``counts`` and ``expected_counts``; ``library_size`` and ``total_counts``
+            (n_draws, C, n_cells).
         """
         check_count("n_cells", n_cells)
         check_count("n_draws", n_draws)
         check_seed(seed)
+        if not isinstance(counterfactual, (bool, np.bool_)):
+            raise TypeError(f"counterfactual must be True or False, got {counterfactual!r}")
+        basal_site = getattr(self.module, "basal_site", None)
+        if counterfactual and basal_site is None:
+            raise ValueError(
+                f"{type(self).__name__} has no basal state shared across conditions (each "
+                "condition has its own latent distribution); use counterfactual=False"
+            )
+        gene_index = None if genes is None else self._gene_indices(genes)
         dosage, labels, is_control, shown = self._parse_conditions(conditions)
         category = self._cell_categories(labels, is_control)
         n_conditions = len(labels)
         rng = np.random.default_rng(seed)
-        library = self._library_for(
-            (n_draws, n_conditions, n_cells),
-            library_size,
-            rng,
+        expected_shape = (
             "an array broadcastable to (n_draws, n_conditions, n_cells) = "
-            f"{(n_draws, n_conditions, n_cells)}",
+            f"{(n_draws, n_conditions, n_cells)}"
         )
+        if counterfactual and library_size is None:
+            drawn = self._library_for((n_draws, 1, n_cells), None, rng)
+            library = np.broadcast_to(drawn, (n_draws, n_conditions, n_cells)).copy()
+        else:
+            library = self._library_for(
+                (n_draws, n_conditions, n_cells), library_size, rng, expected_shape
+            )
         with seeded(seed):
-            counts, expected = self._simulate(
+            basal = None
+            if counterfactual:
+                noise = torch.randn(n_draws, 1, n_cells, self.module.config.n_latent)
+                basal = noise.expand(n_draws, n_conditions, n_cells, -1).reshape(
+                    n_draws, n_conditions * n_cells, -1
+                )
+            counts, expected, totals = self._simulate(
                 np.repeat(dosage, n_cells, axis=0)[None],
                 np.repeat(category, n_cells)[None],
                 library.reshape(n_draws, n_conditions * n_cells),
+                basal=basal,
+                genes=gene_index,
             )
-        shape = (n_draws, n_conditions, n_cells, len(self.gene_names))
+        names = list(self.gene_names)
+        if gene_index is not None:
+            names = [names[i] for i in gene_index]
+        shape = (n_draws, n_conditions, n_cells, len(names))
         return PosteriorPredictive(
             conditions=shown,
-            gene_names=list(self.gene_names),
+            gene_names=names,
             counts=counts.reshape(shape),
             expected_counts=expected.reshape(shape),
             library_size=library,
+            total_counts=totals.reshape(shape[:3]),
         )
+
+    def _gene_indices(self, genes: Any) -> np.ndarray:
+        if isinstance(genes, str) or not hasattr(genes, "__iter__"):
+            raise TypeError(f"genes must be a list of gene names, got {genes!r}")
+        names = [str(g) for g in genes]
+        if not names:
+            raise ValueError("genes is empty: pass at least one gene name, or genes=None")
+        position = {g: i for i, g in enumerate(self.gene_names)}
+        unknown = [g for g in names if g not in position]
+        if unknown:
+            raise ValueError(
+                f"unknown gene(s) {unknown[:5]} in genes; the model has "
+                f"{len(position)} genes (e.g. {list(self.gene_names)[:5]})"
+            )
+        if len(set(names)) != len(names):
+            raise ValueError("genes names a gene twice")
+        return np.asarray([position[g] for g in names], dtype=np.int64)
 
     def sample(
         self,
@@ -278,7 +359,7 @@ class PredictiveMixin:
 
         category = self._cell_categories(data.cell_condition, data.is_control)
         with seeded(seed):
-            counts, _ = self._simulate(
+            counts, _, _ = self._simulate(
                 blocks(data.dosage.toarray()),
                 blocks(category),
                 blocks(data.library_size.astype(np.float32)),
@@ -315,8 +396,13 @@ class PredictiveMixin:
 
     @torch.no_grad()
     def _simulate(
-        self, dosage: np.ndarray, category: np.ndarray, library: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self,
+        dosage: np.ndarray,
+        category: np.ndarray,
+        library: np.ndarray,
+        basal: torch.Tensor | None = None,
+        genes: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Counts and likelihood means for k draws of the global latents.
 
         Parameters
@@ -324,20 +410,31 @@ class PredictiveMixin:
         dosage : ndarray, shape (k or 1, b, P)
         category : ndarray, shape (k or 1, b), int
         library : ndarray, shape (k, b)
+        basal : Tensor, shape (k, b, L), optional
+            Values of the module's basal latent site (``module.basal_site``) instead of
+            prior draws.
+        genes : ndarray of int, optional
+            Generate only these genes' counts (``likelihood.sample_genes``).
 
         Returns
         -------
         counts, expected_counts : ndarrays, shape (k, b, G), float32
-            Row ``[j, i]`` is cell ``i`` generated under the j-th global draw.
+            Row ``[j, i]`` is cell ``i`` generated under the j-th global draw (G: the
+            selected genes when ``genes`` is given).
+        totals : ndarray, shape (k, b), float32
+            Each cell's total count over all genes.
         """
         module = self.module
         n_draws, n_rows = library.shape
-        n_genes = len(self.gene_names)
+        n_all = len(self.gene_names)
+        n_genes = n_all if genes is None else len(genes)
+        picked = None if genes is None else torch.as_tensor(genes, device=self.device)
         globals_ = draw_globals(module, n_draws)
-        rows_per_pass = max(1, min(n_rows, _CHUNK_ENTRIES // n_genes))
-        draws_per_pass = max(1, min(n_draws, _CHUNK_ENTRIES // (rows_per_pass * n_genes)))
+        rows_per_pass = max(1, min(n_rows, _CHUNK_ENTRIES // n_all))
+        draws_per_pass = max(1, min(n_draws, _CHUNK_ENTRIES // (rows_per_pass * n_all)))
         counts = np.empty((n_draws, n_rows, n_genes), dtype=np.float32)
         expected = np.empty_like(counts)
+        totals = np.empty((n_draws, n_rows), dtype=np.float32)
 
         def tensor(x: np.ndarray, draws: slice, rows: slice, dtype: torch.dtype) -> torch.Tensor:
             block = x[draws if x.shape[0] > 1 else slice(None), rows]
@@ -349,8 +446,15 @@ class PredictiveMixin:
             for r0 in range(0, n_rows, rows_per_pass):
                 rows = slice(r0, min(r0 + rows_per_pass, n_rows))
                 n_block = rows.stop - rows.start
+                if basal is not None:
+                    values[module.basal_site] = basal[draws, rows].to(self.device)
+                # with genes selected, the counts site is observed (zeros) so that the
+                # model does not sample every gene; the likelihood then samples the genes
+                observed = None
+                if picked is not None:
+                    observed = torch.zeros(n_block, n_all, device=self.device)
                 args = (
-                    None,
+                    observed,
                     tensor(dosage, draws, rows, torch.float32),
                     tensor(library, draws, rows, torch.float32),
                     tensor(category, draws, rows, torch.int64),
@@ -365,9 +469,16 @@ class PredictiveMixin:
                     )
                 site = trace.nodes["counts"]
                 shape = (draws.stop - draws.start, n_block, n_genes)
-                counts[draws, rows] = site["value"].reshape(shape).cpu().numpy()
-                expected[draws, rows] = site["fn"].mean.reshape(shape).cpu().numpy()
-        return counts, expected
+                mean = site["fn"].mean
+                if picked is None:
+                    value, total = site["value"], site["value"].sum(-1)
+                else:
+                    value, total = site["fn"].sample_genes(picked)
+                    mean = mean[..., picked]
+                counts[draws, rows] = value.reshape(shape).cpu().numpy()
+                expected[draws, rows] = mean.reshape(shape).cpu().numpy()
+                totals[draws, rows] = total.reshape(shape[:2]).cpu().numpy()
+        return counts, expected, totals
 
 
 def _cells_anndata(

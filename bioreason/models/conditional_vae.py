@@ -19,6 +19,8 @@ from bioreason.models._module import PerturbationVAEModule, VAEConfig, cells_pla
 class ConditionalVAEModule(PerturbationVAEModule):
     """Decoder on [z, D], encoder on [x, D] (both as an extra first-layer input)."""
 
+    basal_site = "z"
+
     def __init__(
         self,
         n_genes: int,

@@ -131,6 +131,27 @@ class _CountLikelihood(TorchDistribution):
         logits = self.logits.expand(batch_shape + self.logits.shape[-1:])
         return logits, self.library_size.expand(batch_shape)
 
+    def sample_genes(self, genes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Counts of the genes ``genes`` (index tensor of length g) and every cell's total
+        count over all G genes.
+
+        Returns
+        -------
+        counts : Tensor, shape (..., g)
+        totals : Tensor, shape (...)
+
+        The base class samples every gene; the count likelihoods below sample only the
+        genes asked for and draw the other genes' total directly.
+        """
+        with torch.no_grad():
+            counts = self.sample()
+            return counts[..., genes], counts.sum(-1)
+
+    def _rest_mask(self, genes: torch.Tensor) -> torch.Tensor:
+        rest = torch.ones(self.event_shape[-1], dtype=torch.bool, device=self.logits.device)
+        rest[genes] = False
+        return rest
+
     def _log_mu_terms(self, value: torch.Tensor, log_rho: torch.Tensor) -> torch.Tensor:
         """``sum_g x log mu = sum_g x log rho + (sum_g x) log l``."""
         return (value * log_rho).sum(-1) + value.sum(-1) * torch.log(self.library_size)
@@ -179,6 +200,36 @@ class NegativeBinomialCounts(_CountLikelihood):
             mean = self.mean
             return GammaPoisson(self.concentration, self.concentration / mean).sample(sample_shape)
 
+    def sample_genes(self, genes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Counts of ``genes`` (gamma-Poisson, exact) and each cell's total over all genes.
+
+        The other genes' total is ``Poisson(sum of their gamma rates)``, exact given the
+        rates; the sum of their gamma rates is drawn as one gamma with the sum's mean
+        ``sum mu_g`` and variance ``sum mu_g^2 / theta_g`` (two-moment match: the sum of
+        hundreds of independent gammas, whose skewness the match changes by a fraction of
+        a per cent of the total's spread).
+
+        Returns
+        -------
+        counts : Tensor, shape (..., len(genes)); totals : Tensor, shape (...)
+        """
+        with torch.no_grad():
+            mean = self.mean
+            theta = self.concentration.expand(mean.shape[-1])
+            picked, picked_theta = mean[..., genes], theta[genes]
+            rate = torch._standard_gamma(picked_theta.expand_as(picked).contiguous())
+            counts = torch.poisson(rate * (picked / picked_theta))
+            totals = counts.sum(-1)
+            rest = self._rest_mask(genes)
+            if bool(rest.any()):
+                others, others_theta = mean[..., rest], theta[rest]
+                first = others.sum(-1)
+                second = (others**2 / others_theta).sum(-1).clamp_min(1e-12)
+                shape = (first**2 / second).clamp_min(1e-6)
+                rate_sum = torch._standard_gamma(shape) * (second / first.clamp_min(1e-12))
+                totals = totals + torch.poisson(rate_sum)
+            return counts, totals
+
 
 class PoissonCounts(_CountLikelihood):
     """Poisson with mean ``library_size * softmax(logits)``.
@@ -210,6 +261,20 @@ class PoissonCounts(_CountLikelihood):
     def sample(self, sample_shape=_EMPTY) -> torch.Tensor:
         with torch.no_grad():
             return torch.poisson(self.mean.expand(torch.Size(sample_shape) + self.mean.shape))
+
+    def sample_genes(self, genes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Counts of ``genes`` and each cell's total over all genes, both exact (the other
+        genes' total is Poisson with the sum of their means).
+
+        Returns
+        -------
+        counts : Tensor, shape (..., len(genes)); totals : Tensor, shape (...)
+        """
+        with torch.no_grad():
+            mean = self.mean
+            counts = torch.poisson(mean[..., genes])
+            others = mean[..., self._rest_mask(genes)].sum(-1)
+            return counts, counts.sum(-1) + torch.poisson(others)
 
 
 class LogNormalCounts(_CountLikelihood):

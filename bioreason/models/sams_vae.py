@@ -43,6 +43,7 @@ class SAMSVAEModule(PerturbationVAEModule):
     """
 
     use_masks = True
+    basal_site = "z_basal"
 
     def __init__(
         self,

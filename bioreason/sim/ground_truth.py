@@ -96,8 +96,13 @@ class GroundTruthModel:
         n_draws: int = 100,
         library_size: Any = None,
         seed: int | None = 0,
+        counterfactual: bool = False,
     ) -> PosteriorPredictive:
         """Cells of each condition under the true parameters, in ``n_draws`` blocks.
+
+        ``counterfactual=True``: cell ``i`` of every condition of a block is the same
+        basal cell (true basal state and library size shared), as in
+        :meth:`bioreason.models.PerturbationModel.posterior_predictive`.
 
         Returns
         -------
@@ -114,11 +119,20 @@ class GroundTruthModel:
         dosage = self.truth.dosage_of(
             ["control" if c == self.control_label else c for c in labels], self.delimiter
         )
-        rows = np.tile(np.repeat(dosage, n_cells, axis=0), (n_draws, 1))
-        counts, _, z, library = self.truth.sample_counts(rows, rng)
         if library_size is not None:
             raise ValueError("GroundTruthModel draws library sizes from the true distribution")
         shape = (n_draws, n_conditions, n_cells, len(self.gene_names))
+        if counterfactual:
+            counts, expected, library = self._counterfactual(dosage, n_draws, n_cells, rng)
+            return PosteriorPredictive(
+                conditions=labels,
+                gene_names=list(self.gene_names),
+                counts=counts.reshape(shape),
+                expected_counts=expected.reshape(shape),
+                library_size=library.reshape(shape[:3]),
+            )
+        rows = np.tile(np.repeat(dosage, n_cells, axis=0), (n_draws, 1))
+        counts, _, z, library = self.truth.sample_counts(rows, rng)
         expected = self.truth.expected_counts(z, library).astype(np.float32)
         return PosteriorPredictive(
             conditions=labels,
@@ -127,6 +141,31 @@ class GroundTruthModel:
             expected_counts=expected.reshape(shape),
             library_size=library.astype(np.float32).reshape(shape[:3]),
         )
+
+    #: :meth:`posterior_predictive` takes ``counterfactual=True``
+    supports_counterfactual = True
+
+    def _counterfactual(
+        self, dosage: np.ndarray, n_draws: int, n_cells: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Counts, means (n_draws, C, n_cells, G) and library sizes (n_draws, C, n_cells)
+        of basal cells shared across the C conditions."""
+        truth = self.truth
+        n_conditions, n_latent = dosage.shape[0], truth.masks.shape[1]
+        z_basal = rng.standard_normal((n_draws, 1, n_cells, n_latent))
+        library = np.exp(
+            rng.normal(truth.library_log_mean, truth.library_log_sd, (n_draws, 1, n_cells))
+        )
+        shift = truth.latent_shift(np.asarray(dosage, dtype=np.float64))  # (C, L)
+        z = z_basal + shift[None, :, None, :]
+        library = np.broadcast_to(library, (n_draws, n_conditions, n_cells))
+        mean = truth.expected_counts(z.reshape(-1, n_latent), library.reshape(-1)).reshape(
+            n_draws, n_conditions, n_cells, -1
+        )
+        theta = truth.dispersion
+        rate = rng.standard_gamma(np.broadcast_to(theta, mean.shape)) * (mean / theta)
+        counts = rng.poisson(rate).astype(np.float32)
+        return counts, mean.astype(np.float32), library.astype(np.float32)
 
 
 class GroundTruthSimulator(OutcomeSimulator):

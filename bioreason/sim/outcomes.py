@@ -148,14 +148,23 @@ class Outcome:
         raise NotImplementedError
 
     def probability_given_globals(
-        self, perturbed: np.ndarray, control: np.ndarray, readouts: Sequence[str]
+        self,
+        perturbed: np.ndarray,
+        control: np.ndarray,
+        readouts: Sequence[str],
+        paired: bool = False,
     ) -> np.ndarray | None:
         """``P(outcome = 1 | globals)`` from cells simulated under one global draw.
 
         Parameters
         ----------
-        perturbed : ndarray, shape (..., m, R) with m >= 2 * n_cells
+        perturbed : ndarray, shape (..., m, R) with m >= 2 * n_cells (m >= n_cells when
+            paired)
         control : ndarray, shape (..., m_c, R) with m_c >= 2 * n_control
+        paired : bool
+            Cell ``i`` of ``perturbed`` and of ``control`` are the same basal cell under
+            two conditions (counterfactual generation, ``m == m_c``): the mean difference
+            is then estimated from the paired differences, with a much smaller variance.
 
         Returns
         -------
@@ -262,21 +271,46 @@ class ScreenHit(Outcome):
         zero = np.zeros_like(var_d)
         return self._event(mean_p - mean_c, np.sqrt(var_d), zero, readouts, df) > 0.5
 
-    def probability_given_globals(self, perturbed, control, readouts):
-        m_p, m_c = perturbed.shape[-2], control.shape[-2]
+    def probability_given_globals(self, perturbed, control, readouts, paired=False):
         n_p, n_c = self.n_cells, self.n_control
-        if m_p < 2 * n_p or m_c < 2 * n_c:
+        if not _enough_cells(perturbed, control, n_p, n_c, paired):
             return None
         mean_p, var_p = _moments(perturbed)
         mean_c, var_c = _moments(control)
         # D in a replicate ~ N(mu, s^2) with s^2 = var_p/n + var_c/n_c (CLT). The estimate
-        # mu_hat from m cells is ~ N(mu, v) with v = var_p/m + var_c/m_c, and
+        # mu_hat from m cells is ~ N(mu, v) with v = var_p/m + var_c/m_c (independent
+        # cells) or var(perturbed - control)/m (paired cells), and
         # E[Phi((mu_hat - t) / sqrt(s^2 - v))] = Phi((mu - t) / s): an unbiased estimate of
         # P(D > t | globals) without simulating replicates.
         var_d = var_p / n_p + var_c / n_c
-        smoothing = np.sqrt(np.maximum(var_d - (var_p / m_p + var_c / m_c), 0.0))
+        smoothing = np.sqrt(
+            np.maximum(var_d - _estimate_variance(perturbed, control, var_p, var_c, paired), 0)
+        )
         df = _welch_df(var_p, var_c, n_p, n_c)
         return self._event(mean_p - mean_c, np.sqrt(var_d), smoothing, readouts, df)
+
+
+def _enough_cells(perturbed, control, n_p: int, n_c: int, paired: bool) -> bool:
+    """Whether the fast path's smoothing has room: v <= s^2 needs m >= 2n for independent
+    cells and m >= n for paired ones (whose difference variance is at most var_p + var_c
+    when the pair's scores are not negatively correlated)."""
+    m_p, m_c = perturbed.shape[-2], control.shape[-2]
+    if paired:
+        if m_p != m_c:
+            raise ValueError(
+                f"paired cells need as many control as perturbed cells: {m_c} vs {m_p}"
+            )
+        return m_p >= max(n_p, n_c)
+    return m_p >= 2 * n_p and m_c >= 2 * n_c
+
+
+def _estimate_variance(perturbed, control, var_p, var_c, paired: bool) -> np.ndarray:
+    """Variance of the estimated mean difference of scores (perturbed - control)."""
+    m_p, m_c = perturbed.shape[-2], control.shape[-2]
+    if not paired:
+        return var_p / m_p + var_c / m_c
+    difference = perturbed.astype(np.float64) - control
+    return difference.var(axis=-2, ddof=1) / m_p
 
 
 def _welch_df(var_p, var_c, n_p, n_c):
@@ -307,14 +341,15 @@ class Direction(Outcome):
     def replicate(self, perturbed, control, readouts):
         return perturbed.mean(axis=-2) - control.mean(axis=-2) > 0
 
-    def probability_given_globals(self, perturbed, control, readouts):
-        m_p, m_c = perturbed.shape[-2], control.shape[-2]
-        if m_p < 2 * self.n_cells or m_c < 2 * self.n_control:
+    def probability_given_globals(self, perturbed, control, readouts, paired=False):
+        if not _enough_cells(perturbed, control, self.n_cells, self.n_control, paired):
             return None
         mean_p, var_p = _moments(perturbed)
         mean_c, var_c = _moments(control)
         var_d = var_p / self.n_cells + var_c / self.n_control
-        smoothing = np.sqrt(np.maximum(var_d - (var_p / m_p + var_c / m_c), 0.0))
+        smoothing = np.sqrt(
+            np.maximum(var_d - _estimate_variance(perturbed, control, var_p, var_c, paired), 0)
+        )
         return _normal_tail(mean_p - mean_c, smoothing)
 
 
@@ -360,7 +395,7 @@ class CellExpression(Outcome):
         cut = _per_readout(self.threshold, readouts, "cell_expression threshold")
         return perturbed[..., 0, :] > cut
 
-    def probability_given_globals(self, perturbed, control, readouts):
+    def probability_given_globals(self, perturbed, control, readouts, paired=False):
         cut = _per_readout(self.threshold, readouts, "cell_expression threshold")
         return (perturbed > cut).mean(axis=-2, dtype=np.float64)
 

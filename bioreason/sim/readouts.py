@@ -180,29 +180,48 @@ class ReadoutSet:
         return matrix
 
 
-def log_normalize(counts: np.ndarray, target_sum: float = TARGET_SUM) -> np.ndarray:
+def log_normalize(
+    counts: np.ndarray, target_sum: float = TARGET_SUM, totals: np.ndarray | None = None
+) -> np.ndarray:
     """``log1p(target_sum * counts / total)`` along the last axis (genes); a cell without
-    counts stays 0. Any leading shape; returns float32 of the same shape."""
+    counts stays 0. Any leading shape; returns float32 of the same shape.
+
+    ``totals`` (the leading shape): each cell's total count, when ``counts`` holds only
+    some of its genes (default: ``counts.sum(-1)``)."""
     counts = np.asarray(counts, dtype=np.float32)
-    total = counts.sum(axis=-1, keepdims=True)
+    if totals is None:
+        total = counts.sum(axis=-1, keepdims=True)
+    else:
+        total = np.asarray(totals, dtype=np.float32)[..., None]
+        if total.shape[:-1] != counts.shape[:-1]:
+            raise ValueError(
+                f"totals of shape {total.shape[:-1]} do not match counts of shape {counts.shape}"
+            )
     scale = np.divide(np.float32(target_sum), total, out=np.zeros_like(total), where=total > 0)
     return np.log1p(counts * scale)
 
 
-def cell_scores(counts: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def cell_scores(
+    counts: np.ndarray, weights: np.ndarray, totals: np.ndarray | None = None
+) -> np.ndarray:
     """Readout scores of cells.
 
     Parameters
     ----------
     counts : ndarray, shape (..., G)
     weights : ndarray, shape (G, R) (from :meth:`ReadoutSet.weights`)
+    totals : ndarray, shape (...), optional
+        Each cell's total count when ``counts`` holds only some of its genes.
 
     Returns
     -------
     ndarray, shape (..., R), float32
     """
-    normalized = log_normalize(counts)
-    return normalized @ np.asarray(weights, dtype=np.float32)
+    normalized = log_normalize(counts, totals=totals)
+    weights = np.asarray(weights, dtype=np.float32)
+    # one 2-D product (BLAS) instead of numpy's stacked matmul over the leading axes
+    flat = normalized.reshape(-1, normalized.shape[-1]) @ weights
+    return flat.reshape(*normalized.shape[:-1], weights.shape[-1])
 
 
 def learn_programs(

@@ -104,10 +104,17 @@ class OutcomeSimulator:
     observed : AnnData, optional
         Observed cells for data-dependent thresholds (default: the model's AnnData).
     cells_per_draw : int, optional
-        Cells per condition simulated per draw on the fast path (default: 4 x the
-        replicate size).
+        Cells per condition simulated per draw on the fast path (default: 2 x the
+        replicate size with counterfactual generation, 4 x it without).
     replicates_per_draw : int
         Replicates per draw on the brute-force path.
+    counterfactual : bool or None
+        Fast path only: simulate each perturbed cell and a control cell from the same
+        basal state (``posterior_predictive(..., counterfactual=True)``), so that mean
+        differences are estimated from paired cells with far less noise and fewer
+        posterior draws reach ``target_se``. None (default): when the model supports it
+        (not SVAE+). The brute-force path always simulates independent cells, as a
+        replicate experiment has them.
     **outcome_options
         Options of the outcome, e.g. ``threshold=0.2``, ``test="welch"``.
     """
@@ -122,6 +129,7 @@ class OutcomeSimulator:
         observed: Any = None,
         cells_per_draw: int | None = None,
         replicates_per_draw: int = 8,
+        counterfactual: bool | None = None,
         **outcome_options: Any,
     ) -> None:
         for name in ("posterior_predictive", "gene_names", "control_label"):
@@ -135,11 +143,21 @@ class OutcomeSimulator:
         self.readouts = ReadoutSet(model.gene_names, readouts)
         self.observed = observed
         size = max(self.outcome.n_cells, self.outcome.n_control or 0)
-        self.cells_per_draw = int(cells_per_draw or max(4 * size, 32))
-        if self.cells_per_draw < 2 * size:
+        # counterfactual generation pairs each perturbed cell with a control cell of the
+        # same basal state: the fast path's mean differences become far less noisy
+        supported = bool(getattr(model, "supports_counterfactual", False))
+        if counterfactual and not supported:
             raise ValueError(
-                f"cells_per_draw must be at least twice the replicate size ({2 * size}), "
-                f"got {self.cells_per_draw}"
+                f"{type(model).__name__} cannot generate counterfactual cells (no basal state "
+                "shared across conditions); use counterfactual=False or None"
+            )
+        self.paired = supported if counterfactual is None else bool(counterfactual)
+        minimum = size if self.paired else 2 * size
+        self.cells_per_draw = int(cells_per_draw or max((2 if self.paired else 4) * size, 32))
+        if self.cells_per_draw < minimum:
+            raise ValueError(
+                f"cells_per_draw must be at least {'' if self.paired else 'twice '}the "
+                f"replicate size ({minimum}), got {self.cells_per_draw}"
             )
         if replicates_per_draw < 1:
             raise ValueError(f"replicates_per_draw must be >= 1, got {replicates_per_draw}")
@@ -256,29 +274,60 @@ class OutcomeSimulator:
 
     # ------------------------------------------------------------ simulation
     def _simulate_counts(
-        self, conditions: list[str], n_draws: int, n_cells: int, seed: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Counts (n_draws, C, n_cells, G) and control counts (n_draws, 1, n_cells, G)."""
+        self,
+        conditions: list[str],
+        n_draws: int,
+        n_cells: int,
+        seed: int,
+        counterfactual: bool = False,
+        genes: list[str] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Counts (n_draws, C, n_cells, G) and control counts (n_draws, 1, n_cells, G),
+        and both groups' total counts over all genes (n_draws, C or 1, n_cells).
+
+        ``counterfactual``: cell ``i`` of every condition and of the control is the same
+        basal cell (only for the fast path; replicates need independent cells).
+        ``genes``: generate only these genes (G = len(genes))."""
         labels = [self.model.control_label, *conditions]
+        options: dict[str, Any] = {"counterfactual": True} if counterfactual else {}
+        if genes is not None:
+            options["genes"] = genes
         predictive = self.model.posterior_predictive(
-            labels, n_cells=n_cells, n_draws=n_draws, seed=seed
+            labels, n_cells=n_cells, n_draws=n_draws, seed=seed, **options
         )
         counts = predictive.counts
-        return counts[:, 1:], counts[:, :1]
+        totals = (
+            predictive.totals()
+            if hasattr(predictive, "totals")
+            else counts.sum(axis=-1, dtype=np.float32)
+        )
+        return counts[:, 1:], counts[:, :1], totals[:, 1:], totals[:, :1]
 
     def _simulate_scores(
         self, conditions: list[str], readouts: list[str], n_draws: int, n_cells: int, seed: int
     ) -> tuple[np.ndarray, np.ndarray]:
         weights = self.readouts.weights(readouts)
+        genes = None
+        if getattr(self.model, "supports_gene_subset", False):
+            # only the readouts' genes are generated (and each cell's total count)
+            used = np.flatnonzero(np.any(weights != 0, axis=1))
+            genes = [self.model.gene_names[i] for i in used]
+            weights = weights[used]
         perturbed, control = [], []
-        for _, size, sub_seed in self._chunks(len(conditions) + 1, n_draws, n_cells, seed):
-            counts, ctrl = self._simulate_counts(conditions, size, n_cells, sub_seed)
-            perturbed.append(cell_scores(counts, weights))
-            control.append(cell_scores(ctrl, weights))
+        n_genes = len(self.model.gene_names) if genes is None else len(genes)
+        for _, size, sub_seed in self._chunks(len(conditions) + 1, n_draws, n_cells, seed, n_genes):
+            counts, ctrl, totals, ctrl_totals = self._simulate_counts(
+                conditions, size, n_cells, sub_seed, counterfactual=self.paired, genes=genes
+            )
+            perturbed.append(cell_scores(counts, weights, totals))
+            control.append(cell_scores(ctrl, weights, ctrl_totals))
         return np.concatenate(perturbed), np.concatenate(control)
 
-    def _chunks(self, n_conditions: int, n_draws: int, n_cells: int, seed: int):
-        per_draw = n_conditions * n_cells * len(self.model.gene_names)
+    def _chunks(
+        self, n_conditions: int, n_draws: int, n_cells: int, seed: int, n_genes: int | None = None
+    ):
+        n_genes = len(self.model.gene_names) if n_genes is None else n_genes
+        per_draw = n_conditions * n_cells * n_genes
         step = max(1, min(n_draws, _ENTRIES_PER_CALL // max(per_draw, 1)))
         for number, start in enumerate(range(0, n_draws, step)):
             yield start, min(step, n_draws - start), _sub_seed(seed, number)
@@ -303,13 +352,15 @@ class OutcomeSimulator:
             perturbed, control = self._simulate_scores(
                 conditions, readouts, n_draws, self.cells_per_draw, seed
             )
-            return outcome.probability_given_globals(perturbed, control, readouts)
+            return outcome.probability_given_globals(
+                perturbed, control, readouts, paired=self.paired
+            )
         reps = self.replicates_per_draw
         n_p, n_c = outcome.n_cells, max(outcome.n_control or 0, 1)
         size = reps * max(n_p, n_c)
         out = []
         for _, count, sub_seed in self._chunks(len(conditions) + 1, n_draws, size, seed):
-            counts, ctrl = self._simulate_counts(conditions, count, size, sub_seed)
+            counts, ctrl, _, _ = self._simulate_counts(conditions, count, size, sub_seed)
             pert = counts[:, :, : reps * n_p].reshape(count, len(conditions), reps, n_p, -1)
             cont = ctrl[:, :, : reps * n_c].reshape(count, 1, reps, n_c, -1)
             if isinstance(outcome, CustomOutcome):
