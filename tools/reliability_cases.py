@@ -21,8 +21,6 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-import json  # noqa: E402
-import pickle  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
@@ -254,8 +252,12 @@ def run_pair(name, fn):
     emit(name, klass, detail)
 
 
-run_pair("D1 demo --out D replaces D/screen/screen.h5ad it did not write", demo_replaces_users_screen)
-run_pair("D2 demo vae stage replaces D/vae/model it did not write", demo_replaces_users_model_folder)
+run_pair(
+    "D1 demo --out D replaces D/screen/screen.h5ad it did not write", demo_replaces_users_screen
+)
+run_pair(
+    "D2 demo vae stage replaces D/vae/model it did not write", demo_replaces_users_model_folder
+)
 
 
 # ======================================================================== silent wrong results
@@ -343,10 +345,15 @@ def s3b():
 
 def parsed_judge(value, caught):
     dense = value.dosage.toarray() if hasattr(value.dosage, "toarray") else value.dosage
-    return "silent wrong result", f"parsed: names {value.perturbation_names}, dosage {np.asarray(dense).tolist()}"
+    return (
+        "silent wrong result",
+        f"parsed: names {value.perturbation_names}, dosage {np.asarray(dense).tolist()}",
+    )
 
 
-case("S3b parse_perturbation_labels(['control','A','A+A'])", s3b, names=[["A+A"]], judge=parsed_judge)
+case(
+    "S3b parse_perturbation_labels(['control','A','A+A'])", s3b, names=[["A+A"]], judge=parsed_judge
+)
 
 
 def s4():
@@ -445,6 +452,7 @@ def _names_before():
 
 
 for est in _names_before():
+
     def run(est=est):
         rewards = _binary()
         rewards[2, 3] = float("nan")
@@ -464,7 +472,12 @@ def s7_inf():
     return get_advantage("grpo")(rewards)
 
 
-case("S7b advantage 'grpo': one inf reward (question 2)", s7_inf, names=[["question 2"]], judge=advantage_judge)
+case(
+    "S7b advantage 'grpo': one inf reward (question 2)",
+    s7_inf,
+    names=[["question 2"]],
+    judge=advantage_judge,
+)
 
 
 def s8():
@@ -473,7 +486,12 @@ def s8():
     return ppo(_binary(), values=values)
 
 
-case("S8 ppo: NaN value for question 3", s8, names=[["values"], ["question 3"]], judge=advantage_judge)
+case(
+    "S8 ppo: NaN value for question 3",
+    s8,
+    names=[["values"], ["question 3"]],
+    judge=advantage_judge,
+)
 
 
 def s9():
@@ -483,10 +501,18 @@ def s9():
 
 
 def rs_judge(value, caught):
-    return "silent wrong result", f"returned advantages {torch.as_tensor(value)[1].tolist()} for the 0.5 reward's question"
+    return (
+        "silent wrong result",
+        f"returned advantages {torch.as_tensor(value)[1].tolist()} for the 0.5 reward's question",
+    )
 
 
-case("S9 rejection_sampling: reward 0.5 (not 0/1)", s9, names=[["0/1", "binary", "0 or 1"]], judge=rs_judge)
+case(
+    "S9 rejection_sampling: reward 0.5 (not 0/1)",
+    s9,
+    names=[["0/1", "binary", "0 or 1"]],
+    judge=rs_judge,
+)
 
 
 # ---------------------------------------------------------------- checkpoints (VAE)
@@ -525,7 +551,12 @@ def s11_judge(folder, caught):
     return "silent wrong result", f"returned; nothing written in {folder.name}/"
 
 
-case("S11 train(checkpoint_dir=...) without checkpoint_every", s11, names=[["checkpoint_every"]], judge=s11_judge)
+case(
+    "S11 train(checkpoint_dir=...) without checkpoint_every",
+    s11,
+    names=[["checkpoint_every"]],
+    judge=s11_judge,
+)
 
 
 def _first_run(folder):
@@ -573,7 +604,9 @@ def s15_rl():
         categories = torch.arange(12) % 3
         g = torch.Generator().manual_seed(outcome_seed)
         outcomes = (torch.rand(12, generator=g) < 0.5).long()
-        return TabularTrainer(TabularPolicy(3, grid), categories, outcomes, TabularRLConfig(**settings))
+        return TabularTrainer(
+            TabularPolicy(3, grid), categories, outcomes, TabularRLConfig(**settings)
+        )
 
     path = TMP / "rl_ckpt" / "checkpoint.pt"
     trainer(0).train(checkpoint_path=path, progress=False)
@@ -592,7 +625,11 @@ case(
 # ======================================================================== unclear errors
 def empty_cells_screen():
     adata = tiny_screen()
-    counts = adata.layers["counts"].toarray() if hasattr(adata.layers["counts"], "toarray") else np.asarray(adata.layers["counts"])
+    counts = (
+        adata.layers["counts"].toarray()
+        if hasattr(adata.layers["counts"], "toarray")
+        else np.asarray(adata.layers["counts"])
+    )
     counts = counts.copy()
     counts[::20] = 0
     adata.layers["counts"] = counts.astype(np.float32)
@@ -636,13 +673,20 @@ def u3():
     return PerturbationData.from_anndata(toy(["control", "A"])[:, []].copy(), layer=None)
 
 
-case("U3 zero genes", u3, names=[["no genes", "0 genes", "zero genes"]], judge=lambda v, c: ("silent wrong result", f"parsed {v.n_cells} cells x {v.n_genes} genes"))
+case(
+    "U3 zero genes",
+    u3,
+    names=[["no genes", "0 genes", "zero genes"]],
+    judge=lambda v, c: ("silent wrong result", f"parsed {v.n_cells} cells x {v.n_genes} genes"),
+)
 
 
 def u4():
     from bioreason.data import PerturbationData
 
-    return PerturbationData.from_anndata(toy(["control", "control", "ctrl"]), layer=None, control=["control", "ctrl"])
+    return PerturbationData.from_anndata(
+        toy(["control", "control", "ctrl"]), layer=None, control=["control", "ctrl"]
+    )
 
 
 case(
@@ -663,7 +707,9 @@ def u5_judge(value, caught):
     names = list(value.perturbation_names)
     control = np.asarray(value.is_control).tolist()
     ok = names == ["1", "2"] and control == [True, True, False, False, False]
-    return ("ok" if ok else "silent wrong result"), f"parsed: perturbations {names}, is_control {control}"
+    return (
+        "ok" if ok else "silent wrong result"
+    ), f"parsed: perturbations {names}, is_control {control}"
 
 
 case("U5 integer labels with control=0", u5, names=[["control"]], judge=u5_judge)
@@ -684,8 +730,18 @@ def gen_judge(value, caught):
     return "silent wrong result", f"returned {getattr(value, 'n_obs', '?')} cells"
 
 
-case("U6 model.sample([])", lambda: MODEL.sample([]), names=[["no conditions", "empty", "at least one"]], judge=gen_judge)
-case("U7 model.sample(['P0'], n_cells=2.5)", lambda: MODEL.sample(["P0"], n_cells=2.5), names=[["n_cells"]], judge=gen_judge)
+case(
+    "U6 model.sample([])",
+    lambda: MODEL.sample([]),
+    names=[["no conditions", "empty", "at least one"]],
+    judge=gen_judge,
+)
+case(
+    "U7 model.sample(['P0'], n_cells=2.5)",
+    lambda: MODEL.sample(["P0"], n_cells=2.5),
+    names=[["n_cells"]],
+    judge=gen_judge,
+)
 case(
     "U8 model.sample(['P0'], n_cells=5, library_size of length 3)",
     lambda: MODEL.sample(["P0"], n_cells=5, library_size=np.full(3, 1e3)),
@@ -710,7 +766,10 @@ case(
 
 
 def ppo_broadcast_judge(value, caught):
-    return "silent wrong result", f"returned shape {tuple(value.shape)}: (5,) broadcast along the group axis"
+    return (
+        "silent wrong result",
+        f"returned shape {tuple(value.shape)}: (5,) broadcast along the group axis",
+    )
 
 
 case(
@@ -761,12 +820,19 @@ def damaged_checkpoint(kind):
     else:
         path.write_bytes(path.read_bytes()[:300])
     model = make(SCREEN.copy())
-    return lambda: quiet(lambda: model.train(max_steps=4, checkpoint_dir=folder, resume=True, **COMMON)), path
+    return lambda: quiet(
+        lambda: model.train(max_steps=4, checkpoint_dir=folder, resume=True, **COMMON)
+    ), path
 
 
 for kind in ("garbage", "truncated"):
     fn, path = damaged_checkpoint(kind)
-    case(f"U11 resume: checkpoint.pt {kind}", fn, names=[[str(path)]], judge=lambda v, c: ("silent wrong result", "trained"))
+    case(
+        f"U11 resume: checkpoint.pt {kind}",
+        fn,
+        names=[[str(path)]],
+        judge=lambda v, c: ("silent wrong result", "trained"),
+    )
 
 # ---------------------------------------------------------------- loaded without AnnData
 from bioreason.models import SAMSVAE  # noqa: E402
@@ -774,8 +840,16 @@ from bioreason.models import SAMSVAE  # noqa: E402
 LOADED = SAMSVAE.load(SAVED)
 for label, call, fix in [
     ("training_conditions()", lambda m: m.training_conditions(), ["load(", "adata="]),
-    ("average_treatment_effect(n_cells=5)", lambda m: m.average_treatment_effect(n_cells=5), ["perturbations="]),
-    ("train(max_steps=1)", lambda m: quiet(lambda: m.train(max_steps=1, progress=False)), ["load("]),
+    (
+        "average_treatment_effect(n_cells=5)",
+        lambda m: m.average_treatment_effect(n_cells=5),
+        ["perturbations="],
+    ),
+    (
+        "train(max_steps=1)",
+        lambda m: quiet(lambda: m.train(max_steps=1, progress=False)),
+        ["load("],
+    ),
 ]:
     case(
         f"U12 model loaded without AnnData: {label}",
@@ -794,7 +868,12 @@ def cli(args, cwd=TMP, timeout=300):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("BIOREASON_DEBUG", None)
     proc = subprocess.run(
-        [PY, "-m", "bioreason.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [PY, "-m", "bioreason.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     return proc.returncode, proc.stdout, proc.stderr
 
@@ -807,7 +886,13 @@ def cli_case(name, args, *, wanted, names, prepare=None):
     rc, out, err = cli(args)
     lines = [line for line in err.strip().splitlines() if line.strip()]
     tb = "Traceback" in err
-    first = (lines[-1] if tb else lines[0]) if lines else out.strip().splitlines()[0] if out.strip() else ""
+    first = (
+        (lines[-1] if tb else lines[0])
+        if lines
+        else out.strip().splitlines()[0]
+        if out.strip()
+        else ""
+    )
     named = all(any(n.lower() in err.lower() for n in group) for group in names)
     clear = rc == wanted and not tb and len(lines) == 1 and named
     emit(
@@ -826,7 +911,16 @@ BADYAML = TMP / "screen.yaml"
 BADYAML.write_text("n_genes: 30\nseed: [1\nn_latent: 4\n")
 FOLDER_OUT = TMP / "folder.h5ad"
 FOLDER_OUT.mkdir()
-SIM = ["--n-cells-per-condition", "5", "--n-genes", "30", "--n-perturbations", "4", "--n-combinations", "2"]
+SIM = [
+    "--n-cells-per-condition",
+    "5",
+    "--n-genes",
+    "30",
+    "--n-perturbations",
+    "4",
+    "--n-combinations",
+    "2",
+]
 
 cli_case("C1 inspect a text file", ["inspect", str(TEXT)], wanted=1, names=[[str(TEXT)]])
 cli_case("C2 inspect a truncated h5ad", ["inspect", str(TRUNC)], wanted=1, names=[[str(TRUNC)]])
@@ -869,7 +963,11 @@ def ctrl_c():
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [PY, "-m", "bioreason.cli", "demo", "--out", str(TMP / "demo_ctrlc")],
-        cwd=TMP, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=TMP,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     start = time.time()
     seen = ""
@@ -905,8 +1003,19 @@ ctrl_c()
 def methods_twice():
     out = TMP / "cal_twice"
     rc, stdout, err = cli(
-        ["synthetic-calibration", "--out", str(out), "--methods", "grpo", "grpo", "--steps", "2",
-         "--n-questions", "20", "--no-progress"]
+        [
+            "synthetic-calibration",
+            "--out",
+            str(out),
+            "--methods",
+            "grpo",
+            "grpo",
+            "--steps",
+            "2",
+            "--n-questions",
+            "20",
+            "--no-progress",
+        ]
     )
     lines = [line for line in err.strip().splitlines() if line.strip()]
     if rc == 0:
@@ -917,7 +1026,9 @@ def methods_twice():
     tb = "Traceback" in err
     first = (lines[-1] if tb else lines[0]) if lines else ""
     clear = rc == 2 and not tb and len(lines) == 1 and "--methods" in err and "grpo" in err
-    return ("clear error" if clear else "unclear error"), f"rc {rc} (want 2), traceback {'yes' if tb else 'no'}: {first}"
+    return (
+        "clear error" if clear else "unclear error"
+    ), f"rc {rc} (want 2), traceback {'yes' if tb else 'no'}: {first}"
 
 
 run_pair("S16 synthetic-calibration --methods grpo grpo", methods_twice)
@@ -947,8 +1058,18 @@ def n1_judge(value, caught):
     return "ok", f"{prepared.n_vars} genes, {data.n_cells} cells; warnings: {warned[:2]}"
 
 
-case("N1 documented prepare(adata, n_top_genes=2000) on Norman (load_dataset('norman19'))", n1, names=[["n_top_genes", "seurat"]], judge=n1_judge)
-case("N1b prepare(adata, n_top_genes=100) on Norman (fewer than the genes with counts)", lambda: n1(100), names=[["n_top_genes", "seurat"]], judge=n1_judge)
+case(
+    "N1 documented prepare(adata, n_top_genes=2000) on Norman (load_dataset('norman19'))",
+    n1,
+    names=[["n_top_genes", "seurat"]],
+    judge=n1_judge,
+)
+case(
+    "N1b prepare(adata, n_top_genes=100) on Norman (fewer than the genes with counts)",
+    lambda: n1(100),
+    names=[["n_top_genes", "seurat"]],
+    judge=n1_judge,
+)
 
 
 def n2_simulate():
@@ -996,7 +1117,10 @@ def n3_doc():
 case(
     "N3 sample's n_cells said to be per condition (docstring, docs/models.md)",
     n3_doc,
-    judge=lambda v, c: ("ok" if all(v) else "silent wrong result", f"docstring {v[0]}, docs/models.md paragraph {v[1]}"),
+    judge=lambda v, c: (
+        "ok" if all(v) else "silent wrong result",
+        f"docstring {v[0]}, docs/models.md paragraph {v[1]}",
+    ),
 )
 
 
@@ -1014,10 +1138,17 @@ def n3_controls():
 def n3_judge(value, caught):
     got = value.obs["perturbation"].astype(str).tolist()
     want = ["ctrl2"] * 3 + ["control"] * 3 + ["P0"] * 3
-    return ("ok" if got == want else "silent wrong result"), f"labels {sorted(set(got), key=got.index)} (asked ctrl2, control, P0)"
+    return (
+        "ok" if got == want else "silent wrong result"
+    ), f"labels {sorted(set(got), key=got.index)} (asked ctrl2, control, P0)"
 
 
-case("N3b sample(['ctrl2','control','P0']) with two control labels", n3_controls, names=[["control"]], judge=n3_judge)
+case(
+    "N3b sample(['ctrl2','control','P0']) with two control labels",
+    n3_controls,
+    names=[["control"]],
+    judge=n3_judge,
+)
 
 
 def n4():
@@ -1046,7 +1177,10 @@ def n5():
 case(
     "N5 README/docs code examples run as tests",
     n5,
-    judge=lambda v, c: ("ok" if v else "silent wrong result", f"tests/test_docs_examples.py exists: {v}"),
+    judge=lambda v, c: (
+        "ok" if v else "silent wrong result",
+        f"tests/test_docs_examples.py exists: {v}",
+    ),
 )
 
 print("# totals:", {k: sum(1 for r in ROWS if r[1] == k) for k in sorted({r[1] for r in ROWS})})
