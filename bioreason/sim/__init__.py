@@ -28,6 +28,17 @@ from bioreason.sim.readouts import (
     log_normalize,
     program_readout,
 )
+from bioreason.sim.reference import (
+    LinearSAMSModel,
+    ReferenceScreenConfig,
+    ReferenceTruth,
+    compare_with_svi,
+    fit_nuts_reference,
+    reference_probability,
+    reference_questions,
+    sams_reference_model,
+    simulate_reference_screen,
+)
 from bioreason.sim.simulator import (
     FAST_MIN_CELLS,
     OutcomeSimulator,
@@ -36,6 +47,16 @@ from bioreason.sim.simulator import (
 )
 
 __all__ = [
+    # NumPyro NUTS reference (bioreason.sim.reference)
+    "LinearSAMSModel",
+    "ReferenceScreenConfig",
+    "ReferenceTruth",
+    "compare_with_svi",
+    "fit_nuts_reference",
+    "reference_probability",
+    "reference_questions",
+    "sams_reference_model",
+    "simulate_reference_screen",
     "FAST_MIN_CELLS",
     "OUTCOMES",
     "CellExpression",
