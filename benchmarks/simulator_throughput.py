@@ -5,8 +5,10 @@ genes, 100 cells per condition; n_latent 10, hidden 128) is fitted once; the que
 are 50 conditions (the 20 single perturbations and 30 two-gene combinations, measured
 or not) x 20 NMF programs, ``screen_hit`` with 100-cell replicates and per-program
 thresholds at the median expected effect. Prints one ``name: value unit`` line per
-figure: the fast path on all 1,000 questions, the brute-force path (replicates simulated
-and counted) on a subset in the same run, and where the fast path's time goes.
+figure: the fast path on all 1,000 questions, the fast path without counterfactual
+(paired) cells on a subset, the brute-force path (replicates simulated and counted) on
+a subset in the same run (run to SE 0.02; its time at SE 0.01 extrapolated by the 1 / SE^2
+growth of the draws needed), and where the fast path's time goes.
 
     python benchmarks/simulator_throughput.py [--threads 2] [--train-steps 400]
 """
@@ -27,8 +29,16 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=400)
     parser.add_argument("--n-conditions", type=int, default=50)
     parser.add_argument("--n-readouts", type=int, default=20)
-    parser.add_argument("--brute-conditions", type=int, default=3)
+    parser.add_argument("--brute-conditions", type=int, default=2)
+    parser.add_argument("--unpaired-conditions", type=int, default=5)
     parser.add_argument("--target-se", type=float, default=0.01)
+    parser.add_argument(
+        "--brute-target-se",
+        type=float,
+        default=0.02,
+        help="brute force is run to this SE; its time at --target-se is extrapolated by "
+        "(brute SE / target SE)^2 (draws needed grow as 1 / SE^2)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -75,12 +85,29 @@ def main() -> None:
     fast_seconds = time.perf_counter() - start
     model.posterior_predictive = original
 
+    # the fast path without counterfactual (paired) cells, on a subset
+    unpaired_questions = [(c, r) for c in conditions[: args.unpaired_conditions] for r in readouts]
+    unpaired_simulator = OutcomeSimulator(
+        model,
+        "screen_hit",
+        readouts=programs,
+        threshold=thresholds,
+        n_cells=100,
+        counterfactual=False,
+    )
+    start = time.perf_counter()
+    unpaired = unpaired_simulator.probability(
+        unpaired_questions, target_se=args.target_se, method="fast"
+    )
+    unpaired_seconds = time.perf_counter() - start
+    paired_subset = fast.set_index(["condition", "readout"]).loc[unpaired_questions]
+
     brute_questions = [(c, r) for c in conditions[-args.brute_conditions :] for r in readouts]
     start = time.perf_counter()
     brute = simulator.probability(
-        brute_questions, target_se=args.target_se, method="brute", max_draws=4000
+        brute_questions, target_se=args.brute_target_se, method="brute", max_draws=4000
     )
-    brute_seconds = time.perf_counter() - start
+    brute_seconds = (time.perf_counter() - start) * (args.brute_target_se / args.target_se) ** 2
     fast_subset = fast.set_index(["condition", "readout"]).loc[
         list(map(tuple, brute[["condition", "readout"]].to_numpy()))
     ]
@@ -95,7 +122,15 @@ def main() -> None:
     print(f"pstar_generation_share: {100 * generate['seconds'] / fast_seconds:.0f} %")
     print(f"pstar_mean: {fast['p_star'].mean():.3f} probability")
     print(f"pstar_mean_spread: {fast['p_star_spread'].mean():.3f} probability")
-    print(f"pstar_brute_force_throughput: {len(brute_questions) / brute_seconds:.1f} questions/s")
+    print(
+        f"pstar_unpaired_throughput: {len(unpaired_questions) / unpaired_seconds:.1f} questions/s"
+    )
+    print(f"pstar_unpaired_mean_draws: {unpaired['n_draws'].mean():.0f} draws")
+    print(f"pstar_paired_mean_draws_same_questions: {paired_subset['n_draws'].mean():.0f} draws")
+    print(
+        "pstar_brute_force_throughput_extrapolated: "
+        f"{len(brute_questions) / brute_seconds:.2f} questions/s"
+    )
     speedup = (brute_seconds / len(brute_questions)) / (fast_seconds / len(questions))
     print(f"speedup_fast_vs_brute_force: {speedup:.1f} x")
     print(f"fast_vs_brute_mean_abs_difference: {gap.mean():.4f} probability")
