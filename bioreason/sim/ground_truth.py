@@ -97,12 +97,15 @@ class GroundTruthModel:
         library_size: Any = None,
         seed: int | None = 0,
         counterfactual: bool = False,
+        genes: Sequence[str] | None = None,
     ) -> PosteriorPredictive:
         """Cells of each condition under the true parameters, in ``n_draws`` blocks.
 
         ``counterfactual=True``: cell ``i`` of every condition of a block is the same
         basal cell (true basal state and library size shared), as in
-        :meth:`bioreason.models.PerturbationModel.posterior_predictive`.
+        ``posterior_predictive`` of the fitted models. ``genes``: generate only these
+        genes' counts (``total_counts`` still counts every gene; the other genes' summed
+        gamma rate is a two-moment-matched gamma, as for the fitted models).
 
         Returns
         -------
@@ -121,16 +124,22 @@ class GroundTruthModel:
         )
         if library_size is not None:
             raise ValueError("GroundTruthModel draws library sizes from the true distribution")
-        shape = (n_draws, n_conditions, n_cells, len(self.gene_names))
-        if counterfactual:
-            counts, expected, library = self._counterfactual(dosage, n_draws, n_cells, rng)
+        picked = None if genes is None else self._gene_indices(genes)
+        if counterfactual or picked is not None:
+            mean, library = self._means(dosage, n_draws, n_cells, rng, counterfactual)
+            counts, totals = _gamma_poisson(mean, self.truth.dispersion, picked, rng)
+            names = list(self.gene_names)
+            if picked is not None:
+                names, mean = [names[i] for i in picked], mean[..., picked]
             return PosteriorPredictive(
                 conditions=labels,
-                gene_names=list(self.gene_names),
-                counts=counts.reshape(shape),
-                expected_counts=expected.reshape(shape),
-                library_size=library.reshape(shape[:3]),
+                gene_names=names,
+                counts=counts,
+                expected_counts=mean.astype(np.float32),
+                library_size=library.astype(np.float32),
+                total_counts=totals,
             )
+        shape = (n_draws, n_conditions, n_cells, len(self.gene_names))
         rows = np.tile(np.repeat(dosage, n_cells, axis=0), (n_draws, 1))
         counts, _, z, library = self.truth.sample_counts(rows, rng)
         expected = self.truth.expected_counts(z, library).astype(np.float32)
@@ -142,30 +151,68 @@ class GroundTruthModel:
             library_size=library.astype(np.float32).reshape(shape[:3]),
         )
 
-    #: :meth:`posterior_predictive` takes ``counterfactual=True``
+    #: :meth:`posterior_predictive` takes ``counterfactual=True`` and ``genes=``
     supports_counterfactual = True
+    supports_gene_subset = True
 
-    def _counterfactual(
-        self, dosage: np.ndarray, n_draws: int, n_cells: int, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Counts, means (n_draws, C, n_cells, G) and library sizes (n_draws, C, n_cells)
-        of basal cells shared across the C conditions."""
+    def _gene_indices(self, genes: Sequence[str]) -> np.ndarray:
+        position = {g: i for i, g in enumerate(self.gene_names)}
+        unknown = [str(g) for g in genes if str(g) not in position]
+        if unknown or isinstance(genes, str):
+            raise ValueError(
+                f"unknown gene(s) {unknown[:5] or [genes]} in genes; the screen has "
+                f"{len(position)} genes (e.g. {self.gene_names[:5]})"
+            )
+        return np.asarray([position[str(g)] for g in genes], dtype=np.int64)
+
+    def _means(
+        self,
+        dosage: np.ndarray,
+        n_draws: int,
+        n_cells: int,
+        rng: np.random.Generator,
+        counterfactual: bool,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Negative-binomial means (n_draws, C, n_cells, G) and library sizes
+        (n_draws, C, n_cells); with ``counterfactual`` the C conditions share each cell's
+        basal state and library size."""
         truth = self.truth
         n_conditions, n_latent = dosage.shape[0], truth.masks.shape[1]
-        z_basal = rng.standard_normal((n_draws, 1, n_cells, n_latent))
+        cells = 1 if counterfactual else n_conditions
+        z_basal = rng.standard_normal((n_draws, cells, n_cells, n_latent))
         library = np.exp(
-            rng.normal(truth.library_log_mean, truth.library_log_sd, (n_draws, 1, n_cells))
+            rng.normal(truth.library_log_mean, truth.library_log_sd, (n_draws, cells, n_cells))
         )
         shift = truth.latent_shift(np.asarray(dosage, dtype=np.float64))  # (C, L)
         z = z_basal + shift[None, :, None, :]
         library = np.broadcast_to(library, (n_draws, n_conditions, n_cells))
-        mean = truth.expected_counts(z.reshape(-1, n_latent), library.reshape(-1)).reshape(
-            n_draws, n_conditions, n_cells, -1
-        )
-        theta = truth.dispersion
+        mean = truth.expected_counts(z.reshape(-1, n_latent), library.reshape(-1))
+        return mean.reshape(n_draws, n_conditions, n_cells, -1), library
+
+
+def _gamma_poisson(
+    mean: np.ndarray, theta: np.ndarray, picked: np.ndarray | None, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Negative-binomial counts of the ``picked`` genes (all when None), float32, and each
+    cell's total over all genes (the other genes' summed gamma rate two-moment matched)."""
+    if picked is None:
         rate = rng.standard_gamma(np.broadcast_to(theta, mean.shape)) * (mean / theta)
         counts = rng.poisson(rate).astype(np.float32)
-        return counts, mean.astype(np.float32), library.astype(np.float32)
+        return counts, counts.sum(axis=-1)
+    chosen, chosen_theta = mean[..., picked], theta[picked]
+    rate = rng.standard_gamma(np.broadcast_to(chosen_theta, chosen.shape)) * (chosen / chosen_theta)
+    counts = rng.poisson(rate).astype(np.float32)
+    rest = np.ones(mean.shape[-1], dtype=bool)
+    rest[picked] = False
+    totals = counts.sum(axis=-1)
+    if rest.any():
+        others = mean[..., rest]
+        first = others.sum(axis=-1)
+        second = np.maximum((others**2 / theta[rest]).sum(axis=-1), 1e-12)
+        shape = np.maximum(first**2 / second, 1e-6)
+        rate_sum = rng.standard_gamma(shape) * (second / np.maximum(first, 1e-12))
+        totals = totals + rng.poisson(rate_sum)
+    return counts, totals.astype(np.float32)
 
 
 class GroundTruthSimulator(OutcomeSimulator):
