@@ -183,3 +183,32 @@ def test_nb_centered_count_term_is_the_count_term_minus_x_log_theta():
     as32 = nb_count_term_centered(counts.float(), theta.float())
     assert as32.dtype == torch.float32
     torch.testing.assert_close(as32.double(), expected, rtol=1e-6, atol=1e-4)
+
+
+def test_gamma_poisson_has_negative_binomial_moments_and_ignores_the_thread_count():
+    from bioreason.models.likelihoods import _PARALLEL_ENTRIES, gamma_poisson
+
+    n = 4 * _PARALLEL_ENTRIES  # large enough for the parallel numpy path
+    theta, mu = torch.full((n,), 2.0), torch.full((n,), 3.0)
+    threads = torch.get_num_threads()
+    try:
+        draws = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            torch.manual_seed(5)
+            draws.append(gamma_poisson(theta, mu / theta))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(draws[0], draws[1])
+    x = draws[0].double()
+    # NB(mean 3, theta 2): variance 3 + 9 / 2 = 7.5; tolerances of 6 Monte Carlo SE
+    assert abs(x.mean() - 3.0) < 6 * (7.5 / n) ** 0.5
+    # Var(sample variance) ~ (mu_4 - sigma^4) / n = (2 sigma^4 + kappa_4) / n, with the NB's
+    # fourth cumulant kappa_4 = r (1 - p) (p^2 + 6 (1 - p)) / p^4, r = theta,
+    # p = theta / (theta + mu)
+    p = 2.0 / 5.0
+    kappa_4 = 2.0 * (1 - p) * (p**2 + 6 * (1 - p)) / p**4
+    assert abs(x.var() - 7.5) < 6 * ((2 * 7.5**2 + kappa_4) / n) ** 0.5
+    torch.manual_seed(5)
+    small = gamma_poisson(theta[:10], (mu / theta)[:10])  # the torch path
+    assert small.shape == (10,) and (small >= 0).all()

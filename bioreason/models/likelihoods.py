@@ -29,8 +29,12 @@ entries) -- where ``lgamma(x + theta) - lgamma(theta)`` keeps its digits.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
 import torch
-from pyro.distributions import GammaPoisson, TorchDistribution
+from pyro.distributions import TorchDistribution
 from torch.distributions import constraints
 
 from bioreason.registry import Registry
@@ -104,6 +108,52 @@ def nb_count_term_centered(counts: torch.Tensor, concentration: torch.Tensor) ->
         - torch.lgamma(x_wide + 1.0)
     )
     return _sum_rows(n_rows, rows, term, counts.shape[:-1]).to(counts.dtype)
+
+
+#: entries from which :func:`gamma_poisson` samples on CPU in parallel chunks
+_PARALLEL_ENTRIES = 1 << 16
+#: chunks of a parallel draw (fixed, so that results do not depend on the thread count)
+_CHUNKS = 4
+_EXECUTOR: Any = None
+
+
+def gamma_poisson(shape: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``Poisson(Gamma(shape, 1) * scale)`` elementwise: negative-binomial counts.
+
+    On CPU, large draws use numpy's samplers (about twice as fast as torch's there) in
+    ``_CHUNKS`` chunks on ``torch.get_num_threads()`` threads, each chunk with its own
+    generator seeded from torch's global random stream, so a seeded caller gets the
+    same counts whatever the thread count. Elsewhere (CUDA) torch samples directly.
+
+    Returns
+    -------
+    Tensor of the broadcast shape of ``shape`` and ``scale``, float32.
+    """
+    shape, scale = torch.broadcast_tensors(shape, scale)
+    if shape.device.type != "cpu" or shape.numel() < _PARALLEL_ENTRIES:
+        return torch.poisson(torch._standard_gamma(shape.contiguous()) * scale)
+    seeds = torch.randint(0, 2**62, (_CHUNKS,), dtype=torch.int64).tolist()
+    shape_np = shape.reshape(-1).to(torch.float32).numpy()
+    scale_np = scale.reshape(-1).to(torch.float32).numpy()
+    bounds = np.linspace(0, shape_np.size, _CHUNKS + 1).astype(np.int64)
+    out = np.empty(shape_np.size, dtype=np.float32)
+
+    def work(i: int) -> None:
+        rng = np.random.default_rng(seeds[i])
+        part = slice(bounds[i], bounds[i + 1])
+        rate = rng.standard_gamma(shape_np[part], dtype=np.float32) * scale_np[part]
+        out[part] = rng.poisson(rate)
+
+    workers = max(1, min(torch.get_num_threads(), _CHUNKS))
+    if workers == 1:
+        for i in range(_CHUNKS):
+            work(i)
+    else:
+        global _EXECUTOR
+        if _EXECUTOR is None or _EXECUTOR._max_workers != workers:
+            _EXECUTOR = ThreadPoolExecutor(workers, thread_name_prefix="bioreason-nb")
+        list(_EXECUTOR.map(work, range(_CHUNKS)))
+    return torch.from_numpy(out).reshape(shape.shape)
 
 
 class _CountLikelihood(TorchDistribution):
@@ -197,8 +247,9 @@ class NegativeBinomialCounts(_CountLikelihood):
 
     def sample(self, sample_shape=_EMPTY) -> torch.Tensor:
         with torch.no_grad():
-            mean = self.mean
-            return GammaPoisson(self.concentration, self.concentration / mean).sample(sample_shape)
+            mean = self.mean.expand(torch.Size(sample_shape) + self.mean.shape)
+            theta = self.concentration
+            return gamma_poisson(theta.expand_as(mean), mean / theta)
 
     def sample_genes(self, genes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Counts of ``genes`` (gamma-Poisson, exact) and each cell's total over all genes.
@@ -217,8 +268,7 @@ class NegativeBinomialCounts(_CountLikelihood):
             mean = self.mean
             theta = self.concentration.expand(mean.shape[-1])
             picked, picked_theta = mean[..., genes], theta[genes]
-            rate = torch._standard_gamma(picked_theta.expand_as(picked).contiguous())
-            counts = torch.poisson(rate * (picked / picked_theta))
+            counts = gamma_poisson(picked_theta.expand_as(picked), picked / picked_theta)
             totals = counts.sum(-1)
             rest = self._rest_mask(genes)
             if bool(rest.any()):
