@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--brute-conditions", type=int, default=2)
     parser.add_argument("--unpaired-conditions", type=int, default=5)
     parser.add_argument("--target-se", type=float, default=0.01)
+    parser.add_argument("--cells-per-draw", type=int, default=None, help="default: the simulator's")
+    parser.add_argument("--fast-only", action="store_true", help="skip the comparisons")
     parser.add_argument(
         "--brute-target-se",
         type=float,
@@ -65,7 +67,12 @@ def main() -> None:
     )
     thresholds = simulator.suggest_thresholds(conditions, readouts)
     simulator = OutcomeSimulator(
-        model, "screen_hit", readouts=programs, threshold=thresholds, n_cells=100
+        model,
+        "screen_hit",
+        readouts=programs,
+        threshold=thresholds,
+        n_cells=100,
+        cells_per_draw=args.cells_per_draw,
     )
     simulator.probability(questions[:20], target_se=0.2, max_draws=16)  # warm-up
 
@@ -84,6 +91,12 @@ def main() -> None:
     fast = simulator.probability(questions, target_se=args.target_se, method="fast")
     fast_seconds = time.perf_counter() - start
     model.posterior_predictive = original
+    if args.fast_only:
+        print(f"pstar_questions: {len(questions)} questions")
+        print(f"pstar_seconds: {fast_seconds:.1f} s")
+        print(f"pstar_throughput: {len(questions) / fast_seconds:.1f} questions/s")
+        print(f"pstar_mean_draws: {fast['n_draws'].mean():.0f} draws")
+        return
 
     # the fast path without counterfactual (paired) cells, on a subset
     unpaired_questions = [(c, r) for c in conditions[: args.unpaired_conditions] for r in readouts]

@@ -141,7 +141,12 @@ def test_ground_truth_simulator_matches_a_direct_monte_carlo_of_the_true_model(s
     program = program_readout("prog", genes)
     n, threshold = 40, 0.15
     simulator = GroundTruthSimulator(
-        screen, "screen_hit", readouts=[program], threshold=threshold, n_cells=n
+        screen,
+        "screen_hit",
+        readouts=[program],
+        threshold=threshold,
+        n_cells=n,
+        cells_per_draw=4 * n,
     )
     result = simulator.probability([(condition, "prog")], target_se=0.01, seed=0)
     row = result.iloc[0]

@@ -473,7 +473,7 @@ class PredictiveMixin:
                 if picked is None:
                     value, total = site["value"], site["value"].sum(-1)
                 else:
-                    value, total = site["fn"].sample_genes(picked)
+                    value, total = site["fn"].sample_genes(picked, mean=mean)
                     mean = mean[..., picked]
                 counts[draws, rows] = value.reshape(shape).cpu().numpy()
                 expected[draws, rows] = mean.reshape(shape).cpu().numpy()

@@ -181,9 +181,11 @@ class _CountLikelihood(TorchDistribution):
         logits = self.logits.expand(batch_shape + self.logits.shape[-1:])
         return logits, self.library_size.expand(batch_shape)
 
-    def sample_genes(self, genes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample_genes(
+        self, genes: torch.Tensor, mean: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Counts of the genes ``genes`` (index tensor of length g) and every cell's total
-        count over all G genes.
+        count over all G genes (``mean``: :attr:`mean`, when the caller has it).
 
         Returns
         -------
@@ -251,32 +253,35 @@ class NegativeBinomialCounts(_CountLikelihood):
             theta = self.concentration
             return gamma_poisson(theta.expand_as(mean), mean / theta)
 
-    def sample_genes(self, genes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample_genes(
+        self, genes: torch.Tensor, mean: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Counts of ``genes`` (gamma-Poisson, exact) and each cell's total over all genes.
 
         The other genes' total is ``Poisson(sum of their gamma rates)``, exact given the
         rates; the sum of their gamma rates is drawn as one gamma with the sum's mean
         ``sum mu_g`` and variance ``sum mu_g^2 / theta_g`` (two-moment match: the sum of
         hundreds of independent gammas, whose skewness the match changes by a fraction of
-        a per cent of the total's spread).
+        a per cent of the total's spread). ``mean``: :attr:`mean`, when the caller has it.
 
         Returns
         -------
         counts : Tensor, shape (..., len(genes)); totals : Tensor, shape (...)
         """
         with torch.no_grad():
-            mean = self.mean
+            mean = self.mean if mean is None else mean
             theta = self.concentration.expand(mean.shape[-1])
             picked, picked_theta = mean[..., genes], theta[genes]
             counts = gamma_poisson(picked_theta.expand_as(picked), picked / picked_theta)
             totals = counts.sum(-1)
-            rest = self._rest_mask(genes)
+            rest = self._rest_mask(genes).to(mean.dtype)
             if bool(rest.any()):
-                others, others_theta = mean[..., rest], theta[rest]
-                first = others.sum(-1)
-                second = (others**2 / others_theta).sum(-1).clamp_min(1e-12)
+                # sums over the other genes as products with 0/1 (and 0/theta) weights:
+                # no copy of the other genes' means
+                first = (mean @ rest).clamp_min(1e-12)
+                second = ((mean * mean) @ (rest / theta)).clamp_min(1e-12)
                 shape = (first**2 / second).clamp_min(1e-6)
-                rate_sum = torch._standard_gamma(shape) * (second / first.clamp_min(1e-12))
+                rate_sum = torch._standard_gamma(shape) * (second / first)
                 totals = totals + torch.poisson(rate_sum)
             return counts, totals
 
@@ -312,7 +317,9 @@ class PoissonCounts(_CountLikelihood):
         with torch.no_grad():
             return torch.poisson(self.mean.expand(torch.Size(sample_shape) + self.mean.shape))
 
-    def sample_genes(self, genes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample_genes(
+        self, genes: torch.Tensor, mean: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Counts of ``genes`` and each cell's total over all genes, both exact (the other
         genes' total is Poisson with the sum of their means).
 
@@ -321,9 +328,9 @@ class PoissonCounts(_CountLikelihood):
         counts : Tensor, shape (..., len(genes)); totals : Tensor, shape (...)
         """
         with torch.no_grad():
-            mean = self.mean
+            mean = self.mean if mean is None else mean
             counts = torch.poisson(mean[..., genes])
-            others = mean[..., self._rest_mask(genes)].sum(-1)
+            others = mean @ self._rest_mask(genes).to(mean.dtype)
             return counts, counts.sum(-1) + torch.poisson(others)
 
 

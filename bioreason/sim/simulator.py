@@ -104,8 +104,8 @@ class OutcomeSimulator:
     observed : AnnData, optional
         Observed cells for data-dependent thresholds (default: the model's AnnData).
     cells_per_draw : int, optional
-        Cells per condition simulated per draw on the fast path (default: 2 x the
-        replicate size with counterfactual generation, 4 x it without).
+        Cells per condition simulated per draw on the fast path (default: the replicate
+        size with counterfactual generation, 4 x it without; at least 1 x and 2 x).
     replicates_per_draw : int
         Replicates per draw on the brute-force path.
     counterfactual : bool or None
@@ -153,7 +153,7 @@ class OutcomeSimulator:
             )
         self.paired = supported if counterfactual is None else bool(counterfactual)
         minimum = size if self.paired else 2 * size
-        self.cells_per_draw = int(cells_per_draw or max((2 if self.paired else 4) * size, 32))
+        self.cells_per_draw = int(cells_per_draw or max((1 if self.paired else 4) * size, 32))
         if self.cells_per_draw < minimum:
             raise ValueError(
                 f"cells_per_draw must be at least {'' if self.paired else 'twice '}the "
