@@ -1,6 +1,6 @@
 """RL for probability predictors: rewards, advantage estimators, policy losses (all
 registries), the shared RL config and training loop, the tabular policy and its
-trainer, and the theory of what each estimator optimises."""
+trainer, the causal-LM trainer, and the theory of what each estimator optimises."""
 
 from bioreason.rl.advantages import (
     ADVANTAGES,
@@ -12,6 +12,8 @@ from bioreason.rl.advantages import (
     parse_method,
     register_advantage,
 )
+from bioreason.rl.answer_formats import ANSWER_PARSERS
+from bioreason.rl.lm_trainer import LMRLConfig, LMTrainer, save_predictions
 from bioreason.rl.loop import RLConfig, run_training_loop
 from bioreason.rl.losses import (
     AGGREGATIONS,
@@ -41,9 +43,12 @@ from bioreason.rl.trainer import TabularRLConfig, TabularTrainer
 __all__ = [
     "ADVANTAGES",
     "AGGREGATIONS",
+    "ANSWER_PARSERS",
     "FLOOR_REWARD",
     "H_TARGETS",
     "KL_ESTIMATORS",
+    "LMRLConfig",
+    "LMTrainer",
     "POLICY_LOSSES",
     "SCORING_RULES",
     "AnswerGrid",
@@ -70,5 +75,6 @@ __all__ = [
     "policy_loss",
     "register_advantage",
     "run_training_loop",
+    "save_predictions",
     "score_answers",
 ]

@@ -1,0 +1,229 @@
+"""Seconds per RL step of the LM trainer on issue 11's fixed workload, and a plain
+``generate`` baseline in the same run.
+
+The workload: a word-level tokenizer of 159 tokens (``<pad> <bos> <eos> <unk>``,
+``perturb readout probability ?``, ``PERT0..PERT39``, ``GENE0..GENE9``, ``<answer>``,
+``</answer>``, ``1..99``); a randomly initialised float32 ``LlamaForCausalLM`` (hidden 128,
+intermediate 512, 4 layers, 4 heads, seed 0); the 400 prompts
+``perturb PERTi readout GENEj probability ?`` with hidden ``p = sigmoid(a_i + b_j)``,
+``a, b ~ N(0, 1)``; up to 4 new tokens at temperature 1; reward the log score of
+``y ~ Bernoulli(p)`` (one outcome per question, shared by its group) for the first
+integer token, ``log(0.01)`` when there is none; 8 questions x 8 completions per step,
+GRPO, lr 1e-4, beta 0, one update per rollout; ``torch.set_num_threads(2)``; the mean
+step time over steps 5..50.
+
+The baseline is what a plain loop does: ``model.generate`` on the 64 prompt copies (no
+gradients), then one training forward over the full sequences and the same loss and
+AdamW step. Prints one ``name: value unit`` line per figure; ``peak_memory`` is the
+process's peak resident memory after the trainer's run (CPU; on CUDA the peak
+allocated GPU memory).
+
+    python benchmarks/rl_step.py [--steps 50] [--threads 2] [--no-baseline]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import resource
+import statistics
+import time
+
+import pandas as pd
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from bioreason.rl import BernoulliOutcomes, LMRLConfig, LMTrainer, get_advantage, policy_loss
+from bioreason.rl.answer_formats import parse_first_integer
+from bioreason.rl.rewards import AnswerGrid, score_answers
+
+N_PERT, N_GENE = 40, 10
+QUESTIONS, GROUP, NEW_TOKENS, LR = 8, 8, 4, 1e-4
+FLOOR = math.log(0.01)
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """The workload's 159-token word-level tokenizer (prepends ``<bos>``)."""
+    words = ["<pad>", "<bos>", "<eos>", "<unk>", "perturb", "readout", "probability", "?"]
+    words += [f"PERT{i}" for i in range(N_PERT)] + [f"GENE{j}" for j in range(N_GENE)]
+    words += ["<answer>", "</answer>"] + [str(n) for n in range(1, 100)]
+    assert len(words) == 159
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", 1)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+    )
+
+
+def build_model(tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    """The workload's model: random init with seed 0, float32, eval mode."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def build_task() -> tuple[pd.DataFrame, torch.Tensor]:
+    """The 400 questions and their hidden probabilities ``sigmoid(a_i + b_j)``."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(N_PERT, generator=generator, dtype=torch.float64)
+    b = torch.randn(N_GENE, generator=generator, dtype=torch.float64)
+    p = torch.sigmoid(a[:, None] + b[None, :]).reshape(-1)
+    prompts = [
+        f"perturb PERT{i} readout GENE{j} probability ?"
+        for i in range(N_PERT)
+        for j in range(N_GENE)
+    ]
+    task = pd.DataFrame(
+        {
+            "question_id": [f"q{k}" for k in range(len(prompts))],
+            "prompt": prompts,
+            "p_star": p.numpy(),
+            "split": "train",
+        }
+    )
+    return task, p
+
+
+def run_trainer(steps: int) -> tuple[list[float], list[float], float]:
+    """Step times and mean rewards of the LM trainer; peak memory in MB."""
+    tokenizer = build_tokenizer()
+    task, p = build_task()
+    config = LMRLConfig(
+        method="grpo",
+        group_size=GROUP,
+        questions_per_step=QUESTIONS,
+        max_new_tokens=NEW_TOKENS,
+        temperature=1.0,
+        answer_format="first_integer",
+        answer_prefix="",
+        reward="log",
+        invalid_reward=FLOOR,
+        lr=LR,
+        kl_coef=0.0,
+        updates_per_rollout=1,
+        outcomes="live",
+        eval_split=None,
+        steps=steps,
+        device="cpu",
+    )
+    trainer = LMTrainer(
+        build_model(tokenizer), tokenizer, task, config, outcome_source=BernoulliOutcomes(p)
+    )
+    times, rewards = [], []
+    for _ in range(steps):
+        trainer.train_step()
+        row = trainer.diagnostics()
+        times.append(row["step_time"])
+        rewards.append(row["reward_mean"])
+    return times, rewards, _peak_memory_mb()
+
+
+def run_baseline(steps: int) -> tuple[list[float], list[float]]:
+    """A plain loop: ``generate`` without gradients, then one training forward."""
+    tokenizer = build_tokenizer()
+    task, p = build_task()
+    model = build_model(tokenizer)
+    grid = AnswerGrid()
+    source = BernoulliOutcomes(p)
+    estimator = get_advantage("grpo")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
+    prompt_ids = torch.tensor(tokenizer(list(task["prompt"]))["input_ids"])
+    width = prompt_ids.shape[1]
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(task), generator=generator)
+    eos = tokenizer.eos_token_id
+    times, rewards_log = [], []
+    for step in range(steps):
+        start = time.perf_counter()
+        questions = order[(step * QUESTIONS) % len(task) :][:QUESTIONS]
+        inputs = prompt_ids[questions].repeat_interleave(GROUP, 0)
+        with torch.no_grad():
+            sequences = model.generate(
+                input_ids=inputs,
+                attention_mask=torch.ones_like(inputs),
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=NEW_TOKENS,
+                eos_token_id=[eos],
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        completion = sequences[:, width:]
+        # valid tokens: up to and including the first EOS
+        ended = (completion == eos).long().cumsum(1)
+        mask = (ended - (completion == eos).long()) == 0
+        texts = tokenizer.batch_decode(
+            [row[: int(n)].tolist() for row, n in zip(completion, mask.sum(1))]
+        )
+        answers = parse_first_integer(texts, grid).probabilities
+        outcomes = source.sample(questions, 1, step).expand(QUESTIONS, GROUP).reshape(-1)
+        rewards, _ = score_answers(answers, outcomes, "log", FLOOR)
+        advantages = estimator(rewards.view(QUESTIONS, GROUP)).reshape(-1, 1).float()
+        attention = torch.cat([torch.ones_like(inputs), mask.long()], 1)[:, :-1]
+        logits = model(input_ids=sequences[:, :-1], attention_mask=attention).logits
+        log_probs = torch.log_softmax(logits[:, width - 1 :].float(), -1)
+        log_probs = log_probs.gather(2, completion[..., None])[..., 0].masked_fill(~mask, 0.0)
+        loss, _ = policy_loss(log_probs, log_probs.detach(), advantages, mask=mask, clip_eps=0.2)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+        rewards_log.append(float(rewards.mean()))
+    return times, rewards_log
+
+
+def _peak_memory_mb() -> float:
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=50, help="steps per run (default 50)")
+    parser.add_argument("--first", type=int, default=5, help="first timed step (default 5)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the generate loop")
+    args = parser.parse_args(argv)
+    if not 1 <= args.first <= args.steps:
+        parser.error("--first must lie in [1, --steps]")
+    torch.set_num_threads(args.threads)
+    times, rewards, memory = run_trainer(args.steps)
+    step_time = statistics.mean(times[args.first - 1 :])
+    print(f"step_time: {step_time:.4f} s/step")
+    print(f"throughput: {QUESTIONS * GROUP / step_time:.0f} completions/s")
+    print(f"peak_memory: {memory:.0f} MB")
+    print(f"reward_mean_first10: {statistics.mean(rewards[:10]):.3f}")
+    print(f"reward_mean_last10: {statistics.mean(rewards[-10:]):.3f}")
+    if not args.no_baseline:
+        base_times, base_rewards = run_baseline(args.steps)
+        base_time = statistics.mean(base_times[args.first - 1 :])
+        print(f"baseline_step_time: {base_time:.4f} s/step")
+        print(f"baseline_throughput: {QUESTIONS * GROUP / base_time:.0f} completions/s")
+        print(f"baseline_reward_mean_last10: {statistics.mean(base_rewards[-10:]):.3f}")
+        print(f"speedup: {base_time / step_time:.2f} x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
