@@ -14,9 +14,10 @@ step time over steps 5..50.
 
 The baseline is what a plain loop does: ``model.generate`` on the 64 prompt copies (no
 gradients), then one training forward over the full sequences and the same loss and
-AdamW step. Prints one ``name: value unit`` line per figure; ``peak_memory`` is the
-process's peak resident memory after the trainer's run (CPU; on CUDA the peak
-allocated GPU memory).
+AdamW step. The two loops take turns step by step (each on its own model), so that
+both see the same machine load. Prints one ``name: value unit`` line per figure;
+``peak_memory`` is the process's peak resident memory (libraries included; with
+``--no-baseline`` the trainer's alone; on CUDA the peak allocated GPU memory).
 
     python benchmarks/rl_step.py [--steps 50] [--threads 2] [--no-baseline]
 """
@@ -28,6 +29,7 @@ import math
 import resource
 import statistics
 import time
+from collections.abc import Callable
 
 import pandas as pd
 import torch
@@ -102,8 +104,9 @@ def build_task() -> tuple[pd.DataFrame, torch.Tensor]:
     return task, p
 
 
-def run_trainer(steps: int) -> tuple[list[float], list[float], float]:
-    """Step times and mean rewards of the LM trainer; peak memory in MB."""
+def trainer_step() -> Callable[[], tuple[float, float]]:
+    """The LM trainer on the workload: a function that runs one step and returns its
+    (seconds, mean reward)."""
     tokenizer = build_tokenizer()
     task, p = build_task()
     config = LMRLConfig(
@@ -121,23 +124,24 @@ def run_trainer(steps: int) -> tuple[list[float], list[float], float]:
         updates_per_rollout=1,
         outcomes="live",
         eval_split=None,
-        steps=steps,
+        steps=10**9,
         device="cpu",
     )
     trainer = LMTrainer(
         build_model(tokenizer), tokenizer, task, config, outcome_source=BernoulliOutcomes(p)
     )
-    times, rewards = [], []
-    for _ in range(steps):
+
+    def step() -> tuple[float, float]:
         trainer.train_step()
         row = trainer.diagnostics()
-        times.append(row["step_time"])
-        rewards.append(row["reward_mean"])
-    return times, rewards, _peak_memory_mb()
+        return row["step_time"], row["reward_mean"]
+
+    return step
 
 
-def run_baseline(steps: int) -> tuple[list[float], list[float]]:
-    """A plain loop: ``generate`` without gradients, then one training forward."""
+def baseline_step() -> Callable[[], tuple[float, float]]:
+    """A plain loop: ``generate`` without gradients, then one training forward over the
+    full sequences, the same loss and an AdamW step; returns the step function."""
     tokenizer = build_tokenizer()
     task, p = build_task()
     model = build_model(tokenizer)
@@ -147,13 +151,14 @@ def run_baseline(steps: int) -> tuple[list[float], list[float]]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
     prompt_ids = torch.tensor(tokenizer(list(task["prompt"]))["input_ids"])
     width = prompt_ids.shape[1]
-    generator = torch.Generator().manual_seed(0)
-    order = torch.randperm(len(task), generator=generator)
+    order = torch.randperm(len(task), generator=torch.Generator().manual_seed(0))
     eos = tokenizer.eos_token_id
-    times, rewards_log = [], []
-    for step in range(steps):
+    count = [0]
+
+    def step() -> tuple[float, float]:
         start = time.perf_counter()
-        questions = order[(step * QUESTIONS) % len(task) :][:QUESTIONS]
+        offset = (count[0] * QUESTIONS) % len(task)
+        questions = order[offset : offset + QUESTIONS]
         inputs = prompt_ids[questions].repeat_interleave(GROUP, 0)
         with torch.no_grad():
             sequences = model.generate(
@@ -169,13 +174,13 @@ def run_baseline(steps: int) -> tuple[list[float], list[float]]:
             )
         completion = sequences[:, width:]
         # valid tokens: up to and including the first EOS
-        ended = (completion == eos).long().cumsum(1)
-        mask = (ended - (completion == eos).long()) == 0
+        is_eos = (completion == eos).long()
+        mask = (is_eos.cumsum(1) - is_eos) == 0
         texts = tokenizer.batch_decode(
             [row[: int(n)].tolist() for row, n in zip(completion, mask.sum(1))]
         )
         answers = parse_first_integer(texts, grid).probabilities
-        outcomes = source.sample(questions, 1, step).expand(QUESTIONS, GROUP).reshape(-1)
+        outcomes = source.sample(questions, 1, count[0]).expand(QUESTIONS, GROUP).reshape(-1)
         rewards, _ = score_answers(answers, outcomes, "log", FLOOR)
         advantages = estimator(rewards.view(QUESTIONS, GROUP)).reshape(-1, 1).float()
         attention = torch.cat([torch.ones_like(inputs), mask.long()], 1)[:, :-1]
@@ -187,9 +192,10 @@ def run_baseline(steps: int) -> tuple[list[float], list[float]]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
-        rewards_log.append(float(rewards.mean()))
-    return times, rewards_log
+        count[0] += 1
+        return time.perf_counter() - start, float(rewards.mean())
+
+    return step
 
 
 def _peak_memory_mb() -> float:
@@ -208,19 +214,28 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.first <= args.steps:
         parser.error("--first must lie in [1, --steps]")
     torch.set_num_threads(args.threads)
-    times, rewards, memory = run_trainer(args.steps)
-    step_time = statistics.mean(times[args.first - 1 :])
+    runs = {"trainer": trainer_step()}
+    if not args.no_baseline:
+        runs["baseline"] = baseline_step()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    rewards: dict[str, list[float]] = {name: [] for name in runs}
+    # the two loops take turns step by step, so that both see the same machine load
+    for _ in range(args.steps):
+        for name, step in runs.items():
+            seconds, reward = step()
+            times[name].append(seconds)
+            rewards[name].append(reward)
+    step_time = statistics.mean(times["trainer"][args.first - 1 :])
     print(f"step_time: {step_time:.4f} s/step")
     print(f"throughput: {QUESTIONS * GROUP / step_time:.0f} completions/s")
-    print(f"peak_memory: {memory:.0f} MB")
-    print(f"reward_mean_first10: {statistics.mean(rewards[:10]):.3f}")
-    print(f"reward_mean_last10: {statistics.mean(rewards[-10:]):.3f}")
+    print(f"peak_memory: {_peak_memory_mb():.0f} MB")
+    print(f"reward_mean_first10: {statistics.mean(rewards['trainer'][:10]):.3f}")
+    print(f"reward_mean_last10: {statistics.mean(rewards['trainer'][-10:]):.3f}")
     if not args.no_baseline:
-        base_times, base_rewards = run_baseline(args.steps)
-        base_time = statistics.mean(base_times[args.first - 1 :])
+        base_time = statistics.mean(times["baseline"][args.first - 1 :])
         print(f"baseline_step_time: {base_time:.4f} s/step")
         print(f"baseline_throughput: {QUESTIONS * GROUP / base_time:.0f} completions/s")
-        print(f"baseline_reward_mean_last10: {statistics.mean(base_rewards[-10:]):.3f}")
+        print(f"baseline_reward_mean_last10: {statistics.mean(rewards['baseline'][-10:]):.3f}")
         print(f"speedup: {base_time / step_time:.2f} x")
     return 0
 
