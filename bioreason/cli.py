@@ -8,6 +8,7 @@ interrupted (Ctrl-C). ``--debug`` or ``BIOREASON_DEBUG=1`` shows the full traceb
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -516,6 +517,217 @@ def _inspect_task(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- LM fine-tuning
+# keys of a finetune config file besides the LMRLConfig fields
+_FINETUNE_KEYS = {"model": None, "warm_start_steps": 0, "warm_start_lr": 1e-3}
+# flags of finetune that set the LMRLConfig field of the same name
+_FINETUNE_FIELDS = ("method", "steps", "seed", "group_size", "device")
+# the files finetune writes into --out
+_FINETUNE_OUTPUTS = (
+    "predictions.parquet",
+    "log.csv",
+    "eval.csv",
+    "checkpoint.pt",
+    "model",
+    "metrics.json",
+)
+
+
+def _finetune_settings(args: argparse.Namespace):
+    """(LMRLConfig, model name, warm-start steps, warm-start lr) from --config and flags."""
+    from bioreason.config import read_yaml
+    from bioreason.rl import LMRLConfig
+
+    values, where = {}, "finetune"
+    if args.config:
+        values = read_yaml(args.config, what="config file")
+        values = {} if values is None else values
+        if not isinstance(values, dict):
+            raise ValueError(
+                f"config file {args.config} must hold a mapping of LMRLConfig fields (and "
+                f"{', '.join(_FINETUNE_KEYS)}), got {type(values).__name__}"
+            )
+        where = f"finetune config ({args.config})"
+        valid = {f.name for f in dataclasses.fields(LMRLConfig)} | set(_FINETUNE_KEYS)
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(valid)}")
+    values = dict(values)
+    extra = {key: values.pop(key, default) for key, default in _FINETUNE_KEYS.items()}
+    if args.model is not None:
+        extra["model"] = args.model
+    if args.warm_start_steps is not None:
+        extra["warm_start_steps"] = args.warm_start_steps
+    if extra["model"] is None:
+        raise UsageError("give the model (--model tiny|PATH) or 'model:' in --config")
+    steps = extra["warm_start_steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"{where}.warm_start_steps must be an integer >= 0, got {steps!r}")
+    values.setdefault("eval_split", "test")
+    values.update(
+        {name: getattr(args, name) for name in _FINETUNE_FIELDS if getattr(args, name) is not None}
+    )
+    config = LMRLConfig.from_dict(values, where=where)
+    return config, str(extra["model"]), steps, float(extra["warm_start_lr"])
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    import json
+    import shutil
+
+    from bioreason._io import (
+        MANIFEST,
+        atomic_write_text,
+        check_output_folder,
+        manifest_matches,
+        write_manifest,
+    )
+    from bioreason.rl.lm_trainer import save_predictions
+    from bioreason.rl.loop import write_csv_log
+
+    out = Path(args.out)
+    check_output_folder(out)
+    task_path = Path(args.task)
+    config, model_name, warm_steps, warm_lr = _finetune_settings(args)
+    record = {
+        "rl": config.to_dict(),
+        "task": str(task_path),
+        "model": model_name,
+        "warm_start_steps": warm_steps,
+        "warm_start_lr": warm_lr,
+    }
+    record = json.loads(json.dumps(record, default=str))
+    inputs = {"task": task_path} if task_path.is_file() else {}
+    if not task_path.exists():
+        raise FileNotFoundError(f"task table {task_path} does not exist")
+    manifest = out / MANIFEST
+    if out.exists() and any(out.iterdir()):
+        if manifest_matches(out, config=record, seed=config.seed, inputs=inputs):
+            print(f"{out} is up to date (same settings and task); nothing to do")
+            return 0
+        saved = None
+        try:
+            saved = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            pass
+        same = isinstance(saved, dict) and saved.get("config") == record
+        if not same:
+            if not args.force:
+                why = (
+                    "was not written by 'bioreason finetune'"
+                    if not isinstance(saved, dict)
+                    else "holds a run with other settings"
+                )
+                raise FileExistsError(
+                    f"{out} {why}; choose another --out or pass --force to replace it"
+                )
+            for name in (*_FINETUNE_OUTPUTS, MANIFEST):
+                path = out / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    outputs = [out / name for name in _FINETUNE_OUTPUTS]
+    write_manifest(
+        out, config=record, seed=config.seed, inputs=inputs, outputs=outputs, complete=False
+    )
+
+    from bioreason.data.tasks import load_task
+    from bioreason.lm import load_predictor, warm_start
+    from bioreason.rl import LMTrainer
+
+    task = load_task(task_path)
+    if "split" in task and not (task["split"].astype(str) == config.train_split).any():
+        raise ValueError(f"task table {task_path} has no rows with split == {config.train_split!r}")
+    predictor = load_predictor(
+        model_name,
+        device=config.device,
+        texts=task["prompt"].astype(str),
+        grid=config.grid,
+        seed=config.seed,
+    )
+    if warm_steps:  # deterministic: a resumed run redoes it, then loads its checkpoint
+        train_prompts = task.loc[task["split"].astype(str) == config.train_split, "prompt"]
+        warm_start(
+            predictor,
+            None,
+            [predictor.format_prompt(str(p)) for p in train_prompts],
+            grid=config.grid,
+            steps=warm_steps,
+            lr=warm_lr,
+            seed=config.seed,
+        )
+    trainer = LMTrainer.from_predictor(predictor, task, config)
+    predictions_path = out / "predictions.parquet"
+    timing = trainer.train(
+        checkpoint_path=out / "checkpoint.pt",
+        log_path=out / "log.csv",
+        eval_log_path=out / "eval.csv",
+        predictions_path=predictions_path,
+        progress=not args.no_progress,
+        description="finetune",
+    )
+    if trainer.eval_rows_log and trainer.eval_rows_log[-1]["step"] == trainer.step:
+        final = trainer.eval_rows_log[-1]  # evaluated at the last step already
+    else:
+        final = trainer.evaluate()
+        frame = trainer.predict()
+        if predictions_path.exists():
+            import pandas as pd
+
+            earlier = pd.read_parquet(predictions_path)
+            frame = pd.concat([earlier[earlier["step"] < trainer.step], frame], ignore_index=True)
+        save_predictions(frame, predictions_path)
+    _save_final_checkpoint(trainer, out / "checkpoint.pt", out / "log.csv")
+    write_csv_log(out / "eval.csv", trainer.eval_rows_log)
+    predictor.save(out / "model", overwrite=True)
+    metrics = {"step": trainer.step, "final": final, "timing": timing}
+    atomic_write_text(
+        out / "metrics.json", json.dumps(_json_safe(metrics), indent=2, default=str) + "\n"
+    )
+    write_manifest(out, config=record, seed=config.seed, inputs=inputs, outputs=outputs)
+    score = final.get("ece", float("nan"))
+    print(
+        f"wrote {out}: {trainer.step} steps of {config.method}; "
+        f"test ece {score:.4f} over {final.get('n_scored', 0)} questions"
+    )
+    return 0
+
+
+def _save_final_checkpoint(trainer, path: Path, log_path: Path) -> None:
+    """The checkpoint of the last step (the training loop keeps only earlier ones), in the
+    loop's format, so that a rerun after a later failure resumes at the end."""
+    import pandas as pd
+    import torch
+
+    from bioreason._io import atomic_path
+    from bioreason.rl import loop
+
+    log_rows = pd.read_csv(log_path).to_dict("records") if log_path.exists() else []
+    state = {
+        "format": loop._CHECKPOINT_FORMAT,
+        "version": loop._CHECKPOINT_VERSION,
+        "trainer": trainer.state_dict(),
+        "log_rows": log_rows,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _json_safe(value):
+    """NaN / inf become null (strict JSON); numpy scalars become plain numbers."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="bioreason",
@@ -658,6 +870,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     itask.add_argument("--json", action="store_true", help="print the summary as JSON")
     itask.set_defaults(func=_inspect_task)
+
+    fine = sub.add_parser(
+        "finetune",
+        help="RL fine-tune a causal LM on a task table; write predictions, logs, the model",
+        description="Train an LM (LMTrainer) on the task's train split and evaluate it on its "
+        "test split. Flags override --config (a YAML mapping of LMRLConfig fields plus model, "
+        "warm_start_steps, warm_start_lr; see docs/finetune.md). Rerunning an interrupted run "
+        "with the same settings resumes it from its checkpoint.",
+    )
+    fine.add_argument("--task", required=True, help="task table (.parquet, see build-task)")
+    fine.add_argument("--method", help="advantage estimator (grpo, rloo, ...; default grpo)")
+    fine.add_argument("--model", help="'tiny' (a new small LM) or a model folder / hub name")
+    fine.add_argument("--steps", type=_positive_int, help="optimizer steps (default 200)")
+    fine.add_argument("--out", required=True, help="output folder")
+    fine.add_argument("--config", help="YAML file of LMRLConfig fields (and model, ...)")
+    fine.add_argument("--seed", type=_non_negative_int)
+    fine.add_argument(
+        "--group-size", dest="group_size", type=_positive_int, help="completions per question"
+    )
+    fine.add_argument(
+        "--warm-start-steps",
+        dest="warm_start_steps",
+        type=_non_negative_int,
+        help="supervised steps teaching the answer format first (default 0)",
+    )
+    fine.add_argument("--device", help="auto (default), cpu or cuda[:N]")
+    fine.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_force(fine, "a --out folder holding other files or another run")
+    fine.set_defaults(func=_finetune)
 
     demo = sub.add_parser("demo", help="run the end-to-end demo on built-in synthetic data")
     demo.add_argument("--out", default="runs/demo", help="run folder")

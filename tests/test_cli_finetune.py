@@ -1,0 +1,143 @@
+"""``bioreason finetune``: a tiny LM trained on a tiny task table writes its outputs,
+refuses a folder it did not write, resumes an interrupted run, reads a config file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bioreason.cli import main
+from bioreason.data.tasks import TASK_COLUMNS, save_task
+
+# a few steps, small groups: the whole file runs in seconds
+FAST = ["--steps", "2", "--group-size", "2", "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def task_path(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(6):
+        for j in range(2):
+            p = float(rng.uniform(0.1, 0.9))
+            rows.append(
+                {
+                    "question_id": f"P{i}:G{j}",
+                    "condition": f"P{i}",
+                    "readout": f"G{j}",
+                    "outcome_definition": "screen_hit",
+                    "prompt": f"perturb P{i} readout G{j} probability ?",
+                    "p_star": p,
+                    "p_star_se": 0.01,
+                    "p_star_spread": 0.0,
+                    "p_true": p,
+                    "reference_probability": np.nan,
+                    "outcome": float(rng.random() < p),
+                    "split": "train" if i < 4 else "test",
+                }
+            )
+    path = tmp_path / "task.parquet"
+    save_task(pd.DataFrame(rows, columns=TASK_COLUMNS), path)
+    return path
+
+
+def _config(tmp_path, **values):
+    path = tmp_path / "finetune.yaml"
+    base = {"questions_per_step": 2, "max_new_tokens": 3, "eval_samples": 2}
+    path.write_text(json.dumps({**base, **values}))  # JSON is YAML
+    return path
+
+
+def run(task_path, out, config, *extra):
+    argv = ["finetune", "--task", str(task_path), "--method", "grpo", "--model", "tiny"]
+    return main([*argv, "--out", str(out), "--config", str(config), *FAST, *extra])
+
+
+def test_finetune_writes_outputs_and_is_idempotent(task_path, tmp_path, capsys):
+    out, config = tmp_path / "run", _config(tmp_path)
+    assert run(task_path, out, config, "--warm-start-steps", "2", "--seed", "3") == 0
+    for name in ("predictions.parquet", "log.csv", "eval.csv", "checkpoint.pt", "metrics.json"):
+        assert (out / name).is_file(), name
+    assert (out / "model" / "config.json").is_file()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["rl"]["seed"] == 3 and manifest["config"]["warm_start_steps"] == 2
+    assert all(digest for digest in manifest["outputs"].values())
+    predictions = pd.read_parquet(out / "predictions.parquet")
+    assert set(predictions["question_id"]) == {f"P{i}:G{j}" for i in (4, 5) for j in (0, 1)}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["step"] == 2 and metrics["final"]["n_questions"] == 4
+    capsys.readouterr()
+    assert run(task_path, out, config, "--warm-start-steps", "2", "--seed", "3") == 0
+    assert "up to date" in capsys.readouterr().out
+
+    from bioreason.lm import load_predictor
+
+    predictor = load_predictor(out / "model", device="cpu")
+    assert predictor.expected_answer(["perturb P4 readout G0 probability ?"]).shape == (1,)
+
+
+def test_finetune_refuses_foreign_folder_and_other_settings(task_path, tmp_path, capsys):
+    out, config = tmp_path / "run", _config(tmp_path)
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    assert run(task_path, out, config) == 1
+    assert "not written by 'bioreason finetune'" in capsys.readouterr().err
+    assert (out / "mine.txt").read_text() == "keep"
+
+    other = tmp_path / "other"
+    assert run(task_path, other, config) == 0
+    assert run(task_path, other, config, "--seed", "5") == 1
+    assert "other settings" in capsys.readouterr().err
+    assert run(task_path, other, config, "--seed", "5", "--force") == 0
+    assert json.loads((other / "manifest.json").read_text())["seed"] == 5
+
+
+def test_finetune_resumes_an_interrupted_run(task_path, tmp_path, monkeypatch):
+    from bioreason.rl import LMTrainer
+
+    config = _config(tmp_path, checkpoint_every=1)
+    whole = tmp_path / "whole"
+    assert run(task_path, whole, config, "--steps", "3") == 0
+
+    calls = {"n": 0}
+    original = LMTrainer.train_step
+
+    def interrupted(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        original(self)
+
+    monkeypatch.setattr(LMTrainer, "train_step", interrupted)
+    part = tmp_path / "part"
+    assert run(task_path, part, config, "--steps", "3") == 130
+    assert not (part / "metrics.json").exists()
+    monkeypatch.setattr(LMTrainer, "train_step", original)
+    assert run(task_path, part, config, "--steps", "3") == 0
+    a = torch.load(whole / "checkpoint.pt", weights_only=False)["trainer"]["model"]
+    b = torch.load(part / "checkpoint.pt", weights_only=False)["trainer"]["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_finetune_config_errors(task_path, tmp_path, capsys):
+    bad = _config(tmp_path, not_a_field=1)
+    assert run(task_path, tmp_path / "x", bad) == 1
+    assert "unknown key(s) ['not_a_field']" in capsys.readouterr().err
+    argv = ["finetune", "--task", str(task_path), "--out", str(tmp_path / "y"), "--steps", "1"]
+    assert main(argv) == 2
+    assert "--model" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["finetune", "--task", str(task_path), "--out", "z", "--steps", "0"])
+    assert exit_info.value.code == 2
