@@ -146,14 +146,16 @@ def build_tokenizer(
 
 
 def answer_token_ids(
-    tokenizer: PreTrainedTokenizerBase, grid: AnswerGrid | None = None
+    tokenizer: PreTrainedTokenizerBase, grid: AnswerGrid | None = None, prefix: str = ANSWER_OPEN
 ) -> list[int] | None:
     """The token id of each grid answer when every answer is one token, else None.
 
-    An answer ``K`` counts as one token when encoding ``"<answer>K"`` gives the tokens
-    of ``"<answer>"`` plus exactly one more, that token is not the unknown token and
-    decodes to ``K``, and no two answers share a token: then the probability of answer
-    ``K`` right after ``<answer>`` is one softmax entry.
+    An answer ``K`` counts as one token when encoding ``prefix + K`` (or ``prefix + " " +
+    K``) gives the tokens of ``prefix`` (default ``"<answer>"``) plus exactly one more,
+    that token is not the unknown token and decodes to ``K``, and no two answers share a
+    token: then the probability of answer ``K`` right after the prefix is one softmax
+    entry. The rule is :func:`bioreason.rl.answer_formats.single_token_answer_ids`, which
+    the RL trainer uses too.
 
     Returns
     -------
@@ -161,15 +163,7 @@ def answer_token_ids(
         None when some answer is several tokens (typical of BPE and SentencePiece
         tokenizers that split numbers into digits).
     """
+    from bioreason.rl.answer_formats import single_token_answer_ids
+
     grid = resolve_grid(grid, "answer_token_ids")
-    prefix = tokenizer.encode(ANSWER_OPEN, add_special_tokens=False)
-    ids = []
-    for answer in grid_answers(grid):
-        encoded = tokenizer.encode(ANSWER_OPEN + answer, add_special_tokens=False)
-        if len(encoded) != len(prefix) + 1 or encoded[: len(prefix)] != prefix:
-            return None
-        token = encoded[-1]
-        if token == tokenizer.unk_token_id or tokenizer.decode([token]).strip() != answer:
-            return None
-        ids.append(token)
-    return ids if len(set(ids)) == len(ids) else None
+    return single_token_answer_ids(tokenizer, grid, prefix)
