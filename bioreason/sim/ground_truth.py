@@ -18,7 +18,39 @@ from bioreason.data.simulate import ScreenGroundTruth
 from bioreason.models import PosteriorPredictive
 from bioreason.sim.simulator import OutcomeSimulator
 
-__all__ = ["GroundTruthModel", "GroundTruthSimulator"]
+__all__ = ["GroundTruthModel", "GroundTruthSimulator", "canonical_condition"]
+
+
+def canonical_condition(
+    condition: str,
+    perturbation_names: Sequence[str],
+    control_label: str,
+    delimiter: str = "+",
+    owner: str = "model",
+) -> str:
+    """The canonical label of ``condition``: the control label as given, otherwise its
+    parts in the order of ``perturbation_names``. Raises a ``ValueError`` naming an unknown
+    perturbation (and listing known ones) or a perturbation named twice.
+
+    Returns
+    -------
+    str
+    """
+    label = str(condition)
+    if label == control_label:
+        return label
+    parts = label.split(delimiter)
+    unknown = [p for p in parts if p not in perturbation_names]
+    if unknown or not label:
+        raise ValueError(
+            f"unknown perturbation {unknown[0] if unknown else label!r} in condition "
+            f"{label!r}; the {owner} has {len(perturbation_names)} perturbations "
+            f"(e.g. {list(perturbation_names)[:10]})"
+        )
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"condition {label!r} names a perturbation twice")
+    order = {name: i for i, name in enumerate(perturbation_names)}
+    return delimiter.join(sorted(parts, key=order.__getitem__))
 
 
 class GroundTruthModel:
@@ -63,21 +95,9 @@ class GroundTruthModel:
         self.perturbation_names = list(truth.perturbation_names)
 
     def canonical(self, condition: str) -> str:
-        label = str(condition)
-        if label == self.control_label:
-            return label
-        parts = label.split(self.delimiter)
-        unknown = [p for p in parts if p not in self.perturbation_names]
-        if unknown or not label:
-            raise ValueError(
-                f"unknown perturbation {unknown[0] if unknown else label!r} in condition "
-                f"{label!r}; the screen has {len(self.perturbation_names)} perturbations "
-                f"(e.g. {self.perturbation_names[:5]})"
-            )
-        if len(set(parts)) != len(parts):
-            raise ValueError(f"condition {label!r} names a perturbation twice")
-        order = {name: i for i, name in enumerate(self.perturbation_names)}
-        return self.delimiter.join(sorted(parts, key=order.__getitem__))
+        return canonical_condition(
+            condition, self.perturbation_names, self.control_label, self.delimiter, "screen"
+        )
 
     def data_for(self, adata: Any = None) -> Any:
         from bioreason.data import PerturbationData

@@ -61,6 +61,7 @@ import pandas as pd
 
 from bioreason.config import Config
 from bioreason.models import PosteriorPredictive
+from bioreason.sim.ground_truth import canonical_condition
 from bioreason.sim.simulator import OutcomeSimulator, questions_frame
 
 __all__ = [
@@ -517,21 +518,9 @@ class LinearSAMSModel:
     def canonical(self, condition: str) -> str:
         """The canonical label of ``condition`` (parts in perturbation order); raises a
         ValueError naming an unknown perturbation."""
-        label = str(condition)
-        if label == self.control_label:
-            return label
-        parts = label.split(self.delimiter)
-        unknown = [p for p in parts if p not in self.perturbation_names]
-        if unknown or not label:
-            raise ValueError(
-                f"unknown perturbation {unknown[0] if unknown else label!r} in condition "
-                f"{label!r}; the model has {len(self.perturbation_names)} perturbations "
-                f"({self.perturbation_names[:10]})"
-            )
-        if len(set(parts)) != len(parts):
-            raise ValueError(f"condition {label!r} names a perturbation twice")
-        order = {name: i for i, name in enumerate(self.perturbation_names)}
-        return self.delimiter.join(sorted(parts, key=order.__getitem__))
+        return canonical_condition(
+            condition, self.perturbation_names, self.control_label, self.delimiter
+        )
 
     def dosage_of(self, labels: Sequence[str]) -> np.ndarray:
         """Dosage rows of canonical labels, shape (len(labels), P)."""
