@@ -640,27 +640,38 @@ class LMTrainer:
             and not config.gradient_checkpointing
         )
 
-    def _new_rollout(self) -> _Rollout:
+    def _sample(self, prompts: list[str], n: int, generator: torch.Generator, **options: Any):
+        """``n`` completions per prompt with the config's sampling settings
+        (:func:`sample_group_completions`; ``options``: its gradient/hidden switches)."""
         config = self.config
-        group = config.group_size
-        questions = self._next_questions()
-        prompts = self._prompts(questions.tolist())
-        fused = self.fused
-        sample = sample_group_completions(
+        return sample_group_completions(
             self.model,
             prompts,
-            group,
+            n,
             max_new_tokens=config.max_new_tokens,
             temperature=config.temperature,
             top_p=config.top_p,
             stop_ids=self._stop_ids,
             stop_sequences=self._stop_sequences,
             pad_id=self._pad_id,
-            generator=self.sample_generator,
+            generator=generator,
+            autocast=self._autocast(),
+            **options,
+        )
+
+    def _new_rollout(self) -> _Rollout:
+        config = self.config
+        group = config.group_size
+        questions = self._next_questions()
+        prompts = self._prompts(questions.tolist())
+        fused = self.fused
+        sample = self._sample(
+            prompts,
+            group,
+            self.sample_generator,
             with_grad=fused,
             entropy_grad=bool(config.entropy_coef),
             hidden=self.value_head is not None,
-            autocast=self._autocast(),
         )
         n_questions = len(questions)
         parsed = ANSWER_PARSERS[config.answer_format](
@@ -919,19 +930,7 @@ class LMTrainer:
         for start in range(0, len(rows), config.predict_batch_questions):
             batch = rows[start : start + config.predict_batch_questions].tolist()
             prompts = self._prompts(batch)
-            sample = sample_group_completions(
-                self.model,
-                prompts,
-                n_samples,
-                max_new_tokens=config.max_new_tokens,
-                temperature=config.temperature,
-                top_p=config.top_p,
-                stop_ids=self._stop_ids,
-                stop_sequences=self._stop_sequences,
-                pad_id=self._pad_id,
-                generator=generator,
-                autocast=self._autocast(),
-            )
+            sample = self._sample(prompts, n_samples, generator)
             parsed = ANSWER_PARSERS[config.answer_format](
                 self._decode(sample.tokens, sample.mask), self.grid
             )
