@@ -572,18 +572,51 @@ def _finetune_settings(args: argparse.Namespace):
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    """``bioreason finetune``; under ``accelerate launch`` every process trains its share
+    of each batch, and the main one alone prepares and writes the output folder."""
+    import torch.distributed as dist
+
+    from bioreason._device import resolve_device
+    from bioreason.rl.lm_distributed import ProcessGroup, current_process_group
+
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or (
+        dist.is_available() and dist.is_initialized()
+    )
+    if not launched:
+        return _finetune_run(args, ProcessGroup())
+    processes = current_process_group(resolve_device(_finetune_settings(args)[0].device))
+
+    # the main process checks and prepares the folder first; the others learn the outcome
+    outcome: list = [None]
+    if processes.is_main:
+        try:
+            outcome[0] = ("ok", _finetune_prepare(args))
+        except Exception as err:
+            outcome[0] = ("error", f"{type(err).__name__}: {err}")
+            dist.broadcast_object_list(outcome, src=0)
+            raise
+    dist.broadcast_object_list(outcome, src=0)
+    status, value = outcome[0]
+    if status == "error":
+        raise RuntimeError(f"the main process stopped: {value}")
+    if value is None:  # up to date
+        return 0
+    return _finetune_run(args, processes, prepared=value)
+
+
+def _finetune_prepare(args: argparse.Namespace):
+    """Check the output folder and write the incomplete manifest; None when the folder
+    is up to date, else (config, model name, warm-start steps, warm-start lr, record,
+    inputs)."""
     import json
     import shutil
 
     from bioreason._io import (
         MANIFEST,
-        atomic_write_text,
         check_output_folder,
         manifest_matches,
         write_manifest,
     )
-    from bioreason.rl.lm_trainer import save_predictions
-    from bioreason.rl.loop import write_csv_log
 
     out = Path(args.out)
     check_output_folder(out)
@@ -604,7 +637,7 @@ def _finetune(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()):
         if manifest_matches(out, config=record, seed=config.seed, inputs=inputs):
             print(f"{out} is up to date (same settings and task); nothing to do")
-            return 0
+            return None
         saved = None
         try:
             saved = json.loads(manifest.read_text())
@@ -621,7 +654,7 @@ def _finetune(args: argparse.Namespace) -> int:
                 raise FileExistsError(
                     f"{out} {why}; choose another --out or pass --force to replace it"
                 )
-            for name in (*_FINETUNE_OUTPUTS, MANIFEST):
+            for name in (*_FINETUNE_OUTPUTS, "tb", MANIFEST):  # tb: TensorBoard events
                 path = out / name
                 if path.is_dir():
                     shutil.rmtree(path)
@@ -632,6 +665,27 @@ def _finetune(args: argparse.Namespace) -> int:
     write_manifest(
         out, config=record, seed=config.seed, inputs=inputs, outputs=outputs, complete=False
     )
+    return config, model_name, warm_steps, warm_lr, record, inputs
+
+
+def _finetune_run(args: argparse.Namespace, processes, prepared=None) -> int:
+    """Train, evaluate and write the outputs (the main process writes)."""
+    import json
+
+    import pandas as pd
+
+    from bioreason._io import atomic_write_text, write_manifest
+    from bioreason.rl.lm_trainer import save_predictions
+    from bioreason.rl.loop import save_checkpoint, write_csv_log
+
+    if prepared is None:
+        prepared = _finetune_prepare(args)
+        if prepared is None:
+            return 0
+    config, model_name, warm_steps, warm_lr, record, inputs = prepared
+    out = Path(args.out)
+    task_path = Path(args.task)
+    outputs = [out / name for name in _FINETUNE_OUTPUTS]
 
     from bioreason.data.tasks import load_task
     from bioreason.lm import load_predictor, warm_start
@@ -668,18 +722,22 @@ def _finetune(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         description="finetune",
     )
+    if not processes.is_main:
+        return 0
     if trainer.eval_rows_log and trainer.eval_rows_log[-1]["step"] == trainer.step:
         final = trainer.eval_rows_log[-1]  # evaluated at the last step already
     else:
         final = trainer.evaluate()
         frame = trainer.predict()
         if predictions_path.exists():
-            import pandas as pd
-
             earlier = pd.read_parquet(predictions_path)
             frame = pd.concat([earlier[earlier["step"] < trainer.step], frame], ignore_index=True)
         save_predictions(frame, predictions_path)
-    _save_final_checkpoint(trainer, out / "checkpoint.pt", out / "log.csv")
+    # the checkpoint of the last step (the loop keeps only earlier ones), so that a rerun
+    # after a later failure resumes at the end
+    log_path = out / "log.csv"
+    log_rows = pd.read_csv(log_path).to_dict("records") if log_path.exists() else []
+    save_checkpoint(trainer, out / "checkpoint.pt", log_rows)
     write_csv_log(out / "eval.csv", trainer.eval_rows_log)
     predictor.save(out / "model", overwrite=True)
     metrics = {"step": trainer.step, "final": final, "timing": timing}
@@ -693,26 +751,6 @@ def _finetune(args: argparse.Namespace) -> int:
         f"test ece {score:.4f} over {final.get('n_scored', 0)} questions"
     )
     return 0
-
-
-def _save_final_checkpoint(trainer, path: Path, log_path: Path) -> None:
-    """The checkpoint of the last step (the training loop keeps only earlier ones), in the
-    loop's format, so that a rerun after a later failure resumes at the end."""
-    import pandas as pd
-    import torch
-
-    from bioreason._io import atomic_path
-    from bioreason.rl import loop
-
-    log_rows = pd.read_csv(log_path).to_dict("records") if log_path.exists() else []
-    state = {
-        "format": loop._CHECKPOINT_FORMAT,
-        "version": loop._CHECKPOINT_VERSION,
-        "trainer": trainer.state_dict(),
-        "log_rows": log_rows,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
 
 
 def _json_safe(value):

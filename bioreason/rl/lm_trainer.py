@@ -58,6 +58,7 @@ from torch import Tensor
 
 from bioreason._device import resolve_device
 from bioreason.calibration import REFERENCE_METRICS, summarize
+from bioreason.rl import lm_distributed
 from bioreason.rl.advantages import gae, get_advantage
 from bioreason.rl.answer_formats import (
     ANSWER_PARSERS,
@@ -98,6 +99,7 @@ PREDICTION_COLUMNS = [
 _OUTCOME_MODES = ("table", "live")
 _SHARING = ("group", "completion")
 _PRECISION = ("auto", "bf16", "no")
+_SAMPLING_NOISE = ("batch", "question")
 _DIAGNOSTICS = (
     "reward_mean",
     "reward_std",
@@ -190,6 +192,12 @@ class LMRLConfig(RLConfig):
         Let the tokenizer add its special tokens (``<bos>``) to each prompt; None: yes
         unless the tokenizer has a chat template (which writes its own), as
         :func:`bioreason.lm.encode_prompts` does.
+    sampling_noise : {"batch", "question"}, default "batch"
+        ``"batch"``: one sampling generator for the rollout (one sampling pass; under
+        several processes one per process and step); ``"question"``: one generator per
+        question seeded from (seed, step, position in the batch), so a run under several
+        processes samples the same completions as one process (one pass per question;
+        see :mod:`bioreason.rl.lm_distributed`).
     """
 
     group_size: int = 8
@@ -228,6 +236,7 @@ class LMRLConfig(RLConfig):
     gae_gamma: float = 1.0
     gae_lambda: float = 1.0
     add_special_tokens: bool | None = None
+    sampling_noise: str = "batch"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -263,6 +272,7 @@ class LMRLConfig(RLConfig):
             ("outcomes", self.outcomes, _OUTCOME_MODES),
             ("outcome_sharing", self.outcome_sharing, _SHARING),
             ("mixed_precision", self.mixed_precision, _PRECISION),
+            ("sampling_noise", self.sampling_noise, _SAMPLING_NOISE),
         ):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
@@ -367,8 +377,14 @@ class LMTrainer:
         if not isinstance(config, LMRLConfig):
             raise TypeError(f"config must be an LMRLConfig, got {type(config).__name__}")
         self.config = config
-        self.device = resolve_device(config.device)
+        device = resolve_device(config.device)
+        self.processes = lm_distributed.current_process_group(device)
+        self.device = lm_distributed.process_device(device, self.processes)
         self.model = model.to(self.device)
+        lm_distributed.broadcast_module(self.model, self.processes)
+        self._shard = lm_distributed.shard_bounds(config.questions_per_step, self.processes)
+        self._batch_questions: Tensor | None = None
+        self._shard_weights = (1.0, 1.0)
         self.tokenizer = tokenizer
         self.grid = config.grid
         self._grid_probs = self.grid.probabilities(torch.float64)
@@ -439,7 +455,7 @@ class LMTrainer:
             high = max(float(grid_rewards.max()), config.invalid_reward)
             options["reward_range"] = (low, high)
             estimator = get_advantage(config.method, **options)
-        self.estimator = estimator
+        self.estimator = lm_distributed.batch_estimator(estimator, self.processes)
 
         self.value_head: _ValueHead | None = None
         if estimator.requires_values:
@@ -591,8 +607,9 @@ class LMTrainer:
         return left_pad([self._prompt_ids[int(r)] + extra for r in rows], self._pad_id, self.device)
 
     def _next_questions(self) -> Tensor:
-        """Row positions of the next ``questions_per_step`` training questions (epochs
-        of a random order)."""
+        """Row positions of this process's share of the next ``questions_per_step``
+        training questions (epochs of a random order, the same on every process); the
+        whole batch is kept in ``_batch_questions``."""
         need = self.config.questions_per_step
         chosen = []
         while need:
@@ -603,7 +620,9 @@ class LMTrainer:
             chosen.append(take)
             self._cursor += len(take)
             need -= len(take)
-        return torch.as_tensor(self.train_rows)[torch.cat(chosen)]
+        self._batch_questions = torch.as_tensor(self.train_rows)[torch.cat(chosen)]
+        start, stop = self._shard
+        return self._batch_questions[start:stop]
 
     def _outcomes(self, questions: Tensor) -> Tensor:
         """0/1 outcomes of shape (n_questions, group_size), float64 (CPU)."""
@@ -611,12 +630,17 @@ class LMTrainer:
         width = 1 if config.outcome_sharing == "group" else config.group_size
         if config.outcomes == "live":
             seed = int(torch.randint(2**31 - 1, (1,), generator=self.generator))
-            drawn = torch.as_tensor(self.outcome_source.sample(questions, width, seed))
-            if tuple(drawn.shape) != (len(questions), width):
+            # drawn for the whole batch and sliced, so that a question's outcomes do not
+            # depend on how many processes share the batch
+            everyone = self._batch_questions if self.processes.distributed else questions
+            drawn = torch.as_tensor(self.outcome_source.sample(everyone, width, seed))
+            if tuple(drawn.shape) != (len(everyone), width):
                 raise ValueError(
                     f"outcome_source.sample returned shape {tuple(drawn.shape)}, expected "
-                    f"({len(questions)}, {width})"
+                    f"({len(everyone)}, {width})"
                 )
+            if self.processes.distributed:
+                drawn = drawn[self._shard[0] : self._shard[1]]
             outcomes = drawn.to(torch.float64)
         else:
             outcomes = torch.as_tensor(self._outcome_table[questions.numpy(), :width])
@@ -642,8 +666,13 @@ class LMTrainer:
 
     def _sample(self, prompts: list[str], n: int, generator: torch.Generator, **options: Any):
         """``n`` completions per prompt with the config's sampling settings
-        (:func:`sample_group_completions`; ``options``: its gradient/hidden switches)."""
+        (:func:`sample_group_completions`; ``options``: its gradient/hidden switches).
+        ``generator`` may be a list, one per question (each sampled on its own)."""
         config = self.config
+        if isinstance(generator, (list, tuple)):  # one generator per question
+            return lm_distributed.sample_each_question(
+                self._sample, prompts, n, generator, pad_id=self._pad_id, **options
+            )
         return sample_group_completions(
             self.model,
             prompts,
@@ -668,7 +697,7 @@ class LMTrainer:
         sample = self._sample(
             prompts,
             group,
-            self.sample_generator,
+            self._rollout_generator(),
             with_grad=fused,
             entropy_grad=bool(config.entropy_coef),
             hidden=self.value_head is not None,
@@ -845,11 +874,12 @@ class LMTrainer:
                 aggregation=config.aggregation,
                 constant=self._constant(),
             )
-            loss = loss * weight
+            loss = loss * (weight * self._shard_weights[0])
             if self.value_head is not None:
                 values = self.value_head(current.hidden)
                 errors = 0.5 * (values - rollout.returns[rows]) ** 2
                 value_loss = aggregate(errors, mask, "token_mean")
+                value_weight = value_weight * self._shard_weights[1]
                 loss = loss + config.value_coef * value_weight * value_loss
                 totals["value_loss"] += value_weight * float(value_loss.detach())
             loss.backward()
@@ -863,6 +893,7 @@ class LMTrainer:
         parameters = self._policy_parameters + (
             list(self.value_head.parameters()) if self.value_head is not None else []
         )
+        lm_distributed.sum_gradients(parameters, self.processes)
         norm = torch.nn.utils.clip_grad_norm_(
             parameters, config.max_grad_norm if config.max_grad_norm else math.inf
         )
@@ -883,24 +914,73 @@ class LMTrainer:
         first_update = self.step % config.updates_per_rollout == 0
         if first_update or self._rollout is None:
             self._rollout = self._new_rollout()
+            self._shard_weights = lm_distributed.shard_loss_weights(
+                self._rollout.mask,
+                config.max_new_tokens,
+                config.aggregation,
+                self._constant(),
+                self.processes,
+            )
         rollout = self._rollout
         stats = self._update(rollout, first_update)
         rollout.graph = None  # the sampling graph serves the first update only
         self.step += 1
-        rewards = rollout.rewards
-        mask = rollout.mask
         self._last = {
+            **self._step_figures(rollout, stats),
+            "step_time": time.perf_counter() - start,
+        }
+        if config.eval_every and self.step % config.eval_every == 0 and self.processes.is_main:
+            self.evaluate()
+
+    def _rollout_generator(self) -> torch.Generator | list[torch.Generator]:
+        """The sampling noise of a new rollout (``config.sampling_noise``): the trainer's
+        generator alone, one per process and step under several processes, or one per
+        question of this process's share."""
+        config = self.config
+        if config.sampling_noise == "question":
+            positions = range(*self._shard)
+            return lm_distributed.question_generators(
+                config.seed, self.step, positions, self.device
+            )
+        if self.processes.distributed:  # a per-process generator would not survive resume
+            (generator,) = lm_distributed.question_generators(
+                config.seed, self.step, [2**32 + self.processes.rank], self.device
+            )
+            return generator
+        return self.sample_generator
+
+    def _step_figures(self, rollout: _Rollout, stats: dict[str, float]) -> dict[str, float]:
+        """Diagnostics of a step over the whole batch (every process's questions);
+        ``stats`` of :meth:`_update` are averaged over processes, ``value_loss`` summed
+        (each process holds its share)."""
+        group = self.processes
+        rewards = lm_distributed.all_gather_rows(rollout.rewards, group)
+        answers = lm_distributed.all_gather_rows(rollout.answers, group)
+        mask = rollout.mask
+        sums = torch.tensor(
+            [
+                float(mask.sum()),
+                float((rollout.entropy * mask).sum()),
+                float(mask.shape[0]),
+                *stats.values(),
+            ],
+            dtype=torch.float64,
+        )
+        sums = lm_distributed.all_reduce_sum(sums, group).tolist()
+        tokens, entropy, rows = sums[:3]
+        figures = dict(zip(stats, (value / group.world_size for value in sums[3:])))
+        if "value_loss" in figures:
+            figures["value_loss"] *= group.world_size
+        figures["grad_norm"] = stats.get("grad_norm", math.nan)  # the same everywhere
+        return {
             "reward_mean": float(rewards.mean()),
             "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
             "zero_std_fraction": float((rewards.amax(1) == rewards.amin(1)).double().mean()),
-            "invalid_rate": float(torch.isnan(rollout.answers).double().mean()),
-            "completion_length": float(mask.sum(1).double().mean()),
-            "entropy": float((rollout.entropy * mask).sum() / mask.sum()),
-            **stats,
-            "step_time": time.perf_counter() - start,
+            "invalid_rate": float(torch.isnan(answers).double().mean()),
+            "completion_length": tokens / rows,
+            "entropy": entropy / tokens,
+            **figures,
         }
-        if config.eval_every and self.step % config.eval_every == 0:
-            self.evaluate()
 
     # ----- predictions and evaluation -------------------------------------------------
 
@@ -1208,7 +1288,15 @@ class LMTrainer:
         :func:`bioreason.rl.loop.run_training_loop` for ``resume``). Every evaluation
         rewrites ``eval_log_path`` (CSV, one row per evaluation) and
         ``predictions_path`` (parquet, the predictions of every evaluation; a resumed
-        run keeps the rows up to its checkpoint's step). Returns timing figures.
+        run keeps the rows up to its checkpoint's step). TensorBoard scalars go to
+        ``tb/`` beside ``log_path`` (``config.tensorboard``). Under several processes
+        (:mod:`bioreason.rl.lm_distributed`) every process reads the checkpoint, and
+        only the main one writes files, shows progress and evaluates.
+
+        Returns
+        -------
+        dict
+            ``seconds``, ``steps_run`` and ``steps_per_second`` of this call.
         """
         self._eval_log_path = None if eval_log_path is None else Path(eval_log_path)
         self._predictions_path = None if predictions_path is None else Path(predictions_path)
@@ -1222,6 +1310,7 @@ class LMTrainer:
                 progress=progress,
                 description=description,
                 resume=resume,
+                main_process=self.processes.is_main,
             )
         finally:
             self._eval_log_path = None

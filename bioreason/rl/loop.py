@@ -5,7 +5,8 @@ optimizer, reward, policy loss, checkpoints, logs, seed); a trainer's own config
 subclasses it (:class:`bioreason.rl.trainer.TabularRLConfig`). :func:`run_training_loop`
 drives any object with the small :class:`LoopTrainer` protocol: it resumes from a
 checkpoint, shows a progress bar, appends a log row every ``log_every`` steps, writes a
-CSV log and a checkpoint every ``checkpoint_every`` steps (atomically), and returns
+CSV log (and TensorBoard scalars when installed) and a checkpoint every
+``checkpoint_every`` steps (atomically, :func:`save_checkpoint`), and returns
 timing figures.
 
 Checkpoints are read with ``torch.load(..., weights_only=True)`` (tensors and plain
@@ -33,7 +34,7 @@ from bioreason.rl.advantages import get_advantage
 from bioreason.rl.losses import POLICY_LOSSES
 from bioreason.rl.rewards import SCORING_RULES
 
-__all__ = ["LoopTrainer", "RLConfig", "run_training_loop", "write_csv_log"]
+__all__ = ["LoopTrainer", "RLConfig", "run_training_loop", "save_checkpoint", "write_csv_log"]
 
 #: tag of the checkpoints written by :func:`run_training_loop`
 _CHECKPOINT_FORMAT = "bioreason.rl.checkpoint"
@@ -83,6 +84,10 @@ class RLConfig(Config):
         Steps between log rows.
     seed : int, default 0
         Seed of the rollouts.
+    tensorboard : bool or None, default None
+        Also write the log rows as TensorBoard scalars (in ``tb/`` beside the CSV log):
+        None when ``tensorboard`` is installed, True always (an error when it is not),
+        False never.
     """
 
     method: str = "grpo"
@@ -101,6 +106,7 @@ class RLConfig(Config):
     checkpoint_every: int = 5_000
     log_every: int = 1_000
     seed: int = 0
+    tensorboard: bool | None = None
 
     def __post_init__(self) -> None:
         get_advantage(self.method, **self.advantage_options)  # validates name and options
@@ -117,6 +123,10 @@ class RLConfig(Config):
             raise ValueError(f"clip_eps must be > 0 or None, got {self.clip_eps}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.tensorboard not in (None, True, False):
+            raise ValueError(
+                f"tensorboard must be true, false or null (auto), got {self.tensorboard!r}"
+            )
 
 
 class LoopTrainer(Protocol):
@@ -145,6 +155,77 @@ def write_csv_log(path: Path, rows: list[dict[str, float]]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(Path(path), buffer.getvalue())
+
+
+def save_checkpoint(
+    trainer: LoopTrainer, path: str | Path, log_rows: list[dict[str, float]]
+) -> Path:
+    """Write ``trainer``'s state and the log rows so far as a checkpoint that
+    :func:`run_training_loop` resumes from (atomically: an interrupted write leaves the
+    previous file).
+
+    Parameters
+    ----------
+    trainer : LoopTrainer
+        Its ``state_dict()`` is saved.
+    path : str or Path
+        The checkpoint file (replaced when it exists).
+    log_rows : list of dict
+        The training log rows up to ``trainer.step`` (a resumed run continues them).
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    from bioreason._io import atomic_path
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint path {path} is a folder; name the file inside it")
+    state = {
+        "format": _CHECKPOINT_FORMAT,
+        "version": _CHECKPOINT_VERSION,
+        "trainer": trainer.state_dict(),
+        "log_rows": [dict(row) for row in log_rows],
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+class _TensorBoardLog:
+    """Log rows as TensorBoard scalars under ``folder`` (nothing when disabled)."""
+
+    def __init__(self, folder: Path | None, setting: bool | None) -> None:
+        self.writer = None
+        if folder is None or setting is False:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as err:  # tensorboard is an optional dependency
+            if setting:
+                raise ImportError(
+                    "tensorboard=True but TensorBoard is not installed (pip install "
+                    f"tensorboard), or set tensorboard to null/false: {err}"
+                ) from err
+            _logger.info("tensorboard not installed; logging to CSV only")
+            return
+        self.writer = SummaryWriter(log_dir=str(folder))
+
+    def write(self, row: dict[str, Any], step: int) -> None:
+        if self.writer is None:
+            return
+        for key, value in row.items():
+            if key == "step" or isinstance(value, bool):
+                continue
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(key, value, global_step=step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def _read_checkpoint(path: Path) -> tuple[dict[str, Any], list[dict[str, float]]]:
@@ -192,6 +273,8 @@ def run_training_loop(
     progress: bool = True,
     description: str | None = None,
     resume: bool | str = "auto",
+    main_process: bool = True,
+    tensorboard_dir: Path | None = None,
 ) -> dict[str, float]:
     """Run ``trainer.train_step()`` until ``trainer.config.steps``, resuming from a
     checkpoint.
@@ -218,6 +301,13 @@ def run_training_loop(
         Show a tqdm progress bar.
     description : str, optional
         The bar's label (default: the method).
+    main_process : bool, default True
+        False on the other processes of a multi-process run: they read the checkpoint
+        but write nothing (no checkpoint, log or TensorBoard) and show no progress.
+    tensorboard_dir : Path, optional
+        Folder of the TensorBoard event files (default: ``tb`` beside ``log_path``);
+        written when ``trainer.config.tensorboard`` is not False and TensorBoard is
+        installed (see :class:`RLConfig`).
 
     Returns
     -------
@@ -225,8 +315,6 @@ def run_training_loop(
         ``seconds``, ``steps_run`` and ``steps_per_second`` of this call.
     """
     from tqdm.auto import tqdm
-
-    from bioreason._io import atomic_path
 
     config = trainer.config
     log_rows: list[dict[str, float]] = []
@@ -273,19 +361,27 @@ def run_training_loop(
             _logger.info("resumed from %s at step %d", checkpoint_path, trainer.step)
     every = max(config.updates_per_rollout, config.checkpoint_every)
     every -= every % config.updates_per_rollout
+    if tensorboard_dir is None and log_path is not None:
+        tensorboard_dir = Path(log_path).parent / "tb"
+    board = _TensorBoardLog(
+        tensorboard_dir if main_process else None, getattr(config, "tensorboard", None)
+    )
+    if not main_process:
+        log_path = None
 
     def log() -> None:
         row = trainer.diagnostics()
         if extra_log is not None:
             row.update(extra_log())
         log_rows.append(row)
+        board.write(row, trainer.step)
 
     start_step = trainer.step
     start = time.perf_counter()
     bar = tqdm(
         total=config.steps,
         initial=trainer.step,
-        disable=not progress,
+        disable=not (progress and main_process),
         desc=description or config.method,
         mininterval=2.0,
     )
@@ -296,20 +392,17 @@ def run_training_loop(
         bar.update(1)
         if trainer.step % config.log_every == 0 or trainer.step == config.steps:
             log()
-        if checkpoint_path is not None and (
-            trainer.step % every == 0 and trainer.step < config.steps
+        if (
+            checkpoint_path is not None
+            and main_process
+            and trainer.step % every == 0
+            and trainer.step < config.steps
         ):
-            state = {
-                "format": _CHECKPOINT_FORMAT,
-                "version": _CHECKPOINT_VERSION,
-                "trainer": trainer.state_dict(),
-                "log_rows": log_rows,
-            }
-            with atomic_path(checkpoint_path) as tmp:
-                torch.save(state, tmp)
+            save_checkpoint(trainer, checkpoint_path, log_rows)
             if log_path is not None:
                 write_csv_log(log_path, log_rows)
     bar.close()
+    board.close()
     if log_path is not None:
         write_csv_log(log_path, log_rows)
     elapsed = time.perf_counter() - start
