@@ -36,6 +36,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from bioreason.rl.lm_fast import fast_forward
 from bioreason.rl.losses import entropy_from_logits
 
 __all__ = [
@@ -142,9 +143,10 @@ class _Caller:
     """Calls a causal LM's forward with a key/value cache, across transformers versions
     (``cache=`` in 5.x, ``past_key_values=`` before) and wrappers (peft)."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, fast: bool = True) -> None:
         names = _forward_parameters(type(model))
         self.model = model
+        self.fast = fast_forward(model) if fast else None
         self.cache_name = "cache" if "cache" in names else "past_key_values"
         self.keep_last = "logits_to_keep" in names
 
@@ -159,6 +161,16 @@ class _Caller:
         last_only: bool = False,
         hidden: bool = False,
     ):
+        if self.fast is not None:
+            return self.fast(
+                input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=use_cache,
+                last_only=last_only,
+                hidden=hidden,
+            )
         kwargs: dict[str, object] = {"use_cache": use_cache}
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
@@ -226,6 +238,7 @@ def sample_group_completions(
     entropy_grad: bool = True,
     hidden: bool = False,
     autocast: contextlib.AbstractContextManager | None = None,
+    fast: bool = True,
 ) -> GroupRollout:
     """Sample ``group_size`` completions per prompt, with their log-probabilities.
 
@@ -260,6 +273,10 @@ def sample_group_completions(
         Return the final hidden state at each token's position (for a value head).
     autocast : context manager, optional
         Entered around each forward (bf16 autocast on CUDA).
+    fast : bool
+        Use :class:`bioreason.rl.lm_fast.FastLlama` when the model is a plain
+        ``LlamaForCausalLM`` (the same function with fewer operations); False, or any
+        other model, calls the model's own forward.
 
     Returns
     -------
@@ -274,7 +291,7 @@ def sample_group_completions(
     if not 0 < top_p <= 1:
         raise ValueError(f"sample_group_completions: top_p must be in (0, 1], got {top_p}")
     device = prompts.input_ids.device
-    call = _Caller(model)
+    call = _Caller(model, fast)
     stops = torch.as_tensor(list(stop_ids), dtype=torch.long, device=device)
     sequences = [torch.as_tensor(list(s), dtype=torch.long, device=device) for s in stop_sequences]
     sequences = [s for s in sequences if s.numel() > 1]
@@ -354,6 +371,7 @@ def teacher_forced(
     shared_prefix: bool = True,
     hidden: bool = False,
     autocast: contextlib.AbstractContextManager | None = None,
+    fast: bool = True,
 ) -> GroupRollout:
     """Log-probabilities (and entropies, hidden states) of given completions, in one
     training forward (gradients follow the caller's grad mode).
@@ -368,13 +386,15 @@ def teacher_forced(
         Encode each prompt once and repeat its cache over the group (fewer tokens);
         False runs full prompt + completion sequences (needed under gradient
         checkpointing, which turns the cache off).
+    fast : bool
+        As in :func:`sample_group_completions`.
 
     Returns
     -------
     GroupRollout
         ``tokens`` and ``mask`` as given; ``log_probs`` and ``entropy`` 0 at padding.
     """
-    call = _Caller(model)
+    call = _Caller(model, fast and shared_prefix)
     autocast = autocast or contextlib.nullcontext()
     n_rollouts, n_tokens = tokens.shape
     group = n_rollouts // prompts.n_questions
@@ -464,6 +484,7 @@ def answer_distribution_at(
     *,
     temperature: float = 1.0,
     autocast: contextlib.AbstractContextManager | None = None,
+    fast: bool = True,
 ) -> Tensor:
     """The policy's probability of each single-token answer at the answer position.
 
@@ -473,6 +494,8 @@ def answer_distribution_at(
         Prompts that end where the answer token comes (after ``<answer>``).
     answer_ids : Tensor of int64, shape (n_answers,)
         Token id of each answer on the grid.
+    fast : bool
+        As in :func:`sample_group_completions`.
 
     Returns
     -------
@@ -481,7 +504,7 @@ def answer_distribution_at(
         answers (rows sum to the probability of a valid answer; normalise for the
         distribution given a valid answer). No gradients.
     """
-    call = _Caller(model)
+    call = _Caller(model, fast)
     autocast = autocast or contextlib.nullcontext()
     with torch.no_grad(), autocast:
         output = call(

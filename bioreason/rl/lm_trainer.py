@@ -178,6 +178,10 @@ class LMRLConfig(RLConfig):
     fused_rollout : bool, default True
         Back-propagate through the sampling pass when a step is on-policy with one
         update (see the module docstring).
+    fast_forward : bool, default True
+        Run a plain ``LlamaForCausalLM`` through :class:`bioreason.rl.lm_fast.FastLlama`
+        (the same function with fewer operations); other models always use their own
+        forward.
     device : str, default "auto"
         ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda[:N]"``.
     mixed_precision : {"auto", "bf16", "no"}, default "auto"
@@ -229,6 +233,7 @@ class LMRLConfig(RLConfig):
     grad_accumulation: int = 1
     gradient_checkpointing: bool = False
     fused_rollout: bool = True
+    fast_forward: bool = True
     device: str = "auto"
     mixed_precision: str = "auto"
     value_lr: float | None = None
@@ -685,6 +690,7 @@ class LMTrainer:
             pad_id=self._pad_id,
             generator=generator,
             autocast=self._autocast(),
+            fast=self.config.fast_forward,
             **options,
         )
 
@@ -741,6 +747,7 @@ class LMTrainer:
                     mask,
                     temperature=config.temperature,
                     autocast=self._autocast(),
+                    fast=self.config.fast_forward,
                 ).log_probs
         return _Rollout(
             questions=questions,
@@ -822,6 +829,7 @@ class LMTrainer:
                     shared_prefix=not config.gradient_checkpointing,
                     hidden=self.value_head is not None,
                     autocast=self._autocast(),
+                    fast=self.config.fast_forward,
                 )
             if config.grad_accumulation == 1:
                 weight = 1.0
@@ -1027,6 +1035,7 @@ class LMTrainer:
                     self.answer_token_ids,
                     temperature=config.temperature,
                     autocast=self._autocast(),
+                    fast=self.config.fast_forward,
                 ).cpu()
                 distribution = distribution / distribution.sum(1, keepdim=True)
                 distributions.append(distribution)
