@@ -607,3 +607,20 @@ def test_config_from_dict_and_bf16_autocast_on_cpu(tokenizer):
     assert LMRLConfig.from_dict(config.to_dict()) == config
     trainer = _one_step(tokenizer, mixed_precision="bf16", method="grpo_no_std")
     assert math.isfinite(trainer.diagnostics()["reward_mean"])
+
+
+@pytest.mark.parametrize("method", ["grpo", "ppo"])
+def test_fast_forward_trains_the_same_weights_as_the_model_forward(tokenizer, method):
+    """LMRLConfig.fast_forward changes the speed of a step, not its result (ragged
+    prompts: padding masks; ppo: hidden states for the value head; two updates per
+    rollout: the teacher-forced path)."""
+    weights = []
+    for fast in (True, False):
+        config = small_config(
+            method=method, steps=3, updates_per_rollout=2, fast_forward=fast, eval_split=None
+        )
+        trainer = LMTrainer(make_model(tokenizer), tokenizer, make_task(), config)
+        for _ in range(3):
+            trainer.train_step()
+        weights.append(flat(trainer.model))
+    torch.testing.assert_close(weights[0], weights[1], atol=1e-5, rtol=1e-4)
