@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # torch is installed first and pinned: an unpinned torch pulls the CUDA build.
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: demo test test-slow lint format bench clean-venv
+.PHONY: demo test test-slow lint format bench docs clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ format: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	@for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+# The documentation site into site/ (warnings are errors, as in CI).
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 clean-venv:
 	rm -rf $(VENV)
