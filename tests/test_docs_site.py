@@ -44,7 +44,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("models", ["SAMSVAE", "VAEConfig", "MODELS"]),
         ("sim", ["OutcomeSimulator", "OUTCOMES", "GroundTruthSimulator"]),
         ("lm", ["load_predictor", "answer_distribution", "warm_start"]),
-        ("rl", ["LMTrainer", "LMRLConfig", "ADVANTAGES", "TabularTrainer"]),
+        ("rl", ["LMTrainer", "LMRLConfig", "ADVANTAGES", "TabularTrainer", "TabularRLConfig"]),
         ("calibration", ["expected_calibration_error", "calibration_table"]),
     ],
 )

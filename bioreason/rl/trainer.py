@@ -35,13 +35,13 @@ class TabularRLConfig(RLConfig):
     """Settings of one tabular RL run: :class:`bioreason.rl.loop.RLConfig` plus the
     tabular policy's value baseline.
 
+    The entropy bonus and KL penalty of :class:`RLConfig` are exact for a tabular policy.
+
     Parameters
     ----------
     value_lr : float, default 1e-5
         Adam learning rate of the per-category value baseline (estimators registered
         with ``requires_values``, e.g. ``ppo``).
-
-    The entropy bonus and KL penalty of :class:`RLConfig` are exact for a tabular policy.
     """
 
     value_lr: float = 1e-5
