@@ -1,12 +1,14 @@
 """The demo run behind ``make demo``: the project end to end on built-in synthetic data.
 
-Stages (each in ``OUT/<stage>/`` with a manifest; a stage whose manifest matches is
-skipped on re-run):
+Stages (each in ``OUT/<stage>/`` with a manifest, through
+:func:`bioreason.pipelines.stages.run_stage`; a stage whose manifest matches is skipped
+on re-run):
 
 1. ``screen``: simulate a Perturb-seq screen with known ground truth, parse it, hold
    out 25 % of the two-gene combinations.
 2. ``vae``: fit SAMS-VAE on the training cells, report held-out IWELBO and how well
-   its predicted treatment effects of the unseen combinations match the data.
+   its predicted treatment effects of the unseen combinations match the data
+   (``vae/result.json``).
 3. ``calibration``: a shortened synthetic calibration experiment (GRPO against RLOO):
    GRPO's std normalization makes its predictions overconfident.
 
@@ -22,13 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bioreason._io import (
-    atomic_write,
-    check_output_folder,
-    check_replaceable,
-    manifest_matches,
-    write_manifest,
-)
+from bioreason._io import atomic_write, check_output_folder
+from bioreason.pipelines.stages import preflight_stage, run_stage
 
 DEMO_SCREEN = {
     "n_cells_per_condition": 100,
@@ -51,42 +48,48 @@ def _screen_stage(out: Path, seed: int, force: bool = False):
 
     from bioreason.data import ScreenConfig, simulate_screen
 
-    stage = out / "screen"
-    path = stage / "screen.h5ad"
+    path = out / "screen" / "screen.h5ad"
     config = ScreenConfig.from_dict({**DEMO_SCREEN, "seed": seed})
-    if path.exists() and manifest_matches(stage, config=config.to_dict(), seed=seed):
-        print(f"[screen] up to date: {path}")
-        return ad.read_h5ad(path), path
-    check_replaceable(path, force=force)
-    start = time.perf_counter()
-    adata = simulate_screen(config)
-    write_manifest(stage, config=config.to_dict(), seed=seed, outputs=[path], complete=False)
-    atomic_write(path, lambda tmp: adata.write_h5ad(tmp))
-    write_manifest(stage, config=config.to_dict(), seed=seed, outputs=[path])
-    print(f"[screen] simulated in {time.perf_counter() - start:.1f} s -> {path}")
-    return adata, path
+
+    def compute(stage_dir: Path) -> dict:
+        start = time.perf_counter()
+        adata = simulate_screen(config)
+        atomic_write(path, lambda tmp: adata.write_h5ad(tmp))
+        return {
+            "n_cells": adata.n_obs,
+            "n_genes": adata.n_vars,
+            "seconds": time.perf_counter() - start,
+        }
+
+    stage = run_stage(
+        path.parent,
+        config,
+        None,
+        compute,
+        seed=seed,
+        force=force,
+        outputs=[path.name],
+        log=lambda _: print(f"[screen] up to date: {path}"),
+    )
+    if not stage.skipped:
+        print(f"[screen] simulated in {stage.result['seconds']:.1f} s -> {path}")
+    return ad.read_h5ad(path), path
 
 
 def _vae_stage(out: Path, adata, screen_path: Path, split, seed: int, force: bool = False) -> None:
     from bioreason.data.expression import ate_agreement, average_treatment_effect
     from bioreason.models import SAMSVAE
 
-    stage = out / "vae"
-    model_dir = stage / "model"
-    config = {**DEMO_VAE, "steps": DEMO_VAE_STEPS, "heldout": list(split.heldout_conditions)}
-    inputs = {"screen": screen_path}
-    train_adata = adata[np.concatenate([split.train, split.val])].copy()
-    test_adata = adata[split.test].copy()
-    SAMSVAE.setup_anndata(train_adata)
-    if model_dir.exists() and manifest_matches(stage, config=config, seed=seed, inputs=inputs):
-        print(f"[vae] up to date: {model_dir}")
-        model = SAMSVAE.load(model_dir, adata=train_adata)
-    else:
-        check_replaceable(model_dir, force=force)
+    stage_dir = out / "vae"
+    model_dir = stage_dir / "model"
+    heldout = list(split.heldout_conditions)
+    config = {**DEMO_VAE, "steps": DEMO_VAE_STEPS, "heldout": heldout}
+
+    def compute(stage_dir: Path) -> dict:
+        train_adata = adata[np.concatenate([split.train, split.val])].copy()
+        test_adata = adata[split.test].copy()
+        SAMSVAE.setup_anndata(train_adata)
         model = SAMSVAE(train_adata, guide="correlated", seed=seed, **DEMO_VAE)
-        write_manifest(
-            stage, config=config, seed=seed, inputs=inputs, outputs=[model_dir], complete=False
-        )
         n_train = split.train.size
         start = time.perf_counter()
         model.train(
@@ -102,19 +105,39 @@ def _vae_stage(out: Path, adata, screen_path: Path, split, seed: int, force: boo
         seconds = time.perf_counter() - start
         print(f"[vae] SAMS-VAE trained for {DEMO_VAE_STEPS} steps in {seconds:.0f} s")
         model.save(model_dir, overwrite=True)
-        write_manifest(stage, config=config, seed=seed, inputs=inputs, outputs=[model_dir])
-    heldout = list(split.heldout_conditions)
-    iwelbo = model.iwelbo(test_adata, n_particles=20)
-    cells = np.concatenate([np.flatnonzero(adata.obs["perturbation"] == "control"), split.test])
-    data_ate = average_treatment_effect(adata[cells].copy(), control="control", conditions=heldout)
-    model_ate = model.average_treatment_effect(heldout, n_cells=1000)
-    agreement = ate_agreement(data_ate, model_ate, top_k=20)
-    print(f"[vae] held-out combinations: {', '.join(heldout)}")
-    print(f"[vae] test IWELBO (K=20): {iwelbo:.1f} nats/cell")
+        iwelbo = model.iwelbo(test_adata, n_particles=20)
+        control = np.flatnonzero(adata.obs["perturbation"] == "control")
+        cells = np.concatenate([control, split.test])
+        data_ate = average_treatment_effect(
+            adata[cells].copy(), control="control", conditions=heldout
+        )
+        model_ate = model.average_treatment_effect(heldout, n_cells=1000)
+        agreement = ate_agreement(data_ate, model_ate, top_k=20)
+        return {
+            "heldout": heldout,
+            "train_seconds": seconds,
+            "test_iwelbo": float(iwelbo),
+            "ate_pearson_all": float(agreement["pearson_all"].mean()),
+            "ate_pearson_top20": float(agreement["pearson_top"].mean()),
+        }
+
+    stage = run_stage(
+        stage_dir,
+        config,
+        {"screen": screen_path},
+        compute,
+        seed=seed,
+        force=force,
+        outputs=[model_dir.name],
+        log=lambda _: print(f"[vae] up to date: {model_dir}"),
+    )
+    result = stage.result
+    print(f"[vae] held-out combinations: {', '.join(result['heldout'])}")
+    print(f"[vae] test IWELBO (K=20): {result['test_iwelbo']:.1f} nats/cell")
     print(
         "[vae] ATE Pearson r, model vs data, unseen combinations: "
-        f"all genes {agreement['pearson_all'].mean():.2f}, "
-        f"top 20 genes {agreement['pearson_top'].mean():.2f}"
+        f"all genes {result['ate_pearson_all']:.2f}, "
+        f"top 20 genes {result['ate_pearson_top20']:.2f}"
     )
 
 
@@ -141,9 +164,8 @@ def _check_outputs(out: Path, force: bool) -> None:
 
     check_output_folder(out)
     # a stage with a manifest is checked when it runs (it may be up to date)
-    for stage, output in (("screen", "screen.h5ad"), ("vae", "model")):
-        if not (out / stage / "manifest.json").exists():
-            check_replaceable(out / stage / output, force=force)
+    for stage in ("screen", "vae"):
+        preflight_stage(out / stage, force=force)
     _check_output_folder(out / "calibration")  # its own marker; --force does not bypass it
 
 

@@ -1,0 +1,216 @@
+import json
+
+import numpy as np
+import pytest
+
+from bioreason._io import manifest_matches
+from bioreason.pipelines.stages import Stage, completed_stage, run_stage, run_stages
+
+
+class Counter:
+    """A compute function that writes ``table.csv`` and counts its calls."""
+
+    def __init__(self, value: str = "a,b\n1,2\n"):
+        self.calls = 0
+        self.value = value
+
+    def __call__(self, stage_dir):
+        self.calls += 1
+        (stage_dir / "table.csv").write_text(self.value)
+        return {"rows": 1, "mean": np.float64(0.5), "calls": self.calls}
+
+
+def test_computes_once_then_skips(tmp_path):
+    compute = Counter()
+    messages = []
+    first = run_stage(tmp_path / "s", {"k": 1}, None, compute, seed=3, log=messages.append)
+    assert not first.skipped and compute.calls == 1
+    assert first.result == {"rows": 1, "mean": 0.5, "calls": 1}
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["config"] == {"k": 1} and manifest["seed"] == 3
+    assert set(manifest["outputs"]) == {"table.csv", "result.json"}
+    assert all(manifest["outputs"].values()) and "numpy" in manifest["versions"]
+    second = run_stage(tmp_path / "s", {"k": 1}, None, compute, seed=3, log=messages.append)
+    assert second.skipped and compute.calls == 1
+    assert second.result == first.result
+    assert messages == [f"[s] up to date: {tmp_path / 's'}"]
+    # another seed recomputes
+    assert not run_stage(tmp_path / "s", {"k": 1}, None, compute, seed=4, log=None).skipped
+
+
+def test_result_json_round_trip(tmp_path):
+    def compute(stage_dir):
+        return {"a": np.arange(3), "b": {"c": np.int64(2)}, "path": stage_dir / "x", "n": None}
+
+    done = run_stage(tmp_path / "s", {}, None, compute, log=None)
+    saved = json.loads((tmp_path / "s" / "result.json").read_text())
+    assert done.result == saved == {"a": [0, 1, 2], "b": {"c": 2}, "path": saved["path"], "n": None}
+    assert completed_stage(tmp_path / "s", {}).result == saved
+
+
+def test_result_must_be_a_json_dict(tmp_path):
+    with pytest.raises(TypeError, match="must return a dict"):
+        run_stage(tmp_path / "s", {}, None, lambda d: [1], log=None)
+    with pytest.raises(TypeError, match="JSON"):
+        run_stage(tmp_path / "t", {}, None, lambda d: {"x": object()}, log=None)
+
+
+def test_config_change_recomputes_and_drops_stale_outputs(tmp_path):
+    def compute_a(stage_dir):
+        (stage_dir / "old.txt").write_text("old")
+        return {}
+
+    run_stage(tmp_path / "s", {"k": 1}, None, compute_a, log=None)
+    compute = Counter()
+    run_stage(tmp_path / "s", {"k": 2}, None, compute, log=None)
+    assert compute.calls == 1
+    assert not (tmp_path / "s" / "old.txt").exists()
+    assert run_stage(tmp_path / "s", {"k": 2}, None, compute, log=None).skipped
+
+
+def test_input_change_recomputes(tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_text("1")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "w.bin").write_bytes(b"\0")
+    inputs = {"table": source, "model": folder}
+    compute = Counter()
+    run_stage(tmp_path / "s", {}, inputs, compute, log=None)
+    assert run_stage(tmp_path / "s", {}, inputs, compute, log=None).skipped
+    source.write_text("2")
+    assert not run_stage(tmp_path / "s", {}, inputs, compute, log=None).skipped
+    (folder / "w.bin").write_bytes(b"\1")
+    assert not run_stage(tmp_path / "s", {}, inputs, compute, log=None).skipped
+    assert compute.calls == 3
+    with pytest.raises(FileNotFoundError, match="'gone'"):
+        run_stage(tmp_path / "s", {}, {"gone": tmp_path / "nope"}, compute, log=None)
+
+
+def test_foreign_file_is_refused_without_force_and_replaced_with_it(tmp_path):
+    stage = tmp_path / "s"
+    stage.mkdir()
+    (stage / "table.csv").write_text("the user's table")
+    compute = Counter()
+    with pytest.raises(FileExistsError, match=r"table\.csv.*--force"):
+        run_stage(stage, {}, None, compute, log=None)
+    assert compute.calls == 0 and (stage / "table.csv").read_text() == "the user's table"
+    assert not (stage / "manifest.json").exists()
+    done = run_stage(stage, {}, None, compute, force=True, log=None)
+    assert not done.skipped and (stage / "table.csv").read_text() == compute.value
+
+
+def test_an_output_changed_since_is_not_replaced_without_force(tmp_path):
+    compute = Counter()
+    run_stage(tmp_path / "s", {"k": 1}, None, compute, outputs=["table.csv"], log=None)
+    (tmp_path / "s" / "table.csv").write_text("edited")
+    # neither the same config (outputs changed) nor another one replaces the edit
+    for config in ({"k": 1}, {"k": 2}):
+        with pytest.raises(FileExistsError, match=r"table\.csv has changed"):
+            run_stage(tmp_path / "s", config, None, compute, log=None)
+    # a file dropped into a complete stage folder blocks a recompute
+    (tmp_path / "s" / "table.csv").write_text(compute.value)
+    (tmp_path / "s" / "notes.txt").write_text("mine")
+    assert run_stage(tmp_path / "s", {"k": 1}, None, compute, log=None).skipped
+    with pytest.raises(FileExistsError, match=r"notes\.txt"):
+        run_stage(tmp_path / "s", {"k": 2}, None, compute, log=None)
+    run_stage(tmp_path / "s", {"k": 2}, None, compute, force=True, log=None)
+    assert (tmp_path / "s" / "notes.txt").read_text() == "mine"  # force never deletes it
+
+
+def test_declared_outputs_must_be_written(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model"):
+        run_stage(tmp_path / "s", {}, None, Counter(), outputs=["model"], log=None)
+
+
+def test_interrupted_compute_leaves_no_complete_manifest_and_resumes(tmp_path):
+    seen = []
+
+    def crashing(stage_dir):
+        (stage_dir / "checkpoint.pt").write_text("step 5")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(tmp_path / "s", {"k": 1}, None, crashing, log=None)
+    assert not manifest_matches(tmp_path / "s", config={"k": 1}, seed=None)
+    assert completed_stage(tmp_path / "s", {"k": 1}) is None
+
+    def resuming(stage_dir):
+        seen.append((stage_dir / "checkpoint.pt").read_text())
+        return {"done": True}
+
+    done = run_stage(tmp_path / "s", {"k": 1}, None, resuming, log=None)
+    assert not done.skipped and seen == ["step 5"] and done.result == {"done": True}
+    assert run_stage(tmp_path / "s", {"k": 1}, None, resuming, log=None).skipped
+
+
+def test_stage_folder_that_is_a_file(tmp_path):
+    (tmp_path / "s").write_text("mine")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        run_stage(tmp_path / "s", {}, None, Counter(), log=None)
+
+
+def _pipeline(calls):
+    def first(stage_dir, upstream):
+        calls.append("a")
+        (stage_dir / "data.txt").write_text(str(stages[0].config["size"]))
+        return {"n": 1}
+
+    def second(stage_dir, upstream):
+        calls.append("b")
+        return {"n": upstream["a"].result["n"] + 1}
+
+    def third(stage_dir, upstream):
+        calls.append("c")
+        return {"n": upstream["b"].result["n"] + 1}
+
+    stages = [
+        Stage("a", first, {"size": 1}),
+        Stage("b", second, inputs=lambda up: {"data": up["a"].path / "data.txt"}),
+        Stage("c", third, inputs=lambda up: {"b": up["b"].path / "result.json"}),
+    ]
+    return stages
+
+
+def test_run_stages_only_and_from(tmp_path):
+    calls = []
+    stages = _pipeline(calls)
+    with pytest.raises(ValueError, match="earlier stage 'a'"):
+        run_stages(stages, tmp_path, from_="b", log=None)
+    results = run_stages(stages, tmp_path, log=None)
+    assert calls == ["a", "b", "c"] and results["c"].result == {"n": 3}
+    calls.clear()
+    assert all(r.skipped for r in run_stages(stages, tmp_path, log=None).values())
+    assert calls == []
+    # --only reruns one stage if its own inputs changed; later stages are not run
+    (tmp_path / "a" / "data.txt").write_text("1")  # unchanged content: nothing to do
+    results = run_stages(stages, tmp_path, only="b", log=None)
+    assert list(results) == ["a", "b"] and calls == []
+    stages[0].config = {"size": 2}
+    with pytest.raises(ValueError, match="earlier stage 'a'"):
+        run_stages(stages, tmp_path, only="b", log=None)
+    results = run_stages(stages, tmp_path, only="a", log=None)
+    assert calls == ["a"] and list(results) == ["a"]
+    results = run_stages(stages, tmp_path, from_="b", log=None)
+    # a's output changed, so b recomputes; b's result is the same, so c is up to date
+    assert calls == ["a", "b"] and results["a"].skipped and results["c"].skipped
+
+
+def test_run_stages_names_the_stages_in_errors(tmp_path):
+    stages = _pipeline([])
+    for kwargs in ({"only": "x"}, {"from_": "x"}):
+        with pytest.raises(ValueError, match="choose one of: a, b, c"):
+            run_stages(stages, tmp_path, log=None, **kwargs)
+    with pytest.raises(ValueError, match="not both"):
+        run_stages(stages, tmp_path, only="a", from_="b", log=None)
+    with pytest.raises(ValueError, match="repeated: a"):
+        run_stages([*stages, stages[0]], tmp_path, log=None)
+
+
+def test_run_stages_checks_every_folder_before_running(tmp_path):
+    calls = []
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"notes\.txt"):
+        run_stages(_pipeline(calls), tmp_path, log=None)
+    assert calls == [] and not (tmp_path / "a").exists()
