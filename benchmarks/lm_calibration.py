@@ -42,7 +42,7 @@ Prints one ``name: value unit`` line per headline figure and the markdown table.
 Files this script did not write are never replaced without ``--force``.
 
     python benchmarks/lm_calibration.py [--task synthetic|replogle|PATH.parquet]
-        [--methods ...] [--seeds 3] [--steps 300] [--warm-start-steps 100]
+        [--methods ...] [--seeds 3] [--steps 1000] [--lr 3e-4] [--warm-start-steps 30]
         [--workers 1] [--threads 2] [--out DIR] [--force]
 """
 
@@ -116,12 +116,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[3], help="N (seeds 0..N-1) or a list of seeds"
     )
-    parser.add_argument("--steps", type=int, default=300, help="RL steps per run")
-    parser.add_argument("--warm-start-steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=1000, help="RL steps per run")
+    parser.add_argument("--warm-start-steps", type=int, default=30)
     parser.add_argument("--warm-start-lr", type=float, default=1e-3)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--questions-per-step", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--eval-samples", type=int, default=4, help="samples for q_sampled")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap over questions")
     parser.add_argument("--workers", type=int, default=1, help="parallel method x seed jobs")
