@@ -122,6 +122,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--questions-per-step", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument(
+        "--kl-coef", type=float, default=0.0, help="KL to the warm start (LMRLConfig.kl_coef)"
+    )
+    parser.add_argument(
+        "--entropy-coef", type=float, default=0.0, help="entropy bonus (LMRLConfig.entropy_coef)"
+    )
     parser.add_argument("--eval-samples", type=int, default=4, help="samples for q_sampled")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap over questions")
     parser.add_argument("--workers", type=int, default=1, help="parallel method x seed jobs")
@@ -389,7 +395,10 @@ def warm_start_seed(task_path: Path, folder: Path, seed: int, args: argparse.Nam
 def _run_record(job: dict[str, Any]) -> dict[str, Any]:
     """The settings that define a run (its manifest's config)."""
     keys = ("method", "steps", "group_size", "questions_per_step", "lr", "eval_samples", "n_boot")
-    return {key: job[key] for key in keys}
+    record = {key: job[key] for key in keys}
+    # regularisers enter the record only when used (runs without them keep their manifest)
+    record.update({key: job[key] for key in ("kl_coef", "entropy_coef") if job.get(key)})
+    return record
 
 
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
@@ -431,6 +440,8 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         group_size=job["group_size"],
         questions_per_step=job["questions_per_step"],
         lr=job["lr"],
+        kl_coef=job.get("kl_coef", 0.0),
+        entropy_coef=job.get("entropy_coef", 0.0),
         train_split="train",
         eval_split="test",
         eval_every=job["steps"],  # evaluate once, at the last step
@@ -802,6 +813,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "group_size": args.group_size,
                 "questions_per_step": args.questions_per_step,
                 "lr": args.lr,
+                "kl_coef": args.kl_coef,
+                "entropy_coef": args.entropy_coef,
                 "eval_samples": args.eval_samples,
                 "n_boot": args.n_boot,
                 "device": args.device,
