@@ -416,7 +416,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     dict
         One row of ``runs.csv`` (also written to ``folder/metrics.json``).
     """
-    from bioreason._io import atomic_write_text, write_manifest
+    from bioreason._io import atomic_write_text, json_safe, write_manifest
     from bioreason.data.tasks import load_task
     from bioreason.lm import load_predictor
     from bioreason.rl import LMRLConfig, LMTrainer
@@ -484,7 +484,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         "seconds_per_step": float(log["step_time"].dropna().mean()),
     }
     row.update(score_predictions(predictions, task, n_boot=job["n_boot"], seed=job["seed"]))
-    atomic_write_text(folder / "metrics.json", json.dumps(_json_safe(row), indent=2) + "\n")
+    atomic_write_text(folder / "metrics.json", json.dumps(json_safe(row), indent=2) + "\n")
     write_manifest(folder, config=record, seed=job["seed"], inputs=inputs, outputs=outputs)
     return row
 
@@ -711,18 +711,6 @@ def markdown_table(summary: pd.DataFrame) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _read_row(path: Path) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import stat
@@ -125,6 +126,26 @@ def atomic_write(
     """Call ``writer(tmp_path)`` and move the result onto ``path``."""
     with atomic_path(path, overwrite=overwrite) as tmp:
         writer(tmp)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as strict JSON data: dict keys as text, tuples as lists, numpy/torch
+    scalars as plain numbers, NaN and infinities as None (null).
+
+    Returns
+    -------
+    Any
+        Plain dicts, lists, numbers, strings, booleans and None.
+    """
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:

@@ -674,7 +674,7 @@ def _finetune_run(args: argparse.Namespace, processes, prepared=None) -> int:
 
     import pandas as pd
 
-    from bioreason._io import atomic_write_text, write_manifest
+    from bioreason._io import atomic_write_text, json_safe, write_manifest
     from bioreason.rl.lm_trainer import save_predictions
     from bioreason.rl.loop import save_checkpoint, write_csv_log
 
@@ -742,7 +742,7 @@ def _finetune_run(args: argparse.Namespace, processes, prepared=None) -> int:
     predictor.save(out / "model", overwrite=True)
     metrics = {"step": trainer.step, "final": final, "timing": timing}
     atomic_write_text(
-        out / "metrics.json", json.dumps(_json_safe(metrics), indent=2, default=str) + "\n"
+        out / "metrics.json", json.dumps(json_safe(metrics), indent=2, default=str) + "\n"
     )
     write_manifest(out, config=record, seed=config.seed, inputs=inputs, outputs=outputs)
     score = final.get("ece", float("nan"))
@@ -751,19 +751,6 @@ def _finetune_run(args: argparse.Namespace, processes, prepared=None) -> int:
         f"test ece {score:.4f} over {final.get('n_scored', 0)} questions"
     )
     return 0
-
-
-def _json_safe(value):
-    """NaN / inf become null (strict JSON); numpy scalars become plain numbers."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 _TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
@@ -809,7 +796,7 @@ class _AnswerParser:
 def _calibration(args: argparse.Namespace) -> int:
     import json
 
-    from bioreason._io import atomic_write, atomic_write_text
+    from bioreason._io import atomic_write, atomic_write_text, json_safe
     from bioreason.calibration.table import (
         BOOTSTRAP_METRICS,
         calibration_table,
@@ -887,7 +874,7 @@ def _calibration(args: argparse.Namespace) -> int:
         if suffix == ".md":
             atomic_write_text(out, text, overwrite=args.force)
         elif suffix == ".json":
-            records = [{k: _json_safe(v) for k, v in r.items()} for r in table.to_dict("records")]
+            records = [{k: json_safe(v) for k, v in r.items()} for r in table.to_dict("records")]
             atomic_write_text(out, json.dumps(records, indent=2) + "\n", overwrite=args.force)
         elif suffix == ".csv":
             atomic_write(out, lambda tmp: table.to_csv(tmp, index=False), overwrite=args.force)
