@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from bioreason._io import json_safe
 from bioreason.data.tasks import TASK_COLUMNS, save_task
 
 
@@ -127,4 +128,4 @@ def test_bad_arguments_name_the_problem(task_path, tmp_path, capsys):
     save_task(no_test, path)
     with pytest.raises(ValueError, match="test"):
         script.main(["--task", str(path), *argv[2:]])
-    assert json.loads(json.dumps(script._json_safe({"a": float("nan")}))) == {"a": None}
+    assert json.loads(json.dumps(json_safe({"a": float("nan")}))) == {"a": None}
