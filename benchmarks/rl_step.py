@@ -18,8 +18,10 @@ AdamW step. The two loops take turns step by step (each on its own model), so th
 both see the same machine load. Prints one ``name: value unit`` line per figure;
 ``peak_memory`` is the process's peak resident memory (libraries included; with
 ``--no-baseline`` the trainer's alone; on CUDA the peak allocated GPU memory).
+``--ablation`` also runs the trainer with transformers' forward (``fast_forward=False``)
+in the same turns and prints what :class:`bioreason.rl.lm_fast.FastLlama` saves.
 
-    python benchmarks/rl_step.py [--steps 50] [--threads 2] [--no-baseline]
+    python benchmarks/rl_step.py [--steps 50] [--threads 2] [--no-baseline] [--ablation]
 """
 
 from __future__ import annotations
@@ -104,9 +106,10 @@ def build_task() -> tuple[pd.DataFrame, torch.Tensor]:
     return task, p
 
 
-def trainer_step() -> Callable[[], tuple[float, float]]:
+def trainer_step(fast_forward: bool = True) -> Callable[[], tuple[float, float]]:
     """The LM trainer on the workload: a function that runs one step and returns its
-    (seconds, mean reward)."""
+    (seconds, mean reward). ``fast_forward=False``: transformers' own forward instead of
+    :class:`bioreason.rl.lm_fast.FastLlama`."""
     tokenizer = build_tokenizer()
     task, p = build_task()
     config = LMRLConfig(
@@ -126,6 +129,8 @@ def trainer_step() -> Callable[[], tuple[float, float]]:
         eval_split=None,
         steps=10**9,
         device="cpu",
+        fast_forward=fast_forward,
+        tensorboard=False,
     )
     trainer = LMTrainer(
         build_model(tokenizer), tokenizer, task, config, outcome_source=BernoulliOutcomes(p)
@@ -210,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first", type=int, default=5, help="first timed step (default 5)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the generate loop")
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also time the trainer with transformers' forward (fast_forward=False)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.first <= args.steps:
         parser.error("--first must lie in [1, --steps]")
@@ -217,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = {"trainer": trainer_step()}
     if not args.no_baseline:
         runs["baseline"] = baseline_step()
+    if args.ablation:
+        runs["model_forward"] = trainer_step(fast_forward=False)
     times: dict[str, list[float]] = {name: [] for name in runs}
     rewards: dict[str, list[float]] = {name: [] for name in runs}
     # the two loops take turns step by step, so that both see the same machine load
@@ -237,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"baseline_throughput: {QUESTIONS * GROUP / base_time:.0f} completions/s")
         print(f"baseline_reward_mean_last10: {statistics.mean(rewards['baseline'][-10:]):.3f}")
         print(f"speedup: {base_time / step_time:.2f} x")
+    if args.ablation:
+        model_time = statistics.mean(times["model_forward"][args.first - 1 :])
+        print(f"model_forward_step_time: {model_time:.4f} s/step")
+        print(f"fast_forward_saving: {100 * (1 - step_time / model_time):.1f} %")
     return 0
 
 
