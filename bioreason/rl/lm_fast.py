@@ -159,7 +159,7 @@ class FastLlama:
             )
 
     def _mask(
-        self, attention_mask: Tensor | None, n: int, n_new: int, past: int, device: torch.device
+        self, attention_mask: Tensor | None, n_new: int, past: int, device: torch.device
     ) -> Tensor | None:
         """Boolean attention mask (n or 1, 1, n_new, past + n_new), or None when plain
         causal attention over everything is right (no padding, one query, or no past)."""
@@ -205,7 +205,7 @@ class FastLlama:
         cos, sin = cos[:, None], sin[:, None]  # (n or 1, 1, n_new, head_dim)
         half = self.head_dim // 2
         sin = torch.cat([-sin[..., :half], sin[..., half:]], -1)
-        mask = self._mask(attention_mask, n, n_new, past, device)
+        mask = self._mask(attention_mask, n_new, past, device)
         causal = mask is None and past == 0 and n_new > 1
         h, k_heads, d = self.n_heads, self.n_kv, self.head_dim
         new_keys: list[Tensor] = []
