@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # torch is installed first and pinned: an unpinned torch pulls the CUDA build.
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: demo test test-slow lint format bench docs clean-venv
+.PHONY: demo test test-slow lint format bench docs clean-venv browser
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,14 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check bioreason tests benchmarks pipelines
 	$(VENV)/bin/ruff format --check bioreason tests benchmarks pipelines
 
-test: $(VENV)/.installed lint
+# Headless Chromium for tests/test_report_browser.py (which skips without it).
+SUDO := $(shell [ "$$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && echo sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 \
+	  || ($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium) \
+	  || echo "chromium not installed: the browser test will skip"
+
+test: $(VENV)/.installed lint browser
 	$(VENV)/bin/pytest -q -m "not slow"
 
 test-slow: $(VENV)/.installed

@@ -1,0 +1,659 @@
+"""The report's sections, built from a :class:`~bioreason.report.load.RunFolder`, and
+:func:`write_report`, which writes them as ``report.html`` and ``report.md``."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bioreason._io import atomic_write, atomic_write_text
+from bioreason.report import figures
+from bioreason.report.document import (
+    GENERATOR,
+    MARKDOWN_MARK,
+    Block,
+    Callout,
+    Code,
+    Figure,
+    Heading,
+    Paragraph,
+    Table,
+    render_html,
+    render_markdown,
+)
+from bioreason.report.load import RunFolder, load_run, probabilities
+
+__all__ = ["ReportFiles", "build_blocks", "format_interval", "format_value", "write_report"]
+
+HTML_NAME = "report.html"
+MARKDOWN_NAME = "report.md"
+FIGURES_DIR = "report_files"
+_FIGURE_PREFIX = "figure-"
+
+#: The calibration metrics of ``summary.csv``, with their labels, in table order.
+OUTCOME_METRICS = {
+    "ece": "ECE",
+    "adaptive_ece": "adaptive ECE",
+    "brier": "Brier",
+    "log_loss": "log loss",
+}
+REFERENCE_METRICS = {
+    "mae_p_star": "|q - p*|",
+    "overconfidence": "overconfidence vs p*",
+    "mae_p_true": "|q - p_true|",
+    "overconfidence_p_true": "overconfidence vs p_true",
+}
+DRIFT_COLUMNS = {
+    "drift_grpo_predicted_start": "GRPO predicted, at warm start",
+    "drift_grpo_predicted": "GRPO predicted, final policy",
+    "drift_method_predicted": "method predicted, final policy",
+    "drift_measured": "measured, final policy",
+}
+_LIST_LIMIT = 20
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """The files :func:`write_report` wrote.
+
+    Attributes
+    ----------
+    html : Path
+        ``run_dir/report.html``, self-contained.
+    markdown : Path
+        ``run_dir/report.md``; its figures are in ``run_dir/report_files/``.
+    n_figures : int
+        The number of figures (``<img>`` elements in the HTML, PNG files for the Markdown).
+    """
+
+    html: Path
+    markdown: Path
+    n_figures: int
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value)
+
+
+def format_value(value: Any) -> str:
+    """A scalar as table text: integers as they are, floats to 3 decimals (1 decimal from
+    100, scientific below 0.001), missing or non-finite values as ``n/a``.
+
+    Returns
+    -------
+    str
+    """
+    if value is None:
+        return "n/a"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if not math.isfinite(value):
+            return "n/a"
+        if abs(value) >= 100:
+            return f"{value:.1f}"
+        if value != 0 and abs(value) < 1e-3:
+            return f"{value:.2e}"
+        return f"{value:.3f}"
+    if isinstance(value, (list, tuple)):
+        shown = ", ".join(str(v) for v in value[:_LIST_LIMIT])
+        more = f", ... ({len(value)} in all)" if len(value) > _LIST_LIMIT else ""
+        return shown + more
+    return str(value)
+
+
+def format_interval(value: Any, low: Any, high: Any) -> str:
+    """``0.197 [0.107, 0.297]``; the value alone when the interval is missing.
+
+    Returns
+    -------
+    str
+    """
+    if not _finite(value):
+        return "n/a"
+    if _finite(low) and _finite(high):
+        return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+    return f"{value:.3f}"
+
+
+def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for key, value in mapping.items():
+        if isinstance(value, Mapping):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _key_values(mapping: Mapping[str, Any], skip: Iterable[str] = ()) -> Table:
+    kept = {key: value for key, value in mapping.items() if key not in set(skip)}
+    rows = tuple((key, format_value(value)) for key, value in _flatten(kept))
+    return Table(("quantity", "value"), rows)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+class _Builder:
+    """Collects blocks and figures; each ``section_*`` method adds one section."""
+
+    def __init__(self, run: RunFolder) -> None:
+        self.run = run
+        self.blocks: list[Block] = []
+        self.nav: list[tuple[str, str]] = []
+        self.n_figures = 0
+
+    def add(self, *blocks: Block) -> None:
+        self.blocks.extend(blocks)
+
+    def heading(self, text: str, anchor: str) -> None:
+        self.blocks.append(Heading(text, 2, anchor))
+        self.nav.append((anchor, text))
+
+    def figure(self, png: bytes | None, caption: str) -> None:
+        if png is None:
+            return
+        self.n_figures += 1
+        self.blocks.append(Figure(f"{_FIGURE_PREFIX}{self.n_figures:02d}", png, caption))
+
+    def stage_status(self, stage: str) -> str:
+        entry = (self.run.pipeline.get("stages") or {}).get(stage)
+        if entry is None and stage == "warm_start":
+            entry = (self.run.pipeline.get("stages") or {}).get("warm")
+        if isinstance(entry, Mapping):
+            return str(entry.get("status", "not recorded"))
+        return "not recorded" if entry is None else str(entry)
+
+    def require(self, stage: str) -> bool:
+        """True when the stage folder exists; else add the "not run" note."""
+        if stage in self.run.stage_dirs:
+            return True
+        status = self.stage_status(stage)
+        why = "" if status in ("not run", "not recorded") else f" (pipeline.json: {status})"
+        self.add(Callout(f"stage {stage}: not run{why}; its folder is missing.", "note"))
+        return False
+
+    # ---------------------------------------------------------------- header
+
+    def section_header(self) -> None:
+        pipeline = self.run.pipeline
+        name = str(pipeline.get("name") or self.run.path.name)
+        self.add(Heading(f"bioreason run report: {name}", 1))
+        started = pipeline.get("started") or "unknown"
+        finished = pipeline.get("finished") or "not finished"
+        made = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        self.add(
+            Paragraph(
+                f"Run {name} in {self.run.path}. Started {started}, finished {finished}; "
+                f"report written {made}.",
+                muted=True,
+            )
+        )
+
+    def section_finding(self) -> None:
+        result = self.run.results.get("calibration") or {}
+        verdict = result.get("finding")
+        if isinstance(verdict, Mapping) and verdict.get("text"):
+            shown = bool(verdict.get("shown"))
+            title = (
+                "Finding shown: GRPO overconfident, the others calibrated"
+                if shown
+                else "Finding not shown by this run"
+            )
+            self.add(Callout(str(verdict["text"]), "ok" if shown else "warning", title))
+        else:
+            self.add(
+                Callout(
+                    "No verdict: stage calibration: not run (or its result.json has no "
+                    "finding), so this run says nothing yet about GRPO's calibration.",
+                    "warning",
+                    "Finding not available",
+                )
+            )
+        headline = result.get("headline")
+        if (
+            isinstance(headline, list)
+            and headline
+            and all(isinstance(r, Mapping) for r in headline)
+        ):
+            frame = pd.DataFrame(headline)
+            labels = {**OUTCOME_METRICS, **REFERENCE_METRICS, "q_spread": "spread of q"}
+            self.add(
+                _interval_table(
+                    frame,
+                    {c: labels.get(c, c) for c in _metric_columns(frame)},
+                    caption="Headline: test questions, seeds pooled, 95 % bootstrap intervals.",
+                )
+            )
+
+    def section_stages(self) -> None:
+        self.heading("Stages", "stages")
+        stages = self.run.pipeline.get("stages") or {}
+        names = list(stages) + [s for s in self.run.stage_dirs if s not in stages]
+        rows = []
+        for stage in names:
+            entry = stages.get(stage, {})
+            entry = entry if isinstance(entry, Mapping) else {"status": entry}
+            folder = self.run.stage_dirs.get(stage)
+            rows.append(
+                (
+                    stage,
+                    str(entry.get("status", "not recorded")),
+                    format_value(entry.get("seconds")),
+                    folder.name + "/" if folder else "missing",
+                )
+            )
+        if rows:
+            self.add(Table(("stage", "status", "seconds", "folder"), tuple(rows)))
+        else:
+            self.add(Paragraph("pipeline.json records no stages."))
+
+    # ---------------------------------------------------------------- stages
+
+    def section_data(self) -> None:
+        self.heading("Data", "data")
+        if not self.require("data"):
+            return
+        result = self.run.results.get("data")
+        if result is None:
+            self.add(Paragraph("data/result.json is missing."))
+            return
+        self.add(_key_values(result))
+
+    def section_vae(self) -> None:
+        self.heading("Perturbation model", "vae")
+        if not self.require("vae"):
+            return
+        result = self.run.results.get("vae")
+        if result is None:
+            self.add(Paragraph("vae/result.json is missing."))
+            return
+        self.add(
+            Paragraph(
+                "IWELBO: importance-weighted ELBO per cell (higher is better) on held-out and "
+                "training cells; ATE Pearson: correlation of the model's average treatment "
+                "effects with the observed ones, on seen and held-out conditions; mask "
+                "AUROC: recovery of the true perturbation-gene masks (synthetic screens)."
+            )
+        )
+        self.add(_key_values(result, skip=("loss_curve", "ppc")))
+        ppc = result.get("ppc")
+        if isinstance(ppc, Mapping) and ppc:
+            self.add(Heading("Posterior predictive check", 3))
+            self.add(_key_values(ppc))
+        self.figure(
+            figures.loss_curve(result.get("loss_curve")),
+            "Training loss of the perturbation model against step.",
+        )
+
+    def section_task(self) -> None:
+        self.heading("Simulator check", "task")
+        if not self.require("task"):
+            return
+        result = self.run.results.get("task")
+        if result is not None:
+            self.add(_key_values(result))
+        else:
+            self.add(Paragraph("task/result.json is missing."))
+        task = self.run.task
+        if task is None:
+            self.add(Paragraph("task/task.parquet is missing: no figures."))
+            return
+        has_true = "p_true" in task and np.isfinite(task["p_true"].to_numpy(float)).any()
+        caption = (
+            "Left: p* (the fitted model's posterior predictive probability) against p_true "
+            "(the generating parameters), one point per question, by split. "
+            if has_true
+            else "No p_true (real data): p* cannot be checked against the truth. "
+        )
+        caption += "Then: the spread of p* over posterior draws, and p* over questions."
+        self.figure(figures.simulator_check(task), caption)
+
+    def section_warm(self) -> None:
+        self.heading("Warm start", "warm_start")
+        if not self.require("warm_start"):
+            return
+        result = self.run.results.get("warm_start")
+        if result is None:
+            self.add(Paragraph("result.json of the warm start is missing."))
+            return
+        self.add(_key_values(result))
+
+    def section_finetune(self, methods: list[str]) -> None:
+        self.heading("Fine-tuning", "finetune")
+        if not self.require("finetune"):
+            return
+        order = {method: i for i, method in enumerate(methods)}
+        runs = sorted(self.run.runs, key=lambda r: (order.get(r.method, len(order)), r.seed))
+        if not runs:
+            self.add(Paragraph("finetune/ holds no <method>_seed<S> folders."))
+            return
+        rows = []
+        for run in runs:
+            last_log = _last_row(run.log)
+            last_eval = _last_row(run.eval)
+            rows.append(
+                (
+                    run.method,
+                    str(run.seed),
+                    format_value(_as_int(last_log.get("step"))),
+                    format_value(last_log.get("reward_mean")),
+                    format_value(last_eval.get("ece")),
+                    format_value(last_eval.get("brier")),
+                    format_value(last_eval.get("mae_to_reference")),
+                    format_value(last_eval.get("invalid_rate")),
+                    "" if run.log is not None else "no log.csv",
+                )
+            )
+        self.add(
+            Table(
+                (
+                    "method",
+                    "seed",
+                    "last step",
+                    "reward mean",
+                    "ECE",
+                    "Brier",
+                    "|q - p*|",
+                    "invalid rate",
+                    "note",
+                ),
+                tuple(rows),
+                caption="Each run at its last logged step and last evaluation (eval.csv).",
+            )
+        )
+        self.figure(
+            figures.training_curves(runs, methods),
+            "Training curves, one line per run coloured by method: mean reward, share of "
+            "groups whose rewards all agree (zero std: no GRPO signal), policy entropy.",
+        )
+        self.figure(
+            figures.eval_curves(runs, methods),
+            "Evaluations during training: ECE against outcomes, error against p*, and the "
+            "share of answers that could not be read.",
+        )
+
+    def section_calibration(self, methods: list[str]) -> None:
+        self.heading("Calibration", "calibration")
+        if not self.require("calibration"):
+            return
+        summary = self.run.summary
+        if summary is not None and "method" in summary:
+            n_seeds = summary["n_seeds"].max() if "n_seeds" in summary else "?"
+            self.add(
+                Paragraph(
+                    "Held-out (test) questions, seeds pooled; 95 % bootstrap intervals over "
+                    f"questions in brackets (up to {format_value(n_seeds)} seeds per method). "
+                    "Overconfidence is positive when answers are further from 1/2 than the "
+                    "reference."
+                )
+            )
+            self.add(
+                _interval_table(
+                    summary,
+                    OUTCOME_METRICS,
+                    ("n_seeds", "n_test"),
+                    "Against the sampled outcomes.",
+                )
+            )
+            self.add(
+                _interval_table(
+                    summary, REFERENCE_METRICS, caption="Against p* and (synthetic) p_true."
+                )
+            )
+            sd = {
+                f"{m}_seed_sd": label
+                for m, label in {**OUTCOME_METRICS, **REFERENCE_METRICS}.items()
+            }
+            sd = {c: label for c, label in sd.items() if c in summary}
+            if sd:
+                self.add(_plain_table(summary, sd, "Standard deviation between seeds."))
+            drift = {c: label for c, label in DRIFT_COLUMNS.items() if c in summary}
+            if drift:
+                self.add(Heading("Predicted and measured drift", 3))
+                self.add(
+                    Paragraph(
+                        "Outward drift: the mean over questions of sign(p - 1/2)(q - p), "
+                        "positive when answers are pushed towards 0 or 1 (overconfidence). "
+                        "The theory predicts it for GRPO's expected update and for each "
+                        "method's own target (0 for unbiased estimators); the last column is "
+                        "what the final policy shows (seed means)."
+                    )
+                )
+                self.add(_plain_table(summary, drift))
+        else:
+            self.add(Paragraph("calibration/summary.csv is missing: no calibration table."))
+        predictions = self.run.predictions
+        if predictions is None or "method" not in predictions:
+            self.add(Paragraph("calibration/predictions.parquet is missing: no figures."))
+            return
+        q = probabilities(predictions)
+        self.figure(
+            figures.reliability_diagrams(predictions, q, methods),
+            "Reliability diagrams (test questions, seeds pooled, 10 equal-width bins): "
+            "observed outcome frequency against mean prediction; marker area ~ bin count.",
+        )
+        self.figure(
+            figures.reference_scatter(predictions, q, methods),
+            "Predicted probability against p*, one point per question and seed.",
+        )
+        self.figure(
+            figures.answer_histograms(predictions, q, methods),
+            "Histograms of the predicted probabilities (orange) and of p* for the same "
+            "questions (black outline).",
+        )
+
+    def section_problems(self) -> None:
+        if self.run.problems:
+            self.heading("Files that could not be read", "problems")
+            self.add(Code("\n".join(self.run.problems)))
+
+    def section_provenance(self) -> None:
+        self.heading("Commands and versions", "provenance")
+        pipeline = self.run.pipeline
+        commands = pipeline.get("commands") or []
+        if isinstance(commands, str):
+            commands = [commands]
+        self.add(Heading("Commands", 3))
+        if commands:
+            self.add(Code("\n".join(str(c) for c in commands)))
+        else:
+            self.add(Paragraph("pipeline.json records no commands."))
+        versions = pipeline.get("versions") or {}
+        self.add(Heading("Versions", 3))
+        if isinstance(versions, Mapping) and versions:
+            self.add(
+                Table(("package", "version"), tuple((str(k), str(v)) for k, v in versions.items()))
+            )
+        else:
+            self.add(Paragraph("pipeline.json records no versions."))
+        config = pipeline.get("config")
+        if config is not None:
+            self.add(Heading("Configuration", 3))
+            self.add(Code(json.dumps(config, indent=2, sort_keys=False, default=str)))
+
+
+def _last_row(frame: pd.DataFrame | None) -> dict[str, Any]:
+    if frame is None or frame.empty:
+        return {}
+    numeric = frame.apply(pd.to_numeric, errors="coerce")
+    filled = numeric.dropna(how="all", subset=[c for c in numeric.columns if c != "step"])
+    if filled.empty:
+        return {}
+    return filled.iloc[-1].to_dict()
+
+
+def _interval_table(
+    frame: pd.DataFrame,
+    metrics: Mapping[str, str] | None = None,
+    counts: tuple[str, ...] = (),
+    caption: str = "",
+) -> Table:
+    """One row per method; each metric as ``value [low, high]``."""
+    if metrics is None:
+        metrics = {c: c for c in _metric_columns(frame)}
+    metrics = {c: label for c, label in metrics.items() if c in frame}
+    counts = tuple(c for c in counts if c in frame)
+    rows = []
+    for _, row in frame.iterrows():
+        cells = [str(row.get("method", ""))]
+        cells += [format_value(_scalar(row[c])) for c in counts]
+        for column in metrics:
+            low, high = row.get(f"{column}_low"), row.get(f"{column}_high")
+            value = _scalar(row[column])
+            if _finite(value) and (low is not None or high is not None):
+                cells.append(format_interval(value, _scalar(low), _scalar(high)))
+            else:
+                cells.append(format_value(value))
+        rows.append(tuple(cells))
+    labels = [c.replace("_", " ") for c in counts] + list(metrics.values())
+    return Table(("method", *labels), tuple(rows), caption)
+
+
+def _metric_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns of a table except ``method`` and the interval ends."""
+    return [c for c in frame.columns if c != "method" and not c.endswith(("_low", "_high"))]
+
+
+def _as_int(value: Any) -> Any:
+    return int(value) if _finite(value) and float(value).is_integer() else value
+
+
+def _plain_table(frame: pd.DataFrame, columns: Mapping[str, str], caption: str = "") -> Table:
+    rows = tuple(
+        (str(row.get("method", "")), *(format_value(_scalar(row[c])) for c in columns))
+        for _, row in frame.iterrows()
+    )
+    return Table(("method", *columns.values()), rows, caption)
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def build_blocks(run: RunFolder) -> tuple[list[Block], list[tuple[str, str]], int]:
+    """The report's blocks in order, its section links and its number of figures.
+
+    Parameters
+    ----------
+    run : RunFolder
+
+    Returns
+    -------
+    blocks : list of Block
+    nav : list of (anchor, label)
+    n_figures : int
+    """
+    builder = _Builder(run)
+    methods = run.methods()
+    builder.section_header()
+    builder.section_finding()
+    builder.section_stages()
+    builder.section_data()
+    builder.section_vae()
+    builder.section_task()
+    builder.section_warm()
+    builder.section_finetune(methods)
+    builder.section_calibration(methods)
+    builder.section_problems()
+    builder.section_provenance()
+    return builder.blocks, builder.nav, builder.n_figures
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _ours(path: Path, is_ours: Callable[[str], bool]) -> bool:
+    try:
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False
+    return is_ours(head)
+
+
+def _check_replaceable(path: Path, is_ours: Callable[[str], bool], force: bool) -> None:
+    if force or not (path.exists() or path.is_symlink()):
+        return
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; move it away to write the report")
+    if not _ours(path, is_ours):
+        raise FileExistsError(
+            f"{path} already exists and was not written by bioreason's write_report; "
+            "move it away or pass --force (force=True in Python) to replace it"
+        )
+
+
+def _html_is_ours(head: str) -> bool:
+    return GENERATOR in head
+
+
+def _markdown_is_ours(head: str) -> bool:
+    return head.splitlines()[:1] == [MARKDOWN_MARK]
+
+
+def write_report(run_dir: str | Path, *, force: bool = False) -> ReportFiles:
+    """Write ``run_dir/report.html`` and ``run_dir/report.md`` from a pipeline run folder.
+
+    The HTML is self-contained (figures as base64 PNG, inline CSS, no network
+    reference); the Markdown has the same content, its figures as PNG files in
+    ``run_dir/report_files/``. Stages whose folder is missing are reported as
+    "stage X: not run". Files are written atomically (temporary name, then rename).
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        ``runs/<name>``, holding ``pipeline.json`` (see :mod:`bioreason.report`).
+    force : bool, default False
+        Replace a ``report.html`` / ``report.md`` that write_report did not write.
+
+    Returns
+    -------
+    ReportFiles
+        The two paths and the number of figures.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``run_dir`` or its ``pipeline.json`` is missing.
+    FileExistsError
+        When a report file exists that write_report did not write and ``force`` is
+        false; nothing is written.
+    """
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    html_path = run_dir / HTML_NAME
+    md_path = run_dir / MARKDOWN_NAME
+    _check_replaceable(html_path, _html_is_ours, force)
+    _check_replaceable(md_path, _markdown_is_ours, force)
+
+    blocks, nav, n_figures = build_blocks(run)
+    title = next((b.text for b in blocks if isinstance(b, Heading)), "bioreason run report")
+    figure_blocks = [b for b in blocks if isinstance(b, Figure)]
+    figure_dir = run_dir / FIGURES_DIR
+    figure_paths = {b.name: f"{FIGURES_DIR}/{b.name}.png" for b in figure_blocks}
+    for block in figure_blocks:
+        atomic_write(figure_dir / f"{block.name}.png", lambda tmp, b=block: tmp.write_bytes(b.png))
+    if figure_dir.is_dir():  # figures of an earlier, longer report of ours
+        current = {f"{b.name}.png" for b in figure_blocks}
+        for stale in figure_dir.glob(f"{_FIGURE_PREFIX}*.png"):
+            if stale.name not in current:
+                stale.unlink()
+    atomic_write_text(md_path, render_markdown(blocks, figure_paths))
+    atomic_write_text(html_path, render_html(title, blocks, nav))
+    return ReportFiles(html=html_path, markdown=md_path, n_figures=n_figures)
