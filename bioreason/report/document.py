@@ -188,6 +188,8 @@ def render_html(title: str, blocks: list[Block], nav: list[tuple[str, str]] = ()
 
 
 def _md_text(text: str) -> str:
+    # ``*`` as in p* would start emphasis; ``<`` would start raw HTML
+    text = text.replace("\\", "\\\\").replace("*", "\\*").replace("`", "\\`")
     return text.replace("<", "&lt;").replace(">", "&gt;")
 
 
@@ -235,8 +237,9 @@ def render_markdown(blocks: list[Block], figure_paths: dict[str, str]) -> str:
                 lines.append(f"\n*{_md_text(block.caption)}*")
             parts.append("\n".join(lines))
         elif isinstance(block, Figure):
-            alt = _md_cell(block.caption).replace("[", "(").replace("]", ")")
-            parts.append(f"![{alt}]({figure_paths[block.name]})\n\n*{_md_text(block.caption)}*")
+            parts.append(
+                f"![{block.name}]({figure_paths[block.name]})\n\n*{_md_text(block.caption)}*"
+            )
         elif isinstance(block, Code):
             parts.append(_fence(block.text))
         else:
