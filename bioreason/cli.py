@@ -18,6 +18,12 @@ from pathlib import Path
 import yaml
 
 from bioreason import __version__
+from bioreason._cli_options import (
+    add_config_options,
+    build_config,
+    config_overrides,
+    option_name,
+)
 
 # the split names of bioreason.data.tasks.SPLITS (kept here: importing data is slow)
 TASK_SPLITS = ("random", "heldout_conditions", "heldout_combinations")
@@ -46,10 +52,53 @@ def _one_line(err: BaseException) -> str:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line usage errors: ``error: <what>; see '<prog> --help'``."""
+    """argparse with one-line usage errors: ``error: <what>; see '<prog> --help'``.
+
+    ``populate`` (a subcommand's parser) adds the options generated from config
+    dataclasses the first time the parser parses or prints its help, so that
+    ``bioreason --help`` and the other subcommands do not import every config's module.
+    """
+
+    def __init__(self, *args, populate=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._populate = populate
+
+    def _ensure_populated(self) -> None:
+        populate, self._populate = self._populate, None
+        if populate is not None:
+            populate(self)
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._ensure_populated()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._ensure_populated()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._ensure_populated()
+        return super().format_usage()
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"error: {message}; see '{self.prog} --help'\n")
+
+
+class _CommandListFormatter(argparse.HelpFormatter):
+    """The top-level help: each subcommand on one line, its help beside it (unwrapped)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32)
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):  # argparse forgets their indent
+            longest = max((len(name) for name in action.choices), default=0)
+            indent = self._current_indent + self._indent_increment
+            self._action_max_length = max(self._action_max_length, longest + indent)
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return [" ".join(text.split())]
 
 
 def _positive_int(text: str) -> int:
@@ -93,6 +142,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _config_group(
+    parser: argparse.ArgumentParser, config_class: type, title: str, **kwargs
+) -> list[str]:
+    """An argument group of the options generated from ``config_class``'s fields."""
+    return add_config_options(parser.add_argument_group(title), config_class, **kwargs)
+
+
 def _add_force(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
         "--force",
@@ -117,24 +173,31 @@ def _simulate(args: argparse.Namespace) -> int:
             f"{out} already exists; choose another --out or pass --force to replace it"
         )
     config = ScreenConfig.from_yaml(args.config) if args.config else ScreenConfig()
-    overrides = {
-        name: getattr(args, name)
-        for name in (
-            "n_cells_per_condition",
-            "n_genes",
-            "n_latent",
-            "n_perturbations",
-            "n_combinations",
-            "mask_probability",
-            "seed",
-        )
-        if getattr(args, name) is not None
-    }
-    config = ScreenConfig.from_dict({**config.to_dict(), **overrides})
+    config = build_config(ScreenConfig, config.to_dict(), config_overrides(args, ScreenConfig))
     adata = simulate_screen(config)
     atomic_write(out, lambda tmp: adata.write_h5ad(tmp), overwrite=args.force)
     print(f"wrote {out}: {adata.n_obs} cells x {adata.n_vars} genes")
     return 0
+
+
+def _simulate_options(parser: argparse.ArgumentParser) -> None:
+    from bioreason.data.simulate import ScreenConfig
+
+    positive = {"type": _positive_int}
+    _config_group(
+        parser,
+        ScreenConfig,
+        "screen options (ScreenConfig fields; they override --config)",
+        extra={
+            "n_cells_per_condition": positive,
+            "n_genes": positive,
+            "n_latent": positive,
+            "n_perturbations": positive,
+            "n_combinations": {"type": _non_negative_int},
+            "mask_probability": {"type": _probability},
+            "seed": {"type": _non_negative_int},
+        },
+    )
 
 
 def _read_h5ad(path: Path, backed: bool):
@@ -218,49 +281,282 @@ def _synthetic_calibration(args: argparse.Namespace) -> int:
         if args.config
         else SyntheticCalibrationConfig()
     )
-    overrides = {
-        name: getattr(args, name)
-        for name in ("methods", "seed", "n_questions")
-        if getattr(args, name) is not None
-    }
-    if args.offline:
-        overrides["offline"] = True
-    rl_overrides = {"steps": args.steps} if args.steps is not None else {}
-    if args.seed is not None:  # one seed for the questions and the training
-        rl_overrides["seed"] = args.seed
-    values = {**config.to_dict(), **overrides}
+    from bioreason.rl.trainer import TabularRLConfig
+
+    overrides = config_overrides(args, SyntheticCalibrationConfig)
+    rl_overrides = config_overrides(args, TabularRLConfig, prefix="rl-", exclude=("method",))
+    options = {name: option_name(name) for name in overrides}
+    options.update({name: option_name(name, "rl-") for name in rl_overrides})
+    if args.seed is not None and "seed" not in rl_overrides:
+        rl_overrides["seed"] = args.seed  # one seed for the questions and the training
+    values = config.to_dict()
     values["rl"] = {**values["rl"], **rl_overrides}
-    config = SyntheticCalibrationConfig.from_dict(values)
+    config = build_config(SyntheticCalibrationConfig, values, overrides, options=options)
     run_synthetic_calibration(
         Path(args.out), config, overwrite=args.force, progress=not args.no_progress
     )
     return 0
 
 
+def _synthetic_calibration_options(parser: argparse.ArgumentParser) -> None:
+    from bioreason.pipelines.synthetic_calibration import SyntheticCalibrationConfig
+    from bioreason.rl.trainer import TabularRLConfig
+
+    _config_group(
+        parser,
+        SyntheticCalibrationConfig,
+        "experiment options (SyntheticCalibrationConfig fields; they override --config)",
+        extra={
+            "methods": {"metavar": "METHOD"},
+            "n_questions": {"type": _positive_int},
+            "seed": {
+                "type": _non_negative_int,
+                "help": "seeds the questions, the outcomes, the evaluation draws and the "
+                "training (rl.seed, unless --rl-seed is given) (default 0)",
+            },
+        },
+    )
+    _config_group(
+        parser,
+        TabularRLConfig,
+        "trainer options (rl: TabularRLConfig fields; rl.method is each of --methods)",
+        prefix="rl-",
+        exclude=("method",),
+        extra={"steps": {"aliases": ["--steps"], "type": _positive_int}},
+    )
+
+
+# ---------------------------------------------------------------- VAE training
+# the registry names of bioreason.models.MODELS (kept here: importing models is slow)
+VAE_MODELS = ("sams_vae", "cpa_vae", "conditional_vae", "svae_plus")
+# keys of a train-vae config file besides the PerturbationSetup, VAEConfig and TrainConfig
+# fields, with their defaults
+_TRAIN_VAE_KEYS = {
+    "model": "sams_vae",
+    "test_fraction": 0.1,
+    "validation_fraction": 0.1,
+    "iwelbo_particles": 20,
+}
+# the files train-vae writes into --out (model.save's four, then its own)
+_TRAIN_VAE_OUTPUTS = ("config.yaml", "attributes.json", "model.pt", "history.csv", "result.json")
+_TRAIN_VAE_CHECKPOINTS = "checkpoint"
+
+
+def _train_vae_settings(args: argparse.Namespace):
+    """(setup, VAEConfig, TrainConfig, extra keys) from --config and the flags."""
+    from bioreason.config import read_yaml
+    from bioreason.data import PerturbationSetup
+    from bioreason.models import TrainConfig, VAEConfig
+
+    classes = (PerturbationSetup, VAEConfig, TrainConfig)
+    names = [{f.name for f in dataclasses.fields(c)} for c in classes]
+    values, where = {}, "train-vae"
+    if args.config:
+        values = read_yaml(args.config, what="config file")
+        values = {} if values is None else values
+        if not isinstance(values, dict):
+            raise ValueError(
+                f"config file {args.config} must hold a mapping of PerturbationSetup, "
+                f"VAEConfig and TrainConfig fields (and {', '.join(_TRAIN_VAE_KEYS)}), got "
+                f"{type(values).__name__}"
+            )
+        where = f"train-vae config ({args.config})"
+        valid = set().union(*names, _TRAIN_VAE_KEYS)
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(valid)}")
+    extra = {key: values.get(key, default) for key, default in _TRAIN_VAE_KEYS.items()}
+    extra.update({k: getattr(args, k) for k in _TRAIN_VAE_KEYS if getattr(args, k) is not None})
+    if extra["model"] not in VAE_MODELS:
+        raise ValueError(f"{where}.model must be one of {list(VAE_MODELS)}, got {extra['model']!r}")
+    for key in ("test_fraction", "validation_fraction"):
+        value = extra[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ValueError(f"{where}.{key} must be a number in [0, 1), got {value!r}")
+    particles = extra["iwelbo_particles"]
+    if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1:
+        raise ValueError(f"{where}.iwelbo_particles must be a positive integer, got {particles!r}")
+    configs = [
+        build_config(
+            cls,
+            {k: v for k, v in values.items() if k in fields},
+            config_overrides(args, cls),
+            where=where,
+        )
+        for cls, fields in zip(classes, names)
+    ]
+    return (*configs, extra)
+
+
+def _train_vae_options(parser: argparse.ArgumentParser) -> None:
+    from bioreason.data import PerturbationSetup
+    from bioreason.models import TrainConfig, VAEConfig
+
+    _config_group(
+        parser,
+        PerturbationSetup,
+        "how the AnnData is written (PerturbationSetup fields)",
+        extra={"control": {"metavar": "LABEL"}},
+    )
+    _config_group(parser, VAEConfig, "model options (VAEConfig fields; they override --config)")
+    positive = {"type": _positive_int}
+    _config_group(
+        parser,
+        TrainConfig,
+        "training options (TrainConfig fields; they override --config)",
+        extra={
+            "max_steps": positive,
+            "max_epochs": positive,
+            "batch_size": positive,
+            "n_particles": positive,
+            "seed": {"type": _non_negative_int},
+            "lr": {"type": _positive_float},
+        },
+    )
+
+
+def _train_vae(args: argparse.Namespace) -> int:
+    """``bioreason train-vae``: fit a perturbation VAE on an AnnData and save it."""
+    import json
+    import shutil
+    import time
+
+    from bioreason._io import (
+        MANIFEST,
+        atomic_write_text,
+        check_output_folder,
+        file_sha256,
+        json_safe,
+        manifest_matches,
+        write_manifest,
+    )
+
+    adata_path, out = Path(args.adata), Path(args.out)
+    if not adata_path.exists():
+        raise FileNotFoundError(f"--adata {adata_path} does not exist")
+    check_output_folder(out)
+    setup, vae, train, extra = _train_vae_settings(args)
+    record = {
+        "model": extra["model"],
+        "adata": str(adata_path),
+        "setup": setup.to_dict(),
+        "vae": vae.to_dict(),
+        "train": {k: v for k, v in train.to_dict().items() if k != "progress"},
+        **{k: extra[k] for k in ("test_fraction", "validation_fraction", "iwelbo_particles")},
+    }
+    record = json.loads(json.dumps(record, default=str))
+    inputs = {"adata": adata_path}
+    checkpoints = out / _TRAIN_VAE_CHECKPOINTS
+    resume = False
+    if out.exists() and any(out.iterdir()):
+        if manifest_matches(out, config=record, seed=train.seed, inputs=inputs):
+            print(f"{out} is up to date (same settings and AnnData); nothing to do")
+            return 0
+        try:
+            saved = json.loads((out / MANIFEST).read_text())
+        except (OSError, ValueError):
+            saved = None
+        interrupted = (
+            isinstance(saved, dict)
+            and saved.get("config") == record
+            and saved.get("inputs") == {"adata": file_sha256(adata_path)}
+            and None in dict(saved.get("outputs") or {}).values()
+        )
+        if args.force:
+            for name in (*_TRAIN_VAE_OUTPUTS, MANIFEST):
+                if (out / name).exists():
+                    (out / name).unlink()
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        elif interrupted:  # the same run, stopped: go on from its checkpoint
+            resume = checkpoints.is_dir()
+        else:
+            why = (
+                "was not written by 'bioreason train-vae'"
+                if not isinstance(saved, dict)
+                else "holds a model trained with other settings or data"
+            )
+            raise FileExistsError(
+                f"{out} {why}; choose another --out or pass --force to replace it"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    outputs = [out / name for name in _TRAIN_VAE_OUTPUTS]
+    write_manifest(
+        out, config=record, seed=train.seed, inputs=inputs, outputs=outputs, complete=False
+    )
+
+    import numpy as np
+
+    from bioreason.data import PerturbationData
+    from bioreason.models import MODELS
+
+    adata = _read_h5ad(adata_path, backed=False)
+    cls = MODELS.get(extra["model"])
+    cls.setup_anndata(adata, setup)
+    names = PerturbationData.from_anndata(adata, setup).perturbation_names
+    order = np.random.default_rng(train.seed).permutation(adata.n_obs)
+    n_test = int(round(extra["test_fraction"] * adata.n_obs))
+    test_cells, train_cells = np.sort(order[:n_test]), np.sort(order[n_test:])
+    train_adata = adata[train_cells].copy()
+    model = cls(train_adata, seed=train.seed, perturbation_names=names, **vae.to_dict())
+    start = time.perf_counter()
+    if resume:
+        print(f"resuming from the checkpoint in {checkpoints}")
+    history = model.train(
+        validation_fraction=extra["validation_fraction"],
+        checkpoint_dir=checkpoints,
+        resume=resume,
+        **train.to_dict(),
+    )
+    seconds = time.perf_counter() - start
+
+    def last(column: str) -> float | None:
+        values = history[column].dropna() if column in history else []
+        return float(values.iloc[-1]) if len(values) else None
+
+    test_iwelbo, note = None, None
+    if n_test:
+        try:
+            test_iwelbo = model.iwelbo(
+                adata[test_cells].copy(), n_particles=extra["iwelbo_particles"], seed=train.seed
+            )
+        except ValueError as err:  # e.g. SVAE+ and a condition whose cells are all held out
+            note = f"no held-out IWELBO: {_one_line(err)}"
+            print(f"warning: {note}", file=sys.stderr)
+    model.save(out, overwrite=True)
+    steps = int(history["step"].max()) if len(history) else 0
+    result = {
+        "model": extra["model"],
+        "model_class": cls.__name__,
+        "n_cells": int(adata.n_obs),
+        "n_genes": int(adata.n_vars),
+        "n_perturbations": len(names),
+        "n_train_cells": int(train_cells.size),
+        "n_test_cells": int(test_cells.size),
+        "steps": steps,
+        "train_seconds": seconds,
+        "final_train_loss": last("train_loss"),
+        "final_validation_loss": last("validation_loss"),
+        "test_iwelbo": test_iwelbo,
+        "iwelbo_particles": extra["iwelbo_particles"],
+        "note": note,
+    }
+    atomic_write_text(out / "result.json", json.dumps(json_safe(result), indent=2) + "\n")
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    write_manifest(out, config=record, seed=train.seed, inputs=inputs, outputs=outputs)
+    if test_iwelbo is not None:
+        score = f"held-out IWELBO (K={extra['iwelbo_particles']}) {test_iwelbo:.2f} nats/cell"
+        score += f" over {test_cells.size} cells"
+    else:
+        loss = result["final_train_loss"]
+        score = "training loss " + ("n/a" if loss is None else f"{loss:.2f} nats/cell")
+    print(f"wrote {out}: {cls.__name__}, {steps} steps in {seconds:.0f} s; {score}")
+    print(f"build a task from it: bioreason build-task --model {out} --adata {adata_path} ...")
+    return 0
+
+
 # ---------------------------------------------------------------- task tables
-# flags of build-task that set the TaskConfig field of the same name
-_TASK_FIELDS = (
-    "model",
-    "model_class",
-    "adata",
-    "device",
-    "outcome",
-    "readouts",
-    "n_programs",
-    "n_markers",
-    "conditions",
-    "ground_truth",
-    "template",
-    "n_outcomes",
-    "split",
-    "test_fraction",
-    "val_fraction",
-    "seed",
-    "target_se",
-    "max_draws",
-    "threshold_quantile",
-    "cells_per_draw",
-)
+# TaskConfig fields that build-task sets by hand-made options (--option, --programs-file)
+_TASK_HAND_MADE = ("outcome_options", "programs")
 
 
 def _option_value(text: str):
@@ -305,9 +601,9 @@ def _task_config(args: argparse.Namespace):
         where = f"TaskConfig ({args.config})"
     elif args.model is None:
         raise UsageError("give the saved model folder (--model DIR) or a config file (--config)")
-    overrides = {
-        name: getattr(args, name) for name in _TASK_FIELDS if getattr(args, name) is not None
-    }
+    overrides = config_overrides(args, TaskConfig, exclude=_TASK_HAND_MADE)
+    options = {name: option_name(name) for name in overrides}
+    options.update(outcome_options="--option", programs="--programs-file")
     if args.programs_file is not None:
         overrides["programs"] = args.programs_file
     if "outcome" in overrides and overrides["outcome"] != values.get("outcome", "screen_hit"):
@@ -317,7 +613,42 @@ def _task_config(args: argparse.Namespace):
         if not isinstance(base, dict):
             raise ValueError(f"{where}.outcome_options must be a mapping, got {base!r}")
         overrides["outcome_options"] = {**base, **_outcome_options(args.option)}
-    return TaskConfig.from_dict({**values, **overrides}, where=where)
+    return build_config(TaskConfig, values, overrides, where=where, options=options)
+
+
+def _build_task_options(parser: argparse.ArgumentParser) -> None:
+    from bioreason.sim.task_config import TaskConfig
+
+    positive = {"type": _positive_int}
+    _config_group(
+        parser,
+        TaskConfig,
+        "task options (TaskConfig fields; they override --config)",
+        exclude=_TASK_HAND_MADE,
+        extra={
+            "model": {"metavar": "DIR"},
+            "adata": {"metavar": "FILE.h5ad"},
+            "readouts": {"metavar": "NAME"},
+            "n_programs": {"aliases": ["--programs"], **positive},
+            "n_markers": positive,
+            "conditions": {
+                "metavar": "LABEL",
+                "help": "condition labels (A, A+B) and/or sets: singles, measured, "
+                "measured_singles, measured_combinations, pairs, unseen_pairs (default: "
+                "measured with --adata, else singles)",
+            },
+            "n_outcomes": positive,
+            "split": {"choices": TASK_SPLITS},
+            "test_fraction": {"type": _probability},
+            "val_fraction": {"type": _probability},
+            "seed": {"type": _non_negative_int},
+            "target_se": {"type": _positive_float},
+            "max_draws": positive,
+            "threshold_quantile": {"type": _probability},
+            "cells_per_draw": positive,
+            "replicates_per_draw": positive,
+        },
+    )
 
 
 def _build_task(args: argparse.Namespace) -> int:
@@ -520,8 +851,6 @@ def _inspect_task(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- LM fine-tuning
 # keys of a finetune config file besides the LMRLConfig fields
 _FINETUNE_KEYS = {"model": None, "warm_start_steps": 0, "warm_start_lr": 1e-3}
-# flags of finetune that set the LMRLConfig field of the same name
-_FINETUNE_FIELDS = ("method", "steps", "seed", "group_size", "device")
 # the files finetune writes into --out
 _FINETUNE_OUTPUTS = (
     "predictions.parquet",
@@ -564,11 +893,25 @@ def _finetune_settings(args: argparse.Namespace):
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"{where}.warm_start_steps must be an integer >= 0, got {steps!r}")
     values.setdefault("eval_split", "test")
-    values.update(
-        {name: getattr(args, name) for name in _FINETUNE_FIELDS if getattr(args, name) is not None}
-    )
-    config = LMRLConfig.from_dict(values, where=where)
+    config = build_config(LMRLConfig, values, config_overrides(args, LMRLConfig), where=where)
     return config, str(extra["model"]), steps, float(extra["warm_start_lr"])
+
+
+def _finetune_options(parser: argparse.ArgumentParser) -> None:
+    from bioreason.rl.lm_trainer import LMRLConfig
+
+    _config_group(
+        parser,
+        LMRLConfig,
+        "training options (LMRLConfig fields; they override --config)",
+        extra={
+            "method": {"metavar": "METHOD"},
+            "steps": {"type": _positive_int},
+            "seed": {"type": _non_negative_int},
+            "group_size": {"type": _positive_int},
+            "eval_split": {"shown_default": "test"},
+        },
+    )
 
 
 def _finetune(args: argparse.Namespace) -> int:
@@ -889,21 +1232,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bioreason",
         description="Perturbation VAEs, outcome simulators and calibrated RL predictors.",
         epilog=_EPILOG,
+        formatter_class=_CommandListFormatter,
     )
     parser.add_argument("--version", action="version", version=f"bioreason {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    sim = sub.add_parser("simulate", help="write a synthetic perturbation screen to .h5ad")
+    sim = sub.add_parser(
+        "simulate", help="write a synthetic screen to .h5ad", populate=_simulate_options
+    )
     sim.add_argument("--out", required=True, help="output .h5ad path")
     sim.add_argument("--config", help="YAML file of ScreenConfig fields")
-    sim.add_argument("--n-cells-per-condition", type=_positive_int, dest="n_cells_per_condition")
-    sim.add_argument("--n-genes", type=_positive_int, dest="n_genes")
-    sim.add_argument("--n-latent", type=_positive_int, dest="n_latent")
-    sim.add_argument("--n-perturbations", type=_positive_int, dest="n_perturbations")
-    sim.add_argument("--n-combinations", type=_non_negative_int, dest="n_combinations")
-    sim.add_argument("--mask-probability", type=_probability, dest="mask_probability")
-    sim.add_argument("--seed", type=_non_negative_int)
     _add_force(sim, "an existing file")
     sim.set_defaults(func=_simulate)
 
@@ -922,34 +1261,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     cal = sub.add_parser(
         "synthetic-calibration",
-        help="train a tabular policy with each RL estimator on stochastic outcomes; "
-        "write calibration metrics and figures",
+        help="RL estimators on a tabular toy task: calibration",
+        description="Train a tabular policy with each RL estimator on stochastic outcomes; "
+        "write calibration metrics and figures. Flags override --config.",
+        populate=_synthetic_calibration_options,
     )
     cal.add_argument("--out", required=True, help="output folder (new, empty, or a previous run)")
     cal.add_argument("--config", help="YAML file of SyntheticCalibrationConfig fields")
-    cal.add_argument(
-        "--methods",
-        nargs="+",
-        help="advantage estimators (registry names with options, e.g. grpo rloo h_target:log "
-        "seed_grpo:base=grpo); default: grpo grpo_no_std rloo reinforce ppo",
-    )
-    cal.add_argument(
-        "--offline",
-        action="store_true",
-        help="also run each method with 10 updates per rollout, clip 0.2 and 0.001",
-    )
-    cal.add_argument("--steps", type=_positive_int, help="optimizer steps per run (default 50000)")
-    cal.add_argument("--n-questions", type=_positive_int, dest="n_questions", help="default 10000")
-    cal.add_argument(
-        "--seed", type=_non_negative_int, help="seed of the questions and the training"
-    )
     _add_force(cal, "runs of this folder written with other settings")
     cal.add_argument("--no-progress", action="store_true", help="hide progress bars")
     cal.set_defaults(func=_synthetic_calibration)
 
     score = sub.add_parser(
         "calibration",
-        help="print (and write) the calibration table of any predictions file (.csv/.parquet)",
+        help="score any predictions file (.csv/.parquet)",
         description="Score predictions made anywhere: ECE (equal-width and equal-mass "
         "bins), Brier, log loss, AUROC against 0/1 outcomes and, with --ref-col, the error "
         "and overconfidence against reference probabilities, one row per --group-col value. "
@@ -994,19 +1319,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     task = sub.add_parser(
         "build-task",
-        help="build a task table (questions, p*, sampled outcomes, splits) from a saved model",
-        description="Build a task table from a saved model folder. Flags override the "
-        "fields of --config (a YAML file of TaskConfig fields, see docs/tasks.md).",
+        help="questions, p* and outcomes from a saved model",
+        description="Build a task table (questions, p*, sampled outcomes, splits) from a "
+        "saved model folder. Flags override the fields of --config (a YAML file of "
+        "TaskConfig fields, see docs/tasks.md).",
+        populate=_build_task_options,
     )
     task.add_argument("--out", required=True, help="output .parquet path")
     task.add_argument("--config", help="YAML file of TaskConfig fields")
-    task.add_argument("--model", help="folder written by model.save")
-    task.add_argument(
-        "--model-class", dest="model_class", help="e.g. sams_vae (default: recorded in the folder)"
-    )
-    task.add_argument("--adata", help="observed cells (.h5ad): measured conditions, programs")
-    task.add_argument("--device", help="cpu (default), cuda or auto")
-    task.add_argument("--outcome", help="registered outcome (default screen_hit)")
     task.add_argument(
         "--option",
         action="append",
@@ -1014,53 +1334,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="an outcome option, e.g. threshold=0.1, n_cells=100, test=welch, threshold=null "
         "(per-readout thresholds from the model's effects); repeatable",
     )
-    task.add_argument("--readouts", nargs="+", metavar="NAME", help="genes or program names")
-    task.add_argument(
-        "--n-programs",
-        "--programs",
-        dest="n_programs",
-        type=_positive_int,
-        metavar="N",
-        help="learn N programs by NMF on --adata (program0, ...)",
-    )
-    task.add_argument("--n-markers", dest="n_markers", type=_positive_int, help="default 15")
     task.add_argument(
         "--programs-file",
         dest="programs_file",
         metavar="FILE",
         help="YAML mapping of user programs, name: [gene, ...]",
     )
-    task.add_argument(
-        "--conditions",
-        nargs="+",
-        metavar="LABEL",
-        help="condition labels (A, A+B) and/or sets: singles, measured, measured_singles, "
-        "measured_combinations, pairs, unseen_pairs (default: measured with --adata, "
-        "else singles)",
-    )
-    task.add_argument(
-        "--ground-truth",
-        dest="ground_truth",
-        action="store_true",
-        default=None,
-        help="fill p_true from --adata's simulated ground truth (simulate_screen)",
-    )
-    task.add_argument("--template", help="prompt format string (see docs/tasks.md)")
-    task.add_argument("--n-outcomes", dest="n_outcomes", type=_positive_int, help="default 1")
-    task.add_argument("--split", choices=TASK_SPLITS, help="default random")
-    task.add_argument("--test-fraction", dest="test_fraction", type=_probability)
-    task.add_argument("--val-fraction", dest="val_fraction", type=_probability)
-    task.add_argument("--seed", type=_non_negative_int)
-    task.add_argument("--target-se", dest="target_se", type=_positive_float, help="default 0.01")
-    task.add_argument("--max-draws", dest="max_draws", type=_positive_int, help="default 2000")
-    task.add_argument("--threshold-quantile", dest="threshold_quantile", type=_probability)
-    task.add_argument("--cells-per-draw", dest="cells_per_draw", type=_positive_int)
     _add_force(task, "an existing --out")
     task.set_defaults(func=_build_task)
 
     itask = sub.add_parser(
         "inspect-task",
-        help="print a task table's summary (questions per split, p*, outcome rate, SE)",
+        help="summarize a task table (splits, p*, outcomes)",
     )
     itask.add_argument("path", help="task .parquet file, or a Replogle task folder")
     itask.add_argument(
@@ -1074,32 +1359,62 @@ def build_parser() -> argparse.ArgumentParser:
 
     fine = sub.add_parser(
         "finetune",
-        help="RL fine-tune a causal LM on a task table; write predictions, logs, the model",
+        help="RL fine-tune a causal LM on a task table",
+        populate=_finetune_options,
         description="Train an LM (LMTrainer) on the task's train split and evaluate it on its "
         "test split. Flags override --config (a YAML mapping of LMRLConfig fields plus model, "
         "warm_start_steps, warm_start_lr; see docs/finetune.md). Rerunning an interrupted run "
         "with the same settings resumes it from its checkpoint.",
     )
     fine.add_argument("--task", required=True, help="task table (.parquet, see build-task)")
-    fine.add_argument("--method", help="advantage estimator (grpo, rloo, ...; default grpo)")
     fine.add_argument("--model", help="'tiny' (a new small LM) or a model folder / hub name")
-    fine.add_argument("--steps", type=_positive_int, help="optimizer steps (default 200)")
     fine.add_argument("--out", required=True, help="output folder")
     fine.add_argument("--config", help="YAML file of LMRLConfig fields (and model, ...)")
-    fine.add_argument("--seed", type=_non_negative_int)
-    fine.add_argument(
-        "--group-size", dest="group_size", type=_positive_int, help="completions per question"
-    )
     fine.add_argument(
         "--warm-start-steps",
         dest="warm_start_steps",
         type=_non_negative_int,
         help="supervised steps teaching the answer format first (default 0)",
     )
-    fine.add_argument("--device", help="auto (default), cpu or cuda[:N]")
     fine.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_force(fine, "a --out folder holding other files or another run")
     fine.set_defaults(func=_finetune)
+
+    vae = sub.add_parser(
+        "train-vae",
+        help="fit a perturbation VAE on an AnnData",
+        description="Fit a perturbation VAE (bioreason.models) on the cells of an .h5ad and "
+        "save it into --out (a model folder that 'bioreason build-task --model' reads), with "
+        "result.json (held-out IWELBO, final losses). Flags override --config (a YAML "
+        "mapping of PerturbationSetup, VAEConfig and TrainConfig fields plus model, "
+        "test_fraction, validation_fraction, iwelbo_particles). Rerunning an interrupted "
+        "run with the same settings resumes it from its checkpoint.",
+        populate=_train_vae_options,
+    )
+    vae.add_argument("--adata", required=True, metavar="FILE.h5ad", help="cells (raw counts)")
+    vae.add_argument("--out", required=True, metavar="DIR", help="output model folder")
+    vae.add_argument("--model", choices=VAE_MODELS, help="model to fit (default sams_vae)")
+    vae.add_argument("--config", help="YAML file of settings (see above)")
+    vae.add_argument(
+        "--test-fraction",
+        dest="test_fraction",
+        type=_probability,
+        help="share of the cells held out for the IWELBO; 0 for none (default 0.1)",
+    )
+    vae.add_argument(
+        "--validation-fraction",
+        dest="validation_fraction",
+        type=_probability,
+        help="share of the other cells validated on during training (default 0.1)",
+    )
+    vae.add_argument(
+        "--iwelbo-particles",
+        dest="iwelbo_particles",
+        type=_positive_int,
+        help="importance samples of the held-out IWELBO (default 20)",
+    )
+    _add_force(vae, "a --out folder holding other files or another model")
+    vae.set_defaults(func=_train_vae)
 
     demo = sub.add_parser("demo", help="run the end-to-end demo on built-in synthetic data")
     demo.add_argument("--out", default="runs/demo", help="run folder")

@@ -151,10 +151,23 @@ class TaskConfig(Config):
         markers).
     n_outcomes : int
         Sampled outcomes per question.
-    split, test_fraction, val_fraction : see :func:`bioreason.data.tasks.split_questions`
+    split : str
+        How questions are split into train/val/test (:data:`bioreason.data.tasks.SPLITS`:
+        ``random``, ``heldout_conditions``, ``heldout_combinations``; see
+        :func:`bioreason.data.tasks.split_questions`).
+    test_fraction : float
+        Share of the questions (or of the conditions) in the test split.
+    val_fraction : float
+        Share of the questions (or of the conditions) in the validation split.
     seed : int
-    target_se, max_draws : Monte Carlo target of p* and its draw budget.
+        Seeds the learned programs, the split, the draws of p* and the sampled outcomes.
+    target_se : float
+        Monte Carlo standard error at which p* stops drawing from the posterior.
+    max_draws : int
+        Posterior draws per question at most (the Monte Carlo budget of p*).
     threshold_quantile : float in (0, 1)
+        Quantile of the model's effects that sets a readout's threshold when
+        ``threshold`` is null (``screen_hit``).
     cells_per_draw : int, optional
         Cells per condition per posterior draw on the fast path (default: the
         simulator's).
