@@ -286,6 +286,10 @@ def test_content(report):
 def test_partial_run_reports_not_run(run_dir):
     shutil.rmtree(run_dir / "finetune")
     shutil.rmtree(run_dir / "calibration")
+    task = pd.read_parquet(run_dir / "task" / "task.parquet")
+    task["p_true"] = np.nan  # as on real data
+    task.to_parquet(run_dir / "task" / "task.parquet")
+    (run_dir / "warm_start").rename(run_dir / "warm")  # the folder's other name
     pipeline = json.loads((run_dir / "pipeline.json").read_text())
     pipeline["stages"]["finetune"] = {"status": "failed", "seconds": 0.2}
     pipeline["stages"]["calibration"] = {"status": "not run", "seconds": 0.0}
@@ -296,6 +300,8 @@ def test_partial_run_reports_not_run(run_dir):
     assert "stage finetune: not run (pipeline.json: failed)" in html_text
     assert "stage calibration: not run" in html_text
     assert "Finding not available" in html_text
+    assert "No p_true (real data)" in html_text
+    assert "stage warm_start: not run" not in html_text and "invalid_rate_after" in html_text
     assert files.n_figures == 2  # loss curve and simulator check
     assert len(re.findall(r"<img\b", html_text)) == 2
     assert "stage calibration: not run" in files.markdown.read_text()

@@ -242,12 +242,14 @@ class _Builder:
     def section_stages(self) -> None:
         self.heading("Stages", "stages")
         stages = self.run.pipeline.get("stages") or {}
-        names = list(stages) + [s for s in self.run.stage_dirs if s not in stages]
+        alias = {"warm": "warm_start"}  # the stage's older name
+        recorded = {alias.get(s, s) for s in stages}
+        names = list(stages) + [s for s in self.run.stage_dirs if s not in recorded]
         rows = []
         for stage in names:
             entry = stages.get(stage, {})
             entry = entry if isinstance(entry, Mapping) else {"status": entry}
-            folder = self.run.stage_dirs.get(stage)
+            folder = self.run.stage_dirs.get(alias.get(stage, stage))
             rows.append(
                 (
                     stage,
