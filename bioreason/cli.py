@@ -249,7 +249,7 @@ def _inspect(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from bioreason.pipelines.demo import run_demo
 
-    run_demo(Path(args.out), seed=args.seed, force=args.force)
+    run_demo(Path(args.out), seed=args.seed, force=args.force, workers=args.workers)
     return 0
 
 
@@ -1419,8 +1419,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the end-to-end demo on built-in synthetic data")
     demo.add_argument("--out", default="runs/demo", help="run folder")
     demo.add_argument("--seed", type=_non_negative_int, default=0)
+    demo.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="parallel fine-tuning jobs (default: the cores, at most 4)",
+    )
     _add_force(demo, "files in the run folder that the demo did not write")
     demo.set_defaults(func=_demo)
+
+    from bioreason.pipelines.cli_run import add_parsers as add_pipeline_parsers
+
+    add_pipeline_parsers(sub)  # run, report
     return parser
 
 

@@ -64,13 +64,13 @@ def umask_022():
 
 
 def test_demo_refuses_to_replace_a_screen_it_did_not_write(tmp_path, capsys, monkeypatch):
-    import bioreason.pipelines.demo as demo
+    import bioreason.data as data
 
     def not_reached(*args, **kwargs):
-        raise AssertionError("the demo went on after replacing the user's file")
+        raise AssertionError("the demo went on after finding the user's file")
 
-    monkeypatch.setattr(demo, "_vae_stage", not_reached)
-    screen = tmp_path / "D" / "screen" / "screen.h5ad"
+    monkeypatch.setattr(data, "simulate_screen", not_reached)
+    screen = tmp_path / "D" / "data" / "data.h5ad"
     screen.parent.mkdir(parents=True)
     screen.write_bytes(b"the user's own screen")
     assert main(["demo", "--out", str(tmp_path / "D")]) == 1
@@ -78,43 +78,51 @@ def test_demo_refuses_to_replace_a_screen_it_did_not_write(tmp_path, capsys, mon
     assert screen.read_bytes() == b"the user's own screen"
 
 
-def test_demo_replaces_its_own_screen_and_with_force_any(tmp_path, capsys, monkeypatch):
-    import bioreason.pipelines.demo as demo
+def test_demo_stage_replaces_its_own_output_and_with_force_any(tmp_path, capsys):
+    from bioreason.pipelines.run import PipelineConfig, pipeline_stages
+    from bioreason.pipelines.stages import run_stages
 
-    monkeypatch.setattr(demo, "DEMO_SCREEN", {"n_cells_per_condition": 5, "n_genes": 20})
+    def stages(seed):
+        config = PipelineConfig.from_dict(
+            {"seed": seed, "data": {"screen": {"n_cells_per_condition": 5, "n_genes": 20}}}
+        )
+        return pipeline_stages(config, tmp_path / "D")[:1]  # the data stage
+
     out = tmp_path / "D"
-    adata, screen = demo._screen_stage(out, seed=0)
-    assert adata.n_vars == 20
+    run_stages(stages(0), out)
+    screen = out / "data" / "data.h5ad"
+    assert ad.read_h5ad(screen).n_vars == 20
     # another seed: the stage re-runs and may replace the file it wrote
-    demo._screen_stage(out, seed=1)
-    assert "simulated" in capsys.readouterr().out
-    # the same seed with the file changed since: the file is no longer the demo's
+    run_stages(stages(1), out)
+    assert "[data]" in capsys.readouterr().out
+    # the same seed with the file changed since: the file is no longer bioreason's
     screen.write_bytes(b"edited by the user")
-    with pytest.raises(FileExistsError, match="screen.h5ad"):
-        demo._screen_stage(out, seed=1)
+    with pytest.raises(FileExistsError, match="data.h5ad"):
+        run_stages(stages(1), out)
     assert screen.read_bytes() == b"edited by the user"
-    demo._screen_stage(out, seed=1, force=True)
+    run_stages(stages(1), out, force=True)
     assert ad.read_h5ad(screen).n_vars == 20
 
 
-def test_demo_refuses_a_model_folder_it_did_not_write_before_training(
-    tmp_path, small_screen, monkeypatch
-):
-    import bioreason.pipelines.demo as demo
-    from bioreason.data import PerturbationData, split_heldout_combinations
+def test_demo_refuses_a_model_folder_it_did_not_write_before_training(tmp_path, monkeypatch):
     from bioreason.models import SAMSVAE
+    from bioreason.pipelines.run import PipelineConfig, pipeline_stages
+    from bioreason.pipelines.stages import run_stages
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained before checking the output folder")
 
+    config = PipelineConfig.from_dict(
+        {"data": {"screen": {"n_cells_per_condition": 5, "n_genes": 20}}}
+    )
+    out = tmp_path / "D"
+    run_stages(pipeline_stages(config, out)[:1], out)
     monkeypatch.setattr(SAMSVAE, "train", no_training)
-    mine = tmp_path / "D" / "vae" / "model" / "notes.txt"
+    mine = out / "vae" / "model" / "notes.txt"
     mine.parent.mkdir(parents=True)
     mine.write_text("mine")
-    adata = small_screen.copy()
-    split = split_heldout_combinations(PerturbationData.from_anndata(adata), fraction=0.25, seed=0)
     with pytest.raises(FileExistsError, match="model"):
-        demo._vae_stage(tmp_path / "D", adata, tmp_path / "screen.h5ad", split, seed=0)
+        run_stages(pipeline_stages(config, out)[:2], out)
     assert mine.read_text() == "mine"
 
 

@@ -83,6 +83,16 @@ SUMMARY_METRICS = (
 )
 
 
+def _quiet_transformers() -> None:
+    """No tqdm bars from transformers' save/load (the pipeline prints its own progress)."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+
+
 def slug(method: str) -> str:
     """A folder name for a method (``seed_grpo:base=grpo`` -> ``seed_grpo-base-grpo``)."""
     return re.sub(r"[^A-Za-z0-9_]+", "-", method).strip("-")
@@ -118,6 +128,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     from bioreason.rl import LMRLConfig, LMTrainer
 
     torch.set_num_threads(job["threads"])
+    if not job.get("progress"):
+        _quiet_transformers()
     folder = Path(job["folder"])
     folder.mkdir(parents=True, exist_ok=True)
     inputs = {"task": job["task"], "warm": job["warm"]}
@@ -494,6 +506,7 @@ def warm_start_folder(
     write_manifest(
         folder, config=config, seed=seed, inputs=inputs, outputs=[model_dir], complete=False
     )
+    _quiet_transformers()
     task = load_task(task_path)
     options = {"texts": task["prompt"].astype(str)} if model == "tiny" else {}
     predictor = load_predictor(model, device=device, seed=seed, **options)

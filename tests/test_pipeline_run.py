@@ -1,0 +1,300 @@
+"""``bioreason run CONFIG.yaml`` (bioreason.pipelines.run) on a tiny config: every stage's
+outputs, skip / resume / --set / --only, config validation, the finding's verdict."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from bioreason.cli import main
+from bioreason.pipelines.run import (
+    CALIBRATED_ECE,
+    PipelineConfig,
+    finding,
+    load_pipeline_config,
+    run_pipeline,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "name": "tiny",
+    "data": {
+        "screen": {
+            "n_cells_per_condition": 30,
+            "n_genes": 100,
+            "n_perturbations": 6,
+            "n_combinations": 4,
+        }
+    },
+    "vae": {"steps": 30, "options": {"n_latent": 4, "n_hidden": 32}, "ate_cells": 100},
+    "task": {
+        "options": {
+            "n_programs": 3,
+            "outcome_options": {"threshold": None, "n_cells": 50},
+            "test_fraction": 0.3,
+            "val_fraction": 0.0,
+            "max_draws": 200,
+            "target_se": 0.05,
+        }
+    },
+    "lm": {"warm_start_steps": 3},
+    "finetune": {"methods": ["grpo", "rloo"], "steps": 4, "questions_per_step": 4, "group_size": 4},
+    "calibration": {"n_boot": 20},
+}
+STAGE_NAMES = ["data", "vae", "task", "warm_start", "finetune", "calibration"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _write(tmp_path: Path, values: dict, name: str = "tiny.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, Path, str]:
+    """One finished tiny run (its folder, its config file, the first run's output)."""
+    import contextlib
+    import io
+
+    tmp = tmp_path_factory.mktemp("pipeline")
+    config = _write(tmp, TINY)
+    out = tmp / "run"
+    buffer = io.StringIO()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(buffer):
+            status = main(["run", str(config), "--out", str(out), "--workers", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert status == 0, buffer.getvalue()
+    return out, config, buffer.getvalue()
+
+
+def test_every_stage_writes_its_result_and_the_run_record(tiny_run):
+    out, _, printed = tiny_run
+    for name in STAGE_NAMES:
+        assert (out / name / "result.json").is_file(), name
+        assert (out / name / "manifest.json").is_file(), name
+    data = json.loads((out / "data" / "result.json").read_text())
+    assert data["n_cells"] > 0 and data["ground_truth"] is True
+    assert len(data["heldout_conditions"]) >= 1
+    vae = json.loads((out / "vae" / "result.json").read_text())
+    assert np.isfinite(vae["iwelbo_heldout"]) and 0.0 <= vae["mask_auroc"] <= 1.0
+    assert len(vae["loss_curve"]) >= 2 and set(vae["ppc"]) >= {"mean_corr"}
+    task = pd.read_parquet(out / "task" / "task.parquet")
+    assert set(task["split"]) == {"train", "test"}
+    assert task["p_star"].between(0, 1).all() and task["p_true"].between(0, 1).all()
+    task_result = json.loads((out / "task" / "result.json").read_text())
+    assert task_result["n_questions"] == len(task)
+    expected = np.abs(task["p_star"] - task["p_true"]).mean()
+    assert task_result["mae_p_star_p_true"] == pytest.approx(expected)
+    predictions = pd.read_parquet(out / "calibration" / "predictions.parquet")
+    n_test = int((task["split"] == "test").sum())
+    assert sorted(predictions["method"].unique()) == ["grpo", "rloo"]
+    assert len(predictions) == 2 * n_test
+    summary = pd.read_csv(out / "calibration" / "summary.csv")
+    assert list(summary["method"]) == ["grpo", "rloo"]
+    assert (summary["ece_low"] <= summary["ece"] + 1e-12).all()
+    result = json.loads((out / "calibration" / "result.json").read_text())
+    assert isinstance(result["finding"]["shown"], bool) and result["finding"]["text"]
+    assert [row["method"] for row in result["headline"]] == ["grpo", "rloo"]
+    record = json.loads((out / "pipeline.json").read_text())
+    assert record["config"]["finetune"]["steps"] == 4 and record["finished"]
+    assert all(record["stages"][name]["status"] == "done" for name in STAGE_NAMES)
+    assert record["versions"]["torch"] == torch.__version__.split("+")[0] or record["versions"]
+    assert "ECE vs outcomes" in printed and "grpo" in printed
+
+
+def test_a_rerun_skips_every_stage_and_set_recomputes_only_what_changed(tiny_run, tmp_path, capsys):
+    out, config, _ = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    task_bytes = (copy / "task" / "task.parquet").read_bytes()
+    assert main(["run", str(config), "--out", str(copy), "--workers", "1", "--no-report"]) == 0
+    printed = capsys.readouterr().out
+    for name in STAGE_NAMES:
+        assert f"[{name}] up to date" in printed, name
+    assert "[finetune] 2 jobs" not in printed
+    argv = ["run", str(config), "--out", str(copy), "--workers", "1", "--no-report"]
+    assert main([*argv, "--set", "finetune.steps=2"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("data", "vae", "task", "warm_start"):
+        assert f"[{name}] up to date" in printed, name
+    assert "[finetune] 2 jobs" in printed
+    assert (copy / "task" / "task.parquet").read_bytes() == task_bytes
+    runs = pd.read_csv(copy / "calibration" / "runs.csv")
+    assert (runs["steps"] == 2).all()
+    record = json.loads((copy / "pipeline.json").read_text())
+    assert record["config"]["finetune"]["steps"] == 2 and len(record["commands"]) == 3
+
+
+def test_an_interrupted_finetune_stage_resumes_job_by_job(tiny_run, tmp_path, monkeypatch, capsys):
+    import bioreason.pipelines.lm_runs as lm_runs
+
+    out, config, _ = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    for name in ("finetune", "calibration"):
+        shutil.rmtree(copy / name)
+    real = lm_runs.run_job
+
+    def second_job_fails(job):
+        if job["method"] == "rloo":
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(lm_runs, "run_job", second_job_fails)
+    argv = ["run", str(config), "--out", str(copy), "--workers", "1", "--no-report"]
+    assert main(argv) == 130  # interrupted
+    record = json.loads((copy / "pipeline.json").read_text())
+    assert record["stages"]["finetune"]["status"] == "failed"
+    assert (copy / "finetune" / "grpo_seed0" / "metrics.json").is_file()
+    capsys.readouterr()
+    monkeypatch.setattr(lm_runs, "run_job", real)
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "[finetune] up to date: grpo seed 0" in printed
+    assert "[finetune] 1 jobs" in printed
+    assert pd.read_csv(copy / "calibration" / "summary.csv")["method"].tolist() == ["grpo", "rloo"]
+
+
+def test_foreign_files_are_refused_before_any_work_unless_forced(tiny_run, tmp_path, capsys):
+    out, config, _ = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "task")
+    (copy / "task").mkdir()
+    mine = copy / "task" / "notes.txt"
+    mine.write_text("my notes")
+    argv = ["run", str(config), "--out", str(copy), "--workers", "1", "--no-report"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "notes.txt" in err and "--force" in err
+    assert mine.read_text() == "my notes"
+    assert main(["run", str(config), "--out", str(copy), "--only", "calibration"]) == 1
+    assert "task" in capsys.readouterr().err
+
+
+def test_only_and_from_need_the_earlier_stages(tiny_run, tmp_path, capsys):
+    out, config, _ = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    argv = ["run", str(config), "--out", str(copy), "--workers", "1", "--no-report"]
+    assert main([*argv, "--only", "calibration"]) == 0
+    assert "[calibration] up to date" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:  # exclusive options
+        main([*argv, "--from", "finetune", "--only", "task"])
+    assert exit_info.value.code == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--only", "nonsense"])
+    assert exit_info.value.code == 2
+    assert "warm_start" in capsys.readouterr().err  # the choices are listed
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"finetune": {"methods": ["nonsense"]}}, ["methods", "nonsense", "grpo"]),
+        ({"vae": {"model": "big_vae"}}, ["vae.model", "sams_vae", "cpa_vae"]),
+        ({"vae": {"stepz": 3}}, ["stepz", "steps"]),
+        ({"colour": "red"}, ["colour", "finetune"]),
+        ({"task": {"options": {"n_program": 3}}}, ["n_program", "n_programs"]),
+        ({"finetune": {"seeds": [0, 0]}}, ["seeds", "twice"]),
+        ({"kind": "tabular", "tabular": {"stepz": 1}}, ["tabular", "stepz"]),
+    ],
+)
+def test_bad_config_names_the_key_and_the_allowed_values(tmp_path, capsys, change, words):
+    values = json.loads(json.dumps(TINY))
+    for key, value in change.items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
+    path = _write(tmp_path, values)
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    for word in words:
+        assert word in err, (word, err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_override_and_missing_config_are_clear(tmp_path, capsys):
+    path = _write(tmp_path, TINY)
+    assert main(["run", str(path), "--set", "finetune.steps"]) == 1
+    assert "section.field=value" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "absent.yaml")]) == 1
+    assert "absent.yaml" in capsys.readouterr().err
+
+
+def test_shipped_configs_load_and_demo_yaml_matches_the_demo():
+    from bioreason.pipelines.demo import demo_config
+
+    configs = sorted((ROOT / "pipelines" / "configs").glob("*.yaml"))
+    assert {p.stem for p in configs} >= {
+        "demo",
+        "synthetic_lm",
+        "replogle",
+        "synthetic_calibration",
+    }
+    for path in configs:
+        assert isinstance(load_pipeline_config(path), PipelineConfig)
+    assert load_pipeline_config(ROOT / "pipelines" / "configs" / "demo.yaml") == demo_config()
+    replogle = load_pipeline_config(ROOT / "pipelines" / "configs" / "replogle.yaml")
+    assert not replogle.task.from_simulator
+
+
+def _summary(eces: dict[str, tuple[float, float]]) -> pd.DataFrame:
+    return pd.DataFrame([{"method": m, "ece": e, "ece_low": low} for m, (e, low) in eces.items()])
+
+
+def test_finding_is_shown_only_when_grpo_is_off_and_the_others_are_calibrated():
+    shown = finding(_summary({"grpo": (0.2, 0.15), "rloo": (0.02, 0.01), "ppo": (0.05, 0.02)}))
+    assert shown["shown"] and "ppo" in shown["text"]
+    overlap = finding(_summary({"grpo": (0.2, 0.04), "rloo": (0.02, 0.01), "ppo": (0.05, 0.02)}))
+    assert not overlap["shown"] and "overlaps" in overlap["text"]
+    small = finding(_summary({"grpo": (CALIBRATED_ECE / 2, 0.01), "rloo": (0.01, 0.0)}))
+    assert not small["shown"] and "only" in small["text"]
+    bad = finding(_summary({"grpo": (0.4, 0.35), "rloo": (0.3, 0.2)}))
+    assert not bad["shown"] and "rloo is not calibrated" in bad["text"]
+    assert not finding(_summary({"rloo": (0.01, 0.0)}))["shown"]
+    assert not finding(_summary({"grpo": (0.3, 0.2), "seed_grpo": (0.01, 0.0)}))["shown"]
+
+
+def test_tabular_kind_runs_the_synthetic_calibration_experiment_as_a_stage(tmp_path, capsys):
+    values = {
+        "name": "tab",
+        "kind": "tabular",
+        "tabular": {
+            "n_questions": 40,
+            "n_categories": 4,
+            "methods": ["grpo", "rloo"],
+            "n_eval_samples": 10,
+            "n_boot": 0,
+            "rl": {"steps": 20, "group_size": 4, "checkpoint_every": 10, "log_every": 10},
+        },
+    }
+    config = PipelineConfig.from_dict(values)
+    results = run_pipeline(config, tmp_path / "tab", report=False)
+    assert list(results) == ["tabular"]
+    metrics = results["tabular"].result["metrics"]
+    assert sorted(row["method"] for row in metrics) == ["grpo", "rloo"]
+    assert (tmp_path / "tab" / "tabular" / "runs" / "metrics.csv").is_file()
+    again = run_pipeline(config, tmp_path / "tab", report=False)
+    assert again["tabular"].skipped
