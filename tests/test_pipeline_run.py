@@ -140,8 +140,18 @@ def test_a_rerun_skips_every_stage_and_set_recomputes_only_what_changed(tiny_run
     assert (copy / "task" / "task.parquet").read_bytes() == task_bytes
     runs = pd.read_csv(copy / "calibration" / "runs.csv")
     assert (runs["steps"] == 2).all()
+    # a new prompt template: the task and everything after it are recomputed
+    template = "Does {condition_text} shift {readout}? Percent inside <answer></answer>."
+    assert (
+        main([*argv, "--set", "finetune.steps=2", "--set", f"task.options.template={template}"])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "[vae] up to date" in printed and "[task] up to date" not in printed
+    prompts = pd.read_parquet(copy / "task" / "task.parquet")["prompt"]
+    assert prompts.str.startswith("Does knocking down").all()
     record = json.loads((copy / "pipeline.json").read_text())
-    assert record["config"]["finetune"]["steps"] == 2 and len(record["commands"]) == 3
+    assert record["config"]["finetune"]["steps"] == 2 and len(record["commands"]) == 4
 
 
 def test_an_interrupted_finetune_stage_resumes_job_by_job(tiny_run, tmp_path, monkeypatch, capsys):

@@ -16,7 +16,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-__all__ = ["DEMO_SCREEN", "DEMO_VAE", "DEMO_VAE_STEPS", "demo_config", "run_demo"]
+__all__ = [
+    "DEMO_METHODS",
+    "DEMO_SCREEN",
+    "DEMO_TEMPLATE",
+    "DEMO_VAE",
+    "DEMO_VAE_STEPS",
+    "demo_config",
+    "run_demo",
+]
 
 #: the simulated screen (ScreenConfig fields)
 DEMO_SCREEN = {
@@ -28,6 +36,12 @@ DEMO_SCREEN = {
 #: SAMS-VAE's architecture (VAEConfig fields)
 DEMO_VAE = {"n_latent": 10, "n_hidden": 128}
 DEMO_VAE_STEPS = 1500
+#: the demo's prompt: the condition and the program (each program's threshold is fixed, so
+#: the question need not spell it out); short prompts make RL steps about 2x faster
+DEMO_TEMPLATE = (
+    "Does {condition_text} shift {readout} in a 100-cell screen? "
+    "Answer in percent inside <answer></answer>."
+)
 #: the methods of the demo (every estimator family of the comparison)
 DEMO_METHODS = [
     "grpo",
@@ -65,10 +79,11 @@ def demo_config(seed: int = 0):
             "task": {
                 "source": "simulator",
                 "options": {
-                    "n_programs": 10,
+                    "n_programs": 20,
+                    "template": DEMO_TEMPLATE,
                     "outcome_options": {"threshold": None, "n_cells": 100},
                     "split": "random",
-                    "test_fraction": 0.25,
+                    "test_fraction": 0.5,
                     "val_fraction": 0.0,
                     "target_se": 0.02,
                     "max_draws": 1000,

@@ -659,7 +659,7 @@ def _task_stage(config: PipelineConfig, out: Path) -> Stage:
         config={"task": task_config, "seed": config.seed},
         inputs=inputs,
         seed=config.seed,
-        outputs=["task.parquet"],
+        outputs=["task.parquet", "task.parquet.summary.json"],
     )
 
 
