@@ -421,7 +421,8 @@ class _Builder:
                 for m, label in {**OUTCOME_METRICS, **REFERENCE_METRICS}.items()
             }
             sd = {c: label for c, label in sd.items() if c in summary}
-            if sd:
+            several_seeds = "n_seeds" not in summary or (summary["n_seeds"] > 1).any()
+            if sd and several_seeds:  # one seed per method: no spread to show
                 self.add(_plain_table(summary, sd, "Standard deviation between seeds."))
             drift = {c: label for c, label in DRIFT_COLUMNS.items() if c in summary}
             if drift:
