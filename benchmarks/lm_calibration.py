@@ -101,6 +101,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--entropy-coef", type=float, default=0.0, help="entropy bonus (LMRLConfig.entropy_coef)"
     )
+    parser.add_argument(
+        "--outcomes",
+        choices=("live", "table"),
+        default="table",
+        help="live: a new Bernoulli(p*) outcome at every rollout; table: the task's one "
+        "recorded outcome every time (default; the only choice without p*)",
+    )
     parser.add_argument("--eval-samples", type=int, default=4, help="samples for q_sampled")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap over questions")
     parser.add_argument("--workers", type=int, default=1, help="parallel method x seed jobs")
@@ -408,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "kl_coef": args.kl_coef,
                 "entropy_coef": args.entropy_coef,
                 "eval_samples": args.eval_samples,
+                "outcomes": args.outcomes,
                 "n_boot": args.n_boot,
                 "device": args.device,
                 "threads": args.threads,

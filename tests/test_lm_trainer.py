@@ -502,10 +502,30 @@ def test_config_errors_name_the_field(tokenizer):
         LMRLConfig(outcome_sharing="each")
     with pytest.raises(ValueError, match="grad_accumulation"):
         LMRLConfig(grad_accumulation=9, questions_per_step=8)
+    no_p_star = make_task().drop(columns="p_star")
     with pytest.raises(ValueError, match="outcome_source"):
-        LMTrainer(make_model(tokenizer), tokenizer, make_task(), small_config(outcomes="live"))
+        LMTrainer(make_model(tokenizer), tokenizer, no_p_star, small_config(outcomes="live"))
+    missing = make_task().assign(p_star=np.nan)
+    with pytest.raises(ValueError, match="no probability in"):
+        LMTrainer(make_model(tokenizer), tokenizer, missing, small_config(outcomes="live"))
     with pytest.raises(ValueError, match="train_split"):
         LMTrainer(make_model(tokenizer), tokenizer, make_task(), small_config(train_split="x"))
+
+
+def test_live_outcomes_default_to_bernoulli_draws_from_the_tasks_p_star(tokenizer):
+    task = make_task()
+    p_star = np.where(np.arange(len(task)) % 2 == 0, 0.2, 0.9)
+    task = task.assign(p_star=p_star)
+    trainer = LMTrainer(make_model(tokenizer), tokenizer, task, small_config(outcomes="live"))
+    rows = torch.as_tensor(trainer.train_rows)
+    n = 400
+    drawn = torch.stack([trainer._outcomes(rows)[:, 0] for _ in range(n)]).numpy()
+    # each training question's outcome rate is p*, within 4 binomial standard errors
+    rate = drawn.mean(0)
+    expected = p_star[trainer.train_rows]
+    assert (np.abs(rate - expected) < 4 * np.sqrt(expected * (1 - expected) / n)).all()
+    # a new draw each time: not the table's one recorded outcome
+    assert drawn.std(0).min() > 0
 
 
 # ----- learning ------------------------------------------------------------------------------

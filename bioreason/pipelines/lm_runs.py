@@ -5,7 +5,9 @@ intervals. Used by the pipeline's ``warm_start`` / ``finetune`` / ``calibration`
 
 A job is a plain dict (so it crosses process boundaries): ``method``, ``seed``, ``steps``,
 ``group_size``, ``questions_per_step``, ``lr``, ``kl_coef``, ``entropy_coef``,
-``eval_samples``, ``n_boot``, ``device``, ``threads``, ``progress``, ``task`` (parquet
+``eval_samples``, ``n_boot``, ``device``, ``threads``, ``progress``, ``outcomes``
+(``"live"``: a new Bernoulli(p*) outcome at every rollout; ``"table"``, the default:
+the task's recorded outcome every time), ``task`` (parquet
 path), ``warm`` (predictor folder), ``folder`` (the job's folder). :func:`run_job` writes
 ``predictions.parquet``, ``log.csv``, ``eval.csv``, ``metrics.json`` and a manifest into
 the folder; :func:`prepare_job_folder` says whether a finished job can be skipped.
@@ -104,6 +106,9 @@ def _run_record(job: dict[str, Any]) -> dict[str, Any]:
     record = {key: job[key] for key in keys}
     # regularisers enter the record only when used (runs without them keep their manifest)
     record.update({key: job[key] for key in ("kl_coef", "entropy_coef") if job.get(key)})
+    # live outcomes (the default of the pipeline) enter the record; older runs had none
+    if job.get("outcomes", "table") != "table":
+        record["outcomes"] = job["outcomes"]
     return record
 
 
@@ -150,6 +155,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         lr=job["lr"],
         kl_coef=job.get("kl_coef", 0.0),
         entropy_coef=job.get("entropy_coef", 0.0),
+        outcomes=job.get("outcomes", "table"),
         train_split="train",
         eval_split="test",
         eval_every=job["steps"],  # evaluate once, at the last step

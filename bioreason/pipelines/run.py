@@ -265,6 +265,10 @@ class FinetuneStageConfig(Config):
         Weight of the entropy bonus (0: none).
     eval_samples : int
         Sampled answers per held-out question for ``q_sampled``.
+    outcomes : {"live", "table"}
+        ``live``: each time a question is drawn, a new outcome ~ Bernoulli(p*) (a new
+        simulated experiment, as in the paper); ``table``: the task's one recorded
+        outcome every time (for tasks without p*, e.g. Replogle).
     threads : int
         Torch threads per job.
     """
@@ -290,6 +294,7 @@ class FinetuneStageConfig(Config):
     kl_coef: float = 0.0
     entropy_coef: float = 0.0
     eval_samples: int = 4
+    outcomes: Literal["live", "table"] = "live"
     threads: int = 1
 
     def __post_init__(self) -> None:
@@ -715,6 +720,7 @@ def _jobs(config: PipelineConfig, stage_dir: Path, task_path: Path, warm_dir: Pa
                     "kl_coef": tune.kl_coef,
                     "entropy_coef": tune.entropy_coef,
                     "eval_samples": tune.eval_samples,
+                    "outcomes": tune.outcomes,
                     "n_boot": 0,
                     "device": config.lm.device,
                     "threads": tune.threads,

@@ -147,8 +147,11 @@ class LMRLConfig(RLConfig):
     outcomes : {"table", "live"}, default "table"
         ``"table"``: the task table's ``outcome`` column (and ``further_outcomes`` for
         one outcome per completion), the same every time a question is drawn;
-        ``"live"``: drawn at every rollout from the ``outcome_source`` given to the
-        trainer (indices are the table's row positions).
+        ``"live"``: fresh outcomes at every rollout, from the ``outcome_source`` given
+        to the trainer (indices are the table's row positions), by default
+        Bernoulli(``p_star``) of the task table: the outcome of a new simulated
+        experiment, as in the paper (each visit of a question a new draw, so the
+        per-question optimum is p*, not the one recorded outcome).
     outcome_sharing : {"group", "completion"}, default "group"
         One outcome per question shared by its group (as in the paper), or one per
         completion.
@@ -398,13 +401,9 @@ class LMTrainer:
         )
         self._precision = torch.bfloat16 if bf16 else None
         self._table = self._check_task(task)
-        self.outcome_source = outcome_source
         if config.outcomes == "live" and outcome_source is None:
-            raise ValueError(
-                "outcomes='live' draws outcomes at every rollout: pass outcome_source= "
-                "(anything with .sample(questions, n, seed), e.g. BernoulliOutcomes(p_star) "
-                "or a simulator); or use outcomes='table'"
-            )
+            outcome_source = _p_star_outcomes(self._table, config.train_split)
+        self.outcome_source = outcome_source
         self._format = format_prompt or (lambda text: text)
         self._pad_id = _pad_id(tokenizer)
         texts = [self._format(str(text)) for text in self._table["prompt"]]
@@ -1432,6 +1431,38 @@ def _digest_strings(values: Any) -> str:
         hasher.update(str(value).encode())
         hasher.update(b"\0")
     return hasher.hexdigest()[:16]
+
+
+def _p_star_outcomes(table: pd.DataFrame, train_split: str | None) -> OutcomeSource:
+    """Bernoulli(p*) outcomes of the task table's rows (``outcomes="live"`` by default).
+
+    Returns
+    -------
+    BernoulliOutcomes
+        Over every row; rows outside ``train_split`` without p* get 1/2 (never drawn).
+    """
+    from bioreason.rl.outcomes import BernoulliOutcomes
+
+    if "p_star" not in table:
+        raise ValueError(
+            "outcomes='live' draws a new outcome at every rollout from the task's p_star "
+            "column, which this task lacks: pass outcome_source= (anything with "
+            ".sample(questions, n, seed), e.g. a simulator) or use outcomes='table'"
+        )
+    p_star = pd.to_numeric(table["p_star"], errors="coerce").to_numpy(np.float64)
+    if train_split is None or "split" not in table:
+        rows = np.ones(len(table), bool)
+    else:
+        rows = table["split"].astype(str).to_numpy() == train_split
+    bad = rows & ~((p_star >= 0) & (p_star <= 1))
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"outcomes='live' draws outcomes from p_star, but {int(bad.sum())} training "
+            f"question(s) have no probability in [0, 1] (row {first}: {p_star[first]}); "
+            "use outcomes='table' (the task's recorded outcomes) or pass outcome_source="
+        )
+    return BernoulliOutcomes(torch.as_tensor(np.where(rows, p_star, 0.5)))
 
 
 def _digest_array(array: np.ndarray) -> str:
