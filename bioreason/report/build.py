@@ -235,7 +235,8 @@ class _Builder:
                 _interval_table(
                     frame,
                     {c: labels.get(c, c) for c in _metric_columns(frame)},
-                    caption="Headline: test questions, seeds pooled, 95 % bootstrap intervals.",
+                    caption="Headline: test questions; metrics averaged over seeds, 95 % "
+                    "bootstrap intervals over questions.",
                 )
             )
 
@@ -397,8 +398,9 @@ class _Builder:
             n_seeds = summary["n_seeds"].max() if "n_seeds" in summary else "?"
             self.add(
                 Paragraph(
-                    "Held-out (test) questions, seeds pooled; 95 % bootstrap intervals over "
-                    f"questions in brackets (up to {format_value(n_seeds)} seeds per method). "
+                    "Held-out (test) questions, metrics averaged over seeds; 95 % bootstrap "
+                    "intervals over questions in brackets "
+                    f"(up to {format_value(n_seeds)} seeds per method). "
                     "Overconfidence is positive when answers are further from 1/2 than the "
                     "reference."
                 )
