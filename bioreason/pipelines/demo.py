@@ -16,6 +16,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from bioreason.pipelines.lm_runs import METHODS
+
 __all__ = [
     "DEMO_METHODS",
     "DEMO_SCREEN",
@@ -43,17 +45,7 @@ DEMO_TEMPLATE = (
     "Answer in percent inside <answer></answer>."
 )
 #: the methods of the demo (every estimator family of the comparison)
-DEMO_METHODS = [
-    "grpo",
-    "grpo_no_std",
-    "grpo_batch_std",
-    "rloo",
-    "reinforce",
-    "ppo",
-    "seed_grpo",
-    "seed_grpo:base=grpo",
-    "h_target:log",
-]
+DEMO_METHODS = list(METHODS)
 
 
 def demo_config(seed: int = 0):

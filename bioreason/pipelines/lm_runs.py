@@ -46,10 +46,10 @@ __all__ = [
 METHODS = (
     "grpo",
     "grpo_no_std",
+    "grpo_batch_std",
     "rloo",
     "reinforce",
     "ppo",
-    "grpo_batch_std",
     "seed_grpo",
     "seed_grpo:base=grpo",
     "h_target:log",

@@ -58,6 +58,7 @@ import pandas as pd
 
 from bioreason.config import Config
 from bioreason.data.simulate import ScreenConfig
+from bioreason.pipelines.lm_runs import METHODS
 from bioreason.pipelines.stages import Stage, StageResult, run_stages
 
 __all__ = [
@@ -273,19 +274,7 @@ class FinetuneStageConfig(Config):
         Torch threads per job.
     """
 
-    methods: list[str] = field(
-        default_factory=lambda: [
-            "grpo",
-            "grpo_no_std",
-            "grpo_batch_std",
-            "rloo",
-            "reinforce",
-            "ppo",
-            "seed_grpo",
-            "seed_grpo:base=grpo",
-            "h_target:log",
-        ]
-    )
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
     seeds: list[int] = field(default_factory=lambda: [0])
     steps: int = 1000
     lr: float = 3e-4
