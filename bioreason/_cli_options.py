@@ -162,6 +162,8 @@ def _yaml_value(text: str) -> Any:
     """A YAML scalar, list or mapping (``1e-3`` is a number, ``none`` is None)."""
     import yaml
 
+    from bioreason.config import yaml_loads
+
     if _is_none(text):
         return None
     for kind in (int, float):
@@ -170,7 +172,7 @@ def _yaml_value(text: str) -> Any:
         except ValueError:
             pass
     try:
-        return yaml.safe_load(text) if text.strip() else text
+        return yaml_loads(text) if text.strip() else text
     except yaml.YAMLError:
         raise argparse.ArgumentTypeError(f"cannot read {text!r} as YAML") from None
 

@@ -24,6 +24,7 @@ from bioreason._cli_options import (
     config_overrides,
     option_name,
 )
+from bioreason.config import yaml_loads
 
 # the split names of bioreason.data.tasks.SPLITS (kept here: importing data is slow)
 TASK_SPLITS = ("random", "heldout_conditions", "heldout_combinations")
@@ -568,7 +569,7 @@ def _option_value(text: str):
             pass
     if text.lower() in ("none", "null", "~"):
         return None
-    return yaml.safe_load(text) if text.strip() else text
+    return yaml_loads(text) if text.strip() else text
 
 
 def _outcome_options(pairs: list[str]) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -125,6 +126,41 @@ class Config:
         atomic_write_text(Path(path), yaml.safe_dump(_plain(self.to_dict()), sort_keys=False))
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: ``1e-4`` and ``3E5`` are numbers
+    (YAML 1.1, PyYAML's default, reads an exponent without a dot as a string)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:float"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_loads(text: str) -> Any:
+    """Parse YAML text safely, reading ``1e-4`` as a number (see :func:`read_yaml`).
+
+    Returns
+    -------
+    Any
+        The parsed document (None for an empty one).
+    """
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml(path: str | Path, *, what: str = "YAML file") -> Any:
     """Parse a YAML file; every error names the file (and the line of a syntax error).
 
@@ -149,7 +185,7 @@ def read_yaml(path: str | Path, *, what: str = "YAML file") -> Any:
             f"{what} {path} is not UTF-8 text (byte {err.start}); is it a YAML file?"
         ) from None
     try:
-        return yaml.safe_load(text)
+        return yaml_loads(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"

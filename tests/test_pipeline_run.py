@@ -253,6 +253,20 @@ def test_bad_override_and_missing_config_are_clear(tmp_path, capsys):
     assert "absent.yaml" in capsys.readouterr().err
 
 
+def test_exponent_floats_read_as_numbers_in_files_and_overrides(tmp_path):
+    # PyYAML alone reads "1e-4" (no dot) as a string; configs and --set take it as a number
+    values = {**TINY, "finetune": {**TINY["finetune"]}}
+    path = tmp_path / "exp.yaml"
+    text = yaml.safe_dump(values).replace("finetune:\n", "finetune:\n  lr: 1e-4\n", 1)
+    path.write_text(text)
+    assert load_pipeline_config(path).finetune.lr == pytest.approx(1e-4)
+    overridden = load_pipeline_config(path, ["finetune.lr=3E-5", "calibration.n_boot=20"])
+    assert overridden.finetune.lr == pytest.approx(3e-5)
+    assert overridden.calibration.n_boot == 20
+    with pytest.raises((TypeError, ValueError), match="finetune.lr must be a number"):
+        load_pipeline_config(path, ["finetune.lr=1e"])  # not a number: still an error
+
+
 def test_shipped_configs_load_and_demo_yaml_matches_the_demo():
     from bioreason.pipelines.demo import demo_config
 

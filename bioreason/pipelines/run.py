@@ -1106,9 +1106,7 @@ def load_pipeline_config(path: str | Path, overrides: Sequence[str] = ()) -> Pip
         An unknown key (the message lists the valid ones), a bad value, or a malformed
         override.
     """
-    import yaml
-
-    from bioreason.config import read_yaml
+    from bioreason.config import read_yaml, yaml_loads
 
     values = read_yaml(path, what="pipeline config") or {}
     if not isinstance(values, dict):
@@ -1123,5 +1121,5 @@ def load_pipeline_config(path: str | Path, overrides: Sequence[str] = ()) -> Pip
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
                 raise ValueError(f"override {item!r}: {part} is not a section")
-        target[parts[-1]] = yaml.safe_load(text)
+        target[parts[-1]] = yaml_loads(text)
     return PipelineConfig.from_dict(values, where=f"pipeline config {path}")
