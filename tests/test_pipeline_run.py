@@ -16,6 +16,7 @@ import yaml
 from bioreason.cli import main
 from bioreason.pipelines.run import (
     CALIBRATED_ECE,
+    INVALID_RATE_LIMIT,
     PipelineConfig,
     finding,
     load_pipeline_config,
@@ -299,6 +300,21 @@ def test_finding_is_shown_only_when_grpo_is_off_and_the_others_are_calibrated():
     assert not bad["shown"] and "rloo is not calibrated" in bad["text"]
     assert not finding(_summary({"rloo": (0.01, 0.0)}))["shown"]
     assert not finding(_summary({"grpo": (0.3, 0.2), "seed_grpo": (0.01, 0.0)}))["shown"]
+
+
+def test_finding_flags_methods_that_stop_answering():
+    table = _summary({"grpo": (0.2, 0.15), "rloo": (0.02, 0.01), "seed_grpo": (0.05, 0.0)})
+    table["invalid_rate"] = [0.0, 0.01, 1.0]
+    kept = finding(table)  # seed_grpo is not compared: the finding stands, with a warning
+    assert kept["shown"]
+    assert "Warning: seed_grpo stopped writing a valid answer" in kept["text"]
+    assert "seed_grpo 1.00" in kept["text"] and "rloo" not in kept["text"].split("Warning")[1]
+    table["invalid_rate"] = [0.0, 0.9, 0.0]  # a compared method that does not answer
+    lost = finding(table)
+    assert not lost["shown"]
+    assert "rloo stopped answering validly" in lost["text"] and "rloo 0.90" in lost["text"]
+    table["invalid_rate"] = [0.0, INVALID_RATE_LIMIT, 0.0]  # at the limit: still answering
+    assert finding(table)["shown"] and "Warning" not in finding(table)["text"]
 
 
 def test_tabular_kind_runs_the_synthetic_calibration_experiment_as_a_stage(tmp_path, capsys):

@@ -50,7 +50,14 @@ def print_headline(result: dict[str, Any]) -> None:
             return f"{value:.3f}"
         return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
-    header = ("method", "ECE vs outcomes", "|q - p*|", "overconfidence vs p*", "sd of q")
+    header = (
+        "method",
+        "ECE vs outcomes",
+        "|q - p*|",
+        "overconfidence vs p*",
+        "sd of q",
+        "invalid",
+    )
     rows = [
         (
             str(row["method"]),
@@ -58,6 +65,7 @@ def print_headline(result: dict[str, Any]) -> None:
             cell(row, "mae_p_star"),
             cell(row, "overconfidence"),
             "n/a" if row.get("q_spread") is None else f"{row['q_spread']:.3f}",
+            "n/a" if row.get("invalid_rate") is None else f"{row['invalid_rate']:.3f}",
         )
         for row in result.get("headline", [])
     ]

@@ -82,6 +82,10 @@ STAGES = ("data", "vae", "task", "warm_start", "finetune", "calibration", "tabul
 CALIBRATED_METHODS = ("grpo_no_std", "rloo", "reinforce", "ppo", "grpo_batch_std")
 #: ECE against outcomes at or below which a method counts as calibrated in the verdict
 CALIBRATED_ECE = 0.1
+#: held-out invalid-answer rate above which a method counts as not answering: its
+#: metrics then score the answer distribution after a forced ``<answer>`` (q_exact), not
+#: anything the policy writes, and the verdict says so
+INVALID_RATE_LIMIT = 0.5
 _MODELS = ("sams_vae", "cpa_vae", "conditional_vae", "svae_plus")
 
 
@@ -781,7 +785,10 @@ def finding(summary: pd.DataFrame) -> dict[str, Any]:
     Shown when GRPO's ECE against outcomes is above :data:`CALIBRATED_ECE` with the
     lower end of its 95 % interval above every calibrated method's ECE, and every
     method of :data:`CALIBRATED_METHODS` in the run has ECE at most
-    :data:`CALIBRATED_ECE`.
+    :data:`CALIBRATED_ECE`, and none of these methods stops answering (held-out
+    invalid-answer rate above :data:`INVALID_RATE_LIMIT`, when the table has an
+    ``invalid_rate`` column). The text names every method of the table that stops
+    answering, compared or not.
 
     Parameters
     ----------
@@ -807,8 +814,18 @@ def finding(summary: pd.DataFrame) -> dict[str, Any]:
     low = grpo["ece_low"] if np.isfinite(grpo["ece_low"]) else grpo["ece"]
     other_ece = by_method.loc[others, "ece"]
     worst = str(other_ece.idxmax())
+    invalid = (
+        by_method["invalid_rate"].astype(float)
+        if "invalid_rate" in by_method
+        else pd.Series(0.0, index=by_method.index)
+    )
+    silent = [str(m) for m in by_method.index if invalid[m] > INVALID_RATE_LIMIT]
+    silent_compared = [m for m in ["grpo", *others] if m in silent]
     shown = bool(
-        grpo["ece"] > CALIBRATED_ECE and low > other_ece.max() and other_ece.max() <= CALIBRATED_ECE
+        grpo["ece"] > CALIBRATED_ECE
+        and low > other_ece.max()
+        and other_ece.max() <= CALIBRATED_ECE
+        and not silent_compared
     )
     if shown:
         text = (
@@ -826,11 +843,20 @@ def finding(summary: pd.DataFrame) -> dict[str, Any]:
             )
         if other_ece.max() > CALIBRATED_ECE:
             reasons.append(f"{worst} is not calibrated either (ECE {other_ece.max():.3f})")
+        if silent_compared:
+            reasons.append(f"{', '.join(silent_compared)} stopped answering validly")
         text = (
             "Not shown by this run: "
             + "; ".join(reasons)
             + ". The training budget may be too small for the drift to separate the methods "
             "(more steps, more seeds or a larger learning rate)."
+        )
+    if silent:
+        rates = ", ".join(f"{m} {invalid[m]:.2f}" for m in silent)
+        text += (
+            f" Warning: {', '.join(silent)} stopped writing a valid answer on most held-out "
+            f"questions (invalid-answer rate {rates}); their metrics score the answer "
+            "distribution after a forced <answer> tag, not anything the policy writes."
         )
     return {
         "shown": shown,
@@ -902,6 +928,7 @@ def _calibration_stage(config: PipelineConfig) -> Stage:
                     for suffix in ("", "_low", "_high")
                 },
                 "q_spread": row["q_spread"],
+                "invalid_rate": row["invalid_rate"],
             }
             for _, row in summary.iterrows()
         ]

@@ -230,7 +230,12 @@ class _Builder:
             and all(isinstance(r, Mapping) for r in headline)
         ):
             frame = pd.DataFrame(headline)
-            labels = {**OUTCOME_METRICS, **REFERENCE_METRICS, "q_spread": "spread of q"}
+            labels = {
+                **OUTCOME_METRICS,
+                **REFERENCE_METRICS,
+                "q_spread": "spread of q",
+                "invalid_rate": "invalid answers",
+            }
             self.add(
                 _interval_table(
                     frame,
