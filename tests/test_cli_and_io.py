@@ -22,6 +22,23 @@ def test_help_and_version(capsys):
     assert result.returncode == 0 and "inspect" in result.stdout
 
 
+def test_help_does_not_import_torch():
+    # building every subcommand's parser stays light: `bioreason --help` answers at once
+    code = (
+        "import sys\n"
+        "from bioreason.cli import main\n"
+        "for args in ([], ['--help'], ['run', '--help'], ['report', '--help']):\n"
+        "    try:\n"
+        "        main(args)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_simulate_writes_h5ad_and_refuses_to_overwrite(tmp_path, capsys):
     out = tmp_path / "screen.h5ad"
     args = [

@@ -111,7 +111,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any) -> None:
     """Add ``run`` and ``report`` to the ``bioreason`` subcommand parsers ``sub``."""
-    from bioreason.pipelines.run import STAGES
+    from bioreason.pipelines._names import STAGES
 
     run = sub.add_parser(
         "run",

@@ -58,6 +58,7 @@ import pandas as pd
 
 from bioreason.config import Config
 from bioreason.data.simulate import ScreenConfig
+from bioreason.pipelines._names import STAGES
 from bioreason.pipelines.lm_runs import METHODS
 from bioreason.pipelines.stages import Stage, StageResult, run_stages
 
@@ -76,8 +77,6 @@ __all__ = [
     "run_pipeline",
 ]
 
-#: the stage names, in order (a task from a file has only the last four)
-STAGES = ("data", "vae", "task", "warm_start", "finetune", "calibration", "tabular")
 #: methods whose predictions the paper finds calibrated (the verdict compares GRPO to them)
 CALIBRATED_METHODS = ("grpo_no_std", "rloo", "reinforce", "ppo", "grpo_batch_std")
 #: ECE against outcomes at or below which a method counts as calibrated in the verdict
