@@ -350,3 +350,18 @@ def test_posterior_predictive_of_some_genes_names_unknown_genes(fitted_models):
     assert (pp.totals() >= pp.counts.sum(-1)).all()
     with pytest.raises(ValueError, match="NOPE"):
         model.posterior_predictive([model.control_label], genes=["NOPE"])
+
+
+def test_a_small_draw_budget_is_honoured_and_bad_budgets_name_the_argument(screen):
+    condition = [c for c in screen.obs["perturbation"].unique() if "+" in c][0]
+    genes = [str(g) for g in screen.var_names[:4]]
+    simulator = GroundTruthSimulator(
+        screen, "screen_hit", readouts=[program_readout("prog", genes)], threshold=0.15, n_cells=40
+    )
+    for budget in (1, 5):  # below the default minimum of 16 draws: that many, not an error
+        row = simulator.probability([(condition, "prog")], max_draws=budget, seed=0).iloc[0]
+        assert row["n_draws"] == budget and 0 <= row["p_star"] <= 1
+    with pytest.raises(ValueError, match=r"min_draws must be between 1 and max_draws \(10\)"):
+        simulator.probability([(condition, "prog")], max_draws=10, min_draws=20)
+    with pytest.raises(ValueError, match="max_draws must be >= 1, got 0"):
+        simulator.probability([(condition, "prog")], max_draws=0)

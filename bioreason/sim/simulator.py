@@ -379,7 +379,7 @@ class OutcomeSimulator:
         questions: Any = None,
         target_se: float = 0.01,
         max_draws: int = 2000,
-        min_draws: int = 16,
+        min_draws: int | None = None,
         draws_per_round: int = 16,
         method: str = "auto",
         seed: int = 0,
@@ -387,9 +387,9 @@ class OutcomeSimulator:
         """p* of every question, with its Monte Carlo standard error.
 
         Posterior draws are added in rounds of ``draws_per_round`` until every question's
-        standard error is at most ``target_se`` (after at least ``min_draws``) or
-        ``max_draws`` is reached; later rounds simulate only conditions that still have
-        unconverged questions.
+        standard error is at most ``target_se`` (after at least ``min_draws``, default
+        ``min(16, max_draws)``) or ``max_draws`` is reached; later rounds simulate only
+        conditions that still have unconverged questions.
 
         Returns
         -------
@@ -403,8 +403,15 @@ class OutcomeSimulator:
         frame = self._resolve(self.questions if questions is None else questions)
         if not target_se > 0:
             raise ValueError(f"target_se must be > 0, got {target_se}")
-        if min(max_draws, min_draws, draws_per_round) < 1 or min_draws > max_draws:
-            raise ValueError("need 1 <= min_draws <= max_draws and draws_per_round >= 1")
+        for name, value in (("max_draws", max_draws), ("draws_per_round", draws_per_round)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if min_draws is None:
+            min_draws = min(16, max_draws)
+        if not 1 <= min_draws <= max_draws:
+            raise ValueError(
+                f"min_draws must be between 1 and max_draws ({max_draws}), got {min_draws}"
+            )
         chosen = self._resolve_method(method)
         self.fix_thresholds(list(dict.fromkeys(frame["readout"])))
         conditions = list(dict.fromkeys(frame["condition"]))
