@@ -21,7 +21,12 @@ both see the same machine load. Prints one ``name: value unit`` line per figure;
 ``--ablation`` also runs the trainer with transformers' forward (``fast_forward=False``)
 in the same turns and prints what :class:`bioreason.rl.lm_fast.FastLlama` saves.
 
+``--compile`` also times the trainer with ``torch_compile=True`` (its decoder layers
+compiled by ``torch.compile``; the compilation happens in its first step, which the mean
+leaves out, and is printed as ``compiled_first_step``).
+
     python benchmarks/rl_step.py [--steps 50] [--threads 2] [--no-baseline] [--ablation]
+        [--compile]
 """
 
 from __future__ import annotations
@@ -106,10 +111,12 @@ def build_task() -> tuple[pd.DataFrame, torch.Tensor]:
     return task, p
 
 
-def trainer_step(fast_forward: bool = True) -> Callable[[], tuple[float, float]]:
+def trainer_step(
+    fast_forward: bool = True, torch_compile: bool = False
+) -> Callable[[], tuple[float, float]]:
     """The LM trainer on the workload: a function that runs one step and returns its
     (seconds, mean reward). ``fast_forward=False``: transformers' own forward instead of
-    :class:`bioreason.rl.lm_fast.FastLlama`."""
+    :class:`bioreason.rl.lm_fast.FastLlama`; ``torch_compile``: its layers compiled."""
     tokenizer = build_tokenizer()
     task, p = build_task()
     config = LMRLConfig(
@@ -130,6 +137,7 @@ def trainer_step(fast_forward: bool = True) -> Callable[[], tuple[float, float]]
         steps=10**9,
         device="cpu",
         fast_forward=fast_forward,
+        torch_compile=torch_compile,
         tensorboard=False,
     )
     trainer = LMTrainer(
@@ -220,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also time the trainer with transformers' forward (fast_forward=False)",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the trainer with torch_compile=True (compiles in its first step)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.first <= args.steps:
         parser.error("--first must lie in [1, --steps]")
@@ -229,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         runs["baseline"] = baseline_step()
     if args.ablation:
         runs["model_forward"] = trainer_step(fast_forward=False)
+    if args.compile:
+        runs["compiled"] = trainer_step(torch_compile=True)
     times: dict[str, list[float]] = {name: [] for name in runs}
     rewards: dict[str, list[float]] = {name: [] for name in runs}
     # the two loops take turns step by step, so that both see the same machine load
@@ -253,6 +268,14 @@ def main(argv: list[str] | None = None) -> int:
         model_time = statistics.mean(times["model_forward"][args.first - 1 :])
         print(f"model_forward_step_time: {model_time:.4f} s/step")
         print(f"fast_forward_saving: {100 * (1 - step_time / model_time):.1f} %")
+    if args.compile:
+        compiled_time = statistics.mean(times["compiled"][args.first - 1 :])
+        print(f"compiled_step_time: {compiled_time:.4f} s/step")
+        print(f"compiled_throughput: {QUESTIONS * GROUP / compiled_time:.0f} completions/s")
+        print(f"compiled_first_step: {times['compiled'][0]:.1f} s")
+        print(f"compiled_reward_mean_last10: {statistics.mean(rewards['compiled'][-10:]):.3f}")
+        if not args.no_baseline:
+            print(f"compiled_speedup: {base_time / compiled_time:.2f} x")
     return 0
 
 

@@ -644,3 +644,29 @@ def test_fast_forward_trains_the_same_weights_as_the_model_forward(tokenizer, me
             trainer.train_step()
         weights.append(flat(trainer.model))
     torch.testing.assert_close(weights[0], weights[1], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("updates", [1, 2])
+def test_compiled_layers_train_the_same_weights_as_the_eager_ones(tokenizer, updates):
+    """LMRLConfig.torch_compile (inductor-compiled decoder) changes the speed of a step,
+    not its result: the same weights after steps with ragged prompts (padding masks),
+    through the sampling pass (one update) or the teacher-forced path (two updates)."""
+    weights = []
+    for compiled in (True, False):
+        config = small_config(
+            method="grpo",
+            steps=3,
+            updates_per_rollout=updates,
+            torch_compile=compiled,
+            eval_split=None,
+        )
+        trainer = LMTrainer(make_model(tokenizer), tokenizer, make_task(), config)
+        torch._dynamo.reset()  # compile anew (another test may have compiled these shapes)
+        torch._dynamo.utils.counters.clear()
+        for _ in range(3):
+            trainer.train_step()
+        compiled_graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        assert (compiled_graphs > 0) == compiled, compiled_graphs  # compiled only when asked
+        weights.append(flat(trainer.model))
+    torch.testing.assert_close(weights[0], weights[1], atol=1e-5, rtol=1e-4)

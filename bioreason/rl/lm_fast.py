@@ -12,6 +12,13 @@ larger operations:
 * the rotary embedding is applied to queries and keys in one pass;
 * the key/value cache is a plain list of tensors, and masks are built once per call.
 
+With ``compile=True`` each decoder layer runs through ``torch.compile`` (inductor) while
+gradients are on: the layer's few dozen small element-wise operations become a handful of
+generated kernels, forward and backward, which is what a small model's step is made of
+on a CPU. Compiling costs tens of seconds up front (once per process and input shape
+family), so it pays off for long runs only; without gradients (evaluation) the layers run
+eagerly.
+
 Positions, rotary embeddings (``model.model.rotary_emb``, so every RoPE variant of the
 model is honoured), RMS norms and the attention scale are the model's own, and the
 result equals the model's forward to float rounding (``tests/test_lm_fast.py`` checks
@@ -102,15 +109,21 @@ def _supported(model: torch.nn.Module) -> bool:
     return True
 
 
-def fast_forward(model: torch.nn.Module) -> FastLlama | None:
+def fast_forward(model: torch.nn.Module, compile: bool = False) -> FastLlama | None:
     """A :class:`FastLlama` for ``model``, or None when its architecture is not exactly
     a plain ``LlamaForCausalLM`` (the caller then uses the model's own forward).
+
+    Parameters
+    ----------
+    compile : bool, default False
+        Run the decoder layers through ``torch.compile`` while gradients are on (see
+        the module docstring).
 
     Returns
     -------
     FastLlama or None
     """
-    return FastLlama(model) if _supported(model) else None
+    return FastLlama(model, compile=compile) if _supported(model) else None
 
 
 def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -120,18 +133,112 @@ def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return weight * x32.to(x.dtype)
 
 
+def _layer(
+    x: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor | None,
+    past_k: Tensor | None,
+    past_v: Tensor | None,
+    weights: tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor],
+    eps: tuple[float, float],
+    shape: tuple[int, int, int],
+    scale: float,
+    causal: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One decoder layer: (hidden state after it, keys, values including ``past``).
+
+    ``weights``: input norm, fused QKV, output projection, post-attention norm, fused
+    gate/up, down projection; ``shape``: (query heads, key/value heads, head dim);
+    ``sin`` has its first half negated (so that ``rotate_half`` is a flip)."""
+    w1, qkv_w, o_w, w2, gate_up_w, down_w = weights
+    h, k_heads, d = shape
+    n, n_new = x.shape[0], x.shape[1]
+    half = d // 2
+    qkv = F.linear(_rms_norm(x, w1, eps[0]), qkv_w).view(n, n_new, h + 2 * k_heads, d)
+    qk, v = qkv.transpose(1, 2).split([h + k_heads, k_heads], 1)  # (n, heads, n_new, d)
+    # rotate_half(qk) * sin == flip(halves of qk) * (sin with its first half negated)
+    rotated = qk.unflatten(-1, (2, half)).flip(-2).flatten(-2)
+    q, k = (qk * cos + rotated * sin).split([h, k_heads], 1)
+    if past_k is not None:
+        k = torch.cat([past_k, k], 2)
+        v = torch.cat([past_v, v], 2)
+    attn = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=h != k_heads
+    )
+    x = x + F.linear(attn.transpose(1, 2).reshape(n, n_new, h * d), o_w)
+    gate, up = F.linear(_rms_norm(x, w2, eps[1]), gate_up_w).chunk(2, -1)
+    x = x + F.linear(F.silu(gate) * up, down_w)
+    return x, k, v
+
+
+def _decoder(
+    x: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor | None,
+    past_keys: list[Tensor] | None,
+    past_values: list[Tensor] | None,
+    layers: list[tuple],
+    final_norm: tuple[Tensor, float],
+    lm_head: Tensor,
+    shape: tuple[int, int, int],
+    scale: float,
+    causal: bool,
+    last_only: bool,
+) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor]]:
+    """Every decoder layer, the final norm and the LM head: (logits, normed hidden
+    states, keys, values); ``layers`` holds each layer's ``(weights, eps)`` for
+    :func:`_layer`."""
+    keys: list[Tensor] = []
+    values: list[Tensor] = []
+    for index, (weights, eps) in enumerate(layers):
+        x, k, v = _layer(
+            x,
+            cos,
+            sin,
+            mask,
+            past_keys[index] if past_keys is not None else None,
+            past_values[index] if past_values is not None else None,
+            weights,
+            eps,
+            shape,
+            scale,
+            causal,
+        )
+        keys.append(k)
+        values.append(v)
+    if last_only:
+        x = x[:, -1:]
+    normed = _rms_norm(x, *final_norm)
+    return F.linear(normed, lm_head), normed, keys, values
+
+
+_COMPILED: list = []
+
+
+def _compiled_decoder():
+    """``torch.compile(_decoder)``, made once per process (dynamo caches its graphs by
+    the inputs' shapes and marks sizes dynamic after a second shape)."""
+    if not _COMPILED:
+        _COMPILED.append(torch.compile(_decoder, dynamic=None))
+    return _COMPILED[0]
+
+
 class FastLlama:
     """Forward of a ``LlamaForCausalLM`` with a list cache (see the module docstring).
 
     Called like the model: ``fast(input_ids, attention_mask=, position_ids=, cache=,
     use_cache=, last_only=, hidden=)``; the weights are read at construction (build one
     per rollout: the concatenated projections are part of the autograd graph).
+    ``compile=True``: the layers run through ``torch.compile`` while gradients are on.
     """
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, compile: bool = False) -> None:
         config = model.config
         base = model.model
         self.model = model
+        self.compile = bool(compile)
         self.n_heads = int(config.num_attention_heads)
         self.n_kv = int(getattr(config, "num_key_value_heads", None) or self.n_heads)
         self.head_dim = int(
@@ -145,18 +252,19 @@ class FastLlama:
         self.layers = []
         for layer in base.layers[: config.num_hidden_layers]:
             attn, mlp = layer.self_attn, layer.mlp
-            self.layers.append(
-                (
-                    layer.input_layernorm.weight,
-                    float(layer.input_layernorm.variance_epsilon),
-                    torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
-                    attn.o_proj.weight,
-                    layer.post_attention_layernorm.weight,
-                    float(layer.post_attention_layernorm.variance_epsilon),
-                    torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
-                    mlp.down_proj.weight,
-                )
+            weights = (
+                layer.input_layernorm.weight,
+                torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
+                attn.o_proj.weight,
+                layer.post_attention_layernorm.weight,
+                torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
+                mlp.down_proj.weight,
             )
+            eps = (
+                float(layer.input_layernorm.variance_epsilon),
+                float(layer.post_attention_layernorm.variance_epsilon),
+            )
+            self.layers.append((weights, eps))
 
     def _mask(
         self, attention_mask: Tensor | None, n_new: int, past: int, device: torch.device
@@ -207,30 +315,22 @@ class FastLlama:
         sin = torch.cat([-sin[..., :half], sin[..., half:]], -1)
         mask = self._mask(attention_mask, n_new, past, device)
         causal = mask is None and past == 0 and n_new > 1
-        h, k_heads, d = self.n_heads, self.n_kv, self.head_dim
-        new_keys: list[Tensor] = []
-        new_values: list[Tensor] = []
-        for index, (w1, eps1, qkv_w, o_w, w2, eps2, gate_up_w, down_w) in enumerate(self.layers):
-            qkv = F.linear(_rms_norm(x, w1, eps1), qkv_w).view(n, n_new, h + 2 * k_heads, d)
-            qk, v = qkv.transpose(1, 2).split([h + k_heads, k_heads], 1)  # (n, heads, n_new, d)
-            # rotate_half(qk) * sin == flip(halves of qk) * (sin with its first half negated)
-            rotated = qk.unflatten(-1, (2, half)).flip(-2).flatten(-2)
-            q, k = (qk * cos + rotated * sin).split([h, k_heads], 1)
-            if cache is not None:
-                k = torch.cat([cache.keys[index], k], 2)
-                v = torch.cat([cache.values[index], v], 2)
-            new_keys.append(k)
-            new_values.append(v)
-            attn = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=causal, scale=self.scale, enable_gqa=h != k_heads
-            )
-            x = x + F.linear(attn.transpose(1, 2).reshape(n, n_new, h * d), o_w)
-            gate, up = F.linear(_rms_norm(x, w2, eps2), gate_up_w).chunk(2, -1)
-            x = x + F.linear(F.silu(gate) * up, down_w)
-        if last_only:
-            x = x[:, -1:]
-        normed = _rms_norm(x, *self.final_norm)
-        logits = F.linear(normed, self.lm_head)
+        decoder = _compiled_decoder() if self.compile and torch.is_grad_enabled() else _decoder
+        logits, normed, new_keys, new_values = decoder(
+            x,
+            cos,
+            sin,
+            mask,
+            cache.keys if cache is not None else None,
+            cache.values if cache is not None else None,
+            self.layers,
+            self.final_norm,
+            self.lm_head,
+            (self.n_heads, self.n_kv, self.head_dim),
+            self.scale,
+            causal,
+            last_only,
+        )
         if use_cache and cache is not None:  # extended in place, as transformers' caches
             cache.keys, cache.values = new_keys, new_values
         elif use_cache:

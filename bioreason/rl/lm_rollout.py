@@ -143,10 +143,10 @@ class _Caller:
     """Calls a causal LM's forward with a key/value cache, across transformers versions
     (``cache=`` in 5.x, ``past_key_values=`` before) and wrappers (peft)."""
 
-    def __init__(self, model: torch.nn.Module, fast: bool = True) -> None:
+    def __init__(self, model: torch.nn.Module, fast: bool = True, compile: bool = False) -> None:
         names = _forward_parameters(type(model))
         self.model = model
-        self.fast = fast_forward(model) if fast else None
+        self.fast = fast_forward(model, compile=compile) if fast else None
         self.cache_name = "cache" if "cache" in names else "past_key_values"
         self.keep_last = "logits_to_keep" in names
 
@@ -239,6 +239,7 @@ def sample_group_completions(
     hidden: bool = False,
     autocast: contextlib.AbstractContextManager | None = None,
     fast: bool = True,
+    compile: bool = False,
 ) -> GroupRollout:
     """Sample ``group_size`` completions per prompt, with their log-probabilities.
 
@@ -277,6 +278,9 @@ def sample_group_completions(
         Use :class:`bioreason.rl.lm_fast.FastLlama` when the model is a plain
         ``LlamaForCausalLM`` (the same function with fewer operations); False, or any
         other model, calls the model's own forward.
+    compile : bool
+        With ``fast``, run its decoder layers through ``torch.compile`` while gradients
+        are on (:mod:`bioreason.rl.lm_fast`; compiling takes tens of seconds once).
 
     Returns
     -------
@@ -291,7 +295,7 @@ def sample_group_completions(
     if not 0 < top_p <= 1:
         raise ValueError(f"sample_group_completions: top_p must be in (0, 1], got {top_p}")
     device = prompts.input_ids.device
-    call = _Caller(model, fast)
+    call = _Caller(model, fast, compile)
     stops = torch.as_tensor(list(stop_ids), dtype=torch.long, device=device)
     sequences = [torch.as_tensor(list(s), dtype=torch.long, device=device) for s in stop_sequences]
     sequences = [s for s in sequences if s.numel() > 1]
@@ -372,6 +376,7 @@ def teacher_forced(
     hidden: bool = False,
     autocast: contextlib.AbstractContextManager | None = None,
     fast: bool = True,
+    compile: bool = False,
 ) -> GroupRollout:
     """Log-probabilities (and entropies, hidden states) of given completions, in one
     training forward (gradients follow the caller's grad mode).
@@ -386,7 +391,7 @@ def teacher_forced(
         Encode each prompt once and repeat its cache over the group (fewer tokens);
         False runs full prompt + completion sequences (needed under gradient
         checkpointing, which turns the cache off).
-    fast : bool
+    fast, compile : bool
         As in :func:`sample_group_completions`.
 
     Returns
@@ -394,7 +399,7 @@ def teacher_forced(
     GroupRollout
         ``tokens`` and ``mask`` as given; ``log_probs`` and ``entropy`` 0 at padding.
     """
-    call = _Caller(model, fast and shared_prefix)
+    call = _Caller(model, fast and shared_prefix, compile)
     autocast = autocast or contextlib.nullcontext()
     n_rollouts, n_tokens = tokens.shape
     group = n_rollouts // prompts.n_questions

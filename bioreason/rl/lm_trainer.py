@@ -185,6 +185,11 @@ class LMRLConfig(RLConfig):
         Run a plain ``LlamaForCausalLM`` through :class:`bioreason.rl.lm_fast.FastLlama`
         (the same function with fewer operations); other models always use their own
         forward.
+    torch_compile : bool, default False
+        With ``fast_forward``, compile the decoder layers with ``torch.compile`` for the
+        steps' forward and backward passes (fewer, fused kernels; about a third less time
+        per step for the default LM on a CPU, after tens of seconds of compilation up
+        front; needs a C++ compiler on CPU). Evaluation runs eagerly.
     device : str, default "auto"
         ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda[:N]"``.
     mixed_precision : {"auto", "bf16", "no"}, default "auto"
@@ -237,6 +242,7 @@ class LMRLConfig(RLConfig):
     gradient_checkpointing: bool = False
     fused_rollout: bool = True
     fast_forward: bool = True
+    torch_compile: bool = False
     device: str = "auto"
     mixed_precision: str = "auto"
     value_lr: float | None = None
@@ -690,6 +696,7 @@ class LMTrainer:
             generator=generator,
             autocast=self._autocast(),
             fast=self.config.fast_forward,
+            compile=self.config.torch_compile,
             **options,
         )
 
@@ -829,6 +836,7 @@ class LMTrainer:
                     hidden=self.value_head is not None,
                     autocast=self._autocast(),
                     fast=self.config.fast_forward,
+                    compile=self.config.torch_compile,
                 )
             if config.grad_accumulation == 1:
                 weight = 1.0
