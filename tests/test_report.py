@@ -111,6 +111,8 @@ def make_run(root: Path, n_questions: int = 40) -> Path:
             "corr_p_star_p_true": 0.98,
             "mean_spread": 0.05,
             "simulator_seconds": 3.2,
+            # the task table's own summary repeats some top-level figures
+            "summary": {"n_questions": n_questions, "outcome_rate": 0.5, "p_star_se": 0.01},
         },
     )
     _write_json(
@@ -275,6 +277,9 @@ def test_content(report):
     assert ": not run" not in html_text  # every stage folder is there
     for expected in ("P01+P02", "sams_vae", "0.880", "mean_ks"):
         assert expected in html_text
+    simulator = _section(html_text, "task")  # summary rows only where they add something
+    assert "<td>outcome_rate</td>" in simulator and "summary.outcome_rate" not in simulator
+    assert "summary.n_questions" not in simulator and "summary.p_star_se" in simulator
     # the methods of the drift table and the markdown calibration table
     markdown = files.markdown.read_text()
     assert markdown.splitlines()[0].startswith("<!--")

@@ -313,6 +313,13 @@ class _Builder:
             return
         result = self.run.results.get("task")
         if result is not None:
+            summary = result.get("summary")
+            if isinstance(summary, Mapping):  # the task table's summary: only what is new
+                repeated = set(result) | ({"questions_per_split"} if "splits" in result else set())
+                result = {
+                    **result,
+                    "summary": {k: v for k, v in summary.items() if k not in repeated},
+                }
             self.add(_key_values(result))
         else:
             self.add(Paragraph("task/result.json is missing."))
