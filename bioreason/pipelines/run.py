@@ -854,8 +854,9 @@ def finding(summary: pd.DataFrame) -> dict[str, Any]:
         rates = ", ".join(f"{m} {invalid[m]:.2f}" for m in silent)
         text += (
             f" Warning: {', '.join(silent)} stopped writing a valid answer on most held-out "
-            f"questions (invalid-answer rate {rates}); their metrics score the answer "
-            "distribution after a forced <answer> tag, not anything the policy writes."
+            f"questions (invalid-answer rate {rates}); {'its' if len(silent) == 1 else 'their'} "
+            "metrics score the answer distribution after a forced <answer> tag, not "
+            "anything the policy writes."
         )
     return {
         "shown": shown,
