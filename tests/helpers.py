@@ -24,3 +24,31 @@ def require_replogle_task() -> Path:
     if not (REPLOGLE_TASK / "train.pq").exists():
         pytest.skip(f"real data not present: {REPLOGLE_TASK}")
     return REPLOGLE_TASK
+
+
+#: a pipeline config small enough for tests (seconds per stage on one thread)
+TINY_PIPELINE = {
+    "name": "tiny",
+    "data": {
+        "screen": {
+            "n_cells_per_condition": 30,
+            "n_genes": 100,
+            "n_perturbations": 6,
+            "n_combinations": 4,
+        }
+    },
+    "vae": {"steps": 30, "options": {"n_latent": 4, "n_hidden": 32}, "ate_cells": 100},
+    "task": {
+        "options": {
+            "n_programs": 3,
+            "outcome_options": {"threshold": None, "n_cells": 50},
+            "test_fraction": 0.3,
+            "val_fraction": 0.0,
+            "max_draws": 200,
+            "target_se": 0.05,
+        }
+    },
+    "lm": {"warm_start_steps": 3},
+    "finetune": {"methods": ["grpo", "rloo"], "steps": 4, "questions_per_step": 4, "group_size": 4},
+    "calibration": {"n_boot": 20},
+}

@@ -11,31 +11,9 @@ import torch
 
 from bioreason.pipelines.run import PipelineConfig, run_pipeline
 
+from helpers import TINY_PIPELINE
+
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "name": "fit",
-    "data": {
-        "screen": {
-            "n_cells_per_condition": 30,
-            "n_genes": 100,
-            "n_perturbations": 6,
-            "n_combinations": 4,
-        }
-    },
-    "vae": {"steps": 30, "options": {"n_latent": 4, "n_hidden": 32}, "ate_cells": 100},
-    "task": {
-        "options": {
-            "n_programs": 3,
-            "outcome_options": {"threshold": None, "n_cells": 50},
-            "test_fraction": 0.3,
-            "val_fraction": 0.0,
-            "max_draws": 200,
-            "target_se": 0.05,
-        }
-    },
-    "lm": {"warm_start_steps": 3},
-    "finetune": {"methods": ["rloo"], "steps": 2},
-}
 
 
 def _bench():
@@ -49,7 +27,7 @@ def _bench():
 
 def test_fit_check_prints_its_figures_and_references(tmp_path, capsys):
     torch.set_num_threads(1)
-    config = PipelineConfig.from_dict(TINY)
+    config = PipelineConfig.from_dict(TINY_PIPELINE)
     for stage in ("data", "vae", "task", "warm_start"):
         run_pipeline(config, tmp_path / "run", only=stage, report=False)
     capsys.readouterr()  # the pipeline's progress lines

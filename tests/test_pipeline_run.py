@@ -23,32 +23,9 @@ from bioreason.pipelines.run import (
     run_pipeline,
 )
 
+from helpers import TINY_PIPELINE as TINY
+
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "name": "tiny",
-    "data": {
-        "screen": {
-            "n_cells_per_condition": 30,
-            "n_genes": 100,
-            "n_perturbations": 6,
-            "n_combinations": 4,
-        }
-    },
-    "vae": {"steps": 30, "options": {"n_latent": 4, "n_hidden": 32}, "ate_cells": 100},
-    "task": {
-        "options": {
-            "n_programs": 3,
-            "outcome_options": {"threshold": None, "n_cells": 50},
-            "test_fraction": 0.3,
-            "val_fraction": 0.0,
-            "max_draws": 200,
-            "target_se": 0.05,
-        }
-    },
-    "lm": {"warm_start_steps": 3},
-    "finetune": {"methods": ["grpo", "rloo"], "steps": 4, "questions_per_step": 4, "group_size": 4},
-    "calibration": {"n_boot": 20},
-}
 STAGE_NAMES = ["data", "vae", "task", "warm_start", "finetune", "calibration"]
 
 
