@@ -315,3 +315,19 @@ def test_tabular_kind_runs_the_synthetic_calibration_experiment_as_a_stage(tmp_p
     assert (tmp_path / "tab" / "tabular" / "runs" / "metrics.csv").is_file()
     again = run_pipeline(config, tmp_path / "tab", report=False)
     assert again["tabular"].skipped
+
+
+def test_torch_compile_reaches_the_jobs_but_not_the_stage_manifest(tmp_path):
+    from bioreason._io import json_safe
+    from bioreason.pipelines import run as pipeline_run
+
+    plain = PipelineConfig.from_dict(TINY)
+    values = {**TINY, "finetune": {**TINY["finetune"], "torch_compile": True, "threads": 2}}
+    compiled = PipelineConfig.from_dict(values)
+    jobs = pipeline_run._jobs(compiled, tmp_path, tmp_path / "task.parquet", tmp_path)
+    assert jobs and all(job["torch_compile"] is True for job in jobs)
+    assert not any(job["torch_compile"] for job in pipeline_run._jobs(plain, *[tmp_path] * 3))
+    # speed-only settings leave the manifest (and so earlier runs' finetune stages) as is
+    stages = [pipeline_run._finetune_stage(c, workers=1, force=False) for c in (plain, compiled)]
+    assert json_safe(stages[0].config) == json_safe(stages[1].config)
+    assert "torch_compile" not in json_safe(stages[1].config)["finetune"]

@@ -5,7 +5,8 @@ intervals. Used by the pipeline's ``warm_start`` / ``finetune`` / ``calibration`
 
 A job is a plain dict (so it crosses process boundaries): ``method``, ``seed``, ``steps``,
 ``group_size``, ``questions_per_step``, ``lr``, ``kl_coef``, ``entropy_coef``,
-``eval_samples``, ``n_boot``, ``device``, ``threads``, ``progress``, ``outcomes``
+``eval_samples``, ``n_boot``, ``device``, ``threads``, ``torch_compile`` (optional,
+speed only), ``progress``, ``outcomes``
 (``"live"``: a new Bernoulli(p*) outcome at every rollout; ``"table"``, the default:
 the task's recorded outcome every time), ``task`` (parquet
 path), ``warm`` (predictor folder), ``folder`` (the job's folder). :func:`run_job` writes
@@ -163,6 +164,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         log_every=max(1, job["steps"] // 20),
         checkpoint_every=job["steps"],
         device=job["device"],
+        torch_compile=job.get("torch_compile", False),
     )
     trainer = LMTrainer.from_predictor(predictor, task, config)
     start_row = trainer.evaluate()  # the warm start: drift predicted before RL
