@@ -21,7 +21,7 @@ both see the same machine load. Prints one ``name: value unit`` line per figure;
 ``--ablation`` also runs the trainer with transformers' forward (``fast_forward=False``)
 in the same turns and prints what :class:`bioreason.rl.lm_fast.FastLlama` saves.
 
-``--compile`` also times the trainer with ``torch_compile=True`` (its decoder layers
+``--compile`` also times the trainer with ``torch_compile=True`` (its decoder
 compiled by ``torch.compile``; the compilation happens in its first step, which the mean
 leaves out, and is printed as ``compiled_first_step``).
 

@@ -12,12 +12,12 @@ larger operations:
 * the rotary embedding is applied to queries and keys in one pass;
 * the key/value cache is a plain list of tensors, and masks are built once per call.
 
-With ``compile=True`` each decoder layer runs through ``torch.compile`` (inductor) while
-gradients are on: the layer's few dozen small element-wise operations become a handful of
-generated kernels, forward and backward, which is what a small model's step is made of
-on a CPU. Compiling costs tens of seconds up front (once per process and input shape
-family), so it pays off for long runs only; without gradients (evaluation) the layers run
-eagerly.
+With ``compile=True`` the decoder (every layer, the final norm and the LM head) runs
+through ``torch.compile`` (inductor) while gradients are on: each layer's few dozen small
+element-wise operations become a handful of generated kernels, forward and backward,
+which is what a small model's step is made of on a CPU. Compiling costs tens of seconds
+up front (once per process and input shape family), so it pays off for long runs only;
+without gradients (evaluation) the decoder runs eagerly.
 
 Positions, rotary embeddings (``model.model.rotary_emb``, so every RoPE variant of the
 model is honoured), RMS norms and the attention scale are the model's own, and the
@@ -31,6 +31,7 @@ dropout in training mode), so every other model takes transformers' path unchang
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -116,7 +117,7 @@ def fast_forward(model: torch.nn.Module, compile: bool = False) -> FastLlama | N
     Parameters
     ----------
     compile : bool, default False
-        Run the decoder layers through ``torch.compile`` while gradients are on (see
+        Run the decoder through ``torch.compile`` while gradients are on (see
         the module docstring).
 
     Returns
@@ -214,15 +215,11 @@ def _decoder(
     return F.linear(normed, lm_head), normed, keys, values
 
 
-_COMPILED: list = []
-
-
+@functools.cache
 def _compiled_decoder():
     """``torch.compile(_decoder)``, made once per process (dynamo caches its graphs by
     the inputs' shapes and marks sizes dynamic after a second shape)."""
-    if not _COMPILED:
-        _COMPILED.append(torch.compile(_decoder, dynamic=None))
-    return _COMPILED[0]
+    return torch.compile(_decoder, dynamic=None)
 
 
 class FastLlama:
@@ -231,7 +228,7 @@ class FastLlama:
     Called like the model: ``fast(input_ids, attention_mask=, position_ids=, cache=,
     use_cache=, last_only=, hidden=)``; the weights are read at construction (build one
     per rollout: the concatenated projections are part of the autograd graph).
-    ``compile=True``: the layers run through ``torch.compile`` while gradients are on.
+    ``compile=True``: the decoder runs through ``torch.compile`` while gradients are on.
     """
 
     def __init__(self, model: torch.nn.Module, compile: bool = False) -> None:

@@ -279,7 +279,7 @@ def sample_group_completions(
         ``LlamaForCausalLM`` (the same function with fewer operations); False, or any
         other model, calls the model's own forward.
     compile : bool
-        With ``fast``, run its decoder layers through ``torch.compile`` while gradients
+        With ``fast``, run its decoder through ``torch.compile`` while gradients
         are on (:mod:`bioreason.rl.lm_fast`; compiling takes tens of seconds once).
 
     Returns

@@ -186,7 +186,7 @@ class LMRLConfig(RLConfig):
         (the same function with fewer operations); other models always use their own
         forward.
     torch_compile : bool, default False
-        With ``fast_forward``, compile the decoder layers with ``torch.compile`` for the
+        With ``fast_forward``, compile the decoder with ``torch.compile`` for the
         steps' forward and backward passes (fewer, fused kernels: 13-17 % less time per
         step on issue 11's workload on a 2-core CPU, after about a minute of compilation
         up front, seconds once inductor's disk cache holds the kernels; needs a C++
@@ -408,9 +408,6 @@ class LMTrainer:
         )
         self._precision = torch.bfloat16 if bf16 else None
         self._table = self._check_task(task)
-        if config.outcomes == "live" and outcome_source is None:
-            outcome_source = _p_star_outcomes(self._table, config.train_split)
-        self.outcome_source = outcome_source
         self._format = format_prompt or (lambda text: text)
         self._pad_id = _pad_id(tokenizer)
         texts = [self._format(str(text)) for text in self._table["prompt"]]
@@ -439,6 +436,9 @@ class LMTrainer:
         self._check_lengths()
         split = self._table["split"].astype(str).to_numpy() if "split" in self._table else None
         self.train_rows = _rows(split, config.train_split, len(self._table), "train_split")
+        if config.outcomes == "live" and outcome_source is None:
+            outcome_source = _p_star_outcomes(self._table, self.train_rows)
+        self.outcome_source = outcome_source
         self.eval_rows = (
             np.zeros(0, dtype=np.int64)
             if config.eval_split is None or split is None
@@ -1442,13 +1442,14 @@ def _digest_strings(values: Any) -> str:
     return hasher.hexdigest()[:16]
 
 
-def _p_star_outcomes(table: pd.DataFrame, train_split: str | None) -> OutcomeSource:
+def _p_star_outcomes(table: pd.DataFrame, train_rows: np.ndarray) -> OutcomeSource:
     """Bernoulli(p*) outcomes of the task table's rows (``outcomes="live"`` by default).
 
     Returns
     -------
     BernoulliOutcomes
-        Over every row; rows outside ``train_split`` without p* get 1/2 (never drawn).
+        Over every row; rows outside ``train_rows`` get 1/2 (never drawn), so their p*
+        may be missing.
     """
     from bioreason.rl.outcomes import BernoulliOutcomes
 
@@ -1459,10 +1460,8 @@ def _p_star_outcomes(table: pd.DataFrame, train_split: str | None) -> OutcomeSou
             ".sample(questions, n, seed), e.g. a simulator) or use outcomes='table'"
         )
     p_star = pd.to_numeric(table["p_star"], errors="coerce").to_numpy(np.float64)
-    if train_split is None or "split" not in table:
-        rows = np.ones(len(table), bool)
-    else:
-        rows = table["split"].astype(str).to_numpy() == train_split
+    rows = np.zeros(len(table), bool)
+    rows[train_rows] = True
     bad = rows & ~((p_star >= 0) & (p_star <= 1))
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
