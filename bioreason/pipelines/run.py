@@ -58,7 +58,7 @@ import pandas as pd
 
 from bioreason.config import Config
 from bioreason.data.simulate import ScreenConfig
-from bioreason.pipelines._names import STAGES
+from bioreason.pipelines._names import INVALID_RATE_LIMIT, STAGES
 from bioreason.pipelines.lm_runs import METHODS
 from bioreason.pipelines.stages import Stage, StageResult, run_stages
 
@@ -81,10 +81,6 @@ __all__ = [
 CALIBRATED_METHODS = ("grpo_no_std", "rloo", "reinforce", "ppo", "grpo_batch_std")
 #: ECE against outcomes at or below which a method counts as calibrated in the verdict
 CALIBRATED_ECE = 0.1
-#: held-out invalid-answer rate above which a method counts as not answering: its
-#: metrics then score the answer distribution after a forced ``<answer>`` (q_exact), not
-#: anything the policy writes, and the verdict says so
-INVALID_RATE_LIMIT = 0.5
 _MODELS = ("sams_vae", "cpa_vae", "conditional_vae", "svae_plus")
 
 

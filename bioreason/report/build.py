@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bioreason._io import atomic_write, atomic_write_text
+from bioreason.pipelines._names import INVALID_RATE_LIMIT
 from bioreason.report import figures
 from bioreason.report.document import (
     GENERATOR,
@@ -370,7 +371,7 @@ class _Builder:
                     format_value(last_eval.get("brier")),
                     format_value(last_eval.get("mae_to_reference")),
                     format_value(last_eval.get("invalid_rate")),
-                    "" if run.log is not None else "no log.csv",
+                    _run_note(run.log is not None, last_eval.get("invalid_rate")),
                 )
             )
         self.add(
@@ -538,6 +539,16 @@ def _interval_table(
         rows.append(tuple(cells))
     labels = [c.replace("_", " ") for c in counts] + list(metrics.values())
     return Table(("method", *labels), tuple(rows), caption)
+
+
+def _run_note(has_log: bool, invalid_rate: Any) -> str:
+    """The fine-tuning table's note on a run: a missing log, or a policy that stopped
+    answering (its metrics then score a forced ``<answer>``, not what it writes)."""
+    notes = [] if has_log else ["no log.csv"]
+    rate = _scalar(invalid_rate)
+    if _finite(rate) and rate > INVALID_RATE_LIMIT:
+        notes.append("stopped answering validly: metrics score a forced <answer>")
+    return "; ".join(notes)
 
 
 def _metric_columns(frame: pd.DataFrame) -> list[str]:
