@@ -6,8 +6,9 @@ import dataclasses
 import re
 import types
 import typing
+import warnings
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, ClassVar, TypeVar, Union
 
 import yaml
 
@@ -88,13 +89,22 @@ class Config:
     Subclasses are plain dataclasses; ``from_dict``/``from_yaml`` reject unknown
     fields and wrongly typed values with an error that names the field, then run the
     subclass's ``__post_init__`` checks.
+
+    A field that moved keeps loading: :attr:`moved_fields` maps its old name to its new
+    dotted place in the same config (``{"steps": "train.max_steps"}``); ``from_dict``
+    moves the value there and warns (``FutureWarning``) naming both, and a value given
+    under both names is an error.
     """
+
+    #: old field name -> its new dotted place in this config (see the class docstring)
+    moved_fields: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def from_dict(cls: type[C], values: dict[str, Any], *, where: str | None = None) -> C:
         where = where or cls.__name__
         if not isinstance(values, dict):
             raise TypeError(f"{where}: expected a mapping of field names to values, got {values!r}")
+        values = _move_fields(cls, values, where)
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(values) - set(fields))
@@ -124,6 +134,41 @@ class Config:
         from bioreason._io import atomic_write_text
 
         atomic_write_text(Path(path), yaml.safe_dump(_plain(self.to_dict()), sort_keys=False))
+
+
+def _move_fields(cls: type[Config], values: dict[str, Any], where: str) -> dict[str, Any]:
+    """``values`` with the fields of ``cls.moved_fields`` under their new names."""
+    moved = {old: new for old, new in cls.moved_fields.items() if old in values}
+    if not moved:
+        return values
+    values = dict(values)
+    for old, new in moved.items():
+        value = values.pop(old)
+        *sections, name = new.split(".")
+        target = values
+        for section in sections:
+            inner = target.get(section)
+            if inner is None:
+                inner = {}
+            elif dataclasses.is_dataclass(inner):
+                inner = inner.to_dict() if isinstance(inner, Config) else dataclasses.asdict(inner)
+            elif not isinstance(inner, dict):
+                raise TypeError(f"{where}.{section} must be a mapping, got {inner!r}")
+            target[section] = inner = dict(inner)
+            target = inner
+        if name in target:
+            raise ValueError(
+                f"{where}: {old} and {new} are the same setting ({old} is its old name); "
+                f"give {new} only"
+            )
+        target[name] = value
+        warnings.warn(
+            f"{where}: {old!r} has moved to {new!r}; it was read as {new} (write it there: "
+            "the old name will stop working in a later version)",
+            FutureWarning,
+            stacklevel=3,
+        )
+    return values
 
 
 class _Loader(yaml.SafeLoader):
