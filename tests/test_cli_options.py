@@ -1,4 +1,4 @@
-"""Options generated from config dataclasses (``bioreason._cli_options``), the documented
+"""Options generated from config dataclasses (``bioreason.cli._options``), the documented
 fields they need, and ``bioreason --help`` listing every subcommand on one line."""
 
 from __future__ import annotations
@@ -10,14 +10,15 @@ from typing import Literal
 
 import pytest
 
-from bioreason._cli_options import (
+from bioreason.cli import main
+from bioreason.cli._options import (
     add_config_options,
     build_config,
     config_overrides,
     field_docs,
     undocumented_fields,
 )
-from bioreason.cli import VAE_MODELS, main
+from bioreason.cli.train_vae import VAE_MODELS
 from bioreason.config import Config
 
 

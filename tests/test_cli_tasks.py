@@ -11,7 +11,8 @@ import pytest
 import torch
 import yaml
 
-from bioreason.cli import TASK_SPLITS, main
+from bioreason.cli import main
+from bioreason.cli.build_task import TASK_SPLITS
 from bioreason.data.tasks import SPLITS, TASK_COLUMNS, load_replogle_task, save_task
 from bioreason.sim.task_config import CONDITION_SETS, TaskConfig
 

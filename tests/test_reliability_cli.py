@@ -437,7 +437,7 @@ def test_ctrl_c_is_one_line_and_130(monkeypatch, capsys):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_inspect", interrupted)
+    monkeypatch.setattr(cli.inspect_data, "main", interrupted)
     assert main(["inspect", "x.h5ad"]) == 130
     assert capsys.readouterr().err.strip() == "interrupted"
 
@@ -458,6 +458,6 @@ def test_a_bug_is_not_hidden(monkeypatch):
     def bug(args):
         raise KeyError("internal")
 
-    monkeypatch.setattr(cli, "_inspect", bug)
+    monkeypatch.setattr(cli.inspect_data, "main", bug)
     with pytest.raises(KeyError):
         main(["inspect", "x.h5ad"])

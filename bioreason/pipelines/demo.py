@@ -118,7 +118,7 @@ def run_demo(
     dict of str to StageResult
         Every stage's folder and result (:func:`~bioreason.pipelines.run.run_pipeline`).
     """
-    from bioreason.pipelines.cli_run import default_workers, print_headline
+    from bioreason.pipelines.headline import default_workers, print_headline
     from bioreason.pipelines.run import run_pipeline
 
     out = Path(out)

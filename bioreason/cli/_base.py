@@ -1,0 +1,187 @@
+"""What every ``bioreason`` subcommand shares: the parser class, exit codes, one-line
+errors, argument types and a few common options."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bioreason.cli._options import add_config_options
+
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_USAGE",
+    "EXPECTED_ERRORS",
+    "CommandListFormatter",
+    "Parser",
+    "UsageError",
+    "add_force",
+    "config_group",
+    "non_negative_int",
+    "one_line",
+    "positive_float",
+    "positive_int",
+    "probability",
+    "read_h5ad",
+]
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """A bad command line found after parsing (an option's value): exit status 2."""
+
+
+#: the failures a user can cause (bad files, bad values); anything else is a bug and
+#: keeps its traceback
+EXPECTED_ERRORS = (ValueError, TypeError, OSError, yaml.YAMLError)
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (its type's name when it has none)."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: ``error: <what>; see '<prog> --help'``.
+
+    ``populate`` (a subcommand's parser) adds the options generated from config
+    dataclasses the first time the parser parses or prints its help, so that
+    ``bioreason --help`` and the other subcommands do not import every config's module.
+    """
+
+    def __init__(self, *args, populate=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._populate = populate
+
+    def _ensure_populated(self) -> None:
+        populate, self._populate = self._populate, None
+        if populate is not None:
+            populate(self)
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._ensure_populated()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._ensure_populated()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._ensure_populated()
+        return super().format_usage()
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"error: {message}; see '{self.prog} --help'\n")
+
+
+class CommandListFormatter(argparse.HelpFormatter):
+    """The top-level help: each subcommand on one line, its help beside it (unwrapped)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32)
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):  # argparse forgets their indent
+            longest = max((len(name) for name in action.choices), default=0)
+            indent = self._current_indent + self._indent_increment
+            self._action_max_length = max(self._action_max_length, longest + indent)
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return [" ".join(text.split())]
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
+
+
+def probability(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def config_group(
+    parser: argparse.ArgumentParser, config_class: type, title: str, **kwargs: Any
+) -> list[str]:
+    """An argument group of the options generated from ``config_class``'s fields."""
+    return add_config_options(parser.add_argument_group(title), config_class, **kwargs)
+
+
+def add_force(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--force`` (alias ``--overwrite``): replace ``what``."""
+    parser.add_argument(
+        "--force",
+        "--overwrite",
+        dest="force",
+        action="store_true",
+        help=f"replace {what} (--overwrite is the same flag)",
+    )
+
+
+def read_h5ad(path: Path, backed: bool = False):
+    """``anndata.read_h5ad`` whose errors name the file and say what is wrong with it."""
+    import anndata as ad
+
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give the path of one .h5ad file")
+    try:
+        return ad.read_h5ad(path, backed="r" if backed else None)
+    except OSError as err:  # h5py: its messages do not name the file
+        text = one_line(err)
+        if "file signature not found" in text:
+            raise OSError(f"{path} is not an HDF5 (.h5ad) file") from None
+        if "truncated file" in text:
+            raise OSError(
+                f"{path} is truncated (an interrupted download or copy?): {text}"
+            ) from None
+        raise OSError(f"cannot read {path}: {text}") from None
+    except (KeyError, TypeError, ValueError) as err:  # HDF5, but not AnnData's layout
+        raise ValueError(
+            f"{path} is an HDF5 file but not an AnnData .h5ad one ({one_line(err)})"
+        ) from None
