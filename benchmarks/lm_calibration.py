@@ -60,7 +60,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-#: the methods of the issue's table (advantage registry names, options included)
 from bioreason.pipelines.lm_runs import (  # noqa: E402  (the library half of this script)
     METHODS,
     RUN_COLUMNS,
@@ -71,10 +70,12 @@ from bioreason.pipelines.lm_runs import (  # noqa: E402  (the library half of th
     run_job,
     run_jobs,
     score_predictions,
-    slug,
     summarize_methods,
     warm_start_folder,
 )
+
+#: the methods of the issue's table (advantage registry names, options included)
+from bioreason.run_layout import method_slug  # noqa: E402
 
 REPLOGLE_FOLDER = Path("/work/shared/data/replogle_k562_cnmf_task")
 #: columns of ``runs.csv`` besides the metrics of ``bioreason.calibration.summarize``
@@ -163,15 +164,15 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _stage_up_to_date(stage: Path, config: dict[str, Any], seed: int, inputs=None) -> bool:
-    from bioreason._io import manifest_matches
+    from bioreason.stage import manifest_matches
 
     return manifest_matches(stage, config=config, seed=seed, inputs=inputs)
 
 
 def _write_task(stage: Path, config: dict[str, Any], seed: int, build: Callable, force: bool):
     """Build a task table into ``stage/task.parquet`` unless its manifest matches."""
-    from bioreason._io import check_replaceable, write_manifest
     from bioreason.data.tasks import save_task
+    from bioreason.stage import check_replaceable, write_manifest
 
     path = stage / "task.parquet"
     if path.exists() and _stage_up_to_date(stage, config, seed):
@@ -347,7 +348,6 @@ def warm_start_seed(task_path: Path, folder: Path, seed: int, args: argparse.Nam
 
 #: the library's names under this script's former ones (tests and notebooks use them)
 run_one = run_job
-_slug = slug
 _read_row = read_job_row
 _prepare_run_folder = prepare_job_folder
 __all__ = [
@@ -365,7 +365,8 @@ __all__ = [
 
 
 def _write_table(path: Path, frame: pd.DataFrame, manifest: Path, force: bool) -> None:
-    from bioreason._io import atomic_write, check_replaceable
+    from bioreason._io import atomic_write
+    from bioreason.stage import check_replaceable
 
     check_replaceable(path, manifest=manifest, force=force)
     if path.suffix == ".parquet":
@@ -376,12 +377,8 @@ def _write_table(path: Path, frame: pd.DataFrame, manifest: Path, force: bool) -
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark (see the module docstring); returns the exit status."""
-    from bioreason._io import (
-        atomic_write_text,
-        check_output_folder,
-        check_replaceable,
-        write_manifest,
-    )
+    from bioreason._io import atomic_write_text, check_output_folder
+    from bioreason.stage import check_replaceable, write_manifest
 
     args = _parser().parse_args(argv)
     try:
@@ -404,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs, rows = [], {}
     for seed in seeds:
         for method in args.methods:
-            folder = out / "runs" / f"{_slug(method)}_seed{seed}"
+            folder = out / "runs" / f"{method_slug(method)}_seed{seed}"
             job = {
                 "method": method,
                 "seed": seed,
@@ -445,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = runs[[*RUN_COLUMNS, *[c for c in runs.columns if c not in RUN_COLUMNS]]]
     predictions = pd.concat(
         [
-            pd.read_parquet(out / "runs" / f"{_slug(m)}_seed{s}" / "predictions.parquet")
+            pd.read_parquet(out / "runs" / f"{method_slug(m)}_seed{s}" / "predictions.parquet")
             for m, s in order
         ],
         ignore_index=True,
@@ -469,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_manifest(out, config=record, seed=None, outputs=outputs)
 
     for _, row in summary.iterrows():
-        name = _slug(row["method"])
+        name = method_slug(row["method"])
         for metric in SUMMARY_METRICS:
             if np.isfinite(row[metric]):
                 unit = "nats" if metric == "log_loss" else "probability"

@@ -1,28 +1,20 @@
-"""Atomic file writes and run manifests.
-
-An interrupted stage leaves no half-written file (write to a temporary name, then
-rename); a stage replaces only files that its manifest records it wrote
-(:func:`check_replaceable`); written files get the permissions an ordinary write gives
-them (``0o666`` less the umask).
+"""Atomic file writes: an interrupted command leaves no half-written file (write to a
+temporary name, then rename), nothing is replaced that the caller did not allow, and
+written files get the permissions an ordinary write gives them (``0o666`` less the
+umask). Manifests, hashing and the skip / resume / force rules are :mod:`bioreason.stage`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-import platform
 import stat
-import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-MANIFEST = "manifest.json"
 _FORCE_HINT = "pass --force (overwrite=True in Python) to replace it"
 
 
@@ -146,156 +138,3 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes, or of a folder's files (relative names and contents)."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    if path.is_dir():
-        for child in sorted(p for p in path.rglob("*") if p.is_file()):
-            digest.update(child.relative_to(path).as_posix().encode() + b"\0")
-            digest.update(file_sha256(child, chunk_size).encode())
-        return digest.hexdigest()
-    with path.open("rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-_PACKAGES = ("bioreason", "torch", "pyro-ppl", "anndata", "scanpy", "numpy", "transformers")
-
-
-def package_versions(names: tuple[str, ...] = _PACKAGES) -> dict[str, str]:
-    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def _read_manifest(path: Path) -> dict[str, Any] | None:
-    """A manifest's contents, or None when it is missing, unreadable or not a manifest."""
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return saved if isinstance(saved, dict) else None
-
-
-def write_manifest(
-    stage_dir: str | Path,
-    *,
-    config: dict[str, Any],
-    seed: int | None,
-    inputs: dict[str, str | Path] | None = None,
-    outputs: Iterable[str | Path] = (),
-    complete: bool = True,
-    name: str = MANIFEST,
-) -> dict[str, Any]:
-    """Write ``stage_dir/manifest.json`` (config, seed, versions, input and output hashes).
-
-    ``outputs`` are the files or folders the stage writes. With ``complete=True`` (after
-    writing them) their hashes are recorded, by path relative to ``stage_dir``, so that
-    :func:`check_replaceable` lets a re-run replace them and :func:`manifest_matches`
-    notices when one was changed since. Call it once with ``complete=False`` before
-    writing them: they are recorded as being written (``null``), so a stage interrupted
-    half-way may replace them on its next run, and the manifest matches nothing until the
-    stage completes.
-    """
-    stage_dir = Path(stage_dir)
-    manifest = {
-        "config": config,
-        "seed": seed,
-        "inputs": {k: file_sha256(v) for k, v in (inputs or {}).items()},
-        "outputs": {
-            _relative(Path(p), stage_dir): file_sha256(p) if complete else None for p in outputs
-        },
-        "versions": package_versions(),
-    }
-    atomic_write_text(stage_dir / name, json.dumps(manifest, indent=2, default=str))
-    return manifest
-
-
-def _relative(path: Path, stage_dir: Path) -> str:
-    try:
-        return path.resolve().relative_to(stage_dir.resolve()).as_posix()
-    except ValueError:
-        raise ValueError(f"output {path} is not inside the stage folder {stage_dir}") from None
-
-
-def _outputs_unchanged(stage_dir: Path, saved: dict[str, Any]) -> bool:
-    recorded = saved.get("outputs") or {}
-    if not isinstance(recorded, dict):
-        return False
-    for relative, digest in recorded.items():
-        path = stage_dir / relative
-        if digest is None or not path.exists() or file_sha256(path) != digest:
-            return False
-    return True
-
-
-def manifest_matches(
-    stage_dir: str | Path,
-    *,
-    config: dict[str, Any],
-    seed: int | None,
-    inputs: dict[str, str | Path] | None = None,
-    name: str = MANIFEST,
-) -> bool:
-    """True when a stage was completed with this config, seed and these inputs, and the
-    outputs it recorded are still there unchanged. A damaged manifest does not match."""
-    stage_dir = Path(stage_dir)
-    saved = _read_manifest(stage_dir / name)
-    if saved is None:
-        return False
-    current_inputs = {k: file_sha256(v) for k, v in (inputs or {}).items()}
-    same_config = json.loads(json.dumps(config, default=str)) == saved.get("config")
-    return (
-        same_config
-        and saved.get("seed") == seed
-        and saved.get("inputs") == current_inputs
-        and _outputs_unchanged(stage_dir, saved)
-    )
-
-
-def check_replaceable(
-    path: str | Path, *, manifest: str | Path | None = None, force: bool = False
-) -> None:
-    """Refuse to replace ``path`` unless this project wrote it.
-
-    ``path`` (a file or a folder) may be written when it does not exist, when ``force``
-    is true, or when ``manifest`` (default ``path.parent / "manifest.json"``) records it
-    among its ``outputs`` with the hash it has now (a stage wrote it and nobody changed
-    it since) or as being written (a stage was interrupted while writing it).
-
-    Raises
-    ------
-    FileExistsError
-        Naming ``path`` and why it is not ours; nothing is changed.
-    """
-    path = Path(path)
-    if force or not (path.exists() or path.is_symlink()):
-        return
-    manifest = Path(manifest) if manifest is not None else path.parent / MANIFEST
-    saved = _read_manifest(manifest)
-    recorded = (saved or {}).get("outputs") or {}
-    try:
-        key = path.resolve().relative_to(manifest.parent.resolve()).as_posix()
-    except ValueError:
-        key = None
-    if not isinstance(recorded, dict) or key not in recorded:
-        why = f"no record of it in {manifest}"
-        if saved is not None and "outputs" not in saved:
-            why += ", written by a bioreason version that did not record its outputs"
-        raise FileExistsError(
-            f"{path} already exists and was not written by bioreason ({why}); "
-            f"choose another output path or {_FORCE_HINT}"
-        )
-    if recorded[key] is not None and file_sha256(path) != recorded[key]:
-        raise FileExistsError(
-            f"{path} has changed since bioreason wrote it (its hash differs from the one in "
-            f"{manifest}); choose another output path or {_FORCE_HINT}"
-        )

@@ -5,9 +5,10 @@ import anndata as ad
 import pytest
 
 from bioreason import __version__
-from bioreason._io import atomic_path, manifest_matches, write_manifest
+from bioreason._io import atomic_path
 from bioreason.cli import main
 from bioreason.config import Config
+from bioreason.stage import manifest_matches, write_manifest
 
 
 def test_help_and_version(capsys):

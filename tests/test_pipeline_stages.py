@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from bioreason._io import manifest_matches
-from bioreason.pipelines.stages import Stage, completed_stage, run_stage, run_stages
+from bioreason.pipelines.stages import Stage, run_stages
+from bioreason.stage import completed_stage, manifest_matches, run_stage
 
 
 class Counter:

@@ -12,14 +12,9 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from bioreason._io import (
-    atomic_write,
-    atomic_write_text,
-    check_replaceable,
-    manifest_matches,
-    write_manifest,
-)
+from bioreason._io import atomic_write, atomic_write_text
 from bioreason.cli import main
+from bioreason.stage import check_replaceable, manifest_matches, write_manifest
 
 SMALL = [
     "--n-cells-per-condition",

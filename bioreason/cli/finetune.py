@@ -124,12 +124,8 @@ def _finetune_prepare(args: argparse.Namespace):
     import json
     import shutil
 
-    from bioreason._io import (
-        MANIFEST,
-        check_output_folder,
-        manifest_matches,
-        write_manifest,
-    )
+    from bioreason._io import check_output_folder
+    from bioreason.stage import MANIFEST, manifest_matches, write_manifest
 
     out = Path(args.out)
     check_output_folder(out)
@@ -187,9 +183,10 @@ def _finetune_run(args: argparse.Namespace, processes, prepared=None) -> int:
 
     import pandas as pd
 
-    from bioreason._io import atomic_write_text, json_safe, write_manifest
+    from bioreason._io import atomic_write_text, json_safe
     from bioreason.rl.lm_trainer import save_predictions
     from bioreason.rl.loop import save_checkpoint, write_csv_log
+    from bioreason.stage import write_manifest
 
     if prepared is None:
         prepared = _finetune_prepare(args)

@@ -11,8 +11,8 @@ NAME = "run"
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from bioreason.pipelines._names import STAGES
     from bioreason.pipelines.headline import default_workers
+    from bioreason.run_layout import STAGES
 
     parser = sub.add_parser(
         NAME,

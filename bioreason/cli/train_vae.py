@@ -115,15 +115,8 @@ def main(args: argparse.Namespace) -> int:
     import shutil
     import time
 
-    from bioreason._io import (
-        MANIFEST,
-        atomic_write_text,
-        check_output_folder,
-        file_sha256,
-        json_safe,
-        manifest_matches,
-        write_manifest,
-    )
+    from bioreason._io import atomic_write_text, check_output_folder, json_safe
+    from bioreason.stage import MANIFEST, file_sha256, manifest_matches, write_manifest
 
     adata_path, out = Path(args.adata), Path(args.out)
     if not adata_path.exists():

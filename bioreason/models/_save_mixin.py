@@ -197,7 +197,7 @@ def _read_config(path: Path) -> VAEConfig:
 
 
 def _read_weights(path: Path) -> dict[str, Any]:
-    from bioreason.models._checkpoint import safe_torch_load
+    from bioreason.stage import safe_torch_load
 
     state = safe_torch_load(path, "Save the model again, or load a folder written by model.save.")
     if (

@@ -302,7 +302,7 @@ def run_fingerprint(
     hashes of the training and validation cell indices, library sizes, dosage matrix
     and gene names). Plain Python values, computed once per :func:`fit`."""
     from bioreason.config import Config
-    from bioreason.models._checkpoint import digest
+    from bioreason.stage import digest
 
     fingerprint: dict[str, Any] = {name: getattr(config, name) for name in RESUME_FIELDS}
     fingerprint["module.class"] = type(module).__name__
@@ -362,7 +362,7 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 def _read_checkpoint(path: Path, fingerprint: dict[str, Any], total_steps: int) -> dict[str, Any]:
     """The checkpoint at ``path``, checked against this run; errors name the file."""
-    from bioreason.models._checkpoint import describe_differences, safe_torch_load
+    from bioreason.stage import describe_differences, safe_torch_load
 
     fresh = (
         "Delete it to start over, or pass resume=False with another checkpoint_dir to start "

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+
+from bioreason.run_layout import judged_probability
 
 __all__ = [
     "METHODS",
@@ -39,7 +40,6 @@ __all__ = [
     "run_job",
     "run_jobs",
     "score_predictions",
-    "slug",
     "summarize_methods",
     "warm_start_folder",
 ]
@@ -96,11 +96,6 @@ def _quiet_transformers() -> None:
         pass
 
 
-def slug(method: str) -> str:
-    """A folder name for a method (``seed_grpo:base=grpo`` -> ``seed_grpo-base-grpo``)."""
-    return re.sub(r"[^A-Za-z0-9_]+", "-", method).strip("-")
-
-
 def _run_record(job: dict[str, Any]) -> dict[str, Any]:
     """The settings that define a run (its manifest's config)."""
     keys = ("method", "steps", "group_size", "questions_per_step", "lr", "eval_samples", "n_boot")
@@ -128,10 +123,11 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     dict
         One row of ``runs.csv`` (also written to ``folder/metrics.json``).
     """
-    from bioreason._io import atomic_write_text, json_safe, write_manifest
+    from bioreason._io import atomic_write_text, json_safe
     from bioreason.data.tasks import load_task
     from bioreason.lm import load_predictor
     from bioreason.rl import LMRLConfig, LMTrainer
+    from bioreason.stage import write_manifest
 
     torch.set_num_threads(job["threads"])
     if not job.get("progress"):
@@ -205,12 +201,6 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _probabilities(predictions: pd.DataFrame) -> np.ndarray:
-    """``q_exact`` where every question has one, else ``q_sampled``."""
-    exact = predictions["q_exact"].to_numpy(dtype=float)
-    return exact if np.isfinite(exact).all() else predictions["q_sampled"].to_numpy(dtype=float)
-
-
 def _published(predictions: pd.DataFrame, task: pd.DataFrame) -> np.ndarray:
     if "reference_probability" not in task:
         return np.full(len(predictions), np.nan)
@@ -226,7 +216,7 @@ def score_predictions(
     Parameters
     ----------
     predictions : pandas.DataFrame
-        :data:`bioreason.rl.lm_trainer.PREDICTION_COLUMNS`, one row per test question.
+        :data:`bioreason.run_layout.PREDICTION_COLUMNS`, one row per test question.
     task : pandas.DataFrame
         The task table (its ``reference_probability``, when finite, is scored as the
         reference ``published``).
@@ -242,7 +232,7 @@ def score_predictions(
     """
     from bioreason.calibration import summarize
 
-    q = _probabilities(predictions)
+    q = judged_probability(predictions)[0]
     outcome = predictions["outcome"].to_numpy(dtype=float)
     keep = np.isfinite(q) & np.isin(outcome, (0.0, 1.0))
     if not keep.any():
@@ -327,7 +317,7 @@ def summarize_methods(
     for method in dict.fromkeys(runs["method"]):
         frame = pd.concat(
             [
-                part.assign(q=_probabilities(part))
+                part.assign(q=judged_probability(part)[0])
                 for _, part in predictions[predictions["method"] == method].groupby("seed")
             ]
         )
@@ -446,7 +436,7 @@ def read_job_row(path: Path) -> dict[str, Any]:
 def prepare_job_folder(folder: Path, job: dict[str, Any], force: bool) -> bool:
     """True when the run is finished with these settings (skip it); otherwise make the
     folder ready for a new run (refusing files bioreason did not write)."""
-    from bioreason._io import MANIFEST, check_replaceable, manifest_matches
+    from bioreason.stage import MANIFEST, check_replaceable, manifest_matches
 
     inputs = {"task": job["task"], "warm": job["warm"]}
     if (folder / "metrics.json").exists() and manifest_matches(
@@ -499,9 +489,9 @@ def warm_start_folder(
     Path
         The saved predictor folder (``load_predictor`` reads it).
     """
-    from bioreason._io import check_replaceable, manifest_matches, write_manifest
     from bioreason.data.tasks import load_task
     from bioreason.lm import load_predictor, warm_start
+    from bioreason.stage import check_replaceable, manifest_matches, write_manifest
 
     folder = Path(folder)
     model_dir = folder / "model"

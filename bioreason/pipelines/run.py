@@ -58,9 +58,10 @@ import pandas as pd
 
 from bioreason.config import Config
 from bioreason.data.simulate import ScreenConfig
-from bioreason.pipelines._names import INVALID_RATE_LIMIT, STAGES
 from bioreason.pipelines.lm_runs import METHODS
-from bioreason.pipelines.stages import Stage, StageResult, run_stages
+from bioreason.pipelines.stages import Stage, run_stages
+from bioreason.run_layout import INVALID_RATE_LIMIT, STAGES, judged_probability
+from bioreason.stage import StageResult
 
 __all__ = [
     "CalibrationStageConfig",
@@ -697,7 +698,7 @@ def _warm_stage(config: PipelineConfig, force: bool) -> Stage:
 
 
 def _jobs(config: PipelineConfig, stage_dir: Path, task_path: Path, warm_dir: Path) -> list[dict]:
-    from bioreason.pipelines.lm_runs import slug
+    from bioreason.run_layout import method_slug
 
     tune = config.finetune
     jobs = []
@@ -722,7 +723,7 @@ def _jobs(config: PipelineConfig, stage_dir: Path, task_path: Path, warm_dir: Pa
                     "progress": False,
                     "task": str(task_path),
                     "warm": str(warm_dir / f"seed{seed}" / "model"),
-                    "folder": str(stage_dir / f"{slug(method)}_seed{seed}"),
+                    "folder": str(stage_dir / f"{method_slug(method)}_seed{seed}"),
                 }
             )
     return jobs
@@ -900,11 +901,7 @@ def _calibration_stage(config: PipelineConfig) -> Stage:
             predictions, runs, n_boot=config.calibration.n_boot, seed=config.calibration.seed
         )
         spread = (
-            predictions.assign(
-                q=predictions["q_exact"].where(
-                    np.isfinite(predictions["q_exact"]), predictions["q_sampled"]
-                )
-            )
+            predictions.assign(q=judged_probability(predictions)[0])
             .groupby(["method", "seed"])["q"]
             .std()
         )

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bioreason._io import atomic_path, atomic_write_text, manifest_matches, write_manifest
+from bioreason._io import atomic_path, atomic_write_text
 from bioreason.calibration import (
     plot_prediction_histogram,
     plot_reference,
@@ -49,6 +49,7 @@ from bioreason.rl import (
     parse_method,
 )
 from bioreason.rl.theory import theory_fixed_point, theory_kind, theory_target
+from bioreason.stage import manifest_matches, write_manifest
 
 __all__ = [
     "DEFAULT_METHODS",

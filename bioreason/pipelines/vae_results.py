@@ -467,7 +467,7 @@ def check_result_path(directory: Path, name: str, overwrite: bool = False) -> Pa
     exists and was not written by :func:`save_result` (no ``name.manifest.json`` records
     it with its current hash), unless ``overwrite``.
     """
-    from bioreason._io import check_replaceable
+    from bioreason.stage import check_replaceable
 
     path = Path(directory) / f"{name}.json"
     check_replaceable(path, manifest=_result_manifest(directory, name), force=overwrite)
@@ -484,7 +484,8 @@ def save_result(
     unless ``overwrite=True``. Nothing is lost then: the new result is written to
     ``name.json.new`` and the error names both files.
     """
-    from bioreason._io import atomic_write_text, write_manifest
+    from bioreason._io import atomic_write_text
+    from bioreason.stage import write_manifest
 
     directory = Path(directory)
     text = json.dumps(result, indent=1)

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 from bioreason._io import atomic_write, atomic_write_text
-from bioreason.pipelines._names import INVALID_RATE_LIMIT
 from bioreason.report import figures
 from bioreason.report.document import (
     GENERATOR,
@@ -30,7 +29,8 @@ from bioreason.report.document import (
     render_html,
     render_markdown,
 )
-from bioreason.report.load import RunFolder, load_run, probabilities
+from bioreason.report.load import RunFolder, load_run
+from bioreason.run_layout import INVALID_RATE_LIMIT, judged_probability
 
 __all__ = ["ReportFiles", "build_blocks", "format_interval", "format_value", "write_report"]
 
@@ -458,7 +458,7 @@ class _Builder:
         if predictions is None or "method" not in predictions:
             self.add(Paragraph("calibration/predictions.parquet is missing: no figures."))
             return
-        q = probabilities(predictions)
+        q, _ = judged_probability(predictions)
         self.figure(
             figures.reliability_diagrams(predictions, q, methods),
             "Reliability diagrams (test questions, seeds pooled, 10 equal-width bins): "

@@ -13,26 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-__all__ = ["FinetuneRun", "RunFolder", "load_run", "method_slug"]
+from bioreason.run_layout import method_slug
+
+__all__ = ["FinetuneRun", "RunFolder", "load_run"]
 
 #: The stage folders in pipeline order; ``warm_start`` is also read as ``warm``.
 STAGES = ("data", "vae", "task", "warm_start", "finetune", "calibration")
 _STAGE_FOLDERS = {"warm_start": ("warm_start", "warm")}
 _RUN_FOLDER = re.compile(r"^(?P<slug>.+)_seed(?P<seed>\d+)$")
-
-
-def method_slug(method: str) -> str:
-    """The folder name of a method's fine-tuning runs (``seed_grpo:base=grpo`` ->
-    ``seed_grpo-base-grpo``), as the pipeline writes it.
-
-    Returns
-    -------
-    str
-    """
-    return re.sub(r"[^A-Za-z0-9_]+", "-", method).strip("-")
 
 
 @dataclass
@@ -211,17 +201,3 @@ def _finetune_runs(run: RunFolder, folder: Path) -> list[FinetuneRun]:
         job.eval = _read(run, child / "eval.csv", _csv)
         runs.append(job)
     return sorted(runs, key=lambda r: (r.method, r.seed))
-
-
-def probabilities(predictions: pd.DataFrame) -> np.ndarray:
-    """The judged probability of each prediction: ``q_exact`` where it is finite, else
-    ``q_sampled`` (as the calibration stage does).
-
-    Returns
-    -------
-    ndarray, shape (n_predictions,)
-    """
-    n = len(predictions)
-    exact = predictions.get("q_exact", pd.Series(np.full(n, np.nan))).to_numpy(dtype=float)
-    sampled = predictions.get("q_sampled", pd.Series(np.full(n, np.nan))).to_numpy(dtype=float)
-    return np.where(np.isfinite(exact), exact, sampled)

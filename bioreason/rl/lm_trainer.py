@@ -78,23 +78,10 @@ from bioreason.rl.losses import AGGREGATIONS, KL_ESTIMATORS, aggregate, kl_k3, p
 from bioreason.rl.outcomes import OutcomeSource
 from bioreason.rl.rewards import FLOOR_REWARD, SCORING_RULES, AnswerGrid, score_answers
 from bioreason.rl.theory import predict_grpo_drift, theory_target
+from bioreason.run_layout import PREDICTION_COLUMNS
 
 __all__ = ["PREDICTION_COLUMNS", "LMRLConfig", "LMTrainer", "save_predictions"]
 
-#: columns of :meth:`LMTrainer.predict`'s table
-PREDICTION_COLUMNS = [
-    "question_id",
-    "method",
-    "seed",
-    "step",
-    "q_sampled",
-    "q_exact",
-    "p_star",
-    "p_true",
-    "outcome",
-    "split",
-    "n_valid",
-]
 
 _OUTCOME_MODES = ("table", "live")
 _SHARING = ("group", "completion")

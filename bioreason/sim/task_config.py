@@ -433,10 +433,10 @@ def build_task_from_config(
     DataFrame, the task table of :func:`bioreason.data.tasks.build_task`;
     ``attrs["summary"]`` is its summary plus ``target_se`` and ``n_unconverged``.
     """
-    from bioreason._io import write_manifest
     from bioreason.data.tasks import build_task, save_task
     from bioreason.sim.ground_truth import GroundTruthSimulator
     from bioreason.sim.simulator import OutcomeSimulator
+    from bioreason.stage import write_manifest
 
     if out is not None:
         out = Path(out)

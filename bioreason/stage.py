@@ -1,0 +1,571 @@
+"""The one stage helper: manifests, hashing, and the skip / resume / force rules that
+every command, pipeline stage and benchmark writing a folder of results follows; reading
+the project's torch files safely; fingerprints of data and settings.
+
+A stage (or a command's output folder) holds its artifacts, its machine-readable result
+(``result.json`` by default) and a ``manifest.json`` (config, seed, package versions,
+SHA-256 hashes of the inputs and of every output). :func:`run_stage`
+
+* skips the stage when its manifest matches (same config, seed and input hashes, and
+  every recorded output, the result included, unchanged since);
+* otherwise recomputes it, but only when the folder holds nothing except files this
+  helper recorded and that are unchanged since (else a ``FileExistsError`` names the
+  file and the ``--force`` flag); with ``force=True`` it replaces them;
+* writes a manifest whose outputs are ``null`` ("being written") before calling
+  ``compute`` and the complete one last, so an interrupted stage never looks complete:
+  its next run computes again, and may reuse (resume from) what the interrupted run left.
+
+Every ``.pt`` file the project reads is loaded with ``torch.load(..., weights_only=True)``
+(:func:`safe_torch_load`): tensors and plain values only, never arbitrary pickled
+objects, so a file from elsewhere cannot run code. This module imports no other project
+module (torch only inside :func:`safe_torch_load`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pickle
+import platform
+import shutil
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bioreason._io import _FORCE_HINT as _OVERWRITE_HINT
+from bioreason._io import atomic_write_text, check_output_folder
+
+__all__ = [
+    "MANIFEST",
+    "RESULT",
+    "StageResult",
+    "check_replaceable",
+    "completed_stage",
+    "describe_differences",
+    "digest",
+    "file_sha256",
+    "manifest_matches",
+    "package_versions",
+    "preflight_stage",
+    "read_manifest",
+    "run_stage",
+    "safe_torch_load",
+    "write_manifest",
+]
+
+MANIFEST = "manifest.json"
+RESULT = "result.json"
+_FORCE_HINT = "pass --force (force=True in Python) to replace it"
+
+Inputs = Mapping[str, "str | Path"]
+
+
+def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes, or of a folder's files (relative names and contents)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    if path.is_dir():
+        for child in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(child.relative_to(path).as_posix().encode() + b"\0")
+            digest.update(file_sha256(child, chunk_size).encode())
+        return digest.hexdigest()
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+_PACKAGES = ("bioreason", "torch", "pyro-ppl", "anndata", "scanpy", "numpy", "transformers")
+
+
+def package_versions(names: tuple[str, ...] = _PACKAGES) -> dict[str, str]:
+    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def read_manifest(path: str | Path) -> dict[str, Any] | None:
+    """A manifest's contents, or None when it is missing, unreadable or not a manifest.
+
+    Returns
+    -------
+    dict or None
+    """
+    path = Path(path)
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def write_manifest(
+    stage_dir: str | Path,
+    *,
+    config: dict[str, Any],
+    seed: int | None,
+    inputs: dict[str, str | Path] | None = None,
+    outputs: Iterable[str | Path] = (),
+    complete: bool = True,
+    name: str = MANIFEST,
+) -> dict[str, Any]:
+    """Write ``stage_dir/manifest.json`` (config, seed, versions, input and output hashes).
+
+    ``outputs`` are the files or folders the stage writes. With ``complete=True`` (after
+    writing them) their hashes are recorded, by path relative to ``stage_dir``, so that
+    :func:`check_replaceable` lets a re-run replace them and :func:`manifest_matches`
+    notices when one was changed since. Call it once with ``complete=False`` before
+    writing them: they are recorded as being written (``null``), so a stage interrupted
+    half-way may replace them on its next run, and the manifest matches nothing until the
+    stage completes.
+    """
+    stage_dir = Path(stage_dir)
+    manifest = {
+        "config": config,
+        "seed": seed,
+        "inputs": {k: file_sha256(v) for k, v in (inputs or {}).items()},
+        "outputs": {
+            _relative(Path(p), stage_dir): file_sha256(p) if complete else None for p in outputs
+        },
+        "versions": package_versions(),
+    }
+    atomic_write_text(stage_dir / name, json.dumps(manifest, indent=2, default=str))
+    return manifest
+
+
+def _relative(path: Path, stage_dir: Path) -> str:
+    try:
+        return path.resolve().relative_to(stage_dir.resolve()).as_posix()
+    except ValueError:
+        raise ValueError(f"output {path} is not inside the stage folder {stage_dir}") from None
+
+
+def _outputs_unchanged(stage_dir: Path, saved: dict[str, Any]) -> bool:
+    recorded = saved.get("outputs") or {}
+    if not isinstance(recorded, dict):
+        return False
+    for relative, digest in recorded.items():
+        path = stage_dir / relative
+        if digest is None or not path.exists() or file_sha256(path) != digest:
+            return False
+    return True
+
+
+def manifest_matches(
+    stage_dir: str | Path,
+    *,
+    config: dict[str, Any],
+    seed: int | None,
+    inputs: dict[str, str | Path] | None = None,
+    name: str = MANIFEST,
+) -> bool:
+    """True when a stage was completed with this config, seed and these inputs, and the
+    outputs it recorded are still there unchanged. A damaged manifest does not match."""
+    stage_dir = Path(stage_dir)
+    saved = read_manifest(stage_dir / name)
+    if saved is None:
+        return False
+    current_inputs = {k: file_sha256(v) for k, v in (inputs or {}).items()}
+    same_config = json.loads(json.dumps(config, default=str)) == saved.get("config")
+    return (
+        same_config
+        and saved.get("seed") == seed
+        and saved.get("inputs") == current_inputs
+        and _outputs_unchanged(stage_dir, saved)
+    )
+
+
+def check_replaceable(
+    path: str | Path, *, manifest: str | Path | None = None, force: bool = False
+) -> None:
+    """Refuse to replace ``path`` unless this project wrote it.
+
+    ``path`` (a file or a folder) may be written when it does not exist, when ``force``
+    is true, or when ``manifest`` (default ``path.parent / "manifest.json"``) records it
+    among its ``outputs`` with the hash it has now (a stage wrote it and nobody changed
+    it since) or as being written (a stage was interrupted while writing it).
+
+    Raises
+    ------
+    FileExistsError
+        Naming ``path`` and why it is not ours; nothing is changed.
+    """
+    path = Path(path)
+    if force or not (path.exists() or path.is_symlink()):
+        return
+    manifest = Path(manifest) if manifest is not None else path.parent / MANIFEST
+    saved = read_manifest(manifest)
+    recorded = (saved or {}).get("outputs") or {}
+    try:
+        key = path.resolve().relative_to(manifest.parent.resolve()).as_posix()
+    except ValueError:
+        key = None
+    if not isinstance(recorded, dict) or key not in recorded:
+        why = f"no record of it in {manifest}"
+        if saved is not None and "outputs" not in saved:
+            why += ", written by a bioreason version that did not record its outputs"
+        raise FileExistsError(
+            f"{path} already exists and was not written by bioreason ({why}); "
+            f"choose another output path or {_OVERWRITE_HINT}"
+        )
+    if recorded[key] is not None and file_sha256(path) != recorded[key]:
+        raise FileExistsError(
+            f"{path} has changed since bioreason wrote it (its hash differs from the one in "
+            f"{manifest}); choose another output path or {_OVERWRITE_HINT}"
+        )
+
+
+@dataclasses.dataclass
+class StageResult:
+    """What a stage left behind.
+
+    Attributes
+    ----------
+    path : Path
+        The stage folder.
+    result : dict
+        The stage's machine-readable result, as read back from ``result.json``.
+    skipped : bool
+        True when the stage was up to date and nothing was computed.
+    manifest : dict
+        The stage's ``manifest.json``.
+    """
+
+    path: Path
+    result: dict[str, Any]
+    skipped: bool
+    manifest: dict[str, Any]
+
+
+def _json_default(value: Any) -> Any:
+    """JSON form of the values a stage commonly returns (numpy scalars and arrays, paths)."""
+    if hasattr(value, "tolist"):  # numpy scalars and arrays, torch tensors
+        return value.tolist()
+    if isinstance(value, Path):
+        return value.as_posix()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _plain_config(config: Any) -> dict[str, Any]:
+    """A config (dict, dataclass, :class:`bioreason.config.Config`, None) as plain JSON data."""
+    if config is None:
+        return {}
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    elif dataclasses.is_dataclass(config) and not isinstance(config, type):
+        config = dataclasses.asdict(config)
+    if not isinstance(config, Mapping):
+        raise TypeError(
+            f"a stage config must be a dict or a dataclass, got {type(config).__name__}"
+        )
+    return json.loads(json.dumps(dict(config), default=_json_default))
+
+
+def _input_paths(inputs: Inputs | None, stage_dir: Path) -> dict[str, Path]:
+    paths = {str(key): Path(value) for key, value in (inputs or {}).items()}
+    for key, path in paths.items():
+        if not path.exists():
+            raise FileNotFoundError(
+                f"stage {stage_dir.name!r}: input {key!r} ({path}) does not exist; "
+                "run the stage that writes it first"
+            )
+    return paths
+
+
+def _is_partial(saved: Mapping[str, Any]) -> bool:
+    """A manifest written before ``compute``: some output is recorded as being written."""
+    outputs = saved.get("outputs")
+    return isinstance(outputs, dict) and any(digest is None for digest in outputs.values())
+
+
+def _is_temporary(path: Path) -> bool:
+    """A temporary file :func:`bioreason._io.atomic_path` left when its process was killed."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
+def _same_run(saved: Mapping[str, Any], config: dict, seed: int | None, inputs: dict) -> bool:
+    hashes = {key: file_sha256(path) for key, path in inputs.items()}
+    return (
+        saved.get("config") == config
+        and saved.get("seed") == seed
+        and saved.get("inputs") == hashes
+    )
+
+
+def _check_entry(path: Path, relative: str, recorded: Mapping[str, Any], manifest: Path) -> None:
+    if relative in recorded:
+        check_replaceable(path, manifest=manifest)  # raises when changed since
+    elif (
+        path.is_dir()
+        and not path.is_symlink()
+        and any(k.startswith(f"{relative}/") for k in recorded)
+    ):
+        for child in sorted(path.iterdir()):
+            _check_entry(child, f"{relative}/{child.name}", recorded, manifest)
+    else:
+        check_replaceable(path, manifest=manifest)  # not recorded: raises, naming it
+
+
+def _check_ours(stage_dir: Path, saved: Mapping[str, Any] | None, force: bool) -> None:
+    """Raise ``FileExistsError`` naming the first file in ``stage_dir`` this helper did not
+    write (or that changed since it did), unless ``force``."""
+    if force or not stage_dir.is_dir():
+        return
+    manifest = stage_dir / MANIFEST
+    if manifest.exists() and (saved is None or not isinstance(saved.get("outputs"), dict)):
+        raise FileExistsError(
+            f"{manifest} is not a manifest this version of bioreason can read, so nothing in "
+            f"{stage_dir} is known to be bioreason's; choose another run folder or {_FORCE_HINT}"
+        )
+    if saved is not None and _is_partial(saved):
+        return  # the folder was being written by an interrupted run of this stage
+    recorded = (saved or {}).get("outputs") or {}
+    for entry in sorted(stage_dir.iterdir()):
+        if entry.name == MANIFEST or _is_temporary(entry):
+            continue
+        _check_entry(entry, entry.name, recorded, manifest)
+
+
+def _remove_recorded(stage_dir: Path, saved: Mapping[str, Any] | None) -> None:
+    """Delete the outputs a previous run recorded (never anything else)."""
+    recorded = (saved or {}).get("outputs")
+    root = stage_dir.resolve()
+    for relative in recorded if isinstance(recorded, dict) else ():
+        path = stage_dir / relative
+        if root not in path.resolve().parents:
+            continue  # a hand-edited manifest must not make us delete outside the stage
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def preflight_stage(stage_dir: str | Path, *, force: bool = False) -> None:
+    """Check, before any work, that a stage folder could be written.
+
+    A folder that is missing, or that has a manifest, passes (whether it is up to date or
+    may be replaced is decided when the stage runs); a folder that holds files but no
+    manifest fails unless ``force``.
+
+    Raises
+    ------
+    NotADirectoryError
+        ``stage_dir`` is a file or lies inside one.
+    FileExistsError
+        Naming the first file of ``stage_dir`` that bioreason did not write.
+    """
+    stage_dir = Path(stage_dir)
+    check_output_folder(stage_dir)
+    if not force and stage_dir.is_dir() and not (stage_dir / MANIFEST).exists():
+        _check_ours(stage_dir, None, force)
+
+
+def completed_stage(
+    stage_dir: str | Path,
+    config: Any,
+    inputs: Inputs | None = None,
+    *,
+    seed: int | None = None,
+) -> StageResult | None:
+    """The stage's result when it is complete and up to date, else None.
+
+    Up to date means: its manifest records this config, seed and these input hashes,
+    ``result.json`` among its outputs, and every output is unchanged since.
+
+    Returns
+    -------
+    StageResult or None
+        With ``skipped=True``.
+    """
+    stage_dir = Path(stage_dir)
+    saved = read_manifest(stage_dir / MANIFEST)
+    if saved is None or RESULT not in (saved.get("outputs") or {}):
+        return None
+    plain = _plain_config(config)
+    paths = _input_paths(inputs, stage_dir)
+    if not manifest_matches(stage_dir, config=plain, seed=seed, inputs=paths):
+        return None
+    try:
+        result = json.loads((stage_dir / RESULT).read_text())
+    except (OSError, ValueError):
+        return None
+    return StageResult(stage_dir, result, True, saved)
+
+
+def run_stage(
+    stage_dir: str | Path,
+    config: Any,
+    inputs: Inputs | None,
+    compute: Callable[[Path], Mapping[str, Any]],
+    *,
+    seed: int | None = None,
+    force: bool = False,
+    outputs: Iterable[str] | None = None,
+    log: Callable[[str], Any] | None = print,
+) -> StageResult:
+    """Run one pipeline stage into ``stage_dir``, or skip it when it is up to date.
+
+    Parameters
+    ----------
+    stage_dir : str or Path
+        The stage folder (``runs/<name>/<stage>``); created when missing. Its name is the
+        stage's name in messages.
+    config : dict or dataclass
+        The settings that determine the stage's outputs; recorded as plain data.
+    inputs : mapping of str to path, or None
+        Files or folders the stage reads (earlier stages' outputs); their SHA-256
+        hashes are recorded, so a changed input recomputes the stage.
+    compute : callable
+        ``compute(stage_dir) -> dict``: writes the stage's artifacts into ``stage_dir``
+        (through :func:`bioreason._io.atomic_write` where a half-written file would
+        hurt) and returns its machine-readable result (JSON-serializable; numpy scalars
+        and arrays and paths are converted). It may find files left by an interrupted
+        run with the same config, seed and inputs, and resume from them.
+    seed : int or None, default None
+        Recorded in the manifest and compared like the config.
+    force : bool, default False
+        Replace files in ``stage_dir`` that this helper did not write or that changed
+        since it did. Without it such a file stops the stage before ``compute`` runs.
+        A stage that is up to date is skipped either way (delete its folder to redo it).
+    outputs : iterable of str, optional
+        The stage's artifacts, relative to ``stage_dir``. Default: every entry that
+        ``compute`` leaves in the folder. A declared output that ``compute`` did not
+        write is an error.
+    log : callable or None, default print
+        Receives ``"[stage] up to date: stage_dir"`` when the stage is skipped.
+
+    Returns
+    -------
+    StageResult
+        The stage folder, its result (read back from ``result.json``), whether it was
+        skipped, and its manifest.
+
+    Raises
+    ------
+    FileExistsError
+        ``stage_dir`` holds a file this helper did not write, or one changed since
+        (naming it), and ``force`` is false. Nothing is changed then.
+    FileNotFoundError
+        An input does not exist, or ``compute`` did not write a declared output.
+    TypeError
+        ``compute`` returned something other than a dict of JSON-serializable values.
+    """
+    stage_dir = Path(stage_dir)
+    name = stage_dir.name
+    check_output_folder(stage_dir)
+    plain = _plain_config(config)
+    declared = [str(Path(output).as_posix()) for output in (outputs or ())]
+    saved = read_manifest(stage_dir / MANIFEST)
+
+    done = completed_stage(stage_dir, plain, inputs, seed=seed)
+    if done is not None:
+        if log is not None:
+            log(f"[{name}] up to date: {stage_dir}")
+        return done
+    _check_ours(stage_dir, saved, force)
+    paths = _input_paths(inputs, stage_dir)
+
+    resuming = saved is not None and _is_partial(saved) and _same_run(saved, plain, seed, paths)
+    if not resuming:
+        _remove_recorded(stage_dir, saved)
+        (stage_dir / RESULT).unlink(missing_ok=True)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    pending = [stage_dir / output for output in (*declared, RESULT)]
+    write_manifest(
+        stage_dir, config=plain, seed=seed, inputs=paths, outputs=pending, complete=False
+    )
+
+    result = compute(stage_dir)
+    if not isinstance(result, Mapping):
+        raise TypeError(
+            f"stage {name!r}: compute must return a dict (the stage's result), "
+            f"got {type(result).__name__}"
+        )
+    try:
+        text = json.dumps(dict(result), indent=2, default=_json_default)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"stage {name!r}: its result cannot be written as JSON: {err}") from None
+    atomic_write_text(stage_dir / RESULT, text)
+
+    for output in declared:
+        if not (stage_dir / output).exists():
+            raise FileNotFoundError(
+                f"stage {name!r} declares the output {output!r} but did not write "
+                f"{stage_dir / output}"
+            )
+    if outputs is None:
+        written = [
+            entry
+            for entry in sorted(stage_dir.iterdir())
+            if entry.name != MANIFEST and not _is_temporary(entry)
+        ]
+    else:
+        written = [stage_dir / output for output in (*declared, RESULT)]
+    manifest = write_manifest(stage_dir, config=plain, seed=seed, inputs=paths, outputs=written)
+    return StageResult(stage_dir, json.loads(text), False, manifest)
+
+
+# ---------------------------------------------------------------- torch files, fingerprints
+def safe_torch_load(path: str | Path, remedy: str) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)``; a file that is not a
+    readable torch file of tensors and plain values raises a ``ValueError`` naming it
+    and ending with ``remedy`` (what the user can do)."""
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise  # these name the file and mean what they say
+    except pickle.UnpicklingError:
+        # torch reports bytes that are not a pickle and a pickle of arbitrary objects alike
+        reason = (
+            "it is not a torch file of tensors and plain values (damaged bytes, or Python "
+            "objects, which are never unpickled because that could run code)"
+        )
+    except Exception:  # noqa: BLE001 - torch raises RuntimeError/EOFError/OSError for damage
+        reason = "it could not be read (truncated, empty, or not a torch file)"
+    raise ValueError(
+        f"{path} is damaged or was not written by this version of bioreason: {reason}. {remedy}"
+    ) from None
+
+
+def digest(*arrays: Any) -> str:
+    """Short SHA-256 of arrays' dtypes, shapes and bytes (a cheap data fingerprint)."""
+    hasher = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(np.asarray(array))
+        hasher.update(f"{array.dtype}{array.shape}".encode())
+        if array.dtype == object:
+            hasher.update("\x1f".join(map(str, array.ravel())).encode())
+        else:
+            hasher.update(array.tobytes())
+    return hasher.hexdigest()[:16]
+
+
+def describe_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``"name: saved -> current"`` for every key whose values differ."""
+    missing = object()
+    out = []
+    for key in list(dict.fromkeys([*saved, *current])):
+        before, after = saved.get(key, missing), current.get(key, missing)
+        if before != after:
+            out.append(f"{key}: {_show(before, missing)} -> {_show(after, missing)}")
+    return out
+
+
+def _show(value: Any, missing: object) -> str:
+    return "(absent)" if value is missing else str(value)
