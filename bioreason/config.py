@@ -90,8 +90,9 @@ class Config:
     fields and wrongly typed values with an error that names the field, then run the
     subclass's ``__post_init__`` checks.
 
-    A field that moved keeps loading: :attr:`moved_fields` maps its old name to its new
-    dotted place in the same config (``{"steps": "train.max_steps"}``); ``from_dict``
+    A field that moved keeps loading: :attr:`moved_fields` maps its old (dotted) place to
+    its new dotted place in the same config (``{"steps": "train.max_steps"}``,
+    ``{"lm.device": "finetune.rl.device"}``); ``from_dict``
     moves the value there and warns (``FutureWarning``) naming both, and a value given
     under both names is an error.
     """
@@ -138,20 +139,22 @@ class Config:
 
 def _move_fields(cls: type[Config], values: dict[str, Any], where: str) -> dict[str, Any]:
     """``values`` with the fields of ``cls.moved_fields`` under their new names."""
-    moved = {old: new for old, new in cls.moved_fields.items() if old in values}
+    moved = {
+        old: new for old, new in cls.moved_fields.items() if _pop(values, old, dry=True)
+    }
     if not moved:
         return values
-    values = dict(values)
+    values = _copy_nested(values)
     for old, new in moved.items():
-        value = values.pop(old)
+        value = _pop(values, old)
         *sections, name = new.split(".")
         target = values
         for section in sections:
             inner = target.get(section)
             if inner is None:
                 inner = {}
-            elif dataclasses.is_dataclass(inner):
-                inner = inner.to_dict() if isinstance(inner, Config) else dataclasses.asdict(inner)
+            elif isinstance(inner, Config):
+                inner = inner.to_dict()
             elif not isinstance(inner, dict):
                 raise TypeError(f"{where}.{section} must be a mapping, got {inner!r}")
             target[section] = inner = dict(inner)
@@ -169,6 +172,24 @@ def _move_fields(cls: type[Config], values: dict[str, Any], where: str) -> dict[
             stacklevel=3,
         )
     return values
+
+
+def _copy_nested(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _copy_nested(v) if isinstance(v, dict) else v for k, v in values.items()}
+
+
+def _pop(values: dict[str, Any], dotted: str, dry: bool = False) -> Any:
+    """Remove and return ``values[a][b]`` for ``dotted = "a.b"`` (with ``dry``: whether it
+    is there, removing nothing)."""
+    *sections, name = dotted.split(".")
+    target = values
+    for section in sections:
+        target = target.get(section) if isinstance(target, dict) else None
+        if not isinstance(target, dict):
+            return False if dry else None
+    if dry:
+        return name in target
+    return target.pop(name)
 
 
 class _Loader(yaml.SafeLoader):

@@ -45,3 +45,18 @@ def test_new_names_load_without_a_warning(recwarn):
 def test_an_unknown_field_is_still_named():
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['stepz'\]"):
         _Outer.from_dict({"stepz": 1})
+
+
+@dataclasses.dataclass
+class _Root(Config):
+    outer: _Outer = dataclasses.field(default_factory=_Outer)
+    lm: dict = dataclasses.field(default_factory=dict)
+
+    moved_fields: ClassVar[dict[str, str]] = {"lm.device": "outer.name"}
+
+
+def test_a_field_moved_from_one_section_to_another():
+    with pytest.warns(FutureWarning, match="'lm.device' has moved to 'outer.name'"):
+        config = _Root.from_dict({"lm": {"device": "cpu", "other": 1}})
+    assert config.outer.name == "cpu"
+    assert config.lm == {"other": 1}
