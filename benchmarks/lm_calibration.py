@@ -211,19 +211,26 @@ def build_synthetic_task(args: argparse.Namespace) -> pd.DataFrame:
         split_heldout_combinations,
     )
     from bioreason.models import SAMSVAE
-    from bioreason.pipelines.demo import DEMO_SCREEN, DEMO_VAE
+    from bioreason.pipelines.demo import demo_config
     from bioreason.sim import GroundTruthSimulator, OutcomeSimulator, learn_programs
+
+    demo = demo_config()  # the demo's screen and SAMS-VAE sizes
 
     seed = args.screen_seed
     start = time.perf_counter()
-    adata = simulate_screen(**DEMO_SCREEN, seed=seed)
+    adata = simulate_screen(demo.data.screen, seed=seed)
     data = PerturbationData.from_anndata(adata)
     heldout = composable_combinations(data, fraction=_SCREEN_OPTIONS["heldout_fraction"], seed=seed)
     split = split_heldout_combinations(data, heldout=heldout, val_fraction=0.1, seed=seed)
     train_adata = adata[np.concatenate([split.train, split.val])].copy()
     n_train = split.train.size
     SAMSVAE.setup_anndata(train_adata)
-    model = SAMSVAE(train_adata, perturbation_names=data.perturbation_names, seed=seed, **DEMO_VAE)
+    model = SAMSVAE(
+        train_adata,
+        perturbation_names=data.perturbation_names,
+        seed=seed,
+        **demo.vae.options.to_dict(),
+    )
     model.train(
         max_steps=args.vae_steps,
         batch_size=512,

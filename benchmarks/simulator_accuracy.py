@@ -117,11 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         split_heldout_combinations,
     )
     from bioreason.models import MODELS
-    from bioreason.pipelines.demo import DEMO_SCREEN, DEMO_VAE, DEMO_VAE_STEPS
+    from bioreason.pipelines.demo import demo_config
     from bioreason.sim import GroundTruthSimulator, OutcomeSimulator, gene_readout, learn_programs
     from bioreason.sim.accuracy import compare_to_truth
 
-    steps = DEMO_VAE_STEPS if args.steps is None else args.steps
+    demo = demo_config()  # the demo's screen and SAMS-VAE sizes
+
+    steps = demo.vae.train.max_steps if args.steps is None else args.steps
     for name in args.models:
         MODELS.get(name)  # raises listing the models
     if args.out is not None and args.out.exists() and not args.force:
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     start_all = time.perf_counter()
 
     # ---------------------------------------------------------------- screen and split
-    adata = simulate_screen(**DEMO_SCREEN, seed=args.seed)
+    adata = simulate_screen(demo.data.screen, seed=args.seed)
     data = PerturbationData.from_anndata(adata)
     heldout = composable_combinations(data, fraction=args.heldout_fraction, seed=args.seed)
     split = split_heldout_combinations(data, heldout=heldout, val_fraction=0.1, seed=args.seed)
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             model_adata,
             perturbation_names=data.perturbation_names,
             seed=args.seed,
-            **DEMO_VAE,
+            **demo.vae.options.to_dict(),
         )
         start = time.perf_counter()
         model.train(

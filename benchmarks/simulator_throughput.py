@@ -46,12 +46,14 @@ def main() -> None:
 
     from bioreason.data import simulate_screen
     from bioreason.models import SAMSVAE
-    from bioreason.pipelines.demo import DEMO_SCREEN, DEMO_VAE
+    from bioreason.pipelines.demo import demo_config
     from bioreason.sim import OutcomeSimulator, learn_programs
 
-    adata = simulate_screen(**DEMO_SCREEN, seed=0)
+    demo = demo_config()  # the demo's screen and SAMS-VAE sizes
+
+    adata = simulate_screen(demo.data.screen, seed=0)
     SAMSVAE.setup_anndata(adata)
-    model = SAMSVAE(adata, **DEMO_VAE)
+    model = SAMSVAE(adata, **demo.vae.options.to_dict())
     model.train(max_steps=args.train_steps, batch_size=512, progress=False, device="cpu")
     programs = learn_programs(adata, n_programs=args.n_readouts, n_markers=15, seed=0)
     names = list(model.perturbation_names)

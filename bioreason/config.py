@@ -139,9 +139,7 @@ class Config:
 
 def _move_fields(cls: type[Config], values: dict[str, Any], where: str) -> dict[str, Any]:
     """``values`` with the fields of ``cls.moved_fields`` under their new names."""
-    moved = {
-        old: new for old, new in cls.moved_fields.items() if _pop(values, old, dry=True)
-    }
+    moved = {old: new for old, new in cls.moved_fields.items() if _pop(values, old, dry=True)}
     if not moved:
         return values
     values = _copy_nested(values)

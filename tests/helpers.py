@@ -37,7 +37,11 @@ TINY_PIPELINE = {
             "n_combinations": 4,
         }
     },
-    "vae": {"steps": 30, "options": {"n_latent": 4, "n_hidden": 32}, "ate_cells": 100},
+    "vae": {
+        "options": {"n_latent": 4, "n_hidden": 32},
+        "train": {"max_steps": 30, "device": "cpu"},
+        "ate_cells": 100,
+    },
     "task": {
         "options": {
             "n_programs": 3,
@@ -49,6 +53,18 @@ TINY_PIPELINE = {
         }
     },
     "lm": {"warm_start_steps": 3},
-    "finetune": {"methods": ["grpo", "rloo"], "steps": 4, "questions_per_step": 4, "group_size": 4},
+    "finetune": {
+        "methods": ["grpo", "rloo"],
+        "rl": {
+            "steps": 4,
+            "questions_per_step": 4,
+            "group_size": 4,
+            "lr": 3e-4,
+            "outcomes": "live",
+            "eval_split": "test",
+            "eval_samples": 4,
+            "device": "cpu",
+        },
+    },
     "calibration": {"n_boot": 20},
 }

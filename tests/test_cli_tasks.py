@@ -255,8 +255,10 @@ def test_inspect_task_reads_the_replogle_task_folder_and_its_saved_table(tmp_pat
 def test_task_config_rejects_bad_values_by_field_and_knows_its_sets():
     assert tuple(TASK_SPLITS) == tuple(SPLITS)
     assert {"singles", "measured", "pairs", "unseen_pairs"} <= set(CONDITION_SETS)
-    with pytest.raises(ValueError, match="model"):
-        TaskConfig.from_dict({})
+    with pytest.raises(ValueError, match="model: give the folder of a saved model"):
+        TaskConfig.from_dict({}).check_inputs()  # a pipeline builds one without a model
+    with pytest.raises(ValueError, match="n_programs learns programs from observed cells"):
+        TaskConfig.from_dict({"model": "m", "n_programs": 3}).check_inputs()
     with pytest.raises(ValueError, match="split must be one of"):
         TaskConfig.from_dict({"model": "m", "split": "by_gene"})
     with pytest.raises(TypeError, match="TaskConfig.n_outcomes"):

@@ -14,14 +14,10 @@ import torch
 import yaml
 
 from bioreason.cli import main
-from bioreason.pipelines.run import (
-    CALIBRATED_ECE,
-    INVALID_RATE_LIMIT,
-    PipelineConfig,
-    finding,
-    load_pipeline_config,
-    run_pipeline,
-)
+from bioreason.pipelines.calibration_stage import CALIBRATED_ECE, finding
+from bioreason.pipelines.config import PipelineConfig, load_pipeline_config
+from bioreason.pipelines.run import run_pipeline
+from bioreason.run_layout import INVALID_RATE_LIMIT
 
 from helpers import TINY_PIPELINE as TINY
 
@@ -93,7 +89,7 @@ def test_every_stage_writes_its_result_and_the_run_record(tiny_run):
     assert isinstance(result["finding"]["shown"], bool) and result["finding"]["text"]
     assert [row["method"] for row in result["headline"]] == ["grpo", "rloo"]
     record = json.loads((out / "pipeline.json").read_text())
-    assert record["config"]["finetune"]["steps"] == 4 and record["finished"]
+    assert record["config"]["finetune"]["rl"]["steps"] == 4 and record["finished"]
     assert all(record["stages"][name]["status"] == "done" for name in STAGE_NAMES)
     assert record["versions"]["torch"] == torch.__version__.split("+")[0] or record["versions"]
     assert "ECE vs outcomes" in printed and "grpo" in printed
@@ -110,7 +106,7 @@ def test_a_rerun_skips_every_stage_and_set_recomputes_only_what_changed(tiny_run
         assert f"[{name}] up to date" in printed, name
     assert "[finetune] 2 jobs" not in printed
     argv = ["run", str(config), "--out", str(copy), "--workers", "1", "--no-report"]
-    assert main([*argv, "--set", "finetune.steps=2"]) == 0
+    assert main([*argv, "--set", "finetune.rl.steps=2"]) == 0
     printed = capsys.readouterr().out
     for name in ("data", "vae", "task", "warm_start"):
         assert f"[{name}] up to date" in printed, name
@@ -121,7 +117,7 @@ def test_a_rerun_skips_every_stage_and_set_recomputes_only_what_changed(tiny_run
     # a new prompt template: the task and everything after it are recomputed
     template = "Does {condition_text} shift {readout}? Percent inside <answer></answer>."
     assert (
-        main([*argv, "--set", "finetune.steps=2", "--set", f"task.options.template={template}"])
+        main([*argv, "--set", "finetune.rl.steps=2", "--set", f"task.options.template={template}"])
         == 0
     )
     printed = capsys.readouterr().out
@@ -129,7 +125,7 @@ def test_a_rerun_skips_every_stage_and_set_recomputes_only_what_changed(tiny_run
     prompts = pd.read_parquet(copy / "task" / "task.parquet")["prompt"]
     assert prompts.str.startswith("Does knocking down").all()
     record = json.loads((copy / "pipeline.json").read_text())
-    assert record["config"]["finetune"]["steps"] == 2 and len(record["commands"]) == 4
+    assert record["config"]["finetune"]["rl"]["steps"] == 2 and len(record["commands"]) == 4
 
 
 def test_an_interrupted_finetune_stage_resumes_job_by_job(tiny_run, tmp_path, monkeypatch, capsys):
@@ -201,7 +197,7 @@ def test_only_and_from_need_the_earlier_stages(tiny_run, tmp_path, capsys):
     [
         ({"finetune": {"methods": ["nonsense"]}}, ["methods", "nonsense", "grpo"]),
         ({"vae": {"model": "big_vae"}}, ["vae.model", "sams_vae", "cpa_vae"]),
-        ({"vae": {"stepz": 3}}, ["stepz", "steps"]),
+        ({"vae": {"stepz": 3}}, ["stepz", "train"]),
         ({"colour": "red"}, ["colour", "finetune"]),
         ({"task": {"options": {"n_program": 3}}}, ["n_program", "n_programs"]),
         ({"finetune": {"seeds": [0, 0]}}, ["seeds", "twice"]),
@@ -225,7 +221,7 @@ def test_bad_config_names_the_key_and_the_allowed_values(tmp_path, capsys, chang
 
 def test_bad_override_and_missing_config_are_clear(tmp_path, capsys):
     path = _write(tmp_path, TINY)
-    assert main(["run", str(path), "--set", "finetune.steps"]) == 1
+    assert main(["run", str(path), "--set", "finetune.rl.steps"]) == 1
     assert "section.field=value" in capsys.readouterr().err
     assert main(["run", str(tmp_path / "absent.yaml")]) == 1
     assert "absent.yaml" in capsys.readouterr().err
@@ -233,16 +229,15 @@ def test_bad_override_and_missing_config_are_clear(tmp_path, capsys):
 
 def test_exponent_floats_read_as_numbers_in_files_and_overrides(tmp_path):
     # PyYAML alone reads "1e-4" (no dot) as a string; configs and --set take it as a number
-    values = {**TINY, "finetune": {**TINY["finetune"]}}
     path = tmp_path / "exp.yaml"
-    text = yaml.safe_dump(values).replace("finetune:\n", "finetune:\n  lr: 1e-4\n", 1)
+    text = yaml.safe_dump(TINY).replace("  rl:\n", "  rl:\n    kl_coef: 1e-4\n", 1)
     path.write_text(text)
-    assert load_pipeline_config(path).finetune.lr == pytest.approx(1e-4)
-    overridden = load_pipeline_config(path, ["finetune.lr=3E-5", "calibration.n_boot=20"])
-    assert overridden.finetune.lr == pytest.approx(3e-5)
+    assert load_pipeline_config(path).finetune.rl.kl_coef == pytest.approx(1e-4)
+    overridden = load_pipeline_config(path, ["finetune.rl.lr=3E-5", "calibration.n_boot=20"])
+    assert overridden.finetune.rl.lr == pytest.approx(3e-5)
     assert overridden.calibration.n_boot == 20
-    with pytest.raises((TypeError, ValueError), match="finetune.lr must be a number"):
-        load_pipeline_config(path, ["finetune.lr=1e"])  # not a number: still an error
+    with pytest.raises((TypeError, ValueError), match="finetune.rl.lr must be a number"):
+        load_pipeline_config(path, ["finetune.rl.lr=1e"])  # not a number: still an error
 
 
 def test_shipped_configs_load_and_demo_yaml_matches_the_demo():
@@ -319,15 +314,17 @@ def test_tabular_kind_runs_the_synthetic_calibration_experiment_as_a_stage(tmp_p
 
 def test_torch_compile_reaches_the_jobs_but_not_the_stage_manifest(tmp_path):
     from bioreason._io import json_safe
-    from bioreason.pipelines import run as pipeline_run
+    from bioreason.pipelines import lm_stages
 
     plain = PipelineConfig.from_dict(TINY)
-    values = {**TINY, "finetune": {**TINY["finetune"], "torch_compile": True, "threads": 2}}
+    values = json.loads(json.dumps(TINY))
+    values["finetune"]["rl"]["torch_compile"] = True
+    values["finetune"]["threads"] = 2
     compiled = PipelineConfig.from_dict(values)
-    jobs = pipeline_run._jobs(compiled, tmp_path, tmp_path / "task.parquet", tmp_path)
+    jobs = lm_stages._jobs(compiled, tmp_path, tmp_path / "task.parquet", tmp_path)
     assert jobs and all(job["torch_compile"] is True for job in jobs)
-    assert not any(job["torch_compile"] for job in pipeline_run._jobs(plain, *[tmp_path] * 3))
+    assert not any(job["torch_compile"] for job in lm_stages._jobs(plain, *[tmp_path] * 3))
     # speed-only settings leave the manifest (and so earlier runs' finetune stages) as is
-    stages = [pipeline_run._finetune_stage(c, workers=1, force=False) for c in (plain, compiled)]
+    stages = [lm_stages.finetune_stage(c, workers=1, force=False) for c in (plain, compiled)]
     assert json_safe(stages[0].config) == json_safe(stages[1].config)
-    assert "torch_compile" not in json_safe(stages[1].config)["finetune"]
+    assert "torch_compile" not in json_safe(stages[1].config)["finetune"]["rl"]

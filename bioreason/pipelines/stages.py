@@ -13,7 +13,7 @@ from typing import Any
 from bioreason._io import check_output_folder
 from bioreason.stage import StageResult, completed_stage, preflight_stage, run_stage
 
-__all__ = ["Stage", "run_stages"]
+__all__ = ["Stage", "run_stages", "say"]
 
 Inputs = Mapping[str, "str | Path"]
 
@@ -149,3 +149,8 @@ def run_stages(
             log=log,
         )
     return results
+
+
+def say(message: str) -> None:
+    """Print one progress line of a stage (flushed, so a log shows it at once)."""
+    print(message, flush=True)

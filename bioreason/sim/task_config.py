@@ -110,8 +110,9 @@ class TaskConfig(Config):
 
     Attributes
     ----------
-    model : str
-        Folder written by ``model.save`` (required).
+    model : str or None
+        Folder written by ``model.save``; required to build a task (a pipeline sets it to
+        its ``vae`` stage's model).
     model_class : str, optional
         Registry name (``"sams_vae"``) or class name (``"SAMSVAE"``) of
         :data:`bioreason.models.MODELS`; default: the class recorded in the folder's
@@ -200,11 +201,6 @@ class TaskConfig(Config):
     replicates_per_draw: int = 8
 
     def __post_init__(self) -> None:
-        if not self.model:
-            raise ValueError(
-                "model: give the folder of a saved model (--model DIR, or 'model:' in the "
-                "config file)"
-            )
         if isinstance(self.conditions, str):
             self.conditions = [self.conditions]
         if self.conditions is not None and not self.conditions:
@@ -237,6 +233,23 @@ class TaskConfig(Config):
             raise ValueError(f"target_se must be > 0, got {self.target_se}")
         if not 0 < self.threshold_quantile < 1:
             raise ValueError(f"threshold_quantile must be in (0, 1), got {self.threshold_quantile}")
+
+    def check_inputs(self) -> None:
+        """Check that the settings name what building the task reads: a saved model, and
+        the observed cells where learned programs, observed thresholds or the ground truth
+        need them (:func:`build_task_from_config` calls it first; a pipeline, whose model
+        and cells come from its own stages, checks the rest up front).
+
+        Raises
+        ------
+        ValueError
+            Naming the missing field and what needs it.
+        """
+        if not self.model:
+            raise ValueError(
+                "model: give the folder of a saved model (--model DIR, or 'model:' in the "
+                "config file)"
+            )
         if self.n_programs is not None and self.adata is None:
             raise ValueError("n_programs learns programs from observed cells: give adata too")
         if _needs_observed_thresholds(self.outcome, self.outcome_options) and self.adata is None:
@@ -438,6 +451,7 @@ def build_task_from_config(
     from bioreason.sim.simulator import OutcomeSimulator
     from bioreason.stage import write_manifest
 
+    config.check_inputs()
     if out is not None:
         out = Path(out)
         if out.is_dir():

@@ -1,0 +1,161 @@
+"""The LM stages. ``warm_start``: one warm-started LM per seed
+(:func:`bioreason.lm.warm_start`: the answer format with uniform answers), in
+``seed<S>/model``. ``finetune``: every method x seed, each a job in its own folder
+``<method>_seed<S>`` (in ``--workers`` processes; a finished job is skipped on rerun, so an
+interrupted stage resumes job by job); each job is also an independent
+``bioreason finetune`` command for a cluster (``docs/pipelines.md``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from bioreason.pipelines.config import FinetuneStageConfig, PipelineConfig
+from bioreason.pipelines.stages import Stage, say
+from bioreason.stage import StageResult
+
+__all__ = ["finetune_stage", "warm_start_stage"]
+
+
+def warm_start_stage(config: PipelineConfig, force: bool) -> Stage:
+    """The ``warm_start`` stage: one warm-started LM per seed.
+
+    Returns
+    -------
+    Stage
+    """
+    lm = config.lm
+
+    def compute(stage_dir: Path, upstream: Mapping[str, StageResult]) -> dict[str, Any]:
+        from bioreason.pipelines.lm_runs import warm_start_folder
+
+        task_path = upstream["task"].path / "task.parquet"
+        start = time.perf_counter()
+        folders = {}
+        for seed in config.finetune.seeds:
+            say(f"[warm_start] seed {seed}: {lm.warm_start_steps} steps of uniform answers")
+            folders[str(seed)] = str(
+                warm_start_folder(
+                    task_path,
+                    stage_dir / f"seed{seed}",
+                    seed,
+                    model=lm.model,
+                    steps=lm.warm_start_steps,
+                    lr=lm.warm_start_lr,
+                    device=config.finetune.rl.device,
+                    force=force,
+                ).relative_to(stage_dir)
+            )
+        return {"models": folders, "seconds": time.perf_counter() - start, **dataclasses.asdict(lm)}
+
+    return Stage(
+        "warm_start",
+        compute,
+        config={"lm": lm, "seeds": config.finetune.seeds, "device": config.finetune.rl.device},
+        inputs=lambda up: {"task": up["task"].path / "task.parquet"},
+        outputs=[f"seed{seed}" for seed in config.finetune.seeds],
+    )
+
+
+def _jobs(config: PipelineConfig, stage_dir: Path, task_path: Path, warm_dir: Path) -> list[dict]:
+    from bioreason.run_layout import method_slug
+
+    tune = config.finetune
+    jobs = []
+    for seed in tune.seeds:
+        for method in tune.methods:
+            jobs.append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    "steps": tune.rl.steps,
+                    "group_size": tune.rl.group_size,
+                    "questions_per_step": tune.rl.questions_per_step,
+                    "lr": tune.rl.lr,
+                    "kl_coef": tune.rl.kl_coef,
+                    "entropy_coef": tune.rl.entropy_coef,
+                    "eval_samples": tune.rl.eval_samples,
+                    "outcomes": tune.rl.outcomes,
+                    "n_boot": 0,
+                    "device": tune.rl.device,
+                    "threads": tune.threads,
+                    "torch_compile": tune.rl.torch_compile,
+                    "progress": False,
+                    "task": str(task_path),
+                    "warm": str(warm_dir / f"seed{seed}" / "model"),
+                    "folder": str(stage_dir / f"{method_slug(method)}_seed{seed}"),
+                }
+            )
+    return jobs
+
+
+def finetune_stage(config: PipelineConfig, workers: int, force: bool) -> Stage:
+    """The ``finetune`` stage: every method x seed, each a job in its own folder.
+
+    Returns
+    -------
+    Stage
+    """
+    tune = config.finetune
+
+    def compute(stage_dir: Path, upstream: Mapping[str, StageResult]) -> dict[str, Any]:
+        from bioreason.pipelines.lm_runs import prepare_job_folder, read_job_row, run_jobs
+
+        jobs = _jobs(
+            config, stage_dir, upstream["task"].path / "task.parquet", upstream["warm_start"].path
+        )
+        todo = []
+        for job in jobs:
+            if prepare_job_folder(Path(job["folder"]), job, force):
+                say(f"[finetune] up to date: {job['method']} seed {job['seed']}")
+            else:
+                todo.append(job)
+        start = time.perf_counter()
+        done = [len(jobs) - len(todo)]
+
+        def finished(row: dict[str, Any]) -> None:
+            done[0] += 1
+            say(
+                f"[finetune] {done[0]}/{len(jobs)} {row['method']} seed {row['seed']}: "
+                f"ECE {row['ece']:.3f}, |q - p*| {row.get('mae_to_reference', math.nan):.3f}, "
+                f"{row['seconds_per_step']:.3f} s/step"
+            )
+
+        if todo:
+            say(
+                f"[finetune] {len(todo)} jobs ({len(tune.methods)} methods x "
+                f"{len(tune.seeds)} seeds, {tune.rl.steps} steps each) in {workers} worker(s)"
+            )
+        run_jobs(todo, workers=workers, finished=finished)
+        rows = [read_job_row(Path(job["folder"]) / "metrics.json") for job in jobs]
+        return {
+            "jobs": [
+                {"method": r["method"], "seed": r["seed"], "folder": Path(j["folder"]).name}
+                for r, j in zip(rows, jobs)
+            ],
+            "seconds": time.perf_counter() - start,
+            "workers": workers,
+        }
+
+    return Stage(
+        "finetune",
+        compute,
+        config={"finetune": _speed_free(tune)},
+        inputs=lambda up: {
+            "task": up["task"].path / "task.parquet",
+            "warm_start": up["warm_start"].path / "result.json",
+        },
+    )
+
+
+def _speed_free(tune: FinetuneStageConfig) -> dict[str, Any]:
+    """The finetune settings that change results (the stage's manifest config): threads
+    and compilation change only the speed."""
+    values = dataclasses.asdict(tune)
+    values.pop("threads")
+    values["rl"].pop("torch_compile")
+    return values

@@ -1,0 +1,100 @@
+"""The ``task`` stage: questions, p* (the fitted model's posterior predictive probability,
+:class:`bioreason.sim.OutcomeSimulator`), p_true on simulated screens, sampled outcomes
+and a split (:func:`bioreason.sim.build_task_from_config`); or the published Replogle
+task (``task.source: replogle``) or any task table (``task.source: PATH.parquet``), in
+which case there are no ``data`` / ``vae`` stages. Writes ``task.parquet``."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bioreason.pipelines.config import PipelineConfig
+from bioreason.pipelines.stages import Stage, say
+from bioreason.stage import StageResult
+
+__all__ = ["task_stage"]
+
+
+def task_stage(config: PipelineConfig) -> Stage:
+    """The ``task`` stage: questions, p* and outcomes, or a task read from a file.
+
+    Returns
+    -------
+    Stage
+    """
+    task_config = config.task
+
+    def compute(stage_dir: Path, upstream: Mapping[str, StageResult]) -> dict[str, Any]:
+        from bioreason.data.tasks import load_replogle_task, load_task, save_task, task_summary
+
+        start = time.perf_counter()
+        path = stage_dir / "task.parquet"
+        if task_config.source == "simulator":
+            from bioreason.sim.task_config import build_task_from_config
+
+            data_dir = upstream["data"].path
+            options = dataclasses.replace(
+                task_config.options,
+                seed=config.seed,
+                ground_truth=bool(upstream["data"].result.get("ground_truth")),
+                model=str(upstream["vae"].path / "model"),
+                adata=str(data_dir / "data.h5ad"),
+            )
+            say("[task] questions and p* from the fitted model (outcome simulator)")
+            table = build_task_from_config(options)
+        elif task_config.source == "replogle":
+            table = load_replogle_task(task_config.replogle_folder)
+        else:
+            table = load_task(task_config.source)
+        save_task(table, path, overwrite=True)
+        summary = task_summary(table)
+        result: dict[str, Any] = {
+            "source": task_config.source,
+            "n_questions": int(len(table)),
+            "splits": {str(k): int(v) for k, v in table["split"].value_counts().items()},
+            "outcome_rate": float(pd.to_numeric(table["outcome"], errors="coerce").mean()),
+            "summary": summary,
+            "seconds": time.perf_counter() - start,
+        }
+        p_star = table["p_star"].to_numpy(dtype=float)
+        p_true = table["p_true"].to_numpy(dtype=float)
+        both = np.isfinite(p_star) & np.isfinite(p_true)
+        if both.sum() >= 2:
+            result["mae_p_star_p_true"] = float(np.abs(p_star[both] - p_true[both]).mean())
+            result["corr_p_star_p_true"] = float(np.corrcoef(p_star[both], p_true[both])[0, 1])
+        if np.isfinite(p_star).any():
+            result["mean_p_star"] = float(np.nanmean(p_star))
+            result["mean_spread"] = float(np.nanmean(table["p_star_spread"].to_numpy(dtype=float)))
+        say(
+            f"[task] {len(table)} questions ({result['splits']}), outcome rate "
+            f"{result['outcome_rate']:.2f}"
+            + (
+                f"; |p* - p_true| {result['mae_p_star_p_true']:.3f}"
+                if "mae_p_star_p_true" in result
+                else ""
+            )
+        )
+        return result
+
+    def inputs(up: Mapping[str, StageResult]) -> dict[str, Path]:
+        if task_config.source == "simulator":
+            return {"model": up["vae"].path / "model", "data": up["data"].path / "data.h5ad"}
+        if task_config.source == "replogle":
+            return {"replogle": Path(task_config.replogle_folder)}
+        return {"task": Path(task_config.source)}
+
+    return Stage(
+        "task",
+        compute,
+        config={"task": task_config, "seed": config.seed},
+        inputs=inputs,
+        seed=config.seed,
+        outputs=["task.parquet", "task.parquet.summary.json"],
+    )
