@@ -30,6 +30,7 @@ def _config_classes():
     from bioreason.rl.lm_trainer import LMRLConfig
     from bioreason.rl.loop import RLConfig
     from bioreason.rl.trainer import TabularRLConfig
+    from bioreason.sim.budget import SimulationBudget
     from bioreason.sim.task_config import TaskConfig
 
     return [
@@ -37,6 +38,7 @@ def _config_classes():
         VAEConfig,
         TrainConfig,
         TaskConfig,
+        SimulationBudget,
         RLConfig,
         LMRLConfig,
         TabularRLConfig,
