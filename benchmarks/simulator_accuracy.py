@@ -118,7 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     from bioreason.models import MODELS
     from bioreason.pipelines.demo import DEMO_SCREEN, DEMO_VAE, DEMO_VAE_STEPS
-    from bioreason.sim import GroundTruthSimulator, OutcomeSimulator, gene_readout, learn_programs
+    from bioreason.sim import (
+        GroundTruthSimulator,
+        OutcomeSimulator,
+        SimulationBudget,
+        gene_readout,
+        learn_programs,
+    )
     from bioreason.sim.accuracy import compare_to_truth
 
     steps = DEMO_VAE_STEPS if args.steps is None else args.steps
@@ -164,16 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     # ---------------------------------------------------------------- ground truth
     start = time.perf_counter()
     options = {"readouts": readouts, "n_cells": args.n_cells}
+    budget = SimulationBudget(target_se=args.target_se, max_draws=args.max_draws)
     thresholds = GroundTruthSimulator(
         adata, "screen_hit", threshold=None, **options
     ).suggest_thresholds(list(groups), names, quantile=args.quantile, seed=args.seed)
-    truth = GroundTruthSimulator(adata, "screen_hit", threshold=thresholds, **options)
-    truth_frame = truth.probability(
-        questions[["condition", "readout"]],
-        target_se=args.target_se,
-        max_draws=args.max_draws,
-        seed=args.seed + 1,
+    truth = GroundTruthSimulator(
+        adata, "screen_hit", threshold=thresholds, budget=budget, **options
     )
+    truth_frame = truth.probability(questions[["condition", "readout"]], seed=args.seed + 1)
     truth_frame["condition"] = questions["condition"].to_numpy()  # labels as asked
     truth_seconds = time.perf_counter() - start
     _line("threshold_median", float(np.median(list(thresholds.values()))), "score")
@@ -222,14 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         train_seconds = time.perf_counter() - start
         asked = questions if cls.composes else questions[questions["group"] == "seen"]
-        simulator = OutcomeSimulator(model, "screen_hit", threshold=thresholds, **options)
-        start = time.perf_counter()
-        frame = simulator.probability(
-            asked[["condition", "readout"]],
-            target_se=args.target_se,
-            max_draws=args.max_draws,
-            seed=args.seed,
+        simulator = OutcomeSimulator(
+            model, "screen_hit", threshold=thresholds, budget=budget, **options
         )
+        start = time.perf_counter()
+        frame = simulator.probability(asked[["condition", "readout"]], seed=args.seed)
         pstar_seconds = time.perf_counter() - start
         frame["condition"] = asked["condition"].to_numpy()
         frame["group"] = asked["group"].to_numpy()
