@@ -338,9 +338,9 @@ def fit_nuts_reference(
 
     @jax.jit
     def potential(params: dict) -> Any:
-        # the model's potential energy, compiled as one function (giving NUTS ``model=``
+        # the model's potential energy, compiled as one function: giving NUTS ``model=``
         # runs the model eagerly op by op at initialization, compiling each operation
-        # separately: ~25 s of a 40 s run on a busy 2-core CPU)
+        # separately, which took most of a small fit's time (docs/simulator_reference.md)
         return potential_energy(model, observed, {}, params)
 
     kernel = NUTS(potential_fn=potential, target_accept_prob=target_accept_prob)
