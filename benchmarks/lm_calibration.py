@@ -10,12 +10,12 @@ position; single-token answers, so no sampling noise).
 
 Tasks (``--task``):
 
-- ``synthetic`` (default): the demo screen (``bioreason.pipelines.demo.DEMO_SCREEN``)
+- ``synthetic`` (default): the demo screen (``bioreason.pipelines.demo.demo_config().data.screen``)
   with 25 % of the composable combinations held out of the VAE's training cells,
   SAMS-VAE fitted ``--vae-steps`` steps (3,000: p* error vs p_true about 0.24 seen /
   0.16 held out, docs/simulator.md), ``--n-programs`` NMF programs as readouts,
   ``screen_hit`` with 100-cell replicates and per-program thresholds from the ground
-  truth (median true |effect|), then :func:`bioreason.data.build_task` over every
+  truth (median true |effect|), then :func:`bioreason.sim.build_task` over every
   perturbed condition x program (p* from the SAMS-VAE simulator, p_true from
   :class:`bioreason.sim.GroundTruthSimulator`, a random train/test split of the
   questions). Cached in ``OUT/task/`` (skipped on rerun when its manifest matches).
@@ -205,14 +205,19 @@ def build_synthetic_task(args: argparse.Namespace) -> pd.DataFrame:
     """
     from bioreason.data import (
         PerturbationData,
-        build_task,
         composable_combinations,
         simulate_screen,
         split_heldout_combinations,
     )
     from bioreason.models import SAMSVAE
     from bioreason.pipelines.demo import demo_config
-    from bioreason.sim import GroundTruthSimulator, OutcomeSimulator, learn_programs
+    from bioreason.sim import (
+        GroundTruthSimulator,
+        OutcomeSimulator,
+        SimulationBudget,
+        build_task,
+        learn_programs,
+    )
 
     demo = demo_config()  # the demo's screen and SAMS-VAE sizes
 
@@ -268,8 +273,7 @@ def build_synthetic_task(args: argparse.Namespace) -> pd.DataFrame:
         test_fraction=args.test_fraction,
         val_fraction=0.0,
         seed=seed,
-        target_se=args.target_se,
-        max_draws=args.max_draws,
+        budget=SimulationBudget(target_se=args.target_se, max_draws=args.max_draws),
         truth=truth,
     )
     _line("task_pstar_seconds", time.perf_counter() - start, "s", 1)

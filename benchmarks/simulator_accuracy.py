@@ -1,11 +1,11 @@
 """Accuracy of the outcome simulator's p* against the ground truth p_true (issue 10).
 
-The demo screen (``simulate_screen(**DEMO_SCREEN, seed)``: 20 perturbations, 12 two-gene
+The demo screen (``demo_config().data.screen``: 20 perturbations, 12 two-gene
 combinations, 500 genes, 100 cells per condition) is split as the results runs split it:
 25 % of the combinations, drawn among those whose parts are measured alone
 (``composable_combinations``), are held out with all their cells; the rest (train, and
 val for the validation loss) trains each of SAMS-VAE, CPA-VAE and the conditional VAE
-(the demo's sizes ``DEMO_VAE``, built with every perturbation name, ``--steps`` Adam
+(the demo's sizes ``demo_config().vae.options``, built with every perturbation name, ``--steps`` Adam
 steps, 800 by default as in the demo, batch 512, 5 particles, no early stopping).
 
 Questions: every seen condition (the single perturbations and the training
@@ -118,7 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     from bioreason.models import MODELS
     from bioreason.pipelines.demo import demo_config
-    from bioreason.sim import GroundTruthSimulator, OutcomeSimulator, gene_readout, learn_programs
+    from bioreason.sim import (
+        GroundTruthSimulator,
+        OutcomeSimulator,
+        SimulationBudget,
+        gene_readout,
+        learn_programs,
+    )
     from bioreason.sim.accuracy import compare_to_truth
 
     demo = demo_config()  # the demo's screen and SAMS-VAE sizes
@@ -166,16 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     # ---------------------------------------------------------------- ground truth
     start = time.perf_counter()
     options = {"readouts": readouts, "n_cells": args.n_cells}
+    budget = SimulationBudget(target_se=args.target_se, max_draws=args.max_draws)
     thresholds = GroundTruthSimulator(
         adata, "screen_hit", threshold=None, **options
     ).suggest_thresholds(list(groups), names, quantile=args.quantile, seed=args.seed)
-    truth = GroundTruthSimulator(adata, "screen_hit", threshold=thresholds, **options)
-    truth_frame = truth.probability(
-        questions[["condition", "readout"]],
-        target_se=args.target_se,
-        max_draws=args.max_draws,
-        seed=args.seed + 1,
+    truth = GroundTruthSimulator(
+        adata, "screen_hit", threshold=thresholds, budget=budget, **options
     )
+    truth_frame = truth.probability(questions[["condition", "readout"]], seed=args.seed + 1)
     truth_frame["condition"] = questions["condition"].to_numpy()  # labels as asked
     truth_seconds = time.perf_counter() - start
     _line("threshold_median", float(np.median(list(thresholds.values()))), "score")
@@ -224,14 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         train_seconds = time.perf_counter() - start
         asked = questions if cls.composes else questions[questions["group"] == "seen"]
-        simulator = OutcomeSimulator(model, "screen_hit", threshold=thresholds, **options)
-        start = time.perf_counter()
-        frame = simulator.probability(
-            asked[["condition", "readout"]],
-            target_se=args.target_se,
-            max_draws=args.max_draws,
-            seed=args.seed,
+        simulator = OutcomeSimulator(
+            model, "screen_hit", threshold=thresholds, budget=budget, **options
         )
+        start = time.perf_counter()
+        frame = simulator.probability(asked[["condition", "readout"]], seed=args.seed)
         pstar_seconds = time.perf_counter() - start
         frame["condition"] = asked["condition"].to_numpy()
         frame["group"] = asked["group"].to_numpy()

@@ -38,7 +38,12 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
 
-    from bioreason.sim import compare_with_svi, reference_questions, simulate_reference_screen
+    from bioreason.sim import (
+        SimulationBudget,
+        compare_with_svi,
+        reference_questions,
+        simulate_reference_screen,
+    )
 
     start = time.perf_counter()
     adata = simulate_reference_screen(seed=args.seed)
@@ -54,8 +59,7 @@ def main() -> None:
             "num_samples": args.num_samples,
             "num_chains": args.num_chains,
         },
-        target_se=args.target_se,
-        max_draws=4000,
+        budget=SimulationBudget(target_se=args.target_se, max_draws=4000),
         seed=args.seed,
         threshold=None,
         n_cells=args.replicate_cells,

@@ -47,7 +47,7 @@ def main() -> None:
     from bioreason.data import simulate_screen
     from bioreason.models import SAMSVAE
     from bioreason.pipelines.demo import demo_config
-    from bioreason.sim import OutcomeSimulator, learn_programs
+    from bioreason.sim import OutcomeSimulator, SimulationBudget, learn_programs
 
     demo = demo_config()  # the demo's screen and SAMS-VAE sizes
 
@@ -74,7 +74,7 @@ def main() -> None:
         readouts=programs,
         threshold=thresholds,
         n_cells=100,
-        cells_per_draw=args.cells_per_draw,
+        budget=SimulationBudget(target_se=args.target_se, cells_per_draw=args.cells_per_draw),
     )
     simulator.probability(questions[:20], target_se=0.2, max_draws=16)  # warm-up
 
@@ -90,7 +90,7 @@ def main() -> None:
 
     model.posterior_predictive = timed
     start = time.perf_counter()
-    fast = simulator.probability(questions, target_se=args.target_se, method="fast")
+    fast = simulator.probability(questions, method="fast")
     fast_seconds = time.perf_counter() - start
     model.posterior_predictive = original
     if args.fast_only:
@@ -109,11 +109,10 @@ def main() -> None:
         threshold=thresholds,
         n_cells=100,
         counterfactual=False,
+        budget=SimulationBudget(target_se=args.target_se),
     )
     start = time.perf_counter()
-    unpaired = unpaired_simulator.probability(
-        unpaired_questions, target_se=args.target_se, method="fast"
-    )
+    unpaired = unpaired_simulator.probability(unpaired_questions, method="fast")
     unpaired_seconds = time.perf_counter() - start
     paired_subset = fast.set_index(["condition", "readout"]).loc[unpaired_questions]
 

@@ -105,7 +105,7 @@ class Config:
         where = where or cls.__name__
         if not isinstance(values, dict):
             raise TypeError(f"{where}: expected a mapping of field names to values, got {values!r}")
-        values = _move_fields(cls, values, where)
+        values = move_fields(cls, values, where)
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(values) - set(fields))
@@ -137,8 +137,15 @@ class Config:
         atomic_write_text(Path(path), yaml.safe_dump(_plain(self.to_dict()), sort_keys=False))
 
 
-def _move_fields(cls: type[Config], values: dict[str, Any], where: str) -> dict[str, Any]:
-    """``values`` with the fields of ``cls.moved_fields`` under their new names."""
+def move_fields(cls: type[Config], values: dict[str, Any], where: str) -> dict[str, Any]:
+    """``values`` (a mapping of ``cls``'s fields) with the fields of ``cls.moved_fields``
+    under their new names, each with a ``FutureWarning`` (what ``from_dict`` does first).
+
+    Returns
+    -------
+    dict
+        A new mapping (``values`` itself when nothing moved).
+    """
     moved = {old: new for old, new in cls.moved_fields.items() if _pop(values, old, dry=True)}
     if not moved:
         return values

@@ -48,8 +48,7 @@ TINY_PIPELINE = {
             "outcome_options": {"threshold": None, "n_cells": 50},
             "test_fraction": 0.3,
             "val_fraction": 0.0,
-            "max_draws": 200,
-            "target_se": 0.05,
+            "budget": {"max_draws": 200, "target_se": 0.05},
         }
     },
     "lm": {"warm_start_steps": 3},

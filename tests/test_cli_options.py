@@ -31,6 +31,7 @@ def _config_classes():
     from bioreason.rl.lm_trainer import LMRLConfig
     from bioreason.rl.loop import RLConfig
     from bioreason.rl.trainer import TabularRLConfig
+    from bioreason.sim.budget import SimulationBudget
     from bioreason.sim.task_config import TaskConfig
 
     return [
@@ -38,6 +39,7 @@ def _config_classes():
         VAEConfig,
         TrainConfig,
         TaskConfig,
+        SimulationBudget,
         RLConfig,
         LMRLConfig,
         TabularRLConfig,

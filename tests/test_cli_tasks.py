@@ -159,8 +159,7 @@ def test_build_task_from_a_config_with_flags_on_top(saved, tmp_path, capsys):
                 "conditions": ["measured_singles", "P0+P1"],
                 "n_outcomes": 1,
                 "seed": 3,
-                "target_se": 0.05,
-                "max_draws": 32,
+                "budget": {"target_se": 0.05, "max_draws": 32},
             }
         )
     )
@@ -181,6 +180,40 @@ def test_build_task_from_a_config_with_flags_on_top(saved, tmp_path, capsys):
     assert table["prompt"].str.contains("second").any()
     manifest = json.loads((tmp_path / "task.parquet.manifest.json").read_text())
     assert manifest["config"]["seed"] == 3 and "programs" in manifest["inputs"]
+
+
+@pytest.mark.parametrize("nested", [True, False], ids=["budget", "old_flat_keys"])
+def test_budget_flags_override_the_config_files_budget(saved, tmp_path, capsys, nested):
+    budget = {"target_se": 0.5, "max_draws": 2000}
+    config = tmp_path / "task.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": str(saved["model"]),
+                "readouts": GENES[:1],
+                "conditions": ["P0", "P1"],
+                "outcome_options": {"threshold": 0.1, "n_cells": 30},
+                **({"budget": budget} if nested else budget),
+            }
+        )
+    )
+    out = tmp_path / "task.parquet"
+    argv = ["build-task", "--config", config, "--out", out, "--max-draws", "6"]
+    argv += ["--min-draws", "6", "--draws-per-round", "3", "--method", "brute"]
+    if nested:
+        code, _, err = _run(capsys, *argv)
+    else:  # the file's old flat target_se still loads; its max_draws gives way to the flag
+        with pytest.warns(FutureWarning, match="'target_se' has moved to 'budget.target_se'"):
+            code, _, err = _run(capsys, *argv)
+    assert code == 0, err
+    table = pd.read_parquet(out)
+    assert (table["p_star_draws"] == 6).all() and (table["p_star_method"] == "brute").all()
+    summary = json.loads(out.with_suffix(".parquet.summary.json").read_text())
+    assert summary["target_se"] == 0.5
+    with pytest.raises(SystemExit) as exit_info:
+        _run(capsys, *argv[:3], "--out", tmp_path / "t.parquet", "--method", "exact")
+    assert exit_info.value.code == 2
+    _error(capsys.readouterr().err, "--method", "exact")
 
 
 def test_an_unknown_config_key_is_named_with_the_file(saved, tmp_path, capsys):

@@ -40,9 +40,20 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(
     "page, names",
     [
-        ("data", ["PerturbationSetup", "simulate_screen", "build_task"]),
+        ("data", ["PerturbationSetup", "simulate_screen", "load_task", "TASK_COLUMNS"]),
         ("models", ["SAMSVAE", "VAEConfig", "MODELS"]),
-        ("sim", ["OutcomeSimulator", "OUTCOMES", "GroundTruthSimulator"]),
+        (
+            "sim",
+            [
+                "OutcomeSimulator",
+                "OUTCOMES",
+                "GroundTruthSimulator",
+                "SimulationBudget",
+                "build_task",
+                "TaskConfig",
+                "reference",
+            ],
+        ),
         ("lm", ["load_predictor", "answer_distribution", "warm_start"]),
         ("rl", ["LMTrainer", "LMRLConfig", "ADVANTAGES", "TabularTrainer", "TabularRLConfig"]),
         ("calibration", ["expected_calibration_error", "calibration_table"]),

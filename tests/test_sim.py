@@ -16,6 +16,7 @@ from bioreason.sim import (
     OUTCOMES,
     GroundTruthSimulator,
     OutcomeSimulator,
+    SimulationBudget,
     cell_scores,
     learn_programs,
     program_readout,
@@ -68,7 +69,9 @@ def _exact_hit_probability(q_perturbed: float, q_control: float, n: int, thresho
 
 def test_cell_expression_matches_the_poisson_closed_form_over_two_posterior_draws():
     model = PoissonModel({"control": (1.0, 1.0), "A": (0.2, 1.5)})
-    simulator = OutcomeSimulator(model, "cell_expression", threshold=1.0, cells_per_draw=400)
+    simulator = OutcomeSimulator(
+        model, "cell_expression", threshold=1.0, budget=SimulationBudget(cells_per_draw=400)
+    )
     result = simulator.probability([("A", "g0")], target_se=0.005, min_draws=64)
     # P(x > 0) = 1 - exp(-rate), averaged over the two equally likely draws
     exact = 1 - 0.5 * (np.exp(-0.2) + np.exp(-1.5))
@@ -86,7 +89,12 @@ def test_screen_hit_matches_the_exact_binomial_answer(method):
     n, threshold = 100, LOG_SCALE * 16.5 / 100  # halfway between two lattice points of D
     model = PoissonModel(rates)
     simulator = OutcomeSimulator(
-        model, "screen_hit", threshold=threshold, direction="up", n_cells=n, replicates_per_draw=8
+        model,
+        "screen_hit",
+        threshold=threshold,
+        direction="up",
+        n_cells=n,
+        budget=SimulationBudget(replicates_per_draw=8),
     )
     result = simulator.probability([("A", "g0")], target_se=0.01, method=method, seed=3)
     q_p, q_c = 1 - np.exp(-0.7), 1 - np.exp(-0.4)
@@ -146,7 +154,7 @@ def test_ground_truth_simulator_matches_a_direct_monte_carlo_of_the_true_model(s
         readouts=[program],
         threshold=threshold,
         n_cells=n,
-        cells_per_draw=4 * n,
+        budget=SimulationBudget(cells_per_draw=4 * n),
     )
     result = simulator.probability([(condition, "prog")], target_se=0.01, seed=0)
     row = result.iloc[0]

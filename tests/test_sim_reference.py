@@ -1,4 +1,5 @@
-"""The NumPyro NUTS reference for p* (bioreason.sim.reference)."""
+"""The NumPyro NUTS reference for p* (bioreason.sim.reference: the screen, the collapsed
+model and NUTS, the linear SAMS model, the comparison with SVI)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from bioreason.sim import OutcomeSimulator
+from bioreason.sim import OutcomeSimulator, SimulationBudget
 from bioreason.sim import reference as ref
+from bioreason.sim.reference import nuts as collapsed
 
 SMALL = {
     "n_perturbations": 4,
@@ -59,12 +61,12 @@ def test_collapsed_prior_is_the_exact_sum_over_masks_and_embeddings():
     # two perturbations, singles and their pair; one latent dimension
     dosage = np.array([[0, 0], [1, 0], [1, 0], [0, 1], [1, 1], [1, 1]], dtype=float)
     z = np.random.default_rng(0).normal(0.5, 1.0, size=(6, 1))
-    groups = ref._mask_groups(dosage, 0.3, 1.2)
-    exact = ref._log_latent_prior(z, dosage, groups)
+    groups = collapsed._mask_groups(dosage, 0.3, 1.2)
+    exact = collapsed._log_latent_prior(z, dosage, groups)
     assert exact == pytest.approx(_quadrature_log_prior(z[:, 0], dosage, 0.3, 1.2), abs=1e-6)
     # two latent dimensions are independent given the masks' prior
     z2 = np.random.default_rng(1).normal(size=(6, 2))
-    both = ref._log_latent_prior(z2, dosage, groups)
+    both = collapsed._log_latent_prior(z2, dosage, groups)
     apart = sum(_quadrature_log_prior(z2[:, d], dosage, 0.3, 1.2) for d in range(2))
     assert both == pytest.approx(apart, abs=1e-6)
 
@@ -75,8 +77,8 @@ def test_globals_drawn_given_latents_follow_their_conditional():
     n = 40
     dosage = np.vstack([np.zeros((5, 1)), np.ones((n, 1))])
     z = np.vstack([np.zeros((5, 1)), np.full((n, 1), 2.0)])[None].repeat(4000, axis=0)
-    groups = ref._mask_groups(dosage, 0.3, 1.0)
-    masks, embeddings = ref._draw_globals(z, dosage, groups, np.random.default_rng(0))
+    groups = collapsed._mask_groups(dosage, 0.3, 1.0)
+    masks, embeddings = collapsed._draw_globals(z, dosage, groups, np.random.default_rng(0))
     assert masks.mean() == 1.0
     precision = n + 1.0
     assert embeddings.mean() == pytest.approx(
@@ -136,7 +138,12 @@ def test_nuts_recovers_the_effects_and_p_true(small_reference_screen, small_nuts
     questions = [(c, g) for c in ("P0", "P2", "P1+P3") for g in ("gene00", "gene05")]
     options = {"threshold": 0.3, "n_cells": 20}
     nuts_p = ref.reference_probability(
-        adata, questions, reference=nuts, target_se=0.02, max_draws=300, seed=1, **options
+        adata,
+        questions,
+        reference=nuts,
+        budget=SimulationBudget(target_se=0.02, max_draws=300),
+        seed=1,
+        **options,
     )
     assert list(nuts_p.columns[:4]) == ["condition", "readout", "p_star_nuts", "p_star_se"]
     assert nuts_p.attrs["r_hat_max"] == diagnostics["r_hat_max"]
@@ -180,7 +187,7 @@ def test_errors_name_the_problem(small_reference_screen, small_nuts):
     chain = np.zeros((10, 11))
     chain[np.arange(10), np.arange(10)] = chain[np.arange(10), np.arange(1, 11)] = 1
     with pytest.raises(ValueError, match="11 perturbations share cells"):
-        ref._mask_groups(chain, 0.3, 1.0, [f"Q{i}" for i in range(11)])
+        collapsed._mask_groups(chain, 0.3, 1.0, [f"Q{i}" for i in range(11)])
 
 
 @pytest.mark.slow
@@ -193,8 +200,7 @@ def test_compare_with_svi_tables_every_method(small_reference_screen, small_nuts
         svi_steps=1500,
         threshold=None,
         n_cells=20,
-        target_se=0.03,
-        max_draws=200,
+        budget=SimulationBudget(target_se=0.03, max_draws=200),
     )
     columns = ["p_true", "p_star_nuts", "p_star_svi_correlated", "p_star_svi_mean_field"]
     assert set(columns) <= set(table.columns)

@@ -432,3 +432,167 @@ def build_config(
         if not named:
             raise
         raise type(err)(f"{text} (given as {', '.join(named)})") from None
+
+
+# ---------------------------------------------------------------- nested configs
+def _sections(config_class: type[Config]) -> dict[str, type[Config]]:
+    """The fields of ``config_class`` that are configs themselves, by name."""
+    hints = typing.get_type_hints(config_class)
+    return {
+        f.name: hints[f.name]
+        for f in dataclasses.fields(config_class)
+        if f.init and isinstance(hints[f.name], type) and issubclass(hints[f.name], Config)
+    }
+
+
+def _split_extra(
+    extra: Mapping[str, Mapping[str, Any]] | None, config_class: type[Config], section: str
+) -> dict[str, Mapping[str, Any]]:
+    """The ``extra`` entries that belong to ``section`` (``""``: the top level): keyed by
+    ``"section.field"``, or by a bare field name that ``section``'s config has."""
+    names = {f.name for f in dataclasses.fields(config_class)}
+    chosen = {}
+    for key, value in (extra or {}).items():
+        owner, _, name = key.rpartition(".")
+        if owner == section and name in names:
+            chosen[name] = value
+    return chosen
+
+
+def add_config_tree(
+    parser: argparse.ArgumentParser,
+    config_class: type[Config],
+    *,
+    titles: Mapping[str, str],
+    prefixes: Mapping[str, str] | None = None,
+    exclude: Iterable[str] = (),
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
+    """Options for the fields of ``config_class`` and of each config nested in it, one
+    argument group each (see :func:`add_config_options`).
+
+    Parameters
+    ----------
+    parser : ArgumentParser
+    config_class : type
+        A :class:`~bioreason.config.Config` whose fields may be configs themselves (one
+        level deep).
+    titles : mapping of str to str
+        Group title per section: ``""`` for the top-level fields, else the field name.
+    prefixes : mapping of str to str, optional
+        Option prefix per section (default none: ``--max-steps``, not ``--train-max-steps``;
+        the nested configs' field names must then differ).
+    exclude : iterable of str
+        Dotted fields without an option (``"rl.method"``, or ``"model"`` at the top).
+    extra : mapping, optional
+        Per dotted field (``"train.lr"``; a top-level field by its name), the keywords of
+        :func:`add_config_options`'s ``extra``.
+    """
+    prefixes = dict(prefixes or {})
+    exclude = set(exclude)
+    sections = _sections(config_class)
+    for section, cls in {"": config_class, **sections}.items():
+        own = [name.rpartition(".")[2] for name in exclude if name.rpartition(".")[0] == section]
+        if section == "":
+            own += list(sections)
+        config_group_ = parser.add_argument_group(titles.get(section, section))
+        add_config_options(
+            config_group_,
+            cls,
+            exclude=own,
+            prefix=prefixes.get(section, ""),
+            extra=_split_extra(extra, cls, section),
+        )
+
+
+def tree_overrides(
+    args: argparse.Namespace,
+    config_class: type[Config],
+    *,
+    prefixes: Mapping[str, str] | None = None,
+    exclude: Iterable[str] = (),
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The values given on the command line for the options of :func:`add_config_tree`.
+
+    Returns
+    -------
+    values : dict
+        Nested like the config: ``{"lr": 0.1, "train": {"max_steps": 5}}``.
+    options : dict of str to str
+        Field name -> the option string that set it (for error messages).
+    """
+    prefixes = dict(prefixes or {})
+    exclude = set(exclude)
+    sections = _sections(config_class)
+    values: dict[str, Any] = {}
+    options: dict[str, str] = {}
+    for section, cls in {"": config_class, **sections}.items():
+        own = [name.rpartition(".")[2] for name in exclude if name.rpartition(".")[0] == section]
+        if section == "":
+            own += list(sections)
+        prefix = prefixes.get(section, "")
+        given = config_overrides(args, cls, exclude=own, prefix=prefix)
+        if section == "":
+            values.update(given)
+        elif given:
+            values[section] = given
+        options.update({name: option_name(name, prefix) for name in given})
+    return values, options
+
+
+def read_config_file(path: str | None, config_class: type[Config], what: str) -> dict[str, Any]:
+    """The mapping of a command's ``--config`` YAML file (empty without one), its flat
+    keys routed into the nested sections they belong to.
+
+    Fields that moved (``config_class.moved_fields``) are read at their new place, with
+    a ``FutureWarning``. A key that is no field of ``config_class`` but a field of exactly
+    one of its nested configs is moved into that section, so a flat file of fields
+    (``max_steps: 100`` for ``train.max_steps``) and the nested form both load.
+
+    Returns
+    -------
+    dict
+    """
+    from bioreason.config import move_fields, read_yaml
+
+    if not path:
+        return {}
+    values = read_yaml(path, what="config file")
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"config file {path} must hold a mapping of {what} fields, got {type(values).__name__}"
+        )
+    values = move_fields(config_class, values, f"{what} ({path})")
+    names = {f.name for f in dataclasses.fields(config_class)}
+    owners: dict[str, list[str]] = {}
+    for section, cls in _sections(config_class).items():
+        for field in dataclasses.fields(cls):
+            owners.setdefault(field.name, []).append(section)
+    routed: dict[str, Any] = {}
+    for key, value in values.items():
+        sections = owners.get(key, [])
+        if key in names or len(sections) != 1:
+            routed[key] = value  # a field, or unknown: from_dict names it
+            continue
+        section = routed.setdefault(sections[0], {})
+        if not isinstance(section, dict):
+            raise ValueError(f"config file {path}: {sections[0]} must be a mapping")
+        section[key] = value
+    return routed
+
+
+def merge_values(base: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``given`` on top, nested mappings merged key by key.
+
+    Returns
+    -------
+    dict
+    """
+    merged = dict(base)
+    for key, value in given.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_values(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -11,14 +11,19 @@ import yaml
 from bioreason.cli._base import (
     UsageError,
     add_force,
-    config_group,
     non_negative_int,
     one_line,
     positive_float,
     positive_int,
     probability,
 )
-from bioreason.cli._options import build_config, config_overrides, option_name
+from bioreason.cli._options import (
+    add_config_tree,
+    build_config,
+    merge_values,
+    read_config_file,
+    tree_overrides,
+)
 from bioreason.cli.inspect_task import ordered_splits
 from bioreason.config import yaml_loads
 
@@ -58,23 +63,13 @@ def _outcome_options(pairs: list[str]) -> dict:
 
 def _task_config(args: argparse.Namespace):
     """The TaskConfig of ``--config`` (if any) with the flags given on top."""
-    from bioreason.config import read_yaml
-    from bioreason.sim.task_config import TaskConfig
+    from bioreason.sim import TaskConfig
 
-    values, where = {}, "build-task"
-    if args.config:
-        values = read_yaml(args.config, what="config file")
-        values = {} if values is None else values
-        if not isinstance(values, dict):
-            raise ValueError(
-                f"config file {args.config} must hold a mapping of TaskConfig fields, got "
-                f"{type(values).__name__}"
-            )
-        where = f"TaskConfig ({args.config})"
-    elif args.model is None:
+    if not args.config and args.model is None:
         raise UsageError("give the saved model folder (--model DIR) or a config file (--config)")
-    overrides = config_overrides(args, TaskConfig, exclude=_TASK_HAND_MADE)
-    options = {name: option_name(name) for name in overrides}
+    where = f"TaskConfig ({args.config})" if args.config else "build-task"
+    values = read_config_file(args.config, TaskConfig, "TaskConfig")
+    overrides, options = tree_overrides(args, TaskConfig, exclude=_TASK_HAND_MADE)
     options.update(outcome_options="--option", programs="--programs-file")
     if args.programs_file is not None:
         overrides["programs"] = args.programs_file
@@ -85,17 +80,23 @@ def _task_config(args: argparse.Namespace):
         if not isinstance(base, dict):
             raise ValueError(f"{where}.outcome_options must be a mapping, got {base!r}")
         overrides["outcome_options"] = {**base, **_outcome_options(args.option)}
-    return build_config(TaskConfig, values, overrides, where=where, options=options)
+    return build_config(
+        TaskConfig, merge_values(values, overrides), {}, where=where, options=options
+    )
 
 
 def _options(parser: argparse.ArgumentParser) -> None:
-    from bioreason.sim.task_config import TaskConfig
+    from bioreason.sim import TaskConfig
 
     positive = {"type": positive_int}
-    config_group(
+    add_config_tree(
         parser,
         TaskConfig,
-        "task options (TaskConfig fields; they override --config)",
+        titles={
+            "": "task options (TaskConfig fields; they override --config)",
+            "budget": "simulation budget of p* (TaskConfig.budget, SimulationBudget fields; "
+            "they override --config's budget)",
+        },
         exclude=_TASK_HAND_MADE,
         extra={
             "model": {"metavar": "DIR"},
@@ -114,11 +115,13 @@ def _options(parser: argparse.ArgumentParser) -> None:
             "test_fraction": {"type": probability},
             "val_fraction": {"type": probability},
             "seed": {"type": non_negative_int},
-            "target_se": {"type": positive_float},
-            "max_draws": positive,
             "threshold_quantile": {"type": probability},
-            "cells_per_draw": positive,
-            "replicates_per_draw": positive,
+            "budget.target_se": {"type": positive_float},
+            "budget.max_draws": positive,
+            "budget.min_draws": positive,
+            "budget.draws_per_round": positive,
+            "budget.cells_per_draw": positive,
+            "budget.replicates_per_draw": positive,
         },
     )
 

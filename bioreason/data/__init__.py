@@ -1,6 +1,7 @@
 """Perturbation data: parsing AnnData (one PerturbationSetup), validation, count
 recovery, splits, loaders, synthetic screens, expression summaries (condition means,
-average treatment effects)."""
+average treatment effects), and the task table schema with its loaders (tasks built from
+a simulator: :func:`bioreason.sim.build_task`)."""
 
 from bioreason.data.expression import (
     ate_agreement,
@@ -33,7 +34,6 @@ from bioreason.data.splits import (
 from bioreason.data.tasks import (
     DEFAULT_TEMPLATE,
     TASK_COLUMNS,
-    build_task,
     load_replogle_task,
     load_task,
     save_task,
@@ -58,7 +58,6 @@ __all__ = [
     "Split",
     "ate_agreement",
     "average_treatment_effect",
-    "build_task",
     "composable_combinations",
     "condition_means",
     "dataset_registry",

@@ -1,4 +1,5 @@
-"""Task tables: the questions a predictor answers, one row per question (parquet).
+"""Task tables: the questions a predictor answers, one row per question (parquet): the
+schema, its prompt templates and splits, and the loaders and savers.
 
 Columns (every task, simulated or loaded):
 
@@ -18,7 +19,7 @@ Columns (every task, simulated or loaded):
 ``split``              ``"train"``, ``"val"`` or ``"test"``
 =====================  =============================================================
 
-:func:`build_task` builds a table from an outcome simulator (:mod:`bioreason.sim`);
+:func:`bioreason.sim.build_task` builds a table from an outcome simulator;
 :func:`load_replogle_task` reads the real Replogle K562 task into the same schema.
 """
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import json
 import string
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,8 @@ __all__ = [
     "REPLOGLE_TEMPLATE",
     "SPLITS",
     "TASK_COLUMNS",
-    "build_task",
+    "TEMPLATE_FIELDS",
+    "check_template",
     "load_replogle_task",
     "load_task",
     "save_task",
@@ -79,7 +80,14 @@ REPLOGLE_TEMPLATE = (
 SPLITS = ("random", "heldout_conditions", "heldout_combinations")
 
 
-def _check_template(template: str) -> None:
+def check_template(template: str) -> None:
+    """Raise a ``ValueError`` when ``template`` is not a format string over
+    :data:`TEMPLATE_FIELDS` (the message names the unknown fields and lists the valid ones).
+
+    Returns
+    -------
+    None
+    """
     try:
         names = {name for _, name, _, _ in string.Formatter().parse(template) if name}
     except ValueError as err:
@@ -156,152 +164,6 @@ def split_questions(
         val = rest[order[: int(round(val_fraction * rest.size))]]
         out[np.isin(conditions, val)] = "val"
     return out.astype(str)
-
-
-def build_task(
-    simulator: Any,
-    conditions: Sequence[str],
-    readouts: Sequence[str] | None = None,
-    *,
-    template: str = DEFAULT_TEMPLATE,
-    n_outcomes: int = 1,
-    split: str = "random",
-    test_fraction: float = 0.2,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    target_se: float = 0.01,
-    max_draws: int = 2000,
-    threshold_quantile: float = 0.5,
-    truth: Any = None,
-    path: str | Path | None = None,
-    overwrite: bool = False,
-) -> pd.DataFrame:
-    """Questions (every condition x readout) with p*, sampled outcomes and a split.
-
-    Parameters
-    ----------
-    simulator : an :class:`~bioreason.sim.OutcomeSimulator`
-    conditions : condition labels (``"A"``, ``"A+B"``)
-    readouts : gene or program names (None for outcomes without readouts)
-    template : format string with fields from :data:`TEMPLATE_FIELDS`
-    n_outcomes : sampled outcomes per question (the first is ``outcome``)
-    split, test_fraction, val_fraction : see :func:`split_questions`
-    target_se, max_draws : passed to ``simulator.probability``
-    threshold_quantile : when a ``screen_hit`` outcome has ``threshold=None``, each
-        readout's threshold is this quantile of the model's expected |effect| across
-        ``conditions`` (:meth:`~bioreason.sim.OutcomeSimulator.suggest_thresholds`)
-    truth : optional simulator of the true process (e.g. ``GroundTruthSimulator``): fills
-        ``p_true``; it is given the same outcome definition (thresholds included)
-    path : write the table there as parquet (atomically); an existing file is refused
-        unless ``overwrite=True``
-
-    Returns
-    -------
-    DataFrame with :data:`TASK_COLUMNS` (plus ``further_outcomes`` when n_outcomes > 1,
-    and ``p_star_draws``, ``p_star_method``); ``attrs["summary"]`` is :func:`task_summary`.
-    """
-    _check_template(template)
-    if isinstance(n_outcomes, bool) or not isinstance(n_outcomes, (int, np.integer)):
-        raise TypeError(f"n_outcomes must be an integer, got {n_outcomes!r}")
-    if n_outcomes < 1:
-        raise ValueError(f"n_outcomes must be >= 1, got {n_outcomes}")
-    if path is not None and Path(path).exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    conditions = [str(c) for c in dict.fromkeys(conditions)]
-    if not conditions:
-        raise ValueError("no conditions given")
-    uses_readout = simulator.outcome.uses_readout
-    if uses_readout:
-        if not readouts:
-            raise ValueError(f"outcome {simulator.outcome.name!r} needs readouts (genes/programs)")
-        readouts = [str(r) for r in dict.fromkeys(readouts)]
-    else:
-        readouts = [""]
-    outcome = simulator.outcome
-    if outcome.name == "screen_hit" and outcome.needs_thresholds():
-        thresholds = simulator.suggest_thresholds(
-            conditions, readouts, quantile=threshold_quantile, seed=seed
-        )
-        simulator.outcome = outcome.with_thresholds(thresholds)
-    simulator.fix_thresholds(readouts)
-    questions = pd.DataFrame(
-        [(c, r) for c in conditions for r in readouts], columns=["condition", "readout"]
-    )
-    result = simulator.probability(questions, target_se=target_se, max_draws=max_draws, seed=seed)
-    outcomes = simulator.sample(result[["condition", "readout"]], n=n_outcomes, seed=seed + 1)
-    outcomes = np.asarray(outcomes, dtype=np.int8)
-    p_true = np.full(len(result), np.nan)
-    if truth is not None:
-        truth.outcome = simulator.outcome
-        p_true = truth.probability(
-            result[["condition", "readout"]], target_se=target_se, max_draws=max_draws, seed=seed
-        )["p_star"].to_numpy()
-    prompts = []
-    for condition, readout in zip(result["condition"], result["readout"], strict=True):
-        markers = ""
-        if uses_readout:
-            markers = ", ".join(simulator.readouts.get(readout).markers[:15])
-        condition_text = _condition_text(simulator, condition)
-        prompts.append(
-            template.format(
-                question=simulator.describe(condition, readout, condition_text),
-                condition=condition,
-                condition_text=condition_text,
-                readout=readout,
-                markers=markers,
-            )
-        )
-    table = pd.DataFrame(
-        {
-            "question_id": [f"q{i:05d}" for i in range(len(result))],
-            "condition": result["condition"].to_numpy(),
-            "readout": result["readout"].to_numpy(),
-            "outcome_definition": simulator.outcome.to_json(),
-            "prompt": prompts,
-            "p_star": result["p_star"].to_numpy(),
-            "p_star_se": result["p_star_se"].to_numpy(),
-            "p_star_spread": result["p_star_spread"].to_numpy(),
-            "p_true": p_true,
-            "reference_probability": np.nan,
-            "outcome": outcomes[:, 0],
-        }
-    )
-    if n_outcomes > 1:
-        table["further_outcomes"] = [row.tolist() for row in outcomes[:, 1:]]
-    table["split"] = split_questions(table, split, test_fraction, val_fraction, seed)
-    table["p_star_draws"] = result["n_draws"].to_numpy()
-    table["p_star_method"] = result["method"].to_numpy()
-    unconverged = int((~result["converged"]).sum())
-    if unconverged:
-        warnings.warn(
-            f"{unconverged} of {len(result)} questions did not reach p_star_se <= {target_se} "
-            f"within {max_draws} draws (see column p_star_se)",
-            UserWarning,
-            stacklevel=2,
-        )
-    table.attrs["summary"] = task_summary(table)
-    extreme = table.attrs["summary"]["p_star_extreme_fraction"]
-    if extreme > 0.8:
-        warnings.warn(
-            f"p* is within 0.05 of 0 or 1 for {extreme:.0%} of the questions: calibration "
-            "differences between predictors will hardly show; choose other thresholds "
-            "(threshold=None picks them from the model's effects) or replicate sizes",
-            UserWarning,
-            stacklevel=2,
-        )
-    if path is not None:
-        save_task(table, path, overwrite=overwrite)
-    return table
-
-
-def _condition_text(simulator: Any, condition: str) -> str:
-    control = getattr(simulator.model, "control_label", "control")
-    if condition == control:
-        return "no perturbation (control cells)"
-    parts = condition.split("+")
-    if len(parts) == 1:
-        return f"knocking down {condition}"
-    return f"knocking down {', '.join(parts[:-1])} and {parts[-1]} together"
 
 
 def task_summary(table: pd.DataFrame) -> dict[str, Any]:
@@ -382,7 +244,7 @@ def load_replogle_task(folder: str | Path, template: str = REPLOGLE_TEMPLATE) ->
     -------
     DataFrame with :data:`TASK_COLUMNS` plus ``markers``.
     """
-    _check_template(template)
+    check_template(template)
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"Replogle task folder {folder} does not exist")

@@ -5,9 +5,16 @@
 screen?" with the posterior predictive probability p* (``.probability``) and draws 0/1
 outcomes of simulated experiments (``.sample``, the ``OutcomeSource`` protocol of
 :mod:`bioreason.rl.outcomes`). ``GroundTruthSimulator`` does the same with a synthetic
-screen's true parameters (p_true).
+screen's true parameters (p_true). Its Monte Carlo budget is one object,
+``SimulationBudget``.
+
+Task tables are built here: ``build_task(simulator, conditions, readouts)`` asks every
+question and writes p*, outcomes and a split into the schema of
+:mod:`bioreason.data.tasks`; ``build_task_from_config(TaskConfig)`` does it from a saved
+model folder (what ``bioreason build-task`` runs).
 """
 
+from bioreason.sim.budget import SimulationBudget
 from bioreason.sim.ground_truth import GroundTruthModel, GroundTruthSimulator
 from bioreason.sim.outcomes import (
     OUTCOMES,
@@ -45,6 +52,12 @@ from bioreason.sim.simulator import (
     describe_condition,
     questions_frame,
 )
+from bioreason.sim.task_config import (
+    CONDITION_SETS,
+    TaskConfig,
+    build_task_from_config,
+)
+from bioreason.sim.tasks import build_task
 
 __all__ = [
     # NumPyro NUTS reference (bioreason.sim.reference)
@@ -57,6 +70,11 @@ __all__ = [
     "reference_questions",
     "sams_reference_model",
     "simulate_reference_screen",
+    # task tables (bioreason.sim.tasks, bioreason.sim.task_config)
+    "CONDITION_SETS",
+    "TaskConfig",
+    "build_task",
+    "build_task_from_config",
     "FAST_MIN_CELLS",
     "OUTCOMES",
     "CellExpression",
@@ -69,6 +87,7 @@ __all__ = [
     "Readout",
     "ReadoutSet",
     "ScreenHit",
+    "SimulationBudget",
     "cell_scores",
     "describe_condition",
     "gene_readout",

@@ -11,7 +11,9 @@ levels are kept apart: each posterior draw k gives an estimate P_k of the inner
 probability; p* is their mean, its Monte Carlo standard error is sd(P_k) / sqrt(K), and
 the spread of P_k across draws is the model's epistemic uncertainty about the question.
 
-Two ways to compute P_k (``method=``):
+How many draws, cells and replicates are spent is one object, the
+:class:`~bioreason.sim.SimulationBudget` (``budget=``). Two ways to compute P_k (its
+``method``):
 
 * ``"brute"``: simulate ``replicates_per_draw`` replicate experiments under draw k and
   average the outcome -- the definition itself, for any outcome;
@@ -26,6 +28,7 @@ control cells are simulated once per draw and shared by every condition.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -34,6 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bioreason.sim.budget import SimulationBudget
 from bioreason.sim.outcomes import CustomOutcome, Outcome, make_outcome
 from bioreason.sim.readouts import Readout, ReadoutSet, cell_scores
 
@@ -103,11 +107,11 @@ class OutcomeSimulator:
         (what the RL trainers pass through the ``OutcomeSource`` protocol).
     observed : AnnData, optional
         Observed cells for data-dependent thresholds (default: the model's AnnData).
-    cells_per_draw : int, optional
-        Cells per condition simulated per draw on the fast path (default: the replicate
-        size with counterfactual generation, 4 x it without; at least 1 x and 2 x).
-    replicates_per_draw : int
-        Replicates per draw on the brute-force path.
+    budget : SimulationBudget, optional
+        The Monte Carlo budget of :meth:`probability` (target standard error, posterior
+        draws, cells and replicates per draw, method); default ``SimulationBudget()``.
+        Its ``cells_per_draw`` must be at least the replicate size with counterfactual
+        generation, twice it without.
     counterfactual : bool or None
         Fast path only: simulate each perturbed cell and a control cell from the same
         basal state (``posterior_predictive(..., counterfactual=True)``), so that mean
@@ -127,8 +131,7 @@ class OutcomeSimulator:
         readouts: Iterable[Readout | str] = (),
         questions: Any = None,
         observed: Any = None,
-        cells_per_draw: int | None = None,
-        replicates_per_draw: int = 8,
+        budget: SimulationBudget | None = None,
         counterfactual: bool | None = None,
         **outcome_options: Any,
     ) -> None:
@@ -138,6 +141,14 @@ class OutcomeSimulator:
                     f"OutcomeSimulator needs a fitted perturbation model (with {name}); "
                     f"got {type(model).__name__}"
                 )
+        misplaced = sorted(
+            set(outcome_options) & {f.name for f in dataclasses.fields(SimulationBudget)}
+        )
+        if misplaced:
+            raise TypeError(
+                f"{misplaced} belong to the simulation budget, not to the outcome: pass "
+                f"budget=SimulationBudget({misplaced[0]}=...)"
+            )
         self.model = model
         self.outcome = make_outcome(outcome, **outcome_options)
         self.readouts = ReadoutSet(model.gene_names, readouts)
@@ -152,16 +163,12 @@ class OutcomeSimulator:
                 "shared across conditions); use counterfactual=False or None"
             )
         self.paired = supported if counterfactual is None else bool(counterfactual)
-        minimum = size if self.paired else 2 * size
-        self.cells_per_draw = int(cells_per_draw or max((1 if self.paired else 4) * size, 32))
-        if self.cells_per_draw < minimum:
-            raise ValueError(
-                f"cells_per_draw must be at least {'' if self.paired else 'twice '}the "
-                f"replicate size ({minimum}), got {self.cells_per_draw}"
-            )
-        if replicates_per_draw < 1:
-            raise ValueError(f"replicates_per_draw must be >= 1, got {replicates_per_draw}")
-        self.replicates_per_draw = int(replicates_per_draw)
+        # the fast path's cells per draw when the budget leaves them open, and the least
+        # it may give (fixed here: the replicate size of the outcome asked about)
+        self._least_cells = size if self.paired else 2 * size
+        self._default_cells = max((1 if self.paired else 4) * size, 32)
+        self.budget = _as_budget(budget)
+        self._cells_per_draw(self.budget)
         self._auto_thresholds = (
             self.outcome.needs_thresholds() and self.outcome.name != "screen_hit"
         )
@@ -266,7 +273,7 @@ class OutcomeSimulator:
         labels = list(dict.fromkeys(canonical.values()))
         readouts = list(dict.fromkeys(readouts))
         perturbed, control = self._simulate_scores(
-            labels, readouts, n_draws, self.cells_per_draw, seed
+            labels, readouts, n_draws, self._cells_per_draw(self.budget), seed
         )
         effect = np.abs(perturbed.mean(axis=2) - control.mean(axis=2)).mean(axis=0)  # (C, R)
         values = np.quantile(effect, quantile, axis=0)
@@ -332,9 +339,17 @@ class OutcomeSimulator:
         for number, start in enumerate(range(0, n_draws, step)):
             yield start, min(step, n_draws - start), _sub_seed(seed, number)
 
+    def _cells_per_draw(self, budget: SimulationBudget) -> int:
+        """The fast path's cells per condition per draw under ``budget``."""
+        cells = int(budget.cells_per_draw or self._default_cells)
+        if cells < self._least_cells:
+            raise ValueError(
+                f"cells_per_draw must be at least {'' if self.paired else 'twice '}the "
+                f"replicate size ({self._least_cells}), got {cells}"
+            )
+        return cells
+
     def _resolve_method(self, method: str) -> str:
-        if method not in ("auto", "fast", "brute"):
-            raise ValueError(f"method must be 'auto', 'fast' or 'brute', got {method!r}")
         has_fast = not isinstance(self.outcome, CustomOutcome)
         if method == "fast" and not has_fast:
             raise ValueError(f"outcome {self.outcome.name!r} has no fast path; use method='brute'")
@@ -344,18 +359,26 @@ class OutcomeSimulator:
         return method
 
     def _draw_probabilities(
-        self, conditions: list[str], readouts: list[str], n_draws: int, method: str, seed: int
+        self,
+        conditions: list[str],
+        readouts: list[str],
+        n_draws: int,
+        method: str,
+        seed: int,
+        *,
+        cells: int | None = None,
+        replicates: int = 1,
     ) -> np.ndarray:
-        """P_k for every draw, condition and readout: shape (n_draws, C, R)."""
+        """P_k for every draw, condition and readout: shape (n_draws, C, R); ``cells``
+        per condition on the fast path (required there), ``replicates`` per draw on the
+        brute-force path."""
         outcome = self.outcome
         if method == "fast":
-            perturbed, control = self._simulate_scores(
-                conditions, readouts, n_draws, self.cells_per_draw, seed
-            )
+            perturbed, control = self._simulate_scores(conditions, readouts, n_draws, cells, seed)
             return outcome.probability_given_globals(
                 perturbed, control, readouts, paired=self.paired
             )
-        reps = self.replicates_per_draw
+        reps = replicates
         n_p, n_c = outcome.n_cells, max(outcome.n_control or 0, 1)
         size = reps * max(n_p, n_c)
         out = []
@@ -377,19 +400,31 @@ class OutcomeSimulator:
     def probability(
         self,
         questions: Any = None,
-        target_se: float = 0.01,
-        max_draws: int = 2000,
-        min_draws: int | None = None,
-        draws_per_round: int = 16,
-        method: str = "auto",
+        budget: SimulationBudget | None = None,
+        *,
         seed: int = 0,
+        **changes: Any,
     ) -> pd.DataFrame:
         """p* of every question, with its Monte Carlo standard error.
 
         Posterior draws are added in rounds of ``draws_per_round`` until every question's
         standard error is at most ``target_se`` (after at least ``min_draws``, default
         ``min(16, max_draws)``) or ``max_draws`` is reached; later rounds simulate only
-        conditions that still have unconverged questions.
+        conditions that still have unconverged questions (see
+        :class:`~bioreason.sim.SimulationBudget`).
+
+        Parameters
+        ----------
+        questions : optional
+            (condition, readout) pairs, mappings, a DataFrame, or integer indices into
+            the bound questions; default: the bound questions.
+        budget : SimulationBudget, optional
+            The Monte Carlo budget of this call; default: the simulator's ``budget``.
+        seed : int
+            Seeds the posterior draws and the simulated cells.
+        **changes
+            Fields of the budget changed for this call only, e.g. ``target_se=0.005``
+            (``budget.replace(target_se=0.005)``).
 
         Returns
         -------
@@ -400,19 +435,14 @@ class OutcomeSimulator:
         ``method`` (``"fast"`` or ``"brute"``). ``attrs["seconds"]`` is the wall time.
         """
         start_time = time.perf_counter()
+        budget = self.budget if budget is None else _as_budget(budget)
+        if changes:
+            budget = budget.replace(**changes)
         frame = self._resolve(self.questions if questions is None else questions)
-        if not target_se > 0:
-            raise ValueError(f"target_se must be > 0, got {target_se}")
-        for name, value in (("max_draws", max_draws), ("draws_per_round", draws_per_round)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if min_draws is None:
-            min_draws = min(16, max_draws)
-        if not 1 <= min_draws <= max_draws:
-            raise ValueError(
-                f"min_draws must be between 1 and max_draws ({max_draws}), got {min_draws}"
-            )
-        chosen = self._resolve_method(method)
+        target_se, max_draws = budget.target_se, budget.max_draws
+        min_draws, draws_per_round = budget.draws_at_least, budget.draws_per_round
+        chosen = self._resolve_method(budget.method)
+        sizes = {"cells": self._cells_per_draw(budget), "replicates": budget.replicates_per_draw}
         self.fix_thresholds(list(dict.fromkeys(frame["readout"])))
         conditions = list(dict.fromkeys(frame["condition"]))
         readouts = list(dict.fromkeys(frame["readout"]))
@@ -434,7 +464,12 @@ class OutcomeSimulator:
             batch = int(min(draws_per_round, room))
             which = np.flatnonzero(active)
             values = self._draw_probabilities(
-                [conditions[i] for i in which], readouts, batch, chosen, _sub_seed(seed, rounds)
+                [conditions[i] for i in which],
+                readouts,
+                batch,
+                chosen,
+                _sub_seed(seed, rounds),
+                **sizes,
             )
             rounds += 1
             total[which] += values.sum(axis=0)
@@ -476,12 +511,7 @@ class OutcomeSimulator:
         self.fix_thresholds(list(dict.fromkeys(frame["readout"])))
         conditions = list(dict.fromkeys(frame["condition"]))
         readouts = list(dict.fromkeys(frame["readout"]))
-        previous = self.replicates_per_draw
-        self.replicates_per_draw = 1
-        try:
-            hits = self._draw_probabilities(conditions, readouts, int(n), "brute", seed)
-        finally:
-            self.replicates_per_draw = previous
+        hits = self._draw_probabilities(conditions, readouts, int(n), "brute", seed, replicates=1)
         q_cond = frame["condition"].map({c: i for i, c in enumerate(conditions)}).to_numpy()
         q_read = frame["readout"].map({r: i for i, r in enumerate(readouts)}).to_numpy()
         if hits.shape[-1] == 1 and len(readouts) > 1:  # custom outcomes ignore the readout
@@ -500,6 +530,17 @@ def describe_condition(condition: str, delimiter: str = "+", verb: str = "knocki
     if len(parts) <= 1:
         return f"{verb} {condition}"
     return f"{verb} {', '.join(parts[:-1])} and {parts[-1]}"
+
+
+def _as_budget(budget: Any) -> SimulationBudget:
+    if budget is None:
+        return SimulationBudget()
+    if not isinstance(budget, SimulationBudget):
+        raise TypeError(
+            f"budget must be a SimulationBudget (bioreason.sim.SimulationBudget), got "
+            f"{type(budget).__name__}"
+        )
+    return budget
 
 
 def _standard_error(total: np.ndarray, total_sq: np.ndarray, draws: np.ndarray) -> np.ndarray:

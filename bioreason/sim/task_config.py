@@ -4,7 +4,8 @@ a task parquet out (what ``bioreason build-task`` runs).
 :class:`TaskConfig` holds everything that defines a task (validated on load, unknown
 fields named); :func:`build_task_from_config` loads the model (and the observed AnnData
 when given), learns or reads the programs, expands the condition sets, builds the
-:class:`~bioreason.sim.OutcomeSimulator` and calls :func:`bioreason.data.tasks.build_task`.
+:class:`~bioreason.sim.OutcomeSimulator` with the config's
+:class:`~bioreason.sim.SimulationBudget` and calls :func:`bioreason.sim.build_task`.
 Paths in a config are relative to the current working directory.
 
 Condition sets (:data:`CONDITION_SETS`) name groups of conditions instead of listing
@@ -20,13 +21,14 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 
 from bioreason.config import Config, read_yaml
-from bioreason.data.tasks import DEFAULT_TEMPLATE, SPLITS, _check_template
+from bioreason.data.tasks import DEFAULT_TEMPLATE, SPLITS, check_template
 from bioreason.registry import Registry
+from bioreason.sim.budget import SimulationBudget
 
 __all__ = [
     "CONDITION_SETS",
@@ -162,19 +164,22 @@ class TaskConfig(Config):
         Share of the questions (or of the conditions) in the validation split.
     seed : int
         Seeds the learned programs, the split, the draws of p* and the sampled outcomes.
-    target_se : float
-        Monte Carlo standard error at which p* stops drawing from the posterior.
-    max_draws : int
-        Posterior draws per question at most (the Monte Carlo budget of p*).
+    budget : SimulationBudget
+        The Monte Carlo budget of p* (and p_true): ``target_se``, ``max_draws``,
+        ``min_draws``, ``draws_per_round``, ``cells_per_draw``, ``replicates_per_draw``,
+        ``method``; a mapping of those fields in YAML. The flat ``target_se``,
+        ``max_draws``, ``cells_per_draw`` and ``replicates_per_draw`` of earlier
+        versions still load, with a ``FutureWarning``.
     threshold_quantile : float in (0, 1)
         Quantile of the model's effects that sets a readout's threshold when
         ``threshold`` is null (``screen_hit``).
-    cells_per_draw : int, optional
-        Cells per condition per posterior draw on the fast path (default: the
-        simulator's).
-    replicates_per_draw : int
-        Replicates per draw on the brute-force path.
     """
+
+    #: the budget's fields that were TaskConfig fields before it was nested
+    moved_fields: ClassVar[dict[str, str]] = {
+        name: f"budget.{name}"
+        for name in ("target_se", "max_draws", "cells_per_draw", "replicates_per_draw")
+    }
 
     model: str | None = None
     model_class: str | None = None
@@ -194,11 +199,8 @@ class TaskConfig(Config):
     test_fraction: float = 0.2
     val_fraction: float = 0.1
     seed: int = 0
-    target_se: float = 0.01
-    max_draws: int = 2000
+    budget: SimulationBudget = field(default_factory=SimulationBudget)
     threshold_quantile: float = 0.5
-    cells_per_draw: int | None = None
-    replicates_per_draw: int = 8
 
     def __post_init__(self) -> None:
         if isinstance(self.conditions, str):
@@ -208,29 +210,28 @@ class TaskConfig(Config):
         _check_outcome(self.outcome, self.outcome_options)
         if isinstance(self.programs, Mapping):
             _check_programs(self.programs, "programs")
-        _check_template(self.template)
+        check_template(self.template)
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {self.split!r}")
         for name, smallest in (
             ("n_outcomes", 1),
             ("n_markers", 1),
-            ("max_draws", 1),
-            ("replicates_per_draw", 1),
             ("seed", 0),
         ):
             if getattr(self, name) < smallest:
                 raise ValueError(f"{name} must be >= {smallest}, got {getattr(self, name)}")
-        for name in ("n_programs", "cells_per_draw"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 (or null), got {value}")
+        if self.n_programs is not None and self.n_programs < 1:
+            raise ValueError(f"n_programs must be >= 1 (or null), got {self.n_programs}")
+        if not isinstance(self.budget, SimulationBudget):
+            raise TypeError(
+                f"budget must be a SimulationBudget (a mapping of its fields in YAML), got "
+                f"{type(self.budget).__name__}"
+            )
         for name in ("test_fraction", "val_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.test_fraction + self.val_fraction >= 1:
             raise ValueError("test_fraction + val_fraction must be < 1 (nothing left to train on)")
-        if not self.target_se > 0:
-            raise ValueError(f"target_se must be > 0, got {self.target_se}")
         if not 0 < self.threshold_quantile < 1:
             raise ValueError(f"threshold_quantile must be in (0, 1), got {self.threshold_quantile}")
 
@@ -443,12 +444,14 @@ def build_task_from_config(
 
     Returns
     -------
-    DataFrame, the task table of :func:`bioreason.data.tasks.build_task`;
-    ``attrs["summary"]`` is its summary plus ``target_se`` and ``n_unconverged``.
+    DataFrame, the task table of :func:`bioreason.sim.build_task`;
+    ``attrs["summary"]`` is its summary plus the budget's ``target_se`` and
+    ``n_unconverged``.
     """
-    from bioreason.data.tasks import build_task, save_task
+    from bioreason.data.tasks import save_task
     from bioreason.sim.ground_truth import GroundTruthSimulator
     from bioreason.sim.simulator import OutcomeSimulator
+    from bioreason.sim.tasks import build_task
     from bioreason.stage import write_manifest
 
     config.check_inputs()
@@ -470,12 +473,7 @@ def build_task_from_config(
     model = load_model(config.model, config.model_class, adata=adata, device=config.device)
     programs = _programs(config, model, adata)
     readouts = list(config.readouts) or [r.name for r in programs]
-    options = dict(
-        readouts=programs,
-        observed=adata,
-        cells_per_draw=config.cells_per_draw,
-        replicates_per_draw=config.replicates_per_draw,
-    )
+    options = dict(readouts=programs, observed=adata, budget=config.budget)
     simulator = OutcomeSimulator(model, config.outcome, **options, **config.outcome_options)
     if simulator.outcome.uses_readout:
         if not readouts:
@@ -500,15 +498,13 @@ def build_task_from_config(
         test_fraction=config.test_fraction,
         val_fraction=config.val_fraction,
         seed=config.seed,
-        target_se=config.target_se,
-        max_draws=config.max_draws,
         threshold_quantile=config.threshold_quantile,
         truth=truth,
     )
     table.attrs["summary"] = {
         **table.attrs["summary"],
-        "target_se": config.target_se,
-        "n_unconverged": int((table["p_star_se"] > config.target_se).sum()),
+        "target_se": config.budget.target_se,
+        "n_unconverged": int((table["p_star_se"] > config.budget.target_se).sum()),
     }
     if out is not None:
         inputs = {"model": config.model}

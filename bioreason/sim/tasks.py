@@ -1,0 +1,189 @@
+"""A task table from an outcome simulator: every condition x readout question with its
+prompt, p*, sampled outcomes and a split (the schema is :mod:`bioreason.data.tasks`)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bioreason.data.tasks import (
+    DEFAULT_TEMPLATE,
+    check_template,
+    save_task,
+    split_questions,
+    task_summary,
+)
+from bioreason.sim.budget import SimulationBudget
+from bioreason.sim.simulator import OutcomeSimulator
+
+__all__ = ["build_task"]
+
+
+def build_task(
+    simulator: OutcomeSimulator,
+    conditions: Sequence[str],
+    readouts: Sequence[str] | None = None,
+    *,
+    template: str = DEFAULT_TEMPLATE,
+    n_outcomes: int = 1,
+    split: str = "random",
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    budget: SimulationBudget | None = None,
+    threshold_quantile: float = 0.5,
+    truth: OutcomeSimulator | None = None,
+    path: str | Path | None = None,
+    overwrite: bool = False,
+) -> pd.DataFrame:
+    """Questions (every condition x readout) with p*, sampled outcomes and a split.
+
+    Parameters
+    ----------
+    simulator : OutcomeSimulator
+        Computes p* and samples the outcomes (its outcome defines the questions).
+    conditions : sequence of str
+        Condition labels (``"A"``, ``"A+B"``).
+    readouts : sequence of str, optional
+        Gene or program names (None for outcomes without readouts).
+    template : str
+        Format string with fields from :data:`bioreason.data.tasks.TEMPLATE_FIELDS`.
+    n_outcomes : int
+        Sampled outcomes per question (the first is ``outcome``).
+    split, test_fraction, val_fraction
+        See :func:`bioreason.data.tasks.split_questions`.
+    seed : int
+        Seeds the thresholds, p*, the outcomes (``seed + 1``) and the split.
+    budget : SimulationBudget, optional
+        The Monte Carlo budget of p* (and of p_true); default: the simulator's.
+    threshold_quantile : float
+        When a ``screen_hit`` outcome has ``threshold=None``, each readout's threshold
+        is this quantile of the model's expected |effect| across ``conditions``
+        (:meth:`~bioreason.sim.OutcomeSimulator.suggest_thresholds`).
+    truth : OutcomeSimulator, optional
+        A simulator of the true process (e.g. ``GroundTruthSimulator``): fills
+        ``p_true``; it is given the same outcome definition (thresholds included) and
+        the same budget.
+    path : str or Path, optional
+        Write the table there as parquet (atomically); an existing file is refused
+        unless ``overwrite=True``.
+    overwrite : bool
+        Replace an existing ``path``.
+
+    Returns
+    -------
+    DataFrame
+        The columns of :data:`bioreason.data.tasks.TASK_COLUMNS` (plus
+        ``further_outcomes`` when n_outcomes > 1, and ``p_star_draws``,
+        ``p_star_method``); ``attrs["summary"]`` is
+        :func:`~bioreason.data.tasks.task_summary`.
+    """
+    check_template(template)
+    if isinstance(n_outcomes, bool) or not isinstance(n_outcomes, (int, np.integer)):
+        raise TypeError(f"n_outcomes must be an integer, got {n_outcomes!r}")
+    if n_outcomes < 1:
+        raise ValueError(f"n_outcomes must be >= 1, got {n_outcomes}")
+    if path is not None and Path(path).exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    if budget is not None and not isinstance(budget, SimulationBudget):
+        raise TypeError(f"budget must be a SimulationBudget, got {type(budget).__name__}")
+    budget = simulator.budget if budget is None else budget
+    conditions = [str(c) for c in dict.fromkeys(conditions)]
+    if not conditions:
+        raise ValueError("no conditions given")
+    uses_readout = simulator.outcome.uses_readout
+    if uses_readout:
+        if not readouts:
+            raise ValueError(f"outcome {simulator.outcome.name!r} needs readouts (genes/programs)")
+        readouts = [str(r) for r in dict.fromkeys(readouts)]
+    else:
+        readouts = [""]
+    outcome = simulator.outcome
+    if outcome.name == "screen_hit" and outcome.needs_thresholds():
+        thresholds = simulator.suggest_thresholds(
+            conditions, readouts, quantile=threshold_quantile, seed=seed
+        )
+        simulator.outcome = outcome.with_thresholds(thresholds)
+    simulator.fix_thresholds(readouts)
+    questions = pd.DataFrame(
+        [(c, r) for c in conditions for r in readouts], columns=["condition", "readout"]
+    )
+    result = simulator.probability(questions, budget, seed=seed)
+    outcomes = simulator.sample(result[["condition", "readout"]], n=n_outcomes, seed=seed + 1)
+    outcomes = np.asarray(outcomes, dtype=np.int8)
+    p_true = np.full(len(result), np.nan)
+    if truth is not None:
+        truth.outcome = simulator.outcome
+        p_true = truth.probability(result[["condition", "readout"]], budget, seed=seed)
+        p_true = p_true["p_star"].to_numpy()
+    prompts = []
+    for condition, readout in zip(result["condition"], result["readout"], strict=True):
+        markers = ""
+        if uses_readout:
+            markers = ", ".join(simulator.readouts.get(readout).markers[:15])
+        condition_text = _condition_text(simulator, condition)
+        prompts.append(
+            template.format(
+                question=simulator.describe(condition, readout, condition_text),
+                condition=condition,
+                condition_text=condition_text,
+                readout=readout,
+                markers=markers,
+            )
+        )
+    table = pd.DataFrame(
+        {
+            "question_id": [f"q{i:05d}" for i in range(len(result))],
+            "condition": result["condition"].to_numpy(),
+            "readout": result["readout"].to_numpy(),
+            "outcome_definition": simulator.outcome.to_json(),
+            "prompt": prompts,
+            "p_star": result["p_star"].to_numpy(),
+            "p_star_se": result["p_star_se"].to_numpy(),
+            "p_star_spread": result["p_star_spread"].to_numpy(),
+            "p_true": p_true,
+            "reference_probability": np.nan,
+            "outcome": outcomes[:, 0],
+        }
+    )
+    if n_outcomes > 1:
+        table["further_outcomes"] = [row.tolist() for row in outcomes[:, 1:]]
+    table["split"] = split_questions(table, split, test_fraction, val_fraction, seed)
+    table["p_star_draws"] = result["n_draws"].to_numpy()
+    table["p_star_method"] = result["method"].to_numpy()
+    unconverged = int((~result["converged"]).sum())
+    if unconverged:
+        warnings.warn(
+            f"{unconverged} of {len(result)} questions did not reach p_star_se <= "
+            f"{budget.target_se} within {budget.max_draws} draws (see column p_star_se)",
+            UserWarning,
+            stacklevel=2,
+        )
+    table.attrs["summary"] = task_summary(table)
+    extreme = table.attrs["summary"]["p_star_extreme_fraction"]
+    if extreme > 0.8:
+        warnings.warn(
+            f"p* is within 0.05 of 0 or 1 for {extreme:.0%} of the questions: calibration "
+            "differences between predictors will hardly show; choose other thresholds "
+            "(threshold=None picks them from the model's effects) or replicate sizes",
+            UserWarning,
+            stacklevel=2,
+        )
+    if path is not None:
+        save_task(table, path, overwrite=overwrite)
+    return table
+
+
+def _condition_text(simulator: OutcomeSimulator, condition: str) -> str:
+    """How a prompt names ``condition`` (``"knocking down A and B together"``)."""
+    control = getattr(simulator.model, "control_label", "control")
+    if condition == control:
+        return "no perturbation (control cells)"
+    parts = condition.split("+")
+    if len(parts) == 1:
+        return f"knocking down {condition}"
+    return f"knocking down {', '.join(parts[:-1])} and {parts[-1]} together"

@@ -1,0 +1,209 @@
+"""Task tables built by the simulator (bioreason.sim.tasks, bioreason.sim.task_config): the
+schema, splits and p_true of build_task, and the simulation budget of a TaskConfig (nested,
+its flat old fields still loading, reaching the draws of p*)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+import bioreason.data as bd
+from bioreason.data.tasks import TASK_COLUMNS, load_task, save_task
+from bioreason.sim import (
+    GroundTruthSimulator,
+    SimulationBudget,
+    TaskConfig,
+    build_task,
+    build_task_from_config,
+)
+
+
+@pytest.fixture(scope="module")
+def screen():
+    return bd.simulate_screen(
+        n_cells_per_condition=40, n_genes=60, n_perturbations=5, n_combinations=4, seed=2
+    )
+
+
+@pytest.fixture(scope="module")
+def task(screen, tmp_path_factory):
+    conditions = [c for c in screen.obs["perturbation"].unique() if c != "control"]
+    genes = [str(g) for g in screen.var_names[:4]]
+    simulator = GroundTruthSimulator(screen, "screen_hit", threshold=None, n_cells=30)
+    path = tmp_path_factory.mktemp("task") / "task.parquet"
+    table = build_task(
+        simulator,
+        conditions,
+        genes,
+        n_outcomes=3,
+        split="heldout_combinations",
+        budget=SimulationBudget(target_se=0.03),
+        truth=GroundTruthSimulator(screen, "screen_hit", threshold=0.0, n_cells=30),
+        path=path,
+    )
+    return table, path, simulator
+
+
+def test_build_task_has_the_schema_and_one_row_per_question(task, screen):
+    table, _, simulator = task
+    assert all(c in table.columns for c in TASK_COLUMNS)
+    n_conditions = screen.obs["perturbation"].nunique() - 1
+    assert len(table) == n_conditions * 4 and table["question_id"].is_unique
+    assert table["p_star"].between(0, 1).all() and table["outcome"].isin([0, 1]).all()
+    assert table["further_outcomes"].map(len).eq(2).all()
+    definition = json.loads(table["outcome_definition"].iloc[0])
+    assert definition["name"] == "screen_hit" and isinstance(definition["threshold"], dict)
+    # the truth simulator was given the same (fixed) thresholds: p_true answers the same event
+    assert simulator.outcome.threshold == definition["threshold"]
+    assert np.isfinite(table["p_true"]).all()
+    # the task is worth predicting: the suggested thresholds spread p* over (0, 1)
+    summary = table.attrs["summary"]
+    assert summary["p_star_extreme_fraction"] < 0.8 and sum(summary["p_star_histogram"]) == len(
+        table
+    )
+    assert "<answer></answer>" in table["prompt"].iloc[0]
+
+
+def test_heldout_combination_split_holds_out_unseen_pairs_of_seen_parts(task):
+    table, _, _ = task
+    test_conditions = set(table.loc[table["split"] == "test", "condition"])
+    train_conditions = set(table.loc[table["split"] == "train", "condition"])
+    assert test_conditions and all("+" in c for c in test_conditions)
+    assert not test_conditions & train_conditions
+    for combination in test_conditions:
+        assert set(combination.split("+")) <= train_conditions | set(
+            table.loc[table["split"] == "val", "condition"]
+        )
+
+
+def test_task_round_trips_through_parquet_and_is_not_overwritten(task):
+    table, path, _ = task
+    loaded = load_task(path)
+    pd.testing.assert_frame_equal(loaded, table, check_dtype=False, check_like=True)
+    with pytest.raises(FileExistsError, match="already exists"):
+        save_task(table, path)
+    save_task(table, path, overwrite=True)
+
+
+def test_bad_templates_and_inputs_name_the_problem(screen):
+    simulator = GroundTruthSimulator(screen, "direction", n_cells=20)
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['gene'\]"):
+        build_task(simulator, ["P0"], ["gene00000"], template="{gene}?")
+    with pytest.raises(ValueError, match="needs readouts"):
+        build_task(simulator, ["P0"], None)
+    with pytest.raises(ValueError, match="n_outcomes"):
+        build_task(simulator, ["P0"], ["gene00000"], n_outcomes=0)
+
+
+def test_build_task_gives_its_budget_to_p_star_and_p_true(screen):
+    conditions = ["P0", "P1", "P0+P1"]
+    genes = [str(g) for g in screen.var_names[:2]]
+    budget = SimulationBudget(target_se=0.5, min_draws=3, draws_per_round=3, method="brute")
+    simulator = GroundTruthSimulator(screen, "screen_hit", threshold=0.1, n_cells=30)
+    truth = GroundTruthSimulator(screen, "screen_hit", threshold=0.1, n_cells=30)
+    table = build_task(simulator, conditions, genes, budget=budget, truth=truth, seed=1)
+    assert (table["p_star_draws"] == 3).all() and (table["p_star_method"] == "brute").all()
+    # p_true is the truth simulator's p* under the same budget and seed
+    same = truth.probability(table[["condition", "readout"]], budget, seed=1)
+    np.testing.assert_array_equal(table["p_true"].to_numpy(), same["p_star"].to_numpy())
+    # without a budget: the simulator's own
+    simulator.budget = budget.replace(min_draws=5, draws_per_round=5)
+    again = build_task(simulator, conditions, genes, seed=1)
+    assert (again["p_star_draws"] == 5).all()
+    with pytest.raises(TypeError, match="budget must be a SimulationBudget"):
+        build_task(simulator, conditions, genes, budget={"target_se": 0.1})
+
+
+# ---------------------------------------------------------------- TaskConfig and its budget
+FLAT = {"target_se": 0.05, "max_draws": 32, "cells_per_draw": 64, "replicates_per_draw": 4}
+
+
+def test_a_task_config_with_the_old_flat_budget_loads_with_a_warning(tmp_path):
+    flat, nested = tmp_path / "flat.yaml", tmp_path / "nested.yaml"
+    flat.write_text(yaml.safe_dump({"model": "m", "seed": 2, **FLAT}))
+    nested.write_text(yaml.safe_dump({"model": "m", "seed": 2, "budget": FLAT}))
+    with pytest.warns(FutureWarning) as caught:
+        old = TaskConfig.from_yaml(flat)
+    messages = " ".join(str(w.message) for w in caught)
+    for name in FLAT:
+        assert f"'{name}' has moved to 'budget.{name}'" in messages
+    new = TaskConfig.from_yaml(nested)
+    assert old == new
+    assert new.budget == SimulationBudget(**FLAT)
+    assert new.to_dict()["budget"]["cells_per_draw"] == 64  # the manifest nests it too
+    # an old key and the new place together are one setting given twice
+    with pytest.raises(ValueError, match="target_se and budget.target_se are the same"):
+        TaskConfig.from_dict({"model": "m", "target_se": 0.1, "budget": {"target_se": 0.2}})
+
+
+def test_a_task_config_budget_names_its_bad_field():
+    with pytest.raises(ValueError, match=r"TaskConfig.budget: target_se must be > 0, got 0"):
+        TaskConfig.from_dict({"model": "m", "budget": {"target_se": 0}})
+    with pytest.raises(ValueError, match=r"TaskConfig.budget: unknown field\(s\) \['max_draw'\]"):
+        TaskConfig.from_dict({"model": "m", "budget": {"max_draw": 5}})
+    with pytest.raises(TypeError, match=r"TaskConfig.budget.method must be one of"):
+        TaskConfig.from_dict({"model": "m", "budget": {"method": "exact"}})
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match="max_draws must be >= 1"):
+        TaskConfig.from_dict({"model": "m", "max_draws": 0})
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A tiny screen (4 singles, 2 measured pairs) and a SAMS-VAE trained 20 steps."""
+    from bioreason.models import SAMSVAE
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("saved")
+    adata = bd.simulate_screen(
+        n_cells_per_condition=20,
+        n_genes=30,
+        n_latent=3,
+        n_perturbations=4,
+        n_combinations=2,
+        seed=0,
+    )
+    SAMSVAE.setup_anndata(adata)
+    model = SAMSVAE(adata, n_latent=3, seed=0)
+    model.train(max_steps=20, batch_size=256, n_particles=1, progress=False)
+    model.save(folder / "model")
+    adata.write_h5ad(folder / "screen.h5ad")
+    yield {"model": str(folder / "model"), "adata": str(folder / "screen.h5ad")}
+    torch.set_num_threads(threads)
+
+
+def _config(saved, **budget):
+    return TaskConfig.from_dict(
+        {
+            **saved,
+            "readouts": ["gene00000", "gene00001"],
+            "conditions": ["P0", "P1", "P0+P1"],
+            "outcome_options": {"threshold": 0.1, "n_cells": 30},
+            "budget": {"target_se": 0.5, **budget},
+        }
+    )
+
+
+def test_the_budget_of_a_task_config_reaches_the_draws_of_p_star(saved, tmp_path):
+    default = build_task_from_config(_config(saved))
+    # a loose target stops at the default minimum (16 draws, one round) on the fast path
+    assert (default["p_star_draws"] == 16).all() and (default["p_star_method"] == "fast").all()
+    table = build_task_from_config(
+        _config(saved, min_draws=10, draws_per_round=7, method="brute", replicates_per_draw=2),
+        out=tmp_path / "task.parquet",
+    )
+    # rounds of 7 until at least 10: 14 draws, by brute force
+    assert (table["p_star_draws"] == 14).all() and (table["p_star_method"] == "brute").all()
+    # the summary sidecar records the budget's target SE (bioreason inspect-task reads it)
+    summary = json.loads((tmp_path / "task.parquet.summary.json").read_text())
+    assert summary["target_se"] == 0.5 and summary["n_unconverged"] == 0
+    manifest = json.loads((tmp_path / "task.parquet.manifest.json").read_text())
+    assert manifest["config"]["budget"]["draws_per_round"] == 7
+    # cells per draw below twice or once the replicate size are refused naming the field
+    with pytest.raises(ValueError, match=r"cells_per_draw must be at least .*\(30\), got 8"):
+        build_task_from_config(_config(saved, cells_per_draw=8))
