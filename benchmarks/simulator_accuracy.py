@@ -5,8 +5,8 @@ combinations, 500 genes, 100 cells per condition) is split as the results runs s
 25 % of the combinations, drawn among those whose parts are measured alone
 (``composable_combinations``), are held out with all their cells; the rest (train, and
 val for the validation loss) trains each of SAMS-VAE, CPA-VAE and the conditional VAE
-(the demo's sizes ``demo_config().vae.options``, built with every perturbation name, ``--steps`` Adam
-steps, 800 by default as in the demo, batch 512, 5 particles, no early stopping).
+(the demo's sizes ``demo_config().vae.options``, built with every perturbation name,
+``--steps`` Adam steps, the demo's by default, batch 512, 5 particles, no early stopping).
 
 Questions: every seen condition (the single perturbations and the training
 combinations) and every held-out combination x the readouts (``--n-programs`` NMF
