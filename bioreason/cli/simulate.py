@@ -13,7 +13,7 @@ from bioreason.cli._base import (
     positive_int,
     probability,
 )
-from bioreason.cli._options import build_config, config_overrides
+from bioreason.cli._options import build_config, read_config_file, tree_overrides
 
 NAME = "simulate"
 
@@ -59,8 +59,10 @@ def main(args: argparse.Namespace) -> int:
         raise FileExistsError(
             f"{out} already exists; choose another --out or pass --force to replace it"
         )
-    config = ScreenConfig.from_yaml(args.config) if args.config else ScreenConfig()
-    config = build_config(ScreenConfig, config.to_dict(), config_overrides(args, ScreenConfig))
+    values = read_config_file(args.config, ScreenConfig, "ScreenConfig")
+    overrides, options = tree_overrides(args, ScreenConfig)
+    where = f"ScreenConfig ({args.config})" if args.config else None
+    config = build_config(ScreenConfig, values, overrides, where=where, options=options)
     adata = simulate_screen(config)
     atomic_write(out, lambda tmp: adata.write_h5ad(tmp), overwrite=args.force)
     print(f"wrote {out}: {adata.n_obs} cells x {adata.n_vars} genes")

@@ -8,12 +8,17 @@ from pathlib import Path
 from bioreason.cli._base import (
     UsageError,
     add_force,
-    config_group,
     non_negative_int,
     one_line,
     positive_int,
 )
-from bioreason.cli._options import build_config, config_overrides, option_name
+from bioreason.cli._options import (
+    add_config_tree,
+    build_config,
+    merge_values,
+    read_config_file,
+    tree_overrides,
+)
 
 NAME = "synthetic-calibration"
 
@@ -31,14 +36,22 @@ def _check_methods(methods: list[str]) -> None:
         raise UsageError(f"--methods lists {', '.join(repeated)} more than once")
 
 
+_PREFIXES = {"rl": "rl-"}
+_EXCLUDE = ("rl.method",)  # each entry of --methods
+
+
 def _options(parser: argparse.ArgumentParser) -> None:
     from bioreason.pipelines.synthetic_calibration import SyntheticCalibrationConfig
-    from bioreason.rl.trainer import TabularRLConfig
 
-    config_group(
+    add_config_tree(
         parser,
         SyntheticCalibrationConfig,
-        "experiment options (SyntheticCalibrationConfig fields; they override --config)",
+        titles={
+            "": "experiment options (SyntheticCalibrationConfig fields; they override --config)",
+            "rl": "trainer options (rl: TabularRLConfig fields; rl.method is each of --methods)",
+        },
+        prefixes=_PREFIXES,
+        exclude=_EXCLUDE,
         extra={
             "methods": {"metavar": "METHOD"},
             "n_questions": {"type": positive_int},
@@ -47,15 +60,8 @@ def _options(parser: argparse.ArgumentParser) -> None:
                 "help": "seeds the questions, the outcomes, the evaluation draws and the "
                 "training (rl.seed, unless --rl-seed is given) (default 0)",
             },
+            "rl.steps": {"aliases": ["--steps"], "type": positive_int},
         },
-    )
-    config_group(
-        parser,
-        TabularRLConfig,
-        "trainer options (rl: TabularRLConfig fields; rl.method is each of --methods)",
-        prefix="rl-",
-        exclude=("method",),
-        extra={"steps": {"aliases": ["--steps"], "type": positive_int}},
     )
 
 
@@ -82,25 +88,25 @@ def main(args: argparse.Namespace) -> int:
         SyntheticCalibrationConfig,
         run_synthetic_calibration,
     )
-    from bioreason.rl.trainer import TabularRLConfig
 
     if args.methods is not None:
         _check_methods(args.methods)
     check_output_folder(args.out)
-    config = (
-        SyntheticCalibrationConfig.from_yaml(args.config)
-        if args.config
-        else SyntheticCalibrationConfig()
+    values = read_config_file(args.config, SyntheticCalibrationConfig, "SyntheticCalibrationConfig")
+    overrides, options = tree_overrides(
+        args, SyntheticCalibrationConfig, prefixes=_PREFIXES, exclude=_EXCLUDE
     )
-    overrides = config_overrides(args, SyntheticCalibrationConfig)
-    rl_overrides = config_overrides(args, TabularRLConfig, prefix="rl-", exclude=("method",))
-    options = {name: option_name(name) for name in overrides}
-    options.update({name: option_name(name, "rl-") for name in rl_overrides})
-    if args.seed is not None and "seed" not in rl_overrides:
-        rl_overrides["seed"] = args.seed  # one seed for the questions and the training
-    values = config.to_dict()
-    values["rl"] = {**values["rl"], **rl_overrides}
-    config = build_config(SyntheticCalibrationConfig, values, overrides, options=options)
+    if args.seed is not None and args.rl_seed is None:
+        # one seed for the questions and the training
+        overrides.setdefault("rl", {})["seed"] = args.seed
+    where = f"SyntheticCalibrationConfig ({args.config})" if args.config else None
+    config = build_config(
+        SyntheticCalibrationConfig,
+        merge_values(values, overrides),
+        {},
+        where=where,
+        options=options,
+    )
     run_synthetic_calibration(
         Path(args.out), config, overwrite=args.force, progress=not args.no_progress
     )
