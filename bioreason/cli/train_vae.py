@@ -22,13 +22,8 @@ NAME = "train-vae"
 # the registry names of bioreason.models.MODELS (kept here: importing models is slow)
 VAE_MODELS = ("sams_vae", "cpa_vae", "conditional_vae", "svae_plus")
 # keys of a train-vae config file besides the PerturbationSetup, VAEConfig and TrainConfig
-# fields (bioreason.models.TrainVAEConfig reads the flat form), with their defaults
-_TRAIN_VAE_KEYS = {
-    "model": "sams_vae",
-    "test_fraction": 0.1,
-    "validation_fraction": 0.1,
-    "iwelbo_particles": 20,
-}
+# fields (bioreason.models.TrainVAEConfig reads the flat form and holds the defaults)
+_TRAIN_VAE_KEYS = ("model", "test_fraction", "validation_fraction", "iwelbo_particles")
 # the files model.save writes into --out (run_stage adds result.json)
 _MODEL_FILES = ("config.yaml", "attributes.json", "model.pt", "history.csv")
 _CHECKPOINTS = "checkpoint"
@@ -47,7 +42,12 @@ _FIT_KEYS_USED = (
 
 
 def _settings(args: argparse.Namespace):
-    """The command's TrainVAEConfig from --config (flat or nested YAML) and the flags."""
+    """The command's settings from --config (flat or nested YAML) and the flags.
+
+    Returns
+    -------
+    TrainVAEConfig
+    """
     from bioreason.config import read_yaml
     from bioreason.data import PerturbationSetup
     from bioreason.models import TrainConfig, TrainVAEConfig, VAEConfig
@@ -78,7 +78,13 @@ def _settings(args: argparse.Namespace):
 
 def _record(config, adata_path: Path) -> dict:
     """The settings the manifest records (the keys of earlier versions, so that their
-    folders stay up to date; ``evaluation`` only where it differs from the default)."""
+    folders stay up to date; ``evaluation`` only where it differs from the default).
+
+    Returns
+    -------
+    dict
+        Plain JSON data.
+    """
     import json
 
     from bioreason.models import TrainVAEConfig
