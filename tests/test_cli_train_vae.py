@@ -177,3 +177,58 @@ def test_train_vae_resumes_an_interrupted_run(screen, tmp_path, capsys, monkeypa
     assert code == 0, err
     assert "resuming" in text
     assert json.loads((out / "result.json").read_text())["steps"] == 4
+
+
+def test_train_vae_reuses_the_leftovers_of_a_failed_run_of_other_settings(
+    screen, tmp_path, capsys, monkeypatch
+):
+    from bioreason.models import SAMSVAE
+
+    original = SAMSVAE.save
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "failed"
+    argv = ["train-vae", "--adata", screen, "--out", out, *FAST, "--checkpoint-every", "2"]
+    monkeypatch.setattr(SAMSVAE, "save", interrupted)
+    assert _run(capsys, *argv)[0] == 130
+    assert (out / "checkpoint").is_dir()
+    monkeypatch.setattr(SAMSVAE, "save", original)
+    # other settings: nothing finished to protect, so the folder is reused (no --force)
+    # and the old checkpoint is not resumed
+    code, text, err = _run(capsys, *argv, "--lr", "0.01")
+    assert code == 0, err
+    assert "resuming" not in text and not (out / "checkpoint").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["train"]["lr"] == 0.01
+    assert None not in manifest["outputs"].values()
+    assert json.loads((out / "result.json").read_text())["steps"] == 4
+    code, text, _ = _run(capsys, *argv, "--lr", "0.01")
+    assert code == 0 and "up to date" in text
+
+
+def test_train_vae_result_equals_fit_vae_on_its_split(screen, tmp_path, capsys):
+    import anndata as ad
+
+    from bioreason.models import TrainVAEConfig, fit_vae
+
+    out = tmp_path / "same"
+    code, _, err = _run(capsys, "train-vae", "--adata", screen, "--out", out, *FAST, "--seed", "5")
+    assert code == 0, err
+    result = json.loads((out / "result.json").read_text())
+    config = TrainVAEConfig.from_dict(
+        {"max_steps": 4, "batch_size": 64, "n_particles": 1, "n_hidden": 16, "n_latent": 2}
+        | {"progress": False, "device": "cpu", "iwelbo_particles": 2, "seed": 5}
+    )
+    adata = ad.read_h5ad(screen)
+    split = config.split(adata.n_obs)
+    model, fitted = fit_vae(adata, split, "sams_vae", config.vae, config.train, config.evaluation)
+    assert result["test_iwelbo"] == fitted["iwelbo_heldout"]
+    assert result["final_train_loss"] == fitted["final_train_loss"]
+    assert result["final_validation_loss"] == fitted["final_validation_loss"]
+    assert result["n_test_cells"] == split.test.size
+    assert result["n_train_cells"] == split.train.size + split.val.size
+    # and the held-out IWELBO is the model's own estimate on the test cells, seeded by
+    # the run's seed (train-vae's evaluation seed is None)
+    assert fitted["iwelbo_heldout"] == model.iwelbo(adata[split.test].copy(), n_particles=2, seed=5)

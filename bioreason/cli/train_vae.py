@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -11,7 +10,6 @@ from bioreason.cli._base import (
     add_force,
     config_group,
     non_negative_int,
-    one_line,
     positive_float,
     positive_int,
     probability,
@@ -24,26 +22,36 @@ NAME = "train-vae"
 # the registry names of bioreason.models.MODELS (kept here: importing models is slow)
 VAE_MODELS = ("sams_vae", "cpa_vae", "conditional_vae", "svae_plus")
 # keys of a train-vae config file besides the PerturbationSetup, VAEConfig and TrainConfig
-# fields, with their defaults
-_TRAIN_VAE_KEYS = {
-    "model": "sams_vae",
-    "test_fraction": 0.1,
-    "validation_fraction": 0.1,
-    "iwelbo_particles": 20,
-}
-# the files train-vae writes into --out (model.save's four, then its own)
-_TRAIN_VAE_OUTPUTS = ("config.yaml", "attributes.json", "model.pt", "history.csv", "result.json")
-_TRAIN_VAE_CHECKPOINTS = "checkpoint"
+# fields (bioreason.models.TrainVAEConfig reads the flat form and holds the defaults)
+_TRAIN_VAE_KEYS = ("model", "test_fraction", "validation_fraction", "iwelbo_particles")
+# the files model.save writes into --out (run_stage adds result.json)
+_MODEL_FILES = ("config.yaml", "attributes.json", "model.pt", "history.csv")
+_CHECKPOINTS = "checkpoint"
 
 
-def _train_vae_settings(args: argparse.Namespace):
-    """(setup, VAEConfig, TrainConfig, extra keys) from --config and the flags."""
+# fit_vae's keys that result.json writes under its own names (further evaluations asked
+# for in the config's ``evaluation`` are written as fit_vae names them)
+_FIT_KEYS_USED = (
+    "model",
+    "steps",
+    "train_seconds",
+    "final_train_loss",
+    "final_validation_loss",
+    "iwelbo_heldout",
+)
+
+
+def _settings(args: argparse.Namespace):
+    """The command's settings from --config (flat or nested YAML) and the flags.
+
+    Returns
+    -------
+    TrainVAEConfig
+    """
     from bioreason.config import read_yaml
     from bioreason.data import PerturbationSetup
-    from bioreason.models import TrainConfig, VAEConfig
+    from bioreason.models import TrainConfig, TrainVAEConfig, VAEConfig
 
-    classes = (PerturbationSetup, VAEConfig, TrainConfig)
-    names = [{f.name for f in dataclasses.fields(c)} for c in classes]
     values, where = {}, "train-vae"
     if args.config:
         values = read_yaml(args.config, what="config file")
@@ -55,31 +63,79 @@ def _train_vae_settings(args: argparse.Namespace):
                 f"{type(values).__name__}"
             )
         where = f"train-vae config ({args.config})"
-        valid = set().union(*names, _TRAIN_VAE_KEYS)
-        unknown = sorted(set(values) - valid)
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(valid)}")
-    extra = {key: values.get(key, default) for key, default in _TRAIN_VAE_KEYS.items()}
-    extra.update({k: getattr(args, k) for k in _TRAIN_VAE_KEYS if getattr(args, k) is not None})
-    if extra["model"] not in VAE_MODELS:
-        raise ValueError(f"{where}.model must be one of {list(VAE_MODELS)}, got {extra['model']!r}")
-    for key in ("test_fraction", "validation_fraction"):
-        value = extra[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-            raise ValueError(f"{where}.{key} must be a number in [0, 1), got {value!r}")
-    particles = extra["iwelbo_particles"]
-    if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1:
-        raise ValueError(f"{where}.iwelbo_particles must be a positive integer, got {particles!r}")
-    configs = [
-        build_config(
-            cls,
-            {k: v for k, v in values.items() if k in fields},
-            config_overrides(args, cls),
-            where=where,
+    nested = TrainVAEConfig.nest(values, where=where)
+    for section, cls in (("setup", PerturbationSetup), ("vae", VAEConfig), ("train", TrainConfig)):
+        nested[section] = build_config(
+            cls, nested[section], config_overrides(args, cls), where=where
         )
-        for cls, fields in zip(classes, names)
-    ]
-    return (*configs, extra)
+    for key in ("model", "test_fraction", "validation_fraction"):
+        if getattr(args, key) is not None:
+            nested[key] = getattr(args, key)
+    if args.iwelbo_particles is not None:
+        nested["evaluation"]["iwelbo_particles"] = args.iwelbo_particles
+    return TrainVAEConfig.from_dict(nested, where=where)
+
+
+def _record(config, adata_path: Path) -> dict:
+    """The settings the manifest records (the keys of earlier versions, so that their
+    folders stay up to date; ``evaluation`` only where it differs from the default).
+
+    Returns
+    -------
+    dict
+        Plain JSON data.
+    """
+    import json
+
+    from bioreason.models import TrainVAEConfig
+
+    default = TrainVAEConfig().evaluation.to_dict()
+    evaluation = {
+        key: value
+        for key, value in config.evaluation.to_dict().items()
+        if key != "iwelbo_particles" and value != default[key]
+    }
+    record = {
+        "model": config.model,
+        "adata": str(adata_path),
+        "setup": config.setup.to_dict(),
+        "vae": config.vae.to_dict(),
+        "train": {k: v for k, v in config.train.to_dict().items() if k != "progress"},
+        "test_fraction": config.test_fraction,
+        "validation_fraction": config.validation_fraction,
+        "iwelbo_particles": config.evaluation.iwelbo_particles,
+        **({"evaluation": evaluation} if evaluation else {}),
+    }
+    return json.loads(json.dumps(record, default=str))
+
+
+def _same_settings(out: Path, record: dict, seed: int, adata_path: Path, force: bool) -> bool:
+    """Whether ``out`` holds a run of these settings and AnnData (finished or not).
+
+    Raises
+    ------
+    FileExistsError
+        ``out`` holds a finished model of other settings or data, and not ``force``:
+        train-vae does not replace a model silently (a pipeline stage would).
+    """
+    from bioreason.stage import MANIFEST, file_sha256, read_manifest
+
+    saved = read_manifest(out / MANIFEST)
+    if saved is None:
+        return False
+    same = (
+        saved.get("config") == record
+        and saved.get("seed") == seed
+        and saved.get("inputs") == {"adata": file_sha256(adata_path)}
+    )
+    outputs = saved.get("outputs")
+    finished = isinstance(outputs, dict) and None not in outputs.values()
+    if finished and not same and not force:
+        raise FileExistsError(
+            f"{out} holds a model trained with other settings or data; choose another --out "
+            "or pass --force to replace it"
+        )
+    return same
 
 
 def _options(parser: argparse.ArgumentParser) -> None:
@@ -111,132 +167,96 @@ def _options(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """``bioreason train-vae``: fit a perturbation VAE on an AnnData and save it."""
-    import json
     import shutil
-    import time
 
-    from bioreason._io import atomic_write_text, check_output_folder, json_safe
-    from bioreason.stage import MANIFEST, file_sha256, manifest_matches, write_manifest
+    from bioreason._io import check_output_folder, json_safe
+    from bioreason.stage import run_stage
 
     adata_path, out = Path(args.adata), Path(args.out)
     if not adata_path.exists():
         raise FileNotFoundError(f"--adata {adata_path} does not exist")
     check_output_folder(out)
-    setup, vae, train, extra = _train_vae_settings(args)
-    record = {
-        "model": extra["model"],
-        "adata": str(adata_path),
-        "setup": setup.to_dict(),
-        "vae": vae.to_dict(),
-        "train": {k: v for k, v in train.to_dict().items() if k != "progress"},
-        **{k: extra[k] for k in ("test_fraction", "validation_fraction", "iwelbo_particles")},
-    }
-    record = json.loads(json.dumps(record, default=str))
-    inputs = {"adata": adata_path}
-    checkpoints = out / _TRAIN_VAE_CHECKPOINTS
-    resume = False
-    if out.exists() and any(out.iterdir()):
-        if manifest_matches(out, config=record, seed=train.seed, inputs=inputs):
-            print(f"{out} is up to date (same settings and AnnData); nothing to do")
-            return 0
-        try:
-            saved = json.loads((out / MANIFEST).read_text())
-        except (OSError, ValueError):
-            saved = None
-        interrupted = (
-            isinstance(saved, dict)
-            and saved.get("config") == record
-            and saved.get("inputs") == {"adata": file_sha256(adata_path)}
-            and None in dict(saved.get("outputs") or {}).values()
-        )
-        if args.force:
-            for name in (*_TRAIN_VAE_OUTPUTS, MANIFEST):
-                if (out / name).exists():
-                    (out / name).unlink()
-            shutil.rmtree(checkpoints, ignore_errors=True)
-        elif interrupted:  # the same run, stopped: go on from its checkpoint
-            resume = checkpoints.is_dir()
+    config = _settings(args)
+    record = _record(config, adata_path)
+    seed = config.train.seed
+    checkpoints = out / _CHECKPOINTS
+    # an interrupted run of the same settings goes on from its checkpoint; a checkpoint
+    # left by other settings belongs to a run this one replaces
+    resume = _same_settings(out, record, seed, adata_path, args.force) and checkpoints.is_dir()
+
+    def compute(folder: Path) -> dict:
+        from bioreason.models import fit_vae
+
+        adata = read_h5ad(adata_path, backed=False)
+        if resume:
+            print(f"resuming from the checkpoint in {checkpoints}")
         else:
-            why = (
-                "was not written by 'bioreason train-vae'"
-                if not isinstance(saved, dict)
-                else "holds a model trained with other settings or data"
-            )
-            raise FileExistsError(
-                f"{out} {why}; choose another --out or pass --force to replace it"
-            )
-    out.mkdir(parents=True, exist_ok=True)
-    outputs = [out / name for name in _TRAIN_VAE_OUTPUTS]
-    write_manifest(
-        out, config=record, seed=train.seed, inputs=inputs, outputs=outputs, complete=False
-    )
-
-    import numpy as np
-
-    from bioreason.data import PerturbationData
-    from bioreason.models import MODELS
-
-    adata = read_h5ad(adata_path, backed=False)
-    cls = MODELS.get(extra["model"])
-    cls.setup_anndata(adata, setup)
-    names = PerturbationData.from_anndata(adata, setup).perturbation_names
-    order = np.random.default_rng(train.seed).permutation(adata.n_obs)
-    n_test = int(round(extra["test_fraction"] * adata.n_obs))
-    test_cells, train_cells = np.sort(order[:n_test]), np.sort(order[n_test:])
-    train_adata = adata[train_cells].copy()
-    model = cls(train_adata, seed=train.seed, perturbation_names=names, **vae.to_dict())
-    start = time.perf_counter()
-    if resume:
-        print(f"resuming from the checkpoint in {checkpoints}")
-    history = model.train(
-        validation_fraction=extra["validation_fraction"],
-        checkpoint_dir=checkpoints,
-        resume=resume,
-        **train.to_dict(),
-    )
-    seconds = time.perf_counter() - start
-
-    def last(column: str) -> float | None:
-        values = history[column].dropna() if column in history else []
-        return float(values.iloc[-1]) if len(values) else None
-
-    test_iwelbo, note = None, None
-    if n_test:
-        try:
-            test_iwelbo = model.iwelbo(
-                adata[test_cells].copy(), n_particles=extra["iwelbo_particles"], seed=train.seed
-            )
-        except ValueError as err:  # e.g. SVAE+ and a condition whose cells are all held out
-            note = f"no held-out IWELBO: {one_line(err)}"
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        model, fitted = fit_vae(
+            adata,
+            config.split(adata.n_obs),
+            config.model,
+            config.vae,
+            config.train,
+            config.evaluation,
+            setup=config.setup,
+            checkpoint_dir=checkpoints,
+            resume=resume,
+        )
+        note = fitted.get("notes", {}).get("heldout_iwelbo")
+        if note is not None:  # e.g. SVAE+ and a condition whose cells are all held out
+            note = f"no held-out IWELBO: {note}"
             print(f"warning: {note}", file=sys.stderr)
-    model.save(out, overwrite=True)
-    steps = int(history["step"].max()) if len(history) else 0
-    result = {
-        "model": extra["model"],
-        "model_class": cls.__name__,
-        "n_cells": int(adata.n_obs),
-        "n_genes": int(adata.n_vars),
-        "n_perturbations": len(names),
-        "n_train_cells": int(train_cells.size),
-        "n_test_cells": int(test_cells.size),
-        "steps": steps,
-        "train_seconds": seconds,
-        "final_train_loss": last("train_loss"),
-        "final_validation_loss": last("validation_loss"),
-        "test_iwelbo": test_iwelbo,
-        "iwelbo_particles": extra["iwelbo_particles"],
-        "note": note,
-    }
-    atomic_write_text(out / "result.json", json.dumps(json_safe(result), indent=2) + "\n")
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    write_manifest(out, config=record, seed=train.seed, inputs=inputs, outputs=outputs)
-    if test_iwelbo is not None:
-        score = f"held-out IWELBO (K={extra['iwelbo_particles']}) {test_iwelbo:.2f} nats/cell"
-        score += f" over {test_cells.size} cells"
+        model.save(folder, overwrite=True)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        n_train = model.adata.n_obs
+        return json_safe(
+            {
+                "model": config.model,
+                "model_class": type(model).__name__,
+                "n_cells": int(adata.n_obs),
+                "n_genes": int(adata.n_vars),
+                "n_perturbations": len(model.perturbation_names),
+                "n_train_cells": int(n_train),
+                "n_test_cells": int(adata.n_obs - n_train),
+                "steps": fitted["steps"],
+                "train_seconds": fitted["train_seconds"],
+                "final_train_loss": fitted.get("final_train_loss"),
+                "final_validation_loss": fitted.get("final_validation_loss"),
+                "test_iwelbo": fitted.get("iwelbo_heldout"),
+                "iwelbo_particles": config.evaluation.iwelbo_particles,
+                "note": note,
+                **{
+                    key: value
+                    for key, value in fitted.items()
+                    if key not in _FIT_KEYS_USED and key != "notes"
+                },
+            }
+        )
+
+    done = run_stage(
+        out,
+        record,
+        {"adata": adata_path},
+        compute,
+        seed=seed,
+        force=args.force,
+        outputs=_MODEL_FILES,
+        log=lambda _: print(f"{out} is up to date (same settings and AnnData); nothing to do"),
+    )
+    if done.skipped:
+        return 0
+    result = done.result
+    if result["test_iwelbo"] is not None:
+        score = f"held-out IWELBO (K={result['iwelbo_particles']}) "
+        score += f"{result['test_iwelbo']:.2f} nats/cell over {result['n_test_cells']} cells"
     else:
         loss = result["final_train_loss"]
         score = "training loss " + ("n/a" if loss is None else f"{loss:.2f} nats/cell")
-    print(f"wrote {out}: {cls.__name__}, {steps} steps in {seconds:.0f} s; {score}")
+    print(
+        f"wrote {out}: {result['model_class']}, {result['steps']} steps in "
+        f"{result['train_seconds']:.0f} s; {score}"
+    )
     print(f"build a task from it: bioreason build-task --model {out} --adata {adata_path} ...")
     return 0
 

@@ -1,4 +1,5 @@
-"""Pyro perturbation VAEs: SAMS-VAE and its baselines, with an scvi-style API.
+"""Pyro perturbation VAEs: SAMS-VAE and its baselines, with an scvi-style API, and the
+one train-and-evaluate function every caller uses (:func:`fit_vae`).
 
 >>> from bioreason.models import SAMSVAE, CPAVAE, ConditionalVAE, SVAEPlus
 """
@@ -8,6 +9,8 @@ from bioreason.models._module import StraightThroughBernoulli, VAEConfig
 from bioreason.models._predictive_mixin import PosteriorPredictive
 from bioreason.models.conditional_vae import ConditionalVAE, ConditionalVAEModule
 from bioreason.models.cpa_vae import CPAVAE, CPAVAEModule
+from bioreason.models.fit import TrainVAEConfig, VAEFit, fit_vae
+from bioreason.models.fit_evaluations import EVALUATIONS, EvaluationConfig, FitContext
 from bioreason.models.likelihoods import (
     LIKELIHOODS,
     LogNormalCounts,
@@ -32,6 +35,7 @@ for _name, _cls in (
 
 __all__ = [
     "CPAVAE",
+    "EVALUATIONS",
     "LIKELIHOODS",
     "MODELS",
     "SAMSVAE",
@@ -39,6 +43,8 @@ __all__ = [
     "ConditionalVAE",
     "ConditionalVAEModule",
     "ELBOLoss",
+    "EvaluationConfig",
+    "FitContext",
     "LogNormalCounts",
     "NegativeBinomialCounts",
     "PerturbationModel",
@@ -49,8 +55,11 @@ __all__ = [
     "SVAEPlusModule",
     "StraightThroughBernoulli",
     "TrainConfig",
+    "TrainVAEConfig",
     "TrainingDivergedError",
     "VAEConfig",
+    "VAEFit",
+    "fit_vae",
     "log_importance_weights",
     "make_elbo",
 ]

@@ -20,7 +20,6 @@ Splits:
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,60 +203,86 @@ def _split(config: VAEResultsConfig, data: Any) -> Any:
 
 @dataclass
 class _Prepared:
-    """Data, split and an untrained model of one results run."""
+    """Data and split of one results run."""
 
     adata: Any
     truth: Any
-    data: Any
     split: Any
-    train_adata: Any
-    test_adata: Any
-    n_train: int
-    model: Any
     sizes: dict
 
 
 def _prepare(config: VAEResultsConfig) -> _Prepared:
     from bioreason.data import PerturbationData
-    from bioreason.models import MODELS
 
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     adata, truth = load_results_dataset(config.dataset)
-    data = PerturbationData.from_anndata(adata)
-    split = _split(config, data)
-    train_adata = adata[np.concatenate([split.train, split.val])].copy()
-    test_adata = adata[split.test].copy()
-    cls = MODELS[config.model]
-    cls.setup_anndata(train_adata)
+    split = _split(config, PerturbationData.from_anndata(adata))
     sizes = {
         key: getattr(config, key) or default for key, default in _DEFAULTS[config.dataset].items()
     }
+    return _Prepared(adata, truth, split, sizes)
+
+
+def _vae_config(config: VAEResultsConfig, sizes: dict) -> Any:
+    from bioreason.models import VAEConfig
+
     options = {"guide": "correlated", **sizes, **config.model_options}
-    model = cls(
-        train_adata, seed=config.seed, perturbation_names=data.perturbation_names, **options
-    )
-    return _Prepared(
-        adata, truth, data, split, train_adata, test_adata, len(split.train), model, sizes
-    )
+    return VAEConfig.from_dict(options, where="model_options")
 
 
-def _train(
-    prepared: _Prepared, config: VAEResultsConfig, steps: int, progress: bool, **kwargs: Any
-) -> None:
-    prepared.model.train(
-        max_steps=steps,
-        batch_size=config.batch_size,
-        n_particles=config.n_particles,
-        lr=config.lr,
-        seed=config.seed,
-        device="cpu",
-        train_indices=np.arange(prepared.n_train),
-        validation_indices=np.arange(prepared.n_train, prepared.train_adata.n_obs),
-        early_stopping=config.early_stopping,
-        progress=progress,
-        **config.train_options,
-        **kwargs,
-    )
+def _train_config(config: VAEResultsConfig, steps: int, progress: bool, **extra: Any) -> Any:
+    from bioreason.models import TrainConfig
+
+    values = {
+        "max_steps": steps,
+        "batch_size": config.batch_size,
+        "n_particles": config.n_particles,
+        "lr": config.lr,
+        "seed": config.seed,
+        "device": "cpu",
+        "early_stopping": config.early_stopping,
+        "progress": progress,
+        **extra,
+    }
+    twice = sorted(set(values) & set(config.train_options))
+    if twice:
+        raise ValueError(
+            f"train_options sets {twice}, which VAEResultsConfig sets itself; use its fields "
+            "(steps, batch_size, n_particles, lr, seed, early_stopping)"
+        )
+    return TrainConfig.from_dict({**values, **config.train_options}, where="train_options")
+
+
+#: the evaluations of a results run (bioreason.models.fit_vae)
+_RESULTS_EVALUATIONS = (
+    "final_loss",
+    "validation_iwelbo",
+    "heldout_iwelbo",
+    "heldout_iwelbo_per_condition",
+    "ate_heldout",
+    "ate_pooled",
+    "ate_truth",
+    "mask_quantiles",
+    "mask_recovery",
+)
+#: fit_vae's result key -> the key of a results file (the tables read these), held-out part
+_HELDOUT_KEYS = {
+    "iwelbo_heldout": "test_iwelbo",
+    "iwelbo_heldout_per_condition": "test_iwelbo_per_condition",
+    "ate_pearson_heldout": "ate_pearson_all",
+    "ate_pearson_heldout_top20": "ate_pearson_top20",
+    "ate_pooled_pearson_heldout": "ate_pooled_pearson_all",
+    "ate_pooled_pearson_heldout_top20": "ate_pooled_pearson_top20",
+    "ate_truth_pearson_heldout": "ate_vs_truth_pearson_all",
+    "ate_truth_pearson_heldout_top20": "ate_vs_truth_pearson_top20",
+}
+#: training_curve's cell sets -> fit_vae's iwelbo_terms parts
+_CURVE_SETS = (("test", "heldout"), ("validation", "validation"), ("train", "train"))
+#: the same for the masks
+_MASK_KEYS = {
+    "mask_probability_quantiles": "mask_probability_quantiles",
+    "mask_auroc": "mask_auroc",
+}
 
 
 def training_curve(
@@ -268,9 +293,10 @@ def training_curve(
 ) -> list[dict[str, Any]]:
     """Held-out and validation IWELBO, term by term, along one training run.
 
-    The run is trained up to each milestone in turn (resuming from a checkpoint, so the
-    optimizer state carries over and the run is the same as one uninterrupted run) and
-    evaluated there with ``config.iwelbo_particles`` particles.
+    The run is trained up to each milestone in turn by :func:`bioreason.models.fit_vae`
+    (resuming from a checkpoint, so the optimizer state carries over and the run is the
+    same as one uninterrupted run) and evaluated there with ``config.iwelbo_particles``
+    particles, seeded by ``config.seed``.
 
     Returns
     -------
@@ -286,86 +312,60 @@ def training_curve(
     """
     import tempfile
 
-    from bioreason.models.objectives import global_kl, local_terms
+    from bioreason.models import EvaluationConfig, fit_vae
 
     milestones = tuple(sorted(milestones))
     if config.early_stopping:
         raise ValueError("training_curve follows a run to fixed steps: set early_stopping=False")
     prepared = _prepare(config)
-    model = prepared.model
-    n_val = prepared.train_adata.n_obs - prepared.n_train
-    sets = {
-        "test": prepared.test_adata,
-        "validation": prepared.train_adata[prepared.n_train :].copy(),
-        "train": prepared.train_adata[: min(n_val, prepared.n_train)].copy(),
-    }
-    labels = prepared.data.cell_condition[prepared.split.test]
-    heldout = list(prepared.split.heldout_conditions)
+    vae = _vae_config(config, prepared.sizes)
+    gap_evaluation = ("amortization_gap",) if gap else ()
+    evaluation = EvaluationConfig(
+        evaluations=("final_loss", "iwelbo_terms", *gap_evaluation, "global_kl", "mask_quantiles"),
+        iwelbo_particles=config.iwelbo_particles,
+        final_loss_steps=50,
+        seed=None,  # the run's seed
+    )
     rows = []
     with tempfile.TemporaryDirectory() as checkpoints:
         every = int(np.gcd.reduce(np.asarray(milestones)))
         for number, step in enumerate(milestones):
-            _train(
-                prepared,
-                config,
-                step,
-                progress,
+            train = _train_config(config, step, progress, checkpoint_every=every)
+            _, fitted = fit_vae(
+                prepared.adata,
+                prepared.split,
+                config.model,
+                vae,
+                train,
+                evaluation,
                 checkpoint_dir=checkpoints,
-                checkpoint_every=every,
                 resume=number > 0,
             )
-            row: dict[str, Any] = {
-                "step": step,
-                "train_loss": float(model.history["train_loss"].iloc[-50:].mean()),
-            }
-            for name, cells in sets.items():
-                data = model.data_for(cells)
-                terms = local_terms(
-                    model.module,
-                    model._loader(data, 256),
-                    model.categories_for(data),
-                    n_particles=config.iwelbo_particles,
-                    seed=config.seed,
-                )
-                model_sum = sum(v for k, v in terms.items() if k.startswith("model:"))
-                guide_sum = sum(v for k, v in terms.items() if k.startswith("guide:"))
-                log_w = model_sum - guide_sum
-                per_cell = torch.logsumexp(log_w, 0) - np.log(config.iwelbo_particles)
-                row[f"{name}_iwelbo"] = float(per_cell.mean())
-                row[f"{name}_reconstruction"] = float(terms["model:counts"].mean())
-                row[f"{name}_local_kl"] = float(
-                    (guide_sum - (model_sum - terms["model:counts"])).mean()
-                )
+            row: dict[str, Any] = {"step": step, "train_loss": fitted["final_train_loss"]}
+            for name, part in (
+                ("test", "heldout"),
+                ("validation", "validation"),
+                ("train", "train"),
+            ):
+                terms = fitted["iwelbo_terms"][part]
+                for term in ("iwelbo", "reconstruction", "local_kl"):
+                    row[f"{name}_{term}"] = terms[term]
                 if name == "test":
-                    row["test_iwelbo_per_condition"] = {
-                        c: float(per_cell[torch.as_tensor(labels == c)].mean()) for c in heldout
-                    }
+                    row["test_iwelbo_per_condition"] = terms["per_condition"]
             if gap:
-                from bioreason.models.evaluation import amortization_gap
-
-                result = amortization_gap(
-                    model,
-                    sets["validation"],
-                    n_particles=config.iwelbo_particles,
-                    seed=config.seed,
-                )
-                row["validation_amortization_gap"] = result["gap"]
-                row["validation_optimized_iwelbo"] = result["optimized_iwelbo"]
-            kl = global_kl(model.module, n_draws=100, seed=config.seed)
-            row["global_kl"] = kl
-            row["global_kl_per_training_cell"] = kl / prepared.n_train
-            effects = model.get_perturbation_effects()
-            if "mask_probability" in effects:
-                probability = effects["mask_probability"].to_numpy()
-                row["mask_probability_quantiles"] = {
-                    str(q): float(np.quantile(probability, q)) for q in (0.1, 0.5, 0.9, 0.99)
-                }
+                row["validation_amortization_gap"] = fitted["amortization_gap_validation"]
+                row["validation_optimized_iwelbo"] = fitted["optimized_iwelbo_validation"]
+            row["global_kl"] = fitted["global_kl"]
+            row["global_kl_per_training_cell"] = fitted["global_kl_per_training_cell"]
+            if "mask_probability_quantiles" in fitted:
+                row["mask_probability_quantiles"] = fitted["mask_probability_quantiles"]
             rows.append(row)
     return rows
 
 
 def run_vae_results(config: VAEResultsConfig, progress: bool = False) -> dict[str, Any]:
-    """Train and evaluate one model; returns the result as a JSON-ready dict.
+    """Train and evaluate one model (by :func:`bioreason.models.fit_vae`); returns the
+    result as a JSON-ready dict.
 
     Keys: the settings, ``train_seconds``, ``heldout`` (conditions), ``n_train``,
     ``n_validation``, ``n_test``, ``test_iwelbo`` and ``test_iwelbo_per_condition``
@@ -376,83 +376,44 @@ def run_vae_results(config: VAEResultsConfig, progress: bool = False) -> dict[st
     the synthetic screen, ``ate_vs_truth_*`` and ``mask_auroc``. A model that cannot
     compose the held-out combinations gets ``cannot_predict_heldout`` instead.
     """
-    from bioreason.data.expression import (
-        ate_agreement,
-        average_treatment_effect,
-        ground_truth_ate,
-        pooled_ate_agreement,
-    )
-    from bioreason.models.evaluation import mask_recovery
+    from bioreason.models import MODELS, EvaluationConfig, fit_vae
 
     prepared = _prepare(config)
-    adata, truth, data, split = prepared.adata, prepared.truth, prepared.data, prepared.split
-    train_adata, test_adata, n_train = (
-        prepared.train_adata,
-        prepared.test_adata,
-        prepared.n_train,
+    split = prepared.split
+    evaluation = EvaluationConfig(
+        evaluations=_RESULTS_EVALUATIONS,
+        iwelbo_particles=config.iwelbo_particles,
+        ate_cells=2500,
+        truth_ate_cells=10_000,
+        final_loss_steps=50,
+        seed=0,
     )
-    model, sizes = prepared.model, prepared.sizes
-    heldout = list(split.heldout_conditions)
-    start = time.perf_counter()
-    _train(prepared, config, config.steps, progress)
-    seconds = time.perf_counter() - start
-    history = model.history
+    _, fitted = fit_vae(
+        prepared.adata,
+        split,
+        config.model,
+        _vae_config(config, prepared.sizes),
+        _train_config(config, config.steps, progress),
+        evaluation,
+        truth=prepared.truth,
+    )
     result: dict[str, Any] = {
         **config.to_dict(),
-        **sizes,
-        "train_seconds": round(seconds, 1),
-        "steps_taken": int(history["step"].iloc[-1]),
-        "heldout": heldout,
-        "n_train": n_train,
-        "n_validation": int(len(split.val)),
-        "n_test": int(test_adata.n_obs),
-        "final_train_loss": float(history["train_loss"].iloc[-50:].mean()),
+        **prepared.sizes,
+        "train_seconds": round(fitted["train_seconds"], 1),
+        "steps_taken": fitted["steps"],
+        "heldout": list(split.heldout_conditions),
+        "n_train": int(split.train.size),
+        "n_validation": int(split.val.size),
+        "n_test": int(split.test.size),
+        "final_train_loss": fitted["final_train_loss"],
     }
-    k = config.iwelbo_particles
-    result["validation_iwelbo"] = model.iwelbo(train_adata[n_train:].copy(), n_particles=k)
-    if model.composes:
-        per_cell = model.iwelbo(test_adata, n_particles=k, return_per_cell=True)
-        labels = data.cell_condition[split.test]
-        result["test_iwelbo"] = float(per_cell.mean())
-        result["test_iwelbo_per_condition"] = {
-            c: float(per_cell[labels == c].mean()) for c in heldout
-        }
-        control = model.control_label
-        data_ate = average_treatment_effect(
-            adata[np.concatenate([np.flatnonzero(data.is_control), split.test])].copy(),
-            control=control,
-            conditions=heldout,
-        )
-        model_ate = model.average_treatment_effect(heldout, n_cells=2500)
-        table = ate_agreement(data_ate, model_ate, top_k=20)
-        pooled = pooled_ate_agreement(data_ate, model_ate, top_k=20)
-        result["ate_pearson_all"] = float(table["pearson_all"].mean())
-        result["ate_pearson_top20"] = float(table["pearson_top"].mean())
-        result["ate_pooled_pearson_all"] = float(pooled["pearson_all"])
-        result["ate_pooled_pearson_top20"] = float(pooled["pearson_top"])
-        if truth is not None:
-            exact = ground_truth_ate(truth, heldout, list(adata.var_names), n_cells=10_000)
-            vs_truth = ate_agreement(exact, model_ate, top_k=20)
-            result["ate_vs_truth_pearson_all"] = float(vs_truth["pearson_all"].mean())
-            result["ate_vs_truth_pearson_top20"] = float(vs_truth["pearson_top"].mean())
-    else:
+    if "iwelbo_validation" in fitted:
+        result["validation_iwelbo"] = fitted["iwelbo_validation"]
+    result.update({ours: fitted[key] for key, ours in _HELDOUT_KEYS.items() if key in fitted})
+    if not MODELS[config.model].composes:
         result["cannot_predict_heldout"] = "SVAE+ has no category for an unseen combination"
-    effects = model.get_perturbation_effects()
-    if "mask_probability" in effects:
-        probability = effects["mask_probability"].to_numpy()
-        result["mask_probability_quantiles"] = {
-            str(q): float(np.quantile(probability, q)) for q in (0.1, 0.5, 0.9, 0.99)
-        }
-        if truth is not None:
-            frame, effect = effects["mask_probability"], effects["effect"]
-            if config.model == "svae_plus":  # categories: keep the single perturbations
-                singles = [p for p in truth.perturbation_names if p in frame.index]
-                frame, effect = frame.loc[singles], effect.loc[singles]
-            rows = [truth.perturbation_names.index(p) for p in frame.index]
-            recovery = mask_recovery(
-                truth.masks[rows], truth.effects[rows], frame.to_numpy(), effect.to_numpy()
-            )
-            result["mask_auroc"] = recovery["auroc"]
+    result.update({ours: fitted[key] for key, ours in _MASK_KEYS.items() if key in fitted})
     return result
 
 
