@@ -40,7 +40,7 @@ TINY_PIPELINE = {
     "vae": {
         "options": {"n_latent": 4, "n_hidden": 32},
         "train": {"max_steps": 30, "device": "cpu"},
-        "ate_cells": 100,
+        "evaluation": {"ate_cells": 100},
     },
     "task": {
         "options": {

@@ -9,8 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from tests._models_util import tiny_screen
+from _models_util import tiny_screen
 
 FAST_VAE = {"n_latent": 3, "n_hidden": 16}
 FAST_TRAIN = {"max_steps": 4, "batch_size": 64, "n_particles": 1, "device": "cpu"}

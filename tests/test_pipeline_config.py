@@ -17,7 +17,7 @@ import yaml
 
 from bioreason.cli import build_parser
 from bioreason.config import Config
-from bioreason.models import TrainConfig, VAEConfig
+from bioreason.models import EvaluationConfig, TrainConfig, VAEConfig
 from bioreason.pipelines.config import PIPELINE_SET, PipelineConfig, load_pipeline_config
 from bioreason.rl import LMRLConfig
 from bioreason.sim.task_config import TaskConfig
@@ -85,6 +85,7 @@ def test_every_field_of_every_nested_config_is_reachable_through_set(tmp_path):
         ("vae.options", VAEConfig),
         ("vae.train", TrainConfig),
         ("task.options", TaskConfig),
+        ("vae.evaluation", EvaluationConfig),
     ):
         for field in dataclasses.fields(cls):
             dotted = f"{section}.{field.name}"
@@ -120,7 +121,7 @@ def test_a_field_the_pipeline_sets_is_refused_naming_what_to_set(tmp_path, dotte
 def test_a_config_written_before_the_nesting_loads_the_same_with_warnings(tmp_path):
     old = json.loads(json.dumps(TINY))
     old["vae"] = {"options": {"n_latent": 4, "n_hidden": 32}, "steps": 30, "lr": 0.002}
-    old["vae"]["ate_cells"] = TINY["vae"]["ate_cells"]
+    old["vae"]["ate_cells"] = TINY["vae"]["evaluation"]["ate_cells"]
     rl = old["finetune"].pop("rl")
     old["finetune"].update(steps=rl["steps"], lr=rl["lr"], group_size=rl["group_size"])
     moved = ("steps", "lr", "group_size", "device")

@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Literal
 
 from bioreason.config import Config
 from bioreason.data.simulate import ScreenConfig
-from bioreason.models import TrainConfig, VAEConfig
+from bioreason.models import EvaluationConfig, TrainConfig, VAEConfig
 from bioreason.pipelines.lm_runs import METHODS
 from bioreason.pipelines.synthetic_calibration import SyntheticCalibrationConfig
 from bioreason.rl import LMRLConfig
@@ -106,29 +106,24 @@ class VAEStageConfig(Config):
         Its training (:class:`bioreason.models.TrainConfig`: ``max_steps``,
         ``batch_size``, ``lr``, ``n_particles``, ...). ``train.seed`` is the pipeline's
         ``seed``; the stage shows no progress bar and checkpoints into its folder.
-    iwelbo_particles : int
-        Importance samples of the held-out IWELBO.
-    ate_cells : int
-        Cells per condition drawn for the model's average treatment effects.
+    evaluation : EvaluationConfig
+        What is measured after training (:class:`bioreason.models.EvaluationConfig`:
+        which evaluations, ``iwelbo_particles``, ``ate_cells``, ...).
     """
 
     model: Literal["sams_vae", "cpa_vae", "conditional_vae", "svae_plus"] = "sams_vae"
     options: VAEConfig = field(default_factory=VAEConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    iwelbo_particles: int = 20
-    ate_cells: int = 1000
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     moved_fields: ClassVar[dict[str, str]] = {
         "steps": "train.max_steps",
         "batch_size": "train.batch_size",
         "lr": "train.lr",
         "n_particles": "train.n_particles",
+        "iwelbo_particles": "evaluation.iwelbo_particles",
+        "ate_cells": "evaluation.ate_cells",
     }
-
-    def __post_init__(self) -> None:
-        for name in ("iwelbo_particles", "ate_cells"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
