@@ -12,9 +12,9 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from bioreason.lm.answer_protocol import parse_first_integer, single_token_answer_ids
 from bioreason.rl import BernoulliOutcomes, LMRLConfig, LMTrainer
-from bioreason.rl.answer_formats import parse_first_integer, single_token_answer_ids
-from bioreason.rl.lm_rollout import left_pad, sample_group_completions, teacher_forced
+from bioreason.rl.lm.rollout import left_pad, sample_group_completions, teacher_forced
 
 N_PERT, N_GENE = 6, 4
 

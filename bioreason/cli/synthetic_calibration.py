@@ -33,7 +33,7 @@ def _check_methods(methods: list[str]) -> None:
 
 def _options(parser: argparse.ArgumentParser) -> None:
     from bioreason.pipelines.synthetic_calibration import SyntheticCalibrationConfig
-    from bioreason.rl.trainer import TabularRLConfig
+    from bioreason.rl.tabular import TabularRLConfig
 
     config_group(
         parser,
@@ -82,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
         SyntheticCalibrationConfig,
         run_synthetic_calibration,
     )
-    from bioreason.rl.trainer import TabularRLConfig
+    from bioreason.rl.tabular import TabularRLConfig
 
     if args.methods is not None:
         _check_methods(args.methods)
