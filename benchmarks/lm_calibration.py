@@ -69,10 +69,10 @@ from bioreason.pipelines.lm_runs import (  # noqa: E402  (the library half of th
     read_job_row,
     run_job,
     run_jobs,
-    score_predictions,
     summarize_methods,
     warm_start_folder,
 )
+from bioreason.rl.lm.job import score_predictions  # noqa: E402
 
 #: the methods of the issue's table (advantage registry names, options included)
 from bioreason.run_layout import method_slug  # noqa: E402

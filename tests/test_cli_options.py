@@ -28,7 +28,7 @@ def _config_classes():
     from bioreason.models._module import VAEConfig
     from bioreason.models.training import TrainConfig
     from bioreason.pipelines.synthetic_calibration import SyntheticCalibrationConfig
-    from bioreason.rl.lm import LMRLConfig
+    from bioreason.rl.lm import FinetuneConfig, LMRLConfig
     from bioreason.rl.loop import RLConfig
     from bioreason.rl.tabular import TabularRLConfig
     from bioreason.sim.task_config import TaskConfig
@@ -40,6 +40,7 @@ def _config_classes():
         TaskConfig,
         RLConfig,
         LMRLConfig,
+        FinetuneConfig,
         TabularRLConfig,
         SyntheticCalibrationConfig,
         PerturbationSetup,

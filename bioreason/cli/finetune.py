@@ -60,7 +60,11 @@ def _options(parser: argparse.ArgumentParser) -> None:
         FinetuneConfig,
         "job options (FinetuneConfig fields; they override --config)",
         extra={
-            "model": {"shown_default": None, "metavar": "tiny|PATH|NAME"},
+            "model": {
+                "metavar": "tiny|PATH|NAME",
+                "help": "the LM: tiny (a new small LM over the task's prompts), a model "
+                "folder or a Hugging Face hub name (required: here or model: in --config)",
+            },
             "warm_start_steps": {"type": non_negative_int},
             "n_boot": {"type": non_negative_int},
             "threads": {"type": positive_int},

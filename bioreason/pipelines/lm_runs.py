@@ -161,11 +161,19 @@ def prepare_job_folder(folder: Path, job: dict[str, Any], force: bool) -> bool:
     Returns
     -------
     bool
+
+    Raises
+    ------
+    FileExistsError
+        ``folder`` holds files but no manifest (bioreason did not write them), and
+        ``force`` is false: refused before any job runs.
     """
     from bioreason.rl.lm import completed_finetune
+    from bioreason.stage import preflight_stage
 
     if completed_finetune(job["task"], folder, job_config(job)) is not None:
         return True
+    preflight_stage(folder, force=force)
     job["force"] = force
     return False
 

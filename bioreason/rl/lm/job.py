@@ -99,9 +99,10 @@ class FinetuneConfig(Config):
         the folder's manifest.
     rl : LMRLConfig
         The RL run (:class:`bioreason.rl.LMRLConfig`); its ``eval_split`` is the
-        held-out split scored, ``"test"`` here unless given (LMRLConfig's own default is
-        ``"val"``). Its fields may also be given at the top level of a mapping (the
-        older flat form of a ``bioreason finetune`` config file), with a warning.
+        held-out split scored: ``"test"`` in the default and in a mapping that does not
+        give it (LMRLConfig's own default, ``"val"``, stays in an LMRLConfig passed
+        whole). In a mapping its fields may also stand at the top level (the older flat
+        form of a ``bioreason finetune`` config file), read with a warning.
     """
 
     model: str = "tiny"
@@ -428,7 +429,8 @@ def run_finetune(
     try:
         metrics = stage(announce_then_train)
     except BaseException as err:
-        tell(("error", f"{type(err).__name__}: {err}"))
+        if not announced:  # else the others are training: the launcher stops them
+            tell(("error", f"{type(err).__name__}: {err}"))
         raise
     tell(("done", metrics))
     return metrics
@@ -513,7 +515,8 @@ def _train(
     main = processes.is_main
     start_row = trainer.evaluate() if main else {}  # the drift before RL
     predictions_path = out / PREDICTIONS_FILE
-    (out / TENSORBOARD_DIR).mkdir(parents=True, exist_ok=True)
+    if main:  # the training loop writes TensorBoard events here when it can
+        (out / TENSORBOARD_DIR).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     timing = trainer.train(
         checkpoint_path=out / CHECKPOINT_FILE,
