@@ -69,10 +69,11 @@ from bioreason.pipelines.lm_runs import (  # noqa: E402  (the library half of th
     read_job_row,
     run_job,
     run_jobs,
-    score_predictions,
     summarize_methods,
     warm_start_folder,
 )
+from bioreason.rl.lm import FinetuneConfig, LMRLConfig  # noqa: E402
+from bioreason.rl.lm.job import score_predictions  # noqa: E402
 
 #: the methods of the issue's table (advantage registry names, options included)
 from bioreason.run_layout import method_slug  # noqa: E402
@@ -413,24 +414,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     for seed in seeds:
         for method in args.methods:
             folder = out / "runs" / f"{method_slug(method)}_seed{seed}"
+            rl = LMRLConfig(
+                method=method,
+                seed=seed,
+                steps=args.steps,
+                group_size=args.group_size,
+                questions_per_step=args.questions_per_step,
+                lr=args.lr,
+                kl_coef=args.kl_coef,
+                entropy_coef=args.entropy_coef,
+                outcomes=args.outcomes,
+                eval_split="test",
+                eval_samples=args.eval_samples,
+                log_every=max(1, args.steps // 20),
+                checkpoint_every=args.steps,
+                device=args.device,
+            )
+            config = FinetuneConfig(
+                model=str(warm[seed]), n_boot=args.n_boot, threads=args.threads, rl=rl
+            )
             job = {
-                "method": method,
-                "seed": seed,
-                "steps": args.steps,
-                "group_size": args.group_size,
-                "questions_per_step": args.questions_per_step,
-                "lr": args.lr,
-                "kl_coef": args.kl_coef,
-                "entropy_coef": args.entropy_coef,
-                "eval_samples": args.eval_samples,
-                "outcomes": args.outcomes,
-                "n_boot": args.n_boot,
-                "device": args.device,
-                "threads": args.threads,
-                "progress": args.progress,
                 "task": str(task_path),
-                "warm": str(warm[seed]),
                 "folder": str(folder),
+                "config": config,
+                "progress": args.progress,
             }
             if _prepare_run_folder(folder, job, args.force):
                 print(f"[run] up to date: {method} seed {seed}", flush=True)

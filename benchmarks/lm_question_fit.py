@@ -40,7 +40,7 @@ import torch
 def _fit(run: Path, lr: float, steps: int, target: str, batch: int, seed: int) -> dict:
     from bioreason.lm import load_predictor
     from bioreason.rl import LMRLConfig, LMTrainer
-    from bioreason.rl.lm_rollout import answer_distribution_at
+    from bioreason.rl.lm.rollout import answer_distribution_at
 
     task = pd.read_parquet(run / "task" / "task.parquet")
     predictor = load_predictor(run / "warm_start" / "seed0" / "model")

@@ -19,7 +19,7 @@ both see the same machine load. Prints one ``name: value unit`` line per figure;
 ``peak_memory`` is the process's peak resident memory (libraries included; with
 ``--no-baseline`` the trainer's alone; on CUDA the peak allocated GPU memory).
 ``--ablation`` also runs the trainer with transformers' forward (``fast_forward=False``)
-in the same turns and prints what :class:`bioreason.rl.lm_fast.FastLlama` saves.
+in the same turns and prints what :class:`bioreason.rl.lm.fast.FastLlama` saves.
 
 ``--compile`` also times the trainer with ``torch_compile=True`` (its decoder
 compiled by ``torch.compile``; the compilation happens in its first step, which the mean
@@ -43,9 +43,9 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from bioreason.lm.answer_protocol import AnswerGrid, parse_first_integer
 from bioreason.rl import BernoulliOutcomes, LMRLConfig, LMTrainer, get_advantage, policy_loss
-from bioreason.rl.answer_formats import parse_first_integer
-from bioreason.rl.rewards import AnswerGrid, score_answers
+from bioreason.rl.rewards import score_answers
 
 N_PERT, N_GENE = 40, 10
 QUESTIONS, GROUP, NEW_TOKENS, LR = 8, 8, 4, 1e-4
@@ -116,7 +116,7 @@ def trainer_step(
 ) -> Callable[[], tuple[float, float]]:
     """The LM trainer on the workload: a function that runs one step and returns its
     (seconds, mean reward). ``fast_forward=False``: transformers' own forward instead of
-    :class:`bioreason.rl.lm_fast.FastLlama`; ``torch_compile``: its layers compiled."""
+    :class:`bioreason.rl.lm.fast.FastLlama`; ``torch_compile``: its layers compiled."""
     tokenizer = build_tokenizer()
     task, p = build_task()
     config = LMRLConfig(

@@ -379,11 +379,13 @@ def completed_stage(
     inputs: Inputs | None = None,
     *,
     seed: int | None = None,
+    result: str = RESULT,
 ) -> StageResult | None:
     """The stage's result when it is complete and up to date, else None.
 
     Up to date means: its manifest records this config, seed and these input hashes,
-    ``result.json`` among its outputs, and every output is unchanged since.
+    the result file (``result``, default ``result.json``) among its outputs, and every
+    output is unchanged since.
 
     Returns
     -------
@@ -392,17 +394,17 @@ def completed_stage(
     """
     stage_dir = Path(stage_dir)
     saved = read_manifest(stage_dir / MANIFEST)
-    if saved is None or RESULT not in (saved.get("outputs") or {}):
+    if saved is None or result not in (saved.get("outputs") or {}):
         return None
     plain = _plain_config(config)
     paths = _input_paths(inputs, stage_dir)
     if not manifest_matches(stage_dir, config=plain, seed=seed, inputs=paths):
         return None
     try:
-        result = json.loads((stage_dir / RESULT).read_text())
+        values = json.loads((stage_dir / result).read_text())
     except (OSError, ValueError):
         return None
-    return StageResult(stage_dir, result, True, saved)
+    return StageResult(stage_dir, values, True, saved)
 
 
 def run_stage(
@@ -415,6 +417,7 @@ def run_stage(
     force: bool = False,
     outputs: Iterable[str] | None = None,
     log: Callable[[str], Any] | None = print,
+    result: str = RESULT,
 ) -> StageResult:
     """Run one pipeline stage into ``stage_dir``, or skip it when it is up to date.
 
@@ -446,11 +449,14 @@ def run_stage(
         write is an error.
     log : callable or None, default print
         Receives ``"[stage] up to date: stage_dir"`` when the stage is skipped.
+    result : str, default ``"result.json"``
+        The name of the result file in ``stage_dir`` (a fine-tuning job's is
+        ``metrics.json``).
 
     Returns
     -------
     StageResult
-        The stage folder, its result (read back from ``result.json``), whether it was
+        The stage folder, its result (read back from the result file), whether it was
         skipped, and its manifest.
 
     Raises
@@ -470,7 +476,7 @@ def run_stage(
     declared = [str(Path(output).as_posix()) for output in (outputs or ())]
     saved = read_manifest(stage_dir / MANIFEST)
 
-    done = completed_stage(stage_dir, plain, inputs, seed=seed)
+    done = completed_stage(stage_dir, plain, inputs, seed=seed, result=result)
     if done is not None:
         if log is not None:
             log(f"[{name}] up to date: {stage_dir}")
@@ -481,24 +487,24 @@ def run_stage(
     resuming = saved is not None and _is_partial(saved) and _same_run(saved, plain, seed, paths)
     if not resuming:
         _remove_recorded(stage_dir, saved)
-        (stage_dir / RESULT).unlink(missing_ok=True)
+        (stage_dir / result).unlink(missing_ok=True)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    pending = [stage_dir / output for output in (*declared, RESULT)]
+    pending = [stage_dir / output for output in (*declared, result)]
     write_manifest(
         stage_dir, config=plain, seed=seed, inputs=paths, outputs=pending, complete=False
     )
 
-    result = compute(stage_dir)
-    if not isinstance(result, Mapping):
+    values = compute(stage_dir)
+    if not isinstance(values, Mapping):
         raise TypeError(
             f"stage {name!r}: compute must return a dict (the stage's result), "
-            f"got {type(result).__name__}"
+            f"got {type(values).__name__}"
         )
     try:
-        text = json.dumps(dict(result), indent=2, default=_json_default)
+        text = json.dumps(dict(values), indent=2, default=_json_default)
     except (TypeError, ValueError) as err:
         raise TypeError(f"stage {name!r}: its result cannot be written as JSON: {err}") from None
-    atomic_write_text(stage_dir / RESULT, text)
+    atomic_write_text(stage_dir / result, text)
 
     for output in declared:
         if not (stage_dir / output).exists():
@@ -513,7 +519,7 @@ def run_stage(
             if entry.name != MANIFEST and not _is_temporary(entry)
         ]
     else:
-        written = [stage_dir / output for output in (*declared, RESULT)]
+        written = [stage_dir / output for output in (*declared, result)]
     manifest = write_manifest(stage_dir, config=plain, seed=seed, inputs=paths, outputs=written)
     return StageResult(stage_dir, json.loads(text), False, manifest)
 

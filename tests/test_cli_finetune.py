@@ -1,9 +1,11 @@
 """``bioreason finetune``: a tiny LM trained on a tiny task table writes its outputs,
-refuses a folder it did not write, resumes an interrupted run, reads a config file."""
+refuses a folder it did not write, resumes an interrupted run, reads a config file; it is
+the same job as a pipeline's (the same ``metrics.json``)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -56,7 +58,7 @@ def task_path(tmp_path):
 def _config(tmp_path, **values):
     path = tmp_path / "finetune.yaml"
     base = {"questions_per_step": 2, "max_new_tokens": 3, "eval_samples": 2}
-    path.write_text(json.dumps({**base, **values}))  # JSON is YAML
+    path.write_text(json.dumps({"rl": {**base, **values}}))  # JSON is YAML
     return path
 
 
@@ -77,7 +79,11 @@ def test_finetune_writes_outputs_and_is_idempotent(task_path, tmp_path, capsys):
     predictions = pd.read_parquet(out / "predictions.parquet")
     assert set(predictions["question_id"]) == {f"P{i}:G{j}" for i in (4, 5) for j in (0, 1)}
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["step"] == 2 and metrics["final"]["n_questions"] == 4
+    assert metrics["steps"] == 2 and metrics["n_test"] == 4 and metrics["method"] == "grpo"
+    assert metrics["seed"] == 3 and 0 <= metrics["ece"] <= 1 and metrics["n_scored"] == 4
+    # the start of the drift is evaluated before training, the end at the last step
+    assert pd.read_csv(out / "eval.csv")["step"].tolist() == [0, 2]
+    assert np.isfinite(metrics["drift_measured_start"])
     capsys.readouterr()
     assert run(task_path, out, config, "--warm-start-steps", "2", "--seed", "3") == 0
     assert "up to date" in capsys.readouterr().out
@@ -93,7 +99,7 @@ def test_finetune_refuses_foreign_folder_and_other_settings(task_path, tmp_path,
     out.mkdir()
     (out / "mine.txt").write_text("keep")
     assert run(task_path, out, config) == 1
-    assert "not written by 'bioreason finetune'" in capsys.readouterr().err
+    assert "mine.txt" in capsys.readouterr().err
     assert (out / "mine.txt").read_text() == "keep"
 
     other = tmp_path / "other"
@@ -132,12 +138,79 @@ def test_finetune_resumes_an_interrupted_run(task_path, tmp_path, monkeypatch):
 
 
 def test_finetune_config_errors(task_path, tmp_path, capsys):
-    bad = _config(tmp_path, not_a_field=1)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: tiny\nnot_a_field: 1\n")
     assert run(task_path, tmp_path / "x", bad) == 1
-    assert "unknown key(s) ['not_a_field']" in capsys.readouterr().err
+    assert "unknown field(s) ['not_a_field']" in capsys.readouterr().err
+    assert run(task_path, tmp_path / "x", _config(tmp_path, max_new_tokens=0)) == 1
+    assert "rl: max_new_tokens must be >= 1" in capsys.readouterr().err
     argv = ["finetune", "--task", str(task_path), "--out", str(tmp_path / "y"), "--steps", "1"]
     assert main(argv) == 2
     assert "--model" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["finetune", "--task", str(task_path), "--out", "z", "--steps", "0"])
     assert exit_info.value.code == 2
+
+
+def test_a_flat_config_file_still_loads_with_a_warning(task_path, tmp_path):
+    """The older form (LMRLConfig fields at the top level) is read as rl.<field>."""
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("questions_per_step: 2\nmax_new_tokens: 3\neval_samples: 2\n")
+    with pytest.warns(FutureWarning) as caught:
+        assert run(task_path, tmp_path / "flat", flat) == 0
+    messages = [str(warning.message) for warning in caught]
+    assert any("'max_new_tokens' has moved to 'rl.max_new_tokens'" in m for m in messages)
+    manifest = json.loads((tmp_path / "flat" / "manifest.json").read_text())
+    assert manifest["config"]["rl"]["max_new_tokens"] == 3
+    assert manifest["config"]["rl"]["eval_split"] == "test"  # the job's default
+
+
+def test_finetune_and_a_pipeline_job_write_the_same_metrics(task_path, tmp_path):
+    """One job: ``bioreason finetune`` and the pipeline's finetune stage job (built by the
+    stage from a pipeline config, run by lm_runs.run_jobs) with the same task,
+    warm-started model folder and LMRLConfig give the same metrics.json and predictions,
+    apart from the timings."""
+    from bioreason.pipelines.config import PipelineConfig
+    from bioreason.pipelines.lm_runs import run_jobs, warm_start_folder
+    from bioreason.pipelines.lm_stages import _jobs
+    from bioreason.rl.lm import FinetuneConfig, LMRLConfig
+    from bioreason.rl.lm.job import TIMING_FIELDS
+
+    warm = warm_start_folder(task_path, tmp_path / "warm" / "seed1", 1, steps=3, device="cpu")
+    rl = LMRLConfig(
+        method="rloo",
+        seed=1,
+        steps=2,
+        group_size=2,
+        questions_per_step=2,
+        eval_samples=2,
+        eval_every=2,
+        log_every=1,
+        checkpoint_every=2,
+        train_split="train",
+        eval_split="test",
+        device="cpu",
+    )
+    shared = {k: v for k, v in rl.to_dict().items() if k not in ("method", "seed")}
+    pipeline = PipelineConfig.from_dict(
+        {"finetune": {"methods": ["rloo"], "seeds": [1], "rl": shared}}
+    )
+    (job,) = _jobs(pipeline, tmp_path / "stage", task_path, tmp_path / "warm")
+    assert job["config"].rl == rl and job["config"].model == str(warm)
+    run_jobs([job])
+    path = tmp_path / "cli.yaml"
+    path.write_text(json.dumps(FinetuneConfig(model=str(warm), rl=rl).to_dict()))
+    argv = ["finetune", "--task", str(task_path), "--config", str(path), "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "cli")]) == 0
+
+    def read(folder):
+        metrics = json.loads((folder / "metrics.json").read_text())
+        predictions = pd.read_parquet(folder / "predictions.parquet")
+        return {k: v for k, v in metrics.items() if k not in TIMING_FIELDS}, predictions
+
+    cli, cli_predictions = read(tmp_path / "cli")
+    assert set(TIMING_FIELDS) < set(json.loads((tmp_path / "cli" / "metrics.json").read_text()))
+    assert cli["method"] == "rloo" and cli["n_test"] == 4
+    metrics, predictions = read(Path(job["folder"]))
+    assert metrics == cli
+    pd.testing.assert_frame_equal(predictions, cli_predictions)

@@ -28,9 +28,9 @@ def _config_classes():
     from bioreason.models._module import VAEConfig
     from bioreason.models.training import TrainConfig
     from bioreason.pipelines.synthetic_calibration import SyntheticCalibrationConfig
-    from bioreason.rl.lm_trainer import LMRLConfig
+    from bioreason.rl.lm import FinetuneConfig, LMRLConfig
     from bioreason.rl.loop import RLConfig
-    from bioreason.rl.trainer import TabularRLConfig
+    from bioreason.rl.tabular import TabularRLConfig
     from bioreason.sim.budget import SimulationBudget
     from bioreason.sim.task_config import TaskConfig
 
@@ -42,6 +42,7 @@ def _config_classes():
         SimulationBudget,
         RLConfig,
         LMRLConfig,
+        FinetuneConfig,
         TabularRLConfig,
         SyntheticCalibrationConfig,
         PerturbationSetup,

@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 import bioreason.lm as lm
-from bioreason.rl.rewards import AnswerGrid, parse_answers
+from bioreason.lm.answer_protocol import AnswerGrid, parse_answers
 
 PROMPTS = [f"perturb PERT{i} readout GENE{j} probability ?" for i in range(40) for j in range(10)]
 CHAT_TEMPLATE = (

@@ -113,7 +113,7 @@ def test_foreign_files_are_refused_without_force(task_path, tmp_path):
     out = tmp_path / "bench"
     (out / "runs" / "grpo_seed0").mkdir(parents=True)
     (out / "runs" / "grpo_seed0" / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="did not write"):
+    with pytest.raises(FileExistsError, match="notes.txt .*not written by bioreason"):
         script.main(_argv(task_path, out))
     assert (out / "runs" / "grpo_seed0" / "notes.txt").read_text() == "mine"
 

@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _lm_ddp_cases import make_trainer, run_case  # noqa: E402
 
-from bioreason.rl import lm_distributed  # noqa: E402
-from bioreason.rl.lm_distributed import ProcessGroup  # noqa: E402
+from bioreason.rl.lm import distributed as lm_distributed  # noqa: E402
+from bioreason.rl.lm.distributed import ProcessGroup  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""bioreason.rl.lm_fast: the lean Llama forward equals transformers' forward (logits,
+"""bioreason.rl.lm.fast: the lean Llama forward equals transformers' forward (logits,
 hidden states, caches, samples, gradients) and is used only for the exact architecture."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from bioreason.rl.lm_fast import FastLlama, fast_forward
-from bioreason.rl.lm_rollout import (
+from bioreason.rl.lm.fast import FastLlama, fast_forward
+from bioreason.rl.lm.rollout import (
     _Caller,
     answer_distribution_at,
     left_pad,

@@ -12,9 +12,9 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from bioreason.lm.answer_protocol import parse_first_integer, single_token_answer_ids
 from bioreason.rl import BernoulliOutcomes, LMRLConfig, LMTrainer
-from bioreason.rl.answer_formats import parse_first_integer, single_token_answer_ids
-from bioreason.rl.lm_rollout import left_pad, sample_group_completions, teacher_forced
+from bioreason.rl.lm.rollout import left_pad, sample_group_completions, teacher_forced
 
 N_PERT, N_GENE = 6, 4
 
@@ -382,7 +382,7 @@ def test_q_exact_agrees_with_bioreason_lm():
 
 def test_train_writes_logs_evaluations_and_predictions(tokenizer, tmp_path):
     model = make_model(tokenizer)
-    config = small_config(steps=4, eval_every=2, eval_samples=4)
+    config = small_config(steps=4, eval_every=2, eval_samples=4, eval_split="val")
     trainer = LMTrainer(model, tokenizer, make_task(), config)
     trainer.train(
         log_path=tmp_path / "log.csv",
@@ -414,7 +414,16 @@ class _Interrupt(Exception):
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"method": "ppo", "updates_per_rollout": 2, "kl_coef": 0.05, "eval_every": 2}],
+    [
+        {},
+        {
+            "method": "ppo",
+            "updates_per_rollout": 2,
+            "kl_coef": 0.05,
+            "eval_every": 2,
+            "eval_split": "val",
+        },
+    ],
     ids=["on_policy", "ppo_offline_kl"],
 )
 def test_interrupted_and_resumed_run_matches_uninterrupted(tokenizer, tmp_path, options):

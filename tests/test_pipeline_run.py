@@ -139,7 +139,7 @@ def test_an_interrupted_finetune_stage_resumes_job_by_job(tiny_run, tmp_path, mo
     real = lm_runs.run_job
 
     def second_job_fails(job):
-        if job["method"] == "rloo":
+        if job["config"].rl.method == "rloo":
             raise KeyboardInterrupt
         return real(job)
 
@@ -322,8 +322,10 @@ def test_torch_compile_reaches_the_jobs_but_not_the_stage_manifest(tmp_path):
     values["finetune"]["threads"] = 2
     compiled = PipelineConfig.from_dict(values)
     jobs = lm_stages._jobs(compiled, tmp_path, tmp_path / "task.parquet", tmp_path)
-    assert jobs and all(job["torch_compile"] is True for job in jobs)
-    assert not any(job["torch_compile"] for job in lm_stages._jobs(plain, *[tmp_path] * 3))
+    assert jobs and all(job["config"].rl.torch_compile is True for job in jobs)
+    assert all(job["config"].threads == 2 for job in jobs)
+    plain_jobs = lm_stages._jobs(plain, *[tmp_path] * 3)
+    assert not any(job["config"].rl.torch_compile for job in plain_jobs)
     # speed-only settings leave the manifest (and so earlier runs' finetune stages) as is
     stages = [lm_stages.finetune_stage(c, workers=1, force=False) for c in (plain, compiled)]
     assert json_safe(stages[0].config) == json_safe(stages[1].config)

@@ -214,3 +214,17 @@ def test_run_stages_checks_every_folder_before_running(tmp_path):
     with pytest.raises(FileExistsError, match=r"notes\.txt"):
         run_stages(_pipeline(calls), tmp_path, log=None)
     assert calls == [] and not (tmp_path / "a").exists()
+
+
+def test_the_result_file_can_have_another_name(tmp_path):
+    """A fine-tuning job's result is its metrics.json (result=), not result.json."""
+    compute = Counter()
+    done = run_stage(tmp_path / "job", {"k": 1}, None, compute, result="metrics.json", log=None)
+    assert json.loads((tmp_path / "job" / "metrics.json").read_text()) == done.result
+    assert not (tmp_path / "job" / "result.json").exists()
+    manifest = json.loads((tmp_path / "job" / "manifest.json").read_text())
+    assert set(manifest["outputs"]) == {"table.csv", "metrics.json"}
+    again = run_stage(tmp_path / "job", {"k": 1}, None, compute, result="metrics.json", log=None)
+    assert again.skipped and compute.calls == 1
+    assert completed_stage(tmp_path / "job", {"k": 1}, result="metrics.json").result == done.result
+    assert completed_stage(tmp_path / "job", {"k": 1}) is None  # result.json is not its result

@@ -28,6 +28,7 @@ from bioreason.calibration import (
     sharpness,
     summarize,
 )
+from bioreason.lm.answer_protocol import AnswerGrid, parse_answers
 from bioreason.rl.advantages import (
     ADVANTAGES,
     gae,
@@ -50,16 +51,14 @@ from bioreason.rl.losses import (
     policy_loss,
 )
 from bioreason.rl.outcomes import BernoulliOutcomes
-from bioreason.rl.policies import TabularPolicy
 from bioreason.rl.rewards import (
     FLOOR_REWARD,
     SCORING_RULES,
-    AnswerGrid,
     correctness_reward,
     log_score,
-    parse_answers,
     score_answers,
 )
+from bioreason.rl.tabular import TabularPolicy
 from bioreason.rl.theory import (
     expected_scoring_update,
     predict_grpo_drift,

@@ -16,8 +16,7 @@ from _models_util import tiny_screen
 
 from bioreason.models import CPAVAE, SAMSVAE, SVAEPlus
 from bioreason.models import training as training_module
-from bioreason.rl.policies import TabularPolicy
-from bioreason.rl.trainer import TabularRLConfig, TabularTrainer
+from bioreason.rl.tabular import TabularPolicy, TabularRLConfig, TabularTrainer
 
 COMMON = dict(batch_size=64, progress=False, device="cpu", seed=3)
 

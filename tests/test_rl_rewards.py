@@ -3,14 +3,13 @@ import math
 import pytest
 import torch
 
+from bioreason.lm.answer_protocol import AnswerGrid, parse_answers
 from bioreason.rl.rewards import (
     FLOOR_REWARD,
     SCORING_RULES,
-    AnswerGrid,
     brier_reward,
     correctness_reward,
     log_score,
-    parse_answers,
     score_answers,
     spherical_score,
 )

@@ -7,8 +7,7 @@ import torch
 
 from bioreason.rl.losses import clipped_surrogate_loss
 from bioreason.rl.outcomes import BernoulliOutcomes
-from bioreason.rl.policies import TabularPolicy
-from bioreason.rl.trainer import TabularRLConfig, TabularTrainer
+from bioreason.rl.tabular import TabularPolicy, TabularRLConfig, TabularTrainer
 
 GRID = torch.arange(1, 100, dtype=torch.float64) / 100
 

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from bioreason.rl.outcomes import BernoulliOutcomes
-from bioreason.rl.policies import TabularPolicy
-from bioreason.rl.trainer import TabularRLConfig, TabularTrainer
+from bioreason.rl.tabular import TabularPolicy, TabularRLConfig, TabularTrainer
 
 GRID = torch.arange(1, 100, dtype=torch.float64) / 100
 

@@ -594,8 +594,7 @@ case(
 
 
 def s15_rl():
-    from bioreason.rl.policies import TabularPolicy
-    from bioreason.rl.trainer import TabularRLConfig, TabularTrainer
+    from bioreason.rl.tabular import TabularPolicy, TabularRLConfig, TabularTrainer
 
     grid = torch.arange(1, 100, dtype=torch.float64) / 100
 

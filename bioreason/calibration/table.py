@@ -2,8 +2,8 @@
 
 What ``bioreason calibration`` computes, as a function of a pandas DataFrame. Answers
 may be probabilities or text (``<answer>37</answer>``); text is read by a parser passed
-in by the caller (``bioreason.rl.answer_formats.ANSWER_PARSERS``: this package does not
-import torch), and an answer it cannot read counts as invalid: it is counted, and left
+in by the caller (``bioreason.lm.answer_protocol.ANSWER_PARSERS``: this package does
+not import torch), and an answer it cannot read counts as invalid: it is counted, and left
 out of the metrics.
 """
 

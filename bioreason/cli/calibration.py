@@ -40,15 +40,14 @@ def _read_predictions(path: Path):
 
 class _AnswerParser:
     """``texts -> (probabilities, valid)`` by the registered LM answer parser ``name``;
-    imports ``bioreason.rl`` (torch, seconds) only when a file's answers are text."""
+    imports the answer protocol (torch, seconds) only when a file's answers are text."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.used = False
 
     def __call__(self, texts):
-        from bioreason.rl.answer_formats import ANSWER_PARSERS
-        from bioreason.rl.rewards import AnswerGrid
+        from bioreason.lm.answer_protocol import ANSWER_PARSERS, AnswerGrid
 
         self.used = True
         parsed = ANSWER_PARSERS.get(self.name)(texts, AnswerGrid())

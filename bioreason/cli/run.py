@@ -54,6 +54,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     from bioreason.pipelines.headline import print_headline
     from bioreason.pipelines.run import load_pipeline_config, run_pipeline
+    from bioreason.run_layout import REPORT_HTML
 
     config = load_pipeline_config(args.config, args.set or ())
     out = Path(args.out) if args.out else Path("runs") / config.name
@@ -68,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
     )
     if "calibration" in results:
         print_headline(results["calibration"].result)
-        report = out / "report.html"
+        report = out / REPORT_HTML
         if report.exists():
             print(f"report: {report}")
     print(f"run folder: {out} (stages: {', '.join(results)})")

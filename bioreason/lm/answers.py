@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from bioreason.lm._grid import resolve_grid
+from bioreason.lm.answer_protocol import (
+    AnswerGrid,
+    answer_token_probabilities,
+    exact_answers,
+    resolve_grid,
+)
 from bioreason.lm.prompts import encode_prompts, format_prompt, position_ids
 from bioreason.lm.tokenizer import ANSWER_CLOSE, answer_token_ids
-
-if TYPE_CHECKING:
-    from bioreason.rl.rewards import AnswerGrid
 
 __all__ = ["answer_distribution", "expected_answer", "sample_completions", "stop_token_ids"]
 
@@ -118,7 +119,7 @@ def answer_distribution(
             raise ValueError(
                 f"{where}: the answers {grid.low}..{grid.high} are not single tokens with "
                 "this tokenizer, so there is no one answer position to read; estimate q "
-                "from sampled answers (sample_completions + bioreason.rl.parse_answers)"
+                "from sampled answers (sample_completions + bioreason.lm.parse_answers)"
             )
     if len(answer_ids) != grid.size:
         raise ValueError(f"{where}: {len(answer_ids)} answer ids for a grid of {grid.size}")
@@ -143,13 +144,12 @@ def answer_distribution(
                 if pass_positions:
                     extra["position_ids"] = position_ids(mask)
                 logits = model(input_ids=input_ids, attention_mask=mask, **extra).logits
-                log_probs = torch.log_softmax(logits[:, -1].float(), dim=-1)
-                rows.append(log_probs.index_select(-1, index).exp().double().cpu())
+                rows.append(answer_token_probabilities(logits[:, -1], index).cpu())
     finally:
         model.train(was_training)
     distribution = torch.cat(rows)
     if normalize:
-        distribution = distribution / distribution.sum(-1, keepdim=True)
+        distribution = exact_answers(distribution, grid)[0]
     return distribution
 
 
@@ -163,17 +163,19 @@ def expected_answer(
     """The mean probability answer, ``q_exact = sum_k pi(k | answered) q_k``.
 
     The answer distribution (:func:`answer_distribution`, normalized to the grid)
-    weights the grid's probabilities ``q_k = k / grid.scale``. ``options`` go to
-    :func:`answer_distribution` (``answer_ids``, ``batch_size``).
+    weights the grid's probabilities ``q_k = k / grid.scale``
+    (:func:`bioreason.lm.answer_protocol.exact_answers`, which the RL trainer's
+    predictions use too). ``options`` go to :func:`answer_distribution`
+    (``answer_ids``, ``batch_size``).
 
     Returns
     -------
     Tensor of float64, shape (n_prompts,), on the CPU
     """
     grid = resolve_grid(grid, "expected_answer")
-    options["normalize"] = True
+    options["normalize"] = False
     distribution = answer_distribution(model, tokenizer, prompts, grid, **options)
-    return distribution @ grid.probabilities(torch.float64)
+    return exact_answers(distribution, grid)[1]
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -222,7 +224,7 @@ def sample_completions(
     -------
     list of list of str, shape (n_prompts, num_samples)
         The generated text after each prompt, special tokens removed, e.g.
-        ``"<answer> 42 </answer>"``; :func:`bioreason.rl.parse_answers` reads it.
+        ``"<answer> 42 </answer>"``; :func:`bioreason.lm.parse_answers` reads it.
     """
     where = "sample_completions"
     prompts = _check_prompts(prompts, where)

@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -39,14 +39,11 @@ from transformers import (
 
 from bioreason._device import resolve_device
 from bioreason._io import _umask
-from bioreason.lm._grid import resolve_grid
+from bioreason.lm.answer_protocol import AnswerGrid, resolve_grid
 from bioreason.lm.answers import answer_distribution, expected_answer, sample_completions
 from bioreason.lm.model import PRESET_DIR, tiny_model
 from bioreason.lm.prompts import format_prompt
 from bioreason.lm.tokenizer import answer_token_ids, build_tokenizer
-
-if TYPE_CHECKING:
-    from bioreason.rl.rewards import AnswerGrid
 
 __all__ = ["DEFAULT_LORA", "Predictor", "load_predictor"]
 
@@ -350,8 +347,6 @@ def _read_grid(folder: Path) -> AnswerGrid | None:
     path = folder / PREDICTOR_FILE
     if not path.is_file():
         return None
-    from bioreason.rl.rewards import AnswerGrid
-
     try:
         return AnswerGrid(**json.loads(path.read_text())["grid"])
     except (ValueError, TypeError, KeyError) as err:

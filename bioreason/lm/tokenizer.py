@@ -14,15 +14,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from bioreason.lm._grid import grid_answers, resolve_grid
-
-if TYPE_CHECKING:
-    from bioreason.rl.rewards import AnswerGrid
+from bioreason.lm.answer_protocol import (
+    AnswerGrid,
+    grid_answers,
+    resolve_grid,
+    single_token_answer_ids,
+)
 
 __all__ = [
     "ANSWER_CLOSE",
@@ -79,7 +80,7 @@ def build_tokenizer(
         ``</answer>`` 5, then the grid's answers in order, then words by decreasing
         count (ties alphabetical). Encoding prepends ``<bos>`` (``add_special_tokens``);
         unseen words become ``<unk>``; decoding joins tokens with spaces
-        (``"<answer> 42 </answer>"``, which :func:`bioreason.rl.parse_answers` reads).
+        (``"<answer> 42 </answer>"``, which :func:`bioreason.lm.parse_answers` reads).
 
     Raises
     ------
@@ -154,8 +155,8 @@ def answer_token_ids(
     K``) gives the tokens of ``prefix`` (default ``"<answer>"``) plus exactly one more,
     that token is not the unknown token and decodes to ``K``, and no two answers share a
     token: then the probability of answer ``K`` right after the prefix is one softmax
-    entry. The rule is :func:`bioreason.rl.answer_formats.single_token_answer_ids`, which
-    the RL trainer uses too.
+    entry. The rule is :func:`bioreason.lm.answer_protocol.single_token_answer_ids`,
+    which the RL trainer uses too.
 
     Returns
     -------
@@ -163,7 +164,5 @@ def answer_token_ids(
         None when some answer is several tokens (typical of BPE and SentencePiece
         tokenizers that split numbers into digits).
     """
-    from bioreason.rl.answer_formats import single_token_answer_ids
-
     grid = resolve_grid(grid, "answer_token_ids")
     return single_token_answer_ids(tokenizer, grid, prefix)

@@ -15,8 +15,16 @@ import pandas as pd
 
 from bioreason.pipelines.config import PipelineConfig
 from bioreason.pipelines.stages import Stage
-from bioreason.run_layout import INVALID_RATE_LIMIT, judged_probability
-from bioreason.stage import StageResult
+from bioreason.run_layout import (
+    INVALID_RATE_LIMIT,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    RUNS_FILE,
+    SUMMARY_FILE,
+    SUMMARY_MD,
+    judged_probability,
+)
+from bioreason.stage import RESULT, StageResult
 
 __all__ = ["CALIBRATED_ECE", "CALIBRATED_METHODS", "calibration_stage", "finding"]
 
@@ -114,6 +122,11 @@ def finding(summary: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def _final(predictions: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a job's last evaluation."""
+    return predictions[predictions["step"] == predictions["step"].max()]
+
+
 def calibration_stage(config: PipelineConfig) -> Stage:
     """The ``calibration`` stage: every job's held-out predictions scored per method.
 
@@ -133,11 +146,13 @@ def calibration_stage(config: PipelineConfig) -> Stage:
 
         folder = upstream["finetune"].path
         jobs = upstream["finetune"].result["jobs"]
-        rows = [read_job_row(folder / job["folder"] / "metrics.json") for job in jobs]
+        rows = [read_job_row(folder / job["folder"] / METRICS_FILE) for job in jobs]
         runs = pd.DataFrame(rows)
         runs = runs[[*RUN_COLUMNS, *[c for c in runs.columns if c not in RUN_COLUMNS]]]
+        # each job's predictions at its last evaluation (a job evaluating every
+        # rl.eval_every steps keeps the earlier ones in its own file)
         predictions = pd.concat(
-            [pd.read_parquet(folder / job["folder"] / "predictions.parquet") for job in jobs],
+            [_final(pd.read_parquet(folder / job["folder"] / PREDICTIONS_FILE)) for job in jobs],
             ignore_index=True,
         )
         summary = summarize_methods(
@@ -159,17 +174,12 @@ def calibration_stage(config: PipelineConfig) -> Stage:
                 "these runs are calibrated or not only in their average answer; the error "
                 "against p* measures how far one answer is from question-level truth."
             )
-        for name, frame in (("runs", runs), ("summary", summary), ("predictions", predictions)):
-            if name == "predictions":
-                atomic_write(
-                    stage_dir / "predictions.parquet",
-                    lambda tmp, f=frame: f.to_parquet(tmp, index=False),
-                )
-            else:
-                atomic_write(
-                    stage_dir / f"{name}.csv", lambda tmp, f=frame: f.to_csv(tmp, index=False)
-                )
-        atomic_write_text(stage_dir / "summary.md", table + "\n")
+        for name, frame in ((RUNS_FILE, runs), (SUMMARY_FILE, summary)):
+            atomic_write(stage_dir / name, lambda tmp, f=frame: f.to_csv(tmp, index=False))
+        atomic_write(
+            stage_dir / PREDICTIONS_FILE, lambda tmp: predictions.to_parquet(tmp, index=False)
+        )
+        atomic_write_text(stage_dir / SUMMARY_MD, table + "\n")
         headline = [
             {
                 "method": row["method"],
@@ -189,6 +199,6 @@ def calibration_stage(config: PipelineConfig) -> Stage:
         "calibration",
         compute,
         config={"calibration": config.calibration},
-        inputs=lambda up: {"finetune": up["finetune"].path / "result.json"},
-        outputs=["runs.csv", "summary.csv", "summary.md", "predictions.parquet"],
+        inputs=lambda up: {"finetune": up["finetune"].path / RESULT},
+        outputs=[RUNS_FILE, SUMMARY_FILE, SUMMARY_MD, PREDICTIONS_FILE],
     )

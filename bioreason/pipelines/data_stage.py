@@ -15,6 +15,7 @@ import numpy as np
 
 from bioreason.pipelines.config import PipelineConfig
 from bioreason.pipelines.stages import Stage, say
+from bioreason.run_layout import DATA_FILE, SPLIT_FILE
 from bioreason.stage import StageResult
 
 __all__ = ["data_stage"]
@@ -68,13 +69,13 @@ def data_stage(config: PipelineConfig) -> Stage:
             from bioreason.data import split_random
 
             split = split_random(data, val_fraction=data_config.val_fraction, seed=config.seed)
-        atomic_write(stage_dir / "data.h5ad", lambda tmp: adata.write_h5ad(tmp))
+        atomic_write(stage_dir / DATA_FILE, lambda tmp: adata.write_h5ad(tmp))
 
         def write_split(tmp: Path) -> None:
             with open(tmp, "wb") as handle:
                 np.savez(handle, train=split.train, val=split.val, test=split.test)
 
-        atomic_write(stage_dir / "split.npz", write_split)
+        atomic_write(stage_dir / SPLIT_FILE, write_split)
         result = {
             "source": source,
             "n_cells": int(adata.n_obs),
@@ -100,5 +101,5 @@ def data_stage(config: PipelineConfig) -> Stage:
         compute,
         config={"data": config.data, "seed": config.seed},
         seed=config.seed,
-        outputs=["data.h5ad", "split.npz"],
+        outputs=[DATA_FILE, SPLIT_FILE],
     )

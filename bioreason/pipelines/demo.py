@@ -70,6 +70,7 @@ def run_demo(
     """
     from bioreason.pipelines.headline import default_workers, print_headline
     from bioreason.pipelines.run import run_pipeline
+    from bioreason.run_layout import REPORT_HTML
 
     out = Path(out)
     start = time.perf_counter()
@@ -83,7 +84,7 @@ def run_demo(
     print()
     print_headline(results["calibration"].result)
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s")
-    report = out / "report.html"
+    report = out / REPORT_HTML
     if report.exists():
         print(f"report: {report}")
     return results

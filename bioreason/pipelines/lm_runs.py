@@ -1,45 +1,40 @@
-"""Language-model calibration runs: one RL fine-tuning job per method x seed from a shared
+"""Language-model calibration runs: one fine-tuning job per method x seed from a shared
 warm start, scored on held-out questions, and the per-method summary with bootstrap
 intervals. Used by the pipeline's ``warm_start`` / ``finetune`` / ``calibration`` stages
 (:mod:`bioreason.pipelines.run`) and by ``benchmarks/lm_calibration.py``.
 
-A job is a plain dict (so it crosses process boundaries): ``method``, ``seed``, ``steps``,
-``group_size``, ``questions_per_step``, ``lr``, ``kl_coef``, ``entropy_coef``,
-``eval_samples``, ``n_boot``, ``device``, ``threads``, ``torch_compile`` (optional,
-speed only), ``progress``, ``outcomes``
-(``"live"``: a new Bernoulli(p*) outcome at every rollout; ``"table"``, the default:
-the task's recorded outcome every time), ``task`` (parquet
-path), ``warm`` (predictor folder), ``folder`` (the job's folder). :func:`run_job` writes
-``predictions.parquet``, ``log.csv``, ``eval.csv``, ``metrics.json`` and a manifest into
-the folder; :func:`prepare_job_folder` says whether a finished job can be skipped.
+A job is the fine-tuning job of ``bioreason finetune``
+(:func:`bioreason.rl.lm.run_finetune`), described by a plain dict so that it crosses
+process boundaries: ``task`` (parquet path), ``folder`` (the job's folder), ``config``
+(a :class:`~bioreason.rl.lm.FinetuneConfig` or its ``to_dict()``: the model is the
+seed's warm start folder), and optionally ``force`` and ``progress``. :func:`run_jobs`
+runs jobs in worker processes; :func:`warm_start_folder` writes a seed's warm start
+(through the stage helper, :func:`bioreason.stage.run_stage`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
-from bioreason.run_layout import judged_probability
+from bioreason.run_layout import MODEL_DIR, judged_probability
 
 __all__ = [
     "METHODS",
     "RUN_COLUMNS",
     "SUMMARY_METRICS",
+    "job_config",
     "markdown_table",
     "prepare_job_folder",
     "read_job_row",
     "run_job",
     "run_jobs",
-    "score_predictions",
     "summarize_methods",
     "warm_start_folder",
 ]
@@ -86,173 +81,69 @@ SUMMARY_METRICS = (
 )
 
 
-def _quiet_transformers() -> None:
-    """No tqdm bars from transformers' save/load (the pipeline prints its own progress)."""
-    try:
-        from transformers.utils import logging as hf_logging
+def job_config(job: dict[str, Any]) -> Any:
+    """The :class:`~bioreason.rl.lm.FinetuneConfig` of a job dict: its ``config`` (a
+    FinetuneConfig, or a mapping of its fields).
 
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        pass
+    Returns
+    -------
+    FinetuneConfig
+    """
+    from bioreason.rl.lm import FinetuneConfig
 
-
-def _run_record(job: dict[str, Any]) -> dict[str, Any]:
-    """The settings that define a run (its manifest's config)."""
-    keys = ("method", "steps", "group_size", "questions_per_step", "lr", "eval_samples", "n_boot")
-    record = {key: job[key] for key in keys}
-    # regularisers enter the record only when used (runs without them keep their manifest)
-    record.update({key: job[key] for key in ("kl_coef", "entropy_coef") if job.get(key)})
-    # live outcomes (the default of the pipeline) enter the record; older runs had none
-    if job.get("outcomes", "table") != "table":
-        record["outcomes"] = job["outcomes"]
-    return record
+    config = job["config"]
+    return config if isinstance(config, FinetuneConfig) else FinetuneConfig.from_dict(config)
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Train one method x seed from the seed's warm start and score it on the test split.
+    """Run one job (:func:`bioreason.rl.lm.run_finetune`) into its folder.
 
     Parameters
     ----------
     job : dict
-        ``method``, ``seed``, ``steps``, ``group_size``, ``questions_per_step``, ``lr``,
-        ``eval_samples``, ``n_boot``, ``device``, ``threads``, ``progress``, ``task``
-        (parquet path), ``warm`` (predictor folder), ``folder`` (the run folder).
+        ``task``, ``folder``, ``config`` (see :func:`job_config`), and optionally
+        ``force`` (replace files the job did not write) and ``progress``.
 
     Returns
     -------
     dict
-        One row of ``runs.csv`` (also written to ``folder/metrics.json``).
+        The job's ``metrics.json`` (one row of ``runs.csv``).
     """
-    from bioreason._io import atomic_write_text, json_safe
-    from bioreason.data.tasks import load_task
-    from bioreason.lm import load_predictor
-    from bioreason.rl import LMRLConfig, LMTrainer
-    from bioreason.stage import write_manifest
+    from bioreason.rl.lm import run_finetune
 
-    torch.set_num_threads(job["threads"])
-    if not job.get("progress"):
-        _quiet_transformers()
-    folder = Path(job["folder"])
-    folder.mkdir(parents=True, exist_ok=True)
-    inputs = {"task": job["task"], "warm": job["warm"]}
-    outputs = [folder / name for name in ("predictions.parquet", "log.csv", "eval.csv")]
-    outputs.append(folder / "metrics.json")
-    record = _run_record(job)
-    write_manifest(
-        folder, config=record, seed=job["seed"], inputs=inputs, outputs=outputs, complete=False
+    return run_finetune(
+        job["task"],
+        job["folder"],
+        job_config(job),
+        force=job.get("force", False),
+        progress=job.get("progress", False),
+        log=None,
     )
-    task = load_task(job["task"])
-    predictor = load_predictor(job["warm"], device=job["device"])
-    config = LMRLConfig(
-        method=job["method"],
-        seed=job["seed"],
-        steps=job["steps"],
-        group_size=job["group_size"],
-        questions_per_step=job["questions_per_step"],
-        lr=job["lr"],
-        kl_coef=job.get("kl_coef", 0.0),
-        entropy_coef=job.get("entropy_coef", 0.0),
-        outcomes=job.get("outcomes", "table"),
-        train_split="train",
-        eval_split="test",
-        eval_every=job["steps"],  # evaluate once, at the last step
-        eval_samples=job["eval_samples"],
-        log_every=max(1, job["steps"] // 20),
-        checkpoint_every=job["steps"],
-        device=job["device"],
-        torch_compile=job.get("torch_compile", False),
-    )
-    trainer = LMTrainer.from_predictor(predictor, task, config)
-    start_row = trainer.evaluate()  # the warm start: drift predicted before RL
-    start = time.perf_counter()
-    trainer.train(
-        log_path=folder / "log.csv",
-        eval_log_path=folder / "eval.csv",
-        predictions_path=folder / "predictions.parquet",
-        progress=job["progress"],
-        description=job["method"],
-    )
-    seconds = time.perf_counter() - start
-    final = trainer.eval_rows_log[-1]
-    predictions = pd.read_parquet(folder / "predictions.parquet")
-    log = pd.read_csv(folder / "log.csv")
-    last = log["reward_mean"].dropna()
-    row: dict[str, Any] = {
-        "method": job["method"],
-        "seed": job["seed"],
-        "steps": trainer.step,
-        "n_test": len(predictions),
-        "q_source": final["q_source"],
-        "invalid_rate": final["invalid_rate"],
-        "drift_grpo_predicted_start": start_row["grpo_predicted_outward"],
-        "drift_method_predicted_start": start_row["method_predicted_outward"],
-        "drift_measured_start": start_row["measured_outward"],
-        "drift_grpo_predicted": final["grpo_predicted_outward"],
-        "drift_method_predicted": final["method_predicted_outward"],
-        "drift_measured": final["measured_outward"],
-        "reward_mean_last": float(last.iloc[-1]) if len(last) else math.nan,
-        "train_seconds": seconds,
-        # the logged steps' step_time (train_seconds also holds the final evaluation)
-        "seconds_per_step": float(log["step_time"].dropna().mean()),
-    }
-    row.update(score_predictions(predictions, task, n_boot=job["n_boot"], seed=job["seed"]))
-    atomic_write_text(folder / "metrics.json", json.dumps(json_safe(row), indent=2) + "\n")
-    write_manifest(folder, config=record, seed=job["seed"], inputs=inputs, outputs=outputs)
-    return row
 
 
-def _published(predictions: pd.DataFrame, task: pd.DataFrame) -> np.ndarray:
-    if "reference_probability" not in task:
-        return np.full(len(predictions), np.nan)
-    lookup = task.set_index(task["question_id"].astype(str))["reference_probability"]
-    return predictions["question_id"].astype(str).map(lookup).to_numpy(dtype=float)
-
-
-def score_predictions(
-    predictions: pd.DataFrame, task: pd.DataFrame, *, n_boot: int, seed: int
-) -> dict[str, float]:
-    """Every calibration metric of one run's test predictions, with bootstrap bounds.
-
-    Parameters
-    ----------
-    predictions : pandas.DataFrame
-        :data:`bioreason.run_layout.PREDICTION_COLUMNS`, one row per test question.
-    task : pandas.DataFrame
-        The task table (its ``reference_probability``, when finite, is scored as the
-        reference ``published``).
-    n_boot, seed
-        Bootstrap replicates over questions (0: no bounds) and their seed.
+def prepare_job_folder(folder: Path, job: dict[str, Any], force: bool) -> bool:
+    """True when the job is finished and up to date in ``folder`` (skip it); otherwise
+    False, and the job (``job["force"]``, set here) replaces files it did not write only
+    when ``force``.
 
     Returns
     -------
-    dict of str to float
-        :func:`bioreason.calibration.summarize` against the outcomes, p* (no suffix),
-        p_true (``_p_true``) and the published probability (``_published``) where known
-        for every scored question; ``n_scored``.
-    """
-    from bioreason.calibration import summarize
+    bool
 
-    q = judged_probability(predictions)[0]
-    outcome = predictions["outcome"].to_numpy(dtype=float)
-    keep = np.isfinite(q) & np.isin(outcome, (0.0, 1.0))
-    if not keep.any():
-        raise ValueError("no test question has both a prediction and a 0/1 outcome")
-    references = {
-        "p_star": predictions["p_star"].to_numpy(dtype=float),
-        "p_true": predictions["p_true"].to_numpy(dtype=float),
-        "published": _published(predictions, task),
-    }
-    known = {k: v[keep] for k, v in references.items() if np.isfinite(v[keep]).all()}
-    result = summarize(
-        outcome[keep],
-        q[keep],
-        p_star=known.pop("p_star", None),
-        references=known or None,
-        n_boot=n_boot,
-        seed=seed,
-    )
-    result["n_scored"] = int(keep.sum())
-    return result
+    Raises
+    ------
+    FileExistsError
+        ``folder`` holds files but no manifest (bioreason did not write them), and
+        ``force`` is false: refused before any job runs.
+    """
+    from bioreason.rl.lm import completed_finetune
+    from bioreason.stage import preflight_stage
+
+    if completed_finetune(job["task"], folder, job_config(job)) is not None:
+        return True
+    preflight_stage(folder, force=force)
+    job["force"] = force
+    return False
 
 
 # ----------------------------------------------------------------------------- summary
@@ -430,39 +321,7 @@ def read_job_row(path: Path) -> dict[str, Any]:
     return {k: (math.nan if v is None else v) for k, v in row.items()}
 
 
-# ----------------------------------------------------------------------------- main
-
-
-def prepare_job_folder(folder: Path, job: dict[str, Any], force: bool) -> bool:
-    """True when the run is finished with these settings (skip it); otherwise make the
-    folder ready for a new run (refusing files bioreason did not write)."""
-    from bioreason.stage import MANIFEST, check_replaceable, manifest_matches
-
-    inputs = {"task": job["task"], "warm": job["warm"]}
-    if (folder / "metrics.json").exists() and manifest_matches(
-        folder, config=_run_record(job), seed=job["seed"], inputs=inputs
-    ):
-        return True
-    if (folder / "metrics.json").exists() and not force:
-        raise FileExistsError(
-            f"{folder} holds a finished run with other settings or inputs (task, warm "
-            "start); choose another --out or pass --force to replace it"
-        )
-    if folder.exists() and any(folder.iterdir()):
-        names = ("predictions.parquet", "log.csv", "eval.csv", "metrics.json")
-        for name in names:
-            check_replaceable(folder / name, force=force)
-        # tb/: the training loop's TensorBoard events (when tensorboard is installed)
-        strangers = sorted(
-            p.name for p in folder.iterdir() if p.name not in (*names, MANIFEST, "tb")
-        )
-        if strangers and not force:
-            raise FileExistsError(
-                f"{folder} holds files bioreason did not write ({strangers}); choose "
-                "another --out or pass --force"
-            )
-        shutil.rmtree(folder)
-    return False
+# ----------------------------------------------------------------------------- jobs
 
 
 def warm_start_folder(
@@ -477,50 +336,52 @@ def warm_start_folder(
     force: bool = False,
 ) -> Path:
     """Warm-start a predictor on the task's train prompts and save it to
-    ``folder/model`` (skipped when ``folder``'s manifest matches these settings).
+    ``folder/model``, through the stage helper (:func:`bioreason.stage.run_stage`:
+    skipped when ``folder``'s manifest matches these settings and the task).
 
     ``model="tiny"`` builds the default small LM with a word-level tokenizer over every
-    prompt of the task; any other value is loaded with :func:`bioreason.lm.load_predictor`.
-    The warm start (:func:`bioreason.lm.warm_start`) teaches the answer format with
-    uniform answers, ``steps`` supervised steps at ``lr`` (0: none).
+    prompt of the task; any other value is loaded with :func:`bioreason.lm.load_predictor`
+    (both by :func:`bioreason.rl.lm.job.prepare_predictor`, as a fine-tuning job's own
+    warm start). The warm start (:func:`bioreason.lm.warm_start`) teaches the answer
+    format with uniform answers, ``steps`` supervised steps at ``lr`` (0: none).
 
     Returns
     -------
     Path
         The saved predictor folder (``load_predictor`` reads it).
     """
-    from bioreason.data.tasks import load_task
-    from bioreason.lm import load_predictor, warm_start
-    from bioreason.stage import check_replaceable, manifest_matches, write_manifest
+    from bioreason.stage import run_stage
 
     folder = Path(folder)
-    model_dir = folder / "model"
-    config = {"model": model, "steps": steps, "lr": lr}
-    inputs = {"task": Path(task_path)}
-    if model_dir.exists() and manifest_matches(folder, config=config, seed=seed, inputs=inputs):
-        return model_dir
-    check_replaceable(model_dir, force=force)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_manifest(
-        folder, config=config, seed=seed, inputs=inputs, outputs=[model_dir], complete=False
-    )
-    _quiet_transformers()
-    task = load_task(task_path)
-    options = {"texts": task["prompt"].astype(str)} if model == "tiny" else {}
-    predictor = load_predictor(model, device=device, seed=seed, **options)
-    train_prompts = task.loc[task["split"].astype(str) == "train", "prompt"].astype(str)
-    if steps:
-        warm_start(
-            predictor,
-            None,
-            [predictor.format_prompt(p) for p in train_prompts],
-            steps=steps,
-            lr=lr,
+
+    def compute(stage_dir: Path) -> dict[str, Any]:
+        from bioreason.data.tasks import load_task
+        from bioreason.rl.lm.job import prepare_predictor
+
+        task = load_task(task_path)
+        predictor = prepare_predictor(
+            model,
+            task,
+            device=device,
             seed=seed,
+            warm_start_steps=steps,
+            warm_start_lr=lr,
+            progress=False,
         )
-    predictor.save(model_dir, overwrite=True)
-    write_manifest(folder, config=config, seed=seed, inputs=inputs, outputs=[model_dir])
-    return model_dir
+        predictor.save(stage_dir / MODEL_DIR, overwrite=True)
+        return {"model": MODEL_DIR, "steps": steps}
+
+    run_stage(
+        folder,
+        {"model": model, "steps": steps, "lr": lr},
+        {"task": Path(task_path)},
+        compute,
+        seed=seed,
+        force=force,
+        outputs=[MODEL_DIR],
+        log=None,
+    )
+    return folder / MODEL_DIR
 
 
 def run_jobs(
@@ -534,9 +395,9 @@ def run_jobs(
     Parameters
     ----------
     jobs : sequence of dict
-        Each job's settings (module docstring); each runs alone in its folder.
+        Each job (module docstring); each runs alone in its folder.
     workers : int, default 1
-        Parallel processes on this machine. Give each job ``threads`` so that
+        Parallel processes on this machine. Give each job's config ``threads`` so that
         ``workers * threads`` does not exceed the cores.
     finished : callable, optional
         Called with each job's row as it finishes (in completion order).

@@ -16,7 +16,8 @@ from typing import Any
 
 from bioreason.pipelines.config import FinetuneStageConfig, PipelineConfig
 from bioreason.pipelines.stages import Stage, say
-from bioreason.stage import StageResult
+from bioreason.run_layout import METRICS_FILE, MODEL_DIR, TASK_FILE, method_slug
+from bioreason.stage import RESULT, StageResult
 
 __all__ = ["finetune_stage", "warm_start_stage"]
 
@@ -33,7 +34,7 @@ def warm_start_stage(config: PipelineConfig, force: bool) -> Stage:
     def compute(stage_dir: Path, upstream: Mapping[str, StageResult]) -> dict[str, Any]:
         from bioreason.pipelines.lm_runs import warm_start_folder
 
-        task_path = upstream["task"].path / "task.parquet"
+        task_path = upstream["task"].path / TASK_FILE
         start = time.perf_counter()
         folders = {}
         for seed in config.finetune.seeds:
@@ -56,40 +57,30 @@ def warm_start_stage(config: PipelineConfig, force: bool) -> Stage:
         "warm_start",
         compute,
         config={"lm": lm, "seeds": config.finetune.seeds, "device": config.finetune.rl.device},
-        inputs=lambda up: {"task": up["task"].path / "task.parquet"},
+        inputs=lambda up: {"task": up["task"].path / TASK_FILE},
         outputs=[f"seed{seed}" for seed in config.finetune.seeds],
     )
 
 
 def _jobs(config: PipelineConfig, stage_dir: Path, task_path: Path, warm_dir: Path) -> list[dict]:
-    from bioreason.run_layout import method_slug
+    """One job per seed x method: the task, the job's folder and its
+    :class:`~bioreason.rl.lm.FinetuneConfig` (the seed's warm start, ``finetune.rl`` with
+    the job's method and seed)."""
+    from bioreason.rl.lm import FinetuneConfig
 
     tune = config.finetune
     jobs = []
     for seed in tune.seeds:
         for method in tune.methods:
-            jobs.append(
-                {
-                    "method": method,
-                    "seed": seed,
-                    "steps": tune.rl.steps,
-                    "group_size": tune.rl.group_size,
-                    "questions_per_step": tune.rl.questions_per_step,
-                    "lr": tune.rl.lr,
-                    "kl_coef": tune.rl.kl_coef,
-                    "entropy_coef": tune.rl.entropy_coef,
-                    "eval_samples": tune.rl.eval_samples,
-                    "outcomes": tune.rl.outcomes,
-                    "n_boot": 0,
-                    "device": tune.rl.device,
-                    "threads": tune.threads,
-                    "torch_compile": tune.rl.torch_compile,
-                    "progress": False,
-                    "task": str(task_path),
-                    "warm": str(warm_dir / f"seed{seed}" / "model"),
-                    "folder": str(stage_dir / f"{method_slug(method)}_seed{seed}"),
-                }
+            rl = dataclasses.replace(tune.rl, method=method, seed=seed)
+            job_config = FinetuneConfig(
+                model=str(warm_dir / f"seed{seed}" / MODEL_DIR),
+                n_boot=0,
+                threads=tune.threads,
+                rl=rl,
             )
+            folder = stage_dir / f"{method_slug(method)}_seed{seed}"
+            jobs.append({"task": str(task_path), "folder": str(folder), "config": job_config})
     return jobs
 
 
@@ -106,12 +97,13 @@ def finetune_stage(config: PipelineConfig, workers: int, force: bool) -> Stage:
         from bioreason.pipelines.lm_runs import prepare_job_folder, read_job_row, run_jobs
 
         jobs = _jobs(
-            config, stage_dir, upstream["task"].path / "task.parquet", upstream["warm_start"].path
+            config, stage_dir, upstream["task"].path / TASK_FILE, upstream["warm_start"].path
         )
         todo = []
         for job in jobs:
+            rl = job["config"].rl
             if prepare_job_folder(Path(job["folder"]), job, force):
-                say(f"[finetune] up to date: {job['method']} seed {job['seed']}")
+                say(f"[finetune] up to date: {rl.method} seed {rl.seed}")
             else:
                 todo.append(job)
         start = time.perf_counter()
@@ -131,7 +123,7 @@ def finetune_stage(config: PipelineConfig, workers: int, force: bool) -> Stage:
                 f"{len(tune.seeds)} seeds, {tune.rl.steps} steps each) in {workers} worker(s)"
             )
         run_jobs(todo, workers=workers, finished=finished)
-        rows = [read_job_row(Path(job["folder"]) / "metrics.json") for job in jobs]
+        rows = [read_job_row(Path(job["folder"]) / METRICS_FILE) for job in jobs]
         return {
             "jobs": [
                 {"method": r["method"], "seed": r["seed"], "folder": Path(j["folder"]).name}
@@ -146,8 +138,8 @@ def finetune_stage(config: PipelineConfig, workers: int, force: bool) -> Stage:
         compute,
         config={"finetune": _speed_free(tune)},
         inputs=lambda up: {
-            "task": up["task"].path / "task.parquet",
-            "warm_start": up["warm_start"].path / "result.json",
+            "task": up["task"].path / TASK_FILE,
+            "warm_start": up["warm_start"].path / RESULT,
         },
     )
 

@@ -17,6 +17,7 @@ import pandas as pd
 
 from bioreason.pipelines.config import PipelineConfig
 from bioreason.pipelines.stages import Stage, say
+from bioreason.run_layout import DATA_FILE, MODEL_DIR, TASK_FILE
 from bioreason.stage import StageResult
 
 __all__ = ["task_stage"]
@@ -35,7 +36,7 @@ def task_stage(config: PipelineConfig) -> Stage:
         from bioreason.data.tasks import load_replogle_task, load_task, save_task, task_summary
 
         start = time.perf_counter()
-        path = stage_dir / "task.parquet"
+        path = stage_dir / TASK_FILE
         if task_config.source == "simulator":
             from bioreason.sim.task_config import build_task_from_config
 
@@ -44,8 +45,8 @@ def task_stage(config: PipelineConfig) -> Stage:
                 task_config.options,
                 seed=config.seed,
                 ground_truth=bool(upstream["data"].result.get("ground_truth")),
-                model=str(upstream["vae"].path / "model"),
-                adata=str(data_dir / "data.h5ad"),
+                model=str(upstream["vae"].path / MODEL_DIR),
+                adata=str(data_dir / DATA_FILE),
             )
             say("[task] questions and p* from the fitted model (outcome simulator)")
             table = build_task_from_config(options)
@@ -85,7 +86,7 @@ def task_stage(config: PipelineConfig) -> Stage:
 
     def inputs(up: Mapping[str, StageResult]) -> dict[str, Path]:
         if task_config.source == "simulator":
-            return {"model": up["vae"].path / "model", "data": up["data"].path / "data.h5ad"}
+            return {MODEL_DIR: up["vae"].path / MODEL_DIR, "data": up["data"].path / DATA_FILE}
         if task_config.source == "replogle":
             return {"replogle": Path(task_config.replogle_folder)}
         return {"task": Path(task_config.source)}
@@ -96,5 +97,5 @@ def task_stage(config: PipelineConfig) -> Stage:
         config={"task": task_config, "seed": config.seed},
         inputs=inputs,
         seed=config.seed,
-        outputs=["task.parquet", "task.parquet.summary.json"],
+        outputs=[TASK_FILE, f"{TASK_FILE}.summary.json"],
     )

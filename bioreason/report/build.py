@@ -30,13 +30,19 @@ from bioreason.report.document import (
     render_markdown,
 )
 from bioreason.report.load import RunFolder, load_run
-from bioreason.run_layout import INVALID_RATE_LIMIT, judged_probability
+from bioreason.run_layout import (
+    INVALID_RATE_LIMIT,
+    REPORT_FILES_DIR,
+    REPORT_HTML,
+    REPORT_MD,
+    judged_probability,
+)
 
 __all__ = ["ReportFiles", "build_blocks", "format_interval", "format_value", "write_report"]
 
-HTML_NAME = "report.html"
-MARKDOWN_NAME = "report.md"
-FIGURES_DIR = "report_files"
+HTML_NAME = REPORT_HTML
+MARKDOWN_NAME = REPORT_MD
+FIGURES_DIR = REPORT_FILES_DIR
 _FIGURE_PREFIX = "figure-"
 
 #: The calibration metrics of ``summary.csv``, with their labels, in table order.

@@ -15,7 +15,15 @@ from typing import Any
 
 import pandas as pd
 
-from bioreason.run_layout import method_slug
+from bioreason.run_layout import (
+    EVAL_LOG_FILE,
+    LOG_FILE,
+    PIPELINE_RECORD,
+    PREDICTIONS_FILE,
+    SUMMARY_FILE,
+    TASK_FILE,
+    method_slug,
+)
 
 __all__ = ["FinetuneRun", "RunFolder", "load_run"]
 
@@ -129,7 +137,7 @@ def _read_pipeline(path: Path) -> dict[str, Any]:
         if path.exists():
             raise NotADirectoryError(f"{path} is a file; give the run folder (runs/<name>)")
         raise FileNotFoundError(f"run folder {path} does not exist")
-    record = path / "pipeline.json"
+    record = path / PIPELINE_RECORD
     if not record.is_file():
         raise FileNotFoundError(
             f"{record} not found: {path} is not a pipeline run folder (a run folder holds "
@@ -175,11 +183,11 @@ def load_run(path: str | Path) -> RunFolder:
         if result is not None:
             run.results[stage] = result
     if "task" in run.stage_dirs:
-        run.task = _read(run, run.stage_dirs["task"] / "task.parquet", pd.read_parquet)
+        run.task = _read(run, run.stage_dirs["task"] / TASK_FILE, pd.read_parquet)
     if "calibration" in run.stage_dirs:
         folder = run.stage_dirs["calibration"]
-        run.predictions = _read(run, folder / "predictions.parquet", pd.read_parquet)
-        run.summary = _read(run, folder / "summary.csv", _csv)
+        run.predictions = _read(run, folder / PREDICTIONS_FILE, pd.read_parquet)
+        run.summary = _read(run, folder / SUMMARY_FILE, _csv)
     if "finetune" in run.stage_dirs:
         run.runs = _finetune_runs(run, run.stage_dirs["finetune"])
     return run
@@ -197,7 +205,7 @@ def _finetune_runs(run: RunFolder, folder: Path) -> list[FinetuneRun]:
             continue
         slug = match["slug"]
         job = FinetuneRun(child, slug, int(match["seed"]), method=known.get(slug, slug))
-        job.log = _read(run, child / "log.csv", _csv)
-        job.eval = _read(run, child / "eval.csv", _csv)
+        job.log = _read(run, child / LOG_FILE, _csv)
+        job.eval = _read(run, child / EVAL_LOG_FILE, _csv)
         runs.append(job)
     return sorted(runs, key=lambda r: (r.method, r.seed))

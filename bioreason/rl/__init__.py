@@ -1,7 +1,11 @@
 """RL for probability predictors: rewards, advantage estimators, policy losses (all
-registries), the shared RL config and training loop, the tabular policy and its
-trainer, the causal-LM trainer, and the theory of what each estimator optimises."""
+registries), the shared RL config and training loop, outcome sources, the theory of
+what each estimator optimises; the tabular policy and its trainer
+(:mod:`bioreason.rl.tabular`), and the causal-LM trainer with its fine-tuning job
+(:mod:`bioreason.rl.lm`). The answer protocol (grid, parsers) is
+:mod:`bioreason.lm.answer_protocol`'s, re-exported here."""
 
+from bioreason.lm.answer_protocol import ANSWER_PARSERS, AnswerGrid, ParsedAnswers, parse_answers
 from bioreason.rl.advantages import (
     ADVANTAGES,
     H_TARGETS,
@@ -12,8 +16,14 @@ from bioreason.rl.advantages import (
     parse_method,
     register_advantage,
 )
-from bioreason.rl.answer_formats import ANSWER_PARSERS
-from bioreason.rl.lm_trainer import LMRLConfig, LMTrainer, save_predictions
+from bioreason.rl.lm import (
+    FinetuneConfig,
+    LMRLConfig,
+    LMTrainer,
+    completed_finetune,
+    run_finetune,
+    save_predictions,
+)
 from bioreason.rl.loop import RLConfig, run_training_loop
 from bioreason.rl.losses import (
     AGGREGATIONS,
@@ -27,24 +37,22 @@ from bioreason.rl.losses import (
     kl_k3,
     policy_loss,
 )
-from bioreason.rl.outcomes import BernoulliOutcomes, OutcomeSource
-from bioreason.rl.policies import TabularPolicy
+from bioreason.rl.outcomes import BernoulliOutcomes, OutcomeSource, TableOutcomes
 from bioreason.rl.rewards import (
     FLOOR_REWARD,
     SCORING_RULES,
-    AnswerGrid,
     brier_reward,
     log_score,
-    parse_answers,
     score_answers,
 )
-from bioreason.rl.trainer import TabularRLConfig, TabularTrainer
+from bioreason.rl.tabular import TabularPolicy, TabularRLConfig, TabularTrainer
 
 __all__ = [
     "ADVANTAGES",
     "AGGREGATIONS",
     "ANSWER_PARSERS",
     "FLOOR_REWARD",
+    "FinetuneConfig",
     "H_TARGETS",
     "KL_ESTIMATORS",
     "LMRLConfig",
@@ -55,7 +63,9 @@ __all__ = [
     "BernoulliOutcomes",
     "HTarget",
     "OutcomeSource",
+    "ParsedAnswers",
     "RLConfig",
+    "TableOutcomes",
     "TabularPolicy",
     "TabularRLConfig",
     "TabularTrainer",
@@ -63,6 +73,7 @@ __all__ = [
     "brier_reward",
     "clipped_surrogate_loss",
     "clipped_surrogate_weights",
+    "completed_finetune",
     "entropy_from_logits",
     "gae",
     "get_advantage",
@@ -74,6 +85,7 @@ __all__ = [
     "parse_method",
     "policy_loss",
     "register_advantage",
+    "run_finetune",
     "run_training_loop",
     "save_predictions",
     "score_answers",

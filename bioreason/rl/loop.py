@@ -2,7 +2,7 @@
 
 :class:`RLConfig` holds the settings every trainer has (estimator, group size, steps,
 optimizer, reward, policy loss, checkpoints, logs, seed); a trainer's own config
-subclasses it (:class:`bioreason.rl.trainer.TabularRLConfig`). :func:`run_training_loop`
+subclasses it (:class:`bioreason.rl.tabular.TabularRLConfig`). :func:`run_training_loop`
 drives any object with the small :class:`LoopTrainer` protocol: it resumes from a
 checkpoint, shows a progress bar, appends a log row every ``log_every`` steps, writes a
 CSV log (and TensorBoard scalars when installed) and a checkpoint every

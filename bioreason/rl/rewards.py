@@ -1,24 +1,23 @@
-"""Rewards for probability answers: answer parsing, proper scoring rules, 0/1 correctness.
+"""Rewards for probability answers: proper scoring rules, 0/1 correctness.
 
 A policy answers ``<answer>N</answer>`` with ``N`` an integer on a grid (by default
-1..99, read as ``q = N / 100``). Rewards are pure functions of the answer ``q`` and the
-binary outcome ``y`` of the experiment, and higher is better: :func:`brier_reward` is
-``-(q - y)^2``, the negative of the calibration loss
-:func:`bioreason.calibration.brier_loss`.
+1..99, read as ``q = N / 100``; :mod:`bioreason.lm.answer_protocol` parses it). Rewards
+are pure functions of the answer ``q`` and the binary outcome ``y`` of the experiment,
+and higher is better: :func:`brier_reward` is ``-(q - y)^2``, the negative of the
+calibration loss :func:`bioreason.calibration.brier_loss`.
 
-**Invalid answers.** :func:`parse_answers` marks an unparsable or off-grid answer with
-NaN, and :func:`score_answers` gives it :data:`FLOOR_REWARD`. The scoring rules
-themselves are pure math and check their inputs: ``q`` must be a probability in
-[0, 1] (no NaN) and ``y`` a 0/1 outcome, of shapes that broadcast; anything else
-raises a ValueError naming the function, the argument and the first bad index.
+**Invalid answers.** An answer parser (:data:`bioreason.lm.answer_protocol.ANSWER_PARSERS`)
+marks an unparsable or off-grid answer with NaN, and :func:`score_answers` gives it
+:data:`FLOOR_REWARD`. The scoring rules themselves are pure math and check their
+inputs: ``q`` must be a probability in [0, 1] (no NaN) and ``y`` a 0/1 outcome, of
+shapes that broadcast; anything else raises a ValueError naming the function, the
+argument and the first bad index.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -28,12 +27,9 @@ from bioreason.registry import Registry
 __all__ = [
     "FLOOR_REWARD",
     "SCORING_RULES",
-    "AnswerGrid",
-    "ParsedAnswers",
     "brier_reward",
     "correctness_reward",
     "log_score",
-    "parse_answers",
     "score_answers",
     "spherical_score",
 ]
@@ -41,93 +37,6 @@ __all__ = [
 #: Reward given to an unparsable or out-of-range answer: the log score of q = 0.01 when
 #: the outcome happened (Bereket & Leskovec 2025 use this floor).
 FLOOR_REWARD = math.log(0.01)
-
-_ANSWER = re.compile(r"<answer>\s*([+-]?\d+)\s*</answer>", re.IGNORECASE | re.DOTALL)
-
-
-@dataclass(frozen=True)
-class AnswerGrid:
-    """The integer answers a policy may give and the probability each one means.
-
-    Parameters
-    ----------
-    low, high
-        Smallest and largest integer answer (inclusive).
-    scale
-        ``q = N / scale``.
-    """
-
-    low: int = 1
-    high: int = 99
-    scale: int = 100
-
-    def __post_init__(self) -> None:
-        for name in ("low", "high", "scale"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"AnswerGrid: {name} must be an integer, got {value!r}")
-        if not 0 < self.low <= self.high < self.scale:
-            raise ValueError(
-                f"AnswerGrid needs 0 < low <= high < scale so that every q lies in (0, 1); "
-                f"got low={self.low}, high={self.high}, scale={self.scale}"
-            )
-
-    @property
-    def size(self) -> int:
-        return self.high - self.low + 1
-
-    def probabilities(self, dtype: torch.dtype = torch.float64) -> Tensor:
-        """The probabilities of the grid, shape ``(size,)``: 0.01, 0.02, ..., 0.99 by default."""
-        return torch.arange(self.low, self.high + 1, dtype=dtype) / self.scale
-
-
-@dataclass(frozen=True)
-class ParsedAnswers:
-    """Result of :func:`parse_answers`.
-
-    Attributes
-    ----------
-    probabilities : Tensor, shape (n,)
-        ``q = N / scale`` for valid answers, NaN for invalid ones.
-    valid : Tensor of bool, shape (n,)
-    n_invalid : int
-        How many answers were unparsable or off the grid.
-    """
-
-    probabilities: Tensor
-    valid: Tensor
-    n_invalid: int
-
-
-def parse_answers(texts: Sequence[str], grid: AnswerGrid | None = None) -> ParsedAnswers:
-    """Parse ``<answer>N</answer>`` from each completion.
-
-    The last ``<answer>`` tag of a completion counts (a model may quote the format
-    before answering). ``N`` must be an integer in ``[grid.low, grid.high]``.
-    """
-    if isinstance(texts, str):
-        raise TypeError("parse_answers expects a sequence of completions, got a single string")
-    if not isinstance(texts, Sequence) and not hasattr(texts, "__iter__"):
-        raise TypeError(
-            f"parse_answers expects a sequence of completions (strings), got {type(texts).__name__}"
-        )
-    if grid is not None and not isinstance(grid, AnswerGrid):
-        raise TypeError(f"parse_answers: grid must be an AnswerGrid, got {grid!r}")
-    grid = grid or AnswerGrid()
-    values = []
-    for index, text in enumerate(texts):
-        if text is not None and not isinstance(text, str):
-            raise TypeError(
-                f"parse_answers: texts[{index}] is {type(text).__name__}, not a string; "
-                "pass the completions' text (None counts as an invalid answer)"
-            )
-        matches = _ANSWER.findall(text or "")
-        number = int(matches[-1]) if matches else None
-        ok = number is not None and grid.low <= number <= grid.high
-        values.append(number / grid.scale if ok else math.nan)
-    probabilities = torch.tensor(values, dtype=torch.float64)
-    valid = ~torch.isnan(probabilities)
-    return ParsedAnswers(probabilities, valid, int((~valid).sum()))
 
 
 def _real(value: object, name: str, where: str, dtype: torch.dtype | None = None) -> Tensor:
@@ -193,7 +102,7 @@ def log_score(q: Tensor, y: Tensor) -> Tensor:
     ``q`` in [0, 1] and 0/1 ``y`` of shapes that broadcast; the result has the broadcast
     shape and is finite. A certain, wrong answer (q = 0 with y = 1, q = 1 with y = 0)
     has log score -inf and raises a ValueError: keep answers inside (0, 1), as
-    :class:`AnswerGrid` does.
+    :class:`~bioreason.lm.answer_protocol.AnswerGrid` does.
     """
     q, y = _check(q, y, "log_score")
     wrong = ((q == 0) & (y == 1)) | ((q == 1) & (y == 0))
@@ -258,7 +167,8 @@ def score_answers(
     Parameters
     ----------
     probabilities : Tensor, shape (n,)
-        From :func:`parse_answers`; NaN marks an invalid answer.
+        From an answer parser (:func:`bioreason.lm.answer_protocol.parse_answers`);
+        NaN marks an invalid answer.
     outcomes : Tensor, shape (n,)
         Binary outcomes.
 

@@ -23,13 +23,12 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from bioreason.lm._grid import grid_answers, resolve_grid
+from bioreason.lm.answer_protocol import AnswerGrid, grid_answers, resolve_grid
 from bioreason.lm.prompts import format_prompt, has_chat_template
 from bioreason.lm.tokenizer import ANSWER_CLOSE, ANSWER_OPEN, answer_token_ids
 
 if TYPE_CHECKING:
     from bioreason.lm.predictor import Predictor
-    from bioreason.rl.rewards import AnswerGrid
 
 __all__ = ["warm_start"]
 

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bioreason.rl.lm_rollout import GroupRollout, PromptBatch
+from bioreason.rl.lm.rollout import GroupRollout, PromptBatch
 from bioreason.rl.losses import aggregate
 
 __all__ = [

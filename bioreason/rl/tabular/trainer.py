@@ -12,7 +12,6 @@ checkpoints, CSV log and resume are :func:`bioreason.rl.loop.run_training_loop`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,9 @@ from bioreason.rl.advantages import get_advantage
 from bioreason.rl.loop import RLConfig, run_training_loop
 from bioreason.rl.losses import POLICY_LOSSES
 from bioreason.rl.outcomes import OutcomeSource
-from bioreason.rl.policies import TabularPolicy
 from bioreason.rl.rewards import SCORING_RULES
+from bioreason.rl.tabular.policy import TabularPolicy
+from bioreason.stage import describe_differences, digest
 
 __all__ = ["TabularRLConfig", "TabularTrainer"]
 
@@ -225,12 +225,14 @@ class TabularTrainer:
         if state.get("config") != config:
             raise ValueError(
                 "checkpoint was written with a different config "
-                f"({_differences(state.get('config') or {}, config)}); start a new run"
+                f"({'; '.join(describe_differences(state.get('config') or {}, config))}); "
+                "start a new run"
             )
         if "data" in state and state["data"] != self.data_fingerprint:
             raise ValueError(
                 "checkpoint was written for other questions "
-                f"({_differences(state['data'], self.data_fingerprint)}); start a new run"
+                f"({'; '.join(describe_differences(state['data'], self.data_fingerprint))}); "
+                "start a new run"
             )
         with torch.no_grad():
             self.policy.logits.copy_(state["logits"])
@@ -283,18 +285,5 @@ class TabularTrainer:
 
 
 def _digest(tensor: Tensor) -> str:
-    """Short SHA-256 of a tensor's dtype, shape and values."""
-    array = tensor.detach().cpu().contiguous().numpy()
-    hasher = hashlib.sha256(f"{array.dtype}{array.shape}".encode())
-    hasher.update(array.tobytes())
-    return hasher.hexdigest()[:16]
-
-
-def _differences(saved: dict[str, Any], current: dict[str, Any]) -> str:
-    """``"name: saved -> current"`` for the keys whose values differ."""
-    keys = list(dict.fromkeys([*saved, *current]))
-    return "; ".join(
-        f"{k}: {saved.get(k, '(absent)')} -> {current.get(k, '(absent)')}"
-        for k in keys
-        if saved.get(k, "(absent)") != current.get(k, "(absent)")
-    )
+    """Short SHA-256 of a tensor's dtype, shape and values (:func:`bioreason.stage.digest`)."""
+    return digest(tensor.detach().cpu().numpy())

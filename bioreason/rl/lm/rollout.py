@@ -36,7 +36,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from bioreason.rl.lm_fast import fast_forward
+from bioreason.lm.answer_protocol import answer_token_probabilities
+from bioreason.rl.lm.fast import fast_forward
 from bioreason.rl.losses import entropy_from_logits
 
 __all__ = [
@@ -275,12 +276,12 @@ def sample_group_completions(
     autocast : context manager, optional
         Entered around each forward (bf16 autocast on CUDA).
     fast : bool
-        Use :class:`bioreason.rl.lm_fast.FastLlama` when the model is a plain
+        Use :class:`bioreason.rl.lm.fast.FastLlama` when the model is a plain
         ``LlamaForCausalLM`` (the same function with fewer operations); False, or any
         other model, calls the model's own forward.
     compile : bool
         With ``fast``, run its decoder through ``torch.compile`` while gradients
-        are on (:mod:`bioreason.rl.lm_fast`; compiling takes tens of seconds once).
+        are on (:mod:`bioreason.rl.lm.fast`; compiling takes tens of seconds once).
 
     Returns
     -------
@@ -506,8 +507,9 @@ def answer_distribution_at(
     -------
     Tensor of float64, shape (n_questions, n_answers)
         ``softmax(logits / temperature)`` at the last position, restricted to the
-        answers (rows sum to the probability of a valid answer; normalise for the
-        distribution given a valid answer). No gradients.
+        answers (rows sum to the probability of a valid answer;
+        :func:`bioreason.lm.answer_protocol.exact_answers` gives the distribution given
+        a valid answer and ``q_exact``). No gradients.
     """
     call = _Caller(model, fast)
     autocast = autocast or contextlib.nullcontext()
@@ -519,5 +521,4 @@ def answer_distribution_at(
             use_cache=False,
             last_only=True,
         )
-    log_probs = torch.log_softmax(output.logits[:, -1].float() / temperature, -1)
-    return log_probs.index_select(1, answer_ids.to(log_probs.device)).exp().double()
+    return answer_token_probabilities(output.logits[:, -1], answer_ids, temperature)

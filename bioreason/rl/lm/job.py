@@ -1,0 +1,557 @@
+"""One fine-tuning job: a causal LM trained with :class:`~bioreason.rl.LMTrainer` on a
+task table's train split and scored on its held-out split, written into one folder.
+
+``bioreason finetune`` is this job, and so is every job of a pipeline's ``finetune``
+stage (:func:`bioreason.pipelines.lm_runs.run_jobs`): the same settings
+(:class:`FinetuneConfig`) give the same files and the same ``metrics.json``.
+
+:func:`run_finetune` goes through the stage helper (:func:`bioreason.stage.run_stage`):
+a folder whose manifest matches the settings and inputs is left as it is; an interrupted
+run resumes from its checkpoint; files the job did not write stop it unless ``force``.
+The job
+
+1. loads the model (:func:`bioreason.lm.load_predictor`: ``"tiny"``, a folder or a hub
+   name) and, when asked, warm-starts the answer format (:func:`bioreason.lm.warm_start`;
+   deterministic, so a resumed run redoes it and then loads its checkpoint);
+2. evaluates the policy before training (the start of the drift);
+3. trains ``rl.steps`` steps, evaluating every ``rl.eval_every`` steps and at the last;
+4. writes the files of :mod:`bioreason.run_layout` (``predictions.parquet``,
+   ``log.csv``, ``eval.csv``, ``checkpoint.pt``, ``model/``, ``tb/`` and
+   ``metrics.json``: the settings' identity, the scores of :func:`score_predictions` on
+   the last evaluation's predictions, the drift at the start and the end, and timings,
+   :data:`TIMING_FIELDS`).
+
+Under ``accelerate launch`` every process trains its share of each batch; the main
+process alone checks and writes the folder, and tells the others by broadcast whether
+to train.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from bioreason.config import Config
+from bioreason.rl.lm.config import LMRLConfig
+from bioreason.run_layout import (
+    CHECKPOINT_FILE,
+    EVAL_LOG_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    MODEL_DIR,
+    PREDICTIONS_FILE,
+    judged_probability,
+)
+
+__all__ = [
+    "JOB_OUTPUTS",
+    "TIMING_FIELDS",
+    "FinetuneConfig",
+    "completed_finetune",
+    "prepare_predictor",
+    "run_finetune",
+    "score_predictions",
+]
+
+#: TensorBoard event files of the training log (an empty folder without tensorboard)
+TENSORBOARD_DIR = "tb"
+#: what a job writes into its folder besides ``metrics.json`` and ``manifest.json``
+JOB_OUTPUTS = (
+    PREDICTIONS_FILE,
+    LOG_FILE,
+    EVAL_LOG_FILE,
+    CHECKPOINT_FILE,
+    MODEL_DIR,
+    TENSORBOARD_DIR,
+)
+#: fields of ``metrics.json`` that measure time (or this call's share of a resumed run)
+#: and so differ between two runs of the same settings
+TIMING_FIELDS = ("train_seconds", "seconds_per_step", "steps_run", "steps_per_second")
+
+
+@dataclasses.dataclass
+class FinetuneConfig(Config):
+    """Settings of one fine-tuning job (:func:`run_finetune`): the model, its warm start,
+    the RL run, and how the result is scored.
+
+    Attributes
+    ----------
+    model : str, default "tiny"
+        The LM: ``tiny`` (a new small LM with a word-level tokenizer over the task's
+        prompts; any preset name of ``models/``), a model folder (``save_pretrained``,
+        ``Predictor.save``, a pipeline's warm start) or a Hugging Face hub name.
+    warm_start_steps : int, default 0
+        Supervised steps teaching the answer format with uniform answers before RL
+        (:func:`bioreason.lm.warm_start`; 0: none).
+    warm_start_lr : float, default 1e-3
+        The warm start's learning rate.
+    n_boot : int, default 0
+        Bootstrap replicates over held-out questions for the bounds of the scores in
+        ``metrics.json`` (0: no bounds).
+    threads : int or None, default None
+        Torch CPU threads of the job (None: torch's default). Speed only: not part of
+        the folder's manifest.
+    rl : LMRLConfig
+        The RL run (:class:`bioreason.rl.LMRLConfig`); its ``eval_split`` is the
+        held-out split scored. In a mapping its fields may also stand at the top level
+        (the older flat form of a ``bioreason finetune`` config file), read with a
+        warning.
+    """
+
+    model: str = "tiny"
+    warm_start_steps: int = 0
+    warm_start_lr: float = 1e-3
+    n_boot: int = 0
+    threads: int | None = None
+    rl: LMRLConfig = dataclasses.field(default_factory=LMRLConfig)
+
+    #: the flat form: every LMRLConfig field at the top level means ``rl.<field>``
+    moved_fields: ClassVar[dict[str, str]] = {
+        field.name: f"rl.{field.name}" for field in dataclasses.fields(LMRLConfig)
+    }
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ValueError(
+                f"model must be 'tiny', a model folder or a hub name, got {self.model!r}"
+            )
+        for name in ("warm_start_steps", "n_boot"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if not (math.isfinite(self.warm_start_lr) and self.warm_start_lr > 0):
+            raise ValueError(f"warm_start_lr must be > 0, got {self.warm_start_lr}")
+        if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
+            raise ValueError(f"threads must be >= 1 or None, got {self.threads!r}")
+        if not isinstance(self.rl, LMRLConfig):
+            raise TypeError(f"rl must be an LMRLConfig, got {type(self.rl).__name__}")
+
+
+def prepare_predictor(
+    model: str,
+    task: Any,
+    *,
+    device: str = "auto",
+    seed: int = 0,
+    grid: Any = None,
+    warm_start_steps: int = 0,
+    warm_start_lr: float = 1e-3,
+    train_split: str | None = "train",
+    progress: bool = True,
+) -> Any:
+    """Load (or build) a predictor for a task and warm-start its answer format.
+
+    Parameters
+    ----------
+    model : str
+        ``"tiny"`` (or a preset name: a new LM whose word-level tokenizer is built from
+        every prompt of ``task``), a model folder or a hub name.
+    task : pandas.DataFrame
+        The task table (its ``prompt`` and ``split`` columns).
+    device : str, default "auto"
+    seed : int, default 0
+        Seeds a new model's weights and the warm start.
+    grid : AnswerGrid, optional
+        The answers (default: the folder's saved grid, else 1..99).
+    warm_start_steps, warm_start_lr
+        Supervised steps on the train prompts with uniform answers (0: none) and their
+        learning rate (:func:`bioreason.lm.warm_start`).
+    train_split : str or None, default "train"
+        The split whose prompts the warm start reads (None: every prompt).
+    progress : bool, default True
+        False turns transformers' progress bars off (loading now, saving later).
+
+    Returns
+    -------
+    bioreason.lm.Predictor
+    """
+    from bioreason.lm import load_predictor, warm_start
+
+    if not progress:
+        _quiet_transformers()
+    predictor = load_predictor(
+        model, device=device, texts=task["prompt"].astype(str), grid=grid, seed=seed
+    )
+    if warm_start_steps:
+        rows = (
+            task["split"].astype(str) == train_split
+            if train_split is not None and "split" in task
+            else np.ones(len(task), bool)
+        )
+        prompts = task.loc[rows, "prompt"].astype(str)
+        warm_start(
+            predictor,
+            None,
+            [predictor.format_prompt(prompt) for prompt in prompts],
+            grid=grid,
+            steps=warm_start_steps,
+            lr=warm_start_lr,
+            seed=seed,
+        )
+    return predictor
+
+
+# ---------------------------------------------------------------- scores
+def _published(predictions: Any, task: Any) -> np.ndarray:
+    if "reference_probability" not in task:
+        return np.full(len(predictions), np.nan)
+    lookup = task.set_index(task["question_id"].astype(str))["reference_probability"]
+    return predictions["question_id"].astype(str).map(lookup).to_numpy(dtype=float)
+
+
+def score_predictions(predictions: Any, task: Any, *, n_boot: int, seed: int) -> dict[str, float]:
+    """Every calibration metric of one run's held-out predictions, with bootstrap bounds.
+
+    Parameters
+    ----------
+    predictions : pandas.DataFrame
+        :data:`bioreason.run_layout.PREDICTION_COLUMNS`, one row per held-out question;
+        the probability judged is :func:`bioreason.run_layout.judged_probability`'s.
+    task : pandas.DataFrame
+        The task table (its ``reference_probability``, when finite, is scored as the
+        reference ``published``).
+    n_boot, seed : int
+        Bootstrap replicates over questions (0: no bounds) and their seed.
+
+    Returns
+    -------
+    dict of str to float
+        :func:`bioreason.calibration.summarize` against the outcomes, p* (no suffix),
+        p_true (``_p_true``) and the published probability (``_published``) where known
+        for every scored question; ``n_scored``.
+
+    Raises
+    ------
+    ValueError
+        No question has both a prediction and a 0/1 outcome.
+    """
+    from bioreason.calibration import summarize
+
+    q = judged_probability(predictions)[0]
+    outcome = predictions["outcome"].to_numpy(dtype=float)
+    keep = np.isfinite(q) & np.isin(outcome, (0.0, 1.0))
+    if not keep.any():
+        raise ValueError("no test question has both a prediction and a 0/1 outcome")
+    references = {
+        "p_star": predictions["p_star"].to_numpy(dtype=float),
+        "p_true": predictions["p_true"].to_numpy(dtype=float),
+        "published": _published(predictions, task),
+    }
+    known = {k: v[keep] for k, v in references.items() if np.isfinite(v[keep]).all()}
+    result = summarize(
+        outcome[keep],
+        q[keep],
+        p_star=known.pop("p_star", None),
+        references=known or None,
+        n_boot=n_boot,
+        seed=seed,
+    )
+    result["n_scored"] = int(keep.sum())
+    return result
+
+
+# ---------------------------------------------------------------- the job
+def _settings(config: FinetuneConfig | dict[str, Any]) -> FinetuneConfig:
+    if isinstance(config, FinetuneConfig):
+        return config
+    if isinstance(config, dict):
+        return FinetuneConfig.from_dict(config)
+    raise TypeError(
+        f"config must be a FinetuneConfig (or a mapping of its fields), got {type(config).__name__}"
+    )
+
+
+def _record(config: FinetuneConfig, task_path: Path) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The manifest's config (what determines the results) and the input paths: the task
+    and, for a model folder, the folder (by its hash, so that moving it changes nothing)."""
+    from bioreason._io import json_safe
+
+    record = json_safe(config.to_dict())
+    record.pop("threads")  # speed only
+    inputs = {"task": task_path}
+    folder = Path(config.model).expanduser()
+    if folder.is_dir():
+        record["model"] = "(a folder: its hash is the input 'model')"
+        inputs["model"] = folder
+    return record, inputs
+
+
+def completed_finetune(
+    task_path: str | Path, out: str | Path, config: FinetuneConfig | dict[str, Any]
+) -> dict[str, Any] | None:
+    """The ``metrics.json`` of a job that is finished and up to date in ``out`` with
+    these settings and inputs, else None (nothing is written).
+
+    Returns
+    -------
+    dict or None
+    """
+    from bioreason.stage import completed_stage
+
+    config = _settings(config)
+    task_path = Path(task_path)
+    if not task_path.exists():
+        return None
+    record, inputs = _record(config, task_path)
+    done = completed_stage(out, record, inputs, seed=config.rl.seed, result=METRICS_FILE)
+    if done is None:
+        return None
+    return {key: math.nan if value is None else value for key, value in done.result.items()}
+
+
+def run_finetune(
+    task_path: str | Path,
+    out: str | Path,
+    config: FinetuneConfig | dict[str, Any],
+    *,
+    force: bool = False,
+    progress: bool = True,
+    log: Callable[[str], Any] | None = print,
+) -> dict[str, Any]:
+    """Fine-tune an LM on a task table and score it: one job, written into ``out``.
+
+    Parameters
+    ----------
+    task_path : str or Path
+        The task table (:func:`bioreason.data.tasks.save_task`).
+    out : str or Path
+        The job's folder (created; a folder of a finished job with these settings is
+        left as it is, one of an interrupted run resumes from its checkpoint).
+    config : FinetuneConfig or dict
+        The settings (a mapping is read with :meth:`FinetuneConfig.from_dict`).
+    force : bool, default False
+        Replace files in ``out`` that this job did not write (or that changed since).
+    progress : bool, default True
+        Show a progress bar (and transformers' own bars).
+    log : callable or None, default print
+        Receives ``"[<out>] up to date: <out>"`` when the job is skipped.
+
+    Returns
+    -------
+    dict
+        The job's ``metrics.json`` (its nulls, NaN scores, read as NaN): ``method``,
+        ``seed``, ``steps``, ``n_test`` (held-out questions scored at the last step),
+        ``q_source``, ``invalid_rate``, the drift
+        at the start (``drift_grpo_predicted_start``, ``drift_method_predicted_start``,
+        ``drift_measured_start``) and the end (``drift_grpo_predicted``,
+        ``drift_method_predicted``, ``drift_measured``), ``reward_mean_last``, the
+        scores of :func:`score_predictions`, and :data:`TIMING_FIELDS`.
+
+    Raises
+    ------
+    FileNotFoundError
+        The task table does not exist.
+    FileExistsError
+        ``out`` holds files this job did not write, or a finished job of other settings
+        or inputs, and ``force`` is false (nothing is changed then).
+    ValueError
+        The task has no rows of ``rl.train_split`` or of ``rl.eval_split`` (naming the
+        field), or a setting does not fit the model or the task.
+    """
+    import torch
+
+    from bioreason._device import resolve_device
+    from bioreason.rl.lm.distributed import current_process_group
+    from bioreason.stage import run_stage
+
+    config = _settings(config)
+    task_path, out = Path(task_path), Path(out)
+    if not task_path.exists():
+        raise FileNotFoundError(f"task table {task_path} does not exist")
+    record, inputs = _record(config, task_path)
+    processes = current_process_group(resolve_device(config.rl.device))
+
+    def stage(compute: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+        if not force and completed_finetune(task_path, out, config) is None:
+            _refuse_finished(out)
+        result = run_stage(
+            out,
+            record,
+            inputs,
+            compute,
+            seed=config.rl.seed,
+            force=force,
+            outputs=JOB_OUTPUTS,
+            log=log,
+            result=METRICS_FILE,
+        ).result
+        return {key: math.nan if value is None else value for key, value in result.items()}
+
+    def train(folder: Path) -> dict[str, Any]:
+        return _train(task_path, folder, config, processes, progress)
+
+    if not processes.distributed:
+        return stage(train)
+
+    # the main process checks and prepares the folder; the others learn what it found
+    def tell(message: tuple[str, Any] | None) -> tuple[str, Any]:
+        box = [message]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    if not processes.is_main:
+        status, value = tell(None)
+        if status == "run":
+            _train(task_path, out, config, processes, progress)
+            status, value = tell(None)
+        if status == "error":
+            raise RuntimeError(f"the main process stopped: {value}")
+        return value
+
+    announced = False
+
+    def announce_then_train(folder: Path) -> dict[str, Any]:
+        nonlocal announced
+        tell(("run", None))
+        announced = True
+        return train(folder)
+
+    try:
+        metrics = stage(announce_then_train)
+    except BaseException as err:
+        if not announced:  # else the others are training: the launcher stops them
+            tell(("error", f"{type(err).__name__}: {err}"))
+        raise
+    tell(("done", metrics))
+    return metrics
+
+
+def _refuse_finished(out: Path) -> None:
+    """Raise when ``out`` holds a finished job (a complete manifest with its metrics) that
+    is not this one: a run the user may want to keep is replaced only with ``force``."""
+    from bioreason.stage import MANIFEST, read_manifest
+
+    saved = read_manifest(out / MANIFEST)
+    outputs = (saved or {}).get("outputs")
+    if not isinstance(outputs, dict) or METRICS_FILE not in outputs:
+        return
+    if any(digest is None for digest in outputs.values()):
+        return  # interrupted: resumed or replaced by the stage helper
+    raise FileExistsError(
+        f"{out} holds a finished fine-tuning run with other settings or inputs (or files "
+        "changed since); choose another output folder or pass --force (force=True in "
+        "Python) to replace it"
+    )
+
+
+def _quiet_transformers() -> None:
+    """No tqdm bars from transformers' save/load (the caller shows its own progress)."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+
+
+def _check_splits(task: Any, config: LMRLConfig, task_path: Path) -> None:
+    for field, split in (("train_split", config.train_split), ("eval_split", config.eval_split)):
+        if split is None:
+            if field == "eval_split":
+                raise ValueError(
+                    "rl.eval_split is None, but a fine-tuning job scores a held-out split; "
+                    "name it (e.g. 'test')"
+                )
+            continue
+        if "split" not in task or not (task["split"].astype(str) == split).any():
+            found = sorted(set(task["split"].astype(str))) if "split" in task else []
+            raise ValueError(
+                f"task table {task_path} has no rows with split == {split!r} (rl.{field}); "
+                f"its splits are {found}"
+            )
+
+
+def _train(
+    task_path: Path, out: Path, config: FinetuneConfig, processes: Any, progress: bool
+) -> dict[str, Any]:
+    """Warm-start, train, evaluate and (main process) write the job's files; the
+    metrics (an empty dict on the other processes)."""
+    import pandas as pd
+    import torch
+
+    from bioreason._io import json_safe
+    from bioreason.data.tasks import load_task
+    from bioreason.rl.lm.evaluation import save_predictions
+    from bioreason.rl.lm.trainer import LMTrainer
+    from bioreason.rl.loop import save_checkpoint, write_csv_log
+
+    rl = config.rl
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    task = load_task(task_path)
+    _check_splits(task, rl, task_path)
+    predictor = prepare_predictor(
+        config.model,
+        task,
+        device=rl.device,
+        seed=rl.seed,
+        grid=rl.grid,
+        warm_start_steps=config.warm_start_steps,
+        warm_start_lr=config.warm_start_lr,
+        train_split=rl.train_split,
+        progress=progress,
+    )
+    trainer = LMTrainer.from_predictor(predictor, task, rl)
+    main = processes.is_main
+    start_row = trainer.evaluate() if main else {}  # the drift before RL
+    predictions_path = out / PREDICTIONS_FILE
+    if main:  # the training loop writes TensorBoard events here when it can
+        (out / TENSORBOARD_DIR).mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    timing = trainer.train(
+        checkpoint_path=out / CHECKPOINT_FILE,
+        log_path=out / LOG_FILE,
+        eval_log_path=out / EVAL_LOG_FILE,
+        predictions_path=predictions_path,
+        progress=progress,
+        description=rl.method,
+    )
+    if not main:
+        return {}
+    final = trainer.eval_rows_log[-1]
+    if final["step"] != trainer.step:  # not evaluated at the last step yet
+        final = trainer.evaluate()
+        frame = trainer.predict()
+        if predictions_path.exists():
+            earlier = pd.read_parquet(predictions_path)
+            frame = pd.concat([earlier[earlier["step"] < trainer.step], frame], ignore_index=True)
+        save_predictions(frame, predictions_path)
+        write_csv_log(out / EVAL_LOG_FILE, trainer.eval_rows_log)
+    seconds = time.perf_counter() - start
+    log = pd.read_csv(out / LOG_FILE)
+    # the checkpoint of the last step (the loop keeps only earlier ones), so that a rerun
+    # after a later failure resumes at the end
+    save_checkpoint(trainer, out / CHECKPOINT_FILE, log.to_dict("records"))
+    predictor.save(out / MODEL_DIR, overwrite=True)
+    predictions = pd.read_parquet(predictions_path)
+    predictions = predictions[predictions["step"] == trainer.step]
+    rewards = log["reward_mean"].dropna()
+    metrics: dict[str, Any] = {
+        "method": rl.method,
+        "seed": rl.seed,
+        "steps": trainer.step,
+        "n_test": len(predictions),
+        "q_source": final["q_source"],
+        "invalid_rate": final["invalid_rate"],
+        "drift_grpo_predicted_start": start_row["grpo_predicted_outward"],
+        "drift_method_predicted_start": start_row["method_predicted_outward"],
+        "drift_measured_start": start_row["measured_outward"],
+        "drift_grpo_predicted": final["grpo_predicted_outward"],
+        "drift_method_predicted": final["method_predicted_outward"],
+        "drift_measured": final["measured_outward"],
+        "reward_mean_last": float(rewards.iloc[-1]) if len(rewards) else math.nan,
+        # training and the final evaluation
+        "train_seconds": seconds,
+        # the logged steps' step_time
+        "seconds_per_step": float(log["step_time"].dropna().mean()),
+        "steps_run": timing["steps_run"],
+        "steps_per_second": timing["steps_per_second"],
+    }
+    metrics.update(score_predictions(predictions, task, n_boot=config.n_boot, seed=rl.seed))
+    return json_safe(metrics)  # NaN is written as null (read back as NaN)

@@ -1,0 +1,198 @@
+"""The gradient step of :class:`bioreason.rl.LMTrainer`: from a rollout to an AdamW step.
+
+A :class:`Rollout` holds one step's completions, their rewards and advantages; the
+update splits it into micro-batches of whole question groups (``grad_accumulation``;
+one part, the sampling pass itself, when the step is fused), computes the registered
+policy loss (:func:`bioreason.rl.losses.policy_loss`) and the value loss, sums the
+gradients over processes (:mod:`bioreason.rl.lm.distributed`), clips them and steps the
+optimizer. The weights of the micro-batches make the sum of their losses the full
+batch's loss for any aggregation that is linear in the values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import Tensor
+
+from bioreason.rl.lm import distributed as lm_distributed
+from bioreason.rl.lm.rollout import GroupRollout, PromptBatch, teacher_forced
+from bioreason.rl.losses import aggregate, kl_k3, policy_loss
+
+__all__ = ["Rollout"]
+
+
+@dataclasses.dataclass
+class Rollout:
+    """One rollout of a step: ``B`` questions, ``G`` completions each (``N = B * G``
+    rows, grouped by question), ``T`` completion tokens. Tensors are on the trainer's
+    device unless said.
+
+    Attributes
+    ----------
+    questions : Tensor of int64, shape (B,)
+        Row positions in the task table (CPU).
+    prompts : PromptBatch
+        The questions' prompts.
+    tokens : Tensor of int64, shape (N, T)
+    mask : Tensor of bool, shape (N, T)
+        Valid completion tokens.
+    old_log_probs : Tensor, shape (N, T)
+        Behaviour log-probabilities, detached.
+    advantages : Tensor of float32, shape (N, T) or (N, 1)
+        Per token (with a value head) or per completion.
+    rewards, answers, outcomes : Tensor of float64, shape (B, G)
+        On the CPU; an invalid answer is NaN.
+    entropy : Tensor, shape (N, T)
+        Of the sampling policy, detached.
+    returns : Tensor, shape (N, T), or None
+        The value head's targets.
+    ref_log_probs : Tensor, shape (N, T), or None
+        Under the frozen initial policy (KL penalty).
+    graph : GroupRollout or None
+        The sampling pass with gradients (a fused step's first update).
+    """
+
+    questions: Tensor
+    prompts: PromptBatch
+    tokens: Tensor
+    mask: Tensor
+    old_log_probs: Tensor
+    advantages: Tensor
+    rewards: Tensor
+    answers: Tensor
+    outcomes: Tensor
+    entropy: Tensor
+    returns: Tensor | None = None
+    ref_log_probs: Tensor | None = None
+    graph: GroupRollout | None = None
+
+
+class _UpdateMixin:
+    """The update of :class:`bioreason.rl.LMTrainer` (which provides ``config``,
+    ``model``, ``value_head``, ``optimizer``, ``device``, ``processes`` and the helpers
+    ``_training_mode`` and ``_autocast``)."""
+
+    def _micro_batches(self, rollout: Rollout) -> list[tuple[Tensor, GroupRollout, float, float]]:
+        """(rows, completions with the current policy's log-probs, policy weight, value
+        weight) per micro-batch; the weights make the sum of the micro-batches' losses the
+        full batch's loss for any aggregation that is linear in the values."""
+        config = self.config
+        group = config.group_size
+        n_questions = rollout.prompts.n_questions
+        full_mask = rollout.mask
+        if rollout.graph is not None:
+            rows = torch.arange(len(full_mask), device=self.device)
+            return [(rows, rollout.graph, 1.0, 1.0)]
+        parts = []
+        constant = self._constant()
+        total_tokens = float(full_mask.sum())
+        for chunk in torch.arange(n_questions).tensor_split(config.grad_accumulation):
+            if len(chunk) == 0:
+                continue
+            rows = (chunk[:, None] * group + torch.arange(group)[None, :]).reshape(-1)
+            rows = rows.to(self.device)
+            prompts = PromptBatch(
+                rollout.prompts.input_ids[chunk.to(self.device)],
+                None
+                if rollout.prompts.attention_mask is None
+                else rollout.prompts.attention_mask[chunk.to(self.device)],
+                rollout.prompts.lengths[chunk.to(self.device)],
+            )
+            with self._training_mode():
+                current = teacher_forced(
+                    self.model,
+                    prompts,
+                    rollout.tokens[rows],
+                    rollout.mask[rows],
+                    temperature=config.temperature,
+                    shared_prefix=not config.gradient_checkpointing,
+                    hidden=self.value_head is not None,
+                    autocast=self._autocast(),
+                    fast=self.config.fast_forward,
+                    compile=self.config.torch_compile,
+                )
+            if config.grad_accumulation == 1:
+                weight = 1.0
+            else:
+                indicator = torch.zeros(full_mask.shape, device=self.device)
+                indicator[rows] = 1.0
+                part_mask = full_mask[rows]
+                weight = float(
+                    aggregate(indicator, full_mask, config.aggregation, constant)
+                    / aggregate(
+                        torch.ones(part_mask.shape, device=self.device),
+                        part_mask,
+                        config.aggregation,
+                        constant,
+                    )
+                )
+            value_weight = float(full_mask[rows].sum()) / total_tokens
+            parts.append((rows, current, weight, value_weight))
+        return parts
+
+    def _constant(self) -> float | None:
+        config = self.config
+        return (
+            config.aggregation_constant
+            if config.aggregation_constant is not None
+            else float(config.max_new_tokens)
+        )
+
+    def _update(self, rollout: Rollout, first_update: bool) -> dict[str, float]:
+        config = self.config
+        totals = {"clip_fraction": 0.0, "kl": 0.0, "kl_behaviour": 0.0, "value_loss": 0.0}
+        reference = rollout.ref_log_probs
+        for rows, current, weight, value_weight in self._micro_batches(rollout):
+            mask = rollout.mask[rows]
+            log_probs = current.log_probs
+            old = log_probs.detach() if rollout.graph is not None else rollout.old_log_probs[rows]
+            advantages = rollout.advantages[rows]
+            loss, stats = policy_loss(
+                log_probs,
+                old,
+                advantages,
+                loss=config.policy_loss,
+                mask=mask,
+                clip_eps=config.clip_eps,
+                ref_log_probs=None if reference is None else reference[rows],
+                kl_coef=config.kl_coef,
+                kl_estimator=config.kl_estimator,
+                entropy=current.entropy if config.entropy_coef else None,
+                entropy_coef=config.entropy_coef,
+                aggregation=config.aggregation,
+                constant=self._constant(),
+            )
+            loss = loss * (weight * self._shard_weights[0])
+            if self.value_head is not None:
+                values = self.value_head(current.hidden)
+                errors = 0.5 * (values - rollout.returns[rows]) ** 2
+                value_loss = aggregate(errors, mask, "token_mean")
+                value_weight = value_weight * self._shard_weights[1]
+                loss = loss + config.value_coef * value_weight * value_loss
+                totals["value_loss"] += value_weight * float(value_loss.detach())
+            loss.backward()
+            totals["clip_fraction"] += weight * float(stats.get("clip_fraction", math.nan))
+            totals["kl"] += weight * float(stats.get("kl", math.nan))
+            # KL(behaviour || current) from the behaviour's samples
+            behaviour = aggregate(kl_k3(old, log_probs.detach()), mask, "token_mean")
+            totals["kl_behaviour"] += (
+                float(mask.sum()) / float(rollout.mask.sum()) * float(behaviour)
+            )
+        parameters = self._policy_parameters + (
+            list(self.value_head.parameters()) if self.value_head is not None else []
+        )
+        lm_distributed.sum_gradients(parameters, self.processes)
+        norm = torch.nn.utils.clip_grad_norm_(
+            parameters, config.max_grad_norm if config.max_grad_norm else math.inf
+        )
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.value_head is None:
+            totals["value_loss"] = math.nan
+        if rollout.ref_log_probs is None:
+            totals["kl"] = math.nan
+        totals["grad_norm"] = float(norm)
+        return totals
