@@ -319,9 +319,12 @@ def _check_entry(path: Path, relative: str, recorded: Mapping[str, Any], manifes
         check_replaceable(path, manifest=manifest)  # not recorded: raises, naming it
 
 
-def _check_ours(stage_dir: Path, saved: Mapping[str, Any] | None, force: bool) -> None:
+def _check_ours(
+    stage_dir: Path, saved: Mapping[str, Any] | None, force: bool, scratch: Iterable[str] = ()
+) -> None:
     """Raise ``FileExistsError`` naming the first file in ``stage_dir`` this helper did not
-    write (or that changed since it did), unless ``force``."""
+    write (or that changed since it did), unless ``force``; ``scratch`` entries are the
+    stage's own working files."""
     if force or not stage_dir.is_dir():
         return
     manifest = stage_dir / MANIFEST
@@ -334,9 +337,30 @@ def _check_ours(stage_dir: Path, saved: Mapping[str, Any] | None, force: bool) -
         return  # the folder was being written by an interrupted run of this stage
     recorded = (saved or {}).get("outputs") or {}
     for entry in sorted(stage_dir.iterdir()):
-        if entry.name == MANIFEST or _is_temporary(entry):
+        if entry.name == MANIFEST or _is_temporary(entry) or entry.name in set(scratch):
             continue
         _check_entry(entry, entry.name, recorded, manifest)
+
+
+def _remove_scratch(stage_dir: Path, scratch: Iterable[str]) -> None:
+    for name in scratch:
+        path = stage_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def _refuse_finished(stage_dir: Path, saved: Mapping[str, Any] | None) -> None:
+    """Raise when ``stage_dir`` holds a finished run (a complete manifest) that is not this
+    one: a command's output folder is replaced only with ``force``."""
+    outputs = (saved or {}).get("outputs")
+    if not isinstance(outputs, dict) or not outputs or _is_partial(saved):
+        return
+    raise FileExistsError(
+        f"{stage_dir} holds a finished run with other settings or inputs (or files changed "
+        f"since); choose another output folder or {_FORCE_HINT}"
+    )
 
 
 def _remove_recorded(stage_dir: Path, saved: Mapping[str, Any] | None) -> None:
@@ -418,6 +442,8 @@ def run_stage(
     outputs: Iterable[str] | None = None,
     log: Callable[[str], Any] | None = print,
     result: str = RESULT,
+    scratch: Iterable[str] = (),
+    keep_finished: bool = False,
 ) -> StageResult:
     """Run one pipeline stage into ``stage_dir``, or skip it when it is up to date.
 
@@ -452,6 +478,15 @@ def run_stage(
     result : str, default ``"result.json"``
         The name of the result file in ``stage_dir`` (a fine-tuning job's is
         ``metrics.json``).
+    scratch : iterable of str, default ()
+        Entries of ``stage_dir`` that ``compute`` may leave while it works (a training
+        checkpoint): kept for a resumed run, removed when a run starts afresh and after
+        ``compute`` succeeds, never taken for a file the user put there. ``compute``
+        resumes exactly when it finds them.
+    keep_finished : bool, default False
+        Refuse (unless ``force``) to replace a finished run of other settings or inputs,
+        instead of recomputing it: for a command's output folder, whose earlier result
+        the user may want to keep (a pipeline stage recomputes).
 
     Returns
     -------
@@ -463,7 +498,8 @@ def run_stage(
     ------
     FileExistsError
         ``stage_dir`` holds a file this helper did not write, or one changed since
-        (naming it), and ``force`` is false. Nothing is changed then.
+        (naming it), or (``keep_finished``) a finished run of other settings, and
+        ``force`` is false. Nothing is changed then.
     FileNotFoundError
         An input does not exist, or ``compute`` did not write a declared output.
     TypeError
@@ -471,6 +507,7 @@ def run_stage(
     """
     stage_dir = Path(stage_dir)
     name = stage_dir.name
+    scratch = tuple(scratch)
     check_output_folder(stage_dir)
     plain = _plain_config(config)
     declared = [str(Path(output).as_posix()) for output in (outputs or ())]
@@ -481,12 +518,15 @@ def run_stage(
         if log is not None:
             log(f"[{name}] up to date: {stage_dir}")
         return done
-    _check_ours(stage_dir, saved, force)
+    if keep_finished and not force:
+        _refuse_finished(stage_dir, saved)
+    _check_ours(stage_dir, saved, force, scratch)
     paths = _input_paths(inputs, stage_dir)
 
     resuming = saved is not None and _is_partial(saved) and _same_run(saved, plain, seed, paths)
     if not resuming:
         _remove_recorded(stage_dir, saved)
+        _remove_scratch(stage_dir, scratch)
         (stage_dir / result).unlink(missing_ok=True)
     stage_dir.mkdir(parents=True, exist_ok=True)
     pending = [stage_dir / output for output in (*declared, result)]
@@ -505,6 +545,7 @@ def run_stage(
     except (TypeError, ValueError) as err:
         raise TypeError(f"stage {name!r}: its result cannot be written as JSON: {err}") from None
     atomic_write_text(stage_dir / result, text)
+    _remove_scratch(stage_dir, scratch)
 
     for output in declared:
         if not (stage_dir / output).exists():
@@ -516,7 +557,7 @@ def run_stage(
         written = [
             entry
             for entry in sorted(stage_dir.iterdir())
-            if entry.name != MANIFEST and not _is_temporary(entry)
+            if entry.name != MANIFEST and not _is_temporary(entry) and entry.name not in scratch
         ]
     else:
         written = [stage_dir / output for output in (*declared, result)]

@@ -228,3 +228,57 @@ def test_the_result_file_can_have_another_name(tmp_path):
     assert again.skipped and compute.calls == 1
     assert completed_stage(tmp_path / "job", {"k": 1}, result="metrics.json").result == done.result
     assert completed_stage(tmp_path / "job", {"k": 1}) is None  # result.json is not its result
+
+
+class Checkpointing:
+    """Writes ``table.csv``; first leaves a ``checkpoint/`` and fails when ``fail``."""
+
+    def __init__(self):
+        self.fail = False
+        self.found = []
+
+    def __call__(self, stage_dir):
+        self.found.append((stage_dir / "checkpoint").is_dir())
+        (stage_dir / "checkpoint").mkdir(exist_ok=True)
+        (stage_dir / "checkpoint" / "state").write_text("half way")
+        if self.fail:
+            raise KeyboardInterrupt
+        (stage_dir / "table.csv").write_text("a\n1\n")
+        return {"ok": True}
+
+
+def test_scratch_is_kept_for_a_resume_and_removed_otherwise(tmp_path):
+    stage = tmp_path / "s"
+    compute = Checkpointing()
+    compute.fail = True
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(stage, {"k": 1}, None, compute, outputs=["table.csv"], scratch=["checkpoint"])
+    assert (stage / "checkpoint").is_dir()
+    compute.fail = False
+    # the same settings resume: the checkpoint is there for compute, then removed
+    run_stage(stage, {"k": 1}, None, compute, outputs=["table.csv"], scratch=["checkpoint"])
+    assert compute.found == [False, True]
+    assert not (stage / "checkpoint").exists()
+    manifest = json.loads((stage / "manifest.json").read_text())
+    assert set(manifest["outputs"]) == {"table.csv", "result.json"}
+    # an interrupted run of other settings leaves a checkpoint that a new run must not use
+    compute.fail = True
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(stage, {"k": 2}, None, compute, outputs=["table.csv"], scratch=["checkpoint"])
+    compute.fail = False
+    run_stage(stage, {"k": 3}, None, compute, outputs=["table.csv"], scratch=["checkpoint"])
+    assert compute.found[-1] is False  # started afresh
+
+
+def test_keep_finished_refuses_to_replace_a_finished_run_unless_forced(tmp_path):
+    stage = tmp_path / "out"
+    run_stage(stage, {"k": 1}, None, Counter(), log=None, keep_finished=True)
+    with pytest.raises(FileExistsError, match="holds a finished run with other settings"):
+        run_stage(stage, {"k": 2}, None, Counter(), log=None, keep_finished=True)
+    assert json.loads((stage / "manifest.json").read_text())["config"] == {"k": 1}
+    # the same settings are still up to date, and force replaces
+    assert run_stage(stage, {"k": 1}, None, Counter(), log=None, keep_finished=True).skipped
+    replaced = run_stage(stage, {"k": 2}, None, Counter(), log=None, keep_finished=True, force=True)
+    assert not replaced.skipped
+    # a pipeline stage (keep_finished=False) recomputes with new settings
+    assert not run_stage(stage, {"k": 3}, None, Counter(), log=None).skipped

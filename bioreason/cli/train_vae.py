@@ -109,35 +109,6 @@ def _record(config, adata_path: Path) -> dict:
     return json.loads(json.dumps(record, default=str))
 
 
-def _same_settings(out: Path, record: dict, seed: int, adata_path: Path, force: bool) -> bool:
-    """Whether ``out`` holds a run of these settings and AnnData (finished or not).
-
-    Raises
-    ------
-    FileExistsError
-        ``out`` holds a finished model of other settings or data, and not ``force``:
-        train-vae does not replace a model silently (a pipeline stage would).
-    """
-    from bioreason.stage import MANIFEST, file_sha256, read_manifest
-
-    saved = read_manifest(out / MANIFEST)
-    if saved is None:
-        return False
-    same = (
-        saved.get("config") == record
-        and saved.get("seed") == seed
-        and saved.get("inputs") == {"adata": file_sha256(adata_path)}
-    )
-    outputs = saved.get("outputs")
-    finished = isinstance(outputs, dict) and None not in outputs.values()
-    if finished and not same and not force:
-        raise FileExistsError(
-            f"{out} holds a model trained with other settings or data; choose another --out "
-            "or pass --force to replace it"
-        )
-    return same
-
-
 def _options(parser: argparse.ArgumentParser) -> None:
     from bioreason.data import PerturbationSetup
     from bioreason.models import TrainConfig, VAEConfig
@@ -167,8 +138,6 @@ def _options(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """``bioreason train-vae``: fit a perturbation VAE on an AnnData and save it."""
-    import shutil
-
     from bioreason._io import check_output_folder, json_safe
     from bioreason.stage import run_stage
 
@@ -180,18 +149,16 @@ def main(args: argparse.Namespace) -> int:
     record = _record(config, adata_path)
     seed = config.train.seed
     checkpoints = out / _CHECKPOINTS
-    # an interrupted run of the same settings goes on from its checkpoint; a checkpoint
-    # left by other settings belongs to a run this one replaces
-    resume = _same_settings(out, record, seed, adata_path, args.force) and checkpoints.is_dir()
 
     def compute(folder: Path) -> dict:
         from bioreason.models import fit_vae
 
         adata = read_h5ad(adata_path, backed=False)
+        # the stage helper keeps the checkpoint of an interrupted run of these settings
+        # only (it is scratch): finding one means resuming
+        resume = checkpoints.is_dir()
         if resume:
             print(f"resuming from the checkpoint in {checkpoints}")
-        else:
-            shutil.rmtree(checkpoints, ignore_errors=True)
         model, fitted = fit_vae(
             adata,
             config.split(adata.n_obs),
@@ -208,7 +175,6 @@ def main(args: argparse.Namespace) -> int:
             note = f"no held-out IWELBO: {note}"
             print(f"warning: {note}", file=sys.stderr)
         model.save(folder, overwrite=True)
-        shutil.rmtree(checkpoints, ignore_errors=True)
         n_train = model.adata.n_obs
         return json_safe(
             {
@@ -243,6 +209,8 @@ def main(args: argparse.Namespace) -> int:
         force=args.force,
         outputs=_MODEL_FILES,
         log=lambda _: print(f"{out} is up to date (same settings and AnnData); nothing to do"),
+        scratch=[_CHECKPOINTS],
+        keep_finished=True,  # a model the user has is replaced only with --force
     )
     if done.skipped:
         return 0

@@ -36,7 +36,10 @@ class Stage:
         outputs, e.g. ``lambda up: {"screen": up["screen"].path / "screen.h5ad"}``.
     seed : int or None, default None
     outputs : list of str or None, default None
-        Declared artifacts (see :func:`run_stage`).
+        Declared artifacts (see :func:`bioreason.stage.run_stage`).
+    scratch : list of str, default ``[]``
+        Working files the stage may leave while it runs, e.g. a training checkpoint
+        (see :func:`bioreason.stage.run_stage`).
     """
 
     name: str
@@ -47,6 +50,7 @@ class Stage:
     )
     seed: int | None = None
     outputs: list[str] | None = None
+    scratch: list[str] = dataclasses.field(default_factory=list)
 
     def input_paths(self, upstream: Mapping[str, StageResult]) -> Inputs:
         """The stage's inputs given the earlier stages' results."""
@@ -147,6 +151,7 @@ def run_stages(
             force=force,
             outputs=stage.outputs,
             log=log,
+            scratch=stage.scratch,
         )
     return results
 

@@ -22,6 +22,8 @@ from bioreason.stage import StageResult
 
 __all__ = ["vae_stage"]
 
+_CHECKPOINT = "checkpoint"
+
 
 def vae_stage(config: PipelineConfig) -> Stage:
     """The ``vae`` stage: fit the perturbation model on the training cells and evaluate it.
@@ -52,7 +54,7 @@ def vae_stage(config: PipelineConfig) -> Stage:
             if "ground_truth" in adata.uns
             else None
         )
-        checkpoint = stage_dir / "checkpoint"
+        checkpoint = stage_dir / _CHECKPOINT  # left only by an interrupted run: resume it
         say(f"[vae] fitting {vae.model}: {vae.train.max_steps} steps on {split.train.size} cells")
         model, result = fit_vae(
             adata,
@@ -81,4 +83,5 @@ def vae_stage(config: PipelineConfig) -> Stage:
         inputs=lambda up: {"data": up["data"].path / DATA_FILE},
         seed=config.seed,
         outputs=[MODEL_DIR],
+        scratch=[_CHECKPOINT],
     )

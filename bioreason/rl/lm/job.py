@@ -368,8 +368,6 @@ def run_finetune(
     processes = current_process_group(resolve_device(config.rl.device))
 
     def stage(compute: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-        if not force and completed_finetune(task_path, out, config) is None:
-            _refuse_finished(out)
         result = run_stage(
             out,
             record,
@@ -380,6 +378,7 @@ def run_finetune(
             outputs=JOB_OUTPUTS,
             log=log,
             result=METRICS_FILE,
+            keep_finished=True,  # a finished run the user has is replaced only with force
         ).result
         return {key: math.nan if value is None else value for key, value in result.items()}
 
@@ -420,24 +419,6 @@ def run_finetune(
         raise
     tell(("done", metrics))
     return metrics
-
-
-def _refuse_finished(out: Path) -> None:
-    """Raise when ``out`` holds a finished job (a complete manifest with its metrics) that
-    is not this one: a run the user may want to keep is replaced only with ``force``."""
-    from bioreason.stage import MANIFEST, read_manifest
-
-    saved = read_manifest(out / MANIFEST)
-    outputs = (saved or {}).get("outputs")
-    if not isinstance(outputs, dict) or METRICS_FILE not in outputs:
-        return
-    if any(digest is None for digest in outputs.values()):
-        return  # interrupted: resumed or replaced by the stage helper
-    raise FileExistsError(
-        f"{out} holds a finished fine-tuning run with other settings or inputs (or files "
-        "changed since); choose another output folder or pass --force (force=True in "
-        "Python) to replace it"
-    )
 
 
 def _quiet_transformers() -> None:
