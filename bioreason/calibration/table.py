@@ -37,7 +37,8 @@ __all__ = [
 
 #: Metrics that get bootstrap intervals (``<name>_low``, ``<name>_high``) in the table:
 #: ECE and Brier against the outcomes and, with a reference, ``|q - ref|`` and
-#: overconfidence. The others are point estimates (bootstrapping all ten costs ~3x).
+#: overconfidence. The others are point estimates (bootstrapping all ten costs several
+#: times as much).
 BOOTSTRAP_METRICS = ("ece", "brier", "mae_to_reference", "overconfidence")
 
 #: The files :func:`read_predictions` reads.
