@@ -62,6 +62,19 @@ def _first_file(folder: Path) -> Path:
     return folder
 
 
+def require_input_file(path: str | Path, what: str, kind: str) -> Path:
+    """``path`` as a Path when it names an existing file, else a ``FileNotFoundError`` or
+    ``IsADirectoryError`` that names it (``what`` before the path, e.g. ``"task table"``;
+    empty for the bare path) and says to give ``kind`` (e.g. ``"a YAML file"``)."""
+    path = Path(path)
+    label = f"{what} {path}" if what else str(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{label} does not exist")
+    if path.is_dir():
+        raise IsADirectoryError(f"{label} is a folder; give the path of {kind}")
+    return path
+
+
 def check_output_folder(path: str | Path) -> None:
     """Raise ``NotADirectoryError`` naming the file when ``path`` (an output folder to be
     created or reused) is a file or lies inside one."""

@@ -12,6 +12,8 @@ from typing import Any, ClassVar, TypeVar, Union
 
 import yaml
 
+from bioreason._io import require_input_file
+
 C = TypeVar("C", bound="Config")
 
 
@@ -242,11 +244,7 @@ def read_yaml(path: str | Path, *, what: str = "YAML file") -> Any:
     ValueError
         It is not UTF-8 text or not valid YAML (with the line and column).
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{what} {path} does not exist")
-    if path.is_dir():
-        raise IsADirectoryError(f"{what} {path} is a folder; give the path of a YAML file")
+    path = require_input_file(path, what, "a YAML file")
     try:
         text = path.read_text(encoding="utf-8")
     except PermissionError:

@@ -4,18 +4,24 @@ tests/test_sim_tasks.py)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from bioreason.data.tasks import (
     TASK_COLUMNS,
     check_template,
+    describe_task,
+    format_task_description,
     load_replogle_task,
     load_task,
+    read_task,
     save_task,
+    saved_task_summary,
     split_questions,
 )
 
@@ -53,6 +59,48 @@ def test_saving_refuses_a_table_without_the_schema_and_an_existing_file(tmp_path
         save_task(table, path)
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['prompt'\]"):
         save_task(table.drop(columns="prompt"), tmp_path / "u.parquet", overwrite=True)
+
+
+def _small_task() -> pd.DataFrame:
+    definition = json.dumps({"name": "screen_hit", "threshold": {"g0": 0.1, "g1": 0.3}})
+    return pd.DataFrame(
+        {
+            "question_id": ["q0", "q1", "q2", "q3"],
+            "condition": ["A", "A", "B", "A+B"],
+            "readout": ["g0", "g1", "g0", "g1"],
+            "outcome_definition": definition,
+            "prompt": "p",
+            "p_star": [0.02, 0.5, np.nan, 0.9],
+            "p_star_se": [0.001, 0.03, np.nan, 0.005],
+            "p_star_spread": np.nan,
+            "p_true": [0.0, 0.6, 0.3, np.nan],
+            "reference_probability": np.nan,
+            "outcome": [0, 1, 0, 1],
+            "split": ["test", "train", "val", "train"],
+        }
+    )
+
+
+def test_describe_task_counts_question_by_question_and_formats_the_facts(tmp_path):
+    table = _small_task()
+    facts = describe_task(table, target_se=0.01)
+    assert list(facts["questions_per_split"]) == ["train", "val", "test"]
+    assert facts["outcome_rate_per_split"] == {"train": 1.0, "val": 0.0, "test": 0.0}
+    assert facts["n_conditions"] == 3 and facts["n_readouts"] == 2
+    assert facts["n_with_p_star"] == 3 and facts["n_unconverged"] == 1
+    assert facts["mean_abs_p_star_minus_p_true"] == pytest.approx((0.02 + 0.1) / 2)
+    assert facts["mean_reference"] is None and facts["reference_histogram"] == []
+    assert describe_task(table)["target_se"] == 0.01
+    json.dumps(facts)  # JSON-ready
+    text = format_task_description(facts, "t.parquet")
+    assert text.splitlines()[0] == "t.parquet: 4 questions, 3 conditions, 2 readouts"
+    assert "outcome: screen_hit (threshold per readout (2 values, 0.1-0.3))" in text
+    assert "unconverged (SE > 0.01) 1 of 3" in text and not text.endswith("\n")
+    path = save_task(table, tmp_path / "t.parquet")
+    assert read_task(path)["question_id"].tolist() == table["question_id"].tolist()
+    assert saved_task_summary(path) == {} and saved_task_summary(tmp_path / "none.pq") == {}
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        read_task(tmp_path)
 
 
 def test_the_data_package_does_not_import_the_simulator():

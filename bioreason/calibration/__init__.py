@@ -1,4 +1,5 @@
-"""Calibration metrics and figures (numpy, pandas, scikit-learn, matplotlib only)."""
+"""Calibration metrics, figures and the calibration table of a predictions file (numpy,
+pandas, scikit-learn, matplotlib only; files written through :mod:`bioreason._io`)."""
 
 from bioreason.calibration.metrics import (
     METRICS,
@@ -28,6 +29,8 @@ from bioreason.calibration.table import (
     answer_probabilities,
     calibration_table,
     format_calibration_table,
+    read_predictions,
+    write_calibration_table,
 )
 
 __all__ = [
@@ -52,6 +55,8 @@ __all__ = [
     "plot_prediction_histogram",
     "plot_reference",
     "plot_reliability_diagram",
+    "read_predictions",
     "sharpness",
     "summarize",
+    "write_calibration_table",
 ]

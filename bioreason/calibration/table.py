@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,15 +26,26 @@ from bioreason.calibration.metrics import (
 
 __all__ = [
     "BOOTSTRAP_METRICS",
+    "PREDICTIONS_SUFFIXES",
+    "TABLE_SUFFIXES",
     "answer_probabilities",
     "calibration_table",
     "format_calibration_table",
+    "read_predictions",
+    "write_calibration_table",
 ]
 
 #: Metrics that get bootstrap intervals (``<name>_low``, ``<name>_high``) in the table:
 #: ECE and Brier against the outcomes and, with a reference, ``|q - ref|`` and
-#: overconfidence. The others are point estimates (bootstrapping all ten costs ~3x).
+#: overconfidence. The others are point estimates (bootstrapping all ten costs several
+#: times as much).
 BOOTSTRAP_METRICS = ("ece", "brier", "mae_to_reference", "overconfidence")
+
+#: The files :func:`read_predictions` reads.
+PREDICTIONS_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
+
+#: The files :func:`write_calibration_table` writes.
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".json", ".md")
 
 #: A text parser: ``parser(texts) -> (probabilities, valid)``, arrays of shape (n,).
 TextParser = Callable[[Sequence[str | None]], tuple[np.ndarray, np.ndarray]]
@@ -325,3 +337,85 @@ def format_calibration_table(table: pd.DataFrame, ref_name: str | None = None) -
             + " |"
         )
     return "\n".join(lines)
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    """A predictions table from a ``.csv``, ``.tsv`` or ``.parquet`` (``.pq``) file, with
+    errors that name the file.
+
+    Returns
+    -------
+    DataFrame
+
+    Raises
+    ------
+    ValueError
+        Another suffix, or a file that cannot be read as its suffix says.
+    FileNotFoundError, IsADirectoryError
+        The file does not exist, or is a folder.
+    """
+    from bioreason._io import require_input_file
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in PREDICTIONS_SUFFIXES:
+        raise ValueError(
+            f"{path}: give a predictions table ending in {', '.join(PREDICTIONS_SUFFIXES)}"
+        )
+    require_input_file(path, "predictions file", "a .csv, .tsv or .parquet file")
+    parquet = suffix in (".parquet", ".pq")
+    try:
+        if parquet:
+            return pd.read_parquet(path)
+        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+    except (ValueError, OSError) as err:
+        text = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(
+            f"could not read {path} as {'parquet' if parquet else 'csv'}: {text}"
+        ) from None
+
+
+def write_calibration_table(
+    table: pd.DataFrame,
+    path: str | Path,
+    *,
+    text: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a :func:`calibration_table` atomically, in the format its suffix names.
+
+    Parameters
+    ----------
+    table : DataFrame
+        From :func:`calibration_table`.
+    path : str or Path
+        Ending in one of :data:`TABLE_SUFFIXES`: ``.csv``, ``.parquet``/``.pq`` (the
+        table), ``.json`` (a list of row records, NaN as null) or ``.md`` (``text``).
+    text : str, optional
+        What a ``.md`` file holds; default :func:`format_calibration_table` of ``table``.
+    overwrite : bool, default False
+        Replace an existing file (else ``FileExistsError``).
+
+    Returns
+    -------
+    Path
+    """
+    import json
+
+    from bioreason._io import atomic_write, atomic_write_text, json_safe
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise ValueError(f"{path}: a calibration table is written as {', '.join(TABLE_SUFFIXES)}")
+    if suffix == ".md":
+        markdown = format_calibration_table(table) + "\n" if text is None else text
+        atomic_write_text(path, markdown, overwrite=overwrite)
+    elif suffix == ".json":
+        records = [{k: json_safe(v) for k, v in r.items()} for r in table.to_dict("records")]
+        atomic_write_text(path, json.dumps(records, indent=2) + "\n", overwrite=overwrite)
+    elif suffix == ".csv":
+        atomic_write(path, lambda tmp: table.to_csv(tmp, index=False), overwrite=overwrite)
+    else:
+        atomic_write(path, lambda tmp: table.to_parquet(tmp, index=False), overwrite=overwrite)
+    return path

@@ -21,13 +21,13 @@ __all__ = [
     "Parser",
     "UsageError",
     "add_force",
+    "check_out_file",
     "config_group",
     "non_negative_int",
     "one_line",
     "positive_float",
     "positive_int",
     "probability",
-    "read_h5ad",
 ]
 
 EXIT_FAILURE = 1
@@ -122,12 +122,16 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def _float(text: str, rule: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}") from None
+
+
 def probability(text: str) -> float:
     """argparse type: a number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
+    value = _float(text, "a number in [0, 1]")
     if not (math.isfinite(value) and 0.0 <= value <= 1.0):
         raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
     return value
@@ -135,10 +139,7 @@ def probability(text: str) -> float:
 
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    value = _float(text, "a positive number")
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
@@ -162,26 +163,20 @@ def add_force(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
-def read_h5ad(path: Path, backed: bool = False):
-    """``anndata.read_h5ad`` whose errors name the file and say what is wrong with it."""
-    import anndata as ad
+def _either(suffixes: tuple[str, ...]) -> str:
+    return suffixes[0] if len(suffixes) == 1 else f"{', '.join(suffixes[:-1])} or {suffixes[-1]}"
 
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder; give the path of one .h5ad file")
-    try:
-        return ad.read_h5ad(path, backed="r" if backed else None)
-    except OSError as err:  # h5py: its messages do not name the file
-        text = one_line(err)
-        if "file signature not found" in text:
-            raise OSError(f"{path} is not an HDF5 (.h5ad) file") from None
-        if "truncated file" in text:
-            raise OSError(
-                f"{path} is truncated (an interrupted download or copy?): {text}"
-            ) from None
-        raise OSError(f"cannot read {path}: {text}") from None
-    except (KeyError, TypeError, ValueError) as err:  # HDF5, but not AnnData's layout
-        raise ValueError(
-            f"{path} is an HDF5 file but not an AnnData .h5ad one ({one_line(err)})"
-        ) from None
+
+def check_out_file(out: Path, suffixes: tuple[str, ...], force: bool) -> None:
+    """Refuse an ``--out`` file path that does not end in one of ``suffixes`` (a usage
+    error), that is a folder, or that exists when ``--force`` is not given."""
+    if out.suffix.lower() not in suffixes:
+        raise UsageError(f"--out must end in {_either(suffixes)}, got {out}")
+    if out.is_dir():
+        raise IsADirectoryError(
+            f"--out {out} is a folder; give a file path ending in {_either(suffixes)}"
+        )
+    if out.exists() and not force:
+        raise FileExistsError(
+            f"{out} already exists; choose another --out or pass --force to replace it"
+        )

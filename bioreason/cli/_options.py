@@ -540,6 +540,25 @@ def tree_overrides(
     return values, options
 
 
+def read_config_mapping(path: str, holds: str) -> dict[str, Any]:
+    """The mapping a ``--config`` YAML file holds (an empty file is an empty mapping);
+    anything else is a ValueError saying that the file ``must hold a mapping of <holds>``.
+
+    Returns
+    -------
+    dict
+    """
+    from bioreason.config import read_yaml
+
+    values = read_yaml(path, what="config file")
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"config file {path} must hold a mapping of {holds}, got {type(values).__name__}"
+        )
+    return values
+
+
 def read_config_file(path: str | None, config_class: type[Config], what: str) -> dict[str, Any]:
     """The mapping of a command's ``--config`` YAML file (empty without one), its flat
     keys routed into the nested sections they belong to.
@@ -553,16 +572,11 @@ def read_config_file(path: str | None, config_class: type[Config], what: str) ->
     -------
     dict
     """
-    from bioreason.config import move_fields, read_yaml
+    from bioreason.config import move_fields
 
     if not path:
         return {}
-    values = read_yaml(path, what="config file")
-    values = {} if values is None else values
-    if not isinstance(values, dict):
-        raise ValueError(
-            f"config file {path} must hold a mapping of {what} fields, got {type(values).__name__}"
-        )
+    values = read_config_mapping(path, f"{what} fields")
     values = move_fields(config_class, values, f"{what} ({path})")
     names = {f.name for f in dataclasses.fields(config_class)}
     owners: dict[str, list[str]] = {}

@@ -11,6 +11,7 @@ import yaml
 from bioreason.cli._base import (
     UsageError,
     add_force,
+    check_out_file,
     non_negative_int,
     one_line,
     positive_float,
@@ -24,7 +25,6 @@ from bioreason.cli._options import (
     read_config_file,
     tree_overrides,
 )
-from bioreason.cli.inspect_task import ordered_splits
 from bioreason.config import yaml_loads
 
 # the split names of bioreason.data.tasks.SPLITS (kept here: importing data is slow)
@@ -129,17 +129,11 @@ def _options(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import warnings
 
+    from bioreason.data.tasks import ordered_splits
     from bioreason.sim.task_config import build_task_from_config
 
     out = Path(args.out)
-    if out.suffix not in (".parquet", ".pq"):
-        raise UsageError(f"--out must end in .parquet (or .pq), got {out}")
-    if out.is_dir():
-        raise IsADirectoryError(f"--out {out} is a folder; give a file path ending in .parquet")
-    if out.exists() and not args.force:
-        raise FileExistsError(
-            f"{out} already exists; choose another --out or pass --force to replace it"
-        )
+    check_out_file(out, (".parquet", ".pq"), args.force)
     config = _task_config(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)

@@ -6,36 +6,14 @@ import argparse
 from pathlib import Path
 
 from bioreason.cli._base import (
-    UsageError,
     add_force,
+    check_out_file,
     non_negative_int,
     one_line,
     positive_int,
 )
 
 NAME = "calibration"
-
-_TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
-_CALIBRATION_OUT_SUFFIXES = (".csv", ".parquet", ".pq", ".json", ".md")
-
-
-def _read_predictions(path: Path):
-    """A predictions table from a .csv, .tsv or .parquet file."""
-    import pandas as pd
-
-    if path.suffix.lower() not in _TABLE_SUFFIXES:
-        raise ValueError(f"{path}: give a predictions table ending in {', '.join(_TABLE_SUFFIXES)}")
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder; give a predictions .csv or .parquet file")
-    if not path.exists():
-        raise FileNotFoundError(f"predictions file {path} does not exist")
-    try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            return pd.read_parquet(path)
-        return pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
-    except (ValueError, OSError) as err:
-        kind = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
-        raise ValueError(f"could not read {path} as {kind}: {one_line(err)}") from None
 
 
 class _AnswerParser:
@@ -55,27 +33,20 @@ class _AnswerParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    import json
-
-    from bioreason._io import atomic_write, atomic_write_text, json_safe
     from bioreason.calibration.table import (
         BOOTSTRAP_METRICS,
+        TABLE_SUFFIXES,
         calibration_table,
         format_calibration_table,
+        read_predictions,
+        write_calibration_table,
     )
 
     path = Path(args.predictions)
     out = Path(args.out) if args.out else None
     if out is not None:
-        if out.suffix.lower() not in _CALIBRATION_OUT_SUFFIXES:
-            raise UsageError(f"--out must end in {', '.join(_CALIBRATION_OUT_SUFFIXES)}, got {out}")
-        if out.is_dir():
-            raise IsADirectoryError(f"--out {out} is a folder; give a file path")
-        if out.exists() and not args.force:
-            raise FileExistsError(
-                f"{out} already exists; choose another --out or pass --force to replace it"
-            )
-    frame = _read_predictions(path)
+        check_out_file(out, TABLE_SUFFIXES, args.force)
+    frame = read_predictions(path)
     options = {
         "--prob-col": args.prob_col,
         "--outcome-col": args.outcome_col,
@@ -131,16 +102,7 @@ def main(args: argparse.Namespace) -> int:
     text = "\n".join(lines).rstrip() + "\n"
     print(text, end="")
     if out is not None:
-        suffix = out.suffix.lower()
-        if suffix == ".md":
-            atomic_write_text(out, text, overwrite=args.force)
-        elif suffix == ".json":
-            records = [{k: json_safe(v) for k, v in r.items()} for r in table.to_dict("records")]
-            atomic_write_text(out, json.dumps(records, indent=2) + "\n", overwrite=args.force)
-        elif suffix == ".csv":
-            atomic_write(out, lambda tmp: table.to_csv(tmp, index=False), overwrite=args.force)
-        else:
-            atomic_write(out, lambda tmp: table.to_parquet(tmp, index=False), overwrite=args.force)
+        write_calibration_table(table, out, text=text, overwrite=args.force)
         print(f"wrote {out}")
     return 0
 

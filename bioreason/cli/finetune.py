@@ -13,7 +13,12 @@ from bioreason.cli._base import (
     non_negative_int,
     positive_int,
 )
-from bioreason.cli._options import build_config, config_overrides, option_name
+from bioreason.cli._options import (
+    build_config,
+    config_overrides,
+    option_name,
+    read_config_mapping,
+)
 
 NAME = "finetune"
 
@@ -22,19 +27,14 @@ def _settings(args: argparse.Namespace):
     """The job's :class:`~bioreason.rl.lm.FinetuneConfig` from ``--config`` and the flags
     (a flag replaces the file's value, flat or under ``rl:``, wherever the file gives it).
     """
-    from bioreason.config import read_yaml
     from bioreason.rl.lm import FinetuneConfig, LMRLConfig
 
     values, where = {}, "finetune"
     if args.config:
-        values = read_yaml(args.config, what="config file")
-        values = {} if values is None else values
-        if not isinstance(values, dict):
-            raise ValueError(
-                f"config file {args.config} must hold a mapping of FinetuneConfig fields "
-                f"(model, warm_start_steps, ..., rl: {{LMRLConfig fields}}), got "
-                f"{type(values).__name__}"
-            )
+        values = read_config_mapping(
+            args.config,
+            "FinetuneConfig fields (model, warm_start_steps, ..., rl: {LMRLConfig fields})",
+        )
         where = f"finetune config ({args.config})"
     values = dict(values)
     job = config_overrides(args, FinetuneConfig)

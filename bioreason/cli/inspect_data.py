@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bioreason.cli._base import read_h5ad
-
 NAME = "inspect"
 
 
@@ -26,7 +24,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from bioreason.data import PerturbationData, PerturbationSetup
+    from bioreason.data import PerturbationData, PerturbationSetup, read_h5ad
 
     path = Path(args.path)
     # options left out keep the PerturbationSetup defaults

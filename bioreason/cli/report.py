@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bioreason.cli._base import add_force
+
 NAME = "report"
 
 
@@ -16,12 +18,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "and RUN/report.md from a run folder of 'bioreason run' or 'bioreason demo'.",
     )
     parser.add_argument("run", help="run folder, e.g. runs/demo")
-    parser.add_argument(
-        "--force",
-        "--overwrite",
-        action="store_true",
-        help="replace a report.html / report.md that bioreason did not write",
-    )
+    add_force(parser, "a report.html / report.md that bioreason did not write")
     return parser
 
 

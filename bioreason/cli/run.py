@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bioreason.cli._base import positive_int
+from bioreason.cli._base import add_force, positive_int
 
 NAME = "run"
 
@@ -42,12 +42,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="parallel fine-tuning jobs (default: the cores, at most 4)",
     )
     parser.add_argument("--no-report", action="store_true", help="skip report.html / report.md")
-    parser.add_argument(
-        "--force",
-        "--overwrite",
-        action="store_true",
-        help="replace files in the run folder that bioreason did not write",
-    )
+    add_force(parser, "files in the run folder that bioreason did not write")
     return parser
 
 

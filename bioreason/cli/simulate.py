@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from bioreason.cli._base import (
-    UsageError,
     add_force,
+    check_out_file,
     config_group,
     non_negative_int,
     positive_int,
@@ -51,14 +51,7 @@ def main(args: argparse.Namespace) -> int:
     from bioreason.data import ScreenConfig, simulate_screen
 
     out = Path(args.out)
-    if out.suffix != ".h5ad":
-        raise UsageError(f"--out must end in .h5ad, got {out}")
-    if out.is_dir():
-        raise IsADirectoryError(f"--out {out} is a folder; give a file path ending in .h5ad")
-    if out.exists() and not args.force:
-        raise FileExistsError(
-            f"{out} already exists; choose another --out or pass --force to replace it"
-        )
+    check_out_file(out, (".h5ad",), args.force)
     values = read_config_file(args.config, ScreenConfig, "ScreenConfig")
     overrides, options = tree_overrides(args, ScreenConfig)
     where = f"ScreenConfig ({args.config})" if args.config else None

@@ -13,9 +13,8 @@ from bioreason.cli._base import (
     positive_float,
     positive_int,
     probability,
-    read_h5ad,
 )
-from bioreason.cli._options import build_config, config_overrides
+from bioreason.cli._options import build_config, config_overrides, read_config_mapping
 
 NAME = "train-vae"
 
@@ -24,21 +23,6 @@ VAE_MODELS = ("sams_vae", "cpa_vae", "conditional_vae", "svae_plus")
 # keys of a train-vae config file besides the PerturbationSetup, VAEConfig and TrainConfig
 # fields (bioreason.models.TrainVAEConfig reads the flat form and holds the defaults)
 _TRAIN_VAE_KEYS = ("model", "test_fraction", "validation_fraction", "iwelbo_particles")
-# the files model.save writes into --out (run_stage adds result.json)
-_MODEL_FILES = ("config.yaml", "attributes.json", "model.pt", "history.csv")
-_CHECKPOINTS = "checkpoint"
-
-
-# fit_vae's keys that result.json writes under its own names (further evaluations asked
-# for in the config's ``evaluation`` are written as fit_vae names them)
-_FIT_KEYS_USED = (
-    "model",
-    "steps",
-    "train_seconds",
-    "final_train_loss",
-    "final_validation_loss",
-    "iwelbo_heldout",
-)
 
 
 def _settings(args: argparse.Namespace):
@@ -48,20 +32,16 @@ def _settings(args: argparse.Namespace):
     -------
     TrainVAEConfig
     """
-    from bioreason.config import read_yaml
     from bioreason.data import PerturbationSetup
     from bioreason.models import TrainConfig, TrainVAEConfig, VAEConfig
 
     values, where = {}, "train-vae"
     if args.config:
-        values = read_yaml(args.config, what="config file")
-        values = {} if values is None else values
-        if not isinstance(values, dict):
-            raise ValueError(
-                f"config file {args.config} must hold a mapping of PerturbationSetup, "
-                f"VAEConfig and TrainConfig fields (and {', '.join(_TRAIN_VAE_KEYS)}), got "
-                f"{type(values).__name__}"
-            )
+        values = read_config_mapping(
+            args.config,
+            "PerturbationSetup, VAEConfig and TrainConfig fields "
+            f"(and {', '.join(_TRAIN_VAE_KEYS)})",
+        )
         where = f"train-vae config ({args.config})"
     nested = TrainVAEConfig.nest(values, where=where)
     for section, cls in (("setup", PerturbationSetup), ("vae", VAEConfig), ("train", TrainConfig)):
@@ -74,39 +54,6 @@ def _settings(args: argparse.Namespace):
     if args.iwelbo_particles is not None:
         nested["evaluation"]["iwelbo_particles"] = args.iwelbo_particles
     return TrainVAEConfig.from_dict(nested, where=where)
-
-
-def _record(config, adata_path: Path) -> dict:
-    """The settings the manifest records (the keys of earlier versions, so that their
-    folders stay up to date; ``evaluation`` only where it differs from the default).
-
-    Returns
-    -------
-    dict
-        Plain JSON data.
-    """
-    import json
-
-    from bioreason.models import TrainVAEConfig
-
-    default = TrainVAEConfig().evaluation.to_dict()
-    evaluation = {
-        key: value
-        for key, value in config.evaluation.to_dict().items()
-        if key != "iwelbo_particles" and value != default[key]
-    }
-    record = {
-        "model": config.model,
-        "adata": str(adata_path),
-        "setup": config.setup.to_dict(),
-        "vae": config.vae.to_dict(),
-        "train": {k: v for k, v in config.train.to_dict().items() if k != "progress"},
-        "test_fraction": config.test_fraction,
-        "validation_fraction": config.validation_fraction,
-        "iwelbo_particles": config.evaluation.iwelbo_particles,
-        **({"evaluation": evaluation} if evaluation else {}),
-    }
-    return json.loads(json.dumps(record, default=str))
 
 
 def _options(parser: argparse.ArgumentParser) -> None:
@@ -138,83 +85,18 @@ def _options(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """``bioreason train-vae``: fit a perturbation VAE on an AnnData and save it."""
-    from bioreason._io import check_output_folder, json_safe
-    from bioreason.stage import run_stage
+    from bioreason.models.job import run_train_vae
 
     adata_path, out = Path(args.adata), Path(args.out)
     if not adata_path.exists():
         raise FileNotFoundError(f"--adata {adata_path} does not exist")
-    check_output_folder(out)
     config = _settings(args)
-    record = _record(config, adata_path)
-    seed = config.train.seed
-    checkpoints = out / _CHECKPOINTS
-
-    def compute(folder: Path) -> dict:
-        from bioreason.models import fit_vae
-
-        adata = read_h5ad(adata_path, backed=False)
-        # the stage helper keeps the checkpoint of an interrupted run of these settings
-        # only (it is scratch): finding one means resuming
-        resume = checkpoints.is_dir()
-        if resume:
-            print(f"resuming from the checkpoint in {checkpoints}")
-        model, fitted = fit_vae(
-            adata,
-            config.split(adata.n_obs),
-            config.model,
-            config.vae,
-            config.train,
-            config.evaluation,
-            setup=config.setup,
-            checkpoint_dir=checkpoints,
-            resume=resume,
-        )
-        note = fitted.get("notes", {}).get("heldout_iwelbo")
-        if note is not None:  # e.g. SVAE+ and a condition whose cells are all held out
-            note = f"no held-out IWELBO: {note}"
-            print(f"warning: {note}", file=sys.stderr)
-        model.save(folder, overwrite=True)
-        n_train = model.adata.n_obs
-        return json_safe(
-            {
-                "model": config.model,
-                "model_class": type(model).__name__,
-                "n_cells": int(adata.n_obs),
-                "n_genes": int(adata.n_vars),
-                "n_perturbations": len(model.perturbation_names),
-                "n_train_cells": int(n_train),
-                "n_test_cells": int(adata.n_obs - n_train),
-                "steps": fitted["steps"],
-                "train_seconds": fitted["train_seconds"],
-                "final_train_loss": fitted.get("final_train_loss"),
-                "final_validation_loss": fitted.get("final_validation_loss"),
-                "test_iwelbo": fitted.get("iwelbo_heldout"),
-                "iwelbo_particles": config.evaluation.iwelbo_particles,
-                "note": note,
-                **{
-                    key: value
-                    for key, value in fitted.items()
-                    if key not in _FIT_KEYS_USED and key != "notes"
-                },
-            }
-        )
-
-    done = run_stage(
-        out,
-        record,
-        {"adata": adata_path},
-        compute,
-        seed=seed,
-        force=args.force,
-        outputs=_MODEL_FILES,
-        log=lambda _: print(f"{out} is up to date (same settings and AnnData); nothing to do"),
-        scratch=[_CHECKPOINTS],
-        keep_finished=True,  # a model the user has is replaced only with --force
-    )
+    done = run_train_vae(adata_path, out, config, force=args.force)
     if done.skipped:
         return 0
     result = done.result
+    if result["note"] is not None:
+        print(f"warning: {result['note']}", file=sys.stderr)
     if result["test_iwelbo"] is not None:
         score = f"held-out IWELBO (K={result['iwelbo_particles']}) "
         score += f"{result['test_iwelbo']:.2f} nats/cell over {result['n_test_cells']} cells"

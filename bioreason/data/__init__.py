@@ -13,6 +13,7 @@ from bioreason.data.expression import (
     pooled_ate_agreement,
 )
 from bioreason.data.genes import prepare, select_genes
+from bioreason.data.h5ad import read_h5ad
 from bioreason.data.labels import ParsedLabels, parse_perturbation_labels
 from bioreason.data.loader import Batch, MinibatchLoader
 from bioreason.data.perturbation import PerturbationData
@@ -34,9 +35,13 @@ from bioreason.data.splits import (
 from bioreason.data.tasks import (
     DEFAULT_TEMPLATE,
     TASK_COLUMNS,
+    describe_task,
+    format_task_description,
     load_replogle_task,
     load_task,
+    read_task,
     save_task,
+    saved_task_summary,
     split_questions,
     task_summary,
 )
@@ -83,4 +88,9 @@ __all__ = [
     "split_random",
     "task_summary",
     "validate_counts",
+    "describe_task",
+    "format_task_description",
+    "read_h5ad",
+    "read_task",
+    "saved_task_summary",
 ]

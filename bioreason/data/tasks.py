@@ -41,8 +41,13 @@ __all__ = [
     "TASK_COLUMNS",
     "TEMPLATE_FIELDS",
     "check_template",
+    "describe_task",
+    "format_task_description",
     "load_replogle_task",
     "load_task",
+    "ordered_splits",
+    "read_task",
+    "saved_task_summary",
     "save_task",
     "split_questions",
     "task_summary",
@@ -186,10 +191,178 @@ def task_summary(table: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def ordered_splits(counts: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The items of a mapping keyed by split, in the order train, val, test, then the
+    other splits alphabetically.
+
+    Returns
+    -------
+    list of (split, value)
+    """
+    order = {"train": 0, "val": 1, "test": 2}
+    return sorted(counts.items(), key=lambda item: (order.get(item[0], 3), item[0]))
+
+
+def describe_task(table: pd.DataFrame, target_se: float | None = None) -> dict[str, Any]:
+    """A task table described question by question: :func:`task_summary` and more.
+
+    Parameters
+    ----------
+    table : DataFrame
+        A task table (:data:`TASK_COLUMNS`).
+    target_se : float, optional
+        The standard error above which p* counts as unconverged; ``None`` for 0.01
+        (pass the task's own target, e.g. ``saved_task_summary(path).get("target_se")``).
+
+    Returns
+    -------
+    dict
+        JSON-ready. The keys of :func:`task_summary` (``n_questions``,
+        ``questions_per_split`` here in :func:`ordered_splits` order, ``outcome_rate``,
+        ``mean_p_star``, ``mean_p_star_se``, ``p_star_histogram``,
+        ``p_star_extreme_fraction``) and: ``outcome_rate_per_split`` (split -> mean
+        outcome), ``n_conditions``, ``n_readouts``, ``n_with_p_star`` (questions whose p*
+        is known), ``target_se`` (the one used), ``n_unconverged`` (of those, with
+        ``p_star_se > target_se``), ``mean_p_true`` and ``mean_reference`` (mean of the
+        finite ``p_true`` / ``reference_probability``, ``None`` when there are none),
+        ``mean_abs_p_star_minus_p_true`` (over questions with both, else ``None``),
+        ``reference_histogram`` (counts of the reference probabilities in 10 bins over
+        [0, 1], ``[]`` when there are none), ``outcome_definitions`` (the distinct JSON
+        definitions, in order of appearance) and ``columns``.
+    """
+    facts = task_summary(table)
+    target_se = 0.01 if target_se is None else float(target_se)
+    p_star = table["p_star"].to_numpy(dtype=float)
+    known = np.isfinite(p_star)
+    facts["questions_per_split"] = dict(ordered_splits(facts["questions_per_split"]))
+    facts["outcome_rate_per_split"] = {
+        split: float(table.loc[table["split"] == split, "outcome"].mean())
+        for split in facts["questions_per_split"]
+    }
+    facts["n_conditions"] = int(table["condition"].nunique())
+    facts["n_readouts"] = int(table["readout"].nunique())
+    facts["n_with_p_star"] = int(known.sum())
+    facts["target_se"] = target_se
+    facts["n_unconverged"] = int(
+        (table["p_star_se"].to_numpy(dtype=float)[known] > target_se).sum()
+    )
+    for column, key in (("p_true", "mean_p_true"), ("reference_probability", "mean_reference")):
+        values = table[column].to_numpy(dtype=float)
+        facts[key] = float(np.nanmean(values)) if np.isfinite(values).any() else None
+    both = known & np.isfinite(table["p_true"].to_numpy(dtype=float))
+    facts["mean_abs_p_star_minus_p_true"] = (
+        float(np.abs(p_star[both] - table["p_true"].to_numpy(dtype=float)[both]).mean())
+        if both.any()
+        else None
+    )
+    reference = table["reference_probability"].to_numpy(dtype=float)
+    reference = reference[np.isfinite(reference)]
+    facts["reference_histogram"] = (
+        np.histogram(reference, bins=10, range=(0, 1))[0].tolist() if reference.size else []
+    )
+    facts["outcome_definitions"] = list(dict.fromkeys(table["outcome_definition"].astype(str)))
+    facts["columns"] = [str(c) for c in table.columns]
+    return facts
+
+
+def _describe_outcome(text: str) -> str:
+    """An outcome definition (JSON) on one line; a per-readout mapping as its range."""
+    try:
+        definition = json.loads(text)
+    except ValueError:
+        return text[:200]
+    if not isinstance(definition, dict):
+        return text[:200]
+    name = definition.pop("name", "?")
+    parts = []
+    for key, value in definition.items():
+        if (
+            isinstance(value, dict)
+            and value
+            and all(isinstance(v, (int, float)) for v in value.values())
+        ):
+            low, high = min(value.values()), max(value.values())
+            parts.append(f"{key} per readout ({len(value)} values, {low:.3g}-{high:.3g})")
+        else:
+            parts.append(f"{key}={value}")
+    return f"{name} ({', '.join(parts)})" if parts else str(name)
+
+
+def _histogram_lines(counts: list[int], width: int = 40) -> list[str]:
+    top = max(max(counts), 1)
+    return [
+        f"  {k / 10:.1f}-{(k + 1) / 10:.1f} | {'#' * round(width * n / top):<{width}} {n}"
+        for k, n in enumerate(counts)
+    ]
+
+
+def format_task_description(facts: dict[str, Any], path: str | Path) -> str:
+    """:func:`describe_task`'s facts as text, one fact a line, histograms drawn in ``#``.
+
+    Parameters
+    ----------
+    facts : dict
+        From :func:`describe_task`.
+    path : str or Path
+        The table's file, named in the first line.
+
+    Returns
+    -------
+    str
+        Lines joined by newlines, without a final newline.
+    """
+
+    def number(value) -> str:
+        return "n/a" if value is None or value != value else f"{value:.3f}"
+
+    splits = ", ".join(f"{k} {v}" for k, v in facts["questions_per_split"].items())
+    rates = ", ".join(f"{k} {number(v)}" for k, v in facts["outcome_rate_per_split"].items())
+    lines = [
+        f"{path}: {facts['n_questions']} questions, {facts['n_conditions']} conditions, "
+        f"{facts['n_readouts']} readouts",
+    ]
+    for text in facts["outcome_definitions"][:3]:
+        lines.append(f"outcome: {_describe_outcome(text)}")
+    if len(facts["outcome_definitions"]) > 3:
+        lines.append(f"  ... {len(facts['outcome_definitions'])} outcome definitions in all")
+    lines += [
+        f"questions per split: {splits}",
+        f"outcome rate: {number(facts['outcome_rate'])} ({rates})",
+    ]
+    if facts["n_with_p_star"]:
+        lines.append(
+            f"p*: mean {number(facts['mean_p_star'])}, mean SE {facts['mean_p_star_se']:.4f}, "
+            f"unconverged (SE > {facts['target_se']:g}) {facts['n_unconverged']} of "
+            f"{facts['n_with_p_star']}; within 0.05 of 0 or 1: "
+            f"{facts['p_star_extreme_fraction']:.0%}"
+        )
+        lines.append("p* histogram:")
+        lines += _histogram_lines(facts["p_star_histogram"])
+    else:
+        lines.append("p*: none (no model behind this task: p_star is empty)")
+    if facts["mean_p_true"] is not None:
+        gap = facts["mean_abs_p_star_minus_p_true"]
+        lines.append(
+            f"p_true: mean {number(facts['mean_p_true'])}"
+            + (f", mean |p* - p_true| {gap:.3f}" if gap is not None else "")
+        )
+    if facts["mean_reference"] is not None:
+        lines.append(f"reference probability: mean {number(facts['mean_reference'])}")
+        if not facts["n_with_p_star"]:
+            lines.append("reference probability histogram:")
+            lines += _histogram_lines(facts["reference_histogram"])
+    lines.append(f"columns: {', '.join(facts['columns'])}")
+    return "\n".join(lines)
+
+
 def _require_columns(table: pd.DataFrame, columns: Sequence[str], what: str) -> None:
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise ValueError(f"{what} lacks column(s) {missing}; it has {list(table.columns)}")
+
+
+def _summary_path(path: Path) -> Path:
+    return path.with_suffix(path.suffix + ".summary.json")
 
 
 def save_task(table: pd.DataFrame, path: str | Path, overwrite: bool = False) -> Path:
@@ -209,8 +382,7 @@ def save_task(table: pd.DataFrame, path: str | Path, overwrite: bool = False) ->
         lambda tmp: frame.assign().to_parquet(tmp, index=False),
         overwrite=True,
     )
-    sidecar = path.with_suffix(path.suffix + ".summary.json")
-    atomic_write(sidecar, lambda tmp: tmp.write_text(metadata), overwrite=True)
+    atomic_write(_summary_path(path), lambda tmp: tmp.write_text(metadata), overwrite=True)
     return path
 
 
@@ -291,3 +463,52 @@ def load_replogle_task(folder: str | Path, template: str = REPLOGLE_TEMPLATE) ->
             "markers": markers,
         }
     )
+
+
+def read_task(path: str | Path) -> pd.DataFrame:
+    """A task table from a parquet file (:func:`save_task`) or a Replogle task folder
+    (:func:`load_replogle_task`), with errors that name the file and say what it is.
+
+    Returns
+    -------
+    DataFrame with :data:`TASK_COLUMNS`
+    """
+    path = Path(path)
+    if path.is_dir():
+        if (path / "train.pq").exists():
+            return load_replogle_task(path)
+        raise IsADirectoryError(
+            f"{path} is a folder; give a task .parquet file (bioreason build-task --out) or "
+            "a Replogle task folder (train.pq, val.pq, test.pq)"
+        )
+    if not path.exists():
+        raise FileNotFoundError(f"task table {path} does not exist")
+    try:
+        return load_task(path)
+    except ValueError as err:
+        text = " ".join(str(err).split())
+        if "not a readable parquet" in text:
+            raise ValueError(f"{path} is not a parquet file (not a task table)") from None
+        if "lacks column" in text:
+            raise ValueError(f"{path} is a parquet file but not a task table: {text}") from None
+        raise
+
+
+def saved_task_summary(path: str | Path) -> dict[str, Any]:
+    """The summary :func:`save_task` wrote beside a task file (``<path>.summary.json``:
+    how the task was built, e.g. its ``target_se``); ``{}`` when there is none or it
+    cannot be read.
+
+    Returns
+    -------
+    dict
+    """
+    path = Path(path)
+    sidecar = _summary_path(path)
+    if not (path.is_file() and sidecar.exists()):
+        return {}
+    try:
+        summary = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}

@@ -8,8 +8,9 @@ that contract share, the predictor (:mod:`bioreason.lm`) and the RL trainer
 * the grid, and the parsers that read a completion's text as a probability
   (:data:`ANSWER_PARSERS`: ``"tagged"`` is :func:`parse_answers`, ``"first_integer"`` is
   :func:`parse_first_integer`), NaN marking an invalid answer;
-* which tokens the grid's answers are (:func:`single_token_answer_ids`) and which
-  tokens stop a completion (:func:`stop_token_sequences`);
+* which tokens the grid's answers are (:func:`single_token_answer_ids`), which
+  tokens stop a completion (:func:`stop_token_sequences`) and which pads a batch
+  (:func:`pad_token_id`);
 * the exact answer: when every answer is one token, the probability of answer ``N`` is
   one softmax entry at the answer position (:func:`answer_token_probabilities`), and
   ``q_exact`` is the mean of that distribution given a valid answer
@@ -40,6 +41,7 @@ __all__ = [
     "answer_token_probabilities",
     "exact_answers",
     "parse_answers",
+    "pad_token_id",
     "parse_first_integer",
     "single_token_answer_ids",
     "stop_token_sequences",
@@ -238,6 +240,15 @@ def single_token_answer_ids(tokenizer: Any, grid: AnswerGrid, prefix: str = "") 
             if len(set(ids)) == len(ids):
                 return ids
     return None
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The token a batch of prompts or completions is padded with: the tokenizer's pad
+    token, else its end-of-sequence token, else 0."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return int(token_id)
+    return 0
 
 
 def stop_token_sequences(

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from bioreason.lm.answer_protocol import pad_token_id
 from bioreason.lm.tokenizer import ANSWER_OPEN
 
 __all__ = ["encode_prompts", "format_prompt", "has_chat_template", "position_ids"]
@@ -97,13 +98,6 @@ def format_prompt(
     return text
 
 
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if token_id is not None:
-            return int(token_id)
-    return 0
-
-
 def encode_prompts(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
@@ -138,7 +132,7 @@ def encode_prompts(
     if empty:
         raise ValueError(f"encode_prompts: prompt {empty[0]} encodes to no tokens")
     width = max(len(ids) for ids in encoded)
-    pad = _pad_id(tokenizer)
+    pad = pad_token_id(tokenizer)
     input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
     attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
     for row, ids in enumerate(encoded):

@@ -11,6 +11,7 @@ from bioreason.models.conditional_vae import ConditionalVAE, ConditionalVAEModul
 from bioreason.models.cpa_vae import CPAVAE, CPAVAEModule
 from bioreason.models.fit import TrainVAEConfig, VAEFit, fit_vae
 from bioreason.models.fit_evaluations import EVALUATIONS, EvaluationConfig, FitContext
+from bioreason.models.job import run_train_vae
 from bioreason.models.likelihoods import (
     LIKELIHOODS,
     LogNormalCounts,
@@ -62,4 +63,5 @@ __all__ = [
     "fit_vae",
     "log_importance_weights",
     "make_elbo",
+    "run_train_vae",
 ]

@@ -154,6 +154,17 @@ class TrainingMixin:
         return history
 
 
+def check_rows_inside(array: np.ndarray, n_cells: int, name: str, rows_of: str) -> None:
+    """Raise naming ``name`` when an index of ``array`` is not a row of ``rows_of``
+    (outside ``[0, n_cells)``)."""
+    outside = array[(array < 0) | (array >= n_cells)]
+    if outside.size:
+        raise ValueError(
+            f"{name} holds {outside.size} indices outside [0, {n_cells}) "
+            f"(e.g. {outside[:5].tolist()}); indices are rows of {rows_of}"
+        )
+
+
 def _cell_indices(indices: Any, n_cells: int, name: str) -> np.ndarray:
     """Cell indices as a 1-D int64 array; a boolean mask of length ``n_cells`` becomes
     the indices of its True entries. Anything else that is not a set of distinct rows
@@ -178,12 +189,7 @@ def _cell_indices(indices: Any, n_cells: int, name: str) -> np.ndarray:
             f"{name} must hold integer cell indices (rows of the AnnData) or be a boolean "
             f"mask, got dtype {array.dtype} (e.g. {array[:3].tolist()})"
         )
-    outside = array[(array < 0) | (array >= n_cells)]
-    if outside.size:
-        raise ValueError(
-            f"{name} holds {outside.size} indices outside [0, {n_cells}) "
-            f"(e.g. {outside[:5].tolist()}); indices are rows of the model's AnnData"
-        )
+    check_rows_inside(array, n_cells, name, "the model's AnnData")
     values, counts = np.unique(array, return_counts=True)
     if (counts > 1).any():
         raise ValueError(

@@ -28,6 +28,7 @@ from bioreason.config import Config
 from bioreason.data import PerturbationData, PerturbationSetup, ScreenGroundTruth, Split
 from bioreason.models._base import PerturbationModel
 from bioreason.models._module import VAEConfig
+from bioreason.models._training_mixin import check_rows_inside
 from bioreason.models.fit_evaluations import EVALUATIONS, EvaluationConfig, FitContext
 from bioreason.models.training import TrainConfig
 
@@ -65,12 +66,7 @@ def _check_split(split: Any, n_cells: int, data: PerturbationData) -> Split:
                 f"split.{name} must be a 1-D array of integer cell indices (rows of adata), "
                 f"got dtype {array.dtype} and shape {array.shape}"
             )
-        outside = array[(array < 0) | (array >= n_cells)]
-        if outside.size:
-            raise ValueError(
-                f"split.{name} holds {outside.size} indices outside [0, {n_cells}) (e.g. "
-                f"{outside[:5].tolist()}); indices are rows of adata"
-            )
+        check_rows_inside(array, n_cells, f"split.{name}", "adata")
         parts[name] = array.astype(np.int64)
     if parts["train"].size == 0:
         raise ValueError("split.train selects no cells; a model needs training cells")

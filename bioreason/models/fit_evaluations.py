@@ -288,15 +288,25 @@ def _heldout_iwelbo_per_condition(fit: FitContext) -> dict[str, Any]:
     }
 
 
-@EVALUATIONS.register("ate_heldout", keys=("ate_pearson_heldout", "ate_pearson_heldout_top20"))
-def _ate_heldout(fit: FitContext) -> dict[str, Any]:
+def _heldout_ates(fit: FitContext, name: str) -> tuple[Any, Any] | dict[str, Any]:
+    """(observed, model) ATE of the held-out conditions, or what the evaluation ``name``
+    returns instead: nothing without held-out cells, a note when the model cannot
+    predict the held-out conditions."""
     if not fit.split.test.size or not fit.heldout:
         return {}
     data_ate = fit.heldout_data_ate
     try:
-        model_ate = fit.heldout_model_ate
+        return data_ate, fit.heldout_model_ate
     except ValueError as err:
-        return fit.skip("ate_heldout", err)
+        return fit.skip(name, err)
+
+
+@EVALUATIONS.register("ate_heldout", keys=("ate_pearson_heldout", "ate_pearson_heldout_top20"))
+def _ate_heldout(fit: FitContext) -> dict[str, Any]:
+    pair = _heldout_ates(fit, "ate_heldout")
+    if isinstance(pair, dict):
+        return pair
+    data_ate, model_ate = pair
     everything, top = _agreement(data_ate, model_ate)
     return {"ate_pearson_heldout": everything, f"ate_pearson_heldout_top{_TOP_K}": top}
 
@@ -307,13 +317,10 @@ def _ate_heldout(fit: FitContext) -> dict[str, Any]:
 def _ate_pooled(fit: FitContext) -> dict[str, Any]:
     from bioreason.data.expression import pooled_ate_agreement
 
-    if not fit.split.test.size or not fit.heldout:
-        return {}
-    data_ate = fit.heldout_data_ate
-    try:
-        model_ate = fit.heldout_model_ate
-    except ValueError as err:
-        return fit.skip("ate_pooled", err)
+    pair = _heldout_ates(fit, "ate_pooled")
+    if isinstance(pair, dict):
+        return pair
+    data_ate, model_ate = pair
     pooled = pooled_ate_agreement(data_ate, model_ate, top_k=_TOP_K)
     return {
         "ate_pooled_pearson_heldout": float(pooled["pearson_all"]),

@@ -120,7 +120,7 @@ _EXECUTOR: Any = None
 def gamma_poisson(shape: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``Poisson(Gamma(shape, 1) * scale)`` elementwise: negative-binomial counts.
 
-    On CPU, large draws use numpy's samplers (about twice as fast as torch's there) in
+    On CPU, large draws use numpy's samplers (faster than torch's there) in
     ``_CHUNKS`` chunks on ``torch.get_num_threads()`` threads, each chunk with its own
     generator seeded from torch's global random stream, so a seeded caller gets the
     same counts whatever the thread count. Elsewhere (CUDA) torch samples directly.

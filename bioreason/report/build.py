@@ -278,23 +278,25 @@ class _Builder:
 
     # ---------------------------------------------------------------- stages
 
-    def section_data(self) -> None:
-        self.heading("Data", "data")
-        if not self.require("data"):
-            return
-        result = self.run.results.get("data")
+    def stage_result(self, title: str, stage: str, missing: str) -> Mapping[str, Any] | None:
+        """The section's heading, then the stage's result; None, with a note, when the
+        stage did not run or its result is ``missing``."""
+        self.heading(title, stage)
+        if not self.require(stage):
+            return None
+        result = self.run.results.get(stage)
         if result is None:
-            self.add(Paragraph("data/result.json is missing."))
-            return
-        self.add(_key_values(result))
+            self.add(Paragraph(missing))
+        return result
+
+    def section_data(self) -> None:
+        result = self.stage_result("Data", "data", "data/result.json is missing.")
+        if result is not None:
+            self.add(_key_values(result))
 
     def section_vae(self) -> None:
-        self.heading("Perturbation model", "vae")
-        if not self.require("vae"):
-            return
-        result = self.run.results.get("vae")
+        result = self.stage_result("Perturbation model", "vae", "vae/result.json is missing.")
         if result is None:
-            self.add(Paragraph("vae/result.json is missing."))
             return
         self.add(
             Paragraph(
@@ -345,14 +347,11 @@ class _Builder:
         self.figure(figures.simulator_check(task), caption)
 
     def section_warm(self) -> None:
-        self.heading("Warm start", "warm_start")
-        if not self.require("warm_start"):
-            return
-        result = self.run.results.get("warm_start")
-        if result is None:
-            self.add(Paragraph("result.json of the warm start is missing."))
-            return
-        self.add(_key_values(result))
+        result = self.stage_result(
+            "Warm start", "warm_start", "result.json of the warm start is missing."
+        )
+        if result is not None:
+            self.add(_key_values(result))
 
     def section_finetune(self, methods: list[str]) -> None:
         self.heading("Fine-tuning", "finetune")

@@ -217,6 +217,23 @@ def _by_method(predictions: pd.DataFrame, q: np.ndarray, methods: list[str]):
             yield method, rows
 
 
+def _paired_panels(
+    predictions: pd.DataFrame, q: np.ndarray, methods: list[str], column: str
+) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]] | None:
+    """``column`` as floats and one panel per method: (method, rows where both q and
+    ``column`` are finite), methods without such rows left out; None when the column
+    is absent or no method has such rows."""
+    if column not in predictions:
+        return None
+    values = predictions[column].to_numpy(dtype=float)
+    panels = []
+    for method, rows in _by_method(predictions, q, methods):
+        keep = rows & np.isfinite(q) & np.isfinite(values)
+        if keep.any():
+            panels.append((method, keep))
+    return (values, panels) if panels else None
+
+
 def reliability_diagrams(
     predictions: pd.DataFrame, q: np.ndarray, methods: list[str], n_bins: int = 10
 ) -> bytes | None:
@@ -235,16 +252,10 @@ def reliability_diagrams(
     -------
     bytes or None
     """
-    if "outcome" not in predictions:
+    found = _paired_panels(predictions, q, methods, "outcome")
+    if found is None:
         return None
-    outcome = predictions["outcome"].to_numpy(dtype=float)
-    panels = []
-    for method, rows in _by_method(predictions, q, methods):
-        keep = rows & np.isfinite(q) & np.isfinite(outcome)
-        if keep.any():
-            panels.append((method, keep))
-    if not panels:
-        return None
+    outcome, panels = found
     fig, axes = _new_figure(len(panels))
     for ax, (method, keep) in zip(axes, panels):
         bins = calibration_bins(outcome[keep], q[keep], n_bins)
@@ -266,16 +277,10 @@ def reference_scatter(predictions: pd.DataFrame, q: np.ndarray, methods: list[st
     -------
     bytes or None
     """
-    if "p_star" not in predictions:
+    found = _paired_panels(predictions, q, methods, "p_star")
+    if found is None:
         return None
-    p_star = predictions["p_star"].to_numpy(dtype=float)
-    panels = []
-    for method, rows in _by_method(predictions, q, methods):
-        keep = rows & np.isfinite(q) & np.isfinite(p_star)
-        if keep.any():
-            panels.append((method, keep))
-    if not panels:
-        return None
+    p_star, panels = found
     fig, axes = _new_figure(len(panels))
     for ax, (method, keep) in zip(axes, panels):
         ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)

@@ -15,35 +15,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bioreason.rl._checks import check_int, unit_interval
+
 __all__ = [
     "bernstein_basis",
     "bernstein_eval",
     "bernstein_integral",
     "fit_bernstein_coefficients",
 ]
-
-
-def _check_degree(degree: Any, where: str) -> int:
-    if isinstance(degree, bool) or not isinstance(degree, (int, np.integer)):
-        raise TypeError(f"{where}: degree must be an integer >= 0, got {degree!r}")
-    if degree < 0:
-        raise ValueError(f"{where}: degree must be >= 0, got {degree}")
-    return int(degree)
-
-
-def _points(t: Any, where: str) -> Tensor:
-    """``t`` as a float64 tensor of points in [0, 1] (NaN refused, first bad one named)."""
-    try:
-        t = torch.as_tensor(t, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise TypeError(f"{where}: t must be real numbers in [0, 1] ({err})") from None
-    inside = (t >= 0) & (t <= 1)  # False for NaN
-    if not bool(inside.all()):
-        flat = t.reshape(-1)
-        index = int((~inside.reshape(-1)).nonzero()[0])
-        bad = float(f"{flat[index].item():.7g}")
-        raise ValueError(f"{where}: t[{index}] = {bad!r}: points must lie in [0, 1]")
-    return t
 
 
 def _coefficients(coefficients: Any, where: str) -> Tensor:
@@ -72,8 +51,8 @@ def bernstein_basis(t: Tensor, degree: int) -> Tensor:
     -------
     Tensor, shape (n, degree + 1)
     """
-    degree = _check_degree(degree, "bernstein_basis")
-    t = _points(t, "bernstein_basis").reshape(-1, 1)
+    degree = check_int(degree, "degree", "bernstein_basis", 0)
+    t = unit_interval(t, "t", "bernstein_basis").reshape(-1, 1)
     s = torch.arange(degree + 1, dtype=torch.float64)
     log_binom = (
         torch.lgamma(torch.tensor(degree + 1.0, dtype=torch.float64))
@@ -89,7 +68,7 @@ def bernstein_eval(coefficients: Tensor, t: Tensor) -> Tensor:
 
     ``coefficients``: finite, shape (d + 1,); ``t``: points in [0, 1]."""
     coefficients = _coefficients(coefficients, "bernstein_eval")
-    t = _points(t, "bernstein_eval")
+    t = unit_interval(t, "t", "bernstein_eval")
     basis = bernstein_basis(t.reshape(-1), coefficients.numel() - 1)
     return (basis @ coefficients).reshape(t.shape)
 
@@ -101,7 +80,7 @@ def bernstein_integral(coefficients: Tensor, t: Tensor) -> Tensor:
     ``coefficients``: finite, shape (d + 1,); ``t``: points in [0, 1], shape kept.
     """
     coefficients = _coefficients(coefficients, "bernstein_integral")
-    t = _points(t, "bernstein_integral")
+    t = unit_interval(t, "t", "bernstein_integral")
     degree = coefficients.numel() - 1
     basis = bernstein_basis(t.reshape(-1), degree + 1)  # (n, d + 2)
     # tail[:, s] = sum_{j >= s + 1} b_{j, d+1}
@@ -132,7 +111,7 @@ def fit_bernstein_coefficients(
     -------
     Tensor, shape (degree + 1,)
     """
-    degree = _check_degree(degree, "fit_bernstein_coefficients")
+    degree = check_int(degree, "degree", "fit_bernstein_coefficients", 0)
     if n_nodes is not None and (
         isinstance(n_nodes, bool) or not isinstance(n_nodes, (int, np.integer)) or n_nodes < 1
     ):

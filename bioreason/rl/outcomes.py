@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bioreason.rl._checks import check_int
+
 __all__ = ["BernoulliOutcomes", "OutcomeSource", "TableOutcomes"]
 
 
@@ -229,10 +231,7 @@ def _indices(questions: Any, n_questions: int, where: str) -> Tensor:
 
 
 def _check_draw(n: Any, seed: Any, where: str) -> None:
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"{where}: n must be an integer >= 1, got {n!r}")
-    if n < 1:
-        raise ValueError(f"{where}: n must be an integer >= 1, got {n}")
+    check_int(n, "n", where, 1)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"{where}: seed must be an integer, got {seed!r}")
 

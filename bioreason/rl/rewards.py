@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from bioreason.registry import Registry
+from bioreason.rl._checks import real_tensor
 
 __all__ = [
     "FLOOR_REWARD",
@@ -37,20 +38,6 @@ __all__ = [
 #: Reward given to an unparsable or out-of-range answer: the log score of q = 0.01 when
 #: the outcome happened (Bereket & Leskovec 2025 use this floor).
 FLOOR_REWARD = math.log(0.01)
-
-
-def _real(value: object, name: str, where: str, dtype: torch.dtype | None = None) -> Tensor:
-    try:
-        tensor = torch.as_tensor(value)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise TypeError(
-            f"{where}: {name} must be a tensor of real numbers, got {type(value).__name__} ({err})"
-        ) from None
-    if tensor.is_complex():
-        raise TypeError(f"{where}: {name} must be a tensor of real numbers, got {tensor.dtype}")
-    if dtype is not None:
-        return tensor.to(dtype)
-    return tensor if tensor.is_floating_point() else tensor.to(torch.float64)
 
 
 def _number(value: float) -> str:
@@ -88,8 +75,8 @@ _Q_RULE = (
 
 
 def _check(q: Tensor, y: Tensor, where: str) -> tuple[Tensor, Tensor]:
-    q = _real(q, "q", where)
-    y = _real(y, "y", where, q.dtype)
+    q = real_tensor(q, "q", where)
+    y = real_tensor(y, "y", where, q.dtype)
     _broadcast(q, y, "q and y", where)
     _require(q, (q >= 0) & (q <= 1), "q", where, _Q_RULE)
     _require(y, (y == 0) | (y == 1), "y", where, "y must be 0/1 outcomes")
@@ -142,8 +129,8 @@ def correctness_reward(answer: Tensor, y: Tensor) -> Tensor:
     broadcast ``answer`` and ``y``.
     """
     where = "correctness_reward"
-    answer = _real(answer, "answer", where)
-    y = _real(y, "y", where, answer.dtype)
+    answer = real_tensor(answer, "answer", where)
+    y = real_tensor(y, "y", where, answer.dtype)
     _broadcast(answer, y, "answer and y", where)
     _require(y, (y == 0) | (y == 1), "y", where, "y must be 0/1 outcomes")
     inside = torch.isnan(answer) | ((answer >= 0) & (answer <= 1))
@@ -189,8 +176,8 @@ def score_answers(
     score = SCORING_RULES.get(rule)  # an unknown rule raises, listing the rules
     if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not math.isfinite(floor):
         raise ValueError(f"{where}: floor must be a finite number, got {floor!r}")
-    probabilities = _real(probabilities, "probabilities", where, torch.float64)
-    outcomes = _real(outcomes, "outcomes", where, torch.float64)
+    probabilities = real_tensor(probabilities, "probabilities", where, torch.float64)
+    outcomes = real_tensor(outcomes, "outcomes", where, torch.float64)
     _broadcast(probabilities, outcomes, "probabilities and outcomes", where)
     invalid = torch.isnan(probabilities)
     _require(

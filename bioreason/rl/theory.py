@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from bioreason.registry import Registry
+from bioreason.rl._checks import check_int, unit_interval
 from bioreason.rl.advantages import ADVANTAGES, get_advantage, parse_method
 from bioreason.rl.bernstein import bernstein_eval, bernstein_integral
 from bioreason.rl.rewards import SCORING_RULES
@@ -57,14 +58,6 @@ __all__ = [
 # ----- input checks -------------------------------------------------------------------
 
 
-def _check_int(value: Any, name: str, where: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value}")
-    return value
-
-
 def _check_positive(value: Any, name: str, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{where}: {name} must be a number > 0, got {value!r}")
@@ -80,21 +73,8 @@ def _tensor(value: Any, name: str, where: str) -> Tensor:
         raise TypeError(f"{where}: {name} must be real numbers ({err})") from None
 
 
-def _probabilities(value: Any, name: str, where: str) -> Tensor:
-    """float64 tensor of values in [0, 1]; NaN refused, the first bad entry named."""
-    tensor = _tensor(value, name, where)
-    inside = (tensor >= 0) & (tensor <= 1)  # False for NaN
-    if not bool(inside.all()):
-        index = int((~inside.reshape(-1)).nonzero()[0])
-        bad = tensor.reshape(-1)[index].item()
-        raise ValueError(
-            f"{where}: {name}[{index}] = {float(f'{bad:.7g}')!r}: {name} must lie in [0, 1]"
-        )
-    return tensor
-
-
 def _answers(answers: Any, where: str) -> Tensor:
-    answers = _probabilities(answers, "answers", where)
+    answers = unit_interval(answers, "answers", where)
     if answers.ndim != 1 or answers.numel() == 0:
         raise ValueError(
             f"{where}: answers must be a non-empty 1-d tensor, shape (n_answers,), "
@@ -104,7 +84,7 @@ def _answers(answers: Any, where: str) -> Tensor:
 
 
 def _policy(probs: Any, n_answers: int, where: str) -> Tensor:
-    probs = _probabilities(probs, "probs", where)
+    probs = unit_interval(probs, "probs", where)
     if probs.ndim == 0 or probs.shape[-1] != n_answers:
         raise ValueError(
             f"{where}: probs must have shape (..., n_answers) with n_answers = {n_answers} "
@@ -125,8 +105,8 @@ def grpo_coefficients(group_size: int, ddof: int = 1, eps: float = 1e-6) -> Tens
     group of one); ``eps`` a finite number >= 0.
     """
     where = "grpo_coefficients"
-    m = _check_int(group_size, "group_size", where, 1)
-    ddof = _check_int(ddof, "ddof", where, 0)
+    m = check_int(group_size, "group_size", where, 1)
+    ddof = check_int(ddof, "ddof", where, 0)
     if m > 1 and ddof >= m:
         raise ValueError(f"{where}: ddof must be < group_size = {m}, got {ddof}")
     if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
@@ -143,7 +123,7 @@ def grpo_coefficients(group_size: int, ddof: int = 1, eps: float = 1e-6) -> Tens
 
 def rejection_sampling_coefficients(group_size: int) -> Tensor:
     """``a_s = M / (s + 1)`` (each of the k = s + 1 accepted rollouts gets M/k)."""
-    _check_int(group_size, "group_size", "rejection_sampling_coefficients", 1)
+    check_int(group_size, "group_size", "rejection_sampling_coefficients", 1)
     return group_size / torch.arange(1, group_size + 1, dtype=torch.float64)
 
 
@@ -151,7 +131,7 @@ def grpo_limit_derivative(t: Tensor) -> Tensor:
     """``1 / sqrt(t (1 - t))``, the derivative of ``2 arcsin sqrt t`` (GRPO as M -> inf).
 
     ``t`` in [0, 1]; the derivative has poles at the ends, so t = 0 and t = 1 give inf."""
-    t = _probabilities(t, "t", "grpo_limit_derivative")
+    t = unit_interval(t, "t", "grpo_limit_derivative")
     return 1 / torch.sqrt(t * (1 - t))
 
 
@@ -171,7 +151,7 @@ def estimator_coefficients(name: str, group_size: int, **options: Any) -> Tensor
     Tensor, shape (group_size,)
     """
     estimator = get_advantage(name, **options)
-    m = _check_int(group_size, "group_size", "estimator_coefficients", 1)
+    m = check_int(group_size, "group_size", "estimator_coefficients", 1)
     s = torch.arange(m)
     others = (torch.arange(m - 1)[None, :] < s[:, None]).to(torch.float64)  # (M, M-1)
     first = torch.cat([torch.ones(m, 1), torch.zeros(m, 1)]).to(torch.float64)  # r = 1, 0
@@ -212,7 +192,7 @@ def expected_binary_update(coefficients: Tensor, probs: Tensor, correct: Tensor)
         ``h_M'(p) pi_k (1[k correct] - p)``.
     """
     where = "expected_binary_update"
-    probs = _probabilities(probs, "probs", where)
+    probs = unit_interval(probs, "probs", where)
     correct = _tensor(correct, "correct", where)
     if probs.ndim != 1 or correct.shape != probs.shape:
         raise ValueError(
@@ -260,7 +240,7 @@ def distorted_probability(p: Tensor, sigma_1: Tensor, sigma_0: Tensor) -> Tensor
     when the other one is not (both zero: ``p``). ``p`` in [0, 1]; spreads finite, >= 0.
     """
     where = "distorted_probability"
-    p = _probabilities(p, "p", where)
+    p = unit_interval(p, "p", where)
     sigma_1 = _tensor(sigma_1, "sigma_1", where)
     sigma_0 = _tensor(sigma_0, "sigma_0", where)
     for name, sigma in (("sigma_1", sigma_1), ("sigma_0", sigma_0)):
@@ -286,7 +266,7 @@ def expected_scoring_update(
     score = SCORING_RULES[rule]
     answers = _answers(answers, where)
     probs = _policy(probs, answers.numel(), where)
-    p = _probabilities(p, "p", where)
+    p = unit_interval(p, "p", where)
     sigma_1, sigma_0 = outcome_spreads(probs, answers, rule)
     update = torch.zeros_like(probs)
     for outcome, weight, sigma in ((1.0, p, sigma_1), (0.0, 1 - p, sigma_0)):
@@ -344,7 +324,7 @@ def predict_grpo_drift(probs: Tensor, answers: Tensor, p: Tensor, rule: str = "l
     where = "predict_grpo_drift"
     answers = _answers(answers, where)
     probs = _policy(probs, answers.numel(), where)
-    p = _probabilities(p, "p", where)
+    p = unit_interval(p, "p", where)
     if probs.ndim != 2 or p.shape not in ((), (probs.shape[0],)):
         raise ValueError(
             f"{where}: probs must have shape (n_categories, n_answers) and p shape "
@@ -480,11 +460,11 @@ def theory_fixed_point(
         > 0, ``max_rounds`` not an integer >= 1.
     """
     where = "theory_fixed_point"
-    p = _probabilities(p, "p", where)
+    p = unit_interval(p, "p", where)
     answers = _answers(answers, where)
     width = _check_positive(width, "width", where)
     tolerance = _check_positive(tolerance, "tolerance", where)
-    max_rounds = _check_int(max_rounds, "max_rounds", where, 1)
+    max_rounds = check_int(max_rounds, "max_rounds", where, 1)
     low, high = float(answers.min()), float(answers.max())
     q = p.clamp(low, high)
     for _ in range(max_rounds):

@@ -53,6 +53,26 @@ def canonical_condition(
     return delimiter.join(sorted(parts, key=order.__getitem__))
 
 
+def predictive_labels(
+    model: Any, conditions: Sequence[str] | str, n_cells: Any, n_draws: Any
+) -> list[str]:
+    """The canonical labels (``model.canonical``) of the conditions a
+    ``posterior_predictive`` call asks for (one label or several), after checking that
+    ``n_cells`` and ``n_draws`` are integers >= 1.
+
+    Returns
+    -------
+    list of str
+    """
+    if isinstance(conditions, str):
+        conditions = [conditions]
+    labels = [model.canonical(c) for c in conditions]
+    for name, value in (("n_cells", n_cells), ("n_draws", n_draws)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return labels
+
+
 class GroundTruthModel:
     """Cells from a synthetic screen's true parameters.
 
@@ -131,12 +151,7 @@ class GroundTruthModel:
         -------
         PosteriorPredictive with arrays of shape (n_draws, C, n_cells, G).
         """
-        if isinstance(conditions, str):
-            conditions = [conditions]
-        labels = [self.canonical(c) for c in conditions]
-        for name, value in (("n_cells", n_cells), ("n_draws", n_draws)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        labels = predictive_labels(self, conditions, n_cells, n_draws)
         rng = np.random.default_rng(seed)
         n_conditions = len(labels)
         dosage = self.truth.dosage_of(

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import pandas as pd
 
 from bioreason.config import Config, read_yaml
+from bioreason.data.h5ad import read_h5ad
 from bioreason.data.tasks import DEFAULT_TEMPLATE, SPLITS, check_template
 from bioreason.registry import Registry
 from bioreason.sim.budget import SimulationBudget
@@ -343,28 +344,6 @@ def load_model(
     return cls.load(folder, adata=adata, **kw)
 
 
-def _read_adata(path: str | Path) -> Any:
-    """``anndata.read_h5ad`` whose errors name the file.
-
-    Returns
-    -------
-    AnnData
-    """
-    import anndata as ad
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"adata {path} does not exist")
-    if path.is_dir():
-        raise IsADirectoryError(f"adata {path} is a folder; give the path of one .h5ad file")
-    try:
-        return ad.read_h5ad(path)
-    except OSError as err:
-        raise OSError(f"cannot read adata {path} as .h5ad: {' '.join(str(err).split())}") from None
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"adata {path} is not an AnnData .h5ad file ({err})") from None
-
-
 def resolve_conditions(model: Any, entries: list[str], has_adata: bool) -> list[str]:
     """Expand condition-set names (:data:`CONDITION_SETS`) among ``entries``; other
     entries are labels, kept as given (the simulator checks them against the model).
@@ -464,7 +443,7 @@ def build_task_from_config(
                 f"{out} already exists; choose another path or pass --force "
                 "(overwrite=True in Python) to replace it"
             )
-    adata = _read_adata(config.adata) if config.adata is not None else None
+    adata = read_h5ad(config.adata, what="adata") if config.adata is not None else None
     if config.ground_truth and "ground_truth" not in adata.uns:
         raise ValueError(
             f"ground_truth: adata {config.adata} has no uns['ground_truth'] (only screens made "

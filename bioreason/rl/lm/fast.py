@@ -15,7 +15,7 @@ larger operations:
 With ``compile=True`` the decoder (every layer, the final norm and the LM head) runs
 through ``torch.compile`` (inductor) while gradients are on: each layer's few dozen small
 element-wise operations become a handful of generated kernels, forward and backward,
-which is what a small model's step is made of on a CPU. Compiling costs tens of seconds
+which is what a small model's step is made of on a CPU. Compiling takes a while
 up front (once per process and input shape family), so it pays off for long runs only;
 without gradients (evaluation) the decoder runs eagerly.
 

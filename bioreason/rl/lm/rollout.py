@@ -32,6 +32,7 @@ import dataclasses
 import functools
 import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -191,6 +192,19 @@ class _Caller:
         return cache if cache is not None else output.past_key_values
 
 
+def _prefill(call: _Caller, prompts: PromptBatch, autocast: Any, hidden: bool) -> Any:
+    """The forward pass over the prompts, logits (and hidden states) at their last
+    position only; its cache then serves the completions."""
+    with autocast:
+        return call(
+            prompts.input_ids,
+            attention_mask=prompts.attention_mask,
+            position_ids=prompts.position_ids(),
+            last_only=True,
+            hidden=hidden,
+        )
+
+
 def _gumbel_sample(scores: Tensor, generator: torch.Generator | None) -> Tensor:
     """One draw per row from ``softmax(scores)`` (Gumbel-max); scores shape (n, vocab)."""
     uniform = torch.rand(
@@ -281,7 +295,7 @@ def sample_group_completions(
         other model, calls the model's own forward.
     compile : bool
         With ``fast``, run its decoder through ``torch.compile`` while gradients
-        are on (:mod:`bioreason.rl.lm.fast`; compiling takes tens of seconds once).
+        are on (:mod:`bioreason.rl.lm.fast`; compiling takes a while, once).
 
     Returns
     -------
@@ -308,14 +322,7 @@ def sample_group_completions(
     states: list[Tensor] = []
     valid: list[Tensor] = []
     with torch.set_grad_enabled(with_grad):
-        with autocast:
-            output = call(
-                prompts.input_ids,
-                attention_mask=prompts.attention_mask,
-                position_ids=prompts.position_ids(),
-                last_only=True,
-                hidden=hidden,
-            )
+        output = _prefill(call, prompts, autocast, hidden)
         cache = call.cache_of(output)
         cache.batch_repeat_interleave(group_size)
         logits = output.logits[:, -1].repeat_interleave(group_size, 0)
@@ -413,14 +420,7 @@ def teacher_forced(
     width = prompts.input_ids.shape[1]
     inputs = tokens[:, :-1]
     if shared_prefix:
-        with autocast:
-            head = call(
-                prompts.input_ids,
-                attention_mask=prompts.attention_mask,
-                position_ids=prompts.position_ids(),
-                last_only=True,
-                hidden=hidden,
-            )
+        head = _prefill(call, prompts, autocast, hidden)
         first_logits = head.logits[:, -1:].repeat_interleave(group, 0)
         first_state = head.hidden_states[-1][:, -1:].repeat_interleave(group, 0) if hidden else None
         logits, states = first_logits, first_state

@@ -52,6 +52,7 @@ from bioreason._device import resolve_device
 from bioreason._io import json_safe
 from bioreason.lm.answer_protocol import (
     ANSWER_PARSERS,
+    pad_token_id,
     single_token_answer_ids,
     stop_token_sequences,
 )
@@ -148,7 +149,7 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
         self._precision = torch.bfloat16 if bf16 else None
         self._table = self._check_task(task)
         self._format = format_prompt or (lambda text: text)
-        self._pad_id = _pad_id(tokenizer)
+        self._pad_id = pad_token_id(tokenizer)
         texts = [self._format(str(text)) for text in self._table["prompt"]]
         special = config.add_special_tokens
         if special is None:
@@ -716,13 +717,6 @@ def _rows(split: np.ndarray | None, name: str | None, n: int, field: str) -> np.
             f"{sorted(set(split))} (or set {field}=None for all rows)"
         )
     return rows
-
-
-def _pad_id(tokenizer: Any) -> int:
-    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if token_id is not None:
-            return int(token_id)
-    return 0
 
 
 def _weights_digest(module: torch.nn.Module) -> str:

@@ -20,17 +20,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bioreason.rl._checks import check_int
+
 __all__ = ["TabularPolicy"]
 
 _GUIDE_BUCKETS = 1024  # a power of two: u * L and cdf * L are exact in floating point
-
-
-def _check_count(value: Any, name: str, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{where}: {name} must be an integer >= 1, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{where}: {name} must be an integer >= 1, got {value}")
-    return value
 
 
 def _indices(values: Any, name: str, where: str) -> Tensor:
@@ -56,7 +50,7 @@ class TabularPolicy:
 
     def __init__(self, n_categories: int, answers: Tensor, logits: Tensor | None = None) -> None:
         where = "TabularPolicy"
-        n_categories = _check_count(n_categories, "n_categories", where)
+        n_categories = check_int(n_categories, "n_categories", where, 1)
         answers = torch.as_tensor(answers, dtype=torch.float64)
         if answers.ndim != 1 or answers.numel() < 2:
             raise ValueError("answers must be a 1-d tensor of at least 2 answer values")
@@ -119,7 +113,7 @@ class TabularPolicy:
             Answer indices into ``self.answers``.
         """
         categories = self._check_categories(categories)
-        n = _check_count(n, "n", "TabularPolicy.sample")
+        n = check_int(n, "n", "TabularPolicy.sample", 1)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(
                 f"TabularPolicy.sample: generator must be a torch.Generator or None, "
@@ -248,6 +242,6 @@ class TabularPolicy:
         -------
         Tensor, shape (n_questions,)
         """
-        n_samples = _check_count(n_samples, "n_samples", "TabularPolicy.predict")
+        n_samples = check_int(n_samples, "n_samples", "TabularPolicy.predict", 1)
         draws = self.sample(categories, n_samples, generator)
         return self.answers[draws].mean(1)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from bioreason.models import PosteriorPredictive
-from bioreason.sim.ground_truth import canonical_condition
+from bioreason.sim.ground_truth import canonical_condition, predictive_labels
 from bioreason.sim.reference.screen import _data, _truth_of
 
 __all__ = ["LinearSAMSModel"]
@@ -171,14 +171,9 @@ class LinearSAMSModel:
         PosteriorPredictive with ``counts`` and ``expected_counts`` of shape
         (n_draws, C, n_cells, G) and ``library_size`` (n_draws, C, n_cells).
         """
-        if isinstance(conditions, str):
-            conditions = [conditions]
-        labels = [self.canonical(c) for c in conditions]
+        labels = predictive_labels(self, conditions, n_cells, n_draws)
         if not labels:
             raise ValueError("no conditions given")
-        for name, value in (("n_cells", n_cells), ("n_draws", n_draws)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         rng = np.random.default_rng(seed)
         shape = (n_draws, len(labels), n_cells)
         which = rng.integers(self.n_samples, size=n_draws)
