@@ -107,7 +107,7 @@ class Config:
         where = where or cls.__name__
         if not isinstance(values, dict):
             raise TypeError(f"{where}: expected a mapping of field names to values, got {values!r}")
-        values = move_fields(cls, values, where)
+        values = cls.nested_form(values, where=where)
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(values) - set(fields))
@@ -123,6 +123,19 @@ class Config:
             return cls(**kwargs)
         except (TypeError, ValueError) as err:
             raise type(err)(f"{where}: {err}") from None
+
+    @classmethod
+    def nested_form(cls, values: dict[str, Any], *, where: str | None = None) -> dict[str, Any]:
+        """``values`` with every field at its place in this config: moved fields at their
+        new names (:attr:`moved_fields`, with a warning); a subclass with a flat form of
+        its own nests it here. What :meth:`from_dict` reads, and what a command merges
+        its flags into.
+
+        Returns
+        -------
+        dict
+        """
+        return move_fields(cls, values, where or cls.__name__)
 
     @classmethod
     def from_yaml(cls: type[C], path: str | Path) -> C:

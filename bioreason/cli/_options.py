@@ -560,40 +560,19 @@ def read_config_mapping(path: str, holds: str) -> dict[str, Any]:
 
 
 def read_config_file(path: str | None, config_class: type[Config], what: str) -> dict[str, Any]:
-    """The mapping of a command's ``--config`` YAML file (empty without one), its flat
-    keys routed into the nested sections they belong to.
-
-    Fields that moved (``config_class.moved_fields``) are read at their new place, with
-    a ``FutureWarning``. A key that is no field of ``config_class`` but a field of exactly
-    one of its nested configs is moved into that section, so a flat file of fields
-    (``max_steps: 100`` for ``train.max_steps``) and the nested form both load.
+    """The mapping of a command's ``--config`` YAML file (empty without one) in the
+    config's nested form (:meth:`~bioreason.config.Config.nested_form`: moved fields at
+    their new places, with a ``FutureWarning``; a flat form nested), ready for the flags
+    of :func:`tree_overrides` to be merged on top (:func:`merge_values`).
 
     Returns
     -------
     dict
     """
-    from bioreason.config import move_fields
-
     if not path:
         return {}
     values = read_config_mapping(path, f"{what} fields")
-    values = move_fields(config_class, values, f"{what} ({path})")
-    names = {f.name for f in dataclasses.fields(config_class)}
-    owners: dict[str, list[str]] = {}
-    for section, cls in _sections(config_class).items():
-        for field in dataclasses.fields(cls):
-            owners.setdefault(field.name, []).append(section)
-    routed: dict[str, Any] = {}
-    for key, value in values.items():
-        sections = owners.get(key, [])
-        if key in names or len(sections) != 1:
-            routed[key] = value  # a field, or unknown: from_dict names it
-            continue
-        section = routed.setdefault(sections[0], {})
-        if not isinstance(section, dict):
-            raise ValueError(f"config file {path}: {sections[0]} must be a mapping")
-        section[key] = value
-    return routed
+    return config_class.nested_form(values, where=f"{what} ({path})")
 
 
 def merge_values(base: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,56 +9,50 @@ import os
 from bioreason.cli._base import (
     UsageError,
     add_force,
-    config_group,
     non_negative_int,
     positive_int,
 )
 from bioreason.cli._options import (
+    add_config_tree,
     build_config,
-    config_overrides,
-    option_name,
-    read_config_mapping,
+    merge_values,
+    read_config_file,
+    tree_overrides,
 )
 
 NAME = "finetune"
 
 
 def _settings(args: argparse.Namespace):
-    """The job's :class:`~bioreason.rl.lm.FinetuneConfig` from ``--config`` and the flags
-    (a flag replaces the file's value, flat or under ``rl:``, wherever the file gives it).
-    """
-    from bioreason.rl.lm import FinetuneConfig, LMRLConfig
+    """The job's :class:`~bioreason.rl.lm.FinetuneConfig` from ``--config`` (nested, or the
+    older flat form) with the flags on top.
 
-    values, where = {}, "finetune"
-    if args.config:
-        values = read_config_mapping(
-            args.config,
-            "FinetuneConfig fields (model, warm_start_steps, ..., rl: {LMRLConfig fields})",
-        )
-        where = f"finetune config ({args.config})"
-    values = dict(values)
-    job = config_overrides(args, FinetuneConfig)
-    training = config_overrides(args, LMRLConfig)
-    if "model" not in values and "model" not in job:
+    Returns
+    -------
+    FinetuneConfig
+    """
+    from bioreason.rl.lm import FinetuneConfig
+
+    values = read_config_file(args.config, FinetuneConfig, "FinetuneConfig")
+    overrides, options = tree_overrides(args, FinetuneConfig)
+    if "model" not in values and "model" not in overrides:
         raise UsageError("give the model (--model tiny|PATH) or 'model:' in --config")
-    section = values.get("rl")
-    nested = section is None or isinstance(section, dict)  # else from_dict names the error
-    for name, value in training.items():
-        if name in values or not nested:  # the file gives it flat
-            values[name] = value
-        else:
-            section = values["rl"] = {**(section or {}), name: value}
-    options = {name: option_name(name) for name in (*job, *training)}
-    return build_config(FinetuneConfig, values, job, where=where, options=options)
+    where = f"finetune config ({args.config})" if args.config else "finetune"
+    return build_config(
+        FinetuneConfig, merge_values(values, overrides), {}, where=where, options=options
+    )
 
 
 def _options(parser: argparse.ArgumentParser) -> None:
-    from bioreason.rl.lm import FinetuneConfig, LMRLConfig
+    from bioreason.rl.lm import FinetuneConfig
 
-    config_group(
+    add_config_tree(
         parser,
         FinetuneConfig,
-        "job options (FinetuneConfig fields; they override --config)",
+        titles={
+            "": "job options (FinetuneConfig fields; they override --config)",
+            "rl": "training options (rl: LMRLConfig fields; they override --config)",
+        },
         extra={
             "model": {
                 "metavar": "tiny|PATH|NAME",
@@ -68,18 +62,10 @@ def _options(parser: argparse.ArgumentParser) -> None:
             "warm_start_steps": {"type": non_negative_int},
             "n_boot": {"type": non_negative_int},
             "threads": {"type": positive_int},
-        },
-    )
-    config_group(
-        parser,
-        LMRLConfig,
-        "training options (rl: LMRLConfig fields; they override --config)",
-        extra={
-            "method": {"metavar": "METHOD"},
-            "steps": {"type": positive_int},
-            "seed": {"type": non_negative_int},
-            "group_size": {"type": positive_int},
-            "eval_split": {"shown_default": "test"},
+            "rl.method": {"metavar": "METHOD"},
+            "rl.steps": {"type": positive_int},
+            "rl.seed": {"type": non_negative_int},
+            "rl.group_size": {"type": positive_int},
         },
     )
 

@@ -8,77 +8,82 @@ from pathlib import Path
 
 from bioreason.cli._base import (
     add_force,
-    config_group,
     non_negative_int,
     positive_float,
     positive_int,
     probability,
 )
-from bioreason.cli._options import build_config, config_overrides, read_config_mapping
+from bioreason.cli._options import (
+    add_config_tree,
+    build_config,
+    merge_values,
+    read_config_file,
+    tree_overrides,
+)
 
 NAME = "train-vae"
 
 # the registry names of bioreason.models.MODELS (kept here: importing models is slow)
 VAE_MODELS = ("sams_vae", "cpa_vae", "conditional_vae", "svae_plus")
-# keys of a train-vae config file besides the PerturbationSetup, VAEConfig and TrainConfig
-# fields (bioreason.models.TrainVAEConfig reads the flat form and holds the defaults)
-_TRAIN_VAE_KEYS = ("model", "test_fraction", "validation_fraction", "iwelbo_particles")
+
+
+def _evaluation_without_options() -> list[str]:
+    """The EvaluationConfig fields train-vae sets no option for (all but the particles)."""
+    import dataclasses
+
+    from bioreason.models import EvaluationConfig
+
+    return [
+        f"evaluation.{f.name}"
+        for f in dataclasses.fields(EvaluationConfig)
+        if f.name != "iwelbo_particles"
+    ]
 
 
 def _settings(args: argparse.Namespace):
-    """The command's settings from --config (flat or nested YAML) and the flags.
+    """The command's settings from --config (flat or nested YAML) with the flags on top.
 
     Returns
     -------
     TrainVAEConfig
     """
-    from bioreason.data import PerturbationSetup
-    from bioreason.models import TrainConfig, TrainVAEConfig, VAEConfig
+    from bioreason.models import TrainVAEConfig
 
-    values, where = {}, "train-vae"
-    if args.config:
-        values = read_config_mapping(
-            args.config,
-            "PerturbationSetup, VAEConfig and TrainConfig fields "
-            f"(and {', '.join(_TRAIN_VAE_KEYS)})",
-        )
-        where = f"train-vae config ({args.config})"
-    nested = TrainVAEConfig.nest(values, where=where)
-    for section, cls in (("setup", PerturbationSetup), ("vae", VAEConfig), ("train", TrainConfig)):
-        nested[section] = build_config(
-            cls, nested[section], config_overrides(args, cls), where=where
-        )
-    for key in ("model", "test_fraction", "validation_fraction"):
-        if getattr(args, key) is not None:
-            nested[key] = getattr(args, key)
-    if args.iwelbo_particles is not None:
-        nested["evaluation"]["iwelbo_particles"] = args.iwelbo_particles
-    return TrainVAEConfig.from_dict(nested, where=where)
+    values = read_config_file(args.config, TrainVAEConfig, "train-vae config")
+    overrides, options = tree_overrides(args, TrainVAEConfig, exclude=_evaluation_without_options())
+    where = f"train-vae config ({args.config})" if args.config else "train-vae"
+    return build_config(
+        TrainVAEConfig, merge_values(values, overrides), {}, where=where, options=options
+    )
 
 
 def _options(parser: argparse.ArgumentParser) -> None:
-    from bioreason.data import PerturbationSetup
-    from bioreason.models import TrainConfig, VAEConfig
+    from bioreason.models import TrainVAEConfig
 
-    config_group(
-        parser,
-        PerturbationSetup,
-        "how the AnnData is written (PerturbationSetup fields)",
-        extra={"control": {"metavar": "LABEL"}},
-    )
-    config_group(parser, VAEConfig, "model options (VAEConfig fields; they override --config)")
     positive = {"type": positive_int}
-    config_group(
+    add_config_tree(
         parser,
-        TrainConfig,
-        "training options (TrainConfig fields; they override --config)",
+        TrainVAEConfig,
+        titles={
+            "": "what to fit (TrainVAEConfig fields; they override --config)",
+            "setup": "how the AnnData is written (PerturbationSetup fields)",
+            "vae": "model options (VAEConfig fields; they override --config)",
+            "train": "training options (TrainConfig fields; they override --config)",
+            "evaluation": "evaluation (EvaluationConfig fields; they override --config)",
+        },
+        exclude=_evaluation_without_options(),
         extra={
-            "max_steps": positive,
-            "max_epochs": positive,
-            "batch_size": positive,
-            "n_particles": positive,
-            "seed": {"type": non_negative_int},
-            "lr": {"type": positive_float},
+            "model": {"choices": VAE_MODELS},
+            "test_fraction": {"type": probability},
+            "validation_fraction": {"type": probability},
+            "setup.control": {"metavar": "LABEL"},
+            "train.max_steps": positive,
+            "train.max_epochs": positive,
+            "train.batch_size": positive,
+            "train.n_particles": positive,
+            "train.seed": {"type": non_negative_int},
+            "train.lr": {"type": positive_float},
+            "evaluation.iwelbo_particles": positive,
         },
     )
 
@@ -125,25 +130,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     parser.add_argument("--adata", required=True, metavar="FILE.h5ad", help="cells (raw counts)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output model folder")
-    parser.add_argument("--model", choices=VAE_MODELS, help="model to fit (default sams_vae)")
     parser.add_argument("--config", help="YAML file of settings (see above)")
-    parser.add_argument(
-        "--test-fraction",
-        dest="test_fraction",
-        type=probability,
-        help="share of the cells held out for the IWELBO; 0 for none (default 0.1)",
-    )
-    parser.add_argument(
-        "--validation-fraction",
-        dest="validation_fraction",
-        type=probability,
-        help="share of the other cells validated on during training (default 0.1)",
-    )
-    parser.add_argument(
-        "--iwelbo-particles",
-        dest="iwelbo_particles",
-        type=positive_int,
-        help="importance samples of the held-out IWELBO (default 20)",
-    )
     add_force(parser, "a --out folder holding other files or another model")
     return parser

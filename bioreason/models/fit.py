@@ -259,8 +259,8 @@ class TrainVAEConfig(Config):
     """Settings of ``bioreason train-vae``: a model fitted on an AnnData with a random
     split of its cells.
 
-    :meth:`from_dict` also reads the command's flat form: the fields of
-    :class:`~bioreason.data.PerturbationSetup`, :class:`VAEConfig` and
+    :meth:`from_dict` (through :meth:`nested_form`) also reads the command's flat form:
+    the fields of :class:`~bioreason.data.PerturbationSetup`, :class:`VAEConfig` and
     :class:`TrainConfig`, and ``iwelbo_particles``, at the top level beside ``model``,
     ``test_fraction`` and ``validation_fraction`` (a field given both there and in its
     section is an error).
@@ -302,7 +302,7 @@ class TrainVAEConfig(Config):
                 raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
 
     @classmethod
-    def nest(cls, values: dict[str, Any], *, where: str | None = None) -> dict[str, Any]:
+    def nested_form(cls, values: dict[str, Any], *, where: str | None = None) -> dict[str, Any]:
         """``values`` with the flat form's top-level fields moved into their sections.
 
         Each section given (as a mapping or a config) is completed from this class's
@@ -359,11 +359,6 @@ class TrainVAEConfig(Config):
                 )
             nested[section][key] = value
         return nested
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], *, where: str | None = None) -> TrainVAEConfig:
-        """The config from its nested or flat form (see the class docstring)."""
-        return super().from_dict(cls.nest(values, where=where), where=where)
 
     def split(self, n_cells: int) -> Split:
         """The random split of ``n_cells`` cells: ``round(test_fraction * n_cells)`` test
