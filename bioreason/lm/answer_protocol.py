@@ -43,6 +43,7 @@ __all__ = [
     "parse_answers",
     "pad_token_id",
     "parse_first_integer",
+    "prompt_spread",
     "single_token_answer_ids",
     "stop_token_sequences",
 ]
@@ -326,3 +327,34 @@ def exact_answers(probabilities: Tensor, grid: AnswerGrid) -> tuple[Tensor, Tens
     distribution = probabilities / probabilities.sum(-1, keepdim=True)
     grid_probabilities = grid.probabilities(torch.float64).to(distribution.device)
     return distribution, distribution @ grid_probabilities
+
+
+def prompt_spread(hidden: Tensor) -> float:
+    """How much the model's state at the answer position depends on the prompt: the
+    across-prompt root-mean-square deviation of the final hidden state, relative to its
+    root-mean-square size,
+
+        sqrt(mean_d Var_prompts(h_d)) / sqrt(mean_d mean_prompts(h_d^2)),
+
+    0 when every prompt leads to the same state (the answer cannot depend on the
+    question), up to 1 when the states are centred on 0.
+
+    Parameters
+    ----------
+    hidden : Tensor, shape (n_prompts, hidden_size)
+        The final hidden states at the answer position, one row per prompt.
+
+    Returns
+    -------
+    float
+        NaN for fewer than two prompts.
+    """
+    hidden = torch.as_tensor(hidden, dtype=torch.float64)
+    if hidden.ndim != 2:
+        shape = tuple(hidden.shape)
+        raise ValueError(f"prompt_spread: hidden must be (n_prompts, hidden_size), got {shape}")
+    if hidden.shape[0] < 2:
+        return math.nan
+    spread = hidden.var(0, unbiased=False).mean().sqrt()
+    size = hidden.pow(2).mean().sqrt()
+    return float(spread / size) if size > 0 else 0.0

@@ -21,12 +21,19 @@ from bioreason.lm.answer_protocol import (
     AnswerGrid,
     answer_token_probabilities,
     exact_answers,
+    prompt_spread,
     resolve_grid,
 )
 from bioreason.lm.prompts import encode_prompts, format_prompt, position_ids
 from bioreason.lm.tokenizer import ANSWER_CLOSE, answer_token_ids
 
-__all__ = ["answer_distribution", "expected_answer", "sample_completions", "stop_token_ids"]
+__all__ = [
+    "answer_distribution",
+    "answer_position_spread",
+    "expected_answer",
+    "sample_completions",
+    "stop_token_ids",
+]
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -127,14 +134,38 @@ def answer_distribution(
         raise ValueError(f"{where}: batch_size must be >= 1, got {batch_size}")
     device = _device(model)
     index = torch.as_tensor(list(answer_ids), dtype=torch.long, device=device)
+    rows = [
+        answer_token_probabilities(logits, index).cpu()
+        for logits, _ in _answer_position(model, tokenizer, prompts, batch_size, where)
+    ]
+    distribution = torch.cat(rows)
+    if normalize:
+        distribution = exact_answers(distribution, grid)[0]
+    return distribution
+
+
+def _answer_position(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    batch_size: int,
+    where: str,
+    hidden: bool = False,
+):
+    """Yield, per batch of prompts, the logits at the answer position (shape (batch,
+    vocab_size)) and, with ``hidden``, the final hidden state there (shape (batch,
+    hidden_size), else None): each prompt formatted to end with ``<answer>``, no
+    gradients, in eval mode (the model's mode is restored)."""
+    device = _device(model)
     texts = [format_prompt(tokenizer, prompt, open_answer=True) for prompt in prompts]
     # Only the last position's logits are needed; older transformers call it otherwise.
     keep_last = _accepts(model, "logits_to_keep", through_kwargs=False)
     extra: dict = {"logits_to_keep": 1} if keep_last else {}
+    if hidden:
+        extra["output_hidden_states"] = True
     pass_positions = _accepts(model, "position_ids")
     was_training = model.training
     model.eval()
-    rows = []
     try:
         with torch.no_grad():
             for start in range(0, len(texts), batch_size):
@@ -143,14 +174,47 @@ def answer_distribution(
                 input_ids, mask = input_ids.to(device), mask.to(device)
                 if pass_positions:
                     extra["position_ids"] = position_ids(mask)
-                logits = model(input_ids=input_ids, attention_mask=mask, **extra).logits
-                rows.append(answer_token_probabilities(logits[:, -1], index).cpu())
+                output = model(input_ids=input_ids, attention_mask=mask, **extra)
+                state = output.hidden_states[-1][:, -1].float().cpu() if hidden else None
+                yield output.logits[:, -1], state
     finally:
         model.train(was_training)
-    distribution = torch.cat(rows)
-    if normalize:
-        distribution = exact_answers(distribution, grid)[0]
-    return distribution
+
+
+def answer_position_spread(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    batch_size: int = 64,
+) -> float:
+    """How much the state at the answer position depends on the prompt
+    (:func:`bioreason.lm.answer_protocol.prompt_spread` of the final hidden states after
+    ``prompt <answer>``, one per prompt).
+
+    A warm start or an RL run that drives it toward 0 has made the answer independent of
+    the question: no later update of the answer tokens can then tell questions apart.
+
+    Parameters
+    ----------
+    model, tokenizer
+        A causal LM and its tokenizer.
+    prompts
+        Questions or formatted prompts (formatted as by :func:`answer_distribution`).
+    batch_size
+        Prompts per forward pass.
+
+    Returns
+    -------
+    float
+        In [0, 1]; NaN for fewer than two prompts.
+    """
+    where = "answer_position_spread"
+    prompts = _check_prompts(prompts, where)
+    states = [
+        state for _, state in _answer_position(model, tokenizer, prompts, batch_size, where, True)
+    ]
+    return prompt_spread(torch.cat(states))
 
 
 def expected_answer(

@@ -10,6 +10,15 @@ the zero-initialised tabular policy).
 When every answer is one token the answer position is trained against the uniform
 distribution over the grid itself (the cross-entropy to uniform, no sampling noise);
 otherwise ``K`` is drawn uniformly for each example and its tokens are the targets.
+
+**What is trained** (``trainable``). Training the whole model on a target that does not
+depend on the prompt teaches it to ignore the prompt at the answer position: the final
+hidden state there becomes (almost) the same for every question, and RL afterwards
+cannot make the answer depend on the question. ``"answer_rows"`` trains only the
+embedding rows (input and output, tied or not) of the tokens the model must write: the
+grid's answers, ``</answer>``, the end of sequence (and ``<answer>`` when the prompts do
+not end with it); every other weight stays as it was, so the state at the answer
+position keeps what the prompt put there.
 """
 
 from __future__ import annotations
@@ -67,6 +76,7 @@ def warm_start(
     weight_decay: float = 0.0,
     max_grad_norm: float | None = 1.0,
     uniform_target: bool = True,
+    trainable: str = "all",
 ) -> list[dict[str, float]]:
     """Fine-tune a causal LM to answer ``<answer>K</answer><eos>`` with uniform ``K``.
 
@@ -92,6 +102,10 @@ def warm_start(
     uniform_target
         When every answer is one token, train the answer position against the exact
         uniform distribution over the grid (default); False draws ``K`` per example.
+    trainable : {"all", "answer_rows"}, default "all"
+        ``"all"``: every parameter with ``requires_grad``; ``"answer_rows"``: only the
+        embedding rows of the tokens the model writes (see the module docstring); the
+        other parameters are left untouched and their ``requires_grad`` restored after.
 
     Returns
     -------
@@ -110,6 +124,10 @@ def warm_start(
     for name, value in (("steps", steps), ("batch_size", batch_size)):
         _check_positive(name, value)
     _check_positive("lr", lr, float)
+    if trainable not in _TRAINABLE:
+        raise ValueError(
+            f"warm_start: trainable must be one of {list(_TRAINABLE)}, got {trainable!r}"
+        )
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
         raise ValueError("warm_start: the model has no trainable parameters (requires_grad)")
@@ -148,6 +166,13 @@ def warm_start(
             f"model's max_position_embeddings={limit}; shorten the prompts"
         )
 
+    restore: list[tuple[torch.nn.Parameter, bool]] = []
+    hooks = []
+    if trainable == "answer_rows":
+        rows = sorted(
+            {token for ts in targets.values() for t in ts for token in t} | set(single or [])
+        )
+        parameters, restore, hooks = _answer_rows_only(model, rows)
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     generator = torch.Generator().manual_seed(seed)
@@ -194,7 +219,50 @@ def warm_start(
                 history.append({"step": step, "loss": loss, "seconds": seconds})
     finally:
         model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+        for parameter, flag in restore:
+            parameter.requires_grad_(flag)
     return history
+
+
+_TRAINABLE = ("all", "answer_rows")
+
+
+def _answer_rows_only(model: torch.nn.Module, token_ids: list[int]) -> tuple[list, list, list]:
+    """Freeze every parameter but the input and output embedding matrices, and mask their
+    gradients to the rows of ``token_ids``.
+
+    Returns
+    -------
+    parameters : list of Parameter
+        The embedding matrices (one when tied).
+    restore : list of (Parameter, bool)
+        Every parameter with its ``requires_grad`` before.
+    hooks : list
+        Gradient hooks to remove afterwards.
+    """
+    embeddings = []
+    for getter in ("get_input_embeddings", "get_output_embeddings"):
+        module = getattr(model, getter, lambda: None)()
+        weight = getattr(module, "weight", None)
+        if weight is not None and all(weight is not e for e in embeddings):
+            embeddings.append(weight)
+    if not embeddings:
+        raise ValueError(
+            "warm_start: trainable='answer_rows' needs a model with input/output embedding "
+            "matrices (get_input_embeddings / get_output_embeddings)"
+        )
+    restore = [(p, p.requires_grad) for p in model.parameters()]
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    hooks = []
+    for weight in embeddings:
+        weight.requires_grad_(True)
+        mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+        mask[torch.as_tensor(token_ids, dtype=torch.long, device=weight.device)] = 1
+        hooks.append(weight.register_hook(lambda grad, mask=mask: grad * mask))
+    return embeddings, restore, hooks
 
 
 def _batch(

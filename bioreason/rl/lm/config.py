@@ -10,8 +10,9 @@ from bioreason.lm.answer_protocol import ANSWER_PARSERS, AnswerGrid
 from bioreason.rl.loop import RLConfig
 from bioreason.rl.losses import AGGREGATIONS, KL_ESTIMATORS
 from bioreason.rl.rewards import FLOOR_REWARD
+from bioreason.rl.schedules import check_schedule, scheduled, warmup_factor
 
-__all__ = ["LMRLConfig"]
+__all__ = ["LMRLConfig", "coefficients_at"]
 
 _OUTCOME_MODES = ("table", "live")
 _SHARING = ("group", "completion")
@@ -115,6 +116,28 @@ class LMRLConfig(RLConfig):
         question seeded from (seed, step, position in the batch), so a run under several
         processes samples the same completions as one process (one pass per question;
         see :mod:`bioreason.rl.lm.distributed`).
+    open_answer : bool, default False
+        End every prompt with ``answer_prefix`` (``<answer>``), so that the first token
+        the policy writes is the answer (the completion is read with the prefix put back
+        in front of it). The answer then sits right after the question, where the
+        question's information is.
+    kl_coef_end : float or None, default None
+        ``kl_coef`` at the last step; the KL weight moves from ``kl_coef`` to it along
+        ``kl_schedule`` (None: ``kl_coef`` throughout). E.g. 0.1 annealed to 0.001:
+        a strong pull to the warm start while answers separate, then the paper's weight.
+    kl_schedule : {"constant", "linear", "cosine", "exponential"}, default "constant"
+        Shape of the KL weight's path (:mod:`bioreason.rl.schedules`).
+    entropy_coef_end : float or None, default None
+        ``entropy_coef`` at the last step (None: ``entropy_coef`` throughout).
+    entropy_schedule : {"constant", "linear", "cosine", "exponential"}, default "constant"
+        Shape of the entropy bonus's path.
+    lr_end : float or None, default None
+        The policy's learning rate at the last step (None: ``lr`` throughout, after the
+        warm-up).
+    lr_schedule : {"constant", "linear", "cosine", "exponential"}, default "constant"
+        Shape of the learning rate's decay from ``lr`` to ``lr_end``.
+    lr_warmup_steps : int, default 0
+        Steps over which the learning rate rises linearly to its scheduled value.
     """
 
     group_size: int = 8
@@ -156,9 +179,29 @@ class LMRLConfig(RLConfig):
     gae_lambda: float = 1.0
     add_special_tokens: bool | None = None
     sampling_noise: str = "batch"
+    open_answer: bool = False
+    kl_coef_end: float | None = None
+    kl_schedule: str = "constant"
+    entropy_coef_end: float | None = None
+    entropy_schedule: str = "constant"
+    lr_end: float | None = None
+    lr_schedule: str = "constant"
+    lr_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_schedule("kl_coef", self.kl_coef, self.kl_coef_end, self.kl_schedule)
+        check_schedule(
+            "entropy_coef", self.entropy_coef, self.entropy_coef_end, self.entropy_schedule
+        )
+        check_schedule("lr", self.lr, self.lr_end, self.lr_schedule)
+        if self.lr_warmup_steps < 0:
+            raise ValueError(f"lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}")
+        if self.open_answer and not self.answer_prefix:
+            raise ValueError(
+                "open_answer ends each prompt with answer_prefix, which is empty; set "
+                "answer_prefix (e.g. '<answer>') or open_answer=False"
+            )
         for name in (
             "questions_per_step",
             "max_new_tokens",
@@ -221,3 +264,23 @@ class LMRLConfig(RLConfig):
     def grid(self) -> AnswerGrid:
         """The answer grid of :attr:`answer_grid`."""
         return AnswerGrid(*self.answer_grid)
+
+
+def coefficients_at(config: LMRLConfig, step: int) -> dict[str, float]:
+    """The scheduled KL weight, entropy weight and learning rate at ``step`` (the number
+    of optimizer steps taken so far) of a run of ``config.steps`` steps.
+
+    Returns
+    -------
+    dict
+        ``kl_coef``, ``entropy_coef`` and ``lr`` (the warm-up factor included).
+    """
+    total = config.steps
+    return {
+        "kl_coef": scheduled(config.kl_coef, config.kl_coef_end, step, total, config.kl_schedule),
+        "entropy_coef": scheduled(
+            config.entropy_coef, config.entropy_coef_end, step, total, config.entropy_schedule
+        ),
+        "lr": scheduled(config.lr, config.lr_end, step, total, config.lr_schedule)
+        * warmup_factor(step, config.lr_warmup_steps),
+    }

@@ -22,7 +22,12 @@ import torch
 from torch import Tensor
 
 from bioreason.calibration import METRICS, REFERENCE_METRICS, summarize
-from bioreason.lm.answer_protocol import ANSWER_PARSERS, AnswerGrid, exact_answers
+from bioreason.lm.answer_protocol import (
+    ANSWER_PARSERS,
+    AnswerGrid,
+    exact_answers,
+    prompt_spread,
+)
 from bioreason.rl.lm.rollout import answer_distribution_at
 from bioreason.rl.loop import write_csv_log
 from bioreason.rl.theory import predict_grpo_drift, theory_target
@@ -217,7 +222,7 @@ class _PredictionMixin:
     ) -> tuple[pd.DataFrame, Tensor | None]:
         config = self.config
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        sampled, valid_counts, exact, distributions = [], [], [], []
+        sampled, valid_counts, exact, distributions, states = [], [], [], [], []
         for start in range(0, len(rows), config.predict_batch_questions):
             batch = rows[start : start + config.predict_batch_questions].tolist()
             prompts = self._prompts(batch)
@@ -232,15 +237,17 @@ class _PredictionMixin:
             sampled.append(torch.where(counts > 0, total / counts.clamp(min=1), math.nan))
             valid_counts.append(counts)
             if self.answer_token_ids is not None:
-                distribution = answer_distribution_at(
+                distribution, state = answer_distribution_at(
                     self.model,
                     self._prompts(batch, with_prefix=True),
                     self.answer_token_ids,
                     temperature=config.temperature,
                     autocast=self._autocast(),
                     fast=self.config.fast_forward,
-                ).cpu()
-                distribution, q_exact = exact_answers(distribution, self.grid)
+                    hidden=True,
+                )
+                states.append(state.cpu())
+                distribution, q_exact = exact_answers(distribution.cpu(), self.grid)
                 distributions.append(distribution)
                 exact.append(q_exact)
         table = self._table.iloc[rows]
@@ -258,6 +265,8 @@ class _PredictionMixin:
             "n_valid": torch.cat(valid_counts).numpy(),
         }
         frame = pd.DataFrame({name: columns[name] for name in PREDICTION_COLUMNS})
+        # how much the state the answer is read from depends on the question
+        self._prompt_spread = prompt_spread(torch.cat(states)) if states else math.nan
         return frame, (torch.cat(distributions) if distributions else None)
 
     def predict(
@@ -325,7 +334,10 @@ class _PredictionMixin:
         -------
         dict
             ``step``, ``n_questions``, ``n_scored``, ``q_source``, ``invalid_rate``, the
-            metrics and the drift figures.
+            metrics and the drift figures, and ``prompt_spread``
+            (:func:`bioreason.lm.answer_protocol.prompt_spread` of the final hidden state
+            at the answer position over the evaluated questions: near 0, the answer
+            cannot depend on the question).
         """
         config = self.config
         rows = self._question_rows(questions)
@@ -343,6 +355,7 @@ class _PredictionMixin:
             if self.eval_rows_log
             else None,
         )
+        row["prompt_spread"] = self._prompt_spread
         self.eval_rows_log.append(row)
         if self._eval_log_path is not None:
             write_csv_log(self._eval_log_path, self.eval_rows_log)

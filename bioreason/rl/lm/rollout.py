@@ -491,7 +491,8 @@ def answer_distribution_at(
     temperature: float = 1.0,
     autocast: contextlib.AbstractContextManager | None = None,
     fast: bool = True,
-) -> Tensor:
+    hidden: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """The policy's probability of each single-token answer at the answer position.
 
     Parameters
@@ -502,6 +503,8 @@ def answer_distribution_at(
         Token id of each answer on the grid.
     fast : bool
         As in :func:`sample_group_completions`.
+    hidden : bool, default False
+        Also return the final hidden state (after the last norm) at the answer position.
 
     Returns
     -------
@@ -510,6 +513,8 @@ def answer_distribution_at(
         answers (rows sum to the probability of a valid answer;
         :func:`bioreason.lm.answer_protocol.exact_answers` gives the distribution given
         a valid answer and ``q_exact``). No gradients.
+    Tensor of float32, shape (n_questions, hidden_size)
+        With ``hidden=True``, as a second element: the final hidden states.
     """
     call = _Caller(model, fast)
     autocast = autocast or contextlib.nullcontext()
@@ -520,5 +525,9 @@ def answer_distribution_at(
             position_ids=prompts.position_ids(),
             use_cache=False,
             last_only=True,
+            hidden=hidden,
         )
-    return answer_token_probabilities(output.logits[:, -1], answer_ids, temperature)
+    probabilities = answer_token_probabilities(output.logits[:, -1], answer_ids, temperature)
+    if not hidden:
+        return probabilities
+    return probabilities, output.hidden_states[-1][:, -1].float()

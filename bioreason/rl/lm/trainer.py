@@ -58,7 +58,7 @@ from bioreason.lm.answer_protocol import (
 )
 from bioreason.rl.advantages import get_advantage
 from bioreason.rl.lm import distributed as lm_distributed
-from bioreason.rl.lm.config import LMRLConfig
+from bioreason.rl.lm.config import LMRLConfig, coefficients_at
 from bioreason.rl.lm.evaluation import _PredictionMixin
 from bioreason.rl.lm.rollout import (
     PromptBatch,
@@ -88,6 +88,9 @@ _DIAGNOSTICS = (
     "clip_fraction",
     "value_loss",
     "grad_norm",
+    "kl_coef",
+    "entropy_coef",
+    "lr",
     "step_time",
 )
 
@@ -151,6 +154,8 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
         self._format = format_prompt or (lambda text: text)
         self._pad_id = pad_token_id(tokenizer)
         texts = [self._format(str(text)) for text in self._table["prompt"]]
+        if config.open_answer:  # each prompt ends where the answer token comes
+            texts = [_open(text, config.answer_prefix) for text in texts]
         special = config.add_special_tokens
         if special is None:
             special = not getattr(tokenizer, "chat_template", None)
@@ -159,6 +164,10 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
         ]
         prefix = config.answer_prefix
         self._prefix_ids = tokenizer.encode(prefix, add_special_tokens=False) if prefix else []
+        # a completion after an open prompt starts after the prefix: read it with it put back
+        self._completion_prefix = prefix if config.open_answer else ""
+        if config.open_answer:
+            self._prefix_ids = []  # q_exact is read right after the (open) prompt
         if answer_token_ids is None:
             answer_token_ids = single_token_answer_ids(tokenizer, self.grid, prefix)
         if answer_token_ids is not None and len(answer_token_ids) != self.grid.size:
@@ -216,7 +225,7 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
             self.value_head = ValueHead(hidden_size(model)).to(self.device)
         self.reference: torch.nn.Module | None = None
         self._reference_digest = ""
-        if config.kl_coef > 0:
+        if config.kl_coef > 0 or (config.kl_coef_end or 0.0) > 0:
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
             self._reference_digest = _weights_digest(self.reference)
         if config.gradient_checkpointing:
@@ -231,6 +240,8 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
                 {"params": list(self.value_head.parameters()), "lr": config.value_lr or config.lr}
             )
         self.optimizer = _adamw(groups, config)
+        self._base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self._coefficients = coefficients_at(config, 0)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.sample_generator = torch.Generator(device=self.device).manual_seed(config.seed + 7919)
         self._order = torch.randperm(len(self.train_rows), generator=self.generator)
@@ -368,7 +379,8 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
     def _decode(self, tokens: Tensor, mask: Tensor) -> list[str]:
         lengths = mask.sum(1).tolist()
         rows = [row[:n] for row, n in zip(tokens.tolist(), lengths)]
-        return self.tokenizer.batch_decode(rows, skip_special_tokens=False)
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=False)
+        return [self._completion_prefix + text for text in texts]
 
     # ----- one step ----------------------------------------------------------------
 
@@ -420,7 +432,7 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
             group,
             self._rollout_generator(),
             with_grad=fused,
-            entropy_grad=bool(config.entropy_coef),
+            entropy_grad=bool(config.entropy_coef or config.entropy_coef_end),
             hidden=self.value_head is not None,
         )
         n_questions = len(questions)
@@ -504,11 +516,18 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
                 self.processes,
             )
         rollout = self._rollout
+        self._coefficients = coefficients_at(config, self.step)
+        if config.lr_warmup_steps or (
+            config.lr_end is not None and config.lr_schedule != "constant"
+        ):
+            for group, base in zip(self.optimizer.param_groups, self._base_lrs):
+                group["lr"] = base * self._coefficients["lr"] / config.lr
         stats = self._update(rollout, first_update)
         rollout.graph = None  # the sampling graph serves the first update only
         self.step += 1
         self._last = {
             **self._step_figures(rollout, stats),
+            **self._coefficients,
             "step_time": time.perf_counter() - start,
         }
         if config.eval_every and self.step % config.eval_every == 0 and self.processes.is_main:
@@ -681,6 +700,15 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
 
 
 # ----- helpers ------------------------------------------------------------------------
+
+
+def _open(text: str, prefix: str) -> str:
+    """``text`` ending with the answer prefix (``"... <answer>"``), unless it does."""
+    if text.rstrip().endswith(prefix):
+        return text
+    return (
+        f"{text.rstrip()} {prefix}" if text[-1:].isalnum() or text[-1:] in ".?!" else text + prefix
+    )
 
 
 def _adamw(groups: list[dict[str, Any]], config: LMRLConfig) -> torch.optim.AdamW:

@@ -158,10 +158,10 @@ class _UpdateMixin:
                 mask=mask,
                 clip_eps=config.clip_eps,
                 ref_log_probs=None if reference is None else reference[rows],
-                kl_coef=config.kl_coef,
+                kl_coef=self._coefficients["kl_coef"],
                 kl_estimator=config.kl_estimator,
-                entropy=current.entropy if config.entropy_coef else None,
-                entropy_coef=config.entropy_coef,
+                entropy=current.entropy if self._coefficients["entropy_coef"] else None,
+                entropy_coef=self._coefficients["entropy_coef"],
                 aggregation=config.aggregation,
                 constant=self._constant(),
             )
