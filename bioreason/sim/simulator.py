@@ -22,8 +22,13 @@ How many draws, cells and replicates are spent is one object, the
   exact for single-cell outcomes); see :mod:`bioreason.sim.outcomes`.
 
 ``"auto"`` takes the fast path when the outcome has one and replicates have at least
-:data:`FAST_MIN_CELLS` cells. All questions of a condition share its simulated cells;
-control cells are simulated once per draw and shared by every condition.
+:data:`FAST_MIN_CELLS` cells. For p*, all questions of a condition share its simulated
+cells; control cells are simulated once per draw and shared by every condition.
+
+Sampled outcomes (:meth:`OutcomeSimulator.sample`) are independent across questions by
+default: each outcome is its own posterior draw and its own replicate experiment.
+``independent=False`` shares one draw and one simulated screen per outcome column, as
+in one real screen.
 """
 
 from __future__ import annotations
