@@ -167,6 +167,7 @@ def test_build_task_from_a_config_with_flags_on_top(saved, tmp_path, capsys):
     code, stdout, err = _run(
         capsys,
         *["build-task", "--config", config, "--n-outcomes", "2", "--option", "threshold=0.1"],
+        *["--outcome-sampling", "shared"],
         *["--out", out, "--force"],  # --force on a new file is harmless
     )
     assert code == 0, err
@@ -180,6 +181,10 @@ def test_build_task_from_a_config_with_flags_on_top(saved, tmp_path, capsys):
     assert table["prompt"].str.contains("second").any()
     manifest = json.loads((tmp_path / "task.parquet.manifest.json").read_text())
     assert manifest["config"]["seed"] == 3 and "programs" in manifest["inputs"]
+    # --outcome-sampling shared: one simulated screen per outcome column, recorded
+    assert manifest["config"]["outcome_sampling"] == "shared"
+    summary = json.loads((tmp_path / "task.parquet.summary.json").read_text())
+    assert summary["outcome_sampling"] == "shared"
 
 
 @pytest.mark.parametrize("nested", [True, False], ids=["budget", "old_flat_keys"])

@@ -125,14 +125,91 @@ def test_same_seed_same_outcomes_and_the_outcome_source_protocol():
     model = PoissonModel({"control": (0.5, 0.5), "A": (0.8, 0.3)})
     simulator = OutcomeSimulator(model, "direction", n_cells=30, questions=[("A", "g0")] * 3)
     assert isinstance(simulator, OutcomeSource)
-    first = simulator.sample(torch.tensor([0, 2]), n=50, seed=11)
-    again = simulator.sample(torch.tensor([0, 2]), n=50, seed=11)
-    other = simulator.sample(torch.tensor([0, 2]), n=50, seed=12)
-    assert torch.equal(first, again) and not torch.equal(first, other)
-    # questions of one condition share the simulated experiment
-    assert torch.equal(first[0], first[1])
+    for independent in (True, False):
+        first = simulator.sample(torch.tensor([0, 2]), n=50, seed=11, independent=independent)
+        again = simulator.sample(torch.tensor([0, 2]), n=50, seed=11, independent=independent)
+        other = simulator.sample(torch.tensor([0, 2]), n=50, seed=12, independent=independent)
+        assert torch.equal(first, again) and not torch.equal(first, other)
+        # shared: one question asked twice is one simulated experiment; independent: two
+        assert torch.equal(first[0], first[1]) is not independent
     with pytest.raises(ValueError, match="out of range"):
         simulator.sample(torch.tensor([5]), n=1, seed=0)
+    with pytest.raises(TypeError, match="independent must be True or False"):
+        simulator.sample(torch.tensor([0]), n=1, seed=0, independent="yes")
+
+
+class TwoPointPosteriorModel:
+    """Cells with informative genes ``g0`` and ``g1`` (Poisson at the condition's rate)
+    and a steady gene ``g2`` (Poisson(50)) that keeps library sizes alike. Each
+    posterior draw picks one of the condition's two rates independently (a two-point
+    posterior with iid draws), shared by g0 and g1: a global that makes questions of one
+    condition dependent when they share a draw."""
+
+    gene_names = ["g0", "g1", "g2"]
+    control_label = "control"
+
+    def __init__(self, rates: dict[str, tuple[float, float]]) -> None:
+        self.rates = rates
+
+    def posterior_predictive(self, conditions, n_cells=100, n_draws=100, library_size=None, seed=0):
+        rng = np.random.default_rng(seed)
+        which = rng.integers(2, size=n_draws)
+        rate = np.array([[self.rates[c][w] for c in conditions] for w in which])
+        shape = (n_draws, len(conditions), n_cells)
+        informative = rng.poisson(rate[:, :, None, None], size=(*shape, 2))
+        steady = rng.poisson(50.0, size=(*shape, 1))
+        counts = np.concatenate([informative, steady], axis=-1).astype(np.float32)
+        return PosteriorPredictive(
+            conditions=list(conditions),
+            gene_names=self.gene_names,
+            counts=counts,
+            expected_counts=counts,
+            library_size=counts.sum(-1),
+        )
+
+
+def _correlation(x: torch.Tensor, y: torch.Tensor) -> float:
+    return float(np.corrcoef(x.numpy(), y.numpy())[0, 1])
+
+
+@pytest.mark.parametrize("independent", [True, False])
+def test_independent_outcomes_are_uncorrelated_across_questions_and_match_p_star(independent):
+    """Monte Carlo over n repetitions: each question's outcome frequency is within 4
+    binomial SEs of p* (plus 4 of p*'s own SEs) in both modes; the correlation of two
+    questions' outcomes is within 4 / sqrt(n) of 0 (sqrt(n) r is about N(0, 1) for
+    independent outcomes) only with independent sampling. Shared sampling makes
+    questions of one condition (one draw of the rate, one set of cells) and of two
+    conditions (one set of control cells, one draw) correlated."""
+    model = TwoPointPosteriorModel({"control": (1.0, 1.0), "A": (0.7, 1.6), "B": (0.4, 2.5)})
+    simulator = OutcomeSimulator(model, "screen_hit", threshold=0.0, direction="up", n_cells=20)
+    questions = [("A", "g0"), ("A", "g1"), ("B", "g0")]
+    result = simulator.probability(questions, target_se=0.005, method="brute", seed=1)
+    p_star, p_star_se = result["p_star"].to_numpy(), result["p_star_se"].to_numpy()
+    assert (np.abs(p_star - 0.5) < 0.4).all()  # outcomes that vary
+    n = 3000
+    outcomes = simulator.sample(questions, n=n, seed=5, independent=independent)
+    assert outcomes.shape == (3, n) and set(outcomes.unique().tolist()) <= {0.0, 1.0}
+    frequency = outcomes.mean(dim=1).numpy()
+    tolerance = 4 * np.sqrt(p_star * (1 - p_star) / n) + 4 * p_star_se
+    assert (np.abs(frequency - p_star) < tolerance).all(), (frequency, p_star, tolerance)
+    same_condition = _correlation(outcomes[0], outcomes[1])
+    two_conditions = _correlation(outcomes[0], outcomes[2])
+    bound = 4 / np.sqrt(n)
+    if independent:
+        assert abs(same_condition) < bound and abs(two_conditions) < bound
+    else:
+        # the shared draw of A's rate decides much of both of A's outcomes
+        assert same_condition > 0.3 and two_conditions > bound, (same_condition, two_conditions)
+
+
+def test_a_questions_independent_outcomes_do_not_depend_on_the_other_conditions_asked():
+    model = TwoPointPosteriorModel({"control": (1.0, 1.0), "A": (0.7, 1.6), "B": (0.4, 2.5)})
+    simulator = OutcomeSimulator(model, "direction", n_cells=10)
+    alone = simulator.sample([("A", "g0"), ("A", "g1")], n=20, seed=3)
+    among = simulator.sample([("B", "g1"), ("A", "g0"), ("B", "g0"), ("A", "g1")], n=20, seed=3)
+    assert torch.equal(alone, among[[1, 3]])
+    # a condition's questions take their own draws: g0 and g1 of A differ
+    assert not torch.equal(alone[0], alone[1])
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from bioreason.sim import (
     TaskConfig,
     build_task,
     build_task_from_config,
+    program_readout,
 )
 
 
@@ -119,6 +120,61 @@ def test_build_task_gives_its_budget_to_p_star_and_p_true(screen):
         build_task(simulator, conditions, genes, budget={"target_se": 0.1})
 
 
+def _outcome_matrix(table: pd.DataFrame) -> np.ndarray:
+    """The table's outcomes, shape (n_questions, n_outcomes): ``outcome`` first."""
+    further = np.stack(table["further_outcomes"].to_numpy())
+    return np.column_stack([table["outcome"].to_numpy(), further]).astype(np.float64)
+
+
+def test_build_task_draws_its_outcomes_independently_per_question_unless_asked(screen):
+    """Two overlapping programs on three conditions, 400 outcomes per question: with
+    independent sampling (the default) every question's outcome frequency matches its p*
+    and no two questions' outcomes are correlated beyond 4 / sqrt(400); with shared
+    sampling the two programs of one condition are clearly correlated (one simulated
+    screen per outcome column)."""
+    genes = [str(g) for g in screen.var_names]
+    programs = [program_readout("early", genes[0:6]), program_readout("late", genes[2:8])]
+    conditions, readouts, n = ["P0", "P1", "P0+P1"], ["early", "late"], 400
+    tables = {}
+    for mode in ("independent", "shared", None):
+        simulator = GroundTruthSimulator(
+            screen, "screen_hit", readouts=programs, threshold=None, n_cells=30
+        )
+        options = {} if mode is None else {"outcome_sampling": mode}
+        tables[mode] = build_task(
+            simulator,
+            conditions,
+            readouts,
+            n_outcomes=n,
+            budget=SimulationBudget(target_se=0.02),
+            seed=4,
+            **options,
+        )
+    independent, shared = tables["independent"], tables["shared"]
+    assert independent.attrs["summary"]["outcome_sampling"] == "independent"
+    assert shared.attrs["summary"]["outcome_sampling"] == "shared"
+    # the default is independent; the same seed gives the same p* but other outcomes
+    pd.testing.assert_frame_equal(tables[None], independent)
+    np.testing.assert_array_equal(independent["p_star"], shared["p_star"])
+    assert not np.array_equal(_outcome_matrix(independent), _outcome_matrix(shared))
+    bound = 4 / np.sqrt(n)
+    for table in (independent, shared):
+        outcomes, p_star = _outcome_matrix(table), table["p_star"].to_numpy()
+        # p* is the fast path's: allow 0.02 for its normal approximation (n_cells = 30)
+        tolerance = (
+            4 * np.sqrt(p_star * (1 - p_star) / n) + 4 * table["p_star_se"].to_numpy() + 0.02
+        )
+        assert (np.abs(outcomes.mean(axis=1) - p_star) < tolerance).all()
+    correlation = np.corrcoef(_outcome_matrix(independent))
+    off_diagonal = correlation[~np.eye(len(correlation), dtype=bool)]
+    assert np.abs(off_diagonal).max() < bound, correlation.round(2)
+    correlation = np.corrcoef(_outcome_matrix(shared))
+    same_condition = [correlation[i, i + 1] for i in range(0, len(correlation), 2)]
+    assert min(same_condition) > bound, correlation.round(2)
+    with pytest.raises(ValueError, match="outcome_sampling must be one of"):
+        build_task(simulator, conditions, readouts, outcome_sampling="paired")
+
+
 # ---------------------------------------------------------------- TaskConfig and its budget
 FLAT = {"target_se": 0.05, "max_draws": 32, "cells_per_draw": 64, "replicates_per_draw": 4}
 
@@ -207,3 +263,23 @@ def test_the_budget_of_a_task_config_reaches_the_draws_of_p_star(saved, tmp_path
     # cells per draw below twice or once the replicate size are refused naming the field
     with pytest.raises(ValueError, match=r"cells_per_draw must be at least .*\(30\), got 8"):
         build_task_from_config(_config(saved, cells_per_draw=8))
+
+
+def test_a_task_configs_outcome_sampling_reaches_the_table_and_is_reproducible(saved, tmp_path):
+    config = _config(saved)
+    assert config.outcome_sampling == "independent"
+    first = build_task_from_config(config, out=tmp_path / "task.parquet")
+    again = build_task_from_config(_config(saved))
+    pd.testing.assert_frame_equal(first, again)  # the same config and seed: the same table
+    summary = json.loads((tmp_path / "task.parquet.summary.json").read_text())
+    assert summary["outcome_sampling"] == "independent"
+    manifest = json.loads((tmp_path / "task.parquet.manifest.json").read_text())
+    assert manifest["config"]["outcome_sampling"] == "independent"
+    shared = TaskConfig.from_dict({**config.to_dict(), "outcome_sampling": "shared"})
+    table = build_task_from_config(shared)
+    assert table.attrs["summary"]["outcome_sampling"] == "shared"
+    np.testing.assert_array_equal(table["p_star"], first["p_star"])
+    with pytest.raises(TypeError, match=r"TaskConfig.outcome_sampling must be one of"):
+        TaskConfig.from_dict({"model": "m", "outcome_sampling": "paired"})
+    with pytest.raises(ValueError, match="outcome_sampling must be one of"):
+        TaskConfig(model="m", outcome_sampling="paired")

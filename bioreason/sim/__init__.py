@@ -57,7 +57,7 @@ from bioreason.sim.task_config import (
     TaskConfig,
     build_task_from_config,
 )
-from bioreason.sim.tasks import build_task
+from bioreason.sim.tasks import OUTCOME_SAMPLING, build_task
 
 __all__ = [
     # NumPyro NUTS reference (bioreason.sim.reference)
@@ -72,6 +72,7 @@ __all__ = [
     "simulate_reference_screen",
     # task tables (bioreason.sim.tasks, bioreason.sim.task_config)
     "CONDITION_SETS",
+    "OUTCOME_SAMPLING",
     "TaskConfig",
     "build_task",
     "build_task_from_config",

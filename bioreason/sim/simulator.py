@@ -22,13 +22,19 @@ How many draws, cells and replicates are spent is one object, the
   exact for single-cell outcomes); see :mod:`bioreason.sim.outcomes`.
 
 ``"auto"`` takes the fast path when the outcome has one and replicates have at least
-:data:`FAST_MIN_CELLS` cells. All questions of a condition share its simulated cells;
-control cells are simulated once per draw and shared by every condition.
+:data:`FAST_MIN_CELLS` cells. For p*, all questions of a condition share its simulated
+cells; control cells are simulated once per draw and shared by every condition.
+
+Sampled outcomes (:meth:`OutcomeSimulator.sample`) are independent across questions by
+default: each outcome is its own posterior draw and its own replicate experiment.
+``independent=False`` shares one draw and one simulated screen per outcome column, as
+in one real screen.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -39,7 +45,7 @@ import torch
 
 from bioreason.sim.budget import SimulationBudget
 from bioreason.sim.outcomes import CustomOutcome, Outcome, make_outcome
-from bioreason.sim.readouts import Readout, ReadoutSet, cell_scores
+from bioreason.sim.readouts import Readout, ReadoutSet, cell_scores, log_normalize
 
 __all__ = ["FAST_MIN_CELLS", "OutcomeSimulator", "questions_frame"]
 
@@ -494,21 +500,67 @@ class OutcomeSimulator:
         result.attrs["outcome"] = self.outcome.to_json()
         return result
 
-    def sample(self, questions: Any = None, n: int = 1, seed: int = 0) -> torch.Tensor:
-        """Outcomes of simulated experiments: for each of ``n`` outcomes, a fresh draw of
-        the globals and one replicate experiment (all questions of a draw share it).
+    def sample(
+        self, questions: Any = None, n: int = 1, seed: int = 0, *, independent: bool = True
+    ) -> torch.Tensor:
+        """0/1 outcomes of simulated replicate experiments, ``n`` per question.
+
+        One outcome is one replicate experiment under one draw of the model's globals
+        from the approximate posterior: ``n_control`` control cells and ``n_cells``
+        perturbed cells are generated and the outcome's event is evaluated on them, so
+        each outcome is a Bernoulli(p*) draw of its question.
 
         Implements :class:`bioreason.rl.outcomes.OutcomeSource`: ``questions`` may be
         integer indices into the bound questions.
 
+        Parameters
+        ----------
+        questions : optional
+            (condition, readout) pairs, mappings, a DataFrame, or integer indices into
+            the bound questions; default: the bound questions. A question given twice is
+            two rows (independent outcomes each with ``independent=True``).
+        n : int
+            Outcomes per question (>= 1).
+        seed : int
+            Seeds the posterior draws and the simulated cells (see Notes).
+        independent : bool
+            True (default): every outcome of every question is its own posterior draw
+            of the globals and its own replicate (its own control and perturbed cells),
+            so outcomes of different questions are independent, as the test outcomes of
+            a task must be when predictions are scored question by question. False:
+            outcome ``j`` of every question comes from one shared draw of the globals
+            and one shared replicate experiment -- control cells shared by all
+            conditions, a condition's perturbed cells shared by its readouts -- so each
+            column is one correlated realisation of the world: what a single real
+            screen looks like (its questions are judged together, not independently).
+
         Returns
         -------
         Tensor, shape (len(questions), n), float64 of 0/1.
+
+        Notes
+        -----
+        Random streams. With ``independent=False``, draws ``0..n-1`` are generated in
+        chunks of at most ``2**24`` count entries; chunk ``i`` uses the sub-seed
+        ``SeedSequence([seed, i])``. With ``independent=True``, the questions of one
+        condition are simulated together (one ``posterior_predictive`` call per chunk of
+        draws, the condition and the control only): question ``j`` of the condition (in
+        the given order) takes draws ``j * n .. j * n + n - 1`` of the condition's
+        stream, seeded by ``SeedSequence([seed, tag, hash(condition)])`` with a fixed
+        tag that no p* stream uses. A question's outcomes therefore depend on the seed,
+        its condition, its rank among that condition's questions and ``n``, not on the
+        other conditions asked. Both modes give each question the same marginal
+        distribution.
         """
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        if not isinstance(independent, (bool, np.bool_)):
+            raise TypeError(f"independent must be True or False, got {independent!r}")
         frame = self._resolve(self.questions if questions is None else questions)
         self.fix_thresholds(list(dict.fromkeys(frame["readout"])))
+        if independent:
+            hits = self._independent_outcomes(frame, int(n), int(seed))
+            return torch.as_tensor(hits, dtype=torch.float64)
         conditions = list(dict.fromkeys(frame["condition"]))
         readouts = list(dict.fromkeys(frame["readout"]))
         hits = self._draw_probabilities(conditions, readouts, int(n), "brute", seed, replicates=1)
@@ -517,6 +569,43 @@ class OutcomeSimulator:
         if hits.shape[-1] == 1 and len(readouts) > 1:  # custom outcomes ignore the readout
             q_read = np.zeros_like(q_read)
         return torch.as_tensor(hits[:, q_cond, q_read].T.copy(), dtype=torch.float64)
+
+    def _independent_outcomes(self, frame: pd.DataFrame, n: int, seed: int) -> np.ndarray:
+        """Outcomes (len(frame), n), each its own posterior draw and replicate.
+
+        Per condition, one ``posterior_predictive`` call per chunk of draws generates the
+        control and the condition under ``len(rows) * n`` draws; draw ``j * n + t`` is
+        outcome ``t`` of the condition's ``j``-th question and is scored on that
+        question's readout only (the per-draw readouts ride on the outcome's readout
+        axis, so per-readout thresholds apply)."""
+        outcome = self.outcome
+        n_p, n_c = outcome.n_cells, max(outcome.n_control or 0, 1)
+        size = max(n_p, n_c)
+        custom = isinstance(outcome, CustomOutcome)
+        readouts = list(dict.fromkeys(frame["readout"]))
+        weights = None if custom else self.readouts.weights(readouts)  # (G, R)
+        q_read = frame["readout"].map({r: i for i, r in enumerate(readouts)}).to_numpy()
+        out = np.empty((len(frame), n), dtype=np.float64)
+        groups = frame.groupby("condition", sort=False).indices
+        for condition, rows in groups.items():
+            asked = np.repeat(q_read[rows], n)  # readout of each draw
+            hits = np.empty(asked.size, dtype=np.float64)
+            stream = _condition_stream(seed, condition)
+            for start, count, sub_seed in self._chunks(2, asked.size, size, stream):
+                counts, ctrl, _, _ = self._simulate_counts([condition], count, size, sub_seed)
+                perturbed, control = counts[:, 0, :n_p], ctrl[:, 0, :n_c]  # (count, cells, G)
+                if custom:
+                    hits[start : start + count] = outcome.replicate_counts(perturbed, control)
+                    continue
+                which = asked[start : start + count]
+                # draw k's cells scored on its own readout: (count, cells, 1) -> (cells, count)
+                own = weights[:, which].T[:, :, None]  # (count, G, 1)
+                scores_p = np.matmul(log_normalize(perturbed), own)[..., 0].T
+                scores_c = np.matmul(log_normalize(control), own)[..., 0].T
+                names = [readouts[i] for i in which]
+                hits[start : start + count] = outcome.replicate(scores_p, scores_c, names)
+            out[rows] = hits.reshape(len(rows), n)
+        return out
 
     def describe(self, condition: str, readout: str, condition_text: str | None = None) -> str:
         """The question in plain words."""
@@ -554,3 +643,16 @@ def _standard_error(total: np.ndarray, total_sq: np.ndarray, draws: np.ndarray) 
 
 def _sub_seed(seed: int, number: int) -> int:
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, number]).generate_state(1)[0])
+
+
+#: entropy word that sets the independent outcomes' streams apart from p*'s
+_INDEPENDENT_TAG = 0x6F75_7463
+
+
+def _condition_stream(seed: int, condition: str) -> int:
+    """The seed of ``condition``'s independent outcomes: ``SeedSequence([seed, tag,
+    blake2b(condition)])``, stable across runs and processes (not Python's ``hash``)."""
+    digest = hashlib.blake2b(str(condition).encode(), digest_size=8).digest()
+    words = [int.from_bytes(digest[i : i + 4], "little") for i in (0, 4)]
+    entropy = [int(seed) & 0xFFFFFFFF, _INDEPENDENT_TAG, *words]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])

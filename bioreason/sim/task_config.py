@@ -21,7 +21,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import pandas as pd
 
@@ -155,6 +155,12 @@ class TaskConfig(Config):
         markers).
     n_outcomes : int
         Sampled outcomes per question.
+    outcome_sampling : str
+        ``independent`` (each question's outcomes its own posterior draws and replicate
+        experiments: outcomes independent across questions, for scoring question by
+        question) or ``shared`` (outcome ``j`` of every question from one simulated
+        screen, as a real screen would correlate them); see
+        :func:`bioreason.sim.build_task`.
     split : str
         How questions are split into train/val/test (:data:`bioreason.data.tasks.SPLITS`:
         ``random``, ``heldout_conditions``, ``heldout_combinations``; see
@@ -164,7 +170,9 @@ class TaskConfig(Config):
     val_fraction : float
         Share of the questions (or of the conditions) in the validation split.
     seed : int
-        Seeds the learned programs, the split, the draws of p* and the sampled outcomes.
+        Seeds the learned programs, the split, the thresholds, the draws of p* and the
+        sampled outcomes (``seed + 1``; see :func:`bioreason.sim.build_task`): a config
+        and its seed give the same table.
     budget : SimulationBudget
         The Monte Carlo budget of p* (and p_true): ``target_se``, ``max_draws``,
         ``min_draws``, ``draws_per_round``, ``cells_per_draw``, ``replicates_per_draw``,
@@ -196,6 +204,7 @@ class TaskConfig(Config):
     ground_truth: bool = False
     template: str = DEFAULT_TEMPLATE
     n_outcomes: int = 1
+    outcome_sampling: Literal["independent", "shared"] = "independent"
     split: str = "random"
     test_fraction: float = 0.2
     val_fraction: float = 0.1
@@ -214,6 +223,11 @@ class TaskConfig(Config):
         check_template(self.template)
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {self.split!r}")
+        if self.outcome_sampling not in ("independent", "shared"):
+            raise ValueError(
+                "outcome_sampling must be one of ['independent', 'shared'], got "
+                f"{self.outcome_sampling!r}"
+            )
         for name, smallest in (
             ("n_outcomes", 1),
             ("n_markers", 1),
@@ -473,6 +487,7 @@ def build_task_from_config(
         readouts if simulator.outcome.uses_readout else None,
         template=config.template,
         n_outcomes=config.n_outcomes,
+        outcome_sampling=config.outcome_sampling,
         split=config.split,
         test_fraction=config.test_fraction,
         val_fraction=config.val_fraction,

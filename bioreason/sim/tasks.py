@@ -20,7 +20,12 @@ from bioreason.data.tasks import (
 from bioreason.sim.budget import SimulationBudget
 from bioreason.sim.simulator import OutcomeSimulator
 
-__all__ = ["build_task"]
+__all__ = ["OUTCOME_SAMPLING", "build_task"]
+
+#: how :func:`build_task` draws its outcomes (see :meth:`OutcomeSimulator.sample`):
+#: ``independent`` (each question's outcomes its own posterior draws and replicates) or
+#: ``shared`` (outcome ``j`` of every question from one draw and one replicate screen)
+OUTCOME_SAMPLING = ("independent", "shared")
 
 
 def build_task(
@@ -30,6 +35,7 @@ def build_task(
     *,
     template: str = DEFAULT_TEMPLATE,
     n_outcomes: int = 1,
+    outcome_sampling: str = "independent",
     split: str = "random",
     test_fraction: float = 0.2,
     val_fraction: float = 0.1,
@@ -53,11 +59,27 @@ def build_task(
     template : str
         Format string with fields from :data:`bioreason.data.tasks.TEMPLATE_FIELDS`.
     n_outcomes : int
-        Sampled outcomes per question (the first is ``outcome``).
+        Sampled outcomes per question (the first is ``outcome``, the others
+        ``further_outcomes``).
+    outcome_sampling : {"independent", "shared"}
+        ``"independent"`` (default): every outcome of every question is its own
+        posterior draw of the model's globals and its own replicate experiment, so the
+        outcomes of different questions are independent Bernoulli(p*) draws -- what
+        scoring predictions question by question against outcomes assumes.
+        ``"shared"``: outcome ``j`` of every question comes from one posterior draw
+        and one simulated screen (shared control cells, a condition's cells shared by
+        its readouts), so column ``j`` is one correlated realisation of the world, as
+        one real screen would be; see :meth:`OutcomeSimulator.sample`.
     split, test_fraction, val_fraction
         See :func:`bioreason.data.tasks.split_questions`.
     seed : int
-        Seeds the thresholds, p*, the outcomes (``seed + 1``) and the split.
+        Seeds every random draw, so (arguments, seed) give the same table: the
+        suggested thresholds and p* use ``seed`` (p*'s round ``r`` the sub-seed
+        ``SeedSequence([seed, r])``), p_true uses ``seed`` in the truth simulator, the
+        outcomes use ``seed + 1`` (``OutcomeSimulator.sample(..., seed=seed + 1)``:
+        independent outcomes draw from a per-condition stream
+        ``SeedSequence([seed + 1, tag, hash(condition)])``, shared ones from
+        ``SeedSequence([seed + 1, chunk])``), and the split uses ``seed``.
     budget : SimulationBudget, optional
         The Monte Carlo budget of p* (and of p_true); default: the simulator's.
     threshold_quantile : float
@@ -80,9 +102,13 @@ def build_task(
         The columns of :data:`bioreason.data.tasks.TASK_COLUMNS` (plus
         ``further_outcomes`` when n_outcomes > 1, and ``p_star_draws``,
         ``p_star_method``); ``attrs["summary"]`` is
-        :func:`~bioreason.data.tasks.task_summary`.
+        :func:`~bioreason.data.tasks.task_summary` plus ``outcome_sampling``.
     """
     check_template(template)
+    if outcome_sampling not in OUTCOME_SAMPLING:
+        raise ValueError(
+            f"outcome_sampling must be one of {list(OUTCOME_SAMPLING)}, got {outcome_sampling!r}"
+        )
     if isinstance(n_outcomes, bool) or not isinstance(n_outcomes, (int, np.integer)):
         raise TypeError(f"n_outcomes must be an integer, got {n_outcomes!r}")
     if n_outcomes < 1:
@@ -113,7 +139,12 @@ def build_task(
         [(c, r) for c in conditions for r in readouts], columns=["condition", "readout"]
     )
     result = simulator.probability(questions, budget, seed=seed)
-    outcomes = simulator.sample(result[["condition", "readout"]], n=n_outcomes, seed=seed + 1)
+    outcomes = simulator.sample(
+        result[["condition", "readout"]],
+        n=n_outcomes,
+        seed=seed + 1,
+        independent=outcome_sampling == "independent",
+    )
     outcomes = np.asarray(outcomes, dtype=np.int8)
     p_true = np.full(len(result), np.nan)
     if truth is not None:
@@ -163,7 +194,8 @@ def build_task(
             UserWarning,
             stacklevel=2,
         )
-    table.attrs["summary"] = task_summary(table)
+    # the summary (saved beside the table) records how the outcomes were drawn
+    table.attrs["summary"] = {**task_summary(table), "outcome_sampling": outcome_sampling}
     extreme = table.attrs["summary"]["p_star_extreme_fraction"]
     if extreme > 0.8:
         warnings.warn(
