@@ -7,6 +7,7 @@ import math
 
 from bioreason._device import resolve_device
 from bioreason.lm.answer_protocol import ANSWER_PARSERS, AnswerGrid
+from bioreason.rl.lm.values import CRITICS
 from bioreason.rl.loop import RLConfig
 from bioreason.rl.losses import AGGREGATIONS, check_kl_loss_estimator
 from bioreason.rl.rewards import FLOOR_REWARD
@@ -105,8 +106,16 @@ class LMRLConfig(RLConfig):
         ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda[:N]"``.
     mixed_precision : {"auto", "bf16", "no"}, default "auto"
         bf16 autocast; ``"auto"`` uses it on CUDA only.
+    critic : {"separate", "shared"}, default "separate"
+        PPO's value function, for estimators that need one (``ppo``; a name of
+        :data:`bioreason.rl.lm.values.CRITICS`): ``"separate"``, a copy of the initial
+        policy's trunk with a value head, trained by its own optimizer group
+        (``value_lr``) and clipped apart from the policy, so the value loss never
+        changes the policy's weights (one more forward and backward pass per update);
+        ``"shared"``, a value head on the policy's own final hidden state, whose value
+        loss also trains the policy's trunk. Other estimators have no critic.
     value_lr : float or None, default None
-        Learning rate of the value head (None: ``lr``).
+        Learning rate of the critic's parameters (None: ``lr``).
     value_coef : float, default 0.5
         Weight of the value loss ``0.5 (V_t - return_t)^2`` (token mean).
     gae_gamma, gae_lambda : float, default 1.0
@@ -156,6 +165,7 @@ class LMRLConfig(RLConfig):
     torch_compile: bool = False
     device: str = "auto"
     mixed_precision: str = "auto"
+    critic: str = "separate"
     value_lr: float | None = None
     value_coef: float = 0.5
     gae_gamma: float = 1.0
@@ -202,6 +212,8 @@ class LMRLConfig(RLConfig):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
         check_kl_loss_estimator(self.kl_estimator, f"kl_estimator={self.kl_estimator!r}")
+        if self.critic not in CRITICS:
+            raise ValueError(f"critic must be one of {list(CRITICS)}, got {self.critic!r}")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(
                 f"aggregation must be one of {sorted(AGGREGATIONS)}, got {self.aggregation!r}"
