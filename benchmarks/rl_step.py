@@ -25,8 +25,14 @@ in the same turns and prints what :class:`bioreason.rl.lm.fast.FastLlama` saves.
 compiled by ``torch.compile``; the compilation happens in its first step, which the mean
 leaves out, and is printed as ``compiled_first_step``).
 
+``--critics`` also times PPO on the workload with each critic
+(:data:`bioreason.rl.lm.values.CRITICS`: ``shared``, a value head on the policy's
+hidden state; ``separate``, a copy of the trunk with its own forward and backward), in
+the same turns, with ``--ppo-updates`` updates per rollout (1: the fused step; more:
+teacher-forced updates), and prints the separate critic's extra time.
+
     python benchmarks/rl_step.py [--steps 50] [--threads 2] [--no-baseline] [--ablation]
-        [--compile]
+        [--compile] [--critics [--ppo-updates 1]]
 """
 
 from __future__ import annotations
@@ -112,15 +118,22 @@ def build_task() -> tuple[pd.DataFrame, torch.Tensor]:
 
 
 def trainer_step(
-    fast_forward: bool = True, torch_compile: bool = False
+    fast_forward: bool = True,
+    torch_compile: bool = False,
+    method: str = "grpo",
+    critic: str = "separate",
+    updates_per_rollout: int = 1,
 ) -> Callable[[], tuple[float, float]]:
     """The LM trainer on the workload: a function that runs one step and returns its
     (seconds, mean reward). ``fast_forward=False``: transformers' own forward instead of
-    :class:`bioreason.rl.lm.fast.FastLlama`; ``torch_compile``: its layers compiled."""
+    :class:`bioreason.rl.lm.fast.FastLlama`; ``torch_compile``: its layers compiled;
+    ``method``, ``critic`` and ``updates_per_rollout`` as in ``LMRLConfig`` (the
+    critic only for ``ppo``)."""
     tokenizer = build_tokenizer()
     task, p = build_task()
     config = LMRLConfig(
-        method="grpo",
+        method=method,
+        critic=critic,
         group_size=GROUP,
         questions_per_step=QUESTIONS,
         max_new_tokens=NEW_TOKENS,
@@ -131,7 +144,7 @@ def trainer_step(
         invalid_reward=FLOOR,
         lr=LR,
         kl_coef=0.0,
-        updates_per_rollout=1,
+        updates_per_rollout=updates_per_rollout,
         outcomes="live",
         eval_split=None,
         steps=10**9,
@@ -233,7 +246,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also time the trainer with torch_compile=True (compiles in its first step)",
     )
+    parser.add_argument(
+        "--critics",
+        action="store_true",
+        help="also time PPO with a shared and with a separate critic",
+    )
+    parser.add_argument(
+        "--ppo-updates", type=int, default=1, help="PPO's updates per rollout (default 1)"
+    )
     args = parser.parse_args(argv)
+    if args.ppo_updates < 1:
+        parser.error("--ppo-updates must be >= 1")
     if not 1 <= args.first <= args.steps:
         parser.error("--first must lie in [1, --steps]")
     torch.set_num_threads(args.threads)
@@ -244,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         runs["model_forward"] = trainer_step(fast_forward=False)
     if args.compile:
         runs["compiled"] = trainer_step(torch_compile=True)
+    if args.critics:
+        for critic in ("shared", "separate"):
+            runs[f"ppo_{critic}"] = trainer_step(
+                method="ppo", critic=critic, updates_per_rollout=args.ppo_updates
+            )
     times: dict[str, list[float]] = {name: [] for name in runs}
     rewards: dict[str, list[float]] = {name: [] for name in runs}
     # the two loops take turns step by step, so that both see the same machine load
@@ -276,6 +304,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compiled_reward_mean_last10: {statistics.mean(rewards['compiled'][-10:]):.3f}")
         if not args.no_baseline:
             print(f"compiled_speedup: {base_time / compiled_time:.2f} x")
+    if args.critics:
+        critic_times = {
+            critic: statistics.mean(times[f"ppo_{critic}"][args.first - 1 :])
+            for critic in ("shared", "separate")
+        }
+        for critic, seconds in critic_times.items():
+            print(f"ppo_{critic}_step_time: {seconds:.4f} s/step")
+            last10 = statistics.mean(rewards[f"ppo_{critic}"][-10:])
+            print(f"ppo_{critic}_reward_mean_last10: {last10:.3f}")
+        extra = 100 * (critic_times["separate"] / critic_times["shared"] - 1)
+        print(f"separate_critic_cost: {extra:+.1f} %")
     return 0
 
 

@@ -22,8 +22,9 @@ BASE = {
     "tensorboard": False,
 }
 
-#: name -> config options: the fused on-policy step with a batch-level estimator, and
-#: the teacher-forced path (several updates, micro-batches, KL, live outcomes)
+#: name -> config options: the fused on-policy step with a batch-level estimator, the
+#: teacher-forced path (several updates, micro-batches, KL, live outcomes), and PPO with a
+#: separate critic (micro-batches)
 CASES = {
     "fused_batch_std": {"method": "grpo_batch_std"},
     "unfused_live_kl": {
@@ -34,6 +35,8 @@ CASES = {
         "aggregation": "sequence_mean",
         "outcomes": "live",
     },
+    # PPO's separate critic: its gradients are summed over processes like the policy's
+    "ppo_separate_critic": {"method": "ppo", "critic": "separate", "grad_accumulation": 2},
 }
 
 
@@ -47,11 +50,20 @@ def make_trainer(name: str) -> LMTrainer:
     return LMTrainer(make_model(tokenizer), tokenizer, task, config, **options)
 
 
+def _weights(trainer: LMTrainer) -> torch.Tensor:
+    """The policy's weights, then the critic's (when there is one)."""
+    critic = [] if trainer.critic is None else [flat(trainer.critic)]
+    return torch.cat([flat(trainer.model), *critic])
+
+
 def run_case(name: str) -> dict[str, list[float]]:
-    """The first step's summed gradient, then the weights after ``steps`` AdamW steps."""
+    """The first step's summed gradient (the policy's, then the critic's), then the
+    weights after ``steps`` AdamW steps."""
     trainer = make_trainer(name)
     optimizer = trainer.optimizer
-    trainer.optimizer = _GradientRecorder(trainer.model.parameters())
+    trainer.optimizer = _GradientRecorder(
+        [*trainer.model.parameters(), *trainer._critic_parameters]
+    )
     trainer.train_step()
     gradient = trainer.optimizer.gradient
     first = trainer.diagnostics()
@@ -61,6 +73,6 @@ def run_case(name: str) -> dict[str, list[float]]:
     del optimizer
     return {
         "gradient": gradient.tolist(),
-        "weights": flat(trainer.model).tolist(),
+        "weights": _weights(trainer).tolist(),
         "reward_mean": first["reward_mean"],
     }

@@ -81,6 +81,7 @@ def test_finetune_writes_outputs_and_is_idempotent(task_path, tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["n_test"] == 4 and metrics["method"] == "grpo"
     assert metrics["seed"] == 3 and 0 <= metrics["ece"] <= 1 and metrics["n_scored"] == 4
+    assert metrics["critic"] == "none"  # GRPO has no value function
     # the start of the drift is evaluated before training, the end at the last step
     assert pd.read_csv(out / "eval.csv")["step"].tolist() == [0, 2]
     assert np.isfinite(metrics["drift_measured_start"])
@@ -163,6 +164,14 @@ def test_a_flat_config_file_still_loads_with_a_warning(task_path, tmp_path):
     manifest = json.loads((tmp_path / "flat" / "manifest.json").read_text())
     assert manifest["config"]["rl"]["max_new_tokens"] == 3
     assert manifest["config"]["rl"]["eval_split"] == "test"  # the job's default
+
+
+def test_a_ppo_job_records_its_critic(task_path, tmp_path):
+    out, config = tmp_path / "ppo", _config(tmp_path)
+    assert run(task_path, out, config, "--method", "ppo", "--critic", "shared") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == "ppo" and metrics["critic"] == "shared"
+    assert json.loads((out / "manifest.json").read_text())["config"]["rl"]["critic"] == "shared"
 
 
 def test_finetune_and_a_pipeline_job_write_the_same_metrics(task_path, tmp_path):

@@ -64,7 +64,12 @@ def _one_thread():
 
 
 @pytest.mark.parametrize(
-    "case", ["fused_batch_std", pytest.param("unfused_live_kl", marks=pytest.mark.slow)]
+    "case",
+    [
+        "fused_batch_std",
+        pytest.param("unfused_live_kl", marks=pytest.mark.slow),
+        pytest.param("ppo_separate_critic", marks=pytest.mark.slow),
+    ],
 )
 def test_two_processes_equal_one_process_on_the_same_batch(tmp_path, case):
     done = _launch([str(ROOT / "tests" / "_lm_ddp_script.py"), str(tmp_path), case], 29541)
@@ -81,8 +86,13 @@ def test_two_processes_equal_one_process_on_the_same_batch(tmp_path, case):
     np.testing.assert_allclose(first["weights"], alone["weights"], rtol=0, atol=2e-5)
     assert first["reward_mean"] == pytest.approx(alone["reward_mean"], abs=1e-12)
     before = make_trainer(case)
-    moved = np.abs(np.asarray(alone["weights"]) - lm_distributed_flat(before.model)).max()
-    assert moved > 1e-4  # the steps did something
+    n_policy = len(lm_distributed_flat(before.model))
+    moved = np.abs(np.asarray(alone["weights"][:n_policy]) - lm_distributed_flat(before.model))
+    assert moved.max() > 1e-4  # the steps did something
+    if before.critic is not None:  # ...to the critic too, whose gradients were summed
+        critic = np.asarray(alone["weights"][n_policy:]) - lm_distributed_flat(before.critic)
+        assert np.abs(critic).max() > 1e-4
+        assert np.abs(np.asarray(alone["gradient"][n_policy:])).max() > 0
 
 
 def lm_distributed_flat(model: torch.nn.Module) -> np.ndarray:

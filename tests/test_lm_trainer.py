@@ -15,6 +15,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from bioreason.lm.answer_protocol import parse_first_integer, single_token_answer_ids
 from bioreason.rl import BernoulliOutcomes, LMRLConfig, LMTrainer
 from bioreason.rl.lm.rollout import left_pad, sample_group_completions, teacher_forced
+from bioreason.rl.lm.values import CRITICS
 
 N_PERT, N_GENE = 6, 4
 
@@ -301,19 +302,25 @@ def test_rejection_sampling_needs_a_01_reward(tokenizer):
 # ----- PPO -------------------------------------------------------------------------------
 
 
-def test_ppo_value_head_trains_and_gives_gae_advantages(tokenizer):
-    model = make_model(tokenizer)
+def _ppo_config(**options) -> LMRLConfig:
     # a random model rarely writes <answer>N</answer>: rewards ~ the constant invalid_reward,
-    # which the value head (zero at the start) must learn
-    config = small_config(
-        method="ppo",
-        value_lr=0.05,
-        lr=1e-4,
-        answer_format="tagged",
-        answer_prefix="<answer>",
-        max_new_tokens=3,
-    )
-    trainer = LMTrainer(model, tokenizer, make_task(), config)
+    # which the critic (zero at the start) must learn
+    values = {
+        "method": "ppo",
+        "value_lr": 0.05,
+        "lr": 1e-4,
+        "answer_format": "tagged",
+        "answer_prefix": "<answer>",
+        "max_new_tokens": 3,
+    }
+    return small_config(**{**values, **options})
+
+
+@pytest.mark.parametrize("critic", ["separate", "shared"])
+def test_ppo_critic_trains_and_gives_gae_advantages(tokenizer, critic):
+    model = make_model(tokenizer)
+    trainer = LMTrainer(model, tokenizer, make_task(), _ppo_config(critic=critic))
+    assert type(trainer.critic) is CRITICS[critic]
     losses = []
     for _ in range(15):
         trainer.train_step()
@@ -325,13 +332,113 @@ def test_ppo_value_head_trains_and_gives_gae_advantages(tokenizer):
     rollout = trainer._new_rollout()
     with torch.no_grad():
         sample = teacher_forced(model, rollout.prompts, rollout.tokens, rollout.mask, hidden=True)
-        values = trainer.value_head(sample.hidden)
+        values = trainer._values(rollout.prompts, sample)
+    if critic == "shared":
+        torch.testing.assert_close(values, trainer.critic.head(sample.hidden))
     last = rollout.mask.sum(1) - 1
     token_rewards = torch.zeros(values.shape, dtype=torch.float64)
     token_rewards[torch.arange(len(last)), last] = rollout.rewards.reshape(-1)
     expected, returns = gae(token_rewards, values.double(), rollout.mask)
     torch.testing.assert_close(rollout.advantages, expected.float(), atol=1e-5, rtol=0)
     torch.testing.assert_close(rollout.returns, returns.float(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "teacher_forced"])
+def test_separate_critic_value_loss_never_changes_the_policy(tokenizer, fused):
+    """Zero policy advantages, no KL or entropy: the value loss alone leaves the policy's
+    weights as they were with a separate critic, and moves them with a shared one."""
+    moved = {}
+    for critic in ("separate", "shared"):
+        model = make_model(tokenizer)
+        config = _ppo_config(critic=critic, weight_decay=0.0, fused_rollout=fused)
+        trainer = LMTrainer(model, tokenizer, make_task(), config)
+        assert trainer.fused == fused
+        # a zero head passes no gradient to the states it reads: start from a nonzero one
+        with torch.no_grad():
+            trainer.critic.head.linear.weight.normal_(0.0, 0.5, generator=torch.Generator())
+        policy_before = flat(model).clone()
+        critic_before = flat(trainer.critic).clone()
+        rollout = trainer._new_rollout()
+        rollout.advantages = torch.zeros_like(rollout.advantages)
+        stats = trainer._update(rollout, first_update=True)
+        assert stats["value_loss"] > 0
+        assert not torch.equal(flat(trainer.critic), critic_before)  # the critic learns
+        moved[critic] = (flat(model) - policy_before).abs().max().item()
+    assert moved["separate"] == 0.0
+    assert moved["shared"] > 1e-6
+
+
+def test_separate_critic_is_its_own_network_with_its_own_learning_rate(tokenizer):
+    model = make_model(tokenizer)
+    trainer = LMTrainer(model, tokenizer, make_task(), _ppo_config(value_lr=3e-3, lr=1e-4))
+    critic = trainer.critic
+    policy_ids = {id(p) for p in model.parameters()}
+    assert not policy_ids & {id(p) for p in critic.parameters()}
+    # a copy of the initial trunk: same decoder weights, no vocabulary head
+    torch.testing.assert_close(
+        critic.trunk.model.layers[0].mlp.up_proj.weight, model.model.layers[0].mlp.up_proj.weight
+    )
+    assert critic.trunk.get_output_embeddings().weight.shape == (1, model.config.hidden_size)
+    assert not critic.trunk.get_output_embeddings().weight.requires_grad
+    groups = trainer.optimizer.param_groups
+    assert [g["lr"] for g in groups] == [1e-4, 3e-3]
+    assert {id(p) for p in groups[1]["params"]} == {
+        id(p) for p in critic.parameters() if p.requires_grad
+    }
+    # the shared critic: a value head on the policy's states, no second trunk
+    shared = LMTrainer(make_model(tokenizer), tokenizer, make_task(), _ppo_config(critic="shared"))
+    assert sum(p.numel() for p in shared.critic.parameters()) == model.config.hidden_size + 1
+    # estimators without values have no critic
+    assert LMTrainer(make_model(tokenizer), tokenizer, make_task(), small_config()).critic is None
+
+
+def test_fused_ppo_step_equals_teacher_forced_step(tokenizer):
+    """The fused step reuses the critic's values with gradients from the rollout."""
+    gradients = []
+    for fused in (True, False):
+        trainer = LMTrainer(
+            make_model(tokenizer), tokenizer, make_task(), _ppo_config(fused_rollout=fused)
+        )
+        parameters = [*trainer.model.parameters(), *trainer._critic_parameters]
+        trainer.optimizer = _GradientRecorder(parameters)
+        trainer.train_step()
+        gradients.append(trainer.optimizer.gradient)
+    torch.testing.assert_close(gradients[0], gradients[1], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("critic", ["separate", "shared"])
+def test_ppo_moves_q_exact_toward_p(tokenizer, critic):
+    """PPO learns the questions' probabilities with either critic (the RLOO test's task)."""
+    p = [0.2, 0.2, 0.8, 0.8]
+    task = pd.DataFrame(
+        {
+            "question_id": [f"q{i}" for i in range(4)],
+            "prompt": [f"readout GENE{i} probability ? perturb PERT{i}" for i in range(4)],
+            "p_star": p,
+            "split": "train",
+        }
+    )
+    config = small_config(
+        method="ppo",
+        critic=critic,
+        steps=120,
+        outcomes="live",
+        outcome_sharing="completion",
+        group_size=16,
+        max_new_tokens=1,
+        lr=5e-4,
+        value_lr=1e-3,
+        eval_split=None,
+        checkpoint_every=1000,
+    )
+    model = make_model(tokenizer, hidden=128)
+    source = BernoulliOutcomes(torch.tensor(p))
+    trainer = LMTrainer(model, tokenizer, task, config, outcome_source=source)
+    before = trainer.predict(np.arange(4))["q_exact"].to_numpy()
+    trainer.train(progress=False)
+    after = trainer.predict(np.arange(4))["q_exact"].to_numpy()
+    assert (np.abs(after - p) < np.abs(before - p)).all(), (before, after)
+    assert after[2:].mean() - after[:2].mean() > 0.03
 
 
 # ----- predictions -----------------------------------------------------------------------
@@ -423,8 +530,9 @@ class _Interrupt(Exception):
             "eval_every": 2,
             "eval_split": "val",
         },
+        {"method": "ppo", "critic": "shared"},
     ],
-    ids=["on_policy", "ppo_offline_kl"],
+    ids=["on_policy", "ppo_offline_kl", "ppo_shared"],
 )
 def test_interrupted_and_resumed_run_matches_uninterrupted(tokenizer, tmp_path, options):
     task = make_task()
@@ -450,6 +558,8 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tokenizer, tmp_path, 
     resumed.train(checkpoint_path=path, progress=False, resume=True)
     assert resumed.step == 4
     assert torch.equal(flat(resumed.model), flat(whole.model))
+    if whole.critic is not None:
+        assert torch.equal(flat(resumed.critic), flat(whole.critic))
     pd.testing.assert_frame_equal(
         pd.DataFrame(resumed.eval_rows_log), pd.DataFrame(whole.eval_rows_log)
     )
@@ -507,6 +617,15 @@ def test_first_integer_parser():
 def test_config_errors_name_the_field(tokenizer):
     with pytest.raises(ValueError, match="answer_format"):
         LMRLConfig(answer_format="json")
+    with pytest.raises(ValueError, match=r"critic must be one of \['separate', 'shared'\]"):
+        LMRLConfig(method="ppo", critic="twin")
+    with pytest.raises(ValueError, match=r"kl_estimator='k1'.*cannot be a loss term.*'k2'"):
+        LMRLConfig(kl_estimator="k1", kl_coef=0.1)
+    with pytest.raises(ValueError, match=r"kl_estimator='k5'.*unknown KL estimator"):
+        LMRLConfig(kl_estimator="k5")
+    with pytest.raises(ValueError, match="kl_coef must be a finite number >= 0"):
+        LMRLConfig(kl_coef=-0.1)
+    assert LMRLConfig().kl_estimator == "k2" and LMRLConfig().critic == "separate"
     with pytest.raises(ValueError, match="outcome_sharing"):
         LMRLConfig(outcome_sharing="each")
     with pytest.raises(ValueError, match="grad_accumulation"):
@@ -651,7 +770,8 @@ def test_fast_forward_trains_the_same_weights_as_the_model_forward(tokenizer, me
         trainer = LMTrainer(make_model(tokenizer), tokenizer, make_task(), config)
         for _ in range(3):
             trainer.train_step()
-        weights.append(flat(trainer.model))
+        critic = [] if trainer.critic is None else [flat(trainer.critic)]
+        weights.append(torch.cat([flat(trainer.model), *critic]))
     torch.testing.assert_close(weights[0], weights[1], atol=1e-5, rtol=1e-4)
 
 

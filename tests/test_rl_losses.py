@@ -4,12 +4,15 @@ import pytest
 import torch
 
 from bioreason.rl.losses import (
+    KL_ESTIMATORS,
     aggregate,
     clipped_surrogate_loss,
     clipped_surrogate_weights,
     entropy_from_logits,
     kl_k1,
+    kl_k2,
     kl_k3,
+    kl_loss_estimators,
     policy_loss,
 )
 
@@ -93,15 +96,176 @@ def test_policy_loss_adds_kl_and_entropy():
     loss, stats = policy_loss(
         logp, logp, adv, ref_log_probs=ref, kl_coef=0.1, entropy=entropy, entropy_coef=0.01
     )
-    k3 = kl_k3(logp, ref).mean()
-    assert loss.item() == pytest.approx(base.item() + 0.1 * k3.item() - 0.01 * 0.8)
+    k2 = kl_k2(logp, ref).mean()  # the default estimator of the loss term
+    assert loss.item() == pytest.approx(base.item() + 0.1 * k2.item() - 0.01 * 0.8)
     assert set(stats) == {"clip_fraction", "kl", "entropy"}
+    # the logged kl is k3's unbiased estimate of KL(pi || ref), whichever the loss uses
+    assert stats["kl"].item() == pytest.approx(kl_k3(logp, ref).mean().item())
+    loss3, _ = policy_loss(logp, logp, adv, ref_log_probs=ref, kl_coef=0.1, kl_estimator="k3")
+    assert loss3.item() == pytest.approx(base.item() + 0.1 * kl_k3(logp, ref).mean().item())
     with pytest.raises(ValueError, match="ref_log_probs"):
         policy_loss(logp, logp, adv, kl_coef=0.1)
     with pytest.raises(ValueError, match="entropy"):
         policy_loss(logp, logp, adv, entropy_coef=0.1)
-    with pytest.raises(ValueError, match="KL estimator"):
-        policy_loss(logp, logp, adv, kl_estimator="k2", ref_log_probs=ref, kl_coef=1.0)
+    with pytest.raises(ValueError, match="unknown KL estimator 'k4'"):
+        policy_loss(logp, logp, adv, kl_estimator="k4", ref_log_probs=ref, kl_coef=1.0)
+
+
+# ----- KL estimators: values and gradients against closed forms ----------------------
+#
+# A categorical policy pi = softmax(theta) over K categories, a reference ref. The
+# trainer's KL term for a sampled category x is policy_loss(...) with x held fixed and
+# the gradient through log pi(x); its expectation is the pi-weighted sum over all K
+# categories (exact: no sampling). Closed forms, with d = log pi - log ref:
+#   grad_theta KL(pi || ref) = pi * (d - KL(pi || ref))
+#   grad_theta KL(ref || pi) = pi - ref
+
+
+def _categorical(seed: int = 0, k: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    theta = (torch.randn(k, generator=g, dtype=torch.float64) * 1.5).requires_grad_()
+    ref = torch.softmax(torch.randn(k, generator=g, dtype=torch.float64) * 1.5, 0)
+    return theta, ref
+
+
+def _expected_term(theta, ref, estimator, sampler=None):
+    """Exact expectation over x ~ sampler (default pi) of the KL term of policy_loss for
+    the one-token sequence x, sampled by ``sampler``: (value, gradient wrt theta)."""
+    log_pi = torch.log_softmax(theta, 0)
+    log_sampler = log_pi.detach() if sampler is None else sampler.log()
+    weights = log_sampler.exp()
+    zero = torch.zeros(1, 1, dtype=torch.float64)
+    value = torch.zeros((), dtype=torch.float64)
+    gradient = torch.zeros_like(theta)
+    for x in range(len(theta)):
+        log_probs = log_pi[x].reshape(1, 1)
+        old = log_sampler[x].reshape(1, 1)  # the behaviour policy's log-prob
+        term, _ = policy_loss(
+            log_probs,
+            old,
+            zero,
+            ref_log_probs=ref[x].log().reshape(1, 1),
+            kl_coef=1.0,
+            kl_estimator=estimator,
+            clip_eps=None,
+        )
+        (grad,) = torch.autograd.grad(term, theta, retain_graph=True)
+        value = value + weights[x] * term.detach()
+        gradient = gradient + weights[x] * grad
+    return value, gradient
+
+
+def _closed_forms(theta, ref):
+    pi = torch.softmax(theta.detach(), 0)
+    d = pi.log() - ref.log()
+    kl_pi_ref = (pi * d).sum()
+    return {
+        "kl_pi_ref": kl_pi_ref,
+        "k2_value": (pi * d**2 / 2).sum(),
+        "grad_kl_pi_ref": pi * (d - kl_pi_ref),
+        "grad_kl_ref_pi": pi - ref,
+    }
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kl_estimators_expected_values_and_gradients_match_closed_forms(seed):
+    theta, ref = _categorical(seed)
+    exact = _closed_forms(theta, ref)
+    assert exact["kl_pi_ref"] > 0.1  # far enough from ref for the directions to differ
+    assert not torch.allclose(exact["grad_kl_pi_ref"], exact["grad_kl_ref_pi"], atol=1e-2)
+    # k1: unbiased value, zero expected gradient (so policy_loss refuses it; computed here
+    # from the estimator itself, as a loss would use it)
+    log_pi = torch.log_softmax(theta, 0)
+    pi = log_pi.exp().detach()
+    k1_value = (pi * kl_k1(log_pi, ref.log())).sum()
+    (k1_grad,) = torch.autograd.grad(k1_value, theta)
+    torch.testing.assert_close(k1_value.detach(), exact["kl_pi_ref"])
+    torch.testing.assert_close(k1_grad, torch.zeros_like(k1_grad), atol=1e-12, rtol=0)
+    # k2: value its own f-divergence, gradient that of KL(pi || ref)
+    value, gradient = _expected_term(theta, ref, "k2")
+    torch.testing.assert_close(value, exact["k2_value"])
+    torch.testing.assert_close(gradient, exact["grad_kl_pi_ref"])
+    # k3: value KL(pi || ref), gradient that of KL(ref || pi)
+    value, gradient = _expected_term(theta, ref, "k3")
+    torch.testing.assert_close(value, exact["kl_pi_ref"])
+    torch.testing.assert_close(gradient, exact["grad_kl_ref_pi"])
+    assert not torch.allclose(gradient, exact["grad_kl_pi_ref"], atol=1e-2)
+    # the registry says so
+    assert KL_ESTIMATORS.metadata("k1")["gradient"] is None
+    assert KL_ESTIMATORS.metadata("k2")["gradient"] == "KL(pi || ref)"
+    assert KL_ESTIMATORS.metadata("k3")["gradient"] == "KL(ref || pi)"
+
+
+def test_kl_term_keeps_its_expectation_under_the_behaviour_policy():
+    """A rollout's later updates: tokens from pi_old, the term weighted by pi / pi_old."""
+    theta, ref = _categorical(4)
+    exact = _closed_forms(theta, ref)
+    g = torch.Generator().manual_seed(9)
+    behaviour = torch.softmax(
+        theta.detach() + 0.5 * torch.randn(5, generator=g, dtype=torch.float64), 0
+    )
+    value, gradient = _expected_term(theta, ref, "k2", sampler=behaviour)
+    torch.testing.assert_close(value, exact["k2_value"])
+    torch.testing.assert_close(gradient, exact["grad_kl_pi_ref"])
+    value, gradient = _expected_term(theta, ref, "k3", sampler=behaviour)
+    torch.testing.assert_close(value, exact["kl_pi_ref"])
+    torch.testing.assert_close(gradient, exact["grad_kl_ref_pi"])
+
+
+def test_per_token_kl_gives_the_partial_gradient_of_a_sequence_kl():
+    """Two tokens: the summed per-token k2 term follows the gradient of the per-position
+    KLs with the prefix distribution held fixed, not that of the sequence KL."""
+    k = 3
+    g = torch.Generator().manual_seed(5)
+    first = (torch.randn(k, generator=g, dtype=torch.float64) * 1.5).requires_grad_()
+    second = (torch.randn(k, k, generator=g, dtype=torch.float64) * 1.5).requires_grad_()
+    ref1 = torch.softmax(torch.randn(k, generator=g, dtype=torch.float64), 0)
+    ref2 = torch.softmax(torch.randn(k, k, generator=g, dtype=torch.float64), 1)
+    log_pi1, log_pi2 = torch.log_softmax(first, 0), torch.log_softmax(second, 1)
+    zero = torch.zeros(1, 1, dtype=torch.float64)
+    grads = [torch.zeros_like(first), torch.zeros_like(second)]
+    for y1 in range(k):
+        for y2 in range(k):
+            log_probs = torch.stack([log_pi1[y1], log_pi2[y1, y2]]).reshape(1, 2)
+            ref = torch.stack([ref1[y1], ref2[y1, y2]]).log().reshape(1, 2)
+            term, _ = policy_loss(
+                log_probs,
+                log_probs.detach(),
+                zero,
+                ref_log_probs=ref,
+                kl_coef=1.0,
+                aggregation="sequence_sum",
+                constant=1.0,  # the sum over the two tokens
+            )
+            weight = float(log_probs.detach().sum().exp())
+            for total, grad in zip(
+                grads, torch.autograd.grad(term, [first, second], retain_graph=True)
+            ):
+                total += weight * grad
+    pi1, pi2 = log_pi1.exp().detach(), log_pi2.exp().detach()
+    kl1 = (pi1 * (pi1.log() - ref1.log())).sum()
+    d2 = pi2.log() - ref2.log()
+    kl2 = (pi2 * d2).sum(1)  # KL of the second token given each first token
+    partial_first = pi1 * (pi1.log() - ref1.log() - kl1)
+    partial_second = pi1[:, None] * pi2 * (d2 - kl2[:, None])
+    torch.testing.assert_close(grads[0], partial_first)
+    torch.testing.assert_close(grads[1], partial_second)
+    # the sequence KL's gradient has the term through the first token's probability
+    full_first = partial_first + pi1 * (kl2 - (pi1 * kl2).sum())
+    assert (full_first - grads[0]).abs().max() > 1e-2
+
+
+def test_k1_is_refused_as_a_loss_term_and_the_default_regularizes():
+    logp = torch.log(torch.tensor([[0.5, 0.25]]))
+    ref = torch.log(torch.tensor([[0.25, 0.25]]))
+    adv = torch.zeros(1, 1)
+    with pytest.raises(ValueError, match=r"'k1' cannot be a loss term.*zero.*'k2'.*'k3'"):
+        policy_loss(logp, logp, adv, kl_estimator="k1", ref_log_probs=ref, kl_coef=0.1)
+    assert kl_loss_estimators() == ["k2", "k3"]
+    import inspect
+
+    default = inspect.signature(policy_loss).parameters["kl_estimator"].default
+    assert KL_ESTIMATORS.metadata(default)["gradient"] == "KL(pi || ref)"
 
 
 def test_policy_loss_registry_entry_and_its_closed_form_weights():

@@ -53,6 +53,7 @@ METHODS = (
 #: columns of ``runs.csv`` besides the metrics of ``bioreason.calibration.summarize``
 RUN_COLUMNS = (
     "method",
+    "critic",
     "seed",
     "steps",
     "n_test",

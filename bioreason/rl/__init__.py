@@ -34,6 +34,7 @@ from bioreason.rl.losses import (
     clipped_surrogate_weights,
     entropy_from_logits,
     kl_k1,
+    kl_k2,
     kl_k3,
     policy_loss,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "get_advantage",
     "h_target_coefficients",
     "kl_k1",
+    "kl_k2",
     "kl_k3",
     "log_score",
     "parse_answers",

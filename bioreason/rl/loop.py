@@ -77,7 +77,7 @@ class RLConfig(Config):
     entropy_coef : float, default 0.0
         Weight of the entropy bonus.
     kl_coef : float, default 0.0
-        Weight of the KL(pi || initial policy) penalty.
+        Weight of the KL(pi || initial policy) penalty (>= 0).
     checkpoint_every : int, default 5_000
         Steps between checkpoints (rounded to whole rollouts).
     log_every : int, default 1_000
@@ -123,6 +123,8 @@ class RLConfig(Config):
             raise ValueError(f"clip_eps must be > 0 or None, got {self.clip_eps}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.kl_coef) and self.kl_coef >= 0):
+            raise ValueError(f"kl_coef must be a finite number >= 0, got {self.kl_coef}")
         if self.tensorboard not in (None, True, False):
             raise ValueError(
                 f"tensorboard must be true, false or null (auto), got {self.tensorboard!r}"

@@ -13,6 +13,44 @@ and registers ``weights``, its gradient in closed form: ``weights(ratio, advanta
 clip_eps)`` is ``d(-loss)/d log pi`` per sample, which a trainer with an exact policy
 gradient (the tabular one) uses without autograd.
 
+**KL estimators: their values and their gradients.** A KL term of the loss is an
+estimator ``k(log pi(x), log ref(x))`` of the sampled tokens ``x ~ pi``, aggregated,
+and differentiated with the samples held fixed (through ``log pi`` of the sampled
+tokens only). What its *value* estimates and what its *gradient* follows differ
+(Schulman, "Approximating KL divergence", 2020, http://joschu.net/blog/kl-approx.html,
+for the values; Tang & Munos, "On a few pitfalls in KL divergence gradient estimation
+for RL", arXiv 2506.09477, 2025, for the gradients). With ``d = log pi - log ref`` and
+``r = ref / pi``, the expectations over ``x ~ pi``:
+
+| name | per token | E[value] | E[gradient] |
+| --- | --- | --- | --- |
+| k1 | ``d`` | KL(pi || ref) | 0 (``E[grad log pi] = 0``) |
+| k2 | ``d^2 / 2`` | an f-divergence, KL to 2nd order | ``E[d grad log pi]`` = grad KL(pi || ref) |
+| k3 | ``r - 1 - log r`` | KL(pi || ref) | ``E[(1 - r) grad log pi]`` = grad KL(ref || pi) |
+
+So ``k1`` as a loss regularizes nothing (:func:`policy_loss` refuses it; it stays
+registered as an estimate of the value), ``k2`` follows the gradient of the penalty
+the configs name, KL(pi || ref) (the same gradient as ``k1`` put into the reward, and
+the one the tabular trainer computes exactly), and ``k3``, although its value is an
+unbiased estimate of KL(pi || ref), follows the gradient of the *forward* divergence
+KL(ref || pi) (mass-covering: it pulls pi up wherever ref has mass). Both regularize
+toward ``ref``; they agree to first order near it. ``tests/test_rl_losses.py`` checks
+every entry of the table against closed forms on a small categorical policy (exact
+expectations by enumerating the categories, gradients by autograd).
+
+Two more facts about the KL term of :func:`policy_loss`:
+
+* **Later updates of a rollout.** The per-token estimator is multiplied by the
+  detached importance ratio ``pi / pi_old`` of the token (1 on the first update of a
+  rollout), so that under samples of the behaviour policy its expected value and
+  gradient are still those under ``pi`` in the table.
+* **Sequences.** Per token, the table holds for the distribution at each sampled
+  prefix: the summed per-token gradient is the gradient of the sum over positions of
+  KL(pi(. | prefix) || ref(. | prefix)) with the prefixes' distribution held fixed.
+  The gradient of the whole sequence's KL has one more term, through the earlier
+  tokens' probabilities (Tang & Munos: the later tokens' KL acts as a return of the
+  earlier ones); for one-token answers the two are equal.
+
 **Validation.** :func:`policy_loss` (for every registered loss) and
 :func:`clipped_surrogate_loss` check their inputs in one place: ``log_probs`` and
 ``old_log_probs`` of one shape ``(batch, n_tokens)``, ``advantages`` of that shape or
@@ -38,12 +76,15 @@ __all__ = [
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
     "aggregate",
+    "check_kl_loss_estimator",
     "clipped_policy_loss",
     "clipped_surrogate_loss",
     "clipped_surrogate_weights",
     "entropy_from_logits",
     "kl_k1",
+    "kl_k2",
     "kl_k3",
+    "kl_loss_estimators",
     "policy_loss",
 ]
 
@@ -346,35 +387,134 @@ def _check_same_shape(log_probs: Tensor, ref_log_probs: Tensor, where: str) -> N
         )
 
 
-def kl_k1(log_probs: Tensor, ref_log_probs: Tensor) -> Tensor:
-    """k1 estimator of KL(pi || ref) per sampled token: ``log pi - log ref`` (unbiased).
-
-    Both of one shape (no broadcasting); elementwise, so NaN in gives NaN out
-    (:func:`policy_loss` checks finiteness)."""
-    log_probs = _tensor(log_probs, "log_probs", "kl_k1")
-    ref_log_probs = _tensor(ref_log_probs, "ref_log_probs", "kl_k1")
-    _check_same_shape(log_probs, ref_log_probs, "kl_k1")
+def _log_ratio(log_probs: Any, ref_log_probs: Any, where: str) -> Tensor:
+    """``log pi - log ref`` of two tensors of one shape (no broadcasting)."""
+    log_probs = _tensor(log_probs, "log_probs", where)
+    ref_log_probs = _tensor(ref_log_probs, "ref_log_probs", where)
+    _check_same_shape(log_probs, ref_log_probs, where)
     return log_probs - ref_log_probs
 
 
-def kl_k3(log_probs: Tensor, ref_log_probs: Tensor) -> Tensor:
-    """k3 estimator of KL(pi || ref): ``r - 1 - log r`` with ``r = ref / pi`` (Schulman 2020).
+def kl_k1(log_probs: Tensor, ref_log_probs: Tensor) -> Tensor:
+    """k1 estimator of KL(pi || ref) per sampled token: ``log pi - log ref``.
 
-    Unbiased for samples from pi, always >= 0, and of lower variance than k1. Both of
-    one shape, as :func:`kl_k1`.
+    Its value is unbiased for samples of pi, but as a loss term it is useless: its
+    gradient with the samples held fixed is ``grad log pi``, whose expectation under
+    pi is 0, so :func:`policy_loss` refuses it (module docstring).
+
+    Parameters
+    ----------
+    log_probs, ref_log_probs : Tensor, shape (batch, n_tokens)
+        Log-probabilities of the sampled tokens under pi and under the reference; one
+        shape (no broadcasting). Elementwise, so NaN in gives NaN out
+        (:func:`policy_loss` checks finiteness).
+
+    Returns
+    -------
+    Tensor, shape (batch, n_tokens)
     """
-    log_probs = _tensor(log_probs, "log_probs", "kl_k3")
-    ref_log_probs = _tensor(ref_log_probs, "ref_log_probs", "kl_k3")
-    _check_same_shape(log_probs, ref_log_probs, "kl_k3")
-    log_ratio = ref_log_probs - log_probs
+    return _log_ratio(log_probs, ref_log_probs, "kl_k1")
+
+
+def kl_k2(log_probs: Tensor, ref_log_probs: Tensor) -> Tensor:
+    """k2 estimator per sampled token: ``(log pi - log ref)^2 / 2`` (Schulman 2020).
+
+    Its value is an f-divergence that equals KL(pi || ref) to second order near ref
+    (biased, low variance, always >= 0). Its gradient with the samples held fixed is
+    ``(log pi - log ref) grad log pi``, whose expectation under pi is the gradient of
+    KL(pi || ref): the loss term that follows the penalty's own gradient.
+
+    Parameters
+    ----------
+    log_probs, ref_log_probs : Tensor, shape (batch, n_tokens)
+        As :func:`kl_k1`.
+
+    Returns
+    -------
+    Tensor, shape (batch, n_tokens)
+    """
+    return 0.5 * _log_ratio(log_probs, ref_log_probs, "kl_k2") ** 2
+
+
+def kl_k3(log_probs: Tensor, ref_log_probs: Tensor) -> Tensor:
+    """k3 estimator per sampled token: ``r - 1 - log r`` with ``r = ref / pi`` (Schulman
+    2020).
+
+    Its value is unbiased for KL(pi || ref) under samples of pi, always >= 0, and of
+    lower variance than k1. Its gradient with the samples held fixed is
+    ``(1 - ref / pi) grad log pi``, whose expectation under pi is the gradient of the
+    *other* direction, KL(ref || pi) (module docstring).
+
+    Parameters
+    ----------
+    log_probs, ref_log_probs : Tensor, shape (batch, n_tokens)
+        As :func:`kl_k1`.
+
+    Returns
+    -------
+    Tensor, shape (batch, n_tokens)
+    """
+    log_ratio = -_log_ratio(log_probs, ref_log_probs, "kl_k3")
     return torch.expm1(log_ratio) - log_ratio
 
 
 #: Per-token estimators of KL(pi || ref) from samples of pi:
-#: ``fn(log_probs, ref_log_probs) -> per-token KL``, shape (batch, n_tokens).
+#: ``fn(log_probs, ref_log_probs) -> per-token values``, shape (batch, n_tokens); metadata
+#: ``gradient``: the divergence whose gradient the estimator's expected gradient is,
+#: under on-policy samples (``None``: zero expected gradient, not usable as a loss).
 KL_ESTIMATORS: Registry[Callable[[Tensor, Tensor], Tensor]] = Registry("KL estimator")
-KL_ESTIMATORS.register("k1", kl_k1)
-KL_ESTIMATORS.register("k3", kl_k3)
+KL_ESTIMATORS.register("k1", kl_k1, gradient=None)
+KL_ESTIMATORS.register("k2", kl_k2, gradient="KL(pi || ref)")
+KL_ESTIMATORS.register("k3", kl_k3, gradient="KL(ref || pi)")
+
+
+def kl_loss_estimators() -> list[str]:
+    """Names of :data:`KL_ESTIMATORS` usable as a loss term (a nonzero expected
+    gradient), in registration order.
+
+    Returns
+    -------
+    list of str
+    """
+    return KL_ESTIMATORS.where(lambda meta: meta.get("gradient") is not None)
+
+
+def check_kl_loss_estimator(name: Any, where: str = "policy_loss") -> Callable[..., Tensor]:
+    """The estimator ``name`` of :data:`KL_ESTIMATORS` if it can be a loss term.
+
+    Parameters
+    ----------
+    name : str
+        A registered estimator.
+    where : str
+        What the error message starts with (the function or the config field).
+
+    Returns
+    -------
+    callable
+        The estimator.
+
+    Raises
+    ------
+    ValueError
+        An unknown name (listing the choices), or one whose expected gradient is 0
+        (``k1``), naming why and what to use instead.
+    """
+    if name not in KL_ESTIMATORS:
+        raise ValueError(
+            f"{where}: unknown KL estimator {name!r}; choose one of {kl_loss_estimators()}"
+        )
+    if KL_ESTIMATORS.metadata(name).get("gradient") is None:
+        usable = ", ".join(
+            f"{other!r} (gradient of {KL_ESTIMATORS.metadata(other)['gradient']})"
+            for other in kl_loss_estimators()
+        )
+        raise ValueError(
+            f"{where}: KL estimator {name!r} cannot be a loss term: with the sampled tokens "
+            "held fixed its gradient is grad log pi, whose expectation under pi is zero, so "
+            f"kl_coef > 0 would regularize nothing; use {usable}"
+        )
+    return KL_ESTIMATORS[name]
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:
@@ -413,13 +553,14 @@ def policy_loss(
     clip_eps: float | None = 0.2,
     ref_log_probs: Tensor | None = None,
     kl_coef: float = 0.0,
-    kl_estimator: str = "k3",
+    kl_estimator: str = "k2",
     entropy: Tensor | None = None,
     entropy_coef: float = 0.0,
     aggregation: str = "token_mean",
     constant: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """A registered policy loss + ``kl_coef`` x KL(pi || ref) - ``entropy_coef`` x entropy.
+    """A registered policy loss + ``kl_coef`` x a KL term to ``ref`` - ``entropy_coef``
+    x entropy.
 
     Parameters
     ----------
@@ -429,6 +570,14 @@ def policy_loss(
     advantages : Tensor, shape (batch, n_tokens) or (batch, 1)
     loss : str
         A name of :data:`POLICY_LOSSES`.
+    kl_coef : float
+        Weight of the KL term (>= 0; 0 leaves it out).
+    kl_estimator : str, default "k2"
+        The KL term's per-token estimator, a name of :data:`KL_ESTIMATORS` with a
+        nonzero expected gradient (:func:`kl_loss_estimators`): ``"k2"`` follows the
+        gradient of KL(pi || ref), ``"k3"`` that of KL(ref || pi); ``"k1"`` is refused
+        (module docstring). Each token's estimate is weighted by its detached importance
+        ratio ``pi / pi_old`` (1 on a rollout's first update).
     entropy : Tensor, shape (batch, n_tokens), optional
         Per-token entropy of the current policy.
 
@@ -436,11 +585,19 @@ def policy_loss(
     -------
     loss : Tensor, scalar
     stats : dict of str to Tensor
-        Detached diagnostics (the policy loss's own, plus ``kl`` and ``entropy``).
+        Detached diagnostics: the policy loss's own, ``kl`` (with ``kl_coef > 0``: the
+        ratio-weighted k3 estimate of KL(pi || ref), unbiased whichever estimator the
+        loss uses) and ``entropy``.
+
+    Raises
+    ------
+    ValueError
+        As the module docstring's validation; an unknown or zero-gradient
+        ``kl_estimator``; ``kl_coef > 0`` without ``ref_log_probs``.
     """
     loss_fn = POLICY_LOSSES.get(loss)  # an unknown name raises, listing the choices
-    kl_fn = KL_ESTIMATORS.get(kl_estimator)
     where = "policy_loss"
+    kl_fn = check_kl_loss_estimator(kl_estimator, where)
     kl_coef = _check_number(kl_coef, "kl_coef", where)
     entropy_coef = _check_number(entropy_coef, "entropy_coef", where, -math.inf)
     clip_eps = _check_clip_eps(clip_eps, where)
@@ -474,9 +631,16 @@ def policy_loss(
     if kl_coef:
         if ref_log_probs is None:
             raise ValueError("kl_coef > 0 needs ref_log_probs (the reference policy's log-probs)")
-        kl = aggregate(kl_fn(log_probs, ref_log_probs), mask, aggregation, constant)
-        total = total + kl_coef * kl
-        stats["kl"] = kl.detach()
+        # the detached importance ratio keeps the term's expectation (value and gradient)
+        # that under pi when the tokens come from the behaviour policy
+        # (aggregated directly: an overflowing ratio is reported by the loss's check)
+        ratio = torch.exp(log_probs.detach() - old_log_probs.detach())
+        aggregate_fn = AGGREGATIONS.get(aggregation)
+        m = _mask(log_probs, mask)
+        kl_term = aggregate_fn(ratio * kl_fn(log_probs, ref_log_probs), m, constant)
+        total = total + kl_coef * kl_term
+        estimate = ratio * kl_k3(log_probs.detach(), ref_log_probs)
+        stats["kl"] = aggregate_fn(estimate, m, constant)
     if entropy_coef:
         if entropy is None:
             raise ValueError("entropy_coef > 0 needs the per-token entropy (entropy=...)")

@@ -7,8 +7,9 @@ import math
 
 from bioreason._device import resolve_device
 from bioreason.lm.answer_protocol import ANSWER_PARSERS, AnswerGrid
+from bioreason.rl.lm.values import CRITICS
 from bioreason.rl.loop import RLConfig
-from bioreason.rl.losses import AGGREGATIONS, KL_ESTIMATORS
+from bioreason.rl.losses import AGGREGATIONS, check_kl_loss_estimator
 from bioreason.rl.rewards import FLOOR_REWARD
 from bioreason.rl.schedules import check_schedule, scheduled, warmup_factor
 
@@ -69,8 +70,14 @@ class LMRLConfig(RLConfig):
         Completions per question for ``q_sampled`` in evaluation and :meth:`predict`.
     predict_batch_questions : int, default 32
         Questions per sampling pass in evaluation and prediction.
-    kl_estimator : {"k1", "k3"}, default "k3"
-        Estimator of KL(pi || initial policy) per token (used when ``kl_coef > 0``).
+    kl_estimator : {"k2", "k3"}, default "k2"
+        Per-token estimator of the KL term to the initial policy (used when ``kl_coef >
+        0``), a name of :data:`bioreason.rl.losses.KL_ESTIMATORS` usable as a loss:
+        ``"k2"`` (``(log pi - log ref)^2 / 2``) follows the gradient of KL(pi || ref),
+        the penalty ``kl_coef`` weighs; ``"k3"`` (``r - 1 - log r``, ``r = ref / pi``,
+        DeepSeekMath's GRPO) has KL(pi || ref) as its expected value but follows the
+        gradient of KL(ref || pi). ``"k1"`` is refused: its expected gradient is zero
+        (see :mod:`bioreason.rl.losses`).
     aggregation : str, default "token_mean"
         How per-token losses become a scalar (:data:`bioreason.rl.losses.AGGREGATIONS`).
     aggregation_constant : float or None, default None
@@ -100,8 +107,16 @@ class LMRLConfig(RLConfig):
         ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda[:N]"``.
     mixed_precision : {"auto", "bf16", "no"}, default "auto"
         bf16 autocast; ``"auto"`` uses it on CUDA only.
+    critic : {"separate", "shared"}, default "separate"
+        PPO's value function, for estimators that need one (``ppo``; a name of
+        :data:`bioreason.rl.lm.values.CRITICS`): ``"separate"``, a copy of the initial
+        policy's trunk with a value head, trained by its own optimizer group
+        (``value_lr``) and clipped apart from the policy, so the value loss never
+        changes the policy's weights (one more forward and backward pass per update);
+        ``"shared"``, a value head on the policy's own final hidden state, whose value
+        loss also trains the policy's trunk. Other estimators have no critic.
     value_lr : float or None, default None
-        Learning rate of the value head (None: ``lr``).
+        Learning rate of the critic's parameters (None: ``lr``).
     value_coef : float, default 0.5
         Weight of the value loss ``0.5 (V_t - return_t)^2`` (token mean).
     gae_gamma, gae_lambda : float, default 1.0
@@ -162,7 +177,7 @@ class LMRLConfig(RLConfig):
     eval_every: int = 0
     eval_samples: int = 8
     predict_batch_questions: int = 32
-    kl_estimator: str = "k3"
+    kl_estimator: str = "k2"
     aggregation: str = "token_mean"
     aggregation_constant: float | None = None
     max_grad_norm: float | None = 1.0
@@ -173,6 +188,7 @@ class LMRLConfig(RLConfig):
     torch_compile: bool = False
     device: str = "auto"
     mixed_precision: str = "auto"
+    critic: str = "separate"
     value_lr: float | None = None
     value_coef: float = 0.5
     gae_gamma: float = 1.0
@@ -238,10 +254,9 @@ class LMRLConfig(RLConfig):
         ):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-        if self.kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(
-                f"kl_estimator must be one of {sorted(KL_ESTIMATORS)}, got {self.kl_estimator!r}"
-            )
+        check_kl_loss_estimator(self.kl_estimator, f"kl_estimator={self.kl_estimator!r}")
+        if self.critic not in CRITICS:
+            raise ValueError(f"critic must be one of {list(CRITICS)}, got {self.critic!r}")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(
                 f"aggregation must be one of {sorted(AGGREGATIONS)}, got {self.aggregation!r}"
@@ -256,8 +271,6 @@ class LMRLConfig(RLConfig):
             raise ValueError(f"value_coef must be >= 0, got {self.value_coef}")
         if not (0 <= self.gae_gamma <= 1 and 0 <= self.gae_lambda <= 1):
             raise ValueError("gae_gamma and gae_lambda must be in [0, 1]")
-        if self.kl_coef < 0:
-            raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
         resolve_device(self.device)  # validates the name (and CUDA when asked for)
 
     @property

@@ -336,8 +336,9 @@ def run_finetune(
     -------
     dict
         The job's ``metrics.json`` (its nulls, NaN scores, read as NaN): ``method``,
-        ``seed``, ``steps``, ``n_test`` (held-out questions scored at the last step),
-        ``q_source``, ``invalid_rate``, the drift
+        ``critic`` (PPO's value function, ``"separate"`` or ``"shared"``; ``"none"``
+        for estimators without one), ``seed``, ``steps``, ``n_test`` (held-out
+        questions scored at the last step), ``q_source``, ``invalid_rate``, the drift
         at the start (``drift_grpo_predicted_start``, ``drift_method_predicted_start``,
         ``drift_measured_start``) and the end (``drift_grpo_predicted``,
         ``drift_method_predicted``, ``drift_measured``), ``reward_mean_last``, the
@@ -515,6 +516,9 @@ def _train(
     rewards = log["reward_mean"].dropna()
     metrics: dict[str, Any] = {
         "method": rl.method,
+        # PPO's value function: "separate" or "shared" (LMRLConfig.critic); "none" for
+        # estimators without one
+        "critic": rl.critic if trainer.critic is not None else "none",
         "seed": rl.seed,
         "steps": trainer.step,
         "n_test": len(predictions),

@@ -45,6 +45,7 @@ __all__ = [
     "GroupRollout",
     "PromptBatch",
     "answer_distribution_at",
+    "completion_forward",
     "left_pad",
     "sample_group_completions",
     "teacher_forced",
@@ -407,6 +408,58 @@ def teacher_forced(
     GroupRollout
         ``tokens`` and ``mask`` as given; ``log_probs`` and ``entropy`` 0 at padding.
     """
+    logits, states = completion_forward(
+        model,
+        prompts,
+        tokens,
+        shared_prefix=shared_prefix,
+        hidden=hidden,
+        autocast=autocast,
+        fast=fast,
+        compile=compile,
+    )
+    step_log_probs = torch.log_softmax(logits.float() / temperature, -1)
+    chosen = step_log_probs.gather(2, tokens[..., None])[..., 0]
+    entropy = entropy_from_logits(step_log_probs)
+    return GroupRollout(
+        tokens=tokens,
+        mask=mask,
+        log_probs=chosen.masked_fill(~mask, 0.0),
+        entropy=entropy.masked_fill(~mask, 0.0),
+        hidden=states,
+    )
+
+
+def completion_forward(
+    model: torch.nn.Module,
+    prompts: PromptBatch,
+    tokens: Tensor,
+    *,
+    shared_prefix: bool = True,
+    hidden: bool = False,
+    autocast: contextlib.AbstractContextManager | None = None,
+    fast: bool = True,
+    compile: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """The forward pass of :func:`teacher_forced`: the model's outputs at the positions
+    that predict each completion token (gradients follow the caller's grad mode).
+
+    Parameters
+    ----------
+    prompts : PromptBatch
+        n_questions prompts.
+    tokens : Tensor of int64, shape (n_questions * group_size, n_tokens)
+        Completions, question by question.
+    shared_prefix, hidden, autocast, fast, compile
+        As in :func:`teacher_forced`.
+
+    Returns
+    -------
+    logits : Tensor, shape (n_questions * group_size, n_tokens, n_outputs)
+        The output head's values (the vocabulary's logits for a causal LM).
+    hidden : Tensor, shape (n_questions * group_size, n_tokens, hidden_size), or None
+        The final hidden states there (the output head's input), with ``hidden``.
+    """
     call = _Caller(model, fast and shared_prefix, compile)
     autocast = autocast or contextlib.nullcontext()
     n_rollouts, n_tokens = tokens.shape
@@ -471,16 +524,7 @@ def teacher_forced(
             )
         logits = output.logits[:, width - 1 :]
         states = output.hidden_states[-1][:, width - 1 :] if hidden else None
-    step_log_probs = torch.log_softmax(logits.float() / temperature, -1)
-    chosen = step_log_probs.gather(2, tokens[..., None])[..., 0]
-    entropy = entropy_from_logits(step_log_probs)
-    return GroupRollout(
-        tokens=tokens,
-        mask=mask,
-        log_probs=chosen.masked_fill(~mask, 0.0),
-        entropy=entropy.masked_fill(~mask, 0.0),
-        hidden=states,
-    )
+    return logits, states
 
 
 def answer_distribution_at(

@@ -11,7 +11,7 @@ Bernoulli(p*) of the table; one per question shared by its group, as in Bereket 
 Leskovec 2025, or one per completion) -> rewards (a scoring rule of
 :data:`~bioreason.rl.SCORING_RULES`; invalid answers get ``invalid_reward``) ->
 advantages (any estimator of :data:`~bioreason.rl.ADVANTAGES`, named by
-``config.method``; per token with a value head, :mod:`bioreason.rl.lm.values`) -> a
+``config.method``; per token with a critic, :mod:`bioreason.rl.lm.values`) -> a
 registered policy loss over the completion tokens (:func:`bioreason.rl.losses.policy_loss`:
 importance ratio and clipping, KL to the frozen initial policy, entropy bonus, token or
 sequence aggregation) -> an AdamW step. The trainer never branches on the method: what
@@ -67,7 +67,7 @@ from bioreason.rl.lm.rollout import (
     teacher_forced,
 )
 from bioreason.rl.lm.update import Rollout, _UpdateMixin
-from bioreason.rl.lm.values import ValueHead, hidden_size, token_advantages
+from bioreason.rl.lm.values import build_critic, token_advantages
 from bioreason.rl.loop import run_training_loop
 from bioreason.rl.outcomes import BernoulliOutcomes, OutcomeSource, TableOutcomes
 from bioreason.rl.rewards import SCORING_RULES, score_answers
@@ -220,9 +220,14 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
             estimator = get_advantage(config.method, **options)
         self.estimator = lm_distributed.batch_estimator(estimator, self.processes)
 
-        self.value_head: ValueHead | None = None
+        #: PPO's critic (``config.critic``, :data:`bioreason.rl.lm.values.CRITICS`), for
+        #: estimators that need values; None otherwise
+        self.critic: torch.nn.Module | None = None
+        self._critic_parameters: list[torch.nn.Parameter] = []
         if estimator.requires_values:
-            self.value_head = ValueHead(hidden_size(model)).to(self.device)
+            self.critic = build_critic(config.critic, self.model)
+            lm_distributed.broadcast_module(self.critic, self.processes)
+            self._critic_parameters = [p for p in self.critic.parameters() if p.requires_grad]
         self.reference: torch.nn.Module | None = None
         self._reference_digest = ""
         if config.kl_coef > 0 or (config.kl_coef_end or 0.0) > 0:
@@ -235,10 +240,8 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
         if not self._policy_parameters:
             raise ValueError("the model has no trainable parameters (requires_grad)")
         groups: list[dict[str, Any]] = [{"params": self._policy_parameters}]
-        if self.value_head is not None:
-            groups.append(
-                {"params": list(self.value_head.parameters()), "lr": config.value_lr or config.lr}
-            )
+        if self.critic is not None:
+            groups.append({"params": self._critic_parameters, "lr": config.value_lr or config.lr})
         self.optimizer = _adamw(groups, config)
         self._base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self._coefficients = coefficients_at(config, 0)
@@ -433,7 +436,7 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
             self._rollout_generator(),
             with_grad=fused,
             entropy_grad=bool(config.entropy_coef or config.entropy_coef_end),
-            hidden=self.value_head is not None,
+            hidden=self._reads_policy_hidden,
         )
         n_questions = len(questions)
         parsed = ANSWER_PARSERS[config.answer_format](
@@ -456,14 +459,15 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
             kwargs["answers"] = torch.nan_to_num(answers, nan=0.5)
         if self.estimator.requires_log_probs:
             kwargs["log_probs"] = old_log_probs.sum(1).double().cpu().view(n_questions, group)
-        returns = None
-        if self.value_head is not None:
-            with torch.no_grad():
-                values = self.value_head(sample.hidden.detach())
+        returns = value_graph = None
+        if self.critic is not None:
+            # with gradients when the step is fused: its one update reuses them
+            with torch.set_grad_enabled(fused):
+                value_graph = self._values(prompts, sample)
             advantages, returns = token_advantages(
                 self.estimator,
                 rewards,
-                values,
+                value_graph.detach(),
                 mask,
                 kwargs,
                 gamma=config.gae_gamma,
@@ -498,6 +502,7 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
             returns=returns,
             ref_log_probs=ref_log_probs,
             graph=sample if fused else None,
+            value_graph=value_graph if fused else None,
         )
 
     def train_step(self) -> None:
@@ -591,8 +596,9 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
         rewards are all equal), ``invalid_rate``, ``completion_length`` (tokens),
         ``entropy`` (per token, sampling pass), ``kl`` (to the reference; NaN without
         one), ``kl_behaviour`` (k3 of the updated-from policy vs the sampling one),
-        ``clip_fraction``, ``value_loss`` (NaN without a value head), ``grad_norm``
-        (before clipping), ``step_time`` (seconds)."""
+        ``clip_fraction``, ``value_loss`` (NaN without a critic), ``grad_norm`` (of
+        the policy's parameters, before clipping; with a shared critic, of the policy and
+        value head together), ``step_time`` (seconds)."""
         return {"step": self.step, **{k: self._last.get(k, math.nan) for k in _DIAGNOSTICS}}
 
     def state_dict(self) -> dict[str, Any]:
@@ -601,9 +607,9 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
         return {
             "step": self.step,
             "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
-            "value_head": None
-            if self.value_head is None
-            else {k: v.detach().cpu().clone() for k, v in self.value_head.state_dict().items()},
+            "critic": None
+            if self.critic is None
+            else {k: v.detach().cpu().clone() for k, v in self.critic.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "sample_generator": self.sample_generator.get_state().cpu(),
@@ -637,8 +643,8 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
                 "same initial model to resume"
             )
         self.model.load_state_dict(state["model"])
-        if self.value_head is not None:
-            self.value_head.load_state_dict(state["value_head"])
+        if self.critic is not None:
+            self.critic.load_state_dict(state["critic"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.sample_generator.set_state(state["sample_generator"])

@@ -3,10 +3,14 @@
 A :class:`Rollout` holds one step's completions, their rewards and advantages; the
 update splits it into micro-batches of whole question groups (``grad_accumulation``;
 one part, the sampling pass itself, when the step is fused), computes the registered
-policy loss (:func:`bioreason.rl.losses.policy_loss`) and the value loss, sums the
-gradients over processes (:mod:`bioreason.rl.lm.distributed`), clips them and steps the
-optimizer. The weights of the micro-batches make the sum of their losses the full
+policy loss (:func:`bioreason.rl.losses.policy_loss`) and the critic's value loss, sums
+the gradients over processes (:mod:`bioreason.rl.lm.distributed`), clips them and steps
+the optimizer. The weights of the micro-batches make the sum of their losses the full
 batch's loss for any aggregation that is linear in the values.
+
+Clipping: the policy's parameters are one group (with a shared critic's value head); a
+separate critic's parameters are clipped as a group of their own, so that the value
+loss's gradient never scales the policy's step.
 """
 
 from __future__ import annotations
@@ -48,11 +52,13 @@ class Rollout:
     entropy : Tensor, shape (N, T)
         Of the sampling policy, detached.
     returns : Tensor, shape (N, T), or None
-        The value head's targets.
+        The critic's targets.
     ref_log_probs : Tensor, shape (N, T), or None
         Under the frozen initial policy (KL penalty).
     graph : GroupRollout or None
         The sampling pass with gradients (a fused step's first update).
+    value_graph : Tensor, shape (N, T), or None
+        The critic's values with gradients, from the same pass (a fused step).
     """
 
     questions: Tensor
@@ -68,24 +74,46 @@ class Rollout:
     returns: Tensor | None = None
     ref_log_probs: Tensor | None = None
     graph: GroupRollout | None = None
+    value_graph: Tensor | None = None
 
 
 class _UpdateMixin:
     """The update of :class:`bioreason.rl.LMTrainer` (which provides ``config``,
-    ``model``, ``value_head``, ``optimizer``, ``device``, ``processes`` and the helpers
+    ``model``, ``critic``, ``optimizer``, ``device``, ``processes`` and the helpers
     ``_training_mode`` and ``_autocast``)."""
 
-    def _micro_batches(self, rollout: Rollout) -> list[tuple[Tensor, GroupRollout, float, float]]:
-        """(rows, completions with the current policy's log-probs, policy weight, value
-        weight) per micro-batch; the weights make the sum of the micro-batches' losses the
-        full batch's loss for any aggregation that is linear in the values."""
+    @property
+    def _reads_policy_hidden(self) -> bool:
+        """Whether the policy's forward must return its hidden states (a shared critic)."""
+        return self.critic is not None and self.critic.reads_policy_hidden
+
+    def _values(self, prompts: PromptBatch, completions: GroupRollout) -> Tensor:
+        """The critic's ``V_t`` of the completions, shape (N, T) (gradients follow the
+        grad mode): from the policy's hidden states (shared) or the critic's own forward
+        over prompt + completion (separate)."""
+        return self.critic.values(
+            prompts,
+            completions.tokens,
+            completions.hidden,
+            autocast=self._autocast(),
+            fast=self.config.fast_forward,
+            compile=self.config.torch_compile,
+        )
+
+    def _micro_batches(
+        self, rollout: Rollout
+    ) -> list[tuple[Tensor, PromptBatch, GroupRollout, float, float]]:
+        """(rows, their prompts, completions with the current policy's log-probs, policy
+        weight, value weight) per micro-batch; the weights make the sum of the
+        micro-batches' losses the full batch's loss for any aggregation that is linear in
+        the values."""
         config = self.config
         group = config.group_size
         n_questions = rollout.prompts.n_questions
         full_mask = rollout.mask
         if rollout.graph is not None:
             rows = torch.arange(len(full_mask), device=self.device)
-            return [(rows, rollout.graph, 1.0, 1.0)]
+            return [(rows, rollout.prompts, rollout.graph, 1.0, 1.0)]
         parts = []
         constant = self._constant()
         total_tokens = float(full_mask.sum())
@@ -109,7 +137,7 @@ class _UpdateMixin:
                     rollout.mask[rows],
                     temperature=config.temperature,
                     shared_prefix=not config.gradient_checkpointing,
-                    hidden=self.value_head is not None,
+                    hidden=self._reads_policy_hidden,
                     autocast=self._autocast(),
                     fast=self.config.fast_forward,
                     compile=self.config.torch_compile,
@@ -130,7 +158,7 @@ class _UpdateMixin:
                     )
                 )
             value_weight = float(full_mask[rows].sum()) / total_tokens
-            parts.append((rows, current, weight, value_weight))
+            parts.append((rows, prompts, current, weight, value_weight))
         return parts
 
     def _constant(self) -> float | None:
@@ -145,7 +173,7 @@ class _UpdateMixin:
         config = self.config
         totals = {"clip_fraction": 0.0, "kl": 0.0, "kl_behaviour": 0.0, "value_loss": 0.0}
         reference = rollout.ref_log_probs
-        for rows, current, weight, value_weight in self._micro_batches(rollout):
+        for rows, prompts, current, weight, value_weight in self._micro_batches(rollout):
             mask = rollout.mask[rows]
             log_probs = current.log_probs
             old = log_probs.detach() if rollout.graph is not None else rollout.old_log_probs[rows]
@@ -166,8 +194,12 @@ class _UpdateMixin:
                 constant=self._constant(),
             )
             loss = loss * (weight * self._shard_weights[0])
-            if self.value_head is not None:
-                values = self.value_head(current.hidden)
+            if self.critic is not None:
+                values = (
+                    rollout.value_graph
+                    if rollout.graph is not None
+                    else self._values(prompts, current)
+                )
                 errors = 0.5 * (values - rollout.returns[rows]) ** 2
                 value_loss = aggregate(errors, mask, "token_mean")
                 value_weight = value_weight * self._shard_weights[1]
@@ -181,18 +213,26 @@ class _UpdateMixin:
             totals["kl_behaviour"] += (
                 float(mask.sum()) / float(rollout.mask.sum()) * float(behaviour)
             )
-        parameters = self._policy_parameters + (
-            list(self.value_head.parameters()) if self.value_head is not None else []
-        )
-        lm_distributed.sum_gradients(parameters, self.processes)
-        norm = torch.nn.utils.clip_grad_norm_(
-            parameters, config.max_grad_norm if config.max_grad_norm else math.inf
-        )
+        rollout.value_graph = None  # used once, like the sampling graph
+        groups = self._clip_groups()
+        lm_distributed.sum_gradients([p for group in groups for p in group], self.processes)
+        norm, *_ = [
+            torch.nn.utils.clip_grad_norm_(
+                group, config.max_grad_norm if config.max_grad_norm else math.inf
+            )
+            for group in groups
+        ]
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.value_head is None:
+        if self.critic is None:
             totals["value_loss"] = math.nan
         if rollout.ref_log_probs is None:
             totals["kl"] = math.nan
         totals["grad_norm"] = float(norm)
         return totals
+
+    def _clip_groups(self) -> list[list[torch.nn.Parameter]]:
+        """Parameter groups clipped apart, the policy's first (module docstring)."""
+        if self.critic is not None and self.critic.owns_trunk:
+            return [self._policy_parameters, self._critic_parameters]
+        return [self._policy_parameters + self._critic_parameters]

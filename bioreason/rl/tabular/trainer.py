@@ -35,7 +35,11 @@ class TabularRLConfig(RLConfig):
     """Settings of one tabular RL run: :class:`bioreason.rl.loop.RLConfig` plus the
     tabular policy's value baseline.
 
-    The entropy bonus and KL penalty of :class:`RLConfig` are exact for a tabular policy.
+    The entropy bonus and KL penalty of :class:`RLConfig` are exact for a tabular policy:
+    the KL term's gradient is that of KL(pi || ref) in closed form
+    (:meth:`TabularPolicy.kl_gradient`), the one the LM trainer's default estimator
+    ``k2`` follows in expectation (:mod:`bioreason.rl.losses`); there is no estimator to
+    choose.
 
     Parameters
     ----------
