@@ -219,6 +219,7 @@ def warm_start(
                 history.append({"step": step, "loss": loss, "seconds": seconds})
     finally:
         model.train(was_training)
+        optimizer.zero_grad(set_to_none=True)  # no gradient left for a later optimizer
         for hook in hooks:
             hook.remove()
         for parameter, flag in restore:

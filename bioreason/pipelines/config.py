@@ -183,11 +183,16 @@ class LMStageConfig(Config):
         Supervised steps teaching the answer format with uniform answers (0: none).
     warm_start_lr : float
         Their learning rate.
+    warm_start_trainable : {"answer_rows", "all"}
+        What the warm start trains: the embedding rows of the tokens the model writes
+        (the default: the state at the answer position keeps the question), or every
+        weight. Its prompts end with ``<answer>`` when ``finetune.rl.open_answer``.
     """
 
     model: str = "tiny"
     warm_start_steps: int = 30
     warm_start_lr: float = 1e-3
+    warm_start_trainable: Literal["answer_rows", "all"] = "answer_rows"
 
     def __post_init__(self) -> None:
         if self.warm_start_steps < 0:

@@ -335,6 +335,8 @@ def warm_start_folder(
     lr: float = 1e-3,
     device: str = "cpu",
     force: bool = False,
+    trainable: str = "answer_rows",
+    open_answer: bool = False,
 ) -> Path:
     """Warm-start a predictor on the task's train prompts and save it to
     ``folder/model``, through the stage helper (:func:`bioreason.stage.run_stage`:
@@ -344,7 +346,10 @@ def warm_start_folder(
     prompt of the task; any other value is loaded with :func:`bioreason.lm.load_predictor`
     (both by :func:`bioreason.rl.lm.job.prepare_predictor`, as a fine-tuning job's own
     warm start). The warm start (:func:`bioreason.lm.warm_start`) teaches the answer
-    format with uniform answers, ``steps`` supervised steps at ``lr`` (0: none).
+    format with uniform answers, ``steps`` supervised steps at ``lr`` (0: none), training
+    ``trainable`` (``"answer_rows"``: the rows of the tokens the model writes), on prompts
+    that end with ``<answer>`` when ``open_answer``. The folder's ``result.json`` records
+    the prompt spread at the answer position before and after it.
 
     Returns
     -------
@@ -360,6 +365,7 @@ def warm_start_folder(
         from bioreason.rl.lm.job import prepare_predictor
 
         task = load_task(task_path)
+        report: dict[str, float] = {}
         predictor = prepare_predictor(
             model,
             task,
@@ -367,14 +373,23 @@ def warm_start_folder(
             seed=seed,
             warm_start_steps=steps,
             warm_start_lr=lr,
+            warm_start_trainable=trainable,
+            open_answer=open_answer,
             progress=False,
+            report=report,
         )
         predictor.save(stage_dir / MODEL_DIR, overwrite=True)
-        return {"model": MODEL_DIR, "steps": steps}
+        return {"model": MODEL_DIR, "steps": steps, **report}
 
     run_stage(
         folder,
-        {"model": model, "steps": steps, "lr": lr},
+        {
+            "model": model,
+            "steps": steps,
+            "lr": lr,
+            "trainable": trainable,
+            "open_answer": open_answer,
+        },
         {"task": Path(task_path)},
         compute,
         seed=seed,

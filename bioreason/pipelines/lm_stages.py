@@ -49,6 +49,8 @@ def warm_start_stage(config: PipelineConfig, force: bool) -> Stage:
                     lr=lm.warm_start_lr,
                     device=config.finetune.rl.device,
                     force=force,
+                    trainable=lm.warm_start_trainable,
+                    open_answer=config.finetune.rl.open_answer,
                 ).relative_to(stage_dir)
             )
         return {"models": folders, "seconds": time.perf_counter() - start, **dataclasses.asdict(lm)}
@@ -56,7 +58,12 @@ def warm_start_stage(config: PipelineConfig, force: bool) -> Stage:
     return Stage(
         "warm_start",
         compute,
-        config={"lm": lm, "seeds": config.finetune.seeds, "device": config.finetune.rl.device},
+        config={
+            "lm": lm,
+            "seeds": config.finetune.seeds,
+            "device": config.finetune.rl.device,
+            "open_answer": config.finetune.rl.open_answer,
+        },
         inputs=lambda up: {"task": up["task"].path / TASK_FILE},
         outputs=[f"seed{seed}" for seed in config.finetune.seeds],
     )

@@ -19,6 +19,7 @@ _OUTCOME_MODES = ("table", "live")
 _SHARING = ("group", "completion")
 _PRECISION = ("auto", "bf16", "no")
 _SAMPLING_NOISE = ("batch", "question")
+_TRAINABLE = ("all", "embeddings")
 
 
 @dataclasses.dataclass
@@ -153,6 +154,13 @@ class LMRLConfig(RLConfig):
         Shape of the learning rate's decay from ``lr`` to ``lr_end``.
     lr_warmup_steps : int, default 0
         Steps over which the learning rate rises linearly to its scheduled value.
+    trainable : {"all", "embeddings"}, default "all"
+        Which of the policy's parameters RL trains: every one with ``requires_grad``, or
+        only the token embeddings (input and output), the transformer blocks frozen (their
+        ``requires_grad`` is set False). Training the whole small default LM on a noisy
+        reward collapses the state at the answer position onto one point for every
+        question (docs/results_lm.md); with the blocks frozen, the state keeps the
+        question and RL learns how the answer depends on it.
     """
 
     group_size: int = 8
@@ -203,6 +211,7 @@ class LMRLConfig(RLConfig):
     lr_end: float | None = None
     lr_schedule: str = "constant"
     lr_warmup_steps: int = 0
+    trainable: str = "all"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -211,6 +220,8 @@ class LMRLConfig(RLConfig):
             "entropy_coef", self.entropy_coef, self.entropy_coef_end, self.entropy_schedule
         )
         check_schedule("lr", self.lr, self.lr_end, self.lr_schedule)
+        if self.trainable not in _TRAINABLE:
+            raise ValueError(f"trainable must be one of {list(_TRAINABLE)}, got {self.trainable!r}")
         if self.lr_warmup_steps < 0:
             raise ValueError(f"lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}")
         if self.open_answer and not self.answer_prefix:

@@ -86,11 +86,17 @@ class FinetuneConfig(Config):
         The LM: ``tiny`` (a new small LM with a word-level tokenizer over the task's
         prompts; any preset name of ``models/``), a model folder (``save_pretrained``,
         ``Predictor.save``, a pipeline's warm start) or a Hugging Face hub name.
-    warm_start_steps : int, default 0
+    warm_start_steps : int or None, default None
         Supervised steps teaching the answer format with uniform answers before RL
-        (:func:`bioreason.lm.warm_start`; 0: none).
+        (:func:`bioreason.lm.warm_start`; 0: none). None: 30 for a model built here
+        (``tiny`` or another preset: without them it writes no valid answer), 0 for a
+        model folder or hub model.
     warm_start_lr : float, default 1e-3
         The warm start's learning rate.
+    warm_start_trainable : {"answer_rows", "all"}, default "answer_rows"
+        What the warm start trains: only the embedding rows of the tokens the model
+        writes (the rest keeps what the prompt puts at the answer position), or every
+        weight (:func:`bioreason.lm.warm_start`).
     n_boot : int, default 0
         Bootstrap replicates over held-out questions for the bounds of the scores in
         ``metrics.json`` (0: no bounds).
@@ -105,8 +111,9 @@ class FinetuneConfig(Config):
     """
 
     model: str = "tiny"
-    warm_start_steps: int = 0
+    warm_start_steps: int | None = None
     warm_start_lr: float = 1e-3
+    warm_start_trainable: str = "answer_rows"
     n_boot: int = 0
     threads: int | None = None
     rl: LMRLConfig = dataclasses.field(default_factory=LMRLConfig)
@@ -123,14 +130,30 @@ class FinetuneConfig(Config):
             )
         for name in ("warm_start_steps", "n_boot"):
             value = getattr(self, name)
+            if value is None and name == "warm_start_steps":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.warm_start_trainable not in ("answer_rows", "all"):
+            raise ValueError(
+                "warm_start_trainable must be 'answer_rows' or 'all', got "
+                f"{self.warm_start_trainable!r}"
+            )
         if not (math.isfinite(self.warm_start_lr) and self.warm_start_lr > 0):
             raise ValueError(f"warm_start_lr must be > 0, got {self.warm_start_lr}")
         if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
             raise ValueError(f"threads must be >= 1 or None, got {self.threads!r}")
         if not isinstance(self.rl, LMRLConfig):
             raise TypeError(f"rl must be an LMRLConfig, got {type(self.rl).__name__}")
+
+    @property
+    def warm_steps(self) -> int:
+        """The warm start's steps, ``warm_start_steps`` resolved (see its entry)."""
+        if self.warm_start_steps is not None:
+            return self.warm_start_steps
+        from bioreason.lm import available_presets
+
+        return 30 if self.model in available_presets() else 0
 
 
 def prepare_predictor(
@@ -142,8 +165,11 @@ def prepare_predictor(
     grid: Any = None,
     warm_start_steps: int = 0,
     warm_start_lr: float = 1e-3,
+    warm_start_trainable: str = "answer_rows",
+    open_answer: bool = False,
     train_split: str | None = "train",
     progress: bool = True,
+    report: dict[str, float] | None = None,
 ) -> Any:
     """Load (or build) a predictor for a task and warm-start its answer format.
 
@@ -162,16 +188,25 @@ def prepare_predictor(
     warm_start_steps, warm_start_lr
         Supervised steps on the train prompts with uniform answers (0: none) and their
         learning rate (:func:`bioreason.lm.warm_start`).
+    warm_start_trainable : {"answer_rows", "all"}, default "answer_rows"
+        What the warm start trains (:func:`bioreason.lm.warm_start`'s ``trainable``).
+    open_answer : bool, default False
+        Warm-start on prompts that end with ``<answer>`` (as RL reads them with
+        ``LMRLConfig.open_answer``).
     train_split : str or None, default "train"
         The split whose prompts the warm start reads (None: every prompt).
     progress : bool, default True
         False turns transformers' progress bars off (loading now, saving later).
+    report : dict, optional
+        Filled with ``prompt_spread_before`` and ``prompt_spread_after`` (with a warm
+        start): :func:`bioreason.lm.answer_position_spread` over up to 256 train prompts
+        before and after it.
 
     Returns
     -------
     bioreason.lm.Predictor
     """
-    from bioreason.lm import load_predictor, warm_start
+    from bioreason.lm import answer_position_spread, load_predictor, warm_start
 
     if not progress:
         _quiet_transformers()
@@ -184,16 +219,28 @@ def prepare_predictor(
             if train_split is not None and "split" in task
             else np.ones(len(task), bool)
         )
-        prompts = task.loc[rows, "prompt"].astype(str)
+        prompts = [
+            predictor.format_prompt(prompt, open_answer=open_answer)
+            for prompt in task.loc[rows, "prompt"].astype(str)
+        ]
+
+        def spread() -> float:
+            return answer_position_spread(predictor.model, predictor.tokenizer, prompts[:256])
+
+        if report is not None:
+            report["prompt_spread_before"] = spread()
         warm_start(
             predictor,
             None,
-            [predictor.format_prompt(prompt) for prompt in prompts],
+            prompts,
             grid=grid,
             steps=warm_start_steps,
             lr=warm_start_lr,
             seed=seed,
+            trainable=warm_start_trainable,
         )
+        if report is not None:
+            report["prompt_spread_after"] = spread()
     return predictor
 
 
@@ -468,16 +515,20 @@ def _train(
         torch.set_num_threads(config.threads)
     task = load_task(task_path)
     _check_splits(task, rl, task_path)
+    warm_report: dict[str, float] = {}
     predictor = prepare_predictor(
         config.model,
         task,
         device=rl.device,
         seed=rl.seed,
         grid=rl.grid,
-        warm_start_steps=config.warm_start_steps,
+        warm_start_steps=config.warm_steps,
         warm_start_lr=config.warm_start_lr,
+        warm_start_trainable=config.warm_start_trainable,
+        open_answer=rl.open_answer,
         train_split=rl.train_split,
         progress=progress,
+        report=warm_report,
     )
     trainer = LMTrainer.from_predictor(predictor, task, rl)
     main = processes.is_main
@@ -530,6 +581,12 @@ def _train(
         "drift_grpo_predicted": final["grpo_predicted_outward"],
         "drift_method_predicted": final["method_predicted_outward"],
         "drift_measured": final["measured_outward"],
+        # how much the state at the answer position depends on the question: before and
+        # after this job's warm start (NaN without one), before RL, after it
+        "prompt_spread_before_warm_start": warm_report.get("prompt_spread_before", math.nan),
+        "prompt_spread_after_warm_start": warm_report.get("prompt_spread_after", math.nan),
+        "prompt_spread_start": start_row.get("prompt_spread", math.nan),
+        "prompt_spread": final.get("prompt_spread", math.nan),
         "reward_mean_last": float(rewards.iloc[-1]) if len(rewards) else math.nan,
         # training and the final evaluation
         "train_seconds": seconds,

@@ -236,6 +236,8 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
         if config.gradient_checkpointing:
             _enable_checkpointing(model)
         self.model.eval()
+        if config.trainable == "embeddings":
+            _train_embeddings_only(model)
         self._policy_parameters = [p for p in model.parameters() if p.requires_grad]
         if not self._policy_parameters:
             raise ValueError("the model has no trainable parameters (requires_grad)")
@@ -243,6 +245,7 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
         if self.critic is not None:
             groups.append({"params": self._critic_parameters, "lr": config.value_lr or config.lr})
         self.optimizer = _adamw(groups, config)
+        self.optimizer.zero_grad(set_to_none=True)  # nothing left from earlier training
         self._base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self._coefficients = coefficients_at(config, 0)
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -706,6 +709,25 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
 
 
 # ----- helpers ------------------------------------------------------------------------
+
+
+def _train_embeddings_only(model: torch.nn.Module) -> None:
+    """Freeze every parameter of ``model`` but its token embeddings (input and output,
+    tied or not): the transformer blocks keep the representation they had."""
+    embeddings = [
+        module.weight
+        for module in (model.get_input_embeddings(), model.get_output_embeddings())
+        if module is not None and getattr(module, "weight", None) is not None
+    ]
+    if not embeddings:
+        raise ValueError(
+            "trainable='embeddings' needs a model with token embeddings "
+            "(get_input_embeddings / get_output_embeddings)"
+        )
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for weight in embeddings:
+        weight.requires_grad_(True)
 
 
 def _open(text: str, prefix: str) -> str:
