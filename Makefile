@@ -8,11 +8,13 @@ TORCH_VERSION ?= 2.13.0
 
 .PHONY: demo test test-slow lint format bench docs clean-venv browser
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins every other package to the versions the docs' figures were measured
+# with (a fresh install that resolves newer versions can print other numbers).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==$(TORCH_VERSION)
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev]" -c constraints.txt
 	touch $@
 
 demo: $(VENV)/.installed
