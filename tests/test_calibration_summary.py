@@ -214,3 +214,23 @@ def test_tables_headline_and_verdict_carry_the_question_level_figures(summary, c
     assert "overconfidence vs p*" in printed and "0.010 (q_exact)" in printed
     assert "95 % bootstrap over seeds and conditions" in printed
     assert printed.strip().endswith(verdict["text"])
+
+
+def test_a_jobs_scores_carry_the_question_level_figures():
+    from bioreason.rl.lm.job import score_predictions
+
+    questions = _questions()
+    q = _answers("grpo", questions, 0)
+    predictions = questions.assign(q_exact=q, q_sampled=q)
+    predictions.loc[0, "outcome"] = np.nan  # not scored
+    task = questions.assign(reference_probability=np.nan)
+    scores = score_predictions(predictions, task, n_boot=0, seed=0)
+    kept = slice(1, None)
+    p = questions["p_star"].to_numpy()[kept]
+    assert scores["n_scored"] == len(questions) - 1
+    assert scores["prediction_sd"] == pytest.approx(np.std(q[kept]))
+    assert scores["overconfidence_per_question"] == pytest.approx(
+        overconfidence_per_question(q[kept], p)
+    )
+    assert scores["correlation_to_reference"] == pytest.approx(correlation_to_reference(q[kept], p))
+    assert "auroc_to_reference_p_true" in scores and "overconfidence_published" not in scores
