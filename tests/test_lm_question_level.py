@@ -1,0 +1,91 @@
+"""benchmarks/lm_question_level.py on a tiny pipeline config: the names it prints, the
+values it reads from the calibration stage, and its constant baselines."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from helpers import TINY_PIPELINE
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location(
+        "lm_question_level", ROOT / "benchmarks" / "lm_question_level.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _lines(text: str) -> dict[str, str]:
+    lines = {}
+    for line in text.strip().splitlines():
+        match = re.fullmatch(r"(\S+): (\S+)(?: (probability|s))?", line)
+        assert match, line
+        lines[match[1]] = match[2]
+    return lines
+
+
+def test_prints_every_figure_of_every_method_and_the_references(tmp_path, capsys):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY_PIPELINE))
+    out = tmp_path / "run"
+    argv = ["--config", str(config), "--out", str(out), "--seeds", "1", "--no-report"]
+    argv += ["--fit-steps", "3", "--threads", "1", "--set", "finetune.rl.steps=2"]
+    try:
+        assert _bench().main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    figures = _lines(printed[printed.index("corr_q_pstar_grpo") :])
+    expected = {"mae_q_pstar_constant", "mae_q_pstar_best_constant", "seconds_total"}
+    expected |= {"mae_q_pstar_supervised", "corr_q_pstar_supervised", "sd_q_supervised"}
+    for method in ("grpo", "rloo"):
+        expected |= {f"corr_q_pstar_{method}", f"sd_q_{method}", f"mae_q_pstar_{method}"}
+        expected |= {f"overconfidence_question_{method}{s}" for s in ("", "_low", "_high")}
+    assert set(figures) == expected
+    # the figures are the calibration stage's, as written
+    summary = pd.read_csv(out / "calibration" / "summary.csv").set_index("method")
+    assert float(figures["mae_q_pstar_rloo"]) == pytest.approx(
+        summary.loc["rloo", "mae_p_star"], abs=5e-5
+    )
+    assert summary.loc["grpo", "n_seeds"] == 1  # --seeds 1: seed 0 only
+    task = pd.read_parquet(out / "task" / "task.parquet")
+    test = task[task["split"] == "test"]
+    rate = task[task["split"] == "train"]["outcome"].mean()
+    assert float(figures["mae_q_pstar_constant"]) == pytest.approx(
+        np.mean(np.abs(test["p_star"] - rate)), abs=5e-5
+    )
+    # the median is the best constant under absolute error
+    assert (
+        float(figures["mae_q_pstar_best_constant"]) <= float(figures["mae_q_pstar_constant"]) + 1e-4
+    )
+    assert 0 <= float(figures["mae_q_pstar_supervised"]) <= 1
+
+
+def test_refuses_seeds_without_the_fits_warm_start_and_a_tabular_config(tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY_PIPELINE))
+    with pytest.raises(SystemExit):
+        _bench().main(["--config", str(config), "--out", str(tmp_path / "r"), "--seeds", "2", "3"])
+    assert "include seed 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _bench().main(["--config", str(config), "--fit-steps", "0"])
+    assert "--fit-steps" in capsys.readouterr().err
+    tabular = ROOT / "pipelines" / "configs" / "synthetic_calibration.yaml"
+    with pytest.raises(SystemExit):
+        _bench().main(["--config", str(tabular), "--out", str(tmp_path / "t")])
+    assert "give an LM one" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "t").exists()
