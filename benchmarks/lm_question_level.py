@@ -57,7 +57,12 @@ def _seeds(values: list[int]) -> list[int]:
 
 
 def _line(name: str, value: float, unit: str = "") -> None:
-    text = "nan" if not math.isfinite(value) else f"{value:.4f}"
+    if not math.isfinite(value):
+        text = "nan"
+    elif value != 0 and abs(value) < 1e-3:  # a collapsed policy's sd of q: keep its size
+        text = f"{value:.2e}"
+    else:
+        text = f"{value:.4f}"
     print(f"{name}: {text}{' ' + unit if unit else ''}", flush=True)
 
 

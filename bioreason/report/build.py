@@ -263,7 +263,7 @@ class _Builder:
         if isinstance(verdict, Mapping) and verdict.get("text"):
             shown = bool(verdict.get("shown"))
             title = (
-                "Finding shown: GRPO overconfident, the others calibrated"
+                "Finding shown: GRPO overconfident question by question, the others not"
                 if shown
                 else "Finding not shown by this run"
             )
