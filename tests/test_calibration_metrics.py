@@ -178,3 +178,185 @@ def test_metric_registries_and_references():
     )
     assert result["overconfidence_empirical"] == pytest.approx(overconfidence(probs, rate))
     assert result["ece_to_reference"] == pytest.approx(ece_to_reference(probs, p_star))
+
+
+# ----------------------------------------------------------------- question-level metrics
+
+
+def test_overconfidence_per_question_by_hand_and_against_the_average_level_one():
+    from bioreason.calibration import overconfidence_per_question
+
+    q = np.array([0.2, 0.4, 0.9, 0.5])
+    p = np.array([0.1, 0.6, 0.8, 0.5])
+    # signs -1, +1, +1, 0; q - p = 0.1, -0.2, 0.1, 0.0
+    assert overconfidence_per_question(q, p) == pytest.approx((-0.1 - 0.2 + 0.1 + 0) / 4)
+    _, _, p_star = _data(n=2000, seed=8)
+    assert overconfidence_per_question(p_star, p_star) == 0.0
+    extreme = np.where(p_star > 0.5, 0.99, 0.01)  # GRPO's fixed point: every answer outward
+    assert overconfidence_per_question(extreme, p_star) == pytest.approx(
+        np.mean(0.49 - np.abs(p_star - 0.5))
+    )
+    # one answer for every question (the mean p*): calibrated in the average answer, and
+    # too cautious question by question: minus the mean distance from the mean (on the
+    # side of 1/2 where p* lies)
+    constant = np.full_like(p_star, p_star.mean())
+    assert overconfidence_per_question(constant, p_star) < -0.2
+    # the two figures disagree on a predictor that swaps sides: the average-level one
+    # cannot tell an answer on the wrong side of 1/2 from one on the right side
+    swapped = 1 - p_star
+    assert overconfidence(swapped, p_star) == pytest.approx(0.0)
+    assert overconfidence_per_question(swapped, p_star) == pytest.approx(
+        -2 * np.mean(np.abs(p_star - 0.5))
+    )
+
+
+def test_correlations_match_numpy_and_scipy_and_are_nan_when_undefined():
+    from scipy.stats import pearsonr, spearmanr
+
+    from bioreason.calibration import correlation_to_reference, rank_correlation_to_reference
+
+    outcomes, probs, p_star = _data(n=500, seed=9, distortion=1.7)
+    noisy = np.clip(probs + np.random.default_rng(1).normal(0, 0.1, probs.size), 0, 1)
+    assert correlation_to_reference(noisy, p_star) == pytest.approx(
+        pearsonr(noisy, p_star)[0], abs=1e-12
+    )
+    rounded = np.round(noisy, 1)  # many ties: midranks
+    assert rank_correlation_to_reference(rounded, p_star) == pytest.approx(
+        spearmanr(rounded, p_star)[0], abs=1e-12
+    )
+    # a monotone distortion keeps the ranks: Spearman 1, Pearson below 1
+    assert rank_correlation_to_reference(probs, p_star) == pytest.approx(1.0)
+    assert correlation_to_reference(probs, p_star) < 1.0
+    assert correlation_to_reference(1 - p_star, p_star) == pytest.approx(-1.0)
+    # one answer to every question: no correlation to speak of
+    constant = np.full(p_star.size, 0.63)
+    assert math.isnan(correlation_to_reference(constant, p_star))
+    assert math.isnan(rank_correlation_to_reference(constant, p_star))
+    assert math.isnan(correlation_to_reference([0.3], [0.4]))
+    with pytest.raises(ValueError, match="correlation_to_reference: probs and p_star"):
+        correlation_to_reference(probs, p_star[:-1])
+
+
+def test_auroc_to_reference_and_prediction_sd():
+    from bioreason.calibration import auroc_to_reference, prediction_sd
+
+    p = np.array([0.2, 0.4, 0.6, 0.9])  # labels 0, 0, 1, 1
+    assert auroc_to_reference(np.array([0.1, 0.2, 0.3, 0.4]), p) == 1.0
+    # one positive (0.3) below one negative (0.35): 3 of 4 pairs ordered
+    assert auroc_to_reference(np.array([0.1, 0.35, 0.3, 0.4]), p) == pytest.approx(0.75)
+    assert auroc_to_reference(np.full(4, 0.5), p) == pytest.approx(0.5)  # ties: half
+    assert math.isnan(auroc_to_reference(np.array([0.1, 0.9]), np.array([0.6, 0.7])))
+    assert math.isnan(auroc_to_reference(np.array([0.1, 0.9]), np.array([0.5, 0.2])))
+    assert prediction_sd(np.array([0.2, 0.8])) == pytest.approx(0.3)
+    assert prediction_sd(np.full(7, 0.4)) == 0.0
+    with pytest.raises(ValueError, match="prediction_sd: probs"):
+        prediction_sd(np.array([0.2, 1.5]))
+
+
+def test_reference_bins_by_hand():
+    from bioreason.calibration import reference_bins
+
+    p = np.array([0.05, 0.15, 0.12, 0.95, 1.0])
+    q = np.array([0.30, 0.20, 0.40, 0.70, 0.90])
+    bins = reference_bins(q, p, n_bins=10)
+    assert bins["count"].tolist() == [1, 2, 0, 0, 0, 0, 0, 0, 0, 2]
+    assert bins["mean_reference"][1] == pytest.approx(0.135)
+    assert bins["mean_prob"][1] == pytest.approx(0.30)
+    assert bins["mean_prob"][9] == pytest.approx(0.80)
+    assert bins["prob_low"][1] == pytest.approx(0.25) and bins["prob_high"][1] == pytest.approx(
+        0.35
+    )
+    assert np.isnan(bins["mean_prob"][2]) and np.isnan(bins["prob_low"][2])
+    flat = reference_bins(np.full(5, 0.5), p, n_bins=2)  # one answer: a flat diagram
+    assert flat["mean_prob"].tolist() == [0.5, 0.5]
+    with pytest.raises(ValueError, match="reference_bins: n_bins"):
+        reference_bins(q, p, n_bins=0)
+
+
+def test_new_reference_metrics_are_registered_and_summarized():
+    from bioreason.calibration import REFERENCE_METRICS, overconfidence_per_question
+
+    for name in (
+        "overconfidence_per_question",
+        "correlation_to_reference",
+        "rank_correlation_to_reference",
+        "auroc_to_reference",
+    ):
+        assert name in REFERENCE_METRICS and not REFERENCE_METRICS.metadata(name)["binned"]
+    outcomes, probs, p_star = _data(n=400, seed=10, distortion=2.0)
+    result = summarize(outcomes, probs, p_star=p_star, references={"p_true": p_star}, n_boot=30)
+    assert result["overconfidence_per_question"] == pytest.approx(
+        overconfidence_per_question(probs, p_star)
+    )
+    assert result["overconfidence_per_question"] > 0  # distortion 2 pushes outward
+    low, high = result["correlation_to_reference_low"], result["correlation_to_reference_high"]
+    assert low <= result["correlation_to_reference"] <= high
+    assert "auroc_to_reference_p_true" in result
+    # a constant predictor does not crash the summary: NaN correlations, NaN intervals
+    constant = summarize(outcomes, np.full(400, 0.4), p_star=p_star, n_boot=10)
+    assert math.isnan(constant["correlation_to_reference"])
+    assert math.isnan(constant["correlation_to_reference_low"])
+    assert constant["auroc_to_reference"] == pytest.approx(0.5)
+
+
+# ----------------------------------------------------------------- cluster bootstrap
+
+
+def test_cluster_bootstrap_is_bootstrap_ci_for_one_seed_and_no_clusters():
+    from bioreason.calibration import cluster_bootstrap_ci
+
+    outcomes, probs, _ = _data(n=300, seed=11)
+    plain = bootstrap_ci(brier_loss, outcomes, probs, n_boot=60, seed=4)
+    clustered = cluster_bootstrap_ci(
+        lambda q, y: brier_loss(y, q), probs[:, None], outcomes, n_boot=60, seed=4
+    )
+    assert clustered == pytest.approx(plain, abs=0)
+
+
+def test_cluster_bootstrap_width_follows_clusters_and_seeds():
+    """Mean of q with a shared cluster effect c_k and a seed effect d_s: the interval's
+    half width is 1.96 sqrt(var(c) / K + var(d) / S), far wider than the question-level
+    bootstrap's 1.96 sd / sqrt(n) that treats the n = K m questions as independent."""
+    from bioreason.calibration import cluster_bootstrap_ci
+
+    rng = np.random.default_rng(12)
+    n_clusters, size, n_seeds = 60, 8, 40
+    effect = rng.normal(0, 0.1, n_clusters)
+    labels = np.repeat(np.arange(n_clusters), size)
+    base = 0.5 + effect[labels]
+    seed_effect = rng.normal(0, 0.05, n_seeds)
+    per_seed = base[:, None] + seed_effect[None, :]
+
+    def mean(q):
+        return float(np.mean(q))
+
+    estimate, low, high = cluster_bootstrap_ci(mean, per_seed, clusters=labels, n_boot=2000, seed=0)
+    assert estimate == pytest.approx(per_seed.mean())
+    expected = 1.96 * math.sqrt(effect.var() / n_clusters + seed_effect.var() / n_seeds)
+    # 2,000 replicates: the percentile half width is within ~5 % of its limit
+    assert (high - low) / 2 == pytest.approx(expected, rel=0.15)
+    one_seed = cluster_bootstrap_ci(mean, per_seed[:, :1], clusters=labels, n_boot=2000, seed=0)
+    assert (one_seed[2] - one_seed[1]) / 2 == pytest.approx(
+        1.96 * effect.std() / math.sqrt(n_clusters), rel=0.15
+    )
+    by_question = cluster_bootstrap_ci(mean, per_seed[:, :1], n_boot=2000, seed=0)
+    assert (by_question[2] - by_question[1]) < 0.5 * (one_seed[2] - one_seed[1])
+
+
+def test_cluster_bootstrap_errors_and_nan_replicates():
+    from bioreason.calibration import cluster_bootstrap_ci, correlation_to_reference
+
+    q = np.full((6, 2), 0.3)
+    p = np.linspace(0.1, 0.9, 6)
+    estimate, low, high = cluster_bootstrap_ci(correlation_to_reference, q, p, n_boot=5)
+    assert math.isnan(estimate) and math.isnan(low) and math.isnan(high)
+    with pytest.raises(ValueError, match="per_seed must have shape"):
+        cluster_bootstrap_ci(correlation_to_reference, p, p)
+    with pytest.raises(ValueError, match="one entry per question, length 6"):
+        cluster_bootstrap_ci(correlation_to_reference, q, p[:4])
+    with pytest.raises(ValueError, match=r"clusters must have shape \(6,\)"):
+        cluster_bootstrap_ci(correlation_to_reference, q, p, clusters=[1, 2])
+    with pytest.raises(ValueError, match="level must be in"):
+        cluster_bootstrap_ci(correlation_to_reference, q, p, level=1.5)
+    with pytest.raises(TypeError, match="metric must be callable"):
+        cluster_bootstrap_ci(None, q, p)

@@ -85,7 +85,9 @@ def test_finetune_writes_outputs_and_is_idempotent(task_path, tmp_path, capsys):
     # the start of the drift is evaluated before training, the end at the last step
     assert pd.read_csv(out / "eval.csv")["step"].tolist() == [0, 2]
     assert np.isfinite(metrics["drift_measured_start"])
-    capsys.readouterr()
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"test ece {metrics['ece']:.4f} over 4 questions (q_exact scored)" in last
+    assert f"invalid answers {metrics['invalid_rate']:.1%} of those sampled" in last
     assert run(task_path, out, config, "--warm-start-steps", "2", "--seed", "3") == 0
     assert "up to date" in capsys.readouterr().out
 
@@ -224,3 +226,15 @@ def test_finetune_and_a_pipeline_job_write_the_same_metrics(task_path, tmp_path)
     metrics, predictions = read(Path(job["folder"]))
     assert metrics == cli
     pd.testing.assert_frame_equal(predictions, cli_predictions)
+
+
+def test_final_line_names_the_invalid_answer_rate():
+    from bioreason.cli.finetune import final_line
+
+    metrics = {"steps": 5, "method": "grpo", "ece": 0.5088, "n_scored": 1, "q_source": "exact"}
+    silent = final_line("runs/x", {**metrics, "invalid_rate": 1.0}, "test")
+    assert silent.startswith("runs/x: 5 steps of grpo; test ece 0.5088 over 1 questions")
+    assert "invalid answers 100.0% of those sampled" in silent
+    assert "warning: the policy stopped writing valid answers" in silent
+    fine = final_line("runs/x", {**metrics, "invalid_rate": 0.004}, "test")
+    assert "invalid answers 0.4% of those sampled" in fine and "warning" not in fine

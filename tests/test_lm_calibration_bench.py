@@ -90,6 +90,9 @@ def test_tiny_run_writes_tables_and_resumes(task_path, tmp_path, capsys):
     for metric in script.SUMMARY_METRICS:
         for suffix in ("", "_low", "_high", "_seed_sd"):
             assert f"{metric}{suffix}" in summary, metric + suffix
+        if "fixed_point" in metric:  # this script's predictions have no fixed points
+            assert summary[metric].isna().all(), metric
+            continue
         assert np.isfinite(summary[metric]).all(), metric
     predictions = pd.read_parquet(out / "predictions.parquet")
     assert len(predictions) == 12 and np.isfinite(predictions["q_exact"]).all()

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from bioreason.cli import main
-from bioreason.pipelines.calibration_stage import CALIBRATED_ECE, finding
+from bioreason.pipelines.calibration_stage import finding
 from bioreason.pipelines.config import PipelineConfig, load_pipeline_config
 from bioreason.pipelines.run import run_pipeline
 from bioreason.run_layout import INVALID_RATE_LIMIT
@@ -85,9 +85,26 @@ def test_every_stage_writes_its_result_and_the_run_record(tiny_run):
     summary = pd.read_csv(out / "calibration" / "summary.csv")
     assert list(summary["method"]) == ["grpo", "rloo"]
     assert (summary["ece_low"] <= summary["ece"] + 1e-12).all()
+    # question-level figures, the per-question fixed point, and what intervals cover
+    for column in ("corr_p_star", "spearman_p_star", "sd_q", "auroc", "auroc_p_star"):
+        assert {column, f"{column}_low", f"{column}_high", f"{column}_seed_sd"} <= set(summary)
+    assert np.isfinite(summary["overconfidence_question"]).all()
+    assert np.isfinite(summary["mae_fixed_point"]).all()  # grpo and rloo declare a theory
+    assert (summary["interval"].str.startswith("95 % bootstrap over conditions")).all()
+    assert (summary["n_conditions"] == task[task["split"] == "test"]["condition"].nunique()).all()
+    assert set(summary["q_source"]) == {"exact"} and summary["invalid_rate"].between(0, 1).all()
+    assert {"condition", "fixed_point", "fixed_point_pooled"} <= set(predictions)
+    rloo = predictions[predictions["method"] == "rloo"]  # unbiased: the fixed point is p*
+    assert np.allclose(rloo["fixed_point"], rloo["p_star"].clip(0.01, 0.99))
     result = json.loads((out / "calibration" / "result.json").read_text())
     assert isinstance(result["finding"]["shown"], bool) and result["finding"]["text"]
     assert [row["method"] for row in result["headline"]] == ["grpo", "rloo"]
+    headline = result["headline"][0]
+    for key in ("overconfidence_question_low", "corr_p_star", "sd_q", "auroc_p_star"):
+        assert key in headline
+    assert headline["invalid_rate"] >= 0 and headline["q_source"] == "exact"
+    assert result["interval"].startswith("95 % bootstrap over conditions")
+    assert "corr(q, p*)" in printed and "invalid, sampled" in printed
     record = json.loads((out / "pipeline.json").read_text())
     assert record["config"]["finetune"]["rl"]["steps"] == 4 and record["finished"]
     assert all(record["stages"][name]["status"] == "done" for name in STAGE_NAMES)
@@ -257,25 +274,79 @@ def test_shipped_configs_load_and_demo_yaml_matches_the_demo():
     assert not replogle.task.from_simulator
 
 
-def _summary(eces: dict[str, tuple[float, float]]) -> pd.DataFrame:
-    return pd.DataFrame([{"method": m, "ece": e, "ece_low": low} for m, (e, low) in eces.items()])
+def _summary(figures: dict[str, tuple[float, float, float]], sd_q: float = 0.2) -> pd.DataFrame:
+    """A summary table: per method the per-question overconfidence and its interval."""
+    return pd.DataFrame(
+        [
+            {
+                "method": m,
+                "overconfidence_question": value,
+                "overconfidence_question_low": low,
+                "overconfidence_question_high": high,
+                "ece": 0.05,
+                "sd_q": sd_q,
+                "interval": "95 % bootstrap over seeds and conditions",
+            }
+            for m, (value, low, high) in figures.items()
+        ]
+    )
 
 
-def test_finding_is_shown_only_when_grpo_is_off_and_the_others_are_calibrated():
-    shown = finding(_summary({"grpo": (0.2, 0.15), "rloo": (0.02, 0.01), "ppo": (0.05, 0.02)}))
-    assert shown["shown"] and "ppo" in shown["text"]
-    overlap = finding(_summary({"grpo": (0.2, 0.04), "rloo": (0.02, 0.01), "ppo": (0.05, 0.02)}))
-    assert not overlap["shown"] and "overlaps" in overlap["text"]
-    small = finding(_summary({"grpo": (CALIBRATED_ECE / 2, 0.01), "rloo": (0.01, 0.0)}))
-    assert not small["shown"] and "only" in small["text"]
-    bad = finding(_summary({"grpo": (0.4, 0.35), "rloo": (0.3, 0.2)}))
-    assert not bad["shown"] and "rloo is not calibrated" in bad["text"]
-    assert not finding(_summary({"rloo": (0.01, 0.0)}))["shown"]
-    assert not finding(_summary({"grpo": (0.3, 0.2), "seed_grpo": (0.01, 0.0)}))["shown"]
+def test_finding_is_shown_only_when_grpo_is_overconfident_question_by_question():
+    shown = finding(
+        _summary(
+            {"grpo": (0.1, 0.05, 0.15), "rloo": (0.0, -0.03, 0.02), "ppo": (-0.1, -0.2, -0.05)}
+        )
+    )
+    assert shown["shown"] and shown["grpo_overconfidence_low"] == 0.05
+    text = shown["text"]
+    # both sides and what the interval covers are stated
+    assert text.startswith("Shown, question by question") and "rloo, ppo" in text
+    assert "GRPO +0.100 [+0.050, +0.150]" in text and "ppo -0.100 [-0.200, -0.050]" in text
+    assert "95 % bootstrap over seeds and conditions" in text
+    assert shown["others_overconfidence"]["rloo"] == [0.0, -0.03, 0.02]
+    overlap = finding(_summary({"grpo": (0.1, -0.01, 0.2), "rloo": (0.0, -0.03, 0.02)}))
+    assert not overlap["shown"] and "does not exclude 0" in overlap["text"]
+    inward = finding(_summary({"grpo": (-0.1, -0.2, -0.05), "rloo": (0.0, -0.03, 0.02)}))
+    assert not inward["shown"] and "pulled in toward 1/2" in inward["text"]
+    both = finding(_summary({"grpo": (0.1, 0.05, 0.15), "rloo": (0.08, 0.01, 0.12)}))
+    assert not both["shown"] and "rloo's interval lies above 0 too" in both["text"]
+    assert not finding(_summary({"rloo": (0.0, -0.1, 0.1)}))["shown"]
+    assert not finding(_summary({"grpo": (0.1, 0.05, 0.2), "seed_grpo": (0, -1, 1)}))["shown"]
+    no_interval = finding(_summary({"grpo": (0.1, np.nan, np.nan), "rloo": (0, np.nan, np.nan)}))
+    assert not no_interval["shown"] and "n_boot = 0" in no_interval["text"]
+
+
+def test_finding_without_p_star_uses_p_true_and_without_either_says_so():
+    table = _summary({"grpo": (np.nan,) * 3, "rloo": (np.nan,) * 3})
+    table["overconfidence_question_p_true"] = [0.1, 0.0]
+    table["overconfidence_question_p_true_low"] = [0.05, -0.1]
+    table["overconfidence_question_p_true_high"] = [0.15, 0.1]
+    verdict = finding(table)
+    assert verdict["shown"] and verdict["reference"] == "p_true"
+    assert "sign(p_true - 1/2)" in verdict["text"]
+    nothing = finding(_summary({"grpo": (np.nan,) * 3, "rloo": (np.nan,) * 3}))
+    assert not nothing["shown"] and "neither p* nor p_true" in nothing["text"]
+
+
+def test_finding_on_collapsed_runs_is_not_shown_and_says_why():
+    """One answer for every question can lie outward of most p* (a high base-rate answer):
+    that is not overconfidence question by question, and the verdict says so."""
+    figures = {"grpo": (0.06, 0.02, 0.1), "rloo": (-0.17, -0.2, -0.14)}
+    collapsed = finding(_summary(figures, sd_q=1e-5))
+    assert not collapsed["shown"]
+    assert "GRPO gives (almost) one answer to every question" in collapsed["text"]
+    assert "'calibrated' describes only an average answer" in collapsed["text"]
+    assert collapsed["collapsed_runs"] == 2
+    run_sd = pd.Series([1e-5, 0.2, 0.15], index=[("grpo", 0), ("rloo", 0), ("rloo", 1)])
+    note = finding(_summary(figures, sd_q=0.2), run_sd=run_sd)
+    assert note["shown"] and "on 1 of 3 runs" in note["text"]
+    assert "Note" not in finding(_summary(figures, sd_q=0.2))["text"]
 
 
 def test_finding_flags_methods_that_stop_answering():
-    table = _summary({"grpo": (0.2, 0.15), "rloo": (0.02, 0.01), "seed_grpo": (0.05, 0.0)})
+    figures = {"grpo": (0.1, 0.05, 0.15), "rloo": (0.0, -0.1, 0.1), "seed_grpo": (0, -1, 1)}
+    table = _summary(figures)
     table["invalid_rate"] = [0.0, 0.01, 1.0]
     kept = finding(table)  # seed_grpo is not compared: the finding stands, with a warning
     assert kept["shown"]

@@ -577,6 +577,15 @@ def _valid_pairs(draw):
     return outcomes, probs
 
 
+#: metrics that are NaN on degenerate input (one class, or a constant array)
+_UNDEFINED_WHEN_DEGENERATE = (
+    "auroc",
+    "auroc_to_reference",
+    "correlation_to_reference",
+    "rank_correlation_to_reference",
+)
+
+
 @PROPERTY
 @given(outcomes=_arrays(_anything), probs=_arrays(_anything))
 def test_property_metrics_raise_clearly_or_return_a_finite_number(outcomes, probs):
@@ -586,7 +595,7 @@ def test_property_metrics_raise_clearly_or_return_a_finite_number(outcomes, prob
         except CLEAR as err:
             assert fn.__name__ in str(err)
             continue
-        assert np.isfinite(value) or (name == "auroc" and np.isnan(value))
+        assert np.isfinite(value) or (name in _UNDEFINED_WHEN_DEGENERATE and np.isnan(value))
     try:
         value = sharpness(probs)
     except CLEAR as err:
@@ -604,8 +613,16 @@ def test_property_metrics_of_valid_inputs_are_finite_and_in_range(pair):
     assert 0 <= METRICS["log_loss"](outcomes, probs) < 40
     value = METRICS["auroc"](outcomes, probs)
     assert (0 <= value <= 1) or (np.isnan(value) and len(set(outcomes)) == 1)
-    for fn in REFERENCE_METRICS.values():
-        assert np.isfinite(fn(probs, outcomes))
+    for name, fn in REFERENCE_METRICS.items():
+        value = fn(probs, outcomes)
+        if name in ("correlation_to_reference", "rank_correlation_to_reference"):
+            # undefined exactly when one side is constant (0/0), else in [-1, 1]
+            degenerate = len(set(probs)) == 1 or len(set(outcomes)) == 1
+            assert np.isnan(value) == degenerate and (degenerate or -1 <= value <= 1)
+        elif name == "auroc_to_reference":  # labels 1[reference > 1/2]: one class -> NaN
+            assert np.isnan(value) == (len(set(outcomes)) == 1)
+        else:
+            assert np.isfinite(value)
     assert 0 <= sharpness(probs) <= 0.25
 
 

@@ -18,6 +18,7 @@ from bioreason.report.build import format_interval
 METHODS = ("grpo", "rloo", "seed_grpo:base=grpo")
 SEEDS = (0, 1)
 FINDING = "Not shown by this run: GRPO's ECE interval overlaps rloo's ECE 0.081 <&> test."
+INTERVAL = "95 % bootstrap over seeds and conditions"
 COMMANDS = ["bioreason run pipelines/configs/tiny.yaml --workers 2", "bioreason report runs/tiny"]
 
 
@@ -153,10 +154,15 @@ def make_run(root: Path, n_questions: int = 40) -> Path:
             ).to_csv(folder / "eval.csv", index=False)
             q = np.clip(test["p_star"] + np.sign(test["p_star"] - 0.5) * push, 0.01, 0.99)
             q = np.clip(q + rng.normal(0, 0.03, len(test)), 0, 1)
+            p = test["p_star"].to_numpy()
+            fixed = np.where(p > 0.5, 0.99, 0.01) if method != "rloo" else p
             predictions.append(
                 pd.DataFrame(
                     {
                         "question_id": test["question_id"].to_numpy(),
+                        "condition": test["condition"].to_numpy(),
+                        "fixed_point": fixed,
+                        "fixed_point_pooled": 0.99 if method != "rloo" else p.mean(),
                         "method": method,
                         "seed": seed,
                         "step": 40,
@@ -179,10 +185,29 @@ def make_run(root: Path, n_questions: int = 40) -> Path:
         "mae_p_true",
         "overconfidence",
         "overconfidence_p_true",
+        "overconfidence_question",
+        "corr_p_star",
+        "spearman_p_star",
+        "sd_q",
+        "auroc",
+        "auroc_p_star",
+        "mae_fixed_point",
+        "corr_fixed_point",
+        "overconfidence_fixed_point",
     )
     rows = []
     for k, method in enumerate(METHODS):
-        row = {"method": method, "n_seeds": len(SEEDS), "n_test": len(test)}
+        row = {
+            "method": method,
+            "n_seeds": len(SEEDS),
+            "n_test": len(test),
+            "n_conditions": 8,
+            "interval": INTERVAL,
+            "q_source": "exact",
+            "invalid_rate": 0.25,
+            "mean_q": 0.6,
+            "fixed_point_pooled": 0.99,
+        }
         for j, metric in enumerate(metrics):
             value = 0.05 + 0.1 * k + 0.01 * j
             row |= {
@@ -199,9 +224,26 @@ def make_run(root: Path, n_questions: int = 40) -> Path:
         run / "calibration" / "result.json",
         {
             "headline": [
-                {k: r[k] for k in ("method", "ece", "ece_low", "ece_high", "mae_p_star")}
+                {
+                    k: r[k]
+                    for k in (
+                        "method",
+                        "q_source",
+                        "invalid_rate",
+                        "ece",
+                        "ece_low",
+                        "ece_high",
+                        "mae_p_star",
+                        "overconfidence_question",
+                        "overconfidence_question_low",
+                        "overconfidence_question_high",
+                        "corr_p_star",
+                        "sd_q",
+                    )
+                }
                 for r in rows
             ],
+            "interval": INTERVAL,
             "finding": {"shown": False, "text": FINDING},
         },
     )
@@ -236,8 +278,9 @@ def _section(html_text: str, anchor: str) -> str:
 def test_writes_both_files_and_figures(report):
     run_dir, files, html_text = report
     assert files.html == run_dir / "report.html" and files.markdown == run_dir / "report.md"
-    # loss curve, simulator check, training, evaluation, reliability, scatter, histograms
-    assert files.n_figures == 7
+    # loss curve, simulator check, training, evaluation, reliability question by
+    # question, fixed points, reliability against outcomes, scatter, histograms
+    assert files.n_figures == 9
     assert len(re.findall(r"<img\b", html_text)) == files.n_figures
     markdown = files.markdown.read_text()
     linked = re.findall(r"!\[[^\]]*\]\((report_files/[^)]+\.png)\)", markdown)
@@ -289,6 +332,16 @@ def test_content(report):
     assert markdown.splitlines()[0].startswith("<!--")
     assert "| seed_grpo:base=grpo |" in markdown
     assert "GRPO predicted, final policy" in markdown
+    # the question-level figures and what the intervals cover, in the headline and the
+    # calibration section; the sampled invalid rate beside them
+    head = html_text[: html_text.index('id="stages"')]
+    for text in ("corr(q, p*)", "sd of q", "overconfidence vs p*", "invalid answers, sampled"):
+        assert text in head and text in table
+    assert INTERVAL in head and INTERVAL in table
+    assert "q_exact scored" in head
+    assert "Theory against measurement: fixed points" in table
+    assert "mean |q - fixed point|" in table
+    assert "Reliability question by question" in table and "Theory against measurement" in table
     assert "data-images-loaded" not in html_text.split("<script>")[0]
 
 
@@ -349,7 +402,7 @@ def test_overwrite_rules(tmp_path):
 def test_stale_figures_removed(run_dir):
     shutil.rmtree(run_dir / "finetune")
     write_report(run_dir)
-    assert len(list((run_dir / "report_files").glob("*.png"))) == 5
+    assert len(list((run_dir / "report_files").glob("*.png"))) == 7
     shutil.rmtree(run_dir / "calibration")
     files = write_report(run_dir)
     assert len(list((run_dir / "report_files").glob("*.png"))) == files.n_figures == 2

@@ -284,3 +284,28 @@ def test_each_estimator_declares_its_scoring_rule_theory():
             theory_target("_test_no_theory", probs, GRID, torch.tensor([0.7]))
     finally:
         ADVANTAGES.unregister("_test_no_theory")
+
+
+def test_question_fixed_points_per_question_and_pooled():
+    from bioreason.rl.theory import question_fixed_points, theory_fixed_point
+
+    p = torch.tensor([0.1, 0.35, 0.6, 0.9], dtype=torch.float64)
+    # unbiased estimators end at each question's own p, and one answer for all at mean p
+    per_question, pooled = question_fixed_points("rloo", p, GRID)
+    assert torch.allclose(per_question, p) and pooled.shape == ()
+    assert pooled.item() == pytest.approx(p.mean().item())
+    # GRPO: each question runs outward on its own side of 1/2; the pooled answer runs
+    # to the side of the mean (0.4875 < 1/2: down)
+    per_question, pooled = question_fixed_points("grpo", p, GRID)
+    assert torch.equal(per_question, theory_fixed_point("grpo", p, GRID))
+    assert (per_question[:2] < 0.05).all() and (per_question[2:] > 0.95).all()
+    assert pooled.item() < 0.05
+    assert pooled.item() == pytest.approx(
+        theory_fixed_point("grpo", p.mean().reshape(1), GRID).item()
+    )
+    nan_q, nan_pooled = question_fixed_points("h_target:log", p, GRID)
+    assert torch.isnan(nan_q).all() and torch.isnan(nan_pooled)
+    with pytest.raises(ValueError, match="question_fixed_points: p must be a non-empty 1-d"):
+        question_fixed_points("rloo", torch.tensor(0.3, dtype=torch.float64), GRID)
+    with pytest.raises(ValueError, match="p"):
+        question_fixed_points("rloo", torch.tensor([1.3], dtype=torch.float64), GRID)

@@ -16,6 +16,7 @@ that sit exactly on an edge (on the default answer grid 0.01..0.99 with 10 bins:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -32,13 +33,20 @@ __all__ = [
     "auroc",
     "bootstrap_ci",
     "brier_loss",
+    "auroc_to_reference",
     "calibration_bins",
+    "cluster_bootstrap_ci",
+    "correlation_to_reference",
     "ece_to_reference",
     "expected_calibration_error",
     "log_loss",
     "max_calibration_error",
     "mean_absolute_error_to_reference",
     "overconfidence",
+    "overconfidence_per_question",
+    "prediction_sd",
+    "rank_correlation_to_reference",
+    "reference_bins",
     "sharpness",
     "summarize",
 ]
@@ -268,6 +276,16 @@ def log_loss(outcomes: ArrayLike, probs: ArrayLike, eps: float = 1e-15) -> float
     return float(-np.mean(outcomes * np.log(q) + (1 - outcomes) * np.log1p(-q)))
 
 
+def _midranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``values``, shape (n,); every member of a tie block gets the
+    block's average rank."""
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(values.size, dtype=np.float64)
+    _, first, counts = np.unique(values[order], return_index=True, return_counts=True)
+    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)
+    return ranks
+
+
 def auroc(outcomes: ArrayLike, probs: ArrayLike) -> float:
     """Area under the ROC curve (Mann-Whitney U with midranks for ties); NaN if one class.
 
@@ -278,13 +296,7 @@ def auroc(outcomes: ArrayLike, probs: ArrayLike) -> float:
     n_neg = outcomes.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    order = np.argsort(probs, kind="mergesort")
-    sorted_probs = probs[order]
-    ranks = np.empty(probs.size, dtype=np.float64)
-    # midranks: every member of a tie block gets the block's average rank
-    _, first, counts = np.unique(sorted_probs, return_index=True, return_counts=True)
-    block_rank = first + (counts + 1) / 2.0
-    ranks[order] = np.repeat(block_rank, counts)
+    ranks = _midranks(probs)
     u = ranks[outcomes == 1].sum() - n_pos * (n_pos + 1) / 2
     return float(u / (n_pos * n_neg))
 
@@ -349,6 +361,150 @@ def overconfidence(probs: ArrayLike, p_star: ArrayLike) -> float:
     return float(np.mean(np.abs(probs - 0.5)) - np.mean(np.abs(p_star - 0.5)))
 
 
+def overconfidence_per_question(probs: ArrayLike, p_star: ArrayLike) -> float:
+    """Overconfidence question by question: ``mean_i sign(p*_i - 1/2) (q_i - p*_i)``.
+
+    Each answer's error against its own reference, signed so that an answer pushed
+    outward past p* (further from 1/2 than p*, on p*'s side) counts positive and one
+    pulled in toward 1/2 (or beyond it) counts negative; a question with p* exactly 1/2
+    counts 0. Unlike :func:`overconfidence` (``mean |q - 1/2| - mean |p* - 1/2|``, a
+    comparison of two averages), this needs each answer to be right for its question:
+    a predictor that answers every question with the mean p* scores negative here
+    (it is too cautious on every question away from the mean), however calibrated its
+    average answer.
+
+    Parameters
+    ----------
+    probs, p_star : arrays of probabilities, shape (n,)
+
+    Returns
+    -------
+    float
+        In [-1, 1]; 0 for ``probs == p_star``.
+    """
+    probs, p_star = _check_reference(probs, p_star, "overconfidence_per_question")
+    return float(np.mean(np.sign(p_star - 0.5) * (probs - p_star)))
+
+
+def _constant(values: np.ndarray) -> bool:
+    # exact test: the mean of equal floats need not equal them, so centring a constant
+    # array can leave rounding residue of order 1e-17 that is not a spread
+    return bool(values.min() == values.max())
+
+
+def _pearson(first: np.ndarray, second: np.ndarray) -> float:
+    if _constant(first) or _constant(second):
+        return float("nan")
+    first, second = first - first.mean(), second - second.mean()
+    # rescale so that products of tiny spreads (e.g. 1e-300) do not underflow to 0
+    first, second = first / np.abs(first).max(), second / np.abs(second).max()
+    scale = math.sqrt(float(first @ first) * float(second @ second))
+    if scale == 0.0:  # a constant array: the correlation is undefined
+        return float("nan")
+    return float(np.clip((first @ second) / scale, -1.0, 1.0))
+
+
+def correlation_to_reference(probs: ArrayLike, p_star: ArrayLike) -> float:
+    """Pearson correlation of the predictions with the reference across questions.
+
+    Parameters
+    ----------
+    probs, p_star : arrays of probabilities, shape (n,)
+
+    Returns
+    -------
+    float
+        In [-1, 1]. NaN when ``probs`` or ``p_star`` is constant (one answer to every
+        question carries no question-level information, and the correlation is 0/0),
+        which includes n = 1.
+    """
+    probs, p_star = _check_reference(probs, p_star, "correlation_to_reference")
+    return _pearson(probs, p_star)
+
+
+def rank_correlation_to_reference(probs: ArrayLike, p_star: ArrayLike) -> float:
+    """Spearman rank correlation of the predictions with the reference: the Pearson
+    correlation of their midranks (ties share their average rank).
+
+    Parameters
+    ----------
+    probs, p_star : arrays of probabilities, shape (n,)
+
+    Returns
+    -------
+    float
+        In [-1, 1]; NaN when either array is constant (as
+        :func:`correlation_to_reference`).
+    """
+    probs, p_star = _check_reference(probs, p_star, "rank_correlation_to_reference")
+    return _pearson(_midranks(probs), _midranks(p_star))
+
+
+def auroc_to_reference(probs: ArrayLike, p_star: ArrayLike) -> float:
+    """AUROC of the predictions for telling the questions with ``p* > 1/2`` from the rest.
+
+    :func:`auroc` against the labels ``1[p* > 1/2]`` instead of sampled outcomes: does
+    the predictor rank the questions the reference calls likely above those it calls
+    unlikely, free of the outcomes' noise.
+
+    Parameters
+    ----------
+    probs, p_star : arrays of probabilities, shape (n,)
+
+    Returns
+    -------
+    float
+        In [0, 1]; NaN when every p* lies on one side (all ``> 1/2`` or all ``<= 1/2``).
+    """
+    probs, p_star = _check_reference(probs, p_star, "auroc_to_reference")
+    return auroc((p_star > 0.5).astype(np.float64), probs)
+
+
+def prediction_sd(probs: ArrayLike) -> float:
+    """Standard deviation of the predictions across questions (``ddof=0``), shape (n,):
+    0 for a predictor that gives one answer to every question; the square root of
+    :func:`sharpness`, in the probability's own units. In [0, 1/2]."""
+    probs = _vector(probs, "probs", "prediction_sd", "probability")
+    return 0.0 if _constant(probs) else float(np.std(probs))
+
+
+def reference_bins(probs: ArrayLike, p_star: ArrayLike, n_bins: int = 10) -> dict[str, np.ndarray]:
+    """The predictions binned by their reference: a reliability diagram question by
+    question (bins of p*, the mean prediction in each).
+
+    Parameters
+    ----------
+    probs, p_star : arrays of probabilities, shape (n,)
+    n_bins : int
+        Equal-width bins of p* on [0, 1], ``[b/B, (b+1)/B)`` with 1.0 in the last.
+
+    Returns
+    -------
+    dict of arrays, each shape (n_bins,)
+        ``count``; ``mean_reference`` and ``mean_prob`` (mean p* and mean q of the bin);
+        ``prob_low`` / ``prob_high``, the 25th and 75th percentiles of q in the bin.
+        Empty bins have count 0 and NaN elsewhere. A predictor that knows each question
+        follows the diagonal; one that gives one answer to every question is flat.
+    """
+    probs, p_star = _check_reference(probs, p_star, "reference_bins")
+    n_bins = _check_n_bins(n_bins, "reference_bins")
+    index = _equal_width_bin(p_star, n_bins)
+    count = np.bincount(index, minlength=n_bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_reference = np.bincount(index, p_star, minlength=n_bins) / count
+        mean_prob = np.bincount(index, probs, minlength=n_bins) / count
+    low, high = np.full(n_bins, np.nan), np.full(n_bins, np.nan)
+    for b in np.flatnonzero(count):
+        low[b], high[b] = np.quantile(probs[index == b], [0.25, 0.75])
+    return {
+        "count": count,
+        "mean_reference": mean_reference,
+        "mean_prob": mean_prob,
+        "prob_low": low,
+        "prob_high": high,
+    }
+
+
 #: Metrics of (outcomes, probs), arrays of shape (n,). Metadata ``binned``: the metric
 #: takes ``n_bins`` (and, for equal-width bins, ``right``).
 METRICS: Registry[Callable[..., float]] = Registry("calibration metric")
@@ -367,6 +523,16 @@ REFERENCE_METRICS.register(
 )
 REFERENCE_METRICS.register("ece_to_reference", ece_to_reference, binned=True, edges=True)
 REFERENCE_METRICS.register("overconfidence", overconfidence, binned=False, edges=False)
+REFERENCE_METRICS.register(
+    "overconfidence_per_question", overconfidence_per_question, binned=False, edges=False
+)
+REFERENCE_METRICS.register(
+    "correlation_to_reference", correlation_to_reference, binned=False, edges=False
+)
+REFERENCE_METRICS.register(
+    "rank_correlation_to_reference", rank_correlation_to_reference, binned=False, edges=False
+)
+REFERENCE_METRICS.register("auroc_to_reference", auroc_to_reference, binned=False, edges=False)
 
 
 def _bin_options(registry: Registry, name: str, n_bins: int, right: bool) -> dict[str, Any]:
@@ -408,15 +574,7 @@ def bootstrap_ci(
         No arrays, arrays of different lengths or empty, ``n_boot < 1``, ``level``
         outside (0, 1).
     """
-    if not callable(metric):
-        raise TypeError(f"bootstrap_ci: metric must be callable, got {metric!r}")
-    n_boot = _check_n_boot(n_boot, "bootstrap_ci", 1)
-    if not 0 < level < 1:  # False for NaN
-        raise ValueError(f"bootstrap_ci: level must be in (0, 1), got {level}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"bootstrap_ci: seed must be an integer >= 0, got {seed!r}")
-    if seed < 0:
-        raise ValueError(f"bootstrap_ci: seed must be an integer >= 0, got {seed}")
+    n_boot = _check_bootstrap_options(metric, n_boot, level, seed, "bootstrap_ci")
     if not arrays:
         raise ValueError("bootstrap_ci: pass at least one array to resample")
     arrays = tuple(np.asarray(a) for a in arrays)
@@ -439,12 +597,136 @@ def bootstrap_ci(
     for b in range(n_boot):  # loop over replicates; each metric call is vectorised
         index = rng.integers(0, n, n)
         draws[b] = metric(*(a[index] for a in arrays))
+    return _percentile_interval(estimate, draws, level)
+
+
+def _check_bootstrap_options(metric: Any, n_boot: Any, level: Any, seed: Any, where: str) -> int:
+    if not callable(metric):
+        raise TypeError(f"{where}: metric must be callable, got {metric!r}")
+    n_boot = _check_n_boot(n_boot, where, 1)
+    if isinstance(level, bool) or not isinstance(level, (int, float, np.number)):
+        raise TypeError(f"{where}: level must be a number in (0, 1), got {level!r}")
+    if not 0 < level < 1:  # False for NaN
+        raise ValueError(f"{where}: level must be in (0, 1), got {level}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"{where}: seed must be an integer >= 0, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"{where}: seed must be an integer >= 0, got {seed}")
+    return n_boot
+
+
+def _percentile_interval(
+    estimate: float, draws: np.ndarray, level: float
+) -> tuple[float, float, float]:
     draws = draws[~np.isnan(draws)]
     if draws.size == 0:
         return float(estimate), float("nan"), float("nan")
     tail = (1 - level) / 2
     low, high = np.quantile(draws, [tail, 1 - tail])
     return float(estimate), float(low), float(high)
+
+
+def cluster_bootstrap_ci(
+    metric: Callable[..., float],
+    per_seed: ArrayLike,
+    *arrays: ArrayLike,
+    clusters: ArrayLike | None = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Percentile bootstrap over seeds and over clusters of questions.
+
+    For predictions of several training seeds on one set of questions, where questions
+    of a cluster (e.g. one perturbation condition, whose questions share simulated
+    cells) are not independent of each other. The estimate is the mean over seeds of
+    ``metric(per_seed[:, s], *arrays)``. A replicate draws, independently, ``n_seeds``
+    seeds with replacement and ``n_clusters`` clusters with replacement (every question
+    of a drawn cluster, once per draw), and averages the metric over the drawn seeds on
+    the drawn questions; so the interval covers both the seed-to-seed variation of
+    training and the variation of which clusters were asked. With one seed it covers
+    the clusters only; with ``clusters=None`` every question is its own cluster, and with
+    one seed it is then :func:`bootstrap_ci` exactly (same ``seed``, same draws).
+
+    Parameters
+    ----------
+    metric : callable
+        ``metric(q, *arrays) -> float`` on 1-d arrays of one length (a resample of the
+        questions), e.g. ``lambda q, p: correlation_to_reference(q, p)``.
+    per_seed : array, shape (n_questions, n_seeds)
+        One column of predictions per seed.
+    *arrays : arrays, shape (n_questions,)
+        What the seeds share (outcomes, p*, ...).
+    clusters : array, shape (n_questions,), optional
+        A label per question; questions with one label are resampled together.
+    n_boot, level, seed
+        Replicates (>= 1), the interval's level in (0, 1), the generator's seed (>= 0).
+
+    Returns
+    -------
+    (estimate, low, high) : tuple of float
+        Replicates where the metric is NaN (e.g. a correlation on a resample where q is
+        constant) are left out of the quantiles; if all are, ``low`` and ``high`` are
+        NaN. The estimate is NaN when the metric is NaN for some seed.
+
+    Raises
+    ------
+    TypeError
+        ``metric`` not callable; ``n_boot``, ``seed`` not integers.
+    ValueError
+        ``per_seed`` not 2-d with at least one question and one seed, an array or
+        ``clusters`` of another length, ``n_boot < 1``, ``level`` outside (0, 1).
+    """
+    where = "cluster_bootstrap_ci"
+    n_boot = _check_bootstrap_options(metric, n_boot, level, seed, where)
+    per_seed = np.asarray(per_seed)
+    if per_seed.ndim != 2 or per_seed.shape[0] == 0 or per_seed.shape[1] == 0:
+        raise ValueError(
+            f"{where}: per_seed must have shape (n_questions, n_seeds) with at least one "
+            f"of each, got shape {per_seed.shape}"
+        )
+    n, n_seeds = per_seed.shape
+    arrays = tuple(np.asarray(a) for a in arrays)
+    bad = [i for i, a in enumerate(arrays) if a.ndim == 0 or len(a) != n]
+    if bad:
+        raise ValueError(
+            f"{where}: every array must have one entry per question, length {n} (the rows "
+            f"of per_seed), got shapes {[a.shape for a in arrays]}"
+        )
+    if clusters is None:
+        codes = np.arange(n)
+    else:
+        clusters = np.asarray(clusters)
+        if clusters.shape != (n,):
+            raise ValueError(
+                f"{where}: clusters must have shape ({n},), one label per question, got "
+                f"shape {clusters.shape}"
+            )
+        codes = np.unique(clusters, return_inverse=True)[1].ravel()
+    order = np.argsort(codes, kind="stable")
+    members = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
+    n_clusters = len(members)
+
+    def averaged(rows: np.ndarray | None, seeds: np.ndarray, weights: np.ndarray) -> float:
+        taken = arrays if rows is None else tuple(a[rows] for a in arrays)
+        values = [
+            metric(per_seed[:, s] if rows is None else per_seed[rows, s], *taken) for s in seeds
+        ]
+        return float(np.dot(weights, values) / weights.sum())
+
+    everyone = np.arange(n_seeds)
+    estimate = averaged(None, everyone, np.ones(n_seeds))
+    rng = np.random.default_rng(seed)
+    draws = np.empty(n_boot)
+    for b in range(n_boot):  # loop over replicates; each metric call is vectorised
+        drawn = rng.integers(0, n_clusters, n_clusters)
+        rows = np.concatenate([members[k] for k in drawn]) if clusters is not None else drawn
+        if n_seeds > 1:
+            seeds, counts = np.unique(rng.integers(0, n_seeds, n_seeds), return_counts=True)
+        else:
+            seeds, counts = everyone, np.ones(1)
+        draws[b] = averaged(rows, seeds, counts.astype(np.float64))
+    return _percentile_interval(estimate, draws, level)
 
 
 def summarize(

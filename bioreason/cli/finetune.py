@@ -87,12 +87,44 @@ def main(args: argparse.Namespace) -> int:
         log=print if main_process else None,
     )
     if main_process:
-        print(
-            f"{args.out}: {metrics['steps']} steps of {metrics['method']}; "
-            f"{config.rl.eval_split} ece {metrics['ece']:.4f} over {metrics['n_scored']} "
-            "questions"
-        )
+        print(final_line(args.out, metrics, config.rl.eval_split))
     return 0
+
+
+def final_line(out: object, metrics: dict, split: str | None) -> str:
+    """The command's last line: the held-out ECE, which probability it scores, and the
+    sampled invalid-answer rate beside it (a policy that stopped writing answers still
+    has a q_exact to score, so the rate is what tells it apart).
+
+    Parameters
+    ----------
+    out : path-like
+        The output folder.
+    metrics : dict
+        The job's ``metrics.json`` (``steps``, ``method``, ``ece``, ``n_scored``,
+        ``q_source``, ``invalid_rate``).
+    split : str or None
+        The evaluated split.
+
+    Returns
+    -------
+    str
+    """
+    from bioreason.run_layout import INVALID_RATE_LIMIT
+
+    rate = float(metrics.get("invalid_rate", float("nan")))
+    line = (
+        f"{out}: {metrics['steps']} steps of {metrics['method']}; {split} ece "
+        f"{metrics['ece']:.4f} over {metrics['n_scored']} questions "
+        f"(q_{metrics.get('q_source', 'exact')} scored); invalid answers {rate:.1%} of "
+        "those sampled"
+    )
+    if rate > INVALID_RATE_LIMIT:
+        line += (
+            " - warning: the policy stopped writing valid answers, so the scores are those "
+            "of its answer distribution after a forced <answer>, not of anything it writes"
+        )
+    return line
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

@@ -1,11 +1,16 @@
 """The ``calibration`` stage: every job's held-out predictions scored against outcomes,
-p* and p_true, per method with 95 % bootstrap intervals over questions (seeds pooled),
-the theory's predicted drift beside the measured one, and the verdict on the paper's
-finding (GRPO overconfident, the others calibrated). Writes ``predictions.parquet``,
-``runs.csv``, ``summary.csv``, ``summary.md``."""
+p* and p_true, per method, with 95 % bootstrap intervals over seeds and conditions
+(questions of one condition share simulated cells); question-level figures (corr and
+Spearman of q with p*, sd of q, AUROC against outcomes and against p* > 1/2,
+overconfidence per question); the theory's fixed point per question beside the measured
+end state; and the verdict on the paper's finding, judged question by question (GRPO
+overconfident, the others not). Writes ``predictions.parquet`` (with ``condition``,
+``fixed_point`` and ``fixed_point_pooled``), ``runs.csv``, ``summary.csv``,
+``summary.md``."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,39 +27,94 @@ from bioreason.run_layout import (
     RUNS_FILE,
     SUMMARY_FILE,
     SUMMARY_MD,
+    TASK_FILE,
     judged_probability,
 )
 from bioreason.stage import RESULT, StageResult
 
-__all__ = ["CALIBRATED_ECE", "CALIBRATED_METHODS", "calibration_stage", "finding"]
+__all__ = [
+    "CALIBRATED_ECE",
+    "CALIBRATED_METHODS",
+    "COLLAPSED_SD",
+    "HEADLINE_METRICS",
+    "calibration_stage",
+    "finding",
+    "headline_rows",
+]
 
 #: methods whose predictions the paper finds calibrated (the verdict compares GRPO to them)
 CALIBRATED_METHODS = ("grpo_no_std", "rloo", "reinforce", "ppo", "grpo_batch_std")
-#: ECE against outcomes at or below which a method counts as calibrated in the verdict
+#: ECE against outcomes at or below which a method counts as calibrated by ECE (kept
+#: for callers; the verdict now judges overconfidence question by question)
 CALIBRATED_ECE = 0.1
+#: sd of q across held-out questions below which a run gives (almost) one answer to
+#: every question: "calibrated" then describes only an average answer
+COLLAPSED_SD = 0.01
+#: the metrics of the headline (``calibration/result.json``), each with its interval:
+#: against the outcomes and p*, and question by question (``overconfidence_question`` is
+#: the headline's "overconfidence vs p*"; ``overconfidence`` the average-level one)
+HEADLINE_METRICS = (
+    "ece",
+    "mae_p_star",
+    "mae_p_true",
+    "overconfidence_question",
+    "overconfidence_question_p_true",
+    "overconfidence",
+    "corr_p_star",
+    "spearman_p_star",
+    "sd_q",
+    "auroc",
+    "auroc_p_star",
+    "mae_fixed_point",
+    "overconfidence_fixed_point",
+)
 
 
-def finding(summary: pd.DataFrame) -> dict[str, Any]:
-    """The verdict on the paper's finding: GRPO overconfident, the others calibrated.
+def _figure(row: pd.Series, name: str) -> tuple[float, float, float]:
+    """(value, low, high) of a summary metric; NaN where the row lacks it."""
+    return tuple(float(row.get(f"{name}{suffix}", math.nan)) for suffix in ("", "_low", "_high"))
 
-    Shown when GRPO's ECE against outcomes is above :data:`CALIBRATED_ECE` with the
-    lower end of its 95 % interval above every calibrated method's ECE, and every
-    method of :data:`CALIBRATED_METHODS` in the run has ECE at most
-    :data:`CALIBRATED_ECE`, and none of these methods stops answering (held-out
-    invalid-answer rate above :data:`INVALID_RATE_LIMIT`, when the table has an
-    ``invalid_rate`` column). The text names every method of the table that stops
-    answering, compared or not.
+
+def _with_interval(value: float, low: float, high: float) -> str:
+    if np.isfinite(low) and np.isfinite(high):
+        return f"{value:+.3f} [{low:+.3f}, {high:+.3f}]"
+    return f"{value:+.3f} (no interval)"
+
+
+def finding(summary: pd.DataFrame, *, run_sd: pd.Series | None = None) -> dict[str, Any]:
+    """The verdict on the paper's finding, question by question: GRPO overconfident, the
+    others calibrated.
+
+    Shown when GRPO's overconfidence per question (``overconfidence_question``: the mean
+    of sign(p* - 1/2)(q - p*), against p_true where the table has no p*) is above 0 with
+    its interval excluding 0, every method of :data:`CALIBRATED_METHODS` in the run has
+    an interval that contains 0 or lies below it (lower end at most 0), none of these
+    methods stops answering (held-out invalid-answer rate above
+    :data:`INVALID_RATE_LIMIT`), and GRPO answers question by question (sd of q across
+    questions at least :data:`COLLAPSED_SD`: one answer for every question can lie
+    outward of most p*, and that is a biased average answer, not answers pushed past
+    p* question by question). The text states GRPO's figure and every compared
+    method's, with what the intervals cover (the summary's ``interval``), the ECE
+    against outcomes beside them, a warning naming every method of the table that stops
+    answering, and a note on runs whose answers collapsed to one (sd of q below
+    :data:`COLLAPSED_SD`: there "calibrated" describes only an average answer).
 
     Parameters
     ----------
     summary : pandas.DataFrame
         :func:`bioreason.pipelines.lm_runs.summarize_methods`'s table.
+    run_sd : pandas.Series, optional
+        The sd of q across questions of each run (index: method and seed), for the
+        note on collapsed runs; default the summary's ``sd_q`` per method.
 
     Returns
     -------
     dict
-        ``shown`` (bool), ``text`` (one paragraph: the verdict and why), ``grpo_ece``,
-        ``others_max_ece``.
+        ``shown`` (bool), ``text`` (one paragraph: the verdict and why),
+        ``grpo_overconfidence`` / ``_low`` / ``_high``, ``others_overconfidence``
+        (method -> [value, low, high]), ``reference`` (``"p*"`` or ``"p_true"``),
+        ``interval`` (what the intervals cover), ``collapsed_runs`` (how many),
+        ``grpo_ece`` and ``others_max_ece`` (NaN when the table has no ECE).
     """
     by_method = summary.set_index("method")
     if "grpo" not in by_method.index:
@@ -66,9 +126,23 @@ def finding(summary: pd.DataFrame) -> dict[str, Any]:
             "text": "None of " + ", ".join(CALIBRATED_METHODS) + " was run beside GRPO.",
         }
     grpo = by_method.loc["grpo"]
-    low = grpo["ece_low"] if np.isfinite(grpo["ece_low"]) else grpo["ece"]
-    other_ece = by_method.loc[others, "ece"]
-    worst = str(other_ece.idxmax())
+    metric, reference = "overconfidence_question", "p*"
+    if not np.isfinite(_figure(grpo, metric)[0]):
+        metric, reference = "overconfidence_question_p_true", "p_true"
+    value, low, high = _figure(grpo, metric)
+    other_figures = {m: _figure(by_method.loc[m], metric) for m in others}
+    interval = str(grpo.get("interval", "95 % bootstrap"))
+    ece = by_method["ece"].astype(float) if "ece" in by_method else None
+    result: dict[str, Any] = {
+        "grpo_overconfidence": value,
+        "grpo_overconfidence_low": low,
+        "grpo_overconfidence_high": high,
+        "others_overconfidence": {m: list(f) for m, f in other_figures.items()},
+        "reference": reference,
+        "interval": interval,
+        "grpo_ece": float(ece["grpo"]) if ece is not None else math.nan,
+        "others_max_ece": float(ece[others].max()) if ece is not None else math.nan,
+    }
     invalid = (
         by_method["invalid_rate"].astype(float)
         if "invalid_rate" in by_method
@@ -76,36 +150,64 @@ def finding(summary: pd.DataFrame) -> dict[str, Any]:
     )
     silent = [str(m) for m in by_method.index if invalid[m] > INVALID_RATE_LIMIT]
     silent_compared = [m for m in ["grpo", *others] if m in silent]
-    shown = bool(
-        grpo["ece"] > CALIBRATED_ECE
-        and low > other_ece.max()
-        and other_ece.max() <= CALIBRATED_ECE
-        and not silent_compared
-    )
-    if shown:
+    grpo_sd = float(grpo.get("sd_q", math.nan))
+    if not np.isfinite(value):
+        shown = False
         text = (
-            f"Shown: GRPO ends miscalibrated (ECE {grpo['ece']:.3f}, 95 % interval from "
-            f"{low:.3f}), above every method without per-group std normalization "
-            f"({', '.join(others)}: ECE at most {other_ece.max():.3f}, {worst})."
+            "Not shown by this run: the table has neither p* nor p_true, so overconfidence "
+            "question by question (mean of sign(p* - 1/2)(q - p*)) cannot be measured."
         )
     else:
-        reasons = []
-        if grpo["ece"] <= CALIBRATED_ECE:
-            reasons.append(f"GRPO's ECE is only {grpo['ece']:.3f} (<= {CALIBRATED_ECE})")
-        elif low <= other_ece.max():
-            reasons.append(
-                f"GRPO's ECE interval (from {low:.3f}) overlaps {worst}'s ECE {other_ece.max():.3f}"
-            )
-        if other_ece.max() > CALIBRATED_ECE:
-            reasons.append(f"{worst} is not calibrated either (ECE {other_ece.max():.3f})")
-        if silent_compared:
-            reasons.append(f"{', '.join(silent_compared)} stopped answering validly")
-        text = (
-            "Not shown by this run: "
-            + "; ".join(reasons)
-            + ". The training budget may be too small for the drift to separate the methods "
-            "(more steps, more seeds or a larger learning rate)."
+        grpo_text = f"GRPO {_with_interval(value, low, high)}"
+        others_text = "; ".join(f"{m} {_with_interval(*f)}" for m, f in other_figures.items())
+        over = [m for m, f in other_figures.items() if not f[1] <= 0]  # NaN: not shown
+        no_interval = not (np.isfinite(low) and np.isfinite(high))
+        collapsed_grpo = np.isfinite(grpo_sd) and grpo_sd < COLLAPSED_SD
+        shown = bool(
+            low > 0 and not no_interval and not over and not silent_compared and not collapsed_grpo
         )
+        figures = (
+            f"Overconfidence vs {reference} per question, the mean of sign({reference} - "
+            f"1/2)(q - {reference}): {grpo_text}; {others_text}. Intervals: {interval}."
+        )
+        if shown:
+            text = (
+                f"Shown, question by question: GRPO pushes its answers outward past "
+                f"{reference} (its interval excludes 0), while {', '.join(others)} do not "
+                f"(their intervals contain 0 or lie below it). {figures}"
+            )
+        else:
+            reasons = []
+            if no_interval:
+                reasons.append("there are no bootstrap intervals (calibration.n_boot = 0)")
+            elif low <= 0:
+                reasons.append(
+                    "GRPO's interval does not exclude 0"
+                    if high >= 0
+                    else "GRPO's answers are pulled in toward 1/2, not pushed outward"
+                )
+            if collapsed_grpo:
+                reasons.append(
+                    f"GRPO gives (almost) one answer to every question (sd of q {grpo_sd:.3f} "
+                    f"< {COLLAPSED_SD}), so its figure measures how far one answer lies "
+                    f"outward of each question's {reference}, not answers pushed past "
+                    f"{reference} question by question"
+                )
+            for m in over:
+                reasons.append(f"{m}'s interval lies above 0 too")
+            if silent_compared:
+                reasons.append(f"{', '.join(silent_compared)} stopped answering validly")
+            text = (
+                "Not shown by this run: "
+                + "; ".join(reasons)
+                + f". {figures} The training budget may be too small for the methods to "
+                "separate (more steps, more seeds or a larger learning rate)."
+            )
+        if ece is not None:
+            text += (
+                f" ECE against outcomes: GRPO {result['grpo_ece']:.3f}, the others at most "
+                f"{result['others_max_ece']:.3f}."
+            )
     if silent:
         rates = ", ".join(f"{m} {invalid[m]:.2f}" for m in silent)
         text += (
@@ -114,17 +216,37 @@ def finding(summary: pd.DataFrame) -> dict[str, Any]:
             "metrics score the answer distribution after a forced <answer> tag, not "
             "anything the policy writes."
         )
-    return {
-        "shown": shown,
-        "text": text,
-        "grpo_ece": float(grpo["ece"]),
-        "others_max_ece": float(other_ece.max()),
-    }
+    sd = run_sd if run_sd is not None else by_method.get("sd_q")
+    result["collapsed_runs"] = 0
+    if sd is not None:
+        sd = pd.Series(sd, dtype=float)
+        collapsed = sd[sd < COLLAPSED_SD]
+        result["collapsed_runs"] = len(collapsed)
+        if len(collapsed):
+            what = "runs" if run_sd is not None else "methods"
+            text += (
+                f" Note: on {len(collapsed)} of {len(sd)} {what} the LM gives (almost) the same "
+                f"answer to every held-out question (standard deviation of q below "
+                f"{COLLAPSED_SD}), so there 'calibrated' describes only an average answer: "
+                "correlations and AUROCs rank differences of q too small to matter, and the "
+                "error against p* measures how far one answer is from question-level truth."
+            )
+    result.update({"shown": shown, "text": text})
+    return result
 
 
 def _final(predictions: pd.DataFrame) -> pd.DataFrame:
     """The rows of a job's last evaluation."""
     return predictions[predictions["step"] == predictions["step"].max()]
+
+
+def _with_conditions(predictions: pd.DataFrame, task: pd.DataFrame) -> pd.DataFrame:
+    """``predictions`` with each question's ``condition`` from the task table (questions
+    of one condition share simulated cells: the summary resamples them together)."""
+    if "condition" not in task:
+        return predictions
+    lookup = task.set_index(task["question_id"].astype(str))["condition"]
+    return predictions.assign(condition=predictions["question_id"].astype(str).map(lookup))
 
 
 def calibration_stage(config: PipelineConfig) -> Stage:
@@ -139,6 +261,7 @@ def calibration_stage(config: PipelineConfig) -> Stage:
         from bioreason._io import atomic_write, atomic_write_text
         from bioreason.pipelines.lm_runs import (
             RUN_COLUMNS,
+            add_fixed_points,
             markdown_table,
             read_job_row,
             summarize_methods,
@@ -155,50 +278,81 @@ def calibration_stage(config: PipelineConfig) -> Stage:
             [_final(pd.read_parquet(folder / job["folder"] / PREDICTIONS_FILE)) for job in jobs],
             ignore_index=True,
         )
+        task = pd.read_parquet(upstream["task"].path / TASK_FILE)
+        predictions = _with_conditions(predictions, task)
+        rl = config.finetune.rl
+        predictions = add_fixed_points(
+            predictions,
+            answers=rl.grid.probabilities(),
+            rule=rl.reward,
+            options=dict(rl.advantage_options),
+        )
         summary = summarize_methods(
             predictions, runs, n_boot=config.calibration.n_boot, seed=config.calibration.seed
         )
-        spread = (
+        run_sd = (
             predictions.assign(q=judged_probability(predictions)[0])
-            .groupby(["method", "seed"])["q"]
-            .std()
+            .groupby(["method", "seed"], sort=False)["q"]
+            .std(ddof=0)
         )
-        summary["q_spread"] = summary["method"].map(spread.groupby(level=0).mean())
         table = markdown_table(summary)
-        verdict = finding(summary)
-        collapsed = int((spread < 0.01).sum())
-        if collapsed:
-            verdict["text"] += (
-                f" Note: on {collapsed} of {len(spread)} runs the LM gives (almost) the same "
-                "answer to every held-out question (standard deviation of q below 0.01), so "
-                "these runs are calibrated or not only in their average answer; the error "
-                "against p* measures how far one answer is from question-level truth."
-            )
+        verdict = finding(summary, run_sd=run_sd)
         for name, frame in ((RUNS_FILE, runs), (SUMMARY_FILE, summary)):
             atomic_write(stage_dir / name, lambda tmp, f=frame: f.to_csv(tmp, index=False))
         atomic_write(
             stage_dir / PREDICTIONS_FILE, lambda tmp: predictions.to_parquet(tmp, index=False)
         )
         atomic_write_text(stage_dir / SUMMARY_MD, table + "\n")
-        headline = [
-            {
-                "method": row["method"],
-                **{
-                    f"{metric}{suffix}": row[f"{metric}{suffix}"]
-                    for metric in ("ece", "mae_p_star", "mae_p_true", "overconfidence")
-                    for suffix in ("", "_low", "_high")
-                },
-                "q_spread": row["q_spread"],
-                "invalid_rate": row["invalid_rate"],
-            }
-            for _, row in summary.iterrows()
-        ]
-        return {"headline": headline, "finding": verdict, "n_jobs": len(jobs)}
+        return {
+            "headline": headline_rows(summary),
+            "interval": verdict.get("interval")
+            or "; ".join(sorted(set(summary["interval"].astype(str)))),
+            "finding": verdict,
+            "n_jobs": len(jobs),
+        }
 
     return Stage(
         "calibration",
         compute,
         config={"calibration": config.calibration},
-        inputs=lambda up: {"finetune": up["finetune"].path / RESULT},
+        inputs=lambda up: {
+            "finetune": up["finetune"].path / RESULT,
+            "task": up["task"].path / TASK_FILE,
+        },
         outputs=[RUNS_FILE, SUMMARY_FILE, SUMMARY_MD, PREDICTIONS_FILE],
     )
+
+
+def headline_rows(summary: pd.DataFrame) -> list[dict[str, Any]]:
+    """The headline of ``calibration/result.json``: per method the scored probability
+    and its sampled invalid-answer rate, each of :data:`HEADLINE_METRICS` with its
+    interval, and what the intervals cover.
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        :func:`bioreason.pipelines.lm_runs.summarize_methods`'s table.
+
+    Returns
+    -------
+    list of dict
+        One per method: ``method``, ``q_source``, ``invalid_rate``, ``<metric>``,
+        ``<metric>_low``, ``<metric>_high`` for each headline metric (NaN where the
+        summary lacks it), ``q_spread`` (= ``sd_q``), ``mean_q``, ``fixed_point_pooled``,
+        ``interval``.
+    """
+    rows = []
+    for _, row in summary.iterrows():
+        entry: dict[str, Any] = {
+            "method": row["method"],
+            "q_source": row.get("q_source", "exact"),
+            "invalid_rate": float(row.get("invalid_rate", math.nan)),
+        }
+        for metric in HEADLINE_METRICS:
+            for suffix in ("", "_low", "_high"):
+                entry[f"{metric}{suffix}"] = float(row.get(f"{metric}{suffix}", math.nan))
+        for column in ("q_spread", "mean_q", "fixed_point_pooled"):
+            entry[column] = float(row.get(column, math.nan))
+        entry["interval"] = str(row.get("interval", ""))
+        rows.append(entry)
+    return rows

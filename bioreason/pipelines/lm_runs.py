@@ -29,6 +29,8 @@ __all__ = [
     "METHODS",
     "RUN_COLUMNS",
     "SUMMARY_METRICS",
+    "add_fixed_points",
+    "interval_coverage",
     "job_config",
     "markdown_table",
     "prepare_job_folder",
@@ -69,7 +71,13 @@ RUN_COLUMNS = (
     "train_seconds",
     "seconds_per_step",
 )
-#: headline metrics of ``summary.csv`` (each with ``_low`` / ``_high`` and ``_seed_sd``)
+#: metrics of ``summary.csv``, each with ``_low`` / ``_high`` and ``_seed_sd``: against
+#: the outcomes, against p* and p_true; question by question (``overconfidence_question``:
+#: mean of sign(p* - 1/2)(q - p*); ``overconfidence`` stays the average-level
+#: mean |q - 1/2| - mean |p* - 1/2|; corr and Spearman of q with p*, sd of q across
+#: questions, AUROC against the outcomes and against p* > 1/2); and the theory's fixed
+#: point against the measured end state (``mae_fixed_point``, ``corr_fixed_point``, and
+#: the overconfidence the fixed point predicts, ``overconfidence_fixed_point``)
 SUMMARY_METRICS = (
     "ece",
     "adaptive_ece",
@@ -79,6 +87,16 @@ SUMMARY_METRICS = (
     "mae_p_true",
     "overconfidence",
     "overconfidence_p_true",
+    "overconfidence_question",
+    "overconfidence_question_p_true",
+    "corr_p_star",
+    "spearman_p_star",
+    "sd_q",
+    "auroc",
+    "auroc_p_star",
+    "mae_fixed_point",
+    "corr_fixed_point",
+    "overconfidence_fixed_point",
 )
 
 
@@ -150,113 +168,258 @@ def prepare_job_folder(folder: Path, job: dict[str, Any], force: bool) -> bool:
 # ----------------------------------------------------------------------------- summary
 
 
-def _metric_functions(n_bins: int = 10) -> dict[str, tuple[Callable, str]]:
-    """Summary metric -> (function of (q, y, reference), reference column)."""
+def _metric_functions(n_bins: int = 10) -> dict[str, tuple[Callable[..., float], tuple[str, ...]]]:
+    """Summary metric -> (function of (q, *columns), the prediction columns it reads)."""
     from bioreason.calibration import (
         adaptive_calibration_error,
+        auroc,
+        auroc_to_reference,
         brier_loss,
+        correlation_to_reference,
         expected_calibration_error,
         log_loss,
         mean_absolute_error_to_reference,
         overconfidence,
+        overconfidence_per_question,
+        prediction_sd,
+        rank_correlation_to_reference,
     )
 
     return {
-        "ece": (lambda q, y, r: expected_calibration_error(y, q, n_bins=n_bins), "outcome"),
+        "ece": (lambda q, y: expected_calibration_error(y, q, n_bins=n_bins), ("outcome",)),
         "adaptive_ece": (
-            lambda q, y, r: adaptive_calibration_error(y, q, n_bins=n_bins),
-            "outcome",
+            lambda q, y: adaptive_calibration_error(y, q, n_bins=n_bins),
+            ("outcome",),
         ),
-        "brier": (lambda q, y, r: brier_loss(y, q), "outcome"),
-        "log_loss": (lambda q, y, r: log_loss(y, q), "outcome"),
-        "mae_p_star": (lambda q, y, r: mean_absolute_error_to_reference(q, r), "p_star"),
-        "mae_p_true": (lambda q, y, r: mean_absolute_error_to_reference(q, r), "p_true"),
-        "overconfidence": (lambda q, y, r: overconfidence(q, r), "p_star"),
-        "overconfidence_p_true": (lambda q, y, r: overconfidence(q, r), "p_true"),
+        "brier": (lambda q, y: brier_loss(y, q), ("outcome",)),
+        "log_loss": (lambda q, y: log_loss(y, q), ("outcome",)),
+        "mae_p_star": (mean_absolute_error_to_reference, ("p_star",)),
+        "mae_p_true": (mean_absolute_error_to_reference, ("p_true",)),
+        "overconfidence": (overconfidence, ("p_star",)),
+        "overconfidence_p_true": (overconfidence, ("p_true",)),
+        "overconfidence_question": (overconfidence_per_question, ("p_star",)),
+        "overconfidence_question_p_true": (overconfidence_per_question, ("p_true",)),
+        "corr_p_star": (correlation_to_reference, ("p_star",)),
+        "spearman_p_star": (rank_correlation_to_reference, ("p_star",)),
+        "sd_q": (lambda q: prediction_sd(q), ()),
+        "auroc": (lambda q, y: auroc(y, q), ("outcome",)),
+        "auroc_p_star": (auroc_to_reference, ("p_star",)),
+        "mae_fixed_point": (mean_absolute_error_to_reference, ("fixed_point",)),
+        "corr_fixed_point": (correlation_to_reference, ("fixed_point",)),
+        # the theory's per-question overconfidence at its fixed point: a prediction, the
+        # same for every seed (its interval covers the conditions only)
+        "overconfidence_fixed_point": (
+            lambda q, fixed, p: overconfidence_per_question(fixed, p),
+            ("fixed_point", "p_star"),
+        ),
     }
+
+
+#: columns of a predictions table that hold one value per question (the same for every
+#: seed of a method): what a metric is judged against, and the question's condition
+_QUESTION_COLUMNS = ("outcome", "p_star", "p_true", "fixed_point", "fixed_point_pooled")
+
+
+def interval_coverage(n_seeds: int, clusters: str | None, n_boot: int) -> str:
+    """What a summary interval covers, in words (the tables and the verdict say it).
+
+    Parameters
+    ----------
+    n_seeds : int
+        Seeds of the method (more than one: the seeds are resampled).
+    clusters : str or None
+        What is resampled as a whole (``"conditions"``), None for single questions.
+    n_boot : int
+        Bootstrap replicates (0: no interval).
+
+    Returns
+    -------
+    str
+        E.g. ``"95 % bootstrap over seeds and conditions"``.
+    """
+    if n_boot == 0:
+        return "no interval (n_boot = 0)"
+    unit = clusters or "questions"
+    if n_seeds > 1:
+        return f"95 % bootstrap over seeds and {unit}"
+    return f"95 % bootstrap over {unit}; one seed, so the variation between seeds is not covered"
 
 
 def summarize_methods(
     predictions: pd.DataFrame, runs: pd.DataFrame, *, n_boot: int, seed: int = 0
 ) -> pd.DataFrame:
-    """One row per method: metrics averaged over seeds with 95 % bootstrap intervals.
+    """One row per method: metrics averaged over seeds with 95 % bootstrap intervals
+    over what varies, the seeds and the conditions.
 
-    A replicate resamples the test questions once and averages the metric over the
-    method's seeds on that resample, so the interval is over questions with seeds
-    pooled; ``<metric>_seed_sd`` is the spread across seeds.
+    A replicate resamples, independently, the method's seeds and the test questions'
+    conditions (every question of a drawn condition: questions of one condition share
+    simulated cells, so they are not independent), and averages the metric over the
+    drawn seeds on the drawn questions (:func:`bioreason.calibration.cluster_bootstrap_ci`,
+    one generator seed for every metric and method, so every row sees the same
+    resamples). Without a ``condition`` column every question is its own cluster;
+    with one seed the interval covers the conditions only. The column ``interval``
+    says which (:func:`interval_coverage`). ``<metric>_seed_sd`` is the spread across
+    seeds.
 
     Parameters
     ----------
     predictions : pandas.DataFrame
         Every run's test predictions (``method``, ``seed``, ``question_id``,
-        ``q_exact`` / ``q_sampled``, ``outcome``, ``p_star``, ``p_true``).
+        ``q_exact`` / ``q_sampled``, ``outcome``, ``p_star``, ``p_true``; optionally
+        ``condition``, and ``fixed_point`` / ``fixed_point_pooled`` from
+        :func:`add_fixed_points`).
     runs : pandas.DataFrame
-        ``runs.csv`` (for the drift columns and timings).
+        ``runs.csv`` (for ``q_source``, ``invalid_rate``, the drift columns and timings).
     n_boot : int
         Bootstrap replicates (0: no intervals).
+    seed : int
+        The bootstrap generator's seed.
 
     Returns
     -------
     pandas.DataFrame
-        ``method``, ``n_seeds``, ``n_test`` and for each of :data:`SUMMARY_METRICS`
-        the value, ``_low``, ``_high``, ``_seed_sd`` (NaN when its reference is
-        unknown); the seed means of the drift columns and ``seconds_per_step``.
+        ``method``, ``n_seeds``, ``n_test``, ``n_conditions``, ``interval``;
+        ``q_source`` (which probability is scored) and ``invalid_rate`` (the sampled
+        invalid-answer rate, seed mean); for each of :data:`SUMMARY_METRICS` the value,
+        ``_low``, ``_high``, ``_seed_sd`` (NaN when a column it needs is missing or not
+        finite, or where it is undefined, e.g. a correlation of a constant q);
+        ``q_spread`` (= ``sd_q``, its earlier name), ``mean_q``, ``mean_p_star``,
+        ``fixed_point_pooled`` (the theory's end state of one answer for all, at the
+        mean p*); the seed means of the drift columns and ``seconds_per_step``.
     """
-    from bioreason.calibration import bootstrap_ci
+    from bioreason.calibration import cluster_bootstrap_ci
 
     functions = _metric_functions()
+    clustered = "condition" in predictions and predictions["condition"].notna().all()
     rows = []
     for method in dict.fromkeys(runs["method"]):
+        mine = predictions[predictions["method"] == method]
         frame = pd.concat(
-            [
-                part.assign(q=judged_probability(part)[0])
-                for _, part in predictions[predictions["method"] == method].groupby("seed")
-            ]
+            [part.assign(q=judged_probability(part)[0]) for _, part in mine.groupby("seed")]
         )
-        wide = frame.pivot(index="question_id", columns="seed", values="q")
+        wide = frame.pivot(index="question_id", columns="seed", values="q").dropna()
         first = frame.drop_duplicates("question_id").set_index("question_id").loc[wide.index]
-        wide = wide.dropna()
-        first = first.loc[wide.index]
         outcome = first["outcome"].to_numpy(dtype=float)
         keep = np.isin(outcome, (0.0, 1.0))
         q = wide.to_numpy(dtype=float)[keep]
-        row: dict[str, Any] = {"method": method, "n_seeds": q.shape[1], "n_test": int(keep.sum())}
-        for name, (fn, column) in functions.items():
-            reference = (
-                outcome[keep] if column == "outcome" else first[column].to_numpy(dtype=float)[keep]
-            )
-            if len(q) == 0 or not np.isfinite(reference).all():
+        first = first[keep]
+        clusters = first["condition"].astype(str).to_numpy() if clustered else None
+        n_seeds = q.shape[1]
+        row: dict[str, Any] = {
+            "method": method,
+            "n_seeds": n_seeds,
+            "n_test": len(q),
+            "n_conditions": len(set(clusters)) if clusters is not None else len(q),
+            "interval": interval_coverage(n_seeds, "conditions" if clustered else None, n_boot),
+        }
+        columns = {
+            c: first[c].to_numpy(dtype=float) for c in _QUESTION_COLUMNS if c in first.columns
+        }
+        for name, (fn, needs) in functions.items():
+            arrays = [columns.get(c) for c in needs]
+            known = all(a is not None and np.isfinite(a).all() for a in arrays)
+            if len(q) == 0 or not known:
                 row.update(dict.fromkeys((name, f"{name}_low", f"{name}_high"), math.nan))
                 row[f"{name}_seed_sd"] = math.nan
                 continue
-            y = outcome[keep]
-
-            def pooled(q_, y_, r_, fn=fn):
-                return float(np.mean([fn(q_[:, s], y_, r_) for s in range(q_.shape[1])]))
-
-            per_seed = [fn(q[:, s], y, reference) for s in range(q.shape[1])]
+            per_seed = [fn(q[:, s], *arrays) for s in range(n_seeds)]
             if n_boot:
-                value, low, high = bootstrap_ci(pooled, q, y, reference, n_boot=n_boot, seed=seed)
+                value, low, high = cluster_bootstrap_ci(
+                    fn, q, *arrays, clusters=clusters, n_boot=n_boot, seed=seed
+                )
             else:
                 value, low, high = float(np.mean(per_seed)), math.nan, math.nan
             row.update({name: value, f"{name}_low": low, f"{name}_high": high})
-            row[f"{name}_seed_sd"] = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
-        mine = runs[runs["method"] == method]
+            row[f"{name}_seed_sd"] = float(np.std(per_seed, ddof=1)) if n_seeds > 1 else 0.0
+        row["q_spread"] = row["sd_q"]
+        row["mean_q"] = float(q.mean()) if len(q) else math.nan
+        p_star = columns.get("p_star")
+        row["mean_p_star"] = float(p_star.mean()) if p_star is not None and len(q) else math.nan
+        pooled = columns.get("fixed_point_pooled")
+        row["fixed_point_pooled"] = float(pooled[0]) if pooled is not None and len(q) else math.nan
+        mine_runs = runs[runs["method"] == method]
+        if "q_source" in mine_runs:
+            row["q_source"] = "/".join(sorted(set(mine_runs["q_source"].astype(str))))
         for column in (
+            "invalid_rate",
             "drift_grpo_predicted_start",
             "drift_method_predicted",
             "drift_grpo_predicted",
             "drift_measured",
-            "invalid_rate",
             "seconds_per_step",
         ):
-            row[column] = float(mine[column].mean())
+            row[column] = float(mine_runs[column].mean()) if column in mine_runs else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def add_fixed_points(
+    predictions: pd.DataFrame,
+    *,
+    answers: Any,
+    rule: str = "log",
+    options: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """The theory's end state of each prediction's question, as two new columns.
+
+    For each method, :func:`bioreason.rl.theory.question_fixed_points` at each test
+    question's p* (p_true where the table has no p*): ``fixed_point``, where the theory
+    says a method that answers question by question ends, and ``fixed_point_pooled``,
+    where it says one answer for every question ends (the fixed point at the mean
+    p*). NaN where the estimator declares no theory, or without a reference. Methods
+    that share a theory (e.g. ``grpo`` and ``seed_grpo:base=grpo``) are computed once.
+
+    Parameters
+    ----------
+    predictions : pandas.DataFrame
+        ``method``, ``question_id``, ``p_star`` and/or ``p_true``, one row per method x
+        seed x question.
+    answers : Tensor or array, shape (n_answers,)
+        The answer grid's probabilities (``LMRLConfig.grid.probabilities()``).
+    rule : str
+        The reward's scoring rule (``LMRLConfig.reward``).
+    options : dict, optional
+        The estimators' options (``LMRLConfig.advantage_options``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy of ``predictions`` with ``fixed_point`` and ``fixed_point_pooled``.
+    """
+    import torch
+
+    from bioreason.rl.theory import question_fixed_points, theory_kind
+
+    answers = torch.as_tensor(answers, dtype=torch.float64)
+    out = predictions.copy()
+    out["fixed_point"] = math.nan
+    out["fixed_point_pooled"] = math.nan
+    reference = None
+    for column in ("p_star", "p_true"):
+        if column in out and np.isfinite(out[column].to_numpy(dtype=float)).all():
+            reference = column
+            break
+    if reference is None or out.empty:
+        return out
+    done: dict[tuple[str, tuple[float, ...]], tuple[np.ndarray, float]] = {}
+    for method, rows in out.groupby("method", sort=False).groups.items():
+        questions = out.loc[rows].drop_duplicates("question_id")
+        p = np.clip(questions[reference].to_numpy(dtype=float), 0.0, 1.0)
+        key = (theory_kind(str(method), options), tuple(p))
+        if key not in done:
+            per_question, pooled = question_fixed_points(
+                str(method), torch.as_tensor(p), answers, rule, options=options
+            )
+            done[key] = (per_question.numpy(), float(pooled))
+        per_question, pooled = done[key]
+        lookup = dict(zip(questions["question_id"], per_question))
+        out.loc[rows, "fixed_point"] = out.loc[rows, "question_id"].map(lookup).to_numpy()
+        out.loc[rows, "fixed_point_pooled"] = pooled
+    return out
+
+
 def _cell(row: pd.Series, name: str) -> str:
-    value = row[name]
+    value = row.get(name, math.nan)
     if not np.isfinite(value):
         return "n/a"
     low, high = row.get(f"{name}_low", math.nan), row.get(f"{name}_high", math.nan)
@@ -269,45 +432,87 @@ def _number(value: float, digits: int = 3) -> str:
     return f"{value:+.{digits}f}" if np.isfinite(value) else "n/a"
 
 
+def _invalid(row: pd.Series) -> str:
+    rate = row.get("invalid_rate", math.nan)
+    source = row.get("q_source", "")
+    text = f"{rate:.3f}" if np.isfinite(rate) else "n/a"
+    return f"{text} (q_{source})" if isinstance(source, str) and source else text
+
+
+def _reference_cell(row: pd.Series, name: str) -> str:
+    """``name`` against p* when the row has it, else against p_true (said in the cell)."""
+    if np.isfinite(row.get(name, math.nan)) or not np.isfinite(row.get(f"{name}_p_true", math.nan)):
+        return _cell(row, name)
+    return _cell(row, f"{name}_p_true") + " (vs p_true)"
+
+
 def markdown_table(summary: pd.DataFrame) -> str:
-    """The summary as a markdown table (method, seeds, metrics [95 % CI], drift).
+    """The summary as a markdown table: per method the sampled invalid-answer rate
+    beside the scored probability, the calibration figures, the question-level figures
+    and the theory's fixed point against the measured end state, each with its interval.
 
     Returns
     -------
     str
-        One header, one separator and one line per method.
+        One header, one separator and one line per method; then a blank line and a line
+        saying what the intervals cover (the ``interval`` column).
     """
     header = [
         "method",
         "seeds",
+        "invalid answers, sampled (q scored)",
         "ECE vs y [CI]",
         "mean \\|q - p*\\| [CI]",
         "mean \\|q - p_true\\| [CI]",
-        "overconfidence vs p* [CI]",
+        "overconfidence vs p*, per question [CI]",
+        "corr(q, p*) [CI]",
+        "Spearman(q, p*) [CI]",
+        "sd of q [CI]",
+        "AUROC vs y [CI]",
+        "AUROC vs p* > 1/2 [CI]",
+        "average-level overconfidence [CI]",
         "Brier [CI]",
         "log loss [CI]",
-        "outward drift at the end: predicted GRPO / predicted method / measured",
+        "theory fixed point: mean \\|q - fp\\| [CI] / overconfidence predicted / measured",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for _, row in summary.iterrows():
-        oc = "overconfidence" if np.isfinite(row["overconfidence"]) else "overconfidence_p_true"
-        drift = " / ".join(
-            _number(row[column])
-            for column in ("drift_grpo_predicted", "drift_method_predicted", "drift_measured")
+        theory = " / ".join(
+            (
+                _cell(row, "mae_fixed_point"),
+                _number(row.get("overconfidence_fixed_point", math.nan)),
+                _number(row.get("overconfidence_question", math.nan)),
+            )
         )
         cells = [
             str(row["method"]),
             str(int(row["n_seeds"])),
+            _invalid(row),
             _cell(row, "ece"),
             _cell(row, "mae_p_star"),
             _cell(row, "mae_p_true"),
-            _cell(row, oc)
-            + ("" if oc == "overconfidence" or not np.isfinite(row[oc]) else " (vs p_true)"),
+            _reference_cell(row, "overconfidence_question"),
+            _cell(row, "corr_p_star"),
+            _cell(row, "spearman_p_star"),
+            _cell(row, "sd_q"),
+            _cell(row, "auroc"),
+            _cell(row, "auroc_p_star"),
+            _reference_cell(row, "overconfidence"),
             _cell(row, "brier"),
             _cell(row, "log_loss"),
-            drift,
+            theory,
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    coverage = sorted(set(summary["interval"].astype(str))) if "interval" in summary else []
+    lines += [
+        "",
+        "[CI]: "
+        + ("; ".join(coverage) or "95 % bootstrap")
+        + ". Overconfidence per question: mean of sign(p* - 1/2)(q - p*), positive when "
+        "answers are pushed outward past p*; average-level: mean |q - 1/2| - mean "
+        "|p* - 1/2|. Invalid answers: the share of sampled answers that could not be "
+        "read (q_exact scores the answer distribution whatever the policy writes).",
+    ]
     return "\n".join(lines)
 
 

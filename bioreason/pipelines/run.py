@@ -30,10 +30,11 @@ skipped and an interrupted one resumes):
     for a cluster (``docs/pipelines.md``).
 ``calibration``
     Every job's held-out predictions scored against outcomes, p* and p_true, per method
-    with 95 % bootstrap intervals over questions (seeds pooled), the theory's predicted
-    drift beside the measured one, and the verdict on the paper's finding (GRPO
-    overconfident, the others calibrated). ``predictions.parquet``, ``runs.csv``,
-    ``summary.csv``, ``summary.md``.
+    with 95 % bootstrap intervals over seeds and conditions, question-level figures
+    (corr(q, p*), sd of q, AUROC, overconfidence per question), the theory's fixed point
+    per question beside the measured end state, and the verdict on the paper's finding
+    judged question by question (GRPO overconfident, the others not).
+    ``predictions.parquet``, ``runs.csv``, ``summary.csv``, ``summary.md``.
 
 Then ``report.html`` and ``report.md`` in the run folder (:func:`bioreason.report.write_report`)
 and ``pipeline.json`` (config, commands, versions, per-stage status and seconds).

@@ -40,8 +40,12 @@ Sections, in order
 ------------------
 1. Title, run name, start / finish dates.
 2. The finding of ``calibration/result.json`` ("GRPO overconfident, the others
-   calibrated"): a green box when the run shows it, an amber warning box with the
-   reason when it does not; then the headline rows with their 95 % intervals.
+   calibrated", judged question by question): a green box when the run shows it, an
+   amber warning box with the reason when it does not; then the headline rows in two
+   tables, each with the sampled invalid-answer rate: ECE, ``|q - p*|`` and the
+   overconfidence vs p* per question with their intervals, then the question-level
+   figures (corr and Spearman of q with p*, sd of q, AUROC against outcomes and against
+   p* > 1/2); the captions say what the intervals cover.
 3. Stages: status and seconds of each stage from ``pipeline.json``.
 4. Data: the data summary (cells, genes, conditions, held-out conditions, source).
 5. Perturbation model: IWELBO (held-out, train), ATE correlations, mask recovery,
@@ -52,12 +56,16 @@ Sections, in order
 8. Fine-tuning: each method x seed at its last step and evaluation; training curves
    (reward mean, zero-std group fraction, entropy against step) and evaluation curves
    (ECE, error against p*, invalid answers), one line per run coloured by method.
-9. Calibration: one table over methods against the outcomes (ECE, adaptive ECE, Brier,
-   log loss) and one against p* / p_true (error, overconfidence), each cell
-   ``0.197 [0.107, 0.297]`` (95 % bootstrap interval); the between-seed standard
-   deviations; the theory's predicted outward drift of GRPO and of the method beside
-   the measured one; reliability diagrams, predicted-vs-p* scatter and answer
-   histograms, one panel per method.
+9. Calibration: one table over methods against the outcomes (invalid-answer rate, ECE,
+   adaptive ECE, Brier, log loss, AUROC), one against p* / p_true (error, overconfidence
+   per question and average-level), one question by question (corr and Spearman of q
+   with p*, sd of q, AUROC against p* > 1/2), each cell ``0.197 [0.107, 0.297]``
+   (95 % bootstrap over seeds and conditions, as the summary's ``interval`` says); the
+   between-seed standard deviations; the theory's fixed point against the measured end
+   state (and, below it, the one-step drift at the final policy); figures, one panel per
+   method: the reliability diagram question by question (q against p*, in bins of p*),
+   the fixed point against q (one point per question), reliability diagrams against
+   outcomes, predicted-vs-p* scatter and answer histograms.
 10. Commands, versions and the configuration from ``pipeline.json``.
 
 Example

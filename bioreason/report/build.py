@@ -51,13 +51,54 @@ OUTCOME_METRICS = {
     "adaptive_ece": "adaptive ECE",
     "brier": "Brier",
     "log_loss": "log loss",
+    "auroc": "AUROC vs y",
 }
 REFERENCE_METRICS = {
     "mae_p_star": "|q - p*|",
-    "overconfidence": "overconfidence vs p*",
+    "overconfidence_question": "overconfidence vs p* (per question)",
+    "overconfidence": "average-level overconfidence vs p*",
     "mae_p_true": "|q - p_true|",
-    "overconfidence_p_true": "overconfidence vs p_true",
+    "overconfidence_question_p_true": "overconfidence vs p_true (per question)",
+    "overconfidence_p_true": "average-level overconfidence vs p_true",
 }
+#: Question-level figures of ``summary.csv``: does q follow the questions?
+QUESTION_METRICS = {
+    "corr_p_star": "corr(q, p*)",
+    "spearman_p_star": "Spearman(q, p*)",
+    "sd_q": "sd of q",
+    "auroc_p_star": "AUROC vs p* > 1/2",
+}
+#: The theory's fixed point against the measured end state (``summary.csv``).
+FIXED_POINT_COLUMNS = {
+    "fixed_point_pooled": "fixed point, one answer for all (at mean p*)",
+    "mean_q": "measured mean q",
+    "mae_fixed_point": "mean |q - fixed point|",
+    "corr_fixed_point": "corr(q, fixed point)",
+    "overconfidence_fixed_point": "overconfidence predicted (at the fixed point)",
+    "overconfidence_question": "overconfidence measured",
+}
+#: The headline table's columns (``calibration/result.json``), in two tables: the sampled
+#: invalid-answer rate beside the figures that score ``q_exact``, then the question level.
+HEADLINE_CALIBRATION = {
+    "invalid_rate": "invalid answers, sampled",
+    "ece": "ECE vs y",
+    "mae_p_star": "|q - p*|",
+    "overconfidence_question": "overconfidence vs p*",
+    "overconfidence_question_p_true": "overconfidence vs p_true",
+    "mae_p_true": "|q - p_true|",
+    "overconfidence": "average-level overconfidence vs p*",
+}
+HEADLINE_QUESTIONS = {
+    "invalid_rate": "invalid answers, sampled",
+    "corr_p_star": "corr(q, p*)",
+    "spearman_p_star": "Spearman(q, p*)",
+    "sd_q": "sd of q",
+    "q_spread": "sd of q",
+    "auroc": "AUROC vs y",
+    "auroc_p_star": "AUROC vs p* > 1/2",
+}
+#: What the intervals of a summary written before they covered seeds and conditions cover.
+_OLD_INTERVAL = "95 % bootstrap over held-out questions, seeds pooled"
 DRIFT_COLUMNS = {
     "drift_grpo_predicted_start": "GRPO predicted, at warm start",
     "drift_grpo_predicted": "GRPO predicted, final policy",
@@ -133,8 +174,14 @@ def format_interval(value: Any, low: Any, high: Any) -> str:
     if not _finite(value):
         return "n/a"
     if _finite(low) and _finite(high):
-        return f"{value:.3f} [{low:.3f}, {high:.3f}]"
-    return f"{value:.3f}"
+        return f"{_fixed(value)} [{_fixed(low)}, {_fixed(high)}]"
+    return _fixed(value)
+
+
+def _fixed(value: float) -> str:
+    """Three decimals, without a minus sign on a value that rounds to zero."""
+    text = f"{value:.3f}"
+    return text[1:] if text == "-0.000" else text
 
 
 def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
@@ -216,7 +263,7 @@ class _Builder:
         if isinstance(verdict, Mapping) and verdict.get("text"):
             shown = bool(verdict.get("shown"))
             title = (
-                "Finding shown: GRPO overconfident, the others calibrated"
+                "Finding shown: GRPO overconfident question by question, the others not"
                 if shown
                 else "Finding not shown by this run"
             )
@@ -237,20 +284,31 @@ class _Builder:
             and all(isinstance(r, Mapping) for r in headline)
         ):
             frame = pd.DataFrame(headline)
-            labels = {
-                **OUTCOME_METRICS,
-                **REFERENCE_METRICS,
-                "q_spread": "spread of q",
-                "invalid_rate": "invalid answers",
-            }
+            interval = result.get("interval") or _interval_text(frame)
+            scored = _scored_text(frame)
             self.add(
                 _interval_table(
                     frame,
-                    {c: labels.get(c, c) for c in _metric_columns(frame)},
-                    caption="Headline: test questions; metrics averaged over seeds, 95 % "
-                    "bootstrap intervals over questions.",
+                    HEADLINE_CALIBRATION,
+                    caption=f"Headline: test questions, {scored}; metrics averaged over "
+                    f"seeds; [low, high]: {interval}. Overconfidence vs p*: the mean of "
+                    "sign(p* - 1/2)(q - p*) over questions, positive when answers are "
+                    "pushed outward past p*; average-level: mean |q - 1/2| - mean "
+                    "|p* - 1/2|.",
                 )
             )
+            if any(c in frame for c in ("corr_p_star", "sd_q", "auroc_p_star")):
+                questions = dict(HEADLINE_QUESTIONS)
+                questions.pop("q_spread" if "sd_q" in frame else "sd_q")
+                self.add(
+                    _interval_table(
+                        frame,
+                        questions,
+                        caption="Headline, question by question: does q follow the "
+                        "questions? A policy that gives one answer to every question has "
+                        f"sd of q near 0 and AUROCs near 0.5. [low, high]: {interval}.",
+                    )
+                )
 
     def section_stages(self) -> None:
         self.heading("Stages", "stages")
@@ -414,20 +472,24 @@ class _Builder:
         summary = self.run.summary
         if summary is not None and "method" in summary:
             n_seeds = summary["n_seeds"].max() if "n_seeds" in summary else "?"
+            interval = _interval_text(summary)
             self.add(
                 Paragraph(
-                    "Held-out (test) questions, metrics averaged over seeds; 95 % bootstrap "
-                    "intervals over questions in brackets "
-                    f"(up to {format_value(n_seeds)} seeds per method). "
-                    "Overconfidence is positive when answers are further from 1/2 than the "
-                    "reference."
+                    f"Held-out (test) questions, {_scored_text(summary)}, metrics averaged "
+                    f"over seeds (up to {format_value(n_seeds)} per method); in brackets "
+                    f"[low, high]: {interval}. Overconfidence per question is the mean of "
+                    "sign(p* - 1/2)(q - p*), positive when answers are pushed outward past "
+                    "p*; the average-level one, mean |q - 1/2| - mean |p* - 1/2|, compares "
+                    "two averages and cannot tell a question-level answer from one answer "
+                    "for all. The invalid-answer rate is that of the sampled answers: "
+                    "q_exact scores the answer distribution whatever the policy writes."
                 )
             )
             self.add(
                 _interval_table(
                     summary,
-                    OUTCOME_METRICS,
-                    ("n_seeds", "n_test"),
+                    {"invalid_rate": "invalid answers, sampled", **OUTCOME_METRICS},
+                    ("n_seeds", "n_test", "n_conditions"),
                     "Against the sampled outcomes.",
                 )
             )
@@ -436,27 +498,25 @@ class _Builder:
                     summary, REFERENCE_METRICS, caption="Against p* and (synthetic) p_true."
                 )
             )
+            if any(c in summary for c in QUESTION_METRICS):
+                self.add(
+                    _interval_table(
+                        summary,
+                        QUESTION_METRICS,
+                        caption="Question by question: correlation of q with p* across "
+                        "questions (NaN when q is constant), the spread of q, and how well "
+                        "q ranks the questions p* calls likely (p* > 1/2) above the rest.",
+                    )
+                )
             sd = {
                 f"{m}_seed_sd": label
-                for m, label in {**OUTCOME_METRICS, **REFERENCE_METRICS}.items()
+                for m, label in {**OUTCOME_METRICS, **REFERENCE_METRICS, **QUESTION_METRICS}.items()
             }
             sd = {c: label for c, label in sd.items() if c in summary}
             several_seeds = "n_seeds" not in summary or (summary["n_seeds"] > 1).any()
             if sd and several_seeds:  # one seed per method: no spread to show
                 self.add(_plain_table(summary, sd, "Standard deviation between seeds."))
-            drift = {c: label for c, label in DRIFT_COLUMNS.items() if c in summary}
-            if drift:
-                self.add(Heading("Predicted and measured drift", 3))
-                self.add(
-                    Paragraph(
-                        "Outward drift: the mean over questions of sign(p - 1/2)(q - p), "
-                        "positive when answers are pushed towards 0 or 1 (overconfidence). "
-                        "The theory predicts it for GRPO's expected update and for each "
-                        "method's own target (0 for unbiased estimators); the last column is "
-                        "what the final policy shows (seed means)."
-                    )
-                )
-                self.add(_plain_table(summary, drift))
+            self.section_theory(summary)
         else:
             self.add(Paragraph("calibration/summary.csv is missing: no calibration table."))
         predictions = self.run.predictions
@@ -465,9 +525,27 @@ class _Builder:
             return
         q, _ = judged_probability(predictions)
         self.figure(
+            figures.question_reliability(predictions, q, methods),
+            "Reliability question by question: q against p*, one grey point per test "
+            "question (q averaged over seeds); the blue line is the mean q in bins of p* "
+            "(width 0.1), its bars the 25th to 75th percentile of q in the bin. The "
+            "diagonal is a predictor that knows each question's p*; steeper than it is "
+            "overconfident, flatter is underconfident, and flat is one answer for all.",
+        )
+        self.figure(
+            figures.fixed_point_scatter(predictions, q, methods),
+            "Theory against measurement: the theory's fixed point at each question's p* "
+            "(where the method's expected update stops moving an answer that starts "
+            "calibrated) against the measured final q, one point per question (seeds "
+            "averaged); the diagonal is agreement. Red star: one answer for every question, "
+            "the fixed point at the mean p* against the mean q. No panel where the "
+            "estimator declares no theory.",
+        )
+        self.figure(
             figures.reliability_diagrams(predictions, q, methods),
-            "Reliability diagrams (test questions, seeds pooled, 10 equal-width bins): "
-            "observed outcome frequency against mean prediction; marker area ~ bin count.",
+            "Reliability diagrams against outcomes (test questions, seeds pooled, 10 "
+            "equal-width bins of q): observed outcome frequency against mean prediction; "
+            "marker area ~ bin count.",
         )
         self.figure(
             figures.reference_scatter(predictions, q, methods),
@@ -478,6 +556,42 @@ class _Builder:
             "Histograms of the predicted probabilities (orange) and of p* for the same "
             "questions (black outline).",
         )
+
+    def section_theory(self, summary: pd.DataFrame) -> None:
+        """The theory's fixed point against the measured end state, then the one-step
+        drift at the final policy (a direction, not an end state)."""
+        fixed = {c: label for c, label in FIXED_POINT_COLUMNS.items() if c in summary}
+        if "mae_fixed_point" in fixed:
+            self.add(Heading("Theory against measurement: fixed points", 3))
+            self.add(
+                Paragraph(
+                    "The theory's end state for each question is the fixed point of the "
+                    "method's expected update started at a calibrated answer "
+                    "(bioreason.rl.theory.theory_fixed_point at the question's p*): p* for "
+                    "unbiased estimators, near the edge of the answer grid on p*'s side for "
+                    "GRPO. A policy that gives one answer to every question sees the pooled "
+                    "outcome rate, so its end state is the fixed point at the mean p*. "
+                    "Overconfidence predicted: the per-question overconfidence of the "
+                    "fixed points; measured: that of the final answers."
+                )
+            )
+            self.add(_interval_table(summary, fixed))
+        drift = {c: label for c, label in DRIFT_COLUMNS.items() if c in summary}
+        if drift:
+            self.add(Heading("One-step drift at the final policy", 3))
+            self.add(
+                Paragraph(
+                    "Outward drift: the mean over questions of sign(p - 1/2)(target - p), "
+                    "where the theory's target is the probability the expected update at "
+                    "the current policy points to, for GRPO and for each method's own "
+                    "estimator (0 for unbiased estimators); the last column is where the "
+                    "final answers are, sign(p - 1/2)(q - p). The first columns are a "
+                    "direction of one step, the last a position, so they need not agree; "
+                    "once a policy gives one answer to every question they agree only "
+                    "mechanically. The fixed points above are the comparison of end states."
+                )
+            )
+            self.add(_plain_table(summary, drift))
 
     def section_problems(self) -> None:
         if self.run.problems:
@@ -544,6 +658,23 @@ def _interval_table(
         rows.append(tuple(cells))
     labels = [c.replace("_", " ") for c in counts] + list(metrics.values())
     return Table(("method", *labels), tuple(rows), caption)
+
+
+def _interval_text(frame: pd.DataFrame) -> str:
+    """What the intervals of a summary or headline table cover (its ``interval``
+    column; a table written before it existed bootstrapped questions, seeds pooled)."""
+    if "interval" not in frame:
+        return _OLD_INTERVAL
+    texts = [str(t) for t in pd.unique(frame["interval"].dropna()) if str(t)]
+    return "; ".join(texts) or _OLD_INTERVAL
+
+
+def _scored_text(frame: pd.DataFrame) -> str:
+    """Which probability the table scores (its ``q_source``), in words."""
+    sources = sorted({str(s) for s in frame["q_source"].dropna()}) if "q_source" in frame else []
+    if not sources:
+        return "q as judged_probability reads it"
+    return " / ".join(f"q_{source}" for source in sources) + " scored"
 
 
 def _run_note(has_log: bool, invalid_rate: Any) -> str:

@@ -12,12 +12,14 @@ import math
 import numpy as np
 import pandas as pd
 
-from bioreason.calibration.metrics import calibration_bins
+from bioreason.calibration.metrics import calibration_bins, reference_bins
 
 __all__ = [
     "answer_histograms",
     "eval_curves",
+    "fixed_point_scatter",
     "loss_curve",
+    "question_reliability",
     "reference_scatter",
     "reliability_diagrams",
     "simulator_check",
@@ -313,4 +315,109 @@ def answer_histograms(predictions: pd.DataFrame, q: np.ndarray, methods: list[st
         ax.set(xlabel="probability", ylabel="predictions")
         ax.set_title(method, fontsize=10)
         ax.legend(fontsize=7, loc="upper center")
+    return _png(fig)
+
+
+def _per_question(
+    predictions: pd.DataFrame, q: np.ndarray, keep: np.ndarray, columns: tuple[str, ...]
+) -> pd.DataFrame:
+    """One row per question of the rows ``keep``: q averaged over seeds, and the first
+    value of each of ``columns`` (the same for every seed)."""
+    frame = predictions.loc[keep, ["question_id", *columns]].assign(q=q[keep])
+    grouped = frame.groupby("question_id", sort=False)
+    return grouped[list(columns)].first().assign(q=grouped["q"].mean())
+
+
+def question_reliability(
+    predictions: pd.DataFrame, q: np.ndarray, methods: list[str], n_bins: int = 10
+) -> bytes | None:
+    """A reliability diagram question by question: q against p*, one panel per method.
+
+    Each question is one grey point (q averaged over seeds); the line is the mean q in
+    each of ``n_bins`` equal-width bins of p*, with bars from the 25th to the 75th
+    percentile of q in the bin (:func:`bioreason.calibration.reference_bins`). A
+    predictor that knows each question follows the diagonal, an overconfident one is
+    steeper than it, and one that gives one answer to every question is flat.
+
+    Parameters
+    ----------
+    predictions : DataFrame
+        With ``method``, ``question_id`` and ``p_star``.
+    q : ndarray, shape (n_predictions,)
+        The judged probabilities.
+    methods : list of str
+
+    Returns
+    -------
+    bytes or None
+        None without p* (real data) or without predictions.
+    """
+    found = _paired_panels(predictions, q, methods, "p_star")
+    if found is None or "question_id" not in predictions:
+        return None
+    _, panels = found
+    fig, axes = _new_figure(len(panels))
+    for ax, (method, keep) in zip(axes, panels):
+        per_question = _per_question(predictions, q, keep, ("p_star",))
+        p_star, answers = per_question["p_star"].to_numpy(float), per_question["q"].to_numpy()
+        bins = reference_bins(answers, p_star, n_bins)
+        filled = bins["count"] > 0
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+        ax.scatter(p_star, answers, s=6, color="0.65", alpha=0.5, linewidths=0)
+        x, y = bins["mean_reference"][filled], bins["mean_prob"][filled]
+        # the quartiles as bars (the mean of a skewed bin may lie outside them)
+        ax.vlines(x, bins["prob_low"][filled], bins["prob_high"][filled], color="tab:blue")
+        ax.plot(x, y, color="tab:blue", marker="o", markersize=4)
+        ax.set(xlim=(-0.03, 1.03), ylim=(-0.03, 1.03))
+        ax.set(xlabel="p* (bins of 0.1)", ylabel="q (mean per bin)")
+        ax.set_title(
+            f"{method}\n{len(answers)} questions, sd of q {np.std(answers):.3f}", fontsize=10
+        )
+    return _png(fig)
+
+
+def fixed_point_scatter(
+    predictions: pd.DataFrame, q: np.ndarray, methods: list[str]
+) -> bytes | None:
+    """The theory's fixed point against the measured end state, one panel per method.
+
+    One point per question: x the fixed point at its p* (``fixed_point``), y the final
+    q (averaged over seeds); the diagonal is where the theory's prediction holds. A red
+    star marks one answer for every question: x the fixed point at the mean p*
+    (``fixed_point_pooled``), y the mean q. Methods whose estimator declares no theory
+    (NaN fixed points) have no panel.
+
+    Returns
+    -------
+    bytes or None
+        None when the predictions have no finite ``fixed_point``.
+    """
+    found = _paired_panels(predictions, q, methods, "fixed_point")
+    if found is None or "question_id" not in predictions:
+        return None
+    _, panels = found
+    pooled_column = "fixed_point_pooled" in predictions
+    fig, axes = _new_figure(len(panels))
+    for ax, (method, keep) in zip(axes, panels):
+        columns = ("fixed_point", "fixed_point_pooled") if pooled_column else ("fixed_point",)
+        per_question = _per_question(predictions, q, keep, columns)
+        fixed, answers = per_question["fixed_point"].to_numpy(float), per_question["q"].to_numpy()
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+        ax.scatter(fixed, answers, s=9, alpha=0.6, label="a question")
+        if pooled_column and np.isfinite(per_question["fixed_point_pooled"]).any():
+            pooled = float(per_question["fixed_point_pooled"].iloc[0])
+            ax.scatter(
+                [pooled],
+                [answers.mean()],
+                marker="*",
+                s=140,
+                color="tab:red",
+                label="one answer for all",
+            )
+        # a margin: GRPO's fixed points sit on the grid's edges
+        ax.set(xlim=(-0.03, 1.03), ylim=(-0.03, 1.03))
+        ax.set(xlabel="theory's fixed point", ylabel="measured q")
+        error = float(np.mean(np.abs(answers - fixed)))
+        ax.set_title(f"{method}\nmean |q - fixed point| {error:.3f}", fontsize=10)
+        ax.legend(fontsize=7, loc="lower right")
     return _png(fig)

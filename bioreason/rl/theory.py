@@ -48,6 +48,7 @@ __all__ = [
     "objective_derivative",
     "outcome_spreads",
     "predict_grpo_drift",
+    "question_fixed_points",
     "rejection_sampling_coefficients",
     "theory_fixed_point",
     "theory_kind",
@@ -477,3 +478,63 @@ def theory_fixed_point(
             return new_q
         q = new_q
     return q
+
+
+def question_fixed_points(
+    method: str,
+    p: Tensor,
+    answers: Tensor,
+    rule: str = "log",
+    *,
+    width: float = 0.02,
+    max_rounds: int = 5000,
+    tolerance: float = 1e-6,
+    options: dict[str, Any] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The theory's end state of each question, and of one answer for all of them.
+
+    What a run's final answers are compared with: :func:`theory_fixed_point` at each
+    question's own probability (a policy that answers question by question ends there),
+    and at the mean probability (a policy that gives one answer to every question sees
+    the pooled outcome rate, so the theory's end state for it is the fixed point at the
+    mean).
+
+    Parameters
+    ----------
+    method : str
+        Registry name of the estimator (options included, e.g. ``seed_grpo:base=grpo``).
+    p : Tensor, shape (n_questions,)
+        Each question's probability (p*).
+    answers : Tensor, shape (n_answers,)
+        The answer grid's probabilities.
+    rule, width, max_rounds, tolerance, options
+        As :func:`theory_fixed_point`.
+
+    Returns
+    -------
+    per_question : Tensor, shape (n_questions,)
+    pooled : Tensor, shape ()
+        The fixed point at ``p.mean()``. Both NaN where the estimator declares no
+        theory (``theory="none"``).
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`theory_fixed_point`, and ``p`` not 1-d with at least one question.
+    """
+    where = "question_fixed_points"
+    p = unit_interval(p, "p", where)
+    if p.ndim != 1 or p.numel() == 0:
+        raise ValueError(
+            f"{where}: p must be a non-empty 1-d tensor, shape (n_questions,), "
+            f"got shape {tuple(p.shape)}"
+        )
+    settings = {
+        "width": width,
+        "max_rounds": max_rounds,
+        "tolerance": tolerance,
+        "options": options,
+    }
+    per_question = theory_fixed_point(method, p, answers, rule, **settings)
+    pooled = theory_fixed_point(method, p.mean().reshape(1), answers, rule, **settings)
+    return per_question, pooled[0]

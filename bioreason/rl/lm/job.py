@@ -271,14 +271,18 @@ def score_predictions(predictions: Any, task: Any, *, n_boot: int, seed: int) ->
     dict of str to float
         :func:`bioreason.calibration.summarize` against the outcomes, p* (no suffix),
         p_true (``_p_true``) and the published probability (``_published``) where known
-        for every scored question; ``n_scored``.
+        for every scored question, the question-level reference metrics included
+        (``overconfidence_per_question``, ``correlation_to_reference``,
+        ``rank_correlation_to_reference``, ``auroc_to_reference``, each with its
+        suffix); ``prediction_sd`` (sd of q across the scored questions: near 0 when the
+        policy gives one answer to every question); ``n_scored``.
 
     Raises
     ------
     ValueError
         No question has both a prediction and a 0/1 outcome.
     """
-    from bioreason.calibration import summarize
+    from bioreason.calibration import prediction_sd, summarize
 
     q = judged_probability(predictions)[0]
     outcome = predictions["outcome"].to_numpy(dtype=float)
@@ -299,6 +303,7 @@ def score_predictions(predictions: Any, task: Any, *, n_boot: int, seed: int) ->
         n_boot=n_boot,
         seed=seed,
     )
+    result["prediction_sd"] = prediction_sd(q[keep])
     result["n_scored"] = int(keep.sum())
     return result
 

@@ -1,0 +1,167 @@
+"""Does the fine-tuned LM answer question by question? Held-out figures per method, beside
+a constant answer and a supervised fit of the same model, in one run.
+
+Runs a pipeline config (default ``pipelines/configs/demo.yaml``) through
+:func:`bioreason.pipelines.run.run_pipeline` into ``--out`` (a finished, up-to-date
+run is not redone: every stage is skipped when its manifest matches) and reads the
+calibration stage's ``summary.csv``, whose figures are seed means over the held-out
+(test) questions with 95 % bootstrap intervals over seeds and conditions. Then prints,
+one ``name: value unit`` line each:
+
+- per method (its folder name, e.g. ``seed_grpo-base-grpo``): ``corr_q_pstar_<method>``
+  (Pearson correlation of q with p* across questions; ``nan`` when q is constant),
+  ``sd_q_<method>`` (sd of q across questions), ``mae_q_pstar_<method>`` (mean
+  |q - p*|), ``overconfidence_question_<method>`` (mean of sign(p* - 1/2)(q - p*),
+  positive when answers are pushed outward past p*) with ``_low`` / ``_high``;
+- ``mae_q_pstar_constant``: every held-out question answered with the mean training
+  outcome rate, and ``mae_q_pstar_best_constant``: with the median held-out p* (the best
+  constant answer, known only in hindsight);
+- the supervised fit of ``benchmarks/lm_question_fit.py`` (its ``_fit``: the seed-0 warm
+  start trained on the exact expected log score against p* of the train questions, no
+  RL noise): ``mae_q_pstar_supervised``, ``corr_q_pstar_supervised``,
+  ``sd_q_supervised``; what the model can reach when the signal is clean;
+- ``seconds_total``.
+
+    python benchmarks/lm_question_level.py [--config pipelines/configs/demo.yaml]
+        [--set finetune.rl.steps=200 ...] [--out runs/demo] [--seeds 3] [--workers 2]
+        [--fit-steps 1000] [--fit-lr 5e-4] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+QUESTION_FIT = Path(__file__).with_name("lm_question_fit.py")
+
+
+def _question_fit():
+    """``benchmarks/lm_question_fit.py`` as a module (benchmarks are scripts, not a
+    package)."""
+    spec = importlib.util.spec_from_file_location("lm_question_fit", QUESTION_FIT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _seeds(values: list[int]) -> list[int]:
+    """``N`` (seeds 0..N-1) or a list of seeds."""
+    return list(range(values[0])) if len(values) == 1 else values
+
+
+def _line(name: str, value: float, unit: str = "") -> None:
+    if not math.isfinite(value):
+        text = "nan"
+    elif value != 0 and abs(value) < 1e-3:  # a collapsed policy's sd of q: keep its size
+        text = f"{value:.2e}"
+    else:
+        text = f"{value:.4f}"
+    print(f"{name}: {text}{' ' + unit if unit else ''}", flush=True)
+
+
+def constant_baselines(task: pd.DataFrame) -> dict[str, float]:
+    """Mean |q - p*| on the test questions of two constant answers.
+
+    Parameters
+    ----------
+    task : pandas.DataFrame
+        The task table (``split``, ``outcome``, ``p_star``).
+
+    Returns
+    -------
+    dict
+        ``constant``: the mean training outcome rate for every question;
+        ``best_constant``: the median test p* (the constant that minimises the mean
+        absolute error, chosen in hindsight).
+    """
+    train = task[task["split"] == "train"]
+    test = task[task["split"] == "test"]
+    p_star = test["p_star"].to_numpy(dtype=float)
+    rate = float(train["outcome"].astype(float).mean())
+    return {
+        "constant": float(np.mean(np.abs(p_star - rate))),
+        "best_constant": float(np.mean(np.abs(p_star - np.median(p_star)))),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=Path("pipelines/configs/demo.yaml"))
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override a config field (as `bioreason run --set`); repeatable",
+    )
+    parser.add_argument("--out", type=Path, help="run folder (default runs/<name>)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", help="N (seeds 0..N-1) or a list (default: the config's)"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="parallel fine-tuning jobs")
+    parser.add_argument("--fit-steps", type=int, default=1000, help="supervised fit steps")
+    parser.add_argument("--fit-lr", type=float, default=5e-4, help="supervised fit rate")
+    parser.add_argument("--fit-batch", type=int, default=32, help="questions per fit step")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the fit")
+    parser.add_argument("--no-report", action="store_true", help="skip report.html")
+    args = parser.parse_args(argv)
+    if args.fit_steps < 1 or args.fit_batch < 1:
+        parser.error("--fit-steps and --fit-batch must be >= 1")
+    if args.seeds is not None and (not args.seeds or min(args.seeds) < 0):
+        parser.error("--seeds must be N >= 1 or a list of seeds >= 0")
+
+    import torch
+
+    from bioreason.pipelines.run import load_pipeline_config, run_pipeline
+    from bioreason.run_layout import SUMMARY_FILE, TASK_FILE, method_slug
+
+    start = time.perf_counter()
+    overrides = list(args.set)
+    if args.seeds is not None:
+        overrides.append(f"finetune.seeds=[{', '.join(map(str, _seeds(args.seeds)))}]")
+    config = load_pipeline_config(args.config, overrides)
+    if config.kind != "lm":
+        parser.error(f"--config {args.config} is a {config.kind!r} pipeline; give an LM one")
+    if 0 not in config.finetune.seeds:
+        parser.error(
+            "the supervised fit starts from seed 0's warm start: include seed 0 in the seeds "
+            f"(got {config.finetune.seeds})"
+        )
+    out = args.out or Path("runs") / config.name
+    results = run_pipeline(config, out, workers=args.workers, report=not args.no_report)
+    if "calibration" not in results:
+        print(f"lm_question_level: the pipeline in {out} has no calibration stage", file=sys.stderr)
+        return 2
+    summary = pd.read_csv(results["calibration"].path / SUMMARY_FILE)
+    task = pd.read_parquet(results["task"].path / TASK_FILE)
+
+    for _, row in summary.iterrows():
+        name = method_slug(str(row["method"]))
+        _line(f"corr_q_pstar_{name}", float(row["corr_p_star"]))
+        _line(f"sd_q_{name}", float(row["sd_q"]), "probability")
+        _line(f"mae_q_pstar_{name}", float(row["mae_p_star"]), "probability")
+        for suffix in ("", "_low", "_high"):
+            value = float(row[f"overconfidence_question{suffix}"])
+            _line(f"overconfidence_question_{name}{suffix}", value, "probability")
+    baselines = constant_baselines(task)
+    _line("mae_q_pstar_constant", baselines["constant"], "probability")
+    _line("mae_q_pstar_best_constant", baselines["best_constant"], "probability")
+
+    torch.set_num_threads(args.threads)
+    fit = _question_fit()._fit(out, args.fit_lr, args.fit_steps, "p_star", args.fit_batch, 0)
+    _line("mae_q_pstar_supervised", fit["mae"], "probability")
+    _line("corr_q_pstar_supervised", fit["corr"])
+    _line("sd_q_supervised", fit["sd_q"], "probability")
+    _line("seconds_total", time.perf_counter() - start, "s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
