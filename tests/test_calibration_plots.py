@@ -27,3 +27,33 @@ def test_plots_write_png_and_refuse_to_overwrite(tmp_path):
     assert paths[0].read_bytes() == before
     with pytest.raises(ValueError, match=".png"):
         plot_prediction_histogram(probs, tmp_path / "histogram.jpg")
+
+
+def test_reliability_diagram_draws_on_a_given_axes(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bioreason.calibration import plot_reliability_diagrams
+
+    rng = np.random.default_rng(0)
+    probs = rng.uniform(size=200)
+    outcomes = (rng.uniform(size=200) < probs).astype(float)
+    fig, (left, right) = plt.subplots(1, 2)
+    assert plot_reliability_diagram(outcomes, probs, ax=left, label="a", title="A") is left
+    plot_reliability_diagram(outcomes, probs**2, ax=left, label="b")  # a second curve
+    labels = [line.get_label() for line in left.get_lines()]
+    assert labels[0] == "calibrated" and labels.count("calibrated") == 1
+    assert labels[1].startswith("a (ECE ") and labels[2].startswith("b (ECE ")
+    assert left.get_title() == "A" and not right.get_lines()
+    path = plot_reliability_diagram(outcomes, probs, tmp_path / "panel.png", ax=right)
+    assert path is right and (tmp_path / "panel.png").read_bytes()[:8] == PNG_SIGNATURE
+    plt.close(fig)
+    with pytest.raises(TypeError, match="matplotlib Axes"):
+        plot_reliability_diagram(outcomes, probs, ax="left")
+    with pytest.raises(ValueError, match="path of the .png, or an ax"):
+        plot_reliability_diagram(outcomes, probs)
+    groups = {"a": (outcomes, probs), "b": (outcomes, probs**2)}
+    out = plot_reliability_diagrams(groups, tmp_path / "both.png", title="two")
+    assert out.read_bytes()[:8] == PNG_SIGNATURE

@@ -2,11 +2,17 @@
 
 import json
 import math
+import re
 
 import pandas as pd
 import pytest
 
-from bioreason.calibration import calibration_table
+from bioreason.calibration import (
+    calibration_table,
+    format_calibration_table,
+    markdown_table,
+    resolve_columns,
+)
 from bioreason.cli import main
 
 # constant q = 0.3 against outcomes with rate 1/2 (closed forms):
@@ -193,3 +199,141 @@ def test_non_binary_outcomes_and_bad_probabilities_name_the_row(tmp_path, capsys
 
     code, _, err = _run(capsys, tmp_path / "missing.csv", "--prob-col", "q", "--outcome-col", "y")
     assert code == 1 and "does not exist" in err
+
+
+# ------------------------------------------------------------- issue 20: defaults, plot, table
+
+_GFM_DELIMITER = re.compile(r"^:?-+:?$")
+
+
+def _parse_markdown_table(text: str) -> tuple[list[str], list[str], list[list[str]]]:
+    """(headers, alignments, rows) of a GitHub-flavoured Markdown table; asserts the rules
+    GFM sets (one delimiter cell per header, each hyphens with optional colons, every row
+    as wide as the header)."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+
+    def cells(line: str) -> list[str]:
+        assert line.startswith("| ") and line.endswith(" |"), line
+        return [c.strip() for c in re.split(r"(?<!\\)\|", line[1:-1])]
+
+    headers, delimiter, rows = cells(lines[0]), cells(lines[1]), [cells(x) for x in lines[2:]]
+    assert len(delimiter) == len(headers)
+    for cell in delimiter:
+        assert _GFM_DELIMITER.match(cell), f"not a GFM delimiter cell: {cell!r}"
+    assert all(len(row) == len(headers) for row in rows)
+    align = ["right" if c.endswith(":") and not c.startswith(":") else "left" for c in delimiter]
+    return headers, align, rows
+
+
+@pytest.mark.parametrize("n_rows", [1, 2, 3])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_markdown_table_is_valid_for_few_rows(n_rows, grouped):
+    markdown = pytest.importorskip("markdown")
+    frame = pd.DataFrame({"q": [0.3, 0.6, 0.9][:n_rows], "y": [1, 0, 1][:n_rows]})
+    frame["m"] = ["a", "b", "c"][:n_rows]
+    table = calibration_table(frame, group_col="m" if grouped else None, n_boot=20)
+    text = format_calibration_table(table)
+    headers, align, rows = _parse_markdown_table(text)
+    assert headers[:3] == ["m" if grouped else "group", "n", "invalid"]
+    assert len(rows) == (n_rows if grouped else 1)
+    assert align[1:] == ["right"] * (len(headers) - 1)  # the `n` column too (was ":")
+    html = markdown.markdown(text, extensions=["tables"])
+    assert html.count("<tr>") == len(rows) + 1
+    assert "text-align: center" not in html
+
+
+def test_an_empty_table_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(ValueError, match="no rows"):
+        format_calibration_table(calibration_table(_constant_frame(), n_boot=0).iloc[:0])
+    with pytest.raises(ValueError, match="at least one row"):
+        markdown_table(["a", "b"], [])
+    path = tmp_path / "empty.csv"
+    pd.DataFrame({"q": [], "y": []}).to_csv(path, index=False)
+    code, _, err = _run(capsys, path)
+    assert code == 1 and "no rows" in err
+
+
+@pytest.mark.parametrize(
+    "columns, expected",
+    [(("q", "y"), ("q", "y")), (("prob", "outcome"), ("prob", "outcome")),
+     (("probability", "y", "method"), ("probability", "y"))],
+)  # fmt: skip
+def test_default_columns(tmp_path, capsys, columns, expected):
+    frame = pd.DataFrame({name: [0.3, 0.7] if i == 0 else [1, 0] for i, name in
+                          enumerate(columns)})  # fmt: skip
+    assert resolve_columns(frame) == expected
+    path = tmp_path / "predictions.csv"
+    frame.to_csv(path, index=False)
+    code, text, _ = _run(capsys, path, "--n-boot", "0")
+    assert code == 0 and f"calibration of {expected[0]!r} against {expected[1]!r}" in text
+    assert calibration_table(frame, n_boot=0).loc[0, "brier"] == pytest.approx(0.49)
+
+
+def test_default_columns_missing_or_ambiguous_list_the_columns(tmp_path, capsys):
+    path = tmp_path / "predictions.csv"
+    pd.DataFrame({"score": [0.3], "y": [1]}).to_csv(path, index=False)
+    code, _, err = _run(capsys, path)
+    assert code == 1 and "no prediction column" in err and "--prob-col" in err
+    assert "'score', 'y'" in err and "'q' / 'prob' / 'probability'" in err
+    pd.DataFrame({"q": [0.3], "prob": [0.3], "y": [1], "outcome": [1]}).to_csv(path, index=False)
+    code, _, err = _run(capsys, path)
+    assert code == 1 and "ambiguous" in err and "'q', 'prob'" in err
+    code, _, err = _run(capsys, path, "--prob-col", "q")
+    assert code == 1 and "outcome column is ambiguous" in err and "--outcome-col" in err
+    assert _run(capsys, path, "--prob-col", "q", "--outcome-col", "y")[0] == 0
+
+
+def test_plot_writes_a_png_and_is_protected(tmp_path, capsys):
+    path = tmp_path / "predictions.csv"
+    other = _constant_frame().assign(q=0.5, method="b")
+    pd.concat([_constant_frame(), other]).to_csv(path, index=False)
+    plot = tmp_path / "reliability.png"
+    code, text, _ = _run(capsys, path, "--group-col", "method", "--n-boot", "0", "--plot", plot)
+    assert code == 0 and f"wrote {plot}" in text
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    before = plot.read_bytes()
+    code, _, err = _run(capsys, path, "--plot", plot)
+    assert code == 1 and "already exists" in err and "--plot" in err
+    assert plot.read_bytes() == before
+    assert _run(capsys, path, "--plot", plot, "--force")[0] == 0
+    code, _, err = _run(capsys, path, "--plot", tmp_path / "r.jpg")
+    assert code == 2 and "--plot must end in .png" in err
+
+
+def _paired_frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "question_id": ["a", "b", "c"] * 2,
+            "method": ["m1"] * 3 + ["m2"] * 3,
+            "q": [0.2, 0.7, 0.5, 0.4, 0.9, 0.5],
+            "y": [0, 1, 1, 0, 1, 1],
+        }
+    )
+
+
+def test_paired_comparison_from_the_cli(tmp_path, capsys):
+    path = tmp_path / "predictions.csv"
+    _paired_frame().sample(frac=1, random_state=0).to_csv(path, index=False)  # order shuffled
+    code, text, _ = _run(
+        capsys, path, "--group-col", "method", "--paired-by", "question_id",
+        "--paired-interval", "normal", "--n-boot", "0", "--out", tmp_path / "t.md",
+    )  # fmt: skip
+    assert code == 0 and "paired comparison by 'question_id'" in text
+    # Brier m2 - m1 per question: (0.16 - 0.04), (0.01 - 0.09), (0.25 - 0.25) -> mean 0.04/3
+    paired = text[text.index("paired comparison") :]
+    headers, _, rows = _parse_markdown_table(paired)
+    assert rows[0][:3] == ["m2", "m1", "3"] and rows[0][4].startswith("0.0133 [")
+    assert "paired comparison" in (tmp_path / "t.md").read_text()
+    code, _, err = _run(capsys, path, "--paired-by", "question_id")
+    assert code == 2 and "--group-col" in err
+    code, _, err = _run(capsys, path, "--group-col", "method", "--paired-by", "qid")
+    assert code == 1 and "'qid' (--paired-by)" in err
+    code, _, err = _run(capsys, path, "--group-col", "method", "--paired-by", "question_id",
+                        "--n-boot", "0")  # fmt: skip
+    assert code == 2 and "--paired-interval normal" in err
+    frame = _paired_frame()
+    frame.loc[5, "question_id"] = "d"
+    frame.to_csv(path, index=False)
+    code, _, err = _run(capsys, path, "--group-col", "method", "--paired-by", "question_id")
+    assert code == 1 and "same questions" in err and "only in 'm1' ('c')" in err
+    assert "only in 'm2' ('d')" in err

@@ -26,12 +26,17 @@ from bioreason.calibration.metrics import (
 
 __all__ = [
     "BOOTSTRAP_METRICS",
+    "OUTCOME_COLUMN_NAMES",
     "PREDICTIONS_SUFFIXES",
+    "PROB_COLUMN_NAMES",
     "TABLE_SUFFIXES",
     "answer_probabilities",
     "calibration_table",
     "format_calibration_table",
+    "markdown_table",
     "read_predictions",
+    "reliability_groups",
+    "resolve_columns",
     "write_calibration_table",
 ]
 
@@ -47,6 +52,12 @@ PREDICTIONS_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
 #: The files :func:`write_calibration_table` writes.
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".json", ".md")
 
+#: The prediction column's names tried, in order, when none is given (exactly one may exist).
+PROB_COLUMN_NAMES = ("q", "prob", "probability")
+
+#: The outcome column's names tried when none is given (exactly one may exist).
+OUTCOME_COLUMN_NAMES = ("y", "outcome")
+
 #: A text parser: ``parser(texts) -> (probabilities, valid)``, arrays of shape (n,).
 TextParser = Callable[[Sequence[str | None]], tuple[np.ndarray, np.ndarray]]
 
@@ -56,6 +67,52 @@ def _check_columns(frame: pd.DataFrame, columns: dict[str, str | None]) -> None:
         if column is not None and column not in frame.columns:
             existing = ", ".join(repr(str(c)) for c in frame.columns)
             raise ValueError(f"no column {column!r} ({role}); the columns are: {existing}")
+
+
+def _default_column(
+    frame: pd.DataFrame, given: str | None, names: tuple[str, ...], role: str, option: str
+) -> str:
+    if given is not None:
+        return given
+    found = [name for name in names if name in frame.columns]
+    if len(found) == 1:
+        return found[0]
+    existing = ", ".join(repr(str(c)) for c in frame.columns)
+    tried = " / ".join(repr(name) for name in names)
+    if not found:
+        raise ValueError(
+            f"no {role} column: none of {tried} exists; name it with {option}. "
+            f"The columns are: {existing}"
+        )
+    raise ValueError(
+        f"the {role} column is ambiguous: {', '.join(repr(n) for n in found)} all exist; "
+        f"choose one with {option}. The columns are: {existing}"
+    )
+
+
+def resolve_columns(
+    frame: pd.DataFrame, prob_col: str | None = None, outcome_col: str | None = None
+) -> tuple[str, str]:
+    """The prediction and outcome columns of ``frame``: the ones given, else the one of
+    :data:`PROB_COLUMN_NAMES` (``q``, ``prob``, ``probability``) and the one of
+    :data:`OUTCOME_COLUMN_NAMES` (``y``, ``outcome``) that exists.
+
+    Returns
+    -------
+    prob_col, outcome_col : str
+
+    Raises
+    ------
+    ValueError
+        No default name exists, or several do (ambiguous); the message lists the columns.
+        A name that is given is not checked here (:func:`calibration_table` checks it).
+    """
+    return (
+        _default_column(frame, prob_col, PROB_COLUMN_NAMES, "prediction", "prob_col (--prob-col)"),
+        _default_column(
+            frame, outcome_col, OUTCOME_COLUMN_NAMES, "outcome", "outcome_col (--outcome-col)"
+        ),
+    )
 
 
 def _as_numbers(values: pd.Series) -> pd.Series | None:
@@ -208,8 +265,8 @@ def _group_row(
 def calibration_table(
     frame: pd.DataFrame,
     *,
-    prob_col: str,
-    outcome_col: str,
+    prob_col: str | None = None,
+    outcome_col: str | None = None,
     ref_col: str | None = None,
     group_col: str | None = None,
     n_bins: int = 10,
@@ -226,9 +283,10 @@ def calibration_table(
         One prediction per row.
     prob_col
         The answers: probabilities in [0, 1] (missing = invalid) or text read by
-        ``parser`` (unreadable = invalid).
+        ``parser`` (unreadable = invalid). Default: the one of ``q``, ``prob``,
+        ``probability`` that exists (:func:`resolve_columns`).
     outcome_col
-        0/1 outcomes (bool, numbers or their text).
+        0/1 outcomes (bool, numbers or their text). Default: ``y`` or ``outcome``.
     ref_col
         Reference probabilities (e.g. ``p_star``): adds ``mae_to_reference``,
         ``ece_to_reference`` and ``overconfidence`` (:data:`REFERENCE_METRICS`).
@@ -254,11 +312,13 @@ def calibration_table(
     Raises
     ------
     ValueError
-        A missing column (listing those that exist), an outcome other than 0/1, or a
-        probability outside [0, 1], naming the column and the first bad row (0-based).
+        A missing column (listing those that exist), no default column or several
+        (ambiguous), an outcome other than 0/1, or a probability outside [0, 1], naming
+        the column and the first bad row (0-based).
     """
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"calibration_table: frame must be a pandas DataFrame, got {frame!r}")
+    prob_col, outcome_col = resolve_columns(frame, prob_col, outcome_col)
     _check_columns(
         frame,
         {
@@ -275,12 +335,7 @@ def calibration_table(
     outcomes = _outcomes(frame[outcome_col], outcome_col)
     reference = _reference(frame[ref_col], ref_col) if ref_col is not None else None
     label = group_col or "group"
-    if group_col is None:
-        groups = [("all", np.arange(len(frame)))]
-    else:
-        keys = frame[group_col]
-        grouped = frame.groupby(keys, sort=True, dropna=False).indices
-        groups = [(str(key), index) for key, index in grouped.items()]
+    groups = _groups(frame, group_col)
     rows = []
     for key, index in groups:
         ref = reference[index] if reference is not None else None
@@ -289,6 +344,47 @@ def calibration_table(
         )
         rows.append({label: key, **row})
     return pd.DataFrame(rows)
+
+
+def _groups(frame: pd.DataFrame, group_col: str | None) -> list[tuple[str, np.ndarray]]:
+    """``(name, row positions)`` per value of ``group_col`` (sorted), or ``("all", every
+    row)``; ``frame`` has a default index."""
+    if group_col is None:
+        return [("all", np.arange(len(frame)))]
+    grouped = frame.groupby(frame[group_col], sort=True, dropna=False).indices
+    return [(str(key), index) for key, index in grouped.items()]
+
+
+def reliability_groups(
+    frame: pd.DataFrame,
+    *,
+    prob_col: str | None = None,
+    outcome_col: str | None = None,
+    group_col: str | None = None,
+    parser: TextParser | None = None,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The valid ``(outcomes, probabilities)`` of each group of a predictions table, read
+    as :func:`calibration_table` reads them: what a reliability diagram draws
+    (:func:`bioreason.calibration.plot_reliability_diagrams`).
+
+    Returns
+    -------
+    dict
+        Group name (``"all"`` without ``group_col``) -> two arrays of shape (n_valid,).
+    """
+    prob_col, outcome_col = resolve_columns(frame, prob_col, outcome_col)
+    _check_columns(
+        frame, {"prob_col": prob_col, "outcome_col": outcome_col, "group_col": group_col}
+    )
+    if len(frame) == 0:
+        raise ValueError("the predictions table has no rows")
+    frame = frame.reset_index(drop=True)
+    probs, valid, _ = answer_probabilities(frame[prob_col], parser, prob_col)
+    outcomes = _outcomes(frame[outcome_col], outcome_col)
+    return {
+        key: (outcomes[index][valid[index]], probs[index][valid[index]])
+        for key, index in _groups(frame, group_col)
+    }
 
 
 def _number(value: float, digits: int = 3) -> str:
@@ -308,6 +404,8 @@ def format_calibration_table(table: pd.DataFrame, ref_name: str | None = None) -
         ref = ref_name or "ref"
         headers += [f"mean abs(q - {ref})", f"overconfidence vs {ref}"]
         columns += ["mae_to_reference", "overconfidence"]
+    if len(table) == 0:
+        raise ValueError("format_calibration_table: the table has no rows")
     body = []
     for _, row in table.iterrows():
         cells = [
@@ -320,8 +418,30 @@ def format_calibration_table(table: pd.DataFrame, ref_name: str | None = None) -
             if f"{name}_low" in table.columns:
                 text += f" [{_number(row[f'{name}_low'])}, {_number(row[f'{name}_high'])}]"
             cells.append(text)
-        body.append([cell.replace("|", "\\|") for cell in cells])
-    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(headers)]
+        body.append(cells)
+    return markdown_table(headers, body)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """An aligned GitHub-flavoured Markdown table: the first column left-aligned, the others
+    right-aligned, every delimiter cell at least three characters (``---``, ``--:``) so
+    the table is valid however narrow its columns; ``|`` in a cell is escaped.
+
+    Raises
+    ------
+    ValueError
+        No rows, or a row with another number of cells than ``headers``.
+    """
+    if not rows:
+        raise ValueError("markdown_table: a table needs at least one row")
+    if any(len(row) != len(headers) for row in rows):
+        raise ValueError(
+            f"markdown_table: every row needs {len(headers)} cells like the headers, got "
+            f"{sorted({len(row) for row in rows})}"
+        )
+    headers = [str(h).replace("|", "\\|") for h in headers]
+    body = [[str(cell).replace("|", "\\|") for cell in row] for row in rows]
+    widths = [max(3, len(h), *(len(r[i]) for r in body)) for i, h in enumerate(headers)]
     lines = [
         "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |",
         "| "

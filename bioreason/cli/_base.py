@@ -167,16 +167,19 @@ def _either(suffixes: tuple[str, ...]) -> str:
     return suffixes[0] if len(suffixes) == 1 else f"{', '.join(suffixes[:-1])} or {suffixes[-1]}"
 
 
-def check_out_file(out: Path, suffixes: tuple[str, ...], force: bool) -> None:
-    """Refuse an ``--out`` file path that does not end in one of ``suffixes`` (a usage
-    error), that is a folder, or that exists when ``--force`` is not given."""
+def check_out_file(
+    out: Path, suffixes: tuple[str, ...], force: bool, option: str = "--out"
+) -> None:
+    """Refuse an ``--out`` (``option``) file path that does not end in one of
+    ``suffixes`` (a usage error), that is a folder, or that exists when ``--force`` is
+    not given."""
     if out.suffix.lower() not in suffixes:
-        raise UsageError(f"--out must end in {_either(suffixes)}, got {out}")
+        raise UsageError(f"{option} must end in {_either(suffixes)}, got {out}")
     if out.is_dir():
         raise IsADirectoryError(
-            f"--out {out} is a folder; give a file path ending in {_either(suffixes)}"
+            f"{option} {out} is a folder; give a file path ending in {_either(suffixes)}"
         )
     if out.exists() and not force:
         raise FileExistsError(
-            f"{out} already exists; choose another --out or pass --force to replace it"
+            f"{out} already exists; choose another {option} or pass --force to replace it"
         )
