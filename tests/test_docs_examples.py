@@ -15,16 +15,15 @@ page) adapt a block to the test::
     <!-- docs-test: slow -->               run only with ``pytest -m slow``
     <!-- docs-test: replace OLD => NEW -->  run with the text OLD replaced by NEW, e.g. a
                                            smaller ``max_steps`` (OLD must occur)
-    <!-- docs-test: setup
-    python code run before the block, e.g. to write the file the example reads
-    -->
+
+There is no hidden setup: code that writes the file an example reads is a block the
+reader sees (a page that needs an input creates it, or names where it comes from).
 """
 
 from __future__ import annotations
 
 import re
 import shlex
-import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,7 +86,7 @@ def _markers(lines: list[str], fence: int) -> list[tuple[str, str]]:
         if match is None:
             break
         name, value = match.groups()
-        value = textwrap.dedent(value).strip("\n") if name == "setup" else value.strip()
+        value = value.strip()
         found.insert(0, (name, value))
         text = text[:start].rstrip()
     return found
@@ -97,7 +96,7 @@ def _blocks(languages: set[str]) -> list[Block]:
     return [b for path in DOC_FILES for b in extract_blocks(path) if b.language in languages]
 
 
-KNOWN_MARKERS = {"skip", "slow", "replace", "setup"}
+KNOWN_MARKERS = {"skip", "slow", "replace"}
 
 
 def _python_files() -> list:
@@ -134,8 +133,6 @@ def test_python_examples_run(path, tmp_path, monkeypatch):
         compiled = compile(code, block.where, "exec")
         if block.marker("skip"):
             continue
-        for setup in block.marker("setup"):
-            exec(compile(setup, f"{block.where} (setup)", "exec"), namespace)
         try:
             exec(compiled, namespace)
         except Exception as err:
@@ -205,14 +202,29 @@ def test_the_extractor_reads_fences_and_markers(tmp_path):
     page.write_text(
         "text\n\n"
         "<!-- docs-test: replace steps=3000 => steps=3 -->\n"
-        "<!-- docs-test: setup\nx = 1\n-->\n"
+        "<!-- docs-test: skip\nnot run\n-->\n"
         "```python\nprint(steps=3000)\n```\n\n"
         "```bash\nOMP_NUM_THREADS=1 bioreason simulate \\\n  --out a.h5ad  # comment\n```\n"
         "```\nplain\n```\n"
     )
     python, bash, plain = extract_blocks(page)
     assert python.language == "python" and python.line == 7
-    assert python.markers == [("replace", "steps=3000 => steps=3"), ("setup", "x = 1")]
+    assert python.markers == [("replace", "steps=3000 => steps=3"), ("skip", "not run")]
     assert _runnable(python) == "print(steps=3)"
     assert bash.markers == [] and plain.language == ""
     assert _commands(bash) == [(12, ["bioreason", "simulate", "--out", "a.h5ad"])]
+
+
+def test_no_page_hides_the_code_that_makes_its_inputs():
+    """Issue 20: hidden ``docs-test: setup`` comments wrote the files the tutorials read,
+    and the rendered site did not show them; a reader could not follow the page."""
+    hidden = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in DOC_FILES
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if re.search(r"<!--\s*docs-test:\s*setup", line)
+    ]
+    assert not hidden, (
+        "hidden setup code (invisible on the site) at " + ", ".join(hidden) + ": make it a "
+        "visible block that creates the input, or name where the input comes from"
+    )
