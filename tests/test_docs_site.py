@@ -60,7 +60,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ],
 )
 def test_api_page_lists_public_names(site: Path, page: str, names: list[str]) -> None:
-    html = (site / "api" / page / "index.html").read_text()
+    html = (site / "api" / f"{page}.html").read_text()
     for name in names:
         # a name may be documented by its defining path (bioreason.rl.lm.LMTrainer)
         anchor = rf'id="bioreason\.{page}\.(?:[\w.]+\.)?{name}"'
@@ -68,8 +68,32 @@ def test_api_page_lists_public_names(site: Path, page: str, names: list[str]) ->
 
 
 def test_site_has_every_page_and_no_network_assets(site: Path) -> None:
-    for page in sorted((ROOT / "docs").glob("*.md")):
-        target = "index.html" if page.stem == "index" else f"{page.stem}/index.html"
-        assert (site / target).is_file(), f"docs/{page.name} not built"
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        target = page.relative_to(ROOT / "docs").with_suffix(".html")
+        assert (site / target).is_file(), f"docs/{page.name} not built as {target}"
     index = (site / "index.html").read_text()
     assert "fonts.googleapis" not in index and "fonts.gstatic" not in index
+
+
+_HREF = re.compile(r'href="([^"#?]*)(?:[#?][^"]*)?"')
+
+
+def test_offline_site_links_point_at_pages(site: Path) -> None:
+    """Issue 20: the site opened from site/ (file://, no server) must link to pages
+    (``quickstart.html``), not folders (``quickstart/``) that a browser shows as a file
+    listing; every internal link resolves to a file of the site."""
+    broken: list[str] = []
+    pages = sorted(site.rglob("*.html"))
+    assert (site / "index.html") in pages and (site / "quickstart.html") in pages
+    for page in pages:
+        if page.name == "404.html":
+            continue  # served from the site's root by a web server: absolute-style links
+        for target in _HREF.findall(page.read_text()):
+            if not target or re.match(r"^[a-z][a-z0-9+.-]*:", target):
+                continue  # same-page anchor, http(s), mailto, data
+            resolved = (page.parent / target).resolve()
+            if target.endswith("/") or resolved.is_dir():
+                broken.append(f"{page.relative_to(site)} -> {target} (a folder)")
+            elif not resolved.is_file():
+                broken.append(f"{page.relative_to(site)} -> {target} (missing)")
+    assert not broken, f"{len(broken)} links: " + "; ".join(sorted(set(broken))[:20])
