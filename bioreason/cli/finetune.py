@@ -83,7 +83,7 @@ def main(args: argparse.Namespace) -> int:
         args.out,
         config,
         force=args.force,
-        progress=not args.no_progress,
+        progress=False if args.no_progress else None,  # None: on a terminal only
         log=print if main_process else None,
     )
     if main_process:
@@ -142,6 +142,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--task", required=True, help="task table (.parquet, see build-task)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--config", help="YAML file of FinetuneConfig fields (rl: LMRLConfig)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide the progress bar (shown only when standard error is a terminal)",
+    )
     add_force(parser, "files in --out that bioreason did not write")
     return parser
