@@ -168,6 +168,13 @@ def test_save_model_writes_a_folder_load_predictor_reads(tokenizer, tmp_path):
     assert torch.equal(flat(predictor.model), flat(trainer.model))
     assert predictor.grid == trainer.grid
     assert predictor.answer_token_ids == trainer.answer_token_ids.tolist()
+    # and transformers reads it on its own: the same weights, the same tokens
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert torch.equal(flat(model), flat(trainer.model))
+    text = "perturb PERT1 readout GENE0 probability ?"
+    assert AutoTokenizer.from_pretrained(folder)(text)["input_ids"] == tokenizer(text)["input_ids"]
     with pytest.raises(FileExistsError, match="overwrite=True"):
         trainer.save_pretrained(tmp_path / "policy")
     trainer.save_pretrained(tmp_path / "policy", overwrite=True)  # the HF name, same method
