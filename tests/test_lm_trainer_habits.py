@@ -242,3 +242,23 @@ def test_trl_names_are_refused_with_the_bioreason_name(trl, ours):
 def test_output_dir_as_a_config_setting_points_to_the_trainer_and_out():
     with pytest.raises(TypeError, match=r"output_dir=\.\.\.\) .*--out for bioreason finetune"):
         LMRLConfig(output_dir="runs/x")
+
+
+def test_trl_flags_of_bioreason_finetune_name_the_bioreason_flag(capsys):
+    from bioreason.cli import build_parser
+    from bioreason.rl.lm import TRL_NAMES
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if hasattr(a, "choices") and a.choices)
+    finetune = sub.choices["finetune"]
+    finetune.format_help()  # populate the generated options
+    flags = {o for action in finetune._actions for o in action.option_strings}
+    base = ["finetune", "--task", "t.parquet", "--out", "o", "--model", "tiny"]
+    for trl, (ours, _) in TRL_NAMES.items():
+        ours_flag = "--" + ours.replace("_", "-")
+        assert ours_flag in flags, ours_flag  # the flag the message names exists
+        with pytest.raises(SystemExit) as stopped:
+            parser.parse_args([*base, "--" + trl.replace("_", "-"), "1"])
+        assert stopped.value.code == 2
+        assert f"is TRL's name: use {ours_flag} (rl.{ours})" in capsys.readouterr().err
+    assert "learning-rate" not in finetune.format_help()  # hidden from --help

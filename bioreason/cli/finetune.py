@@ -43,6 +43,39 @@ def _settings(args: argparse.Namespace):
     )
 
 
+class _ForeignFlag(argparse.Action):
+    """A flag under TRL's name: refused naming the bioreason flag."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.error(f"{option_string} is TRL's name: {self.help_text}")
+
+
+def _trl_flags(parser: argparse.ArgumentParser) -> None:
+    """TRL's names as hidden flags that fail naming the bioreason flag
+    (``--learning-rate`` -> ``use --lr``), so that a TRL user is told, not just
+    "unrecognized arguments"."""
+    from bioreason.rl.lm import TRL_NAMES
+
+    existing = {o for action in parser._actions for o in action.option_strings}
+    for trl, (ours, note) in TRL_NAMES.items():
+        flag = "--" + trl.replace("_", "-")
+        if flag in existing:
+            continue
+        action = parser.add_argument(
+            flag, action=_ForeignFlag, help=argparse.SUPPRESS, dest=f"_trl_{trl}", nargs="?"
+        )
+        action.help_text = f"use --{ours.replace('_', '-')} (rl.{ours}){note}"
+    if "--output-dir" not in existing:
+        action = parser.add_argument(
+            "--output-dir",
+            action=_ForeignFlag,
+            help=argparse.SUPPRESS,
+            dest="_trl_output_dir",
+            nargs="?",
+        )
+        action.help_text = "use --out"
+
+
 def _options(parser: argparse.ArgumentParser) -> None:
     from bioreason.rl.lm import FinetuneConfig
 
@@ -68,6 +101,7 @@ def _options(parser: argparse.ArgumentParser) -> None:
             "rl.group_size": {"type": positive_int},
         },
     )
+    _trl_flags(parser)
 
 
 def main(args: argparse.Namespace) -> int:

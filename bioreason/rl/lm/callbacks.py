@@ -54,7 +54,9 @@ class TrainerCallback:
         After every evaluation (:meth:`~bioreason.rl.LMTrainer.evaluate`, also one the
         user calls): its row of ``trainer.eval_rows_log``.
     on_save(trainer, path)
-        After a checkpoint is written to ``path`` (every ``checkpoint_every`` steps).
+        After a checkpoint is written to ``path`` (every ``checkpoint_every`` steps), and
+        after :meth:`~bioreason.rl.LMTrainer.save_model` writes the model folder
+        ``path``.
     on_train_end(trainer)
         After the last step of a ``train`` call (also one a callback stopped).
     """
