@@ -107,3 +107,24 @@ def test_get_elbo_and_get_marginal_ll_are_the_existing_evaluations(planted):
 def test_batch_key_is_refused_saying_why(planted):
     with pytest.raises(ValueError, match=r"\['batch_key'\] .*not supported.*docs/models.md"):
         SAMSVAE.setup_anndata(planted.adata.copy(), batch_key="batch")
+
+
+@pytest.mark.parametrize("name", ["sams_vae", "cpa_vae", "conditional_vae", "svae_plus"])
+def test_every_model_has_the_scvi_names(name):
+    from bioreason.data import simulate_screen
+    from bioreason.models import MODELS
+
+    cls = MODELS.get(name)
+    adata = simulate_screen(
+        n_cells_per_condition=10, n_genes=8, n_latent=2, n_perturbations=2, n_combinations=0
+    )
+    cls.setup_anndata(adata)
+    model = cls(adata, n_latent=2, seed=0)
+    model.train(max_steps=3, batch_size=64, n_particles=1, progress=False)
+    de = model.differential_expression("P0", n_cells=5, n_draws=3)
+    assert len(de) == 8 and de["proba_de"].between(0, 1).all()
+    expression = model.get_normalized_expression(n_cells=5, n_draws=3)
+    assert list(expression.index) == ["control", "P0", "P1"]
+    assert np.isfinite(model.get_elbo(n_particles=2)) and np.isfinite(
+        model.get_marginal_ll(n_mc_samples=2)
+    )
