@@ -101,6 +101,9 @@ class Config:
 
     #: old field name -> its new dotted place in this config (see the class docstring)
     moved_fields: ClassVar[dict[str, str]] = {}
+    #: another library's name of a setting -> the message that names this config's
+    #: field instead (e.g. TRL's ``learning_rate`` -> ``"use lr (TRL's learning_rate)"``)
+    foreign_names: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def from_dict(cls: type[C], values: dict[str, Any], *, where: str | None = None) -> C:
@@ -111,6 +114,12 @@ class Config:
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(values) - set(fields))
+        foreign = [name for name in unknown if name in cls.foreign_names]
+        if foreign:
+            raise ValueError(
+                f"{where}: unknown field(s) {foreign}: "
+                + "; ".join(cls.foreign_names[name] for name in foreign)
+            )
         if unknown:
             raise ValueError(
                 f"{where}: unknown field(s) {unknown}; valid fields are {sorted(fields)}"

@@ -49,10 +49,12 @@ __all__ = [
     "describe_differences",
     "digest",
     "file_sha256",
+    "finished_differences",
     "manifest_matches",
     "package_versions",
     "preflight_stage",
     "read_manifest",
+    "reopen_stage",
     "run_stage",
     "safe_torch_load",
     "write_manifest",
@@ -375,6 +377,79 @@ def _remove_recorded(stage_dir: Path, saved: Mapping[str, Any] | None) -> None:
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
+
+
+def finished_differences(
+    stage_dir: str | Path,
+    config: Any,
+    inputs: Inputs | None = None,
+    *,
+    seed: int | None = None,
+) -> list[str] | None:
+    """How a finished run in ``stage_dir`` differs from this one, or None when the folder
+    holds no finished run whose outputs are unchanged (nothing is written).
+
+    Returns
+    -------
+    list of str or None
+        ``"rl.steps: 4 -> 6"`` per differing setting (dotted for nested ones),
+        ``"seed: ..."`` and ``"input task: changed"``; empty when it is this run.
+    """
+    stage_dir = Path(stage_dir)
+    saved = read_manifest(stage_dir / MANIFEST)
+    outputs = (saved or {}).get("outputs")
+    if not isinstance(outputs, dict) or not outputs or _is_partial(saved):
+        return None
+    if not _outputs_unchanged(stage_dir, saved):
+        return None
+    plain = _plain_config(config)
+    found = describe_differences(_flat(saved.get("config") or {}), _flat(plain))
+    if saved.get("seed") != seed:
+        found.append(f"seed: {saved.get('seed')} -> {seed}")
+    hashes = {key: file_sha256(path) for key, path in _input_paths(inputs, stage_dir).items()}
+    recorded = saved.get("inputs") or {}
+    found += [
+        f"input {key}: changed"
+        for key in sorted({*hashes, *recorded})
+        if hashes.get(key) != recorded.get(key)
+    ]
+    return found
+
+
+def reopen_stage(
+    stage_dir: str | Path,
+    config: Any,
+    inputs: Inputs | None,
+    *,
+    seed: int | None,
+    outputs: Iterable[str],
+    result: str = RESULT,
+) -> None:
+    """Mark a finished stage as being written again with ``config`` (its outputs kept),
+    so that :func:`run_stage` with this config resumes it: a run continued to more steps
+    from its last checkpoint."""
+    stage_dir = Path(stage_dir)
+    paths = _input_paths(inputs, stage_dir)
+    pending = [stage_dir / output for output in (*outputs, result)]
+    write_manifest(
+        stage_dir,
+        config=_plain_config(config),
+        seed=seed,
+        inputs=paths,
+        outputs=pending,
+        complete=False,
+    )
+
+
+def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping with dotted keys."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def preflight_stage(stage_dir: str | Path, *, force: bool = False) -> None:

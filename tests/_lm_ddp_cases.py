@@ -19,6 +19,7 @@ BASE = {
     "sampling_noise": "question",
     "device": "cpu",
     "log_every": 1,
+    "eval_split": "val",  # make_task holds out "val"
     "tensorboard": False,
 }
 

@@ -238,3 +238,58 @@ def test_final_line_names_the_invalid_answer_rate():
     assert "warning: the policy stopped writing valid answers" in silent
     fine = final_line("runs/x", {**metrics, "invalid_rate": 0.004}, "test")
     assert "invalid answers 0.4% of those sampled" in fine and "warning" not in fine
+
+
+def test_a_finished_run_asked_for_more_steps_continues_it(task_path, tmp_path, capsys):
+    config = _config(tmp_path, checkpoint_every=1)
+    fresh, longer = tmp_path / "fresh", tmp_path / "longer"
+    assert run(task_path, fresh, config, "--steps", "4") == 0
+    assert run(task_path, longer, config) == 0  # FAST: 2 steps
+    capsys.readouterr()
+    assert run(task_path, longer, config, "--steps", "4") == 0
+    assert "continuing the finished run from step 2 to 4" in capsys.readouterr().out
+    manifest = json.loads((longer / "manifest.json").read_text())
+    assert manifest["config"]["rl"]["steps"] == 4 and all(manifest["outputs"].values())
+    metrics = json.loads((longer / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and metrics["steps_run"] == 2
+    # the steps a run of 4 steps takes from its step 2: the same weights
+    a = torch.load(fresh / "checkpoint.pt", weights_only=True)["trainer"]["model"]
+    b = torch.load(longer / "checkpoint.pt", weights_only=True)["trainer"]["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert metrics["ece"] == json.loads((fresh / "metrics.json").read_text())["ece"]
+    assert run(task_path, longer, config, "--steps", "4") == 0
+    assert "up to date" in capsys.readouterr().out
+    # fewer steps, or any other change, still needs --force (naming what differs)
+    assert run(task_path, longer, config, "--steps", "3") == 1
+    assert "other settings (rl.steps: 4 -> 3)" in capsys.readouterr().err
+    assert run(task_path, longer, config, "--steps", "6", "--seed", "5") == 1
+    err = capsys.readouterr().err
+    assert "rl.seed: 0 -> 5" in err and "rl.steps: 4 -> 6" in err and "--force" in err
+    assert json.loads((longer / "manifest.json").read_text())["config"]["rl"]["steps"] == 4
+
+
+def test_a_run_whose_schedule_follows_its_length_is_not_continued(task_path, tmp_path, capsys):
+    config = _config(tmp_path, lr_end=1e-5, lr_schedule="linear")
+    out = tmp_path / "scheduled"
+    assert run(task_path, out, config) == 0
+    capsys.readouterr()
+    assert run(task_path, out, config, "--steps", "4") == 1
+    err = capsys.readouterr().err
+    assert "lr_schedule='linear'" in err and "cannot be continued" in err
+    assert run(task_path, out, config, "--steps", "4", "--force") == 0
+
+
+def test_a_job_a_callback_stops_records_it_and_continues_with_more_steps(task_path, tmp_path):
+    from bioreason.rl.lm import FinetuneConfig, StopAfterSteps, run_finetune
+
+    rl = {"steps": 3, "group_size": 2, "questions_per_step": 2, "max_new_tokens": 3}
+    rl.update({"eval_samples": 2, "device": "cpu"})
+    config = FinetuneConfig.from_dict({"warm_start_steps": 2, "rl": rl})
+    out = tmp_path / "stopped"
+    metrics = run_finetune(task_path, out, config, progress=False, callbacks=[StopAfterSteps(1)])
+    assert metrics["steps"] == 1 and metrics["stopped_early"] is True
+    assert pd.read_parquet(out / "predictions.parquet")["step"].max() == 1
+    longer = FinetuneConfig.from_dict({"warm_start_steps": 2, "rl": {**rl, "steps": 4}})
+    metrics = run_finetune(task_path, out, longer, progress=False, log=None)
+    assert metrics["steps"] == 4 and metrics["stopped_early"] is False
+    assert metrics["steps_run"] == 3

@@ -95,6 +95,7 @@ def small_config(**options) -> LMRLConfig:
         "lr": 1e-3,
         "checkpoint_every": 2,
         "log_every": 1,
+        "eval_split": "val",  # the task's held-out split (make_task has no "test")
         **NUMBER,
     }
     values.update(options)

@@ -39,6 +39,7 @@ def test_log_rows_become_tensorboard_scalars(tmp_path):
         answer_prefix="",
         max_new_tokens=2,
         device="cpu",
+        eval_split="val",
     )
     trainer = LMTrainer(make_model(tokenizer), tokenizer, make_task(), config)
     trainer.train(log_path=tmp_path / "log.csv", progress=False)

@@ -283,3 +283,29 @@ def test_a_task_configs_outcome_sampling_reaches_the_table_and_is_reproducible(s
         TaskConfig.from_dict({"model": "m", "outcome_sampling": "paired"})
     with pytest.raises(ValueError, match="outcome_sampling must be one of"):
         TaskConfig(model="m", outcome_sampling="paired")
+
+
+def test_build_task_takes_readout_objects_as_the_simulator_does(screen):
+    genes = [str(g) for g in screen.var_names]
+    program = program_readout("early", genes[0:6])
+    conditions = ["P0", "P1"]
+    budget = SimulationBudget(target_se=0.5, min_draws=3, draws_per_round=3, method="brute")
+    options = {"threshold": 0.1, "n_cells": 30}
+    given = GroundTruthSimulator(screen, "screen_hit", readouts=[program], **options)
+    by_name = build_task(given, conditions, ["early", genes[7]], budget=budget, seed=1)
+    # the same readout as an object, to a simulator (and a truth) that was not given it
+    plain = GroundTruthSimulator(screen, "screen_hit", **options)
+    truth = GroundTruthSimulator(screen, "screen_hit", **options)
+    table = build_task(plain, conditions, [program, genes[7]], budget=budget, seed=1, truth=truth)
+    assert list(table["readout"].unique()) == ["early", genes[7]]
+    assert list(table["prompt"]) == list(by_name["prompt"])
+    np.testing.assert_allclose(table["p_star"], by_name["p_star"])
+    assert np.isfinite(table["p_true"]).all()
+    # one name given as a string and as a different program: refused, naming it
+    other = program_readout("early", genes[10:14])
+    with pytest.raises(ValueError, match="two different readouts are named 'early'"):
+        build_task(plain, conditions, [other], budget=budget)
+    with pytest.raises(TypeError, match=r"single str 'early'; pass \['early'\]"):
+        build_task(plain, conditions, "early", budget=budget)
+    with pytest.raises(TypeError, match="readout names .* or Readout objects, got int"):
+        build_task(plain, conditions, [3], budget=budget)

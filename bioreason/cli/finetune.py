@@ -43,6 +43,39 @@ def _settings(args: argparse.Namespace):
     )
 
 
+class _ForeignFlag(argparse.Action):
+    """A flag under TRL's name: refused naming the bioreason flag."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.error(f"{option_string} is TRL's name: {self.help_text}")
+
+
+def _trl_flags(parser: argparse.ArgumentParser) -> None:
+    """TRL's names as hidden flags that fail naming the bioreason flag
+    (``--learning-rate`` -> ``use --lr``), so that a TRL user is told, not just
+    "unrecognized arguments"."""
+    from bioreason.rl.lm import TRL_NAMES
+
+    existing = {o for action in parser._actions for o in action.option_strings}
+    for trl, (ours, note) in TRL_NAMES.items():
+        flag = "--" + trl.replace("_", "-")
+        if flag in existing:
+            continue
+        action = parser.add_argument(
+            flag, action=_ForeignFlag, help=argparse.SUPPRESS, dest=f"_trl_{trl}", nargs="?"
+        )
+        action.help_text = f"use --{ours.replace('_', '-')} (rl.{ours}){note}"
+    if "--output-dir" not in existing:
+        action = parser.add_argument(
+            "--output-dir",
+            action=_ForeignFlag,
+            help=argparse.SUPPRESS,
+            dest="_trl_output_dir",
+            nargs="?",
+        )
+        action.help_text = "use --out"
+
+
 def _options(parser: argparse.ArgumentParser) -> None:
     from bioreason.rl.lm import FinetuneConfig
 
@@ -68,6 +101,7 @@ def _options(parser: argparse.ArgumentParser) -> None:
             "rl.group_size": {"type": positive_int},
         },
     )
+    _trl_flags(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -83,7 +117,7 @@ def main(args: argparse.Namespace) -> int:
         args.out,
         config,
         force=args.force,
-        progress=not args.no_progress,
+        progress=False if args.no_progress else None,  # None: on a terminal only
         log=print if main_process else None,
     )
     if main_process:
@@ -142,6 +176,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--task", required=True, help="task table (.parquet, see build-task)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--config", help="YAML file of FinetuneConfig fields (rl: LMRLConfig)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide the progress bar (shown only when standard error is a terminal)",
+    )
     add_force(parser, "files in --out that bioreason did not write")
     return parser

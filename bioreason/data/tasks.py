@@ -50,6 +50,7 @@ __all__ = [
     "saved_task_summary",
     "save_task",
     "split_questions",
+    "task_problems",
     "task_summary",
 ]
 
@@ -175,20 +176,29 @@ def task_summary(table: pd.DataFrame) -> dict[str, Any]:
     """Questions per split, mean p*, outcome rate, mean SE and the histogram of p*
     (10 bins over [0, 1]); a plain dict."""
     _require_columns(table, ["split", "outcome", "p_star", "p_star_se"], "task table")
-    p_star = table["p_star"].to_numpy(dtype=float)
+    p_star = _numbers(table["p_star"])
     known = p_star[np.isfinite(p_star)]
     histogram = np.histogram(known, bins=10, range=(0, 1))[0].tolist() if known.size else []
     return {
         "n_questions": int(len(table)),
         "questions_per_split": {k: int(v) for k, v in table["split"].value_counts().items()},
-        "outcome_rate": float(table["outcome"].mean()) if len(table) else float("nan"),
+        "outcome_rate": float(np.nanmean(_numbers(table["outcome"])))
+        if np.isfinite(_numbers(table["outcome"])).any()
+        else float("nan"),
         "mean_p_star": float(known.mean()) if known.size else float("nan"),
-        "mean_p_star_se": float(np.nanmean(table["p_star_se"])) if known.size else float("nan"),
+        "mean_p_star_se": float(np.nanmean(_numbers(table["p_star_se"])))
+        if known.size
+        else float("nan"),
         "p_star_histogram": histogram,
         "p_star_extreme_fraction": (
             float(np.mean((known < 0.05) | (known > 0.95))) if known.size else float("nan")
         ),
     }
+
+
+def _numbers(column: pd.Series) -> np.ndarray:
+    """A column as float64, text read as NaN (:func:`task_problems` reports it)."""
+    return pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)
 
 
 def ordered_splits(counts: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -228,41 +238,129 @@ def describe_task(table: pd.DataFrame, target_se: float | None = None) -> dict[s
         ``mean_abs_p_star_minus_p_true`` (over questions with both, else ``None``),
         ``reference_histogram`` (counts of the reference probabilities in 10 bins over
         [0, 1], ``[]`` when there are none), ``outcome_definitions`` (the distinct JSON
-        definitions, in order of appearance) and ``columns``.
+        definitions, in order of appearance), ``columns``, ``target_se_known`` (False
+        when ``target_se`` was None and 0.01 assumed) and ``problems``
+        (:func:`task_problems`: values no task should hold, one sentence each).
     """
     facts = task_summary(table)
+    facts["target_se_known"] = target_se is not None
     target_se = 0.01 if target_se is None else float(target_se)
-    p_star = table["p_star"].to_numpy(dtype=float)
+    p_star = _numbers(table["p_star"])
     known = np.isfinite(p_star)
     facts["questions_per_split"] = dict(ordered_splits(facts["questions_per_split"]))
     facts["outcome_rate_per_split"] = {
-        split: float(table.loc[table["split"] == split, "outcome"].mean())
+        split: float(np.nanmean(values))
+        if np.isfinite(values := _numbers(table.loc[table["split"] == split, "outcome"])).any()
+        else float("nan")
         for split in facts["questions_per_split"]
     }
     facts["n_conditions"] = int(table["condition"].nunique())
     facts["n_readouts"] = int(table["readout"].nunique())
     facts["n_with_p_star"] = int(known.sum())
     facts["target_se"] = target_se
-    facts["n_unconverged"] = int(
-        (table["p_star_se"].to_numpy(dtype=float)[known] > target_se).sum()
-    )
+    facts["n_unconverged"] = int((_numbers(table["p_star_se"])[known] > target_se).sum())
     for column, key in (("p_true", "mean_p_true"), ("reference_probability", "mean_reference")):
-        values = table[column].to_numpy(dtype=float)
+        values = _numbers(table[column])
         facts[key] = float(np.nanmean(values)) if np.isfinite(values).any() else None
-    both = known & np.isfinite(table["p_true"].to_numpy(dtype=float))
+    p_true = _numbers(table["p_true"])
+    both = known & np.isfinite(p_true)
     facts["mean_abs_p_star_minus_p_true"] = (
-        float(np.abs(p_star[both] - table["p_true"].to_numpy(dtype=float)[both]).mean())
-        if both.any()
-        else None
+        float(np.abs(p_star[both] - p_true[both]).mean()) if both.any() else None
     )
-    reference = table["reference_probability"].to_numpy(dtype=float)
+    reference = _numbers(table["reference_probability"])
     reference = reference[np.isfinite(reference)]
     facts["reference_histogram"] = (
         np.histogram(reference, bins=10, range=(0, 1))[0].tolist() if reference.size else []
     )
     facts["outcome_definitions"] = list(dict.fromkeys(table["outcome_definition"].astype(str)))
     facts["columns"] = [str(c) for c in table.columns]
+    facts["problems"] = task_problems(table)
     return facts
+
+
+def _ids(table: pd.DataFrame, mask: np.ndarray, limit: int = 3) -> str:
+    ids = table["question_id"].astype(str).to_numpy()[mask]
+    shown = ", ".join(ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def task_problems(table: pd.DataFrame) -> list[str]:
+    """Values of a task table that no task should hold, one sentence each naming the
+    column and some of the questions: repeated ``question_id``; p* (or ``p_true``,
+    ``reference_probability``) outside [0, 1]; p* missing (NaN) for some questions but
+    not all (a table without a model has none); a negative or missing SE where p* is
+    known; an outcome other than 0, 1 or NaN (unknown); a null or empty prompt.
+
+    Returns
+    -------
+    list of str
+        Empty when nothing is wrong.
+    """
+    problems = []
+    ids = table["question_id"].astype(str)
+    repeated = ids.duplicated(keep=False).to_numpy()
+    if repeated.any():
+        distinct = ids[repeated].unique()
+        problems.append(
+            f"question_id repeats {len(distinct)} id(s) over {int(repeated.sum())} rows "
+            f"(e.g. {', '.join(distinct[:3])}); each question needs its own id"
+        )
+    numbers = {}
+    for column in ("p_star", "p_star_se", "p_true", "reference_probability", "outcome"):
+        if column not in table:
+            continue
+        raw = table[column]
+        values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
+        text = (np.isnan(values) & raw.notna().to_numpy()).copy()
+        if text.any():
+            problems.append(
+                f"{column} holds text (e.g. {raw[text].iloc[0]!r}) for {int(text.sum())} "
+                f"question(s): {_ids(table, text)}; expected numbers"
+            )
+        numbers[column] = values
+    for column in ("p_star", "p_true", "reference_probability"):
+        values = numbers.get(column)
+        if values is None:
+            continue
+        outside = np.isfinite(values) & ((values < 0) | (values > 1))
+        if outside.any():
+            problems.append(
+                f"{column} lies outside [0, 1] for {int(outside.sum())} question(s) "
+                f"({_ids(table, outside)}; e.g. {values[outside][0]:g}); a probability is in "
+                "[0, 1]"
+            )
+    p_star = numbers.get("p_star")
+    if p_star is not None:
+        missing = np.isnan(p_star)
+        if missing.any() and not missing.all():
+            problems.append(
+                f"p_star is missing (NaN) for {int(missing.sum())} of {len(p_star)} questions "
+                f"({_ids(table, missing)}): questions without p* are not scored against it"
+            )
+        se = numbers.get("p_star_se")
+        if se is not None:
+            bad = ~missing & ~(se >= 0)
+            if bad.any():
+                problems.append(
+                    f"p_star_se is negative or missing for {int(bad.sum())} question(s) with "
+                    f"a p* ({_ids(table, bad)})"
+                )
+    outcome = numbers.get("outcome")
+    if outcome is not None:
+        bad = np.isfinite(outcome) & ~np.isin(outcome, (0.0, 1.0))
+        if bad.any():
+            problems.append(
+                f"outcome holds {sorted(set(outcome[bad].tolist()))[:3]} for {int(bad.sum())} "
+                f"question(s) ({_ids(table, bad)}); an outcome is 1, 0 or NaN (unknown)"
+            )
+    if "prompt" in table:
+        prompts = table["prompt"]
+        empty = (prompts.isna() | prompts.astype(str).str.strip().eq("")).to_numpy()
+        if empty.any():
+            problems.append(
+                f"prompt is null or empty for {int(empty.sum())} question(s) ({_ids(table, empty)})"
+            )
+    return problems
 
 
 def _describe_outcome(text: str) -> str:
@@ -332,7 +430,9 @@ def format_task_description(facts: dict[str, Any], path: str | Path) -> str:
     if facts["n_with_p_star"]:
         lines.append(
             f"p*: mean {number(facts['mean_p_star'])}, mean SE {facts['mean_p_star_se']:.4f}, "
-            f"unconverged (SE > {facts['target_se']:g}) {facts['n_unconverged']} of "
+            f"unconverged (SE > {facts['target_se']:g}"
+            + ("" if facts.get("target_se_known", True) else ", assumed: no target recorded")
+            + f") {facts['n_unconverged']} of "
             f"{facts['n_with_p_star']}; within 0.05 of 0 or 1: "
             f"{facts['p_star_extreme_fraction']:.0%}"
         )
@@ -352,6 +452,8 @@ def format_task_description(facts: dict[str, Any], path: str | Path) -> str:
             lines.append("reference probability histogram:")
             lines += _histogram_lines(facts["reference_histogram"])
     lines.append(f"columns: {', '.join(facts['columns'])}")
+    for problem in facts.get("problems", []):
+        lines.append(f"problem: {problem}")
     return "\n".join(lines)
 
 

@@ -174,7 +174,12 @@ class Predictor:
             self.tokenizer.save_pretrained(staging)
             grid = {"low": self.grid.low, "high": self.grid.high, "scale": self.grid.scale}
             (staging / PREDICTOR_FILE).write_text(json.dumps({"grid": grid}, indent=2) + "\n")
-            staging.chmod(0o777 & ~_umask())
+            # safetensors writes model.safetensors as 0600 (through a temporary file):
+            # every file follows the umask like the project's other outputs
+            mask = _umask()
+            for path in staging.rglob("*"):
+                path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+            staging.chmod(0o777 & ~mask)
             if folder.exists():
                 old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
                 folder.rename(old / "previous")

@@ -10,7 +10,10 @@ numpy / pandas / AnnData results. The behaviour lives in mixins, one file each:
 * :class:`~bioreason.models._predictive_mixin.PredictiveMixin`:
   ``posterior_predictive``, ``sample``, ``replicate_cells``;
 * :class:`~bioreason.models._analysis_mixin.AnalysisMixin`: effects, latents, IWELBO, ATE;
-* :class:`~bioreason.models._save_mixin.SaveMixin`: ``save`` / ``load``.
+* :class:`~bioreason.models._save_mixin.SaveMixin`: ``save`` / ``load``;
+* :class:`~bioreason.models._scvi_mixin.ScviHabitsMixin`: scvi-tools' names
+  (``get_normalized_expression``, ``differential_expression``, ``get_elbo``,
+  ``get_marginal_ll``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from bioreason.models._module import PerturbationVAEModule, VAEConfig
 from bioreason.models._nn import log1p_moments
 from bioreason.models._predictive_mixin import PredictiveMixin
 from bioreason.models._save_mixin import SaveMixin
+from bioreason.models._scvi_mixin import ScviHabitsMixin
 from bioreason.models._setup_mixin import SetupMixin
 from bioreason.models._training_mixin import TrainingMixin
 
@@ -35,7 +39,9 @@ from bioreason.models._training_mixin import TrainingMixin
 _N_LIBRARY_KEPT = 10_000
 
 
-class PerturbationModel(SetupMixin, TrainingMixin, PredictiveMixin, AnalysisMixin, SaveMixin):
+class PerturbationModel(
+    SetupMixin, TrainingMixin, PredictiveMixin, AnalysisMixin, ScviHabitsMixin, SaveMixin
+):
     """Base class of :class:`SAMSVAE`, :class:`CPAVAE`, :class:`ConditionalVAE`,
     :class:`SVAEPlus`.
 

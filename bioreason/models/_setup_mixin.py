@@ -17,6 +17,9 @@ from bioreason.data import (
     parse_perturbation_labels,
 )
 
+#: scvi-tools' covariate arguments of setup_anndata, refused with the reason
+_COVARIATE_KEYS = ("batch_key", "categorical_covariate_keys", "continuous_covariate_keys")
+
 
 def _differences(expected: Sequence[str], got: Sequence[str], what: str) -> str:
     missing = [g for g in expected if g not in set(got)]
@@ -58,13 +61,24 @@ class SetupMixin:
         **fields
             Fields of :class:`~bioreason.data.PerturbationSetup` given one by one
             (``perturbation_key=``, ``control=``, ``layer=``, ``delimiter=``,
-            ``dosage_key=``); an unknown name raises.
+            ``dosage_key=``); an unknown name raises. scvi-tools' ``batch_key``,
+            ``categorical_covariate_keys`` and ``continuous_covariate_keys`` raise a
+            ``ValueError`` saying why (docs/models.md, "Batches and covariates").
 
         Returns
         -------
         PerturbationSetup
             The setup written to ``adata.uns["_bioreason_setup"]``.
         """
+        covariates = [name for name in _COVARIATE_KEYS if name in fields]
+        if covariates:
+            raise ValueError(
+                f"{cls.__name__}.setup_anndata: {covariates} (scvi-tools' batch / covariate "
+                "keys) are not supported: the perturbation models here have no batch or "
+                "covariate input, and a batch effect would be learnt as part of the basal "
+                "state (docs/models.md, 'Batches and covariates'). Correct the batch effect "
+                "before training, or train one model per batch"
+            )
         setup = PerturbationSetup.resolve(setup, **fields)
         PerturbationData.from_anndata(adata, setup=setup)  # raises on bad input
         setup.write(adata)

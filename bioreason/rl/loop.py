@@ -277,6 +277,8 @@ def run_training_loop(
     resume: bool | str = "auto",
     main_process: bool = True,
     tensorboard_dir: Path | None = None,
+    callback: Callable[..., None] | None = None,
+    log_rows: list[dict[str, Any]] | None = None,
 ) -> dict[str, float]:
     """Run ``trainer.train_step()`` until ``trainer.config.steps``, resuming from a
     checkpoint.
@@ -310,16 +312,30 @@ def run_training_loop(
         Folder of the TensorBoard event files (default: ``tb`` beside ``log_path``);
         written when ``trainer.config.tensorboard`` is not False and TensorBoard is
         installed (see :class:`RLConfig`).
+    callback : callable, optional
+        ``callback(event, *args)`` at the loop's fixed points (main process only):
+        ``"on_train_begin"`` (after a resumed checkpoint is loaded), ``"on_step"``
+        (``trainer.diagnostics()``) after every step, ``"on_log"`` (the row) after every
+        log row, ``"on_save"`` (the path) after every checkpoint, ``"on_train_end"``.
+    log_rows : list, optional
+        Extended in place with the log rows (replaced by a resumed run's checkpoint
+        rows first), for a trainer that keeps its history in memory.
+
+    A trainer whose ``should_stop`` attribute becomes True (a callback sets it) stops
+    after that step: the step is logged and, when it is not the last, checkpointed, and
+    a later call continues from the checkpoint.
 
     Returns
     -------
     dict
-        ``seconds``, ``steps_run`` and ``steps_per_second`` of this call.
+        ``seconds``, ``steps_run`` and ``steps_per_second`` of this call, and
+        ``stopped_early`` (True when ``should_stop`` ended it before ``config.steps``).
     """
     from tqdm.auto import tqdm
 
     config = trainer.config
-    log_rows: list[dict[str, float]] = []
+    if log_rows is None:
+        log_rows = []
     if resume not in (True, False, "auto"):
         raise ValueError(f"resume must be True, False or 'auto', got {resume!r}")
     if checkpoint_path is None and resume is True:
@@ -349,7 +365,8 @@ def run_training_loop(
                 "checkpoint_path"
             )
         if exists:
-            state, log_rows = _read_checkpoint(checkpoint_path)
+            state, saved_rows = _read_checkpoint(checkpoint_path)
+            log_rows[:] = saved_rows
             try:
                 trainer.load_state_dict(state)
             except ValueError as err:
@@ -371,12 +388,17 @@ def run_training_loop(
     if not main_process:
         log_path = None
 
+    def event(name: str, *args: Any) -> None:
+        if callback is not None and main_process:
+            callback(name, *args)
+
     def log() -> None:
         row = trainer.diagnostics()
         if extra_log is not None:
             row.update(extra_log())
         log_rows.append(row)
         board.write(row, trainer.step)
+        event("on_log", row)
 
     start_step = trainer.step
     start = time.perf_counter()
@@ -387,30 +409,51 @@ def run_training_loop(
         desc=description or config.method,
         mininterval=2.0,
     )
+    stopped = False
+    event("on_train_begin")
     if trainer.step == 0:
         log()
     while trainer.step < config.steps:
         trainer.train_step()
         bar.update(1)
-        if trainer.step % config.log_every == 0 or trainer.step == config.steps:
+        if progress and main_process:
+            bar.set_postfix(_progress_figures(trainer.diagnostics()), refresh=False)
+        event("on_step", trainer.diagnostics())
+        stopped = bool(getattr(trainer, "should_stop", False)) and trainer.step < config.steps
+        if trainer.step % config.log_every == 0 or trainer.step == config.steps or stopped:
             log()
         if (
             checkpoint_path is not None
             and main_process
-            and trainer.step % every == 0
+            and (trainer.step % every == 0 or stopped)
             and trainer.step < config.steps
         ):
             save_checkpoint(trainer, checkpoint_path, log_rows)
             if log_path is not None:
                 write_csv_log(log_path, log_rows)
+            event("on_save", checkpoint_path)
+        if stopped:
+            break
     bar.close()
     board.close()
     if log_path is not None:
         write_csv_log(log_path, log_rows)
     elapsed = time.perf_counter() - start
     steps_run = trainer.step - start_step
+    event("on_train_end")
     return {
         "seconds": elapsed,
         "steps_run": steps_run,
         "steps_per_second": steps_run / elapsed if elapsed > 0 else math.nan,
+        "stopped_early": stopped,
     }
+
+
+def _progress_figures(diagnostics: dict[str, Any]) -> dict[str, str]:
+    """The progress bar's figures: the last step's mean reward (and KL when finite)."""
+    shown = {}
+    for key in ("reward_mean", "kl"):
+        value = diagnostics.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            shown[key] = f"{value:.4g}"
+    return shown

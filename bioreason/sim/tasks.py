@@ -18,6 +18,7 @@ from bioreason.data.tasks import (
     task_summary,
 )
 from bioreason.sim.budget import SimulationBudget
+from bioreason.sim.readouts import Readout
 from bioreason.sim.simulator import OutcomeSimulator
 
 __all__ = ["OUTCOME_SAMPLING", "build_task"]
@@ -31,7 +32,7 @@ OUTCOME_SAMPLING = ("independent", "shared")
 def build_task(
     simulator: OutcomeSimulator,
     conditions: Sequence[str],
-    readouts: Sequence[str] | None = None,
+    readouts: Sequence[str | Readout] | None = None,
     *,
     template: str = DEFAULT_TEMPLATE,
     n_outcomes: int = 1,
@@ -54,8 +55,12 @@ def build_task(
         Computes p* and samples the outcomes (its outcome defines the questions).
     conditions : sequence of str
         Condition labels (``"A"``, ``"A+B"``).
-    readouts : sequence of str, optional
-        Gene or program names (None for outcomes without readouts).
+    readouts : sequence of str or Readout, optional
+        The readouts asked about (None for outcomes without readouts): names (a gene of
+        the model, or a program the simulator was given) or
+        :class:`~bioreason.sim.Readout` objects, as ``OutcomeSimulator(readouts=...)``
+        takes them; a ``Readout`` is added to ``simulator.readouts`` (a different one of
+        the same name raises) and its questions use its name.
     template : str
         Format string with fields from :data:`bioreason.data.tasks.TEMPLATE_FIELDS`.
     n_outcomes : int
@@ -89,7 +94,7 @@ def build_task(
     truth : OutcomeSimulator, optional
         A simulator of the true process (e.g. ``GroundTruthSimulator``): fills
         ``p_true``; it is given the same outcome definition (thresholds included) and
-        the same budget.
+        the same budget (and the readouts given as ``Readout`` objects).
     path : str or Path, optional
         Write the table there as parquet (atomically); an existing file is refused
         unless ``overwrite=True``.
@@ -125,7 +130,7 @@ def build_task(
     if uses_readout:
         if not readouts:
             raise ValueError(f"outcome {simulator.outcome.name!r} needs readouts (genes/programs)")
-        readouts = [str(r) for r in dict.fromkeys(readouts)]
+        readouts = _readout_names(simulator, readouts, truth)
     else:
         readouts = [""]
     outcome = simulator.outcome
@@ -208,6 +213,37 @@ def build_task(
     if path is not None:
         save_task(table, path, overwrite=overwrite)
     return table
+
+
+def _readout_names(
+    simulator: OutcomeSimulator,
+    readouts: Sequence[str | Readout],
+    truth: OutcomeSimulator | None,
+) -> list[str]:
+    """The names of ``readouts`` (each once, in order), adding ``Readout`` objects to the
+    simulator's readouts and the truth simulator's (as ``OutcomeSimulator(readouts=...)``
+    does)."""
+    if isinstance(readouts, (str, Readout)):
+        shown = readouts if isinstance(readouts, str) else readouts.name
+        raise TypeError(
+            f"readouts must be a list of readout names or Readout objects, got the single "
+            f"{type(readouts).__name__} {shown!r}; pass [{shown!r}]"
+        )
+    names = []
+    for readout in readouts:
+        if isinstance(readout, Readout):
+            for target in (simulator, truth):  # validates its genes; a clash raises
+                if target is not None:
+                    target.readouts.add(readout)
+            names.append(readout.name)
+        elif isinstance(readout, str):
+            names.append(readout)
+        else:
+            raise TypeError(
+                "readouts must hold readout names (str) or Readout objects, got "
+                f"{type(readout).__name__} {readout!r}"
+            )
+    return list(dict.fromkeys(names))
 
 
 def _condition_text(simulator: OutcomeSimulator, condition: str) -> str:

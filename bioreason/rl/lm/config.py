@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from typing import Any, ClassVar
 
 from bioreason._device import resolve_device
 from bioreason.lm.answer_protocol import ANSWER_PARSERS, AnswerGrid
@@ -13,7 +15,54 @@ from bioreason.rl.losses import AGGREGATIONS, check_kl_loss_estimator
 from bioreason.rl.rewards import FLOOR_REWARD
 from bioreason.rl.schedules import check_schedule, scheduled, warmup_factor
 
-__all__ = ["LMRLConfig", "coefficients_at"]
+__all__ = ["TRL_NAMES", "LMRLConfig", "coefficients_at", "length_dependent_settings"]
+
+#: TRL's (``GRPOConfig`` / ``TrainingArguments``) names of settings -> the LMRLConfig field
+#: and what differs; refused with the bioreason name (docs/finetune.md, "Coming from TRL")
+TRL_NAMES: dict[str, tuple[str, str]] = {
+    "learning_rate": ("lr", ""),
+    "num_generations": ("group_size", ""),
+    "max_completion_length": ("max_new_tokens", ""),
+    "beta": ("kl_coef", ", the weight of the KL penalty to the initial policy"),
+    "epsilon": ("clip_eps", ""),
+    "max_steps": ("steps", ""),
+    "num_train_epochs": (
+        "steps",
+        ": bioreason counts optimizer steps; an epoch is len(train questions) / "
+        "questions_per_step steps",
+    ),
+    "per_device_train_batch_size": (
+        "questions_per_step",
+        ": bioreason counts questions per step, each with group_size completions "
+        "(TRL counts completions)",
+    ),
+    "per_device_eval_batch_size": ("predict_batch_questions", ""),
+    "gradient_accumulation_steps": ("grad_accumulation", ""),
+    "num_iterations": ("updates_per_rollout", ""),
+    "logging_steps": ("log_every", ""),
+    "save_steps": ("checkpoint_every", ""),
+    "eval_steps": ("eval_every", ""),
+    "warmup_steps": ("lr_warmup_steps", ""),
+    "lr_scheduler_type": ("lr_schedule", " with lr_end"),
+    "report_to": ("tensorboard", " (true/false; TensorBoard files only, no network)"),
+    "bf16": ("mixed_precision", " ('bf16', 'no' or 'auto')"),
+}
+_OUTPUT_DIR = (
+    "output_dir is not an LMRLConfig setting: give the folder to the trainer "
+    "(LMTrainer(..., output_dir=...) or trainer.train(output_dir=...)), or --out for "
+    "bioreason finetune"
+)
+
+
+def trl_messages(prefix: str = "") -> dict[str, str]:
+    """TRL's names -> the message naming the bioreason field (``prefix`` before it:
+    ``"rl."`` in a fine-tuning job's flat form)."""
+    messages = {
+        trl: f"use {prefix}{ours} (TRL's {trl}){note}" for trl, (ours, note) in TRL_NAMES.items()
+    }
+    messages["output_dir"] = _OUTPUT_DIR
+    return messages
+
 
 _OUTCOME_MODES = ("table", "live")
 _SHARING = ("group", "completion")
@@ -213,6 +262,8 @@ class LMRLConfig(RLConfig):
     lr_warmup_steps: int = 0
     trainable: str = "all"
 
+    foreign_names: ClassVar[dict[str, str]] = trl_messages()
+
     def __post_init__(self) -> None:
         super().__post_init__()
         check_schedule("kl_coef", self.kl_coef, self.kl_coef_end, self.kl_schedule)
@@ -290,6 +341,24 @@ class LMRLConfig(RLConfig):
         return AnswerGrid(*self.answer_grid)
 
 
+def length_dependent_settings(config: LMRLConfig) -> list[str]:
+    """The settings of ``config`` whose path over the run follows ``config.steps`` (a
+    schedule to an end value), as ``"name='value'"``: a run with any of them cannot be
+    continued to more steps with the same result as a longer run (empty: it can).
+
+    Returns
+    -------
+    list of str
+    """
+    found = []
+    for name in ("kl", "entropy", "lr"):
+        schedule = getattr(config, f"{name}_schedule")
+        end = getattr(config, f"{name}_end" if name == "lr" else f"{name}_coef_end")
+        if schedule != "constant" and end is not None:
+            found.append(f"{name}_schedule={schedule!r}")
+    return found
+
+
 def coefficients_at(config: LMRLConfig, step: int) -> dict[str, float]:
     """The scheduled KL weight, entropy weight and learning rate at ``step`` (the number
     of optimizer steps taken so far) of a run of ``config.steps`` steps.
@@ -308,3 +377,20 @@ def coefficients_at(config: LMRLConfig, step: int) -> dict[str, float]:
         "lr": scheduled(config.lr, config.lr_end, step, total, config.lr_schedule)
         * warmup_factor(step, config.lr_warmup_steps),
     }
+
+
+_dataclass_init = LMRLConfig.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init(self: LMRLConfig, *args: Any, **kwargs: Any) -> None:
+    foreign = [name for name in kwargs if name in LMRLConfig.foreign_names]
+    if foreign:
+        raise TypeError(
+            f"LMRLConfig got unknown argument(s) {foreign}: "
+            + "; ".join(LMRLConfig.foreign_names[name] for name in foreign)
+        )
+    _dataclass_init(self, *args, **kwargs)
+
+
+LMRLConfig.__init__ = _init  # type: ignore[method-assign]

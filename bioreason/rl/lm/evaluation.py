@@ -364,6 +364,9 @@ class _PredictionMixin:
             save_predictions(
                 pd.concat(self._predictions, ignore_index=True), self._predictions_path
             )
+        for callback in getattr(self, "callbacks", ()):
+            if callable(getattr(callback, "on_evaluate", None)):
+                callback.on_evaluate(self, row)
         return row
 
     def _resume_predictions(self) -> None:

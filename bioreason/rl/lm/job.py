@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bioreason.config import Config
-from bioreason.rl.lm.config import LMRLConfig
+from bioreason.rl.lm.config import LMRLConfig, trl_messages
 from bioreason.run_layout import (
     CHECKPOINT_FILE,
     EVAL_LOG_FILE,
@@ -122,6 +122,8 @@ class FinetuneConfig(Config):
     moved_fields: ClassVar[dict[str, str]] = {
         field.name: f"rl.{field.name}" for field in dataclasses.fields(LMRLConfig)
     }
+    #: TRL's names, in the flat form, refused naming ``rl.<field>``
+    foreign_names: ClassVar[dict[str, str]] = trl_messages("rl.")
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -363,8 +365,9 @@ def run_finetune(
     config: FinetuneConfig | dict[str, Any],
     *,
     force: bool = False,
-    progress: bool = True,
+    progress: bool | None = True,
     log: Callable[[str], Any] | None = print,
+    callbacks: Any = None,
 ) -> dict[str, Any]:
     """Fine-tune an LM on a task table and score it: one job, written into ``out``.
 
@@ -378,11 +381,24 @@ def run_finetune(
     config : FinetuneConfig or dict
         The settings (a mapping is read with :meth:`FinetuneConfig.from_dict`).
     force : bool, default False
-        Replace files in ``out`` that this job did not write (or that changed since).
-    progress : bool, default True
-        Show a progress bar (and transformers' own bars).
+        Replace files in ``out`` that this job did not write (or that changed since), or
+        a finished job of other settings.
+    progress : bool or None, default True
+        Show a progress bar (and transformers' own bars); None: when standard error is a
+        terminal.
     log : callable or None, default print
-        Receives ``"[<out>] up to date: <out>"`` when the job is skipped.
+        Receives ``"[<out>] up to date: <out>"`` when the job is skipped, and
+        ``"[<out>] continuing the finished run from step K to N"`` when a finished job
+        is continued.
+    callbacks : callback or sequence of callbacks, optional
+        Given to the trainer (:mod:`bioreason.rl.lm.callbacks`); one that stops training
+        early makes a job with ``stopped_early: true`` in its metrics, at the step it
+        stopped (rerun it with more ``rl.steps`` to continue it).
+
+    A finished job asked for more ``rl.steps`` (nothing else changed) is continued from
+    its last checkpoint rather than refused: the same weights as a run of that length from
+    the start, unless a schedule follows the run's length (``lr_end``, ``kl_coef_end``,
+    ``entropy_coef_end`` with a non-constant schedule: refused, naming it).
 
     Returns
     -------
@@ -402,10 +418,13 @@ def run_finetune(
         The task table does not exist.
     FileExistsError
         ``out`` holds files this job did not write, or a finished job of other settings
-        or inputs, and ``force`` is false (nothing is changed then).
+        or inputs (naming what differs), and ``force`` is false (nothing is changed
+        then).
     ValueError
-        The task has no rows of ``rl.train_split`` or of ``rl.eval_split`` (naming the
-        field), or a setting does not fit the model or the task.
+        The task table is unusable (:func:`bioreason.rl.lm.task_checks.check_task_table`,
+        naming the file, the column and the questions), has no rows of
+        ``rl.train_split`` or of ``rl.eval_split`` (naming the field and its splits), or a
+        setting does not fit the model or the task.
     """
     import torch
 
@@ -419,6 +438,13 @@ def run_finetune(
         raise FileNotFoundError(f"task table {task_path} does not exist")
     record, inputs = _record(config, task_path)
     processes = current_process_group(resolve_device(config.rl.device))
+    _read_task(task_path, config.rl)  # a bad table stops the job before its folder changes
+    if progress is None:
+        import sys
+
+        progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
+    if processes.is_main and not force:
+        _continue_finished(out, record, inputs, config, log)
 
     def stage(compute: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
         result = run_stage(
@@ -436,7 +462,7 @@ def run_finetune(
         return {key: math.nan if value is None else value for key, value in result.items()}
 
     def train(folder: Path) -> dict[str, Any]:
-        return _train(task_path, folder, config, processes, progress)
+        return _train(task_path, folder, config, processes, progress, callbacks)
 
     if not processes.distributed:
         return stage(train)
@@ -450,7 +476,7 @@ def run_finetune(
     if not processes.is_main:
         status, value = tell(None)
         if status == "run":
-            _train(task_path, out, config, processes, progress)
+            _train(task_path, out, config, processes, progress, callbacks)
             status, value = tell(None)
         if status == "error":
             raise RuntimeError(f"the main process stopped: {value}")
@@ -501,8 +527,77 @@ def _check_splits(task: Any, config: LMRLConfig, task_path: Path) -> None:
             )
 
 
+def _read_task(task_path: Path, config: LMRLConfig) -> Any:
+    """The task table at ``task_path``, checked for fine-tuning: its values
+    (:func:`~bioreason.rl.lm.task_checks.check_task_table`) and its splits."""
+    import pandas as pd
+
+    from bioreason.data.tasks import load_task
+    from bioreason.rl.lm.task_checks import check_task_table
+
+    where = f"task table {task_path}"
+    try:
+        raw = pd.read_parquet(task_path)
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise ValueError(f"{task_path} is not a readable parquet task table ({err})") from None
+    check_task_table(raw, where)  # before load_task's summary reads the values
+    task = load_task(task_path)
+    _check_splits(task, config, task_path)
+    return task
+
+
+def _continue_finished(
+    out: Path,
+    record: dict[str, Any],
+    inputs: dict[str, Path],
+    config: FinetuneConfig,
+    log: Callable[[str], Any] | None,
+) -> None:
+    """When ``out`` holds a finished job that differs from this one only by fewer
+    ``rl.steps``, reopen it so that the job continues from its last checkpoint; when it
+    differs otherwise, refuse naming the differences."""
+    import json
+
+    from bioreason.rl.lm.config import length_dependent_settings
+    from bioreason.stage import finished_differences, reopen_stage
+
+    differences = finished_differences(out, record, inputs, seed=config.rl.seed)
+    if not differences:  # no finished run here (or this very one: up to date)
+        return
+    steps = config.rl.steps
+    try:
+        reached = int(json.loads((out / METRICS_FILE).read_text())["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        reached = None
+    only_steps = all(d.startswith("rl.steps:") for d in differences)
+    hint = "choose another output folder or pass --force (force=True) to replace it"
+    if only_steps and reached is not None and steps > reached:
+        fixed = length_dependent_settings(config.rl)
+        if fixed:
+            raise FileExistsError(
+                f"{out} holds a finished run of {reached} steps; {', '.join(fixed)} follows "
+                f"the run's length, so it cannot be continued to {steps} steps (its "
+                f"schedule would differ from a run of {steps} steps); {hint}"
+            )
+        if log is not None:
+            log(f"[{out.name}] continuing the finished run from step {reached} to {steps}: {out}")
+        reopen_stage(
+            out, record, inputs, seed=config.rl.seed, outputs=JOB_OUTPUTS, result=METRICS_FILE
+        )
+        return
+    raise FileExistsError(
+        f"{out} holds a finished run with other settings ({'; '.join(differences)}); only "
+        f"a run asked for more steps than it ran is continued; {hint}"
+    )
+
+
 def _train(
-    task_path: Path, out: Path, config: FinetuneConfig, processes: Any, progress: bool
+    task_path: Path,
+    out: Path,
+    config: FinetuneConfig,
+    processes: Any,
+    progress: bool,
+    callbacks: Any = None,
 ) -> dict[str, Any]:
     """Warm-start, train, evaluate and (main process) write the job's files; the
     metrics (an empty dict on the other processes)."""
@@ -510,7 +605,6 @@ def _train(
     import torch
 
     from bioreason._io import json_safe
-    from bioreason.data.tasks import load_task
     from bioreason.rl.lm.evaluation import save_predictions
     from bioreason.rl.lm.trainer import LMTrainer
     from bioreason.rl.loop import save_checkpoint, write_csv_log
@@ -518,8 +612,7 @@ def _train(
     rl = config.rl
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    task = load_task(task_path)
-    _check_splits(task, rl, task_path)
+    task = _read_task(task_path, rl)
     warm_report: dict[str, float] = {}
     predictor = prepare_predictor(
         config.model,
@@ -535,7 +628,7 @@ def _train(
         progress=progress,
         report=warm_report,
     )
-    trainer = LMTrainer.from_predictor(predictor, task, rl)
+    trainer = LMTrainer.from_predictor(predictor, task, rl, callbacks=callbacks)
     main = processes.is_main
     start_row = trainer.evaluate() if main else {}  # the drift before RL
     predictions_path = out / PREDICTIONS_FILE
@@ -577,6 +670,8 @@ def _train(
         "critic": rl.critic if trainer.critic is not None else "none",
         "seed": rl.seed,
         "steps": trainer.step,
+        # a callback stopped training before rl.steps (rerun with more steps to continue)
+        "stopped_early": bool(timing.get("stopped_early", False)),
         "n_test": len(predictions),
         "q_source": final["q_source"],
         "invalid_rate": final["invalid_rate"],

@@ -58,7 +58,8 @@ from bioreason.lm.answer_protocol import (
 )
 from bioreason.rl.advantages import get_advantage
 from bioreason.rl.lm import distributed as lm_distributed
-from bioreason.rl.lm.config import LMRLConfig, coefficients_at
+from bioreason.rl.lm.callbacks import check_callbacks, fire
+from bioreason.rl.lm.config import LMRLConfig, coefficients_at, length_dependent_settings
 from bioreason.rl.lm.evaluation import _PredictionMixin
 from bioreason.rl.lm.rollout import (
     PromptBatch,
@@ -66,6 +67,7 @@ from bioreason.rl.lm.rollout import (
     sample_group_completions,
     teacher_forced,
 )
+from bioreason.rl.lm.task_checks import check_task_table, split_rows
 from bioreason.rl.lm.update import Rollout, _UpdateMixin
 from bioreason.rl.lm.values import build_critic, token_advantages
 from bioreason.rl.loop import run_training_loop
@@ -119,6 +121,24 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
     answer_token_ids : sequence of int, optional
         Token id of each grid answer after ``answer_prefix``; found from the tokenizer
         when not given (None when the answers are several tokens: no ``q_exact``).
+    callbacks : callback or sequence of callbacks, optional
+        Objects with any of the methods of :class:`bioreason.rl.lm.TrainerCallback`
+        (``on_step``, ``on_log``, ``on_evaluate``, ``on_save``, ...), called in order;
+        one may stop training cleanly (``trainer.should_stop = True``). More with
+        :meth:`add_callback`.
+    output_dir : str or Path, optional
+        A folder that collects what :meth:`train` writes when it is given no paths:
+        ``checkpoint.pt``, ``log.csv``, ``eval.csv``, ``predictions.parquet``, ``tb/``
+        (TensorBoard); and :meth:`save_model`'s default ``model/`` (TRL's
+        ``output_dir``).
+
+    Raises
+    ------
+    ValueError
+        The task table is unusable (:func:`bioreason.rl.lm.task_checks.check_task_table`:
+        missing or empty prompts, repeated question ids, text outcomes, ...), or
+        ``train_split`` / ``eval_split`` names a split without rows (naming the
+        table's splits), or ``eval_split`` is set and the table has no ``split`` column.
     """
 
     def __init__(
@@ -131,10 +151,19 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
         outcome_source: OutcomeSource | None = None,
         format_prompt: Callable[[str], str] | None = None,
         answer_token_ids: Sequence[int] | None = None,
+        callbacks: Any = None,
+        output_dir: str | Path | None = None,
     ) -> None:
         if not isinstance(config, LMRLConfig):
             raise TypeError(f"config must be an LMRLConfig, got {type(config).__name__}")
         self.config = config
+        #: the callbacks, called in order (:mod:`bioreason.rl.lm.callbacks`)
+        self.callbacks: list[Any] = check_callbacks(callbacks)
+        #: set True (by a callback) to stop training after the current step
+        self.should_stop = False
+        #: the folder :meth:`train` and :meth:`save_model` write into by default
+        self.output_dir: Path | None = None if output_dir is None else Path(output_dir)
+        self._log_rows: list[dict[str, Any]] = []
         device = resolve_device(config.device)
         self.processes = lm_distributed.current_process_group(device)
         self.device = lm_distributed.process_device(device, self.processes)
@@ -184,20 +213,17 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
         )
         self._check_lengths()
         split = self._table["split"].astype(str).to_numpy() if "split" in self._table else None
-        self.train_rows = _rows(split, config.train_split, len(self._table), "train_split")
+        n_rows = len(self._table)
+        self.train_rows = split_rows(
+            split, config.train_split, n_rows, "train_split", held_out=False
+        )
         if config.outcomes == "live" and outcome_source is None:
             outcome_source = BernoulliOutcomes.from_task(self._table, self.train_rows)
-        self.eval_rows = (
-            np.zeros(0, dtype=np.int64)
-            if config.eval_split is None or split is None
-            else np.flatnonzero(split == config.eval_split)
-        )
+        self.eval_rows = split_rows(split, config.eval_split, n_rows, "eval_split", held_out=True)
         if config.eval_every and len(self.eval_rows) == 0:
             raise ValueError(
-                f"eval_every={config.eval_every} but the task table has no rows with split "
-                f"== {config.eval_split!r}; set eval_split to one of "
-                f"{sorted(set(split)) if split is not None else '(no split column)'} or "
-                "eval_every=0"
+                f"eval_every={config.eval_every} but eval_split=None: there is no held-out "
+                "split to evaluate on; name one (e.g. eval_split='test') or set eval_every=0"
             )
         if config.outcomes == "table":
             outcome_source = TableOutcomes.from_task(
@@ -291,17 +317,7 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
     # ----- inputs ----------------------------------------------------------------
 
     def _check_task(self, task: pd.DataFrame) -> pd.DataFrame:
-        if not isinstance(task, pd.DataFrame):
-            raise TypeError(f"task must be a pandas DataFrame (a task table), got {type(task)}")
-        missing = [c for c in ("question_id", "prompt") if c not in task.columns]
-        if missing:
-            raise ValueError(
-                f"the task table lacks column(s) {missing}; a task table (bioreason.data.tasks) "
-                "has question_id, prompt, split, outcome, p_star, ..."
-            )
-        if len(task) == 0:
-            raise ValueError("the task table has no rows")
-        return task.reset_index(drop=True)
+        return check_task_table(task)
 
     @property
     def _outcomes_per_question(self) -> int:
@@ -628,7 +644,22 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
         """Restore a :meth:`state_dict`; one of another config, other questions or
         another reference policy raises a ``ValueError`` naming what differs."""
         saved, config = json_safe(state.get("config") or {}), json_safe(self.config.to_dict())
-        if saved != config:
+        if saved != config and {**saved, "steps": config["steps"]} == config:
+            # only the run's length differs: continue it to the new length when no
+            # schedule follows the length and the checkpoint lies before it
+            fixed = length_dependent_settings(self.config)
+            if fixed:
+                raise ValueError(
+                    f"checkpoint was written for a run of {saved.get('steps')} steps, and "
+                    f"{', '.join(fixed)} follows the run's length, so the run cannot be "
+                    f"continued to {config['steps']} steps; start a new run"
+                )
+            if int(state["step"]) > self.config.steps:
+                raise ValueError(
+                    f"checkpoint is at step {int(state['step'])}, past steps="
+                    f"{self.config.steps}; start a new run"
+                )
+        elif saved != config:
             raise ValueError(
                 "checkpoint was written with a different config "
                 f"({'; '.join(describe_differences(saved, config))}); start a new run"
@@ -659,6 +690,89 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
         self._rollout = None
         self._last = dict.fromkeys(_DIAGNOSTICS, math.nan)
 
+    # ----- TRL habits: callbacks, history, saving ------------------------------------
+
+    def add_callback(self, callback: Any) -> None:
+        """Append a callback (an instance with any of the methods of
+        :class:`bioreason.rl.lm.TrainerCallback`), called after those already given."""
+        self.callbacks.extend(check_callbacks([callback]))
+
+    @property
+    def log_history(self) -> pd.DataFrame:
+        """The training log and every evaluation so far, one row each, in step order (a
+        training row before the evaluation of the same step): TRL's
+        ``trainer.state.log_history`` as a DataFrame.
+
+        Columns: ``step``, ``kind`` (``"train"`` or ``"eval"``), the training log's
+        figures (:meth:`diagnostics` and ``extra_log``; NaN on evaluation rows) and the
+        evaluations' figures prefixed ``eval_`` (``eval_ece``, ``eval_invalid_rate``,
+        ...; NaN on training rows). A resumed run's history starts with the rows of
+        its checkpoint.
+        """
+        rows = [{"step": row["step"], "kind": "train", **row} for row in self._log_rows]
+        rows += [
+            {
+                "step": row["step"],
+                "kind": "eval",
+                **{f"eval_{k}": v for k, v in row.items() if k != "step"},
+            }
+            for row in self.eval_rows_log
+        ]
+        if not rows:
+            return pd.DataFrame(columns=["step", "kind"])
+        frame = pd.DataFrame(rows)
+        order = np.lexsort((frame["kind"].eq("eval").to_numpy(), frame["step"].to_numpy()))
+        return frame.iloc[order].reset_index(drop=True)
+
+    def save_model(self, path: str | Path | None = None, *, overwrite: bool = False) -> Path:
+        """Write the policy as a model folder: weights (``model.safetensors``) and config
+        by ``save_pretrained``, the tokenizer, and the answer grid, so that
+        :func:`bioreason.lm.load_predictor` (and transformers' ``from_pretrained``)
+        reads it back. TRL's ``trainer.save_model``; :meth:`save_pretrained` is the same.
+
+        Parameters
+        ----------
+        path : str or Path, optional
+            The folder (default ``output_dir/model``).
+        overwrite : bool, default False
+            Replace an existing, non-empty folder (``output_dir/model`` is always
+            replaced).
+
+        Returns
+        -------
+        Path
+            The folder.
+        """
+        from bioreason.lm import Predictor
+
+        if path is None:
+            if self.output_dir is None:
+                raise ValueError(
+                    "save_model() has no folder: pass save_model(path), or give the trainer an "
+                    "output_dir (LMTrainer(..., output_dir=...) or train(output_dir=...))"
+                )
+            path, overwrite = self.output_dir / "model", True
+        predictor = Predictor(
+            self.model,
+            self.tokenizer,
+            grid=self.grid,
+            answer_token_ids=None
+            if self.answer_token_ids is None
+            else self.answer_token_ids.tolist(),
+        )
+        folder = predictor.save(path, overwrite=overwrite)
+        for callback in self.callbacks:
+            if callable(getattr(callback, "on_save", None)):
+                callback.on_save(self, folder)
+        return folder
+
+    def save_pretrained(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """:meth:`save_model` under transformers' name."""
+        return self.save_model(path, overwrite=overwrite)
+
+    def _fire(self, event: str, *args: Any) -> None:
+        fire(self.callbacks, event, self, *args)
+
     def train(
         self,
         *,
@@ -667,9 +781,10 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
         eval_log_path: Path | None = None,
         predictions_path: Path | None = None,
         extra_log: Callable[[LMTrainer], dict[str, float]] | None = None,
-        progress: bool = True,
+        progress: bool | None = None,
         description: str | None = None,
         resume: bool | str = "auto",
+        output_dir: str | Path | None = None,
     ) -> dict[str, float]:
         """Run until ``config.steps``, resuming from ``checkpoint_path``.
 
@@ -683,14 +798,54 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
         (:mod:`bioreason.rl.lm.distributed`) every process reads the checkpoint, and
         only the main one writes files, shows progress and evaluates.
 
+        The callbacks are called at every event (:mod:`bioreason.rl.lm.callbacks`); one
+        that sets ``trainer.should_stop`` ends training after that step (logged and
+        checkpointed: a later call continues). Every log row and evaluation is also kept
+        in :attr:`log_history`.
+
+        Parameters
+        ----------
+        output_dir : str or Path, optional
+            The folder of every file not given a path: ``checkpoint.pt``, ``log.csv``,
+            ``eval.csv``, ``predictions.parquet`` and ``tb/`` (default: the trainer's
+            ``output_dir``; none: nothing is written but what the paths name).
+        progress : bool or None, default None
+            Show a tqdm progress bar with the mean reward; None shows it when standard
+            error is a terminal.
+
         Returns
         -------
         dict
-            ``seconds``, ``steps_run`` and ``steps_per_second`` of this call.
+            ``seconds``, ``steps_run`` and ``steps_per_second`` of this call, and
+            ``stopped_early`` (a callback stopped it before ``config.steps``).
         """
+        import sys
+
+        from bioreason.run_layout import (
+            CHECKPOINT_FILE,
+            EVAL_LOG_FILE,
+            LOG_FILE,
+            PREDICTIONS_FILE,
+        )
+
+        if output_dir is not None:
+            self.output_dir = Path(output_dir)
+        folder = self.output_dir
+        if folder is not None:
+            if folder.exists() and not folder.is_dir():
+                raise NotADirectoryError(f"output_dir {folder} is a file, not a folder")
+            if self.processes.is_main:
+                folder.mkdir(parents=True, exist_ok=True)
+            checkpoint_path = checkpoint_path or folder / CHECKPOINT_FILE
+            log_path = log_path or folder / LOG_FILE
+            eval_log_path = eval_log_path or folder / EVAL_LOG_FILE
+            predictions_path = predictions_path or folder / PREDICTIONS_FILE
+        if progress is None:
+            progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
         self._eval_log_path = None if eval_log_path is None else Path(eval_log_path)
         self._predictions_path = None if predictions_path is None else Path(predictions_path)
         self._predictions = []
+        self.should_stop = False
         try:
             result = run_training_loop(
                 self,
@@ -701,6 +856,8 @@ class LMTrainer(_UpdateMixin, _PredictionMixin):
                 description=description,
                 resume=resume,
                 main_process=self.processes.is_main,
+                callback=self._fire,
+                log_rows=self._log_rows,
             )
         finally:
             self._eval_log_path = None
@@ -761,18 +918,6 @@ def _enable_checkpointing(model: torch.nn.Module) -> None:
             "gradient_checkpointing=True needs a transformers model "
             "(activation_checkpointing_enable / gradient_checkpointing_enable)"
         )
-
-
-def _rows(split: np.ndarray | None, name: str | None, n: int, field: str) -> np.ndarray:
-    if name is None or split is None:
-        return np.arange(n)
-    rows = np.flatnonzero(split == name)
-    if len(rows) == 0:
-        raise ValueError(
-            f"{field}={name!r}: the task table has no rows with that split; its splits are "
-            f"{sorted(set(split))} (or set {field}=None for all rows)"
-        )
-    return rows
 
 
 def _weights_digest(module: torch.nn.Module) -> str:
