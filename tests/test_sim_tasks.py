@@ -283,3 +283,13 @@ def test_a_task_configs_outcome_sampling_reaches_the_table_and_is_reproducible(s
         TaskConfig.from_dict({"model": "m", "outcome_sampling": "paired"})
     with pytest.raises(ValueError, match="outcome_sampling must be one of"):
         TaskConfig(model="m", outcome_sampling="paired")
+
+
+def test_a_string_where_a_list_belongs_names_the_argument(screen):
+    simulator = GroundTruthSimulator(screen, "direction", n_cells=20)
+    with pytest.raises(TypeError, match=r"conditions must be a list.*\['P0\+P1'\]"):
+        build_task(simulator, "P0+P1", ["gene00000"])
+    with pytest.raises(TypeError, match=r"readouts must be a list.*\['gene00000'\]"):
+        build_task(simulator, ["P0"], "gene00000")
+    with pytest.raises(ValueError, match="one condition twice"):
+        build_task(simulator, ["P0+P1", "P1+P0"], ["gene00000"])

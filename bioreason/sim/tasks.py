@@ -4,7 +4,7 @@ prompt, p*, sampled outcomes and a split (the schema is :mod:`bioreason.data.tas
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -53,9 +53,11 @@ def build_task(
     simulator : OutcomeSimulator
         Computes p* and samples the outcomes (its outcome defines the questions).
     conditions : sequence of str
-        Condition labels (``"A"``, ``"A+B"``).
+        Condition labels (``"A"``, ``"A+B"``), their parts in any order; each condition
+        once (``"A+B"`` and ``"B+A"`` together are refused). A list, not one string.
     readouts : sequence of str, optional
-        Gene or program names (None for outcomes without readouts).
+        Gene or program names (None for outcomes without readouts). A list, not one
+        string.
     template : str
         Format string with fields from :data:`bioreason.data.tasks.TEMPLATE_FIELDS`.
     n_outcomes : int
@@ -101,7 +103,10 @@ def build_task(
     DataFrame
         The columns of :data:`bioreason.data.tasks.TASK_COLUMNS` (plus
         ``further_outcomes`` when n_outcomes > 1, and ``p_star_draws``,
-        ``p_star_method``); ``attrs["summary"]`` is
+        ``p_star_method``, ``unseen_parts``: the condition's parts that no observed
+        cell carries alone, ``""`` when none, None when no cells are known -- see
+        :meth:`~bioreason.sim.OutcomeSimulator.unseen_parts`); ``condition`` keeps the
+        spelling given; ``attrs["summary"]`` is
         :func:`~bioreason.data.tasks.task_summary` plus ``outcome_sampling``.
     """
     check_template(template)
@@ -118,14 +123,15 @@ def build_task(
     if budget is not None and not isinstance(budget, SimulationBudget):
         raise TypeError(f"budget must be a SimulationBudget, got {type(budget).__name__}")
     budget = simulator.budget if budget is None else budget
-    conditions = [str(c) for c in dict.fromkeys(conditions)]
+    conditions = _labels(conditions, "conditions", "condition labels, e.g. ['A', 'A+B']")
     if not conditions:
         raise ValueError("no conditions given")
+    _refuse_repeated_conditions(simulator, conditions)
     uses_readout = simulator.outcome.uses_readout
     if uses_readout:
-        if not readouts:
+        if readouts is None or (not isinstance(readouts, str) and not list(readouts)):
             raise ValueError(f"outcome {simulator.outcome.name!r} needs readouts (genes/programs)")
-        readouts = [str(r) for r in dict.fromkeys(readouts)]
+        readouts = _labels(readouts, "readouts", "gene or program names, e.g. ['program0']")
     else:
         readouts = [""]
     outcome = simulator.outcome
@@ -186,6 +192,7 @@ def build_task(
     table["split"] = split_questions(table, split, test_fraction, val_fraction, seed)
     table["p_star_draws"] = result["n_draws"].to_numpy()
     table["p_star_method"] = result["method"].to_numpy()
+    table["unseen_parts"] = result["unseen_parts"].to_numpy()
     unconverged = int((~result["converged"]).sum())
     if unconverged:
         warnings.warn(
@@ -208,6 +215,40 @@ def build_task(
     if path is not None:
         save_task(table, path, overwrite=overwrite)
     return table
+
+
+def _labels(values: object, name: str, what: str) -> list[str]:
+    """``values`` as a list of distinct labels in order, or a TypeError naming the
+    argument (one string would be read letter by letter)."""
+    if isinstance(values, (str, bytes)):
+        raise TypeError(
+            f"build_task: {name} must be a list of {what}; got the single string "
+            f"{values!r}: pass [{values!r}]"
+        )
+    if isinstance(values, Mapping) or not isinstance(values, Iterable):
+        raise TypeError(f"build_task: {name} must be a list of {what}; got {values!r}")
+    labels = list(values)
+    wrong = [v for v in labels if not isinstance(v, (str, np.str_))]
+    if wrong:
+        raise TypeError(
+            f"build_task: {name} must be a list of {what}; it holds {wrong[0]!r} "
+            f"({type(wrong[0]).__name__})"
+        )
+    return [str(v) for v in dict.fromkeys(labels)]
+
+
+def _refuse_repeated_conditions(simulator: OutcomeSimulator, conditions: list[str]) -> None:
+    """Raise when two labels name one condition (``"A+B"`` and ``"B+A"``): its questions
+    would be asked twice."""
+    canonical = simulator._canonical(conditions)
+    seen: dict[str, str] = {}
+    for label in conditions:
+        first = seen.setdefault(canonical[label], label)
+        if first != label:
+            raise ValueError(
+                f"build_task: conditions name one condition twice ({first!r} and {label!r}); "
+                "list each condition once, in either order of its parts"
+            )
 
 
 def _condition_text(simulator: OutcomeSimulator, condition: str) -> str:
