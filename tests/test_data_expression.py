@@ -198,3 +198,16 @@ def test_a_combination_is_found_in_either_order_and_named_as_asked():
     data_ate = average_treatment_effect(adata, conditions=["SET+KLF1"])
     model_ate = average_treatment_effect(adata, conditions=["KLF1+SET"])
     assert ate_agreement(data_ate, model_ate)["pearson_all"].iloc[0] == pytest.approx(1.0)
+
+
+def test_differential_expression_finds_a_combination_in_either_order():
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(20, size=(80, 6)).astype(np.float32)
+    counts[40:, 2] *= 4
+    obs = pd.DataFrame({"perturbation": ["control"] * 40 + ["SET+KLF1"] * 40})
+    obs.index = obs.index.astype(str)
+    adata = ad.AnnData(X=counts, obs=obs)
+    adata.var_names = [f"g{i}" for i in range(6)]
+    for spelling in ("KLF1+SET", "SET+KLF1"):
+        table = differential_expression(adata, spelling, layer=None, n_genes=3)
+        assert table["names"].iloc[0] == "g2"

@@ -512,3 +512,10 @@ def test_model_history_names_its_columns(fitted_models):
     assert isinstance(history, pd.DataFrame) and len(history["train_loss"]) > 0
     with pytest.raises(KeyError, match=r"'elbo_train'.*'train_loss'.*is called 'train_loss'"):
         history["elbo_train"]
+
+
+def test_the_models_treatment_effects_are_named_as_asked(fitted_models):
+    models, unseen, _ = fitted_models
+    a, b = unseen.split("+")
+    ate = models["sams_vae"].average_treatment_effect([f"{b}+{a}", a], n_cells=20)
+    assert list(ate.index) == [f"{b}+{a}", a]
