@@ -177,3 +177,37 @@ def test_differential_expression_finds_the_shifted_gene():
     table = differential_expression(adata, "A", layer=None, n_genes=3)
     assert len(table) == 3 and {"names", "logfoldchanges", "pvals_adj"} <= set(table.columns)
     assert table["names"].iloc[0] == "g2" and table["logfoldchanges"].iloc[0] > 1
+
+
+def test_a_combination_is_found_in_either_order_and_named_as_asked():
+    """Norman writes SET+KLF1; splits and models say KLF1+SET: both find the cells."""
+    adata = toy()
+    adata.obs["perturbation"] = ["control", "control", "SET+KLF1", "SET+KLF1", "B", "B"]
+    expected = normalized()[2:4].mean(0) - normalized()[:2].mean(0)
+    for spelling in ("KLF1+SET", "SET+KLF1"):
+        ate = average_treatment_effect(adata, conditions=[spelling])
+        assert list(ate.index) == [spelling]
+        np.testing.assert_allclose(ate.loc[spelling], expected)
+    # the default rows are the canonical conditions
+    assert list(average_treatment_effect(adata).index) == ["KLF1+SET", "B"]
+    with pytest.raises(TypeError, match=r"pass \['KLF1\+SET'\]"):
+        average_treatment_effect(adata, conditions="KLF1+SET")
+    with pytest.raises(ValueError, match=r"conditions with cells: \['KLF1\+SET', 'B'\]"):
+        average_treatment_effect(adata, conditions=["KLF1+B"])
+    # a model table in the other spelling lines up with the data's rows
+    data_ate = average_treatment_effect(adata, conditions=["SET+KLF1"])
+    model_ate = average_treatment_effect(adata, conditions=["KLF1+SET"])
+    assert ate_agreement(data_ate, model_ate)["pearson_all"].iloc[0] == pytest.approx(1.0)
+
+
+def test_differential_expression_finds_a_combination_in_either_order():
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(20, size=(80, 6)).astype(np.float32)
+    counts[40:, 2] *= 4
+    obs = pd.DataFrame({"perturbation": ["control"] * 40 + ["SET+KLF1"] * 40})
+    obs.index = obs.index.astype(str)
+    adata = ad.AnnData(X=counts, obs=obs)
+    adata.var_names = [f"g{i}" for i in range(6)]
+    for spelling in ("KLF1+SET", "SET+KLF1"):
+        table = differential_expression(adata, spelling, layer=None, n_genes=3)
+        assert table["names"].iloc[0] == "g2"

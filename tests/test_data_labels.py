@@ -63,3 +63,18 @@ def test_dose_errors():
         parse_perturbation_labels(["A+B"], dosages=["1+2+3"])
     with pytest.raises(ValueError, match="is not a number"):
         parse_perturbation_labels(["A"], dosages=["high"])
+
+
+def test_canonical_conditions_sort_parts_and_name_the_argument():
+    from bioreason.data import canonical_conditions
+
+    assert canonical_conditions(["SET+KLF1", "KLF1+SET", "A", "control"]) == [
+        "KLF1+SET",
+        "KLF1+SET",
+        "A",
+        "control",
+    ]
+    with pytest.raises(TypeError, match=r"heldout must be a list.*\['A\+B'\]"):
+        canonical_conditions("A+B", where="heldout")
+    with pytest.raises(ValueError, match="heldout"):
+        canonical_conditions(["A+"], where="heldout")

@@ -60,6 +60,7 @@ def test_library_size_and_conditions(screen):
         (np.nan, "a non-finite value"),
         (np.inf, "a non-finite"),
         (2.5, "a non-integer value"),
+        (1e30, "a count above 16,777,216"),
     ],
 )
 def test_count_validation_names_layer_cell_and_gene(bad_value, what):

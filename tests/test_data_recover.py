@@ -109,3 +109,27 @@ def test_registry_loads_norman_with_counts():
     assert set(adata.obs["dataset"]) == {"norman19"}
     with pytest.raises(ValueError, match="unknown dataset 'nope'; registered:"):
         load_dataset("nope")
+
+
+@pytest.mark.parametrize(("base", "name"), [(2, "2 (log2)"), (10, "10 (log10)")])
+def test_log2_and_log10_data_are_recovered_and_the_base_is_named(small_screen, base, name):
+    """log2(1 + x) data used to fail, blaming obs['ncounts'] for most cells."""
+    adata = small_screen.copy()
+    adata.X = adata.layers.pop("counts").astype(np.float64)
+    adata.obs["ncounts"] = np.asarray(adata.X.sum(axis=1)).ravel()
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata, base=base)
+    recovered, report = recover_counts(adata)
+    assert (recovered.layers["counts"] != small_screen.layers["counts"]).nnz == 0
+    assert report.log_base == pytest.approx(base)
+    assert f"base {name}" in report.summary()
+    # the base given explicitly is used as given
+    _, natural = recover_counts(normalized_copy(small_screen), log_base=np.e)
+    assert "natural log" in natural.summary()
+
+
+def test_raw_counts_are_named_as_such(small_screen):
+    adata = small_screen.copy()
+    adata.X = adata.layers.pop("counts").astype(np.float64)
+    with pytest.raises(ValueError, match="look like raw counts already.*--layer X"):
+        recover_counts(adata, library_key=None)

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 
@@ -173,3 +175,33 @@ def test_reference_split_of_the_norman_subset():
         "MAP2K3+SLC38A2",
         "MAPK1+TGFBR2",
     ]
+
+
+def test_heldout_combinations_in_the_datas_spelling_and_either_order():
+    data = composable_toy()  # the file writes "C+A"; the canonical condition is "A+C"
+    for spelling in ("C+A", "A+C"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # A and C are measured alone: no warning
+            split = split_heldout_combinations(data, heldout=[spelling], seed=0)
+        assert split.heldout_conditions == (spelling,)
+        assert set(data.cell_condition[split.test]) == {"A+C"}
+    with pytest.raises(TypeError, match=r"heldout must be a list.*\['A\+C'\]"):
+        split_heldout_combinations(data, heldout="A+C")
+
+
+def test_holding_out_parts_never_measured_alone_warns_naming_them():
+    data = composable_toy()
+    with pytest.warns(UserWarning, match=r"D\+C \(D\).*composable_combinations") as record:
+        split_heldout_combinations(data, heldout=["D+C"], seed=0)
+    assert record[0].filename == __file__  # points at the caller's line
+    # drawn at random: every seed that draws C+D warns, the others do not
+    for seed in range(10):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            split = split_heldout_combinations(data, fraction=0.34, seed=seed)
+        assert bool(caught) == ("C+D" in split.heldout_conditions), seed
+    # composable_combinations never draws it
+    heldout = composable_combinations(data, fraction=0.5, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        split_heldout_combinations(data, heldout=heldout, seed=0)

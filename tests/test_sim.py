@@ -3,6 +3,8 @@ outcomes against p*, the ground-truth simulator against a direct Monte Carlo."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -450,3 +452,70 @@ def test_a_small_draw_budget_is_honoured_and_bad_budgets_name_the_argument(scree
         simulator.probability([(condition, "prog")], max_draws=10, min_draws=20)
     with pytest.raises(ValueError, match="max_draws must be >= 1, got 0"):
         simulator.probability([(condition, "prog")], max_draws=0)
+
+
+def test_bad_outcome_options_name_the_option(screen):
+    for option in ({"threshold": "abc"}, {"threshold": {"g": "0.1"}}, {"alpha": "abc"}):
+        with pytest.raises(ValueError, match=rf"{next(iter(option))}.* must be a number"):
+            GroundTruthSimulator(screen, "screen_hit", **option)
+    with pytest.raises(ValueError, match="needs at least 2 perturbed and 2 control cells"):
+        GroundTruthSimulator(screen, "screen_hit", test="welch", n_cells=1)
+    with pytest.raises(ValueError, match="cell_expression.*threshold must be a number"):
+        GroundTruthSimulator(screen, "cell_expression", threshold="high")
+
+
+@pytest.mark.parametrize("answer", [0.3, np.nan, "yes"])
+def test_a_custom_outcome_that_is_not_a_boolean_is_refused(screen, answer):
+    def not_a_bool(perturbed, control):
+        return np.full(perturbed.shape[:-2], answer)
+
+    register_outcome("not_a_bool", not_a_bool, n_cells=5, overwrite=True)
+    try:
+        simulator = GroundTruthSimulator(screen, "not_a_bool")
+        with pytest.raises(ValueError, match="must return one boolean per replicate"):
+            simulator.probability(["control"], max_draws=4, seed=0)
+    finally:
+        OUTCOMES.unregister("not_a_bool")
+
+
+def test_an_untrained_model_warns(fitted_models):
+    from bioreason.models import SAMSVAE
+
+    trained = fitted_models[0]["sams_vae"]
+    untrained = SAMSVAE(trained.adata, n_latent=3, n_hidden=16)
+    with pytest.warns(UserWarning, match="has not been trained"):
+        OutcomeSimulator(untrained, "direction", n_cells=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        OutcomeSimulator(trained, "direction", n_cells=5)
+
+
+def test_a_combination_is_asked_in_either_order_and_answered_as_asked(fitted_models):
+    models, unseen, gene = fitted_models
+    model = models["sams_vae"]
+    a, b = unseen.split("+")
+    simulator = OutcomeSimulator(model, "screen_hit", threshold=0.2, n_cells=10)
+    result = simulator.probability(
+        [(f"{b}+{a}", gene), (f"{a}+{b}", gene), (a, gene)], max_draws=8, seed=0
+    )
+    assert list(result["condition"]) == [f"{b}+{a}", f"{a}+{b}", a]
+    assert result["p_star"].iloc[0] == result["p_star"].iloc[1]  # one condition, simulated once
+    assert list(result["unseen_parts"]) == ["", "", ""]  # a and b are measured alone
+    cells = model.sample([f"{b}+{a}", model.control_label], n_cells=3, seed=0)
+    assert set(cells.obs["perturbation"]) == {f"{b}+{a}", model.control_label}
+    with pytest.raises(ValueError, match="asked for twice"):
+        model.sample([f"{b}+{a}", f"{a}+{b}"], n_cells=3)
+
+
+def test_model_history_names_its_columns(fitted_models):
+    history = fitted_models[0]["sams_vae"].history
+    assert isinstance(history, pd.DataFrame) and len(history["train_loss"]) > 0
+    with pytest.raises(KeyError, match=r"'elbo_train'.*'train_loss'.*is called 'train_loss'"):
+        history["elbo_train"]
+
+
+def test_the_models_treatment_effects_are_named_as_asked(fitted_models):
+    models, unseen, _ = fitted_models
+    a, b = unseen.split("+")
+    ate = models["sams_vae"].average_treatment_effect([f"{b}+{a}", a], n_cells=20)
+    assert list(ate.index) == [f"{b}+{a}", a]

@@ -309,3 +309,13 @@ def test_build_task_takes_readout_objects_as_the_simulator_does(screen):
         build_task(plain, conditions, "early", budget=budget)
     with pytest.raises(TypeError, match="readout names .* or Readout objects, got int"):
         build_task(plain, conditions, [3], budget=budget)
+
+
+def test_a_string_where_a_list_belongs_names_the_argument(screen):
+    simulator = GroundTruthSimulator(screen, "direction", n_cells=20)
+    with pytest.raises(TypeError, match=r"conditions must be a list.*\['P0\+P1'\]"):
+        build_task(simulator, "P0+P1", ["gene00000"])
+    with pytest.raises(TypeError, match=r"readouts must be a list.*\['gene00000'\]"):
+        build_task(simulator, ["P0"], "gene00000")
+    with pytest.raises(ValueError, match="one condition twice"):
+        build_task(simulator, ["P0+P1", "P1+P0"], ["gene00000"])

@@ -20,6 +20,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--layer", help="raw-count layer; 'X' for adata.X (counts)")
     parser.add_argument("--dosage-key", dest="dosage_key", help="obs column of doses (none)")
     parser.add_argument("--backed", action="store_true", help="open the file backed (on disk)")
+    parser.add_argument(
+        "--recover-counts",
+        dest="recover_counts",
+        action="store_true",
+        help="adata.X holds log-normalized values (log1p, log2 or log10 of normalized "
+        "counts): rebuild integer counts into the counts layer first "
+        "(bioreason.data.recover_counts; obs['ncounts'] is read as the library size when "
+        "present)",
+    )
     return parser
 
 
@@ -38,7 +47,16 @@ def main(args: argparse.Namespace) -> int:
     if "control" in fields and "," in fields["control"]:
         fields["control"] = fields["control"].split(",")
     setup = PerturbationSetup.resolve(where="bioreason inspect", **fields)
+    if args.recover_counts and args.backed:
+        raise ValueError("--recover-counts reads the whole file into memory: leave out --backed")
     adata = read_h5ad(path, args.backed)
+    report = None
+    if args.recover_counts:
+        from bioreason.data.recover import recover_into_setup
+
+        adata, report = recover_into_setup(adata, setup, "--recover-counts")
     data = PerturbationData.from_anndata(adata, setup)
+    if report is not None:
+        print(report.summary())
     print(data.summary())
     return 0

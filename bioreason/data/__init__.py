@@ -14,7 +14,7 @@ from bioreason.data.expression import (
 )
 from bioreason.data.genes import prepare, select_genes
 from bioreason.data.h5ad import read_h5ad
-from bioreason.data.labels import ParsedLabels, parse_perturbation_labels
+from bioreason.data.labels import ParsedLabels, canonical_conditions, parse_perturbation_labels
 from bioreason.data.loader import Batch, MinibatchLoader
 from bioreason.data.perturbation import PerturbationData
 from bioreason.data.recover import RecoveryReport, recover_counts
@@ -26,6 +26,7 @@ from bioreason.data.splits import (
     Split,
     composable_combinations,
     make_split,
+    parts_never_alone,
     split_data_efficiency,
     split_heldout_combinations,
     split_heldout_perturbations,
@@ -63,6 +64,7 @@ __all__ = [
     "Split",
     "ate_agreement",
     "average_treatment_effect",
+    "canonical_conditions",
     "composable_combinations",
     "condition_means",
     "dataset_registry",
@@ -74,6 +76,7 @@ __all__ = [
     "log_normalized",
     "make_split",
     "parse_perturbation_labels",
+    "parts_never_alone",
     "pooled_ate_agreement",
     "prepare",
     "recover_counts",

@@ -108,9 +108,14 @@ def average_treatment_effect(
     conditions: Sequence[str] | None = None,
     perturbation_key: str = "perturbation",
     layer: str | None = "counts",
+    delimiter: str = "+",
 ) -> pd.DataFrame:
     """Average treatment effect per condition and gene: mean log2(1 + normalized counts)
     of the condition's cells minus that of the control cells.
+
+    A condition is found in whatever order its parts are written: ``"KLF1+SET"`` finds
+    the cells the data labels ``"SET+KLF1"`` (and both spellings' cells when the data
+    uses both), and a row is named as it was asked for.
 
     Parameters
     ----------
@@ -118,26 +123,90 @@ def average_treatment_effect(
     control : str
         Label of the control cells.
     conditions : list of str, optional
-        Rows to return; default every label except ``control``.
+        Rows to return, in this order and spelling; default every condition except
+        ``control``, named canonically (parts sorted and joined by ``delimiter``, as
+        :class:`~bioreason.data.PerturbationData` and the models name them), in order of
+        first appearance.
     perturbation_key, layer
         Where the labels and the raw counts are.
+    delimiter : str
+        Joins the parts of a combination.
 
     Returns
     -------
     DataFrame, shape (n_conditions, n_genes)
+        Indexed by ``condition``; columns are the genes.
+
+    Raises
+    ------
+    TypeError
+        ``conditions`` is one string, or holds something other than labels.
+    ValueError
+        No control cells, or a condition without cells (the message lists conditions
+        that have cells).
     """
     control = _label_text(control, "control")
-    means = condition_means(adata, perturbation_key, layer)
-    if control not in means.index:
+    _check_column(adata, perturbation_key)
+    if adata.n_obs == 0:
+        raise ValueError("adata has no cells; treatment effects need at least one cell")
+    if not isinstance(delimiter, str) or not delimiter:
+        raise ValueError(f"delimiter must be a non-empty string, got {delimiter!r}")
+    asked = None
+    if conditions is not None:
+        if isinstance(conditions, (str, bytes)):
+            raise TypeError(
+                f"conditions must be a list of labels, got the string {conditions!r}; "
+                f"pass [{conditions!r}] for one"
+            )
+        asked = [_label_text(c, "each entry of conditions") for c in conditions]
+    label_codes, written = pd.factorize(adata.obs[perturbation_key].astype(str).to_numpy())
+    key_of_label = [_condition_key(label, control, delimiter) for label in written]
+    codes_of_label, names = pd.factorize(pd.Series(key_of_label, dtype=object))
+    codes = codes_of_label[label_codes]
+    position = {name: i for i, name in enumerate(names)}
+    if control not in position:
         raise ValueError(f"no control cells labelled {control!r} in obs[{perturbation_key!r}]")
-    if isinstance(conditions, str):
-        raise TypeError(f"conditions must be a list of labels, got the string {conditions!r}")
-    if conditions is None:
-        conditions = [c for c in means.index if c != control]
-    missing = [c for c in conditions if c not in means.index]
-    if missing:
-        raise ValueError(f"conditions {missing[:10]} have no cells in obs[{perturbation_key!r}]")
-    return means.loc[list(conditions)] - means.loc[control]
+    if asked is None:
+        rows = [name for name in names if name != control]
+        keys = rows
+    else:
+        rows = asked
+        keys = [_condition_key(c, control, delimiter) for c in asked]
+        missing = [c for c, key in zip(asked, keys) if key not in position]
+        if missing:
+            present = [name for name in names if name != control]
+            raise ValueError(
+                f"conditions {missing[:10]} have no cells in obs[{perturbation_key!r}] (a "
+                f"condition's parts are matched in any order, joined by {delimiter!r}); "
+                f"conditions with cells: {present[:10]}{' ...' if len(present) > 10 else ''}"
+            )
+    normalized = log_normalized(adata, layer)
+    means = _group_means(normalized.X, codes, len(names))
+    effects = means[[position[key] for key in keys]] - means[position[control]]
+    return pd.DataFrame(
+        effects, index=pd.Index(list(rows), name="condition"), columns=normalized.var_names
+    )
+
+
+def _condition_key(label: str, control: str, delimiter: str) -> str:
+    """The condition a label names, whatever the order of its parts: parts other than
+    ``control`` sorted and joined by ``delimiter``; ``control`` when there are none.
+    Unlike :func:`~bioreason.data.canonical_conditions` it accepts any text."""
+    label = str(label)
+    if label == control:
+        return control
+    parts = sorted(p.strip() for p in label.split(delimiter) if p.strip() != control)
+    return delimiter.join(parts) if parts else control
+
+
+def _group_means(matrix: Any, codes: np.ndarray, n_groups: int) -> np.ndarray:
+    """Mean row of ``matrix`` per group code, shape (n_groups, n_columns)."""
+    indicator = sp.csr_matrix(
+        (np.ones(codes.size), (codes, np.arange(codes.size))), shape=(n_groups, codes.size)
+    )
+    sums = indicator @ matrix
+    sums = sums.toarray() if sp.issparse(sums) else np.asarray(sums)
+    return sums / np.maximum(np.bincount(codes, minlength=n_groups), 1)[:, None]
 
 
 def _label_text(label: object, name: str) -> str:
@@ -176,17 +245,31 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def _aligned(data_ate: pd.DataFrame, model_ate: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def _aligned(
+    data_ate: pd.DataFrame, model_ate: pd.DataFrame, delimiter: str = "+"
+) -> tuple[np.ndarray, np.ndarray]:
     """Data and model ATE as float arrays of shape (n_conditions, n_genes), rows in the
-    order of ``data_ate.index``; raises when the model lacks a condition or the genes
-    differ."""
-    missing = [c for c in data_ate.index if c not in model_ate.index]
+    order of ``data_ate.index``; a data row finds the model's row of the same label, or
+    else of the same parts in another order (``"SET+KLF1"`` and ``"KLF1+SET"``); raises
+    when the model lacks a condition or the genes differ."""
+    by_parts: dict[str, Any] = {}
+    for label in model_ate.index:
+        by_parts.setdefault(_condition_key(label, "", delimiter), label)
+    rows = []
+    for label in data_ate.index:
+        if label in model_ate.index:
+            rows.append(label)
+        else:
+            rows.append(by_parts.get(_condition_key(label, "", delimiter)))
+    missing = [label for label, row in zip(data_ate.index, rows) if row is None]
     if missing:
-        raise ValueError(f"model ATE lacks conditions {missing[:10]}")
+        raise ValueError(
+            f"model ATE lacks conditions {missing[:10]} (its rows: {list(model_ate.index)[:10]})"
+        )
     if list(data_ate.columns) != list(model_ate.columns):
         raise ValueError("data and model ATE have different genes")
     truth = data_ate.to_numpy(float)
-    prediction = model_ate.loc[list(data_ate.index)].to_numpy(float)
+    prediction = model_ate.loc[rows].to_numpy(float)
     return truth, prediction
 
 
@@ -195,7 +278,9 @@ def _top_genes(truth: np.ndarray, top_k: int) -> np.ndarray:
     return np.argsort(-np.abs(truth), axis=-1, kind="stable")[..., :top_k]
 
 
-def ate_agreement(data_ate: pd.DataFrame, model_ate: pd.DataFrame, top_k: int = 20) -> pd.DataFrame:
+def ate_agreement(
+    data_ate: pd.DataFrame, model_ate: pd.DataFrame, top_k: int = 20, delimiter: str = "+"
+) -> pd.DataFrame:
     """Per-condition agreement of data and model ATE: Pearson r and R^2 over all genes
     and over the ``top_k`` genes with the largest |data ATE| of that condition.
 
@@ -208,8 +293,12 @@ def ate_agreement(data_ate: pd.DataFrame, model_ate: pd.DataFrame, top_k: int = 
     ----------
     data_ate, model_ate : DataFrame, shape (n_conditions, n_genes)
         Rows are conditions, columns genes (same genes in the same order); the model
-        table may hold extra conditions.
+        table may hold extra conditions. A row of ``data_ate`` finds the model's row of
+        the same label, or of the same parts in another order (``"SET+KLF1"`` and
+        ``"KLF1+SET"``).
     top_k : int
+    delimiter : str
+        Joins the parts of a combination.
 
     Returns
     -------
@@ -217,7 +306,7 @@ def ate_agreement(data_ate: pd.DataFrame, model_ate: pd.DataFrame, top_k: int = 
     R^2 is ``1 - SS_res / SS_tot`` with the data ATE as truth.
     """
     top_k = _check_top_k(top_k)
-    truth_all, prediction_all = _aligned(data_ate, model_ate)
+    truth_all, prediction_all = _aligned(data_ate, model_ate, delimiter)
     rows = {}
     for condition, truth, prediction in zip(data_ate.index, truth_all, prediction_all):
         top = _top_genes(truth, top_k)
@@ -231,7 +320,7 @@ def ate_agreement(data_ate: pd.DataFrame, model_ate: pd.DataFrame, top_k: int = 
 
 
 def pooled_ate_agreement(
-    data_ate: pd.DataFrame, model_ate: pd.DataFrame, top_k: int = 20
+    data_ate: pd.DataFrame, model_ate: pd.DataFrame, top_k: int = 20, delimiter: str = "+"
 ) -> dict[str, float]:
     """Pooled agreement of data and model ATE: one Pearson r (and R^2) over all
     (condition, gene) entries together, as the SAMS-VAE reference evaluation reports.
@@ -243,10 +332,12 @@ def pooled_ate_agreement(
     Parameters
     ----------
     data_ate, model_ate : DataFrame, shape (n_conditions, n_genes)
-        As for :func:`ate_agreement`.
+        As for :func:`ate_agreement` (rows matched in any order of their parts).
     top_k : int
         For the ``*_top`` values, each condition contributes its own ``top_k`` genes
         by |data ATE|: ``n_conditions * top_k`` entries pooled.
+    delimiter : str
+        Joins the parts of a combination.
 
     Returns
     -------
@@ -255,7 +346,7 @@ def pooled_ate_agreement(
     numbers of entries ``n_all`` and ``n_top``.
     """
     top_k = _check_top_k(top_k)
-    truth, prediction = _aligned(data_ate, model_ate)
+    truth, prediction = _aligned(data_ate, model_ate, delimiter)
     top = _top_genes(truth, top_k)
     truth_top = np.take_along_axis(truth, top, axis=-1).ravel()
     prediction_top = np.take_along_axis(prediction, top, axis=-1).ravel()
@@ -276,9 +367,26 @@ def differential_expression(
     perturbation_key: str = "perturbation",
     layer: str | None = "counts",
     n_genes: int = 20,
+    delimiter: str = "+",
 ) -> pd.DataFrame:
     """Top differentially expressed genes of ``condition`` against ``control``
     (scanpy ``rank_genes_groups``, Wilcoxon, on log2-normalized counts).
+
+    ``condition`` finds its cells in whatever order its parts are written
+    (``"KLF1+SET"`` finds cells labelled ``"SET+KLF1"``).
+
+    Parameters
+    ----------
+    adata : AnnData
+    condition, control : str
+        The condition's label (any order of its parts, joined by ``delimiter``) and the
+        control label.
+    perturbation_key, layer
+        Where the labels and the raw counts are.
+    n_genes : int
+        Rows to return.
+    delimiter : str
+        Joins the parts of a combination.
 
     Returns
     -------
@@ -293,9 +401,15 @@ def differential_expression(
     control = _label_text(control, "control")
     if isinstance(n_genes, bool) or not isinstance(n_genes, (int, np.integer)) or n_genes <= 0:
         raise ValueError(f"n_genes must be a positive integer, got {n_genes!r}")
+    if not isinstance(delimiter, str) or not delimiter:
+        raise ValueError(f"delimiter must be a non-empty string, got {delimiter!r}")
     labels = adata.obs[perturbation_key].astype(str)
-    for name, label in (("condition", condition), ("control", control)):
-        n_cells = int((labels == label).sum())
+    keys = labels.map({x: _condition_key(x, control, delimiter) for x in labels.unique()})
+    wanted = _condition_key(condition, control, delimiter)
+    if wanted == control and condition != control:
+        raise ValueError(f"condition {condition!r} names no perturbation; it is the control")
+    for name, label, key in (("condition", condition, wanted), ("control", control, control)):
+        n_cells = int((keys == key).sum())
         if n_cells < 2:
             raise ValueError(
                 f"{name} {label!r} has {'no cells' if n_cells == 0 else 'one cell'} in "
@@ -305,9 +419,10 @@ def differential_expression(
     if condition == control:
         raise ValueError(f"condition and control are the same label {condition!r}")
     normalized = log_normalized(adata, layer)
-    normalized.obs[perturbation_key] = (
-        normalized.obs[perturbation_key].astype(str).astype("category")
-    )
+    # the condition's cells under the name asked for, whatever order the data writes
+    grouped = np.where(keys == wanted, condition, labels.to_numpy(dtype=object))
+    grouped = np.where(keys == control, control, grouped)
+    normalized.obs[perturbation_key] = pd.Categorical(grouped.astype(str))
     normalized.uns["log1p"] = {"base": 2}
     sc.tl.rank_genes_groups(
         normalized, perturbation_key, groups=[condition], reference=control, method="wilcoxon"

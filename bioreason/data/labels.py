@@ -304,3 +304,66 @@ def parse_perturbation_labels(
         condition_codes=np.asarray(condition_codes, dtype=np.int64),
         is_control=is_control_pair[pair_codes],
     )
+
+
+def canonical_conditions(
+    conditions: Sequence[object],
+    *,
+    control: str | int | Sequence[str | int] = DEFAULT_CONTROLS,
+    delimiter: str = "+",
+    where: str = "conditions",
+) -> list[str]:
+    """The canonical condition of each label: its perturbations sorted and joined by
+    ``delimiter`` (``"SET+KLF1"`` and ``"KLF1+SET"`` are both ``"KLF1+SET"``), control
+    parts dropped, and the first control label for a control.
+
+    This is the condition :func:`parse_perturbation_labels` gives a cell with that label,
+    so a label written in any order, or as the data writes it, finds the same cells.
+
+    Parameters
+    ----------
+    conditions : sequence of str, length n
+        Condition labels as a user or a file writes them.
+    control : str, int, or list of them
+        The control label(s).
+    delimiter : str
+        Joins the parts of a combination.
+    where : str
+        What ``conditions`` is, for error messages (e.g. ``"heldout"``).
+
+    Returns
+    -------
+    list of str, length n
+        Canonical labels, in the order given.
+
+    Raises
+    ------
+    TypeError
+        ``conditions`` is one string (pass a list) or not a sequence.
+    ValueError
+        A label with an empty part or a perturbation named twice; the message names
+        ``where`` and the label.
+    """
+    if isinstance(conditions, (str, bytes)):
+        raise TypeError(
+            f"{where} must be a list of condition labels, got the string {conditions!r}; "
+            f"pass [{conditions!r}] for one"
+        )
+    try:
+        labels = list(conditions)
+    except TypeError:
+        raise TypeError(
+            f"{where} must be a list of condition labels, got {type(conditions).__name__}"
+        ) from None
+    if not labels:
+        return []
+    key = "__conditions__"
+    try:
+        parsed = parse_perturbation_labels(labels, control=control, delimiter=delimiter, key=key)
+    except ValueError as err:
+        message = str(err).replace(f"obs[{key!r}]", where).replace("row ", "entry ")
+        raise ValueError(message) from None
+    return [
+        str(name)
+        for name in np.asarray(parsed.condition_names, dtype=object)[parsed.condition_codes]
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -33,6 +34,9 @@ class RecoveryReport:
         Cells whose ``library_key`` value disagrees with their values (see
         :func:`recover_counts`); with ``on_failure="warn"`` they were recovered from
         their values alone.
+    log_base : float
+        The base of the logarithm the values were taken in: ``e`` (``log1p``, scanpy's
+        default), 2 or 10, as given or as detected.
     """
 
     max_deviation: float
@@ -42,6 +46,29 @@ class RecoveryReport:
     target_sum: float | None
     tolerance: float
     n_cells_library_mismatch: int = 0
+    log_base: float = math.e
+
+    def summary(self) -> str:
+        """The recovery in one line (base, distance from integers, rescaled cells).
+
+        Returns
+        -------
+        str
+        """
+        line = (
+            f"counts recovered from log(1 + x) values in base {_base_name(self.log_base)}: "
+            f"largest distance from an integer {self.max_deviation:.2g}"
+        )
+        if self.target_sum is not None:
+            line += f", normalization total {self.target_sum:.4g}"
+        if self.n_cells_rescaled:
+            line += f", {self.n_cells_rescaled} cells rescaled by their library size"
+        if self.n_cells_library_mismatch:
+            line += (
+                f", {self.n_cells_library_mismatch} cells recovered from their values alone "
+                "(their library size disagreed)"
+            )
+        return line
 
 
 def _check_fraction(name: str, value: object) -> float:
@@ -74,8 +101,15 @@ def recover_counts(
     tolerance: float = 0.05,
     library_tolerance: float = 0.05,
     on_failure: Literal["raise", "warn"] = "raise",
+    log_base: float | None = None,
 ) -> tuple[Any, RecoveryReport]:
     """Rebuild integer counts from ``log1p(normalize_total(counts))`` data.
+
+    The logarithm's base is detected unless ``log_base`` gives it: natural (``log1p``,
+    scanpy's default), 2 (``sc.pp.log1p(base=2)``) or 10 is the one under which each
+    cell's values are whole multiples of its smallest value. Values that are whole
+    numbers already (raw counts) or that fit no base raise a ``ValueError`` that says
+    what was found.
 
     In each cell one count maps to one value ``unit = target_sum / library_size``;
     the smallest positive ``expm1(x)`` in the cell is taken as one count. When
@@ -110,10 +144,23 @@ def recover_counts(
         Largest allowed relative distance of a cell's library size from a whole
         multiple of what its values imply, in (0, 0.5).
     on_failure : {"raise", "warn"}
+    log_base : float, optional
+        Base of the logarithm (``math.e``, 2, 10, ...); None detects it among e, 2 and
+        10.
 
     Returns
     -------
     (AnnData, RecoveryReport)
+        The report's ``log_base`` is the base used.
+
+    Raises
+    ------
+    ValueError
+        Negative or non-finite values; values that are raw counts already (the message
+        says so and how to use them); values that fit none of the bases e, 2, 10 (the
+        message gives the share of cells each base fits); a library column that
+        disagrees with the values, or recovered counts far from integers (with
+        ``on_failure="raise"``).
     """
     check_anndata(adata, "recover_counts")
     if on_failure not in ("raise", "warn"):
@@ -132,7 +179,25 @@ def recover_counts(
             f"{layer_label(layer)} has negative or non-finite values; it does not look like "
             "log1p-normalized expression"
         )
-    values.data = np.expm1(values.data)
+    base_note = ""
+    if log_base is None:
+        best, shares = _base_shares(values, tolerance, layer_label(layer))
+        log_base = LOG_BASES[best]
+        if shares[best] < 0.5:
+            # no base fits: read it as log1p and let the integer check below say so
+            log_base = math.e
+            base_note = (
+                "; no logarithm base makes its values whole counts (share of cells that "
+                f"become whole: {_shares_text(shares)}): is it scaled, centred or "
+                "batch-corrected rather than log-normalized?"
+            )
+    elif (
+        isinstance(log_base, bool)
+        or not isinstance(log_base, (int, float, np.integer, np.floating))
+        or not (math.isfinite(log_base) and log_base > 1)
+    ):
+        raise ValueError(f"log_base must be a number above 1 (e, 2, 10) or None, got {log_base!r}")
+    values.data = np.expm1(values.data * math.log(float(log_base)))
     values.eliminate_zeros()
     n_cells = values.shape[0]
     nnz_per_cell = np.diff(values.indptr)
@@ -166,7 +231,9 @@ def recover_counts(
             median = f" (median {target_sum:g})" if target_sum is not None else ""
             message = (
                 f"obs[{library_key!r}] disagrees with {layer_label(layer)} for {n_mismatch} "
-                f"of {n_cells} cells ({listed}{'; ...' if n_mismatch > N_NAMED else ''}). A "
+                f"of {n_cells} cells, reading the values as log(1 + x) in base "
+                f"{_base_name(float(log_base))}{base_note} "
+                f"({listed}{'; ...' if n_mismatch > N_NAMED else ''}). A "
                 "cell's library size times the value of one count should be the same "
                 f"normalization total in every cell{median}. Fix the column for these cells, "
                 "pass library_key=None to take every cell's smallest value as one count, or "
@@ -198,13 +265,15 @@ def recover_counts(
         target_sum=target_sum,
         tolerance=tolerance,
         n_cells_library_mismatch=n_mismatch,
+        log_base=float(log_base),
     )
     if n_bad:
         worst = int(np.argmax(cell_max))
         message = (
             f"recovered counts of {n_bad} cell(s) are farther than {tolerance} from integers "
             f"(worst: cell {adata.obs_names[worst]!r}, deviation {cell_max[worst]:.3f}); "
-            f"{layer_label(layer)} may not be log1p of library-normalized counts"
+            f"{layer_label(layer)} may not be log(1 + x) of library-normalized counts "
+            f"(read in base {_base_name(float(log_base))}){base_note}"
         )
         if on_failure == "raise":
             raise ValueError(message)
@@ -218,6 +287,150 @@ def recover_counts(
     out = adata.copy()
     out.layers[key_added] = counts
     return out, report
+
+
+#: bases a log-normalized matrix is commonly written in, by name
+LOG_BASES = {"e": math.e, "2": 2.0, "10": 10.0}
+
+#: cells read to detect the base
+_DETECTION_CELLS = 2000
+
+
+#: how a message names each base
+_BASE_NAMES = {"e": "e (natural log, log1p)", "2": "2 (log2)", "10": "10 (log10)"}
+
+
+def _base_name(base: float) -> str:
+    for name, value in LOG_BASES.items():
+        if math.isclose(base, value):
+            return _BASE_NAMES[name]
+    return f"{base:g}"
+
+
+def detect_log_base(values: Any, *, tolerance: float = 0.05, where: str = "the matrix") -> float:
+    """The base of ``log(1 + normalized counts)`` values: e, 2 or 10.
+
+    Under the right base every cell's values, ``base**x - 1``, are whole multiples of
+    its smallest one (one count). Up to 2,000 cells with two or more distinct values are
+    read (evenly spaced), and the base that makes the most of them whole within
+    ``tolerance`` wins.
+
+    Parameters
+    ----------
+    values : sparse or dense matrix, shape (n_cells, n_genes)
+        Non-negative log-normalized values.
+    tolerance : float
+        Largest distance from a whole multiple.
+    where : str
+        What ``values`` is, for error messages (e.g. ``"adata.X"``).
+
+    Returns
+    -------
+    float
+        ``math.e``, 2.0 or 10.0.
+
+    Raises
+    ------
+    ValueError
+        The values are whole numbers (raw counts, not log-normalized), or no base makes
+        half of the cells whole (the message gives each base's share).
+    """
+    best, shares = _base_shares(values, tolerance, where)
+    if shares[best] < 0.5:
+        raise ValueError(
+            f"{where} does not look like log(1 + x) of library-normalized counts in base e, 2 "
+            "or 10: the share of cells whose values become whole counts is "
+            f"{_shares_text(shares)}. Check that it holds log-normalized values (not scaled, "
+            "centred or batch-corrected ones), or give the counts themselves."
+        )
+    return LOG_BASES[best]
+
+
+def _shares_text(shares: dict[str, float]) -> str:
+    return ", ".join(f"base {name}: {share:.0%}" for name, share in shares.items())
+
+
+def _base_shares(values: Any, tolerance: float, where: str) -> tuple[str, dict[str, float]]:
+    """The best-fitting base's name and, for each base of :data:`LOG_BASES`, the share of
+    informative cells whose values it makes whole; raises when the values are whole
+    numbers already (raw counts)."""
+    matrix = sp.csr_matrix(values, dtype=np.float64)
+    matrix.eliminate_zeros()
+    data = matrix.data
+    if data.size == 0:
+        return "e", {name: 1.0 for name in LOG_BASES}
+    if np.all(np.abs(data - np.rint(data)) <= 1e-6):
+        raise ValueError(
+            f"{where} holds whole numbers (largest {data.max():g}): these look like raw "
+            "counts already, not log-normalized values, so there is nothing to recover. "
+            "Use them as the counts: layer=None in Python, --layer X on the command line "
+            "(without --recover-counts), or leave data.recover_counts false in a pipeline."
+        )
+    nnz = np.diff(matrix.indptr)
+    candidates = np.flatnonzero(nnz >= 2)
+    if candidates.size > _DETECTION_CELLS:
+        candidates = candidates[np.linspace(0, candidates.size - 1, _DETECTION_CELLS).astype(int)]
+    sample = matrix[candidates]
+    row_of_entry = np.repeat(np.arange(sample.shape[0]), np.diff(sample.indptr))
+    shares = {}
+    for name, base in LOG_BASES.items():
+        linear = np.expm1(sample.data * math.log(base))
+        unit = np.minimum.reduceat(linear, sample.indptr[:-1]) if sample.nnz else linear
+        ratio = linear / unit[row_of_entry]
+        worst = np.zeros(sample.shape[0])
+        np.maximum.at(worst, row_of_entry, np.abs(ratio - np.rint(ratio)))
+        # cells whose values are all equal fit every base; they decide nothing
+        distinct = np.zeros(sample.shape[0])
+        np.maximum.at(distinct, row_of_entry, ratio)
+        informative = distinct > 1 + tolerance
+        shares[name] = float(np.mean(worst[informative] <= tolerance)) if informative.any() else 1.0
+    best = max(shares, key=shares.get)
+    return best, shares
+
+
+def recover_into_setup(adata: Any, setup: Any, where: str) -> tuple[Any, RecoveryReport]:
+    """Recover counts from the log-normalized values in ``adata.X`` into the counts layer
+    that ``setup`` reads (what ``--recover-counts`` and ``data.recover_counts: true`` do).
+
+    Parameters
+    ----------
+    adata : AnnData
+        In memory (not backed); not modified.
+    setup : PerturbationSetup
+        Its ``layer`` receives the counts; it must name a layer, not ``X``.
+    where : str
+        The option that asked for it, for error messages (``"--recover-counts"``).
+
+    Returns
+    -------
+    (AnnData, RecoveryReport)
+        A copy with the counts in ``layers[setup.layer]``, and the report.
+
+    Raises
+    ------
+    ValueError
+        ``setup.layer`` is None (``X``), the AnnData is backed, or the recovery fails
+        (see :func:`recover_counts`).
+    """
+    if setup.layer is None:
+        raise ValueError(
+            f"{where} writes the recovered counts into a layer and reads the log-normalized "
+            "values from adata.X, so the counts layer cannot be X: leave the layer at its "
+            "default ('counts') or name another layer"
+        )
+    if getattr(adata, "isbacked", False):
+        raise ValueError(f"{where} needs the file in memory: do not open it backed")
+    library_key = "ncounts" if "ncounts" in adata.obs.columns else None
+    try:
+        return recover_counts(adata, layer=None, key_added=setup.layer, library_key=library_key)
+    except ValueError as err:
+        if library_key is None or "disagrees with" not in str(err):
+            raise
+        raise ValueError(
+            f"{where}: {err} ({where} reads each cell's library size from obs['ncounts'] "
+            "when the file has that column; without it every cell is recovered from its "
+            "values alone.)"
+        ) from None
 
 
 def _multiples_from_library(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from bioreason.data.labels import canonical_conditions
 from bioreason.data.perturbation import PerturbationData
 from bioreason.registry import Registry
 
@@ -210,15 +212,139 @@ def split_heldout_combinations(
     split at random into train and val: the out-of-distribution task of SAMS-VAE.
     ``fraction`` of the combinations (rounded, at least one) are drawn at random unless
     ``heldout`` names them.
+
+    Parameters
+    ----------
+    data : PerturbationData
+    fraction : float or None
+        Share of the combinations drawn at random, in (0, 1); unused with ``heldout``.
+    heldout : list of str, optional
+        The combinations to hold out, their parts in any order (``"SET+KLF1"`` is the
+        condition ``"KLF1+SET"``); :attr:`Split.heldout_conditions` keeps the spelling
+        given (sorted).
+    val_fraction : float
+        Share of the other cells in validation.
+    seed : int
+
+    Returns
+    -------
+    Split
+        ``heldout_conditions``: the held-out combinations, as named in ``heldout`` or,
+        when drawn, canonically (parts sorted).
+
+    Warns
+    -----
+    UserWarning
+        When a held-out combination has a part that is never measured alone (no cell
+        carries it as a single perturbation): a model can only guess that part's effect
+        from the combinations that contain it, or from its prior. The warning names the
+        combinations and the parts; :func:`composable_combinations` draws only
+        combinations whose parts are all measured alone.
     """
+    return _split_heldout_combinations(data, fraction, heldout, val_fraction, seed, warn=True)
+
+
+def _split_heldout_combinations(
+    data: PerturbationData,
+    fraction: float | None,
+    heldout: Sequence[str] | None,
+    val_fraction: float,
+    seed: int,
+    warn: bool,
+) -> Split:
+    """:func:`split_heldout_combinations`; ``warn``: warn about parts never measured
+    alone (the Norman reference split holds such combinations out on purpose)."""
     _check_data(data, "split_heldout_combinations")
     _check_fractions(val_fraction)
     rng = np.random.default_rng(_check_seed(seed))
     table = data.condition_table()
     combinations = table.index[table["n_perturbations"] >= 2].tolist()
+    shown: dict[str, str] = {}
+    if heldout is not None:
+        asked = _heldout_labels(heldout)
+        canonical = canonical_conditions(
+            asked, control=data.setup.control, delimiter=data.setup.delimiter, where="heldout"
+        )
+        for label, condition in zip(asked, canonical):
+            shown.setdefault(condition, label)
+        unknown = [shown[c] for c in shown if c not in set(combinations)]
+        if unknown:
+            raise ValueError(
+                f"cannot hold out {unknown[:10]}: not combinations of this data set (it has "
+                f"{sorted(combinations)[:10]}{' ...' if len(combinations) > 10 else ''}; the "
+                "parts of a combination may be written in any order)"
+            )
+        heldout = list(shown)
     chosen = _choose_conditions(combinations, heldout, fraction, rng, "combinations")
+    if warn:
+        _warn_parts_never_alone(data, chosen, shown)
     test_mask = np.isin(data.cell_condition, chosen)
-    return _heldout_split(data, test_mask, val_fraction, rng, chosen)
+    names = sorted(shown.get(c, c) for c in chosen)
+    return _heldout_split(data, test_mask, val_fraction, rng, names)
+
+
+def _heldout_labels(heldout: object) -> list[str]:
+    """``heldout`` as a list of labels, or a TypeError naming the argument."""
+    if isinstance(heldout, (str, bytes)) or not isinstance(heldout, Iterable):
+        raise TypeError(
+            f"heldout must be a list of condition labels, got {heldout!r}; "
+            f"for one, pass [{heldout!r}]"
+        )
+    labels = list(heldout)
+    if not labels:
+        raise ValueError(
+            "heldout is empty: name the combinations to hold out, or pass heldout=None and "
+            "a fraction"
+        )
+    return [str(label) for label in labels]
+
+
+def parts_never_alone(data: PerturbationData, conditions: Sequence[str]) -> dict[str, list[str]]:
+    """The parts of each condition that no cell of ``data`` carries alone.
+
+    Parameters
+    ----------
+    data : PerturbationData
+    conditions : list of str
+        Canonical condition labels of ``data`` (e.g. a split's held-out combinations).
+
+    Returns
+    -------
+    dict of str to list of str
+        Condition -> its perturbations without single-perturbation cells, for the
+        conditions that have any (an empty dict when every part is measured alone).
+    """
+    table = data.condition_table()
+    singles = set(table.index[table["n_perturbations"] == 1])
+    delimiter = data.setup.delimiter
+    out: dict[str, list[str]] = {}
+    for condition in conditions:
+        unseen = [p for p in str(condition).split(delimiter) if p not in singles]
+        if unseen:
+            out[str(condition)] = unseen
+    return out
+
+
+def _warn_parts_never_alone(
+    data: PerturbationData, chosen: Sequence[str], shown: dict[str, str]
+) -> None:
+    unseen = parts_never_alone(data, chosen)
+    if not unseen:
+        return
+    listed = "; ".join(
+        f"{shown.get(c, c)} ({', '.join(parts)})" for c, parts in sorted(unseen.items())
+    )
+    warnings.warn(
+        f"{len(unseen)} of the {len(chosen)} held-out combinations have parts that are never "
+        f"measured alone: {listed}. A model sees those parts only inside combinations (or "
+        "not at all once they are held out), so its predictions for them come from its prior "
+        "rather than from composing measured effects. To test composition, hold out only "
+        "combinations whose parts are all measured alone: "
+        "heldout = bioreason.data.composable_combinations(data, fraction=...), then "
+        "split_heldout_combinations(data, heldout=heldout).",
+        UserWarning,
+        stacklevel=4,  # the caller of split_heldout_combinations
+    )
 
 
 def composable_combinations(
@@ -312,10 +438,11 @@ def split_norman_reference(
     -------
     Split
         ``heldout_conditions`` lists the held-out combinations.
+
+    Unlike :func:`split_heldout_combinations` it does not warn that CBL and TBX3 are
+    never measured alone: the reference evaluation holds them out on purpose.
     """
-    return split_heldout_combinations(
-        data, heldout=list(heldout), val_fraction=val_fraction, seed=seed
-    )
+    return _split_heldout_combinations(data, None, list(heldout), val_fraction, seed, warn=False)
 
 
 def split_heldout_perturbations(

@@ -174,7 +174,17 @@ def split_questions(
 
 def task_summary(table: pd.DataFrame) -> dict[str, Any]:
     """Questions per split, mean p*, outcome rate, mean SE and the histogram of p*
-    (10 bins over [0, 1]); a plain dict."""
+    (10 bins over [0, 1]); a plain dict.
+
+    A table with the column ``unseen_parts`` (:func:`bioreason.sim.build_task`) also
+    gets ``questions_with_unseen_parts`` (how many questions' conditions have a part
+    never measured alone, so that their p* rests on the model's prior for it) and
+    ``unseen_parts`` (condition -> those parts, for the conditions that have any).
+
+    Returns
+    -------
+    dict
+    """
     _require_columns(table, ["split", "outcome", "p_star", "p_star_se"], "task table")
     p_star = _numbers(table["p_star"])
     known = p_star[np.isfinite(p_star)]
@@ -193,6 +203,23 @@ def task_summary(table: pd.DataFrame) -> dict[str, Any]:
         "p_star_extreme_fraction": (
             float(np.mean((known < 0.05) | (known > 0.95))) if known.size else float("nan")
         ),
+        **_unseen_parts_summary(table),
+    }
+
+
+def _unseen_parts_summary(table: pd.DataFrame) -> dict[str, Any]:
+    """``questions_with_unseen_parts`` and ``unseen_parts`` (condition -> parts never
+    measured alone) of a table with an ``unseen_parts`` column; ``{}`` without one."""
+    if "unseen_parts" not in table.columns or "condition" not in table.columns:
+        return {}
+    parts = table["unseen_parts"]
+    flagged = parts.notna() & (parts.astype(str) != "")
+    return {
+        "questions_with_unseen_parts": int(flagged.sum()),
+        "unseen_parts": {
+            str(c): str(p)
+            for c, p in zip(table.loc[flagged, "condition"], parts[flagged], strict=True)
+        },
     }
 
 
@@ -451,6 +478,13 @@ def format_task_description(facts: dict[str, Any], path: str | Path) -> str:
         if not facts["n_with_p_star"]:
             lines.append("reference probability histogram:")
             lines += _histogram_lines(facts["reference_histogram"])
+    if facts.get("unseen_parts"):
+        listed = ", ".join(f"{c} ({p})" for c, p in list(facts["unseen_parts"].items())[:10])
+        more = " ..." if len(facts["unseen_parts"]) > 10 else ""
+        lines.append(
+            f"parts never measured alone: {facts['questions_with_unseen_parts']} questions "
+            f"about {listed}{more}; their p* rests on the model's prior for those parts"
+        )
     lines.append(f"columns: {', '.join(facts['columns'])}")
     for problem in facts.get("problems", []):
         lines.append(f"problem: {problem}")

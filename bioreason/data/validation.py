@@ -18,6 +18,18 @@ EXPERIMENT_COLUMNS = ("dataset", "cell_type", "cell_line", "perturbation_type")
 #: how many offending cells an error message lists by name
 N_NAMED = 5
 
+#: the largest count accepted in one entry: counts are stored as float32, which holds
+#: whole numbers exactly only up to 2**24, and no sequencing depth puts 16.7 million
+#: UMIs of one gene in one cell
+MAX_COUNT = float(2**24)
+
+#: how to rebuild counts from log-normalized values, on each surface
+RECOVER_HINT = (
+    "If it holds log-normalized values, rebuild integer counts into layers['counts']: "
+    "--recover-counts (bioreason inspect / train-vae), data.recover_counts: true in a "
+    "pipeline config, or bioreason.data.recover_counts(adata) in Python."
+)
+
 
 def layer_label(layer: str | None) -> str:
     return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
@@ -110,8 +122,8 @@ def get_layer(adata: Any, layer: str | None) -> Any:
     if layer not in adata.layers:
         existing = list(adata.layers.keys())
         hint = (
-            " If X holds raw counts pass layer=None; if it holds log1p-normalized data, "
-            "bioreason.data.recover_counts(adata) rebuilds integer counts into layers['counts']."
+            " If adata.X holds the raw counts, read them from there: --layer X on the command "
+            "line (setup.layer: null in a config, layer=None in Python). " + RECOVER_HINT
         )
         raise ValueError(f"layer {layer!r} not found in adata.layers (layers: {existing}).{hint}")
     return adata.layers[layer]
@@ -137,8 +149,10 @@ def validate_counts(
     Raises
     ------
     ValueError
-        For NaN/inf, negative or non-integer values, naming the layer, cell and gene;
-        for names that do not match the matrix's shape.
+        For NaN/inf, negative or non-integer values, or a count above
+        :data:`MAX_COUNT` (2**24: beyond any sequencing depth, and beyond what float32
+        holds exactly), naming the layer, cell and gene; for names that do not match
+        the matrix's shape.
     """
     n_cells = len(cell_names)
     shape = tuple(getattr(matrix, "shape", ()))
@@ -159,13 +173,20 @@ def validate_counts(
         raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows}")
     library_size = np.zeros(n_cells, dtype=np.float32)
     checks = (
-        (lambda v: ~np.isfinite(v), "a non-finite value (NaN or inf)"),
-        (lambda v: v < 0, "a negative value"),
-        (lambda v: v != np.round(v), "a non-integer value"),
+        (lambda v: ~np.isfinite(v), "a non-finite value (NaN or inf)", ""),
+        (lambda v: v < 0, "a negative value", ""),
+        (lambda v: v != np.round(v), "a non-integer value", ""),
+        (
+            lambda v: v > MAX_COUNT,
+            f"a count above {MAX_COUNT:,.0f}",
+            " No sequencing depth gives that many UMIs of one gene in one cell, and "
+            "float32 counts cannot hold it exactly: these are not raw counts (scaled or "
+            "corrupted values?).",
+        ),
     )
     for start, block in iter_row_chunks(matrix, n_cells, chunk_rows):
         values = block.data
-        for test, what in checks:
+        for test, what, why in checks:
             bad = np.flatnonzero(test(values))
             if bad.size:
                 position = int(bad[0])
@@ -173,11 +194,11 @@ def validate_counts(
                 column = int(block.indices[position])
                 cell = start + row
                 raise ValueError(
-                    f"{layer_label(layer)} has {what} ({values[position]!r}) at cell "
+                    f"{layer_label(layer)} has {what} ({float(values[position]):.6g}) at cell "
                     f"{cell_names[cell]!r} (row {cell}), gene {gene_names[column]!r} "
-                    f"(column {column}). The models need raw integer UMI counts: pass layer= "
-                    "naming the raw-count layer, or rebuild counts from log1p-normalized data "
-                    "with bioreason.data.recover_counts(adata)."
+                    f"(column {column}).{why} The models need raw integer UMI counts: name "
+                    "the layer that holds them (--layer on the command line, setup.layer in "
+                    f"a config, layer= in Python). {RECOVER_HINT}"
                 )
         library_size[start : start + block.shape[0]] = np.asarray(block.sum(axis=1)).ravel()
     return library_size

@@ -38,6 +38,38 @@ from bioreason.models._training_mixin import TrainingMixin
 #: library sizes kept from the training cells to draw generated cells' sizes from
 _N_LIBRARY_KEPT = 10_000
 
+#: names other libraries give the history's columns (scvi-tools' ``elbo_train``, ...)
+_HISTORY_ALIASES = {
+    "elbo_train": "train_loss",
+    "train_loss_epoch": "train_loss",
+    "elbo_validation": "validation_loss",
+    "validation_loss_epoch": "validation_loss",
+    "loss": "train_loss",
+}
+
+
+class LossHistory(pd.DataFrame):
+    """``model.history``: a DataFrame whose missing-column error lists the columns it
+    has (and, for scvi-tools' names such as ``elbo_train``, the one to use)."""
+
+    @property
+    def _constructor(self) -> type[pd.DataFrame]:
+        return pd.DataFrame
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return super().__getitem__(key)
+        except KeyError:
+            keys = [key] if isinstance(key, str) else None
+            if keys is None:
+                raise
+            alias = _HISTORY_ALIASES.get(key)
+            hint = f"; {key!r} is called {alias!r} here" if alias else ""
+            raise KeyError(
+                f"model.history has no column {key!r}: its columns are {list(self.columns)} "
+                f"(losses in nats per cell){hint}"
+            ) from None
+
 
 class PerturbationModel(
     SetupMixin, TrainingMixin, PredictiveMixin, AnalysisMixin, ScviHabitsMixin, SaveMixin
@@ -115,6 +147,17 @@ class PerturbationModel(
         self.history = pd.DataFrame(columns=["step", "epoch", "train_loss", "validation_loss"])
         self.is_trained = False
         self.device = torch.device("cpu")
+
+    @property
+    def history(self) -> pd.DataFrame:
+        """The loss history: ``step``, ``epoch``, ``train_loss``, ``validation_loss``
+        (nats per cell), one row per logged step; a missing column's ``KeyError`` lists
+        the columns there are."""
+        return self._history
+
+    @history.setter
+    def history(self, value: pd.DataFrame) -> None:
+        self._history = value if isinstance(value, LossHistory) else LossHistory(value)
 
     def _init_categories(self, data: PerturbationData) -> list[str]:
         """Categories of the cells (SVAE+: one per training condition; else none)."""

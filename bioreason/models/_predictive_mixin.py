@@ -42,8 +42,8 @@ class PosteriorPredictive:
     Attributes
     ----------
     conditions : list of str, length C
-        Condition labels in the order asked for: canonical (``"B+A"`` becomes
-        ``"A+B"``), except that a control label keeps the spelling asked for.
+        Condition labels in the order and spelling asked for (``"B+A"`` stays
+        ``"B+A"``).
     gene_names : list of str, length G
     counts : ndarray, shape (n_draws, C, n_cells, G), float32
         Sampled counts; ``counts[k, c]`` are ``n_cells`` cells of condition ``c`` that
@@ -56,6 +56,11 @@ class PosteriorPredictive:
         Each cell's total count over all the model's genes: ``counts.sum(-1)``, except
         when generation was restricted to some genes (``genes=``), where it also counts
         the genes not returned. None means ``counts.sum(-1)``.
+    canonical_conditions : list of str, length C, or None
+        The model's canonical label of each condition (``"A+B"`` for ``"B+A"``: parts
+        sorted, the first control label for a control); None means ``conditions``.
+    delimiter : str
+        Joins the parts of a combination (for :meth:`index`).
     """
 
     conditions: list[str]
@@ -64,6 +69,8 @@ class PosteriorPredictive:
     expected_counts: np.ndarray
     library_size: np.ndarray
     total_counts: np.ndarray | None = None
+    canonical_conditions: list[str] | None = None
+    delimiter: str = "+"
 
     def totals(self) -> np.ndarray:
         """Each cell's total count over all genes, shape (n_draws, C, n_cells)."""
@@ -81,13 +88,22 @@ class PosteriorPredictive:
         return int(self.counts.shape[2])
 
     def index(self, condition: str) -> int:
-        """Position of ``condition`` in :attr:`conditions`."""
-        try:
+        """Position of ``condition`` in :attr:`conditions`: the label as generated, its
+        canonical label, or its parts in another order (``"A+B"`` finds ``"B+A"``).
+
+        Returns
+        -------
+        int
+        """
+        if condition in self.conditions:
             return self.conditions.index(condition)
-        except ValueError:
-            raise ValueError(
-                f"condition {condition!r} was not generated; generated: {self.conditions}"
-            ) from None
+        if self.canonical_conditions is not None and condition in self.canonical_conditions:
+            return self.canonical_conditions.index(condition)
+        wanted = _parts(condition, self.delimiter)
+        for position, label in enumerate(self.conditions):
+            if _parts(label, self.delimiter) == wanted:
+                return position
+        raise ValueError(f"condition {condition!r} was not generated; generated: {self.conditions}")
 
     def to_anndata(self) -> Any:
         """All cells as one AnnData (n_draws * C * n_cells cells, draw-major).
@@ -147,9 +163,11 @@ class PredictiveMixin:
         Parameters
         ----------
         conditions : str or list of str
-            Condition labels (``"control"``, ``"A"``, ``"A+B"``); combinations of known
-            perturbations may be new (not for SVAE+). A label given twice is generated
-            twice (the arrays are indexed by position).
+            Condition labels (``"control"``, ``"A"``, ``"A+B"``), their parts in any
+            order (``"B+A"`` is the condition ``"A+B"`` and keeps its spelling in
+            ``conditions``); combinations of known perturbations may be new (not for
+            SVAE+). A label given twice is generated twice (the arrays are indexed by
+            position).
         n_cells : int
             Cells per condition and draw.
         n_draws : int
@@ -235,6 +253,8 @@ class PredictiveMixin:
             expected_counts=expected.reshape(shape),
             library_size=library,
             total_counts=totals.reshape(shape[:3]),
+            canonical_conditions=[str(label) for label in labels],
+            delimiter=self.setup.delimiter,
         )
 
     def _gene_indices(self, genes: Any) -> np.ndarray:
@@ -268,10 +288,10 @@ class PredictiveMixin:
         Parameters
         ----------
         perturbations : str or list of str
-            Condition labels, each once; combinations of perturbations seen in training
-            may be new (not SVAE+). Cells keep the label asked for when it is a control
-            label (with several control labels, ``"ctrl2"`` stays ``"ctrl2"``); other
-            labels are written canonically (``"B+A"`` as ``"A+B"``).
+            Condition labels, each once (``"A+B"`` and ``"B+A"`` are one condition);
+            combinations of perturbations seen in training may be new (not SVAE+). Cells
+            keep the label asked for: ``"SET+KLF1"`` stays ``"SET+KLF1"``, and with
+            several control labels ``"ctrl2"`` stays ``"ctrl2"``.
         n_cells : int
             Cells per condition (not in total).
         library_size : None, float, or array of shape (n_cells,)
@@ -294,12 +314,12 @@ class PredictiveMixin:
         check_count("n_cells", n_cells)
         check_count("n_global_draws", n_global_draws)
         check_seed(seed)
-        # cells of a condition asked for twice would merge under one label
-        shown = self._parse_conditions(perturbations)[3]
-        repeated = [label for label in dict.fromkeys(shown) if shown.count(label) > 1]
+        # a condition asked for twice (in any spelling) would be generated twice
+        _, labels, is_control, shown = self._parse_conditions(perturbations)
+        keys = [s if control else c for s, c, control in zip(shown, labels, is_control)]
+        repeated = [key for key in dict.fromkeys(keys) if keys.count(key) > 1]
         if repeated:
-            asked = [perturbations] if isinstance(perturbations, str) else list(perturbations)
-            spelled = [a for a, label in zip(asked, shown) if label == repeated[0]]
+            spelled = [label for label, key in zip(shown, keys) if key == repeated[0]]
             raise ValueError(
                 f"condition {repeated[0]!r} is asked for twice ({spelled}); ask for each "
                 "condition once (n_cells is per condition)"
@@ -504,3 +524,8 @@ def _cells_anndata(
     out = ad.AnnData(X=matrix, obs=obs, var=pd.DataFrame(index=pd.Index(list(gene_names))))
     out.layers["counts"] = matrix.copy()
     return out
+
+
+def _parts(label: str, delimiter: str) -> frozenset[str]:
+    """The parts of a condition label, in no order (``"B+A"`` and ``"A+B"`` are equal)."""
+    return frozenset(part.strip() for part in str(label).split(delimiter))

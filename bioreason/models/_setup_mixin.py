@@ -192,8 +192,9 @@ class SetupMixin:
         self, perturbations: Sequence[str] | str
     ) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
         """Dosage rows (n, P), canonical labels, control flags, and the labels to show:
-        the canonical ones, except that a control label keeps the spelling asked for
-        (with several control labels, ``"ctrl2"`` stays ``"ctrl2"``)."""
+        each as it was asked for (``"SET+KLF1"`` stays ``"SET+KLF1"`` though its
+        canonical label is ``"KLF1+SET"``; with several control labels, ``"ctrl2"``
+        stays ``"ctrl2"``), without surrounding spaces."""
         if isinstance(perturbations, str):
             perturbations = [perturbations]
         if isinstance(perturbations, Mapping) or not isinstance(perturbations, Iterable):
@@ -231,12 +232,7 @@ class SetupMixin:
                 f"(e.g. {self.perturbation_names[:5]})."
             ) from None
         labels = list(np.asarray(parsed.condition_names, dtype=object)[parsed.condition_codes])
-        controls = self.setup.control
-        controls = [controls] if isinstance(controls, str) else list(controls)
-        shown = [
-            str(a).strip() if is_control and str(a).strip() in controls else c
-            for a, c, is_control in zip(asked, labels, parsed.is_control)
-        ]
+        shown = [str(a).strip() for a in asked]
         return parsed.dosage.toarray(), labels, parsed.is_control, shown
 
     @property

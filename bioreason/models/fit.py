@@ -25,7 +25,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from bioreason.config import Config
-from bioreason.data import PerturbationData, PerturbationSetup, ScreenGroundTruth, Split
+from bioreason.data import (
+    PerturbationData,
+    PerturbationSetup,
+    ScreenGroundTruth,
+    Split,
+    canonical_conditions,
+)
 from bioreason.models._base import PerturbationModel
 from bioreason.models._module import VAEConfig
 from bioreason.models._training_mixin import check_rows_inside
@@ -82,7 +88,17 @@ def _check_split(split: Any, n_cells: int, data: PerturbationData) -> Split:
         raise TypeError(
             f"split.heldout_conditions must be a sequence of condition labels, got {heldout!r}"
         )
-    unknown = sorted(set(heldout) - set(data.condition_names))
+    try:
+        canonical = canonical_conditions(
+            list(heldout),
+            control=data.setup.control,
+            delimiter=data.setup.delimiter,
+            where="split.heldout_conditions",
+        )
+    except ValueError as err:
+        raise ValueError(f"{err}; give them as the data writes them (A+B)") from None
+    known = set(data.condition_names)
+    unknown = sorted(label for label, c in zip(heldout, canonical) if c not in known)
     if unknown:
         raise ValueError(
             f"split.heldout_conditions {unknown} are not conditions of adata (e.g. "
@@ -281,6 +297,11 @@ class TrainVAEConfig(Config):
         Share of the cells held out (at random) for the IWELBO; 0 for none.
     validation_fraction : float, default 0.1
         Share of the other cells validated on during training.
+    recover_counts : bool, default False
+        ``adata.X`` holds log-normalized values (log1p, log2 or log10 of normalized
+        counts): rebuild integer counts into ``setup.layer`` first
+        (:func:`bioreason.data.recover_counts`; ``obs["ncounts"]`` is read as each
+        cell's library size when present). ``--recover-counts`` on the command line.
     """
 
     setup: PerturbationSetup = field(default_factory=PerturbationSetup)
@@ -290,12 +311,21 @@ class TrainVAEConfig(Config):
     evaluation: EvaluationConfig = field(default_factory=_train_vae_evaluation)
     test_fraction: float = 0.1
     validation_fraction: float = 0.1
+    recover_counts: bool = False
 
     def __post_init__(self) -> None:
         from bioreason.models import MODELS
 
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {list(MODELS)}, got {self.model!r}")
+        if not isinstance(self.recover_counts, bool):
+            raise TypeError(f"recover_counts must be true or false, got {self.recover_counts!r}")
+        if self.recover_counts and self.setup.layer is None:
+            raise ValueError(
+                "recover_counts writes the recovered counts into a layer (setup.layer) and "
+                "reads the log-normalized values from adata.X: the layer cannot be X (leave "
+                "--layer out, or name a layer)"
+            )
         for name in ("test_fraction", "validation_fraction"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:

@@ -171,6 +171,16 @@ class FitContext:
         """The held-out conditions, as a list."""
         return list(self.split.heldout_conditions)
 
+    @property
+    def heldout_canonical(self) -> list[str]:
+        """The held-out conditions as the data's canonical labels (parts sorted), in the
+        order of :attr:`heldout`."""
+        from bioreason.data import canonical_conditions
+
+        return canonical_conditions(
+            self.heldout, control=self.setup.control, delimiter=self.setup.delimiter
+        )
+
     def skip(self, name: str, why: Exception | str) -> dict[str, Any]:
         """Record that evaluation ``name`` was skipped and why; returns ``{}``."""
         self.notes[name] = " ".join(str(why).split())
@@ -186,6 +196,7 @@ class FitContext:
             conditions=conditions,
             perturbation_key=self.setup.perturbation_key,
             layer=self.setup.layer,
+            delimiter=self.setup.delimiter,
         )
 
     def model_ate(self, conditions: list[str]) -> pd.DataFrame:
@@ -283,7 +294,8 @@ def _heldout_iwelbo_per_condition(fit: FitContext) -> dict[str, Any]:
     labels = fit.data.cell_condition[fit.split.test]
     return {
         "iwelbo_heldout_per_condition": {
-            c: float(per_cell[labels == c].mean()) for c in fit.heldout
+            c: float(per_cell[labels == canonical].mean())
+            for c, canonical in zip(fit.heldout, fit.heldout_canonical)
         }
     }
 
@@ -354,7 +366,7 @@ def _ate_truth(fit: FitContext) -> dict[str, Any]:
 @EVALUATIONS.register("ate_seen", keys=("ate_pearson_seen",))
 def _ate_seen(fit: FitContext) -> dict[str, Any]:
     table = fit.data.condition_table()
-    heldout = set(fit.heldout)
+    heldout = set(fit.heldout_canonical)
     perturbed = table.index[table["n_perturbations"].to_numpy() > 0]
     seen = [c for c in perturbed if c not in heldout][: fit.config.ate_seen_conditions]
     if not seen:

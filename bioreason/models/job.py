@@ -59,6 +59,7 @@ def _record(config: TrainVAEConfig, adata_path: Path) -> dict[str, Any]:
         "validation_fraction": config.validation_fraction,
         "iwelbo_particles": config.evaluation.iwelbo_particles,
         **({"evaluation": evaluation} if evaluation else {}),
+        **({"recover_counts": True} if config.recover_counts else {}),
     }
     return json.loads(json.dumps(record, default=str))
 
@@ -126,6 +127,11 @@ def run_train_vae(
         from bioreason.models.fit import fit_vae
 
         adata = read_h5ad(adata_path)
+        if config.recover_counts:
+            from bioreason.data.recover import recover_into_setup
+
+            adata, recovered = recover_into_setup(adata, config.setup, "--recover-counts")
+            say(recovered.summary())
         # the stage helper keeps the checkpoint of an interrupted run of these settings
         # only (it is scratch): finding one means resuming
         resume = checkpoints.is_dir()

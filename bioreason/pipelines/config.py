@@ -75,6 +75,12 @@ class DataStageConfig(Config):
         those whose parts were measured alone.
     val_fraction : float
         Share of the remaining cells used for validation.
+    recover_counts : bool
+        ``source: h5ad`` whose ``X`` holds log-normalized values (log1p, log2 or log10
+        of library-normalized counts): rebuild integer counts into ``layers["counts"]``
+        first (:func:`bioreason.data.recover_counts`; ``obs["ncounts"]`` is read as each
+        cell's library size when present). A registry dataset says itself whether it
+        needs this.
     """
 
     source: Literal["simulate", "h5ad", "dataset"] = "simulate"
@@ -82,10 +88,19 @@ class DataStageConfig(Config):
     path: str | None = None
     heldout_fraction: float = 0.25
     val_fraction: float = 0.1
+    recover_counts: bool = False
 
     def __post_init__(self) -> None:
         if self.source != "simulate" and not self.path:
             raise ValueError(f"path: source {self.source!r} needs a path (file or dataset name)")
+        if not isinstance(self.recover_counts, bool):
+            raise TypeError(f"recover_counts must be true or false, got {self.recover_counts!r}")
+        if self.recover_counts and self.source != "h5ad":
+            raise ValueError(
+                f"recover_counts: true applies to source: h5ad (a file of log-normalized "
+                f"values), not source: {self.source} (a registry dataset recovers its counts "
+                "as its entry in data/datasets.yaml says)"
+            )
         for name in ("heldout_fraction", "val_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:

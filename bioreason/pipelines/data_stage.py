@@ -30,11 +30,10 @@ def data_stage(config: PipelineConfig) -> Stage:
     """
 
     def compute(stage_dir: Path, upstream: Mapping[str, StageResult]) -> dict[str, Any]:
-        import anndata as ad
-
         from bioreason._io import atomic_write
         from bioreason.data import (
             PerturbationData,
+            PerturbationSetup,
             composable_combinations,
             simulate_screen,
             split_heldout_combinations,
@@ -52,8 +51,25 @@ def data_stage(config: PipelineConfig) -> Stage:
             adata = load_dataset(str(data_config.path))
             source = f"dataset {data_config.path}"
         else:
-            adata = ad.read_h5ad(data_config.path)
+            from bioreason.data import read_h5ad
+
+            path = Path(str(data_config.path)).expanduser()
+            if not path.exists():
+                raise FileNotFoundError(
+                    f"data.path: the .h5ad file {path} (data.source: h5ad) does not exist"
+                    f"{'' if path.is_absolute() else f' (relative to {Path.cwd()})'}; give "
+                    "the path of an existing file, or data.source: dataset with a registry "
+                    "name such as norman19"
+                )
+            adata = read_h5ad(path, what="data.path")
             source = str(data_config.path)
+            if data_config.recover_counts:
+                from bioreason.data.recover import recover_into_setup
+
+                adata, recovered = recover_into_setup(
+                    adata, PerturbationSetup(), "data.recover_counts"
+                )
+                say(f"[data] {recovered.summary()}")
         data = PerturbationData.from_anndata(adata)
         table = data.condition_table()
         heldout: list[str] = []

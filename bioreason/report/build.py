@@ -403,6 +403,30 @@ class _Builder:
         )
         caption += "Then: the spread of p* over posterior draws, and p* over questions."
         self.figure(figures.simulator_check(task), caption)
+        self.unseen_parts_callout(task)
+
+    def unseen_parts_callout(self, task: pd.DataFrame) -> None:
+        """A warning naming the conditions whose parts were never measured alone (the
+        task's ``unseen_parts`` column): their p* rests on the model's prior."""
+        if "unseen_parts" not in task or "condition" not in task:
+            return
+        parts = task["unseen_parts"].fillna("").astype(str)
+        flagged = task.loc[parts != "", "condition"].astype(str)
+        if flagged.empty:
+            return
+        named = dict(zip(flagged, parts[parts != ""], strict=True))
+        listed = "; ".join(f"{c} ({p})" for c, p in list(named.items())[:10])
+        more = " ..." if len(named) > 10 else ""
+        self.add(
+            Callout(
+                f"{len(flagged)} questions about {len(named)} conditions with parts never "
+                f"measured alone: {listed}{more}. Their p* rests on the model's prior for "
+                "those parts, not on measured effects (hold out composable_combinations to "
+                "avoid this).",
+                "warning",
+                "Parts never measured alone",
+            )
+        )
 
     def section_warm(self) -> None:
         result = self.stage_result(

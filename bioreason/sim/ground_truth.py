@@ -53,6 +53,19 @@ def canonical_condition(
     return delimiter.join(sorted(parts, key=order.__getitem__))
 
 
+def asked_labels(conditions: Sequence[str] | str) -> list[str]:
+    """The condition labels of a ``posterior_predictive`` call as asked for (one label or
+    several), as text: what :attr:`PosteriorPredictive.conditions` reports.
+
+    Returns
+    -------
+    list of str
+    """
+    if isinstance(conditions, str):
+        conditions = [conditions]
+    return [str(c) for c in conditions]
+
+
 def predictive_labels(
     model: Any, conditions: Sequence[str] | str, n_cells: Any, n_draws: Any
 ) -> list[str]:
@@ -167,23 +180,27 @@ class GroundTruthModel:
             if picked is not None:
                 names, mean = [names[i] for i in picked], mean[..., picked]
             return PosteriorPredictive(
-                conditions=labels,
+                conditions=asked_labels(conditions),
                 gene_names=names,
                 counts=counts,
                 expected_counts=mean.astype(np.float32),
                 library_size=library.astype(np.float32),
                 total_counts=totals,
+                canonical_conditions=labels,
+                delimiter=self.delimiter,
             )
         shape = (n_draws, n_conditions, n_cells, len(self.gene_names))
         rows = np.tile(np.repeat(dosage, n_cells, axis=0), (n_draws, 1))
         counts, _, z, library = self.truth.sample_counts(rows, rng)
         expected = self.truth.expected_counts(z, library).astype(np.float32)
         return PosteriorPredictive(
-            conditions=labels,
+            conditions=asked_labels(conditions),
             gene_names=list(self.gene_names),
             counts=counts.toarray().reshape(shape),
             expected_counts=expected.reshape(shape),
             library_size=library.astype(np.float32).reshape(shape[:3]),
+            canonical_conditions=labels,
+            delimiter=self.delimiter,
         )
 
     #: :meth:`posterior_predictive` takes ``counterfactual=True`` and ``genes=``

@@ -73,6 +73,27 @@ def _per_readout(
     return out
 
 
+def _check_number(value: object, option: str, outcome: str) -> float:
+    """``value`` as a float, or a TypeError naming the outcome's option (a string such as
+    ``"abc"`` or ``"0.1"`` from a config is not read as a number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(
+            f"{outcome}: {option} must be a number, got {value!r} ({type(value).__name__})"
+        )
+    return float(value)
+
+
+def _check_threshold(value: object, outcome: str) -> None:
+    """A threshold is None, a number, or a mapping readout -> number."""
+    if value is None:
+        return
+    if isinstance(value, Mapping):
+        for readout, number in value.items():
+            _check_number(number, f"threshold[{readout!r}]", outcome)
+        return
+    _check_number(value, "threshold", outcome)
+
+
 @dataclass
 class Outcome:
     """Base class. Subclasses are dataclasses whose fields are the outcome's options.
@@ -205,6 +226,15 @@ class ScreenHit(Outcome):
         super().__post_init__()
         _check_choice("test", self.test, ("threshold", "welch"), self.name)
         _check_choice("direction", self.direction, ("either", "up", "down"), self.name)
+        _check_number(self.alpha, "alpha", self.name)
+        _check_threshold(self.threshold, self.name)
+        if self.test == "welch" and (self.n_cells < 2 or self.n_control < 2):
+            raise ValueError(
+                f"screen_hit: test='welch' needs at least 2 perturbed and 2 control cells per "
+                f"replicate (a t-test estimates each group's variance), got n_cells="
+                f"{self.n_cells}, n_control={self.n_control}; raise n_cells/n_control or use "
+                "test='threshold'"
+            )
         if not 0 < self.alpha < 1:
             raise ValueError(f"screen_hit: alpha must be in (0, 1), got {self.alpha}")
         if self.test == "threshold" and self.threshold is not None:
@@ -372,6 +402,7 @@ class CellExpression(Outcome):
         super().__post_init__()
         if self.n_cells != 1:
             raise ValueError("cell_expression asks about one cell: n_cells must be 1")
+        _check_threshold(self.threshold, self.name)
 
     def describe(self, condition_text: str, readout: str) -> str:
         value = (
@@ -441,7 +472,21 @@ class CustomOutcome(Outcome):
                 f"custom outcome {self.registered_as!r} returned shape {result.shape}; it must "
                 f"return one boolean per replicate, shape {expected}"
             )
-        return result.astype(bool)
+        if result.dtype == bool:
+            return result
+        values = result.astype(np.float64) if result.dtype.kind in "iuf" else None
+        if values is None or not (np.isin(values, (0.0, 1.0))).all():
+            if values is None:
+                bad = f"values of type {result.dtype}"
+            else:
+                odd = values[~np.isin(values, (0.0, 1.0))]
+                bad = f"{odd.size} value(s) that are not true/false, e.g. {odd.flat[0]!r}"
+            raise ValueError(
+                f"custom outcome {self.registered_as!r} returned {bad}; it must return one "
+                "boolean per replicate (True/False or 1/0, no NaN): a probability or a score "
+                "is not an outcome -- compare it with a threshold inside the function"
+            )
+        return values.astype(bool)
 
 
 OUTCOMES.register("screen_hit", ScreenHit, fast=True)

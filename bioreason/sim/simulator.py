@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -155,6 +156,15 @@ class OutcomeSimulator:
                 f"{misplaced} belong to the simulation budget, not to the outcome: pass "
                 f"budget=SimulationBudget({misplaced[0]}=...)"
             )
+        if getattr(model, "is_trained", True) is False:
+            warnings.warn(
+                f"OutcomeSimulator: the {type(model).__name__} has not been trained "
+                "(model.is_trained is False), so its p* and outcomes come from randomly "
+                "initialised weights and mean nothing. Train it first (model.train(...)) or "
+                "load a trained model folder.",
+                UserWarning,
+                stacklevel=2,
+            )
         self.model = model
         self.outcome = make_outcome(outcome, **outcome_options)
         self.readouts = ReadoutSet(model.gene_names, readouts)
@@ -207,13 +217,77 @@ class OutcomeSimulator:
             for name in frame["readout"].unique():
                 self.readouts.get(name)  # raises naming the unknown readout
         canonical = self._canonical(list(frame["condition"].unique()))
-        return frame.assign(condition=frame["condition"].map(canonical))
+        return frame.assign(**{_CANONICAL: frame["condition"].map(canonical)})
 
     def _canonical(self, conditions: list[str]) -> dict[str, str]:
-        """Canonical labels of ``conditions`` (the model's parser validates them: an
-        unknown perturbation raises naming it and listing the known ones)."""
+        """The model's canonical label of each of ``conditions`` (``"SET+KLF1"`` ->
+        ``"KLF1+SET"``); the model's parser validates them: an unknown perturbation raises
+        naming it and listing the known ones."""
         predictive = self.model.posterior_predictive(conditions, n_cells=1, n_draws=1, seed=0)
-        return dict(zip(conditions, predictive.conditions, strict=True))
+        labels = getattr(predictive, "canonical_conditions", None) or predictive.conditions
+        return dict(zip(conditions, labels, strict=True))
+
+    def unseen_parts(self, conditions: Sequence[str]) -> list[str | None]:
+        """The parts of each condition that no observed cell carries alone.
+
+        A perturbation measured only inside combinations (or not at all) is learned from
+        those combinations or not at all, so p* of a condition containing it rests on the
+        model's prior rather than on measured effects. The cells read are the model's
+        own AnnData (the cells it was fitted on, or loaded with), else ``observed``.
+
+        Parameters
+        ----------
+        conditions : list of str
+            Condition labels, their parts in any order.
+
+        Returns
+        -------
+        list of str or None, one per condition
+            The parts without single-perturbation cells, joined by ``", "`` (``""``
+            when every part was measured alone, and for a control); None for every
+            condition when neither the model nor the simulator has cells.
+        """
+        conditions = [str(c) for c in conditions]
+        singles = self._singles_measured()
+        if singles is None:
+            return [None] * len(conditions)
+        canonical = self._canonical(list(dict.fromkeys(conditions)))
+        delimiter = _delimiter(self.model)
+        out: list[str | None] = []
+        for condition in conditions:
+            label = canonical[condition]
+            if label == self.model.control_label:
+                out.append("")
+                continue
+            parts = [p for p in label.split(delimiter) if p not in singles]
+            out.append(", ".join(parts))
+        return out
+
+    def _singles_measured(self) -> set[str] | None:
+        """Perturbations with single-perturbation cells in the model's AnnData (else in
+        ``observed``); None when there are no cells to read."""
+        if hasattr(self, "_singles"):
+            return self._singles
+        from bioreason.data.labels import parse_perturbation_labels
+
+        model = self.model
+        cells = getattr(model, "adata", None)
+        if cells is None:
+            cells = self.observed
+        singles = None
+        if cells is not None:
+            setup = getattr(model, "setup", None)
+            key = getattr(setup, "perturbation_key", "perturbation")
+            control = getattr(setup, "control", model.control_label)
+            if key in cells.obs.columns:
+                parsed = parse_perturbation_labels(
+                    cells.obs[key].to_numpy(), control=control, delimiter=_delimiter(model)
+                )
+                alone = np.asarray(parsed.dosage.getnnz(axis=1) == 1)
+                columns = np.unique(parsed.dosage[alone].indices)
+                singles = {parsed.perturbation_names[j] for j in columns}
+        self._singles = singles
+        return singles
 
     # ------------------------------------------------------------ thresholds
     def fix_thresholds(self, readouts: Sequence[str]) -> Outcome:
@@ -434,11 +508,16 @@ class OutcomeSimulator:
 
         Returns
         -------
-        DataFrame, one row per question in the given order, columns ``condition``,
-        ``readout``, ``p_star``, ``p_star_se`` (sd(P_k) / sqrt(K)), ``p_star_spread``
-        (sd of the per-draw estimates P_k across posterior draws: the epistemic spread,
-        plus the per-draw estimate's own noise), ``n_draws``, ``converged`` (bool) and
-        ``method`` (``"fast"`` or ``"brute"``). ``attrs["seconds"]`` is the wall time.
+        DataFrame, one row per question in the given order, columns ``condition`` (as
+        given: ``"SET+KLF1"`` and ``"KLF1+SET"`` are one condition, simulated once, each
+        row keeps its spelling), ``readout``, ``p_star``, ``p_star_se`` (sd(P_k) /
+        sqrt(K)), ``p_star_spread`` (sd of the per-draw estimates P_k across posterior
+        draws: the epistemic spread, plus the per-draw estimate's own noise),
+        ``n_draws``, ``converged`` (bool), ``method`` (``"fast"`` or ``"brute"``) and
+        ``unseen_parts`` (the condition's parts never measured alone, joined by
+        ``", "``; ``""`` when there are none, None when no cells are known: see
+        :meth:`unseen_parts`; a non-empty value means p* rests on the model's prior for
+        those parts). ``attrs["seconds"]`` is the wall time.
         """
         start_time = time.perf_counter()
         budget = self.budget if budget is None else _as_budget(budget)
@@ -450,11 +529,11 @@ class OutcomeSimulator:
         chosen = self._resolve_method(budget.method)
         sizes = {"cells": self._cells_per_draw(budget), "replicates": budget.replicates_per_draw}
         self.fix_thresholds(list(dict.fromkeys(frame["readout"])))
-        conditions = list(dict.fromkeys(frame["condition"]))
+        conditions = list(dict.fromkeys(frame[_CANONICAL]))
         readouts = list(dict.fromkeys(frame["readout"]))
         c_index = {c: i for i, c in enumerate(conditions)}
         r_index = {r: i for i, r in enumerate(readouts)}
-        q_cond = frame["condition"].map(c_index).to_numpy()
+        q_cond = frame[_CANONICAL].map(c_index).to_numpy()
         q_read = frame["readout"].map(r_index).to_numpy()
         shape = (len(conditions), len(readouts))
         total, total_sq = np.zeros(shape), np.zeros(shape)
@@ -488,13 +567,15 @@ class OutcomeSimulator:
         k = np.maximum(draws, 1)[:, None]
         mean = total / k
         spread = np.sqrt(np.maximum(total_sq / k - mean**2, 0.0) * k / np.maximum(k - 1, 1))
-        result = frame.assign(
+        unseen = dict(zip(conditions, self.unseen_parts(conditions), strict=True))
+        result = frame.drop(columns=[_CANONICAL]).assign(
             p_star=mean[q_cond, q_read],
             p_star_se=se[q_cond, q_read],
             p_star_spread=spread[q_cond, q_read],
             n_draws=draws[q_cond],
             converged=se[q_cond, q_read] <= target_se,
             method=chosen,
+            unseen_parts=frame[_CANONICAL].map(unseen).to_numpy(),
         )
         result.attrs["seconds"] = time.perf_counter() - start_time
         result.attrs["outcome"] = self.outcome.to_json()
@@ -561,10 +642,10 @@ class OutcomeSimulator:
         if independent:
             hits = self._independent_outcomes(frame, int(n), int(seed))
             return torch.as_tensor(hits, dtype=torch.float64)
-        conditions = list(dict.fromkeys(frame["condition"]))
+        conditions = list(dict.fromkeys(frame[_CANONICAL]))
         readouts = list(dict.fromkeys(frame["readout"]))
         hits = self._draw_probabilities(conditions, readouts, int(n), "brute", seed, replicates=1)
-        q_cond = frame["condition"].map({c: i for i, c in enumerate(conditions)}).to_numpy()
+        q_cond = frame[_CANONICAL].map({c: i for i, c in enumerate(conditions)}).to_numpy()
         q_read = frame["readout"].map({r: i for i, r in enumerate(readouts)}).to_numpy()
         if hits.shape[-1] == 1 and len(readouts) > 1:  # custom outcomes ignore the readout
             q_read = np.zeros_like(q_read)
@@ -586,7 +667,7 @@ class OutcomeSimulator:
         weights = None if custom else self.readouts.weights(readouts)  # (G, R)
         q_read = frame["readout"].map({r: i for i, r in enumerate(readouts)}).to_numpy()
         out = np.empty((len(frame), n), dtype=np.float64)
-        groups = frame.groupby("condition", sort=False).indices
+        groups = frame.groupby(_CANONICAL, sort=False).indices
         for condition, rows in groups.items():
             asked = np.repeat(q_read[rows], n)  # readout of each draw
             hits = np.empty(asked.size, dtype=np.float64)
@@ -619,6 +700,16 @@ def describe_condition(condition: str, delimiter: str = "+", verb: str = "knocki
     if len(parts) <= 1:
         return f"{verb} {condition}"
     return f"{verb} {', '.join(parts[:-1])} and {parts[-1]}"
+
+
+#: column of a resolved questions frame with the model's canonical label of its condition
+_CANONICAL = "canonical_condition"
+
+
+def _delimiter(model: Any) -> str:
+    """The delimiter of a model's combination labels (``"+"`` unless it says)."""
+    setup = getattr(model, "setup", None)
+    return str(getattr(setup, "delimiter", None) or getattr(model, "delimiter", "+"))
 
 
 def _as_budget(budget: Any) -> SimulationBudget:

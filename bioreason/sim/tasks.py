@@ -4,7 +4,7 @@ prompt, p*, sampled outcomes and a split (the schema is :mod:`bioreason.data.tas
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -54,13 +54,14 @@ def build_task(
     simulator : OutcomeSimulator
         Computes p* and samples the outcomes (its outcome defines the questions).
     conditions : sequence of str
-        Condition labels (``"A"``, ``"A+B"``).
+        Condition labels (``"A"``, ``"A+B"``), their parts in any order; each condition
+        once (``"A+B"`` and ``"B+A"`` together are refused). A list, not one string.
     readouts : sequence of str or Readout, optional
         The readouts asked about (None for outcomes without readouts): names (a gene of
         the model, or a program the simulator was given) or
         :class:`~bioreason.sim.Readout` objects, as ``OutcomeSimulator(readouts=...)``
         takes them; a ``Readout`` is added to ``simulator.readouts`` (a different one of
-        the same name raises) and its questions use its name.
+        the same name raises) and its questions use its name. A list, not one string.
     template : str
         Format string with fields from :data:`bioreason.data.tasks.TEMPLATE_FIELDS`.
     n_outcomes : int
@@ -106,7 +107,10 @@ def build_task(
     DataFrame
         The columns of :data:`bioreason.data.tasks.TASK_COLUMNS` (plus
         ``further_outcomes`` when n_outcomes > 1, and ``p_star_draws``,
-        ``p_star_method``); ``attrs["summary"]`` is
+        ``p_star_method``, ``unseen_parts``: the condition's parts that no observed
+        cell carries alone, ``""`` when none, None when no cells are known -- see
+        :meth:`~bioreason.sim.OutcomeSimulator.unseen_parts`); ``condition`` keeps the
+        spelling given; ``attrs["summary"]`` is
         :func:`~bioreason.data.tasks.task_summary` plus ``outcome_sampling``.
     """
     check_template(template)
@@ -123,12 +127,13 @@ def build_task(
     if budget is not None and not isinstance(budget, SimulationBudget):
         raise TypeError(f"budget must be a SimulationBudget, got {type(budget).__name__}")
     budget = simulator.budget if budget is None else budget
-    conditions = [str(c) for c in dict.fromkeys(conditions)]
+    conditions = _labels(conditions, "conditions", "condition labels, e.g. ['A', 'A+B']")
     if not conditions:
         raise ValueError("no conditions given")
+    _refuse_repeated_conditions(simulator, conditions)
     uses_readout = simulator.outcome.uses_readout
     if uses_readout:
-        if not readouts:
+        if readouts is None or (not isinstance(readouts, str) and not list(readouts)):
             raise ValueError(f"outcome {simulator.outcome.name!r} needs readouts (genes/programs)")
         readouts = _readout_names(simulator, readouts, truth)
     else:
@@ -191,6 +196,7 @@ def build_task(
     table["split"] = split_questions(table, split, test_fraction, val_fraction, seed)
     table["p_star_draws"] = result["n_draws"].to_numpy()
     table["p_star_method"] = result["method"].to_numpy()
+    table["unseen_parts"] = result["unseen_parts"].to_numpy()
     unconverged = int((~result["converged"]).sum())
     if unconverged:
         warnings.warn(
@@ -229,6 +235,10 @@ def _readout_names(
             f"readouts must be a list of readout names or Readout objects, got the single "
             f"{type(readouts).__name__} {shown!r}; pass [{shown!r}]"
         )
+    if isinstance(readouts, Mapping) or not isinstance(readouts, Iterable):
+        raise TypeError(
+            f"readouts must be a list of readout names or Readout objects; got {readouts!r}"
+        )
     names = []
     for readout in readouts:
         if isinstance(readout, Readout):
@@ -244,6 +254,40 @@ def _readout_names(
                 f"{type(readout).__name__} {readout!r}"
             )
     return list(dict.fromkeys(names))
+
+
+def _labels(values: object, name: str, what: str) -> list[str]:
+    """``values`` as a list of distinct labels in order, or a TypeError naming the
+    argument (one string would be read letter by letter)."""
+    if isinstance(values, (str, bytes)):
+        raise TypeError(
+            f"build_task: {name} must be a list of {what}; got the single string "
+            f"{values!r}: pass [{values!r}]"
+        )
+    if isinstance(values, Mapping) or not isinstance(values, Iterable):
+        raise TypeError(f"build_task: {name} must be a list of {what}; got {values!r}")
+    labels = list(values)
+    wrong = [v for v in labels if not isinstance(v, (str, np.str_))]
+    if wrong:
+        raise TypeError(
+            f"build_task: {name} must be a list of {what}; it holds {wrong[0]!r} "
+            f"({type(wrong[0]).__name__})"
+        )
+    return [str(v) for v in dict.fromkeys(labels)]
+
+
+def _refuse_repeated_conditions(simulator: OutcomeSimulator, conditions: list[str]) -> None:
+    """Raise when two labels name one condition (``"A+B"`` and ``"B+A"``): its questions
+    would be asked twice."""
+    canonical = simulator._canonical(conditions)
+    seen: dict[str, str] = {}
+    for label in conditions:
+        first = seen.setdefault(canonical[label], label)
+        if first != label:
+            raise ValueError(
+                f"build_task: conditions name one condition twice ({first!r} and {label!r}); "
+                "list each condition once, in either order of its parts"
+            )
 
 
 def _condition_text(simulator: OutcomeSimulator, condition: str) -> str:

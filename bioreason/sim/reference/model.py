@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from bioreason.models import PosteriorPredictive
-from bioreason.sim.ground_truth import canonical_condition, predictive_labels
+from bioreason.sim.ground_truth import asked_labels, canonical_condition, predictive_labels
 from bioreason.sim.reference.screen import _data, _truth_of
 
 __all__ = ["LinearSAMSModel"]
@@ -198,11 +198,13 @@ class LinearSAMSModel:
         expected = library[..., None] * proportions
         counts = rng.poisson(expected)
         return PosteriorPredictive(
-            conditions=labels,
+            conditions=asked_labels(conditions),
             gene_names=list(self.gene_names),
             counts=counts.astype(np.float32),
             expected_counts=expected.astype(np.float32),
             library_size=library.astype(np.float32),
+            canonical_conditions=labels,
+            delimiter=self.delimiter,
         )
 
     #: :meth:`posterior_predictive` takes ``counterfactual=True``
