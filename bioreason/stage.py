@@ -322,11 +322,17 @@ def _check_entry(path: Path, relative: str, recorded: Mapping[str, Any], manifes
 
 
 def _check_ours(
-    stage_dir: Path, saved: Mapping[str, Any] | None, force: bool, scratch: Iterable[str] = ()
+    stage_dir: Path,
+    saved: Mapping[str, Any] | None,
+    force: bool,
+    scratch: Iterable[str] = (),
+    resuming: bool = True,
 ) -> None:
     """Raise ``FileExistsError`` naming the first file in ``stage_dir`` this helper did not
     write (or that changed since it did), unless ``force``; ``scratch`` entries are the
-    stage's own working files."""
+    stage's own working files. A folder an interrupted (or failed) run was writing passes
+    whole when this run resumes it (``resuming``); a run of other settings or inputs may
+    replace only that run's recorded leftovers, never a file it did not record."""
     if force or not stage_dir.is_dir():
         return
     manifest = stage_dir / MANIFEST
@@ -335,7 +341,7 @@ def _check_ours(
             f"{manifest} is not a manifest this version of bioreason can read, so nothing in "
             f"{stage_dir} is known to be bioreason's; choose another run folder or {_FORCE_HINT}"
         )
-    if saved is not None and _is_partial(saved):
+    if saved is not None and _is_partial(saved) and resuming:
         return  # the folder was being written by an interrupted run of this stage
     recorded = (saved or {}).get("outputs") or {}
     for entry in sorted(stage_dir.iterdir()):
@@ -452,6 +458,23 @@ def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _record_failure(stage_dir: Path, err: BaseException) -> None:
+    """Add to a stage's manifest (written before ``compute``, its outputs recorded as being
+    written) that its run failed, and why: ``status`` ``"failed"`` or ``"interrupted"``
+    and ``error``. The folder then holds a failed run's leftovers, which the same settings
+    resume and other settings or inputs replace (never a file the run did not record)."""
+    saved = read_manifest(stage_dir / MANIFEST)
+    if saved is None:
+        return
+    interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
+    saved["status"] = "interrupted" if interrupted else "failed"
+    saved["error"] = f"{type(err).__name__}: {err}"[:2000]
+    try:
+        atomic_write_text(stage_dir / MANIFEST, json.dumps(saved, indent=2, default=str))
+    except OSError:  # the original error matters more than this record
+        pass
+
+
 def preflight_stage(stage_dir: str | Path, *, force: bool = False) -> None:
     """Check, before any work, that a stage folder could be written.
 
@@ -537,7 +560,12 @@ def run_stage(
         (through :func:`bioreason._io.atomic_write` where a half-written file would
         hurt) and returns its machine-readable result (JSON-serializable; numpy scalars
         and arrays and paths are converted). It may find files left by an interrupted
-        run with the same config, seed and inputs, and resume from them.
+        run with the same config, seed and inputs, and resume from them. When it raises
+        (or is interrupted), the manifest records ``status`` ``"failed"`` /
+        ``"interrupted"`` and the ``error``, and the error propagates: a retry with the
+        same settings resumes, one with other settings or inputs replaces the failed
+        run's recorded leftovers (``keep_finished`` does not refuse it), and a file the
+        failed run did not write still stops it unless ``force``.
     seed : int or None, default None
         Recorded in the manifest and compared like the config.
     force : bool, default False
@@ -595,10 +623,9 @@ def run_stage(
         return done
     if keep_finished and not force:
         _refuse_finished(stage_dir, saved)
-    _check_ours(stage_dir, saved, force, scratch)
     paths = _input_paths(inputs, stage_dir)
-
     resuming = saved is not None and _is_partial(saved) and _same_run(saved, plain, seed, paths)
+    _check_ours(stage_dir, saved, force, scratch, resuming)
     if not resuming:
         _remove_recorded(stage_dir, saved)
         _remove_scratch(stage_dir, scratch)
@@ -609,7 +636,11 @@ def run_stage(
         stage_dir, config=plain, seed=seed, inputs=paths, outputs=pending, complete=False
     )
 
-    values = compute(stage_dir)
+    try:
+        values = compute(stage_dir)
+    except BaseException as err:
+        _record_failure(stage_dir, err)
+        raise
     if not isinstance(values, Mapping):
         raise TypeError(
             f"stage {name!r}: compute must return a dict (the stage's result), "

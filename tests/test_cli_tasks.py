@@ -144,6 +144,24 @@ def test_build_task_refuses_to_replace_its_out_without_force(flag_task, saved, c
     assert flag_task.read_bytes() == before
 
 
+@pytest.mark.parametrize("which", ["summary", "manifest"])
+def test_build_task_refuses_to_replace_the_users_files_beside_out(saved, tmp_path, capsys, which):
+    """issue 20: t.parquet.summary.json / t.parquet.manifest.json of the user's are not
+    replaced without --force (checked before any work); bioreason's own are."""
+    out = tmp_path / "t.parquet"
+    mine = tmp_path / f"t.parquet.{which}.json"
+    mine.write_text('{"mine": true}')
+    argv = ["build-task", "--model", saved["model"], "--readouts", *GENES, "--out", out, *FAST]
+    code, _, err = _run(capsys, *argv)
+    assert code == 1
+    _error(err, mine, "--force")
+    assert mine.read_text() == '{"mine": true}' and not out.exists()
+    assert _run(capsys, *argv, "--force")[0] == 0
+    assert "mine" not in mine.read_text()
+    out.unlink()  # bioreason's own files beside it are replaced without --force
+    assert _run(capsys, *argv)[0] == 0
+
+
 def test_build_task_from_a_config_with_flags_on_top(saved, tmp_path, capsys):
     programs = tmp_path / "programs.yaml"
     programs.write_text(yaml.safe_dump({"first": GENES, "second": ["gene00002", "gene00003"]}))

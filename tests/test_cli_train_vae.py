@@ -208,6 +208,32 @@ def test_train_vae_reuses_the_leftovers_of_a_failed_run_of_other_settings(
     assert code == 0 and "up to date" in text
 
 
+def test_train_vae_on_the_wrong_file_records_the_failure_and_allows_the_retry(
+    screen, tmp_path, capsys
+):
+    """issue 20: the corrected command is not refused ("other settings or data") after a
+    run on the wrong file; the failed run's manifest says it failed; a file of the user's
+    in the folder is still never replaced or deleted."""
+    wrong = tmp_path / "wrong.h5ad"
+    wrong.write_text("not an h5ad")
+    out = tmp_path / "model"
+    code, _, err = _run(capsys, "train-vae", "--adata", wrong, "--out", out, *FAST)
+    assert code != 0 and "wrong.h5ad" in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "wrong.h5ad" in manifest["error"]
+    mine = out / "notes.txt"
+    mine.write_text("mine")
+    code, _, err = _run(capsys, "train-vae", "--adata", screen, "--out", out, *FAST)
+    assert code == 1 and "notes.txt" in err and "--force" in err
+    assert mine.read_text() == "mine"
+    mine.unlink()
+    code, text, err = _run(capsys, "train-vae", "--adata", screen, "--out", out, *FAST)
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "status" not in manifest and None not in manifest["outputs"].values()
+    assert (out / "result.json").is_file()
+
+
 def test_train_vae_result_equals_fit_vae_on_its_split(screen, tmp_path, capsys):
     import anndata as ad
 

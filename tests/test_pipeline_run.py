@@ -401,3 +401,155 @@ def test_torch_compile_reaches_the_jobs_but_not_the_stage_manifest(tmp_path):
     stages = [lm_stages.finetune_stage(c, workers=1, force=False) for c in (plain, compiled)]
     assert json_safe(stages[0].config) == json_safe(stages[1].config)
     assert "torch_compile" not in json_safe(stages[1].config)["finetune"]["rl"]
+
+
+def test_ctrl_c_in_a_parallel_finetune_stage_stops_it_and_the_rerun_resumes(
+    tiny_run, tmp_path, capsys
+):
+    """issue 20: Ctrl-C (SIGINT to the process group, as a terminal sends it) during the
+    finetune stage with --workers 2 stops the whole stage within seconds, no queued job
+    starts after it, and the rerun finishes the stage."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out, config, _ = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    for name in ("finetune", "calibration"):
+        shutil.rmtree(copy / name)
+    methods = ["--set", "finetune.methods=[grpo, rloo, reinforce, grpo_no_std]"]
+    argv = ["run", str(config), "--out", str(copy), "--no-report", *methods]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    log = (tmp_path / "log.txt").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bioreason.cli", *argv, "--workers", "2"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,  # its own process group, like a terminal's job
+    )
+    jobs = lambda: {p.parent.name for p in (copy / "finetune").glob("*/manifest.json")}  # noqa: E731
+    deadline = time.monotonic() + 240
+    while not jobs() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, (tmp_path / "log.txt").read_text()
+    os.killpg(process.pid, signal.SIGINT)
+    started = jobs()
+    start = time.monotonic()
+    try:
+        code = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert time.monotonic() - start < 30
+    assert code == 130, (tmp_path / "log.txt").read_text()
+    assert len(started) <= 2 and jobs() <= started, (started, jobs())
+    record = json.loads((copy / "pipeline.json").read_text())
+    assert record["stages"]["finetune"]["status"] == "failed"
+    capsys.readouterr()
+    assert main([*argv, "--workers", "1"]) == 0
+    summary = pd.read_csv(copy / "calibration" / "summary.csv")
+    assert sorted(summary["method"]) == ["grpo", "grpo_no_std", "reinforce", "rloo"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "{config}", "--out", "{out}"],
+        ["run", "{config}", "--out", "{out}", "--only", "data"],
+        ["demo", "--out", "{out}"],
+    ],
+    ids=["run", "run-only-data", "demo"],
+)
+def test_a_pipeline_json_of_the_users_is_not_replaced(tmp_path, capsys, argv):
+    """issue 20: run / run --only data / demo replaced a D/pipeline.json the user wrote."""
+    config = _write(tmp_path, TINY)
+    out = tmp_path / "D"
+    out.mkdir()
+    mine = out / "pipeline.json"
+    mine.write_text('{"my": "notes"}')
+    args = [a.format(config=config, out=out) for a in argv]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "pipeline.json" in err and "--force" in err
+    assert mine.read_text() == '{"my": "notes"}'
+    assert sorted(p.name for p in out.iterdir()) == ["pipeline.json"]  # before any stage
+
+
+def test_a_report_figure_of_the_users_stops_the_run_before_any_work(tiny_run, tmp_path, capsys):
+    out, config, _ = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "calibration")
+    figure = copy / "report_files" / "figure-01.png"
+    figure.write_bytes(b"my figure")
+    assert main(["run", str(config), "--out", str(copy), "--workers", "1"]) == 1
+    assert "figure-01.png" in capsys.readouterr().err
+    assert figure.read_bytes() == b"my figure" and not (copy / "calibration").exists()
+
+
+def test_an_empty_config_is_refused_instead_of_running_every_default(tmp_path, capsys):
+    """issue 20: an empty file started the full default pipeline without a word."""
+    for text in ("", "{}\n", "# nothing yet\n"):
+        config = tmp_path / "empty.yaml"
+        config.write_text(text)
+        assert main(["run", str(config), "--out", str(tmp_path / "E")]) == 1
+        err = capsys.readouterr().err
+        assert "is empty" in err and "demo.yaml" in err
+        assert not (tmp_path / "E").exists()
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("lm.model=./no/such/model", ["lm.model", "no/such/model"]),
+        ("calibration.n_boot=-1", ["n_boot", "-1"]),
+        ("task.options.n_programs=null", ["task.options.n_programs", "readouts"]),
+        ("vae.train.device=cuda:7", ["vae.train.device"]),
+    ],
+)
+def test_the_whole_config_is_checked_before_the_first_stage(tmp_path, capsys, override, words):
+    """issue 20: lm.model was checked only after data, vae, task and warm start;
+    calibration.n_boot and a user's report.html only after all fine-tuning."""
+    config = _write(tmp_path, TINY)
+    out = tmp_path / "run"
+    assert main(["run", str(config), "--out", str(out), "--set", override]) == 1
+    err = capsys.readouterr().err
+    for word in words:
+        assert word in err, (word, err)
+    assert not out.exists() or not any((out / name).exists() for name in STAGE_NAMES)
+
+
+def test_a_report_html_of_the_users_is_refused_before_the_first_stage(tmp_path, capsys):
+    config = _write(tmp_path, TINY)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "report.html").write_text("<html>mine</html>")
+    assert main(["run", str(config), "--out", str(out)]) == 1
+    assert "report.html" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["report.html"]
+
+
+def test_changing_the_vae_or_the_screen_of_a_finished_run_recomputes(tiny_run, tmp_path, capsys):
+    """issue 20 / docs/pipelines.md: a changed setting recomputes; it failed with
+    "vae/checkpoint already exists and was not written by bioreason"."""
+    out, config, _ = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    argv = ["run", str(config), "--out", str(copy), "--workers", "1", "--no-report"]
+    argv += ["--set", "finetune.rl.steps=2"]
+    vae = ["--set", "vae.train.max_steps=20", "--set", "vae.options.n_latent=3"]
+    assert main([*argv, *vae]) == 0
+    printed = capsys.readouterr().out
+    assert "[data] up to date" in printed and "[vae] up to date" not in printed
+    manifest = json.loads((copy / "vae" / "manifest.json").read_text())
+    assert manifest["config"]["vae"]["options"]["n_latent"] == 3
+    assert not (copy / "vae" / "checkpoint").exists()
+    assert main([*argv, *vae, "--set", "data.screen.n_cells_per_condition=20"]) == 0
+    printed = capsys.readouterr().out
+    assert "[data] up to date" not in printed and "[vae] up to date" not in printed
+    data = json.loads((copy / "data" / "manifest.json").read_text())
+    assert data["config"]["data"]["screen"]["n_cells_per_condition"] == 20

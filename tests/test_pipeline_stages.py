@@ -282,3 +282,40 @@ def test_keep_finished_refuses_to_replace_a_finished_run_unless_forced(tmp_path)
     assert not replaced.skipped
     # a pipeline stage (keep_finished=False) recomputes with new settings
     assert not run_stage(stage, {"k": 3}, None, Counter(), log=None).skipped
+
+
+def test_ctrl_c_stops_every_job_of_a_parallel_batch_within_seconds(tmp_path):
+    """issue 20: Ctrl-C during the finetune stage with --workers 2 let every queued job
+    start and run to its end; now the queued jobs are cancelled and the running ones
+    stopped, and KeyboardInterrupt reaches the caller within seconds."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from _interrupt_jobs import slow_job
+
+    from bioreason.pipelines.lm_runs import run_jobs
+
+    jobs = [{"folder": str(tmp_path), "index": i, "seconds": 60.0} for i in range(6)]
+
+    def interrupt_when_two_started():
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("started-*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends the main process
+
+    threading.Thread(target=interrupt_when_two_started, daemon=True).start()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs(jobs, workers=2, function=slow_job)
+    elapsed = time.monotonic() - start
+    time.sleep(1.0)  # a queued job that still started would have left its mark by now
+    started = sorted(p.name for p in tmp_path.glob("started-*"))
+    assert len(started) == 2, started  # no queued job started after the interrupt
+    assert not list(tmp_path.glob("finished-*"))  # the running ones were stopped
+    assert elapsed < 20, elapsed  # (60 s jobs) within seconds, not after the jobs
+    for path in tmp_path.glob("started-*"):  # their processes are gone
+        pid = int(path.read_text())
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

@@ -415,3 +415,73 @@ def test_missing_inputs(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"pipeline\.json"):
         write_report(tmp_path / "empty")
     assert not (tmp_path / "empty" / "report.html").exists()
+
+
+def test_a_figure_the_user_edited_or_wrote_is_not_replaced_without_force(run_dir, capsys):
+    """issue 20: the report protects every file it writes, report_files/figure-*.png too."""
+    from bioreason.cli import main
+
+    files = write_report(run_dir)
+    figure = run_dir / "report_files" / "figure-01.png"
+    edited = figure.read_bytes() + b"my annotation"
+    figure.write_bytes(edited)
+    with pytest.raises(FileExistsError, match=r"figure-01\.png has changed.*--force"):
+        write_report(run_dir)
+    assert main(["report", str(run_dir)]) == 1
+    assert "figure-01.png" in capsys.readouterr().err
+    assert figure.read_bytes() == edited
+    write_report(run_dir, force=True)
+    assert figure.read_bytes() != edited
+    # a figure of the user's that no report wrote (a later, longer report would replace it)
+    mine = run_dir / "report_files" / f"figure-{files.n_figures + 1:02d}.png"
+    mine.write_bytes(b"mine")
+    with pytest.raises(FileExistsError, match="not written by bioreason"):
+        write_report(run_dir)
+    assert mine.read_bytes() == b"mine"
+    mine.unlink()
+    assert write_report(run_dir).n_figures == files.n_figures  # its own: replaced freely
+
+
+def test_a_malformed_summary_is_named_and_the_command_fails(run_dir, capsys):
+    """issue 20: a present but malformed calibration/summary.csv is not called missing."""
+    from bioreason.cli import main
+
+    (run_dir / "calibration" / "summary.csv").write_text('garbage,,\n"\n')
+    files = write_report(run_dir)
+    assert any("calibration/summary.csv" in problem for problem in files.problems)
+    html_text = files.html.read_text()
+    assert "calibration/summary.csv is missing" not in html_text
+    assert "summary.csv is malformed or unreadable" in html_text
+    assert main(["report", str(run_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "calibration/summary.csv" in err and "malformed" in err
+
+
+def test_the_title_names_the_run_folder_when_the_config_name_differs(run_dir):
+    renamed = run_dir.parent / "my_second_try"
+    run_dir.rename(renamed)
+    title = re.search(r"<h1[^>]*>(.*?)</h1>", write_report(renamed).html.read_text()).group(1)
+    assert "my_second_try" in title and "tiny" in title
+    assert title.index("my_second_try") < title.index("tiny")
+
+
+def test_a_synthetic_calibration_folder_gets_its_report(tmp_path, capsys):
+    """issue 20: `bioreason report` on a finished synthetic-calibration folder rendered an
+    empty report ("records no stages") with rc 0."""
+    from bioreason.cli import main
+
+    out = tmp_path / "sc"
+    argv = ["synthetic-calibration", "--out", str(out), "--n-questions", "12"]
+    argv += ["--n-categories", "3", "--methods", "grpo", "rloo", "--rl-steps", "10"]
+    assert main([*argv, "--n-boot", "5", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    html_text = (out / "report.html").read_text()
+    assert "records no stages" not in html_text
+    assert "Synthetic calibration (tabular policy)" in html_text
+    for method in ("grpo", "rloo"):
+        assert f"<td>{method}</td>" in html_text
+    assert len(re.findall(r"<img\b", html_text)) >= 2  # each run's figure
+    (out / "metrics.csv").write_text("nothing useful\n1\n")
+    assert main(["report", str(out)]) == 1
+    assert "metrics.csv" in capsys.readouterr().err

@@ -1182,5 +1182,757 @@ case(
     ),
 )
 
+
+# ======================================================================== issue 20: new surfaces
+# "Bad input on the new surfaces": one row per case, and at the end a table
+# (case | rc | message head) to set beside the same table of the old commit:
+#     PYTHONPATH=<old worktree> python tools/reliability_cases.py I20
+#     python tools/reliability_cases.py I20
+# rc is the command's exit status (Python calls: "raised" or "returned"); the message
+# head is the first line of stderr (or what was returned / found).
+I20_ROWS: list[tuple[str, str, str]] = []
+I20 = TMP / "i20"
+I20.mkdir()
+TINY_PIPELINE = {
+    "name": "tiny",
+    "data": {
+        "screen": {
+            "n_cells_per_condition": 30,
+            "n_genes": 100,
+            "n_perturbations": 6,
+            "n_combinations": 4,
+        }
+    },
+    "vae": {
+        "options": {"n_latent": 4, "n_hidden": 32},
+        "train": {"max_steps": 30, "device": "cpu"},
+        "evaluation": {"ate_cells": 100},
+    },
+    "task": {
+        "options": {
+            "n_programs": 3,
+            "outcome_options": {"threshold": None, "n_cells": 50},
+            "test_fraction": 0.3,
+            "val_fraction": 0.0,
+            "budget": {"max_draws": 200, "target_se": 0.05},
+        }
+    },
+    "lm": {"warm_start_steps": 3},
+    "finetune": {
+        "methods": ["grpo", "rloo"],
+        "rl": {
+            "steps": 4,
+            "questions_per_step": 4,
+            "group_size": 4,
+            "lr": 3e-4,
+            "outcomes": "live",
+            "eval_split": "test",
+            "eval_samples": 4,
+            "device": "cpu",
+        },
+    },
+    "calibration": {"n_boot": 20},
+}
+
+
+def _i20_selected(name):
+    return not ONLY or any(name.startswith(prefix) for prefix in ONLY)
+
+
+def _head(err, out=""):
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    if "Traceback" in err and lines:
+        return lines[-1]
+    if lines:
+        return lines[0]
+    outs = [line for line in out.strip().splitlines() if line.strip()]
+    return outs[-1] if outs else ""
+
+
+def i20(name, fn):
+    """fn() -> (class, rc, message head); an exception is an unclear error of the tool's
+    own set-up (its type and message shown)."""
+    if not _i20_selected(name):
+        return
+    try:
+        klass, rc, head = fn()
+    except BaseException as err:  # noqa: BLE001
+        if isinstance(err, KeyboardInterrupt):
+            raise
+        klass, rc, head = "unclear error", "raised", f"{type(err).__name__}: {err}"
+    I20_ROWS.append((name, str(rc), _clean(head, 160)))
+    emit(name, klass, f"rc {rc}: {head}")
+
+
+def i20_cli(args, *, wanted=1, names=(), timeout=300, keep=(), cwd=I20):
+    """Run a command; clear when rc is ``wanted``, stderr is one line without a traceback
+    naming every group of ``names``, and every file of ``keep`` (path, bytes) is
+    unchanged (else data loss)."""
+    try:
+        rc, out, err = cli(args, cwd=cwd, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        rc, out, err = "timeout", "", f"still running after {timeout} s (killed)"
+    for path, before in keep:
+        if not path.exists() or path.read_bytes() != before:
+            return "data loss", rc, f"{path.name} replaced or removed; " + _head(err, out)
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    named = all(any(n.lower() in err.lower() for n in group) for group in names)
+    clear = rc == wanted and "Traceback" not in err and len(lines) == 1 and named
+    if rc == "timeout" or (rc == 0 and wanted != 0):  # it went on as if nothing were wrong
+        return "silent wrong result", rc, err if rc == "timeout" else _head(err, out)
+    return ("clear error" if clear else "unclear error"), rc, _head(err, out)
+
+
+def _yaml(path, values):
+    import yaml
+
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def _mine(path, content=b"mine"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return (path, content)
+
+
+TINY_YAML = _yaml(I20 / "tiny.yaml", TINY_PIPELINE)
+_FINISHED = {}
+
+
+def finished_run():
+    """A finished tiny pipeline run (made once), copied to a new folder per case."""
+    if "run" not in _FINISHED:
+        rc, out, err = cli(["run", str(TINY_YAML), "--out", str(I20 / "finished")], timeout=600)
+        if rc != 0:
+            raise RuntimeError(f"the tiny run failed: {_head(err, out)}")
+        _FINISHED["run"] = I20 / "finished"
+    return _FINISHED["run"]
+
+
+def run_copy(label):
+    target = I20 / label
+    shutil.copytree(finished_run(), target)
+    return target
+
+
+# -- data loss: nothing a user had is replaced without --force
+def _user_record(label, args, timeout=600):
+    out = I20 / label
+    keep = [_mine(out / "pipeline.json", b'{"my": "notes"}')]
+    return i20_cli(
+        [a.format(out=out, config=TINY_YAML) for a in args],
+        keep=keep,
+        names=[["pipeline.json"], ["--force"]],
+        timeout=timeout,
+    )
+
+
+i20(
+    "I20-D1 run CONFIG --out D with the user's D/pipeline.json",
+    lambda: _user_record("d1", ["run", "{config}", "--out", "{out}"]),
+)
+i20(
+    "I20-D2 run CONFIG --out D --only data with the user's D/pipeline.json",
+    lambda: _user_record("d2", ["run", "{config}", "--out", "{out}", "--only", "data"]),
+)
+i20(
+    "I20-D3 demo --out D with the user's D/pipeline.json",
+    lambda: _user_record("d3", ["demo", "--out", "{out}"], timeout=60),
+)
+
+
+def _task_args(out):
+    model = run_copy(f"model_{out.stem}_{len(list(I20.iterdir()))}") / "vae" / "model"
+    return [
+        "build-task",
+        "--model",
+        str(model),
+        "--readouts",
+        "gene00000",
+        "--out",
+        str(out),
+        "--option",
+        "threshold=0.1",
+        "--max-draws",
+        "20",
+    ]
+
+
+def _build_task_sidecar(kind):
+    out = I20 / f"t_{kind}.parquet"
+    keep = [_mine(I20 / f"t_{kind}.parquet.{kind}.json", b'{"mine": true}')]
+    return i20_cli(_task_args(out), keep=keep, names=[[f"{kind}.json"], ["--force"]])
+
+
+i20(
+    "I20-D4 build-task --out t.parquet with the user's t.parquet.summary.json",
+    lambda: _build_task_sidecar("summary"),
+)
+i20(
+    "I20-D5 build-task --out t.parquet with the user's t.parquet.manifest.json",
+    lambda: _build_task_sidecar("manifest"),
+)
+
+
+def _run_figure():
+    out = run_copy("d6")
+    shutil.rmtree(out / "calibration")
+    keep = [_mine(out / "report_files" / "figure-01.png")]
+    return i20_cli(
+        ["run", str(TINY_YAML), "--out", str(out)],
+        keep=keep,
+        names=[["figure-01.png"], ["--force"]],
+        timeout=600,
+    )
+
+
+def _report_figure():
+    out = run_copy("d7")
+    figure = out / "report_files" / "figure-01.png"
+    keep = [_mine(figure, figure.read_bytes() + b"edited")]
+    return i20_cli(["report", str(out)], keep=keep, names=[["figure-01.png"], ["--force"]])
+
+
+i20("I20-D6 run --out D with the user's D/report_files/figure-01.png", _run_figure)
+i20("I20-D7 report RUN with a figure the user edited in report_files/", _report_figure)
+
+
+# -- silent wrong results
+def _task_table(path, **change):
+    from bioreason.data.tasks import TASK_COLUMNS
+
+    rows = []
+    for i in range(6):
+        for j in range(3):
+            rows.append(
+                {
+                    "question_id": f"P{i}:G{j}",
+                    "condition": f"P{i}",
+                    "readout": f"G{j}",
+                    "outcome_definition": "screen_hit",
+                    "prompt": f"perturb P{i} readout G{j} probability ?",
+                    "p_star": 0.3,
+                    "p_star_se": 0.01,
+                    "p_star_spread": 0.0,
+                    "p_true": 0.3,
+                    "reference_probability": np.nan,
+                    "outcome": float((i + j) % 2),
+                    "split": "train" if i < 4 else "test",
+                }
+            )
+    frame = pd.DataFrame(rows, columns=TASK_COLUMNS)
+    for column, value in change.items():
+        if callable(value):
+            frame = value(frame)
+        else:
+            frame[column] = value
+    frame.to_parquet(path)
+    return path
+
+
+FT = [
+    "--model",
+    "tiny",
+    "--steps",
+    "2",
+    "--group-size",
+    "2",
+    "--questions-per-step",
+    "2",
+    "--no-progress",
+    "--warm-start-steps",
+    "0",
+]
+
+
+def _finetune(label, names, *extra, **change):
+    task = _task_table(I20 / f"{label}.parquet", **change)
+    return i20_cli(
+        ["finetune", "--task", str(task), "--out", str(I20 / f"ft_{label}"), *FT, *extra],
+        names=names,
+    )
+
+
+i20(
+    "I20-S1 finetune on a task with no test rows",
+    lambda: _finetune("s1", [["test"]], split="train"),
+)
+i20(
+    "I20-S2 finetune --eval-split nope", lambda: _finetune("s2", [["nope"]], "--eval-split", "nope")
+)
+i20(
+    "I20-S2b finetune --eval-split nope --eval-every 1",
+    lambda: _finetune("s2b", [["nope"]], "--eval-split", "nope", "--eval-every", "1"),
+)
+
+
+def _ctrl_c_finetune():
+    out = run_copy("s3")
+    for name in ("finetune", "calibration"):
+        shutil.rmtree(out / name)
+    args = [
+        PY,
+        "-m",
+        "bioreason.cli",
+        "run",
+        str(TINY_YAML),
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+        "--no-report",
+        "--set",
+        "finetune.methods=[grpo, rloo, reinforce, grpo_no_std]",
+    ]
+    proc = subprocess.Popen(
+        args,
+        cwd=I20,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    jobs = lambda: {p.parent.name for p in (out / "finetune").glob("*/manifest.json")}  # noqa: E731
+    start = time.time()
+    while not jobs() and proc.poll() is None and time.time() - start < 240:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    started, stop = jobs(), time.time()
+    try:
+        _, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+    seconds = time.time() - stop
+    late = sorted(jobs() - started)
+    rc = proc.returncode
+    rerun, _, rerun_err = cli(
+        [
+            "run",
+            str(TINY_YAML),
+            "--out",
+            str(out),
+            "--no-report",
+            "--set",
+            "finetune.methods=[grpo, rloo, reinforce, grpo_no_std]",
+        ],
+        timeout=600,
+    )
+    ok = rc == 130 and seconds < 30 and not late and rerun == 0
+    head = (
+        f"stopped {seconds:.0f} s after SIGINT; jobs started after it: {late or 'none'}; "
+        f"rerun rc {rerun}; {_head(err)}"
+    )
+    return ("clear error" if ok else "silent wrong result"), rc, head
+
+
+i20("I20-S3 Ctrl-C during the finetune stage with --workers 2", _ctrl_c_finetune)
+
+
+def _screen_seed():
+    out = run_copy("s4")
+    before = (out / "data" / "data.h5ad").read_bytes()
+    klass, rc, head = i20_cli(
+        ["run", str(TINY_YAML), "--out", str(out), "--no-report", "--set", "data.screen.seed=1"],
+        names=[["seed"]],
+        timeout=600,
+    )
+    if rc == 0 and (out / "data" / "data.h5ad").read_bytes() == before:
+        return "silent wrong result", rc, "accepted; data.h5ad unchanged (the top-level seed won)"
+    return klass, rc, head
+
+
+i20("I20-S4 --set data.screen.seed=1 (the top-level seed sets it)", _screen_seed)
+
+
+def _dense(matrix):
+    matrix = matrix.toarray() if hasattr(matrix, "toarray") else matrix
+    return np.asarray(matrix, dtype=np.float64)
+
+
+def _absurd_counts():
+    adata = SCREEN.copy()
+    counts = _dense(adata.layers["counts"])
+    counts[0, 0] = 1e30
+    adata.layers["counts"] = counts
+    model = make(adata)
+    history = quiet(lambda: model.train(max_steps=2, **COMMON))
+    return history
+
+
+def _warned_or_raised(value, caught, what):
+    words = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    if words:
+        return "ok", "returned", f"warned: {words[0]}"
+    return "silent wrong result", "returned", f"no warning: {what(value)}"
+
+
+def _python(fn, judge, names=()):
+    def run():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                value = fn()
+            except Exception as err:  # noqa: BLE001
+                where = ""
+                if not _innermost_in_bioreason(err):  # the library below, or this tool
+                    frame = traceback.extract_tb(err.__traceback__)[-1]
+                    where = f" (in {Path(frame.filename).name}:{frame.lineno})"
+                message = f"{type(err).__name__}: {err}{where}"
+                return classify_error(err, names), "raised", message
+        return judge(value, caught)
+
+    return run
+
+
+i20(
+    "I20-S5 a count of 1e30 in layers['counts']",
+    _python(
+        _absurd_counts,
+        lambda v, c: _warned_or_raised(v, c, lambda h: f"loss {h['train_loss'].iloc[-1]:.3g}"),
+        names=[["count"]],
+    ),
+)
+
+
+def _simulator(model=None, outcome="screen_hit", **options):
+    from bioreason.sim import OutcomeSimulator
+
+    if model is None:
+        model = make(SCREEN.copy())  # never trained
+    readouts = [] if outcome not in ("screen_hit",) else [str(SCREEN.var_names[0])]
+    simulator = OutcomeSimulator(model, outcome, readouts=readouts, **options)
+    questions = [("P0", readouts[0])] if readouts else ["P0"]
+    return simulator.probability(questions)
+
+
+def _p_star(value):
+    frame = value if isinstance(value, pd.DataFrame) else pd.DataFrame(value)
+    column = "p_star" if "p_star" in frame else frame.columns[-1]
+    return float(frame[column].iloc[0]), frame
+
+
+i20(
+    "I20-S6 OutcomeSimulator on an untrained model",
+    _python(
+        lambda: _simulator(threshold=0.1),
+        lambda v, c: _warned_or_raised(v, c, lambda x: f"p* {_p_star(x)[0]:.3f}"),
+        names=[["train"]],
+    ),
+)
+
+
+def _custom(value):
+    from bioreason.sim import register_outcome
+
+    name = f"i20_custom_{len(I20_ROWS)}"
+    register_outcome(
+        name, lambda perturbed, control: np.full(perturbed.shape[:-2], value), n_cells=10
+    )
+    return _simulator(MODEL, name)
+
+
+for label, value in (("0.3", 0.3), ("NaN", np.nan)):
+    i20(
+        f"I20-S7 a custom outcome that returns {label}",
+        _python(
+            lambda value=value: _custom(value),
+            lambda v, c: ("silent wrong result", "returned", f"p* {_p_star(v)[0]:.3f}"),
+            names=[["bool", "boolean"]],
+        ),
+    )
+
+i20(
+    "I20-S8 screen_hit test='welch' with n_cells=1",
+    _python(
+        lambda: _simulator(MODEL, test="welch", n_cells=1),
+        lambda v, c: (
+            "silent wrong result",
+            "returned",
+            f"p* {_p_star(v)[0]:.3f}, SE {_p_star(v)[1].get('p_star_se', [np.nan])[0]}",
+        ),
+        names=[["n_cells"]],
+    ),
+)
+i20("I20-S9 finetune with null prompts", lambda: _finetune("s9", [["prompt"]], prompt=None))
+i20("I20-S9b finetune with empty prompts", lambda: _finetune("s9b", [["prompt"]], prompt=""))
+i20(
+    "I20-S9c finetune with duplicate question_ids",
+    lambda: _finetune("s9c", [["question_id"]], question_id="Q"),
+)
+
+
+def _inspect(label, **change):
+    task = _task_table(I20 / f"{label}.parquet", **change)
+    rc, out, err = cli(["inspect-task", str(task)])
+    return rc, out, err
+
+
+def _inspect_case(label, words, **change):
+    """Clear when inspect-task refuses the table or warns (on stderr) with one of
+    ``words``; a silent wrong result when it prints its facts without a word of it."""
+
+    def run():
+        rc, out, err = _inspect(label, **change)
+        said = any(w in err.lower() for w in words)
+        if rc == 0 and not said:
+            facts = [line for line in out.splitlines() if "p*" in line or "outcome rate" in line]
+            return "silent wrong result", rc, "no word of it: " + "; ".join(facts[:2])
+        return ("clear error" if said else "unclear error"), rc, _head(err, out)
+
+    return run
+
+
+def _nan_p_star(frame):
+    frame.loc[0, "p_star"] = np.nan
+    return frame
+
+
+i20("I20-S10 inspect-task: a NaN p*", _inspect_case("s10", ["nan", "missing"], p_star=_nan_p_star))
+i20("I20-S10b inspect-task: outcome 2", _inspect_case("s10b", ["outcome"], outcome=2.0))
+i20("I20-S10c inspect-task: p* 50", _inspect_case("s10c", ["p_star", "p*"], p_star=50.0))
+i20(
+    "I20-S10d inspect-task: duplicate question_ids",
+    _inspect_case("s10d", ["duplicate"], question_id="Q"),
+)
+
+
+def _empty_config():
+    config = I20 / "empty.yaml"
+    config.write_text("")
+    return i20_cli(
+        ["run", str(config), "--out", str(I20 / "empty_run")], names=[["empty"]], timeout=30
+    )
+
+
+i20("I20-S11 an empty pipeline config", _empty_config)
+
+
+def _report_synthetic():
+    out = I20 / "synthetic"
+    rc, _, err = cli(
+        [
+            "synthetic-calibration",
+            "--out",
+            str(out),
+            "--n-questions",
+            "12",
+            "--n-categories",
+            "3",
+            "--methods",
+            "grpo",
+            "rloo",
+            "--rl-steps",
+            "10",
+            "--n-boot",
+            "5",
+            "--no-progress",
+        ]
+    )
+    if rc != 0:
+        return "unclear error", rc, "synthetic-calibration failed: " + _head(err)
+    rc, out_text, err = cli(["report", str(out)])
+    page = (out / "report.html").read_text() if (out / "report.html").exists() else ""
+    if rc == 0 and (
+        "records no stages" in page or "metrics.csv" not in page + out_text and "grpo" not in page
+    ):
+        return "silent wrong result", rc, "an empty report (records no stages)"
+    return ("ok" if rc == 0 else "unclear error"), rc, _head(err, out_text)
+
+
+i20("I20-S12 report on a finished synthetic-calibration folder", _report_synthetic)
+
+
+# -- unclear errors
+def _recompute(label, setting):
+    out = run_copy(label)
+    return i20_cli(
+        ["run", str(TINY_YAML), "--out", str(out), "--no-report", "--set", setting],
+        wanted=0,
+        timeout=600,
+    )
+
+
+for label, setting in (
+    ("u1", "vae.train.max_steps=20"),
+    ("u1b", "vae.options.n_latent=3"),
+    ("u1c", "data.screen.n_cells_per_condition=20"),
+):
+    i20(
+        f"I20-U1 {setting} on a finished run (docs: recomputes)",
+        lambda label=label, setting=setting: (
+            lambda r: ("ok" if r[1] == 0 else "unclear error", *r[1:])
+        )(_recompute(label, setting)),
+    )
+
+
+def _log2():
+    from bioreason.data import recover_counts
+
+    adata = SCREEN.copy()
+    counts = _dense(adata.layers.pop("counts"))
+    library = counts.sum(axis=1, keepdims=True)
+    adata.X = np.log2(1 + counts / library * 1e4)
+    adata.obs["ncounts"] = library.ravel()
+    return recover_counts(adata)
+
+
+i20(
+    "I20-U2 recover_counts on log2(1+x) data",
+    _python(
+        _log2,
+        lambda v, c: ("silent wrong result", "returned", "recovered"),
+        names=[["log2", "base 2"]],
+    ),
+)
+i20(
+    "I20-U3 finetune with outcomes 'yes'/'no'",
+    lambda: _finetune(
+        "u3",
+        [["outcome"], ["u3.parquet"]],
+        outcome=lambda f: f.assign(outcome=np.where(f.index % 2, "yes", "no")),
+    ),
+)
+
+
+def _missing_h5ad():
+    config = dict(TINY_PIPELINE, data={"source": "h5ad", "path": str(I20 / "nowhere.h5ad")})
+    return i20_cli(
+        ["run", str(_yaml(I20 / "u4.yaml", config)), "--out", str(I20 / "u4")],
+        names=[["nowhere.h5ad"]],
+    )
+
+
+i20("I20-U4 data.source h5ad with a missing path", _missing_h5ad)
+
+
+def _build_task_strings(which):
+    from bioreason.sim import OutcomeSimulator, build_task
+
+    simulator = OutcomeSimulator(
+        MODEL, "screen_hit", readouts=[str(SCREEN.var_names[0])], threshold=0.1
+    )
+    if which == "conditions":
+        return build_task(simulator, "P0+P1", [str(SCREEN.var_names[0])])
+    return build_task(simulator, ["P0"], str(SCREEN.var_names[0]))
+
+
+i20(
+    "I20-U5 build_task(conditions='P0+P1') (a string, not a list)",
+    _python(
+        lambda: _build_task_strings("conditions"),
+        lambda v, c: ("silent wrong result", "returned", f"{len(v)} rows"),
+        names=[["conditions"], ["list"]],
+    ),
+)
+i20(
+    "I20-U5b build_task(readouts='gene00000') (a string, not a list)",
+    _python(
+        lambda: _build_task_strings("readouts"),
+        lambda v, c: ("silent wrong result", "returned", f"{len(v)} rows"),
+        names=[["readouts"], ["list"]],
+    ),
+)
+i20(
+    "I20-U6 screen_hit threshold='abc'",
+    _python(
+        lambda: _simulator(MODEL, threshold="abc"),
+        lambda v, c: ("silent wrong result", "returned", "p* computed"),
+        names=[["threshold"]],
+    ),
+)
+i20(
+    "I20-U6b screen_hit test='welch', alpha='abc'",
+    _python(
+        lambda: _simulator(MODEL, test="welch", alpha="abc"),
+        lambda v, c: ("silent wrong result", "returned", "p* computed"),
+        names=[["alpha"]],
+    ),
+)
+
+
+def _malformed_summary():
+    out = run_copy("u7")
+    (out / "calibration" / "summary.csv").write_text('garbage,,\n"\n')
+    klass, rc, head = i20_cli(["report", str(out)], names=[["summary.csv"], ["malformed"]])
+    if rc == 0:
+        page = (out / "report.md").read_text()
+        said = "summary.csv is missing" in page
+        return "unclear error", rc, ("the report says it is missing" if said else head)
+    return klass, rc, head
+
+
+i20("I20-U7 report with a present but malformed calibration/summary.csv", _malformed_summary)
+
+
+def _history():
+    model = make(SCREEN.copy())
+    quiet(lambda: model.train(max_steps=2, **COMMON))
+    return model.history["elbo_train"]
+
+
+i20(
+    "I20-U8 model.history['elbo_train']",
+    _python(_history, lambda v, c: ("ok", "returned", "a column"), names=[["train_loss"]]),
+)
+
+
+def _late(label, setting=None, mine=None):
+    out = I20 / label
+    keep = [_mine(out / mine, b"<html>mine</html>")] if mine else []
+    args = ["run", str(TINY_YAML), "--out", str(out)]
+    if setting:
+        args += ["--set", setting]
+    start = time.time()
+    klass, rc, head = i20_cli(args, keep=keep, timeout=600)
+    stages = [s for s in ("data", "vae", "task", "warm_start", "finetune") if (out / s).exists()]
+    if stages:
+        klass = "unclear error"
+        head = f"after {time.time() - start:.0f} s and the stages {', '.join(stages)}: {head}"
+    return klass, rc, head
+
+
+i20(
+    "I20-U9 lm.model that does not exist (checked before the first stage?)",
+    lambda: _late("u9", "lm.model=./no/such/model"),
+)
+i20(
+    "I20-U9b calibration.n_boot=-1 (checked before the first stage?)",
+    lambda: _late("u9b", "calibration.n_boot=-1"),
+)
+i20(
+    "I20-U9c the user's own report.html (checked before the first stage?)",
+    lambda: _late("u9c", mine="report.html"),
+)
+
+
+# -- file modes
+def _modes():
+    old = os.umask(0o022)
+    try:
+        out = I20 / "modes"
+        rc, _, err = cli(
+            ["finetune", "--task", str(_task_table(I20 / "modes.parquet")), "--out", str(out), *FT]
+        )
+        modes = {
+            p.relative_to(out).as_posix(): oct(p.stat().st_mode & 0o777)
+            for p in out.rglob("*")
+            if p.is_file()
+        }
+    finally:
+        os.umask(old)
+    private = sorted(name for name, mode in modes.items() if mode != "0o644")
+    klass = "ok" if not private else "silent wrong result"
+    return klass, rc, f"files not 0644 under umask 022: {private or 'none'} " + _head(err)
+
+
+i20("I20-F1 finetune output file modes (model.safetensors) under umask 022", _modes)
+
+if I20_ROWS:
+    print("\n| case | rc | message head |\n|---|---|---|")
+    for name, rc, head in I20_ROWS:
+        print(f"| {name} | {rc} | {head} |")
+
 print("# totals:", {k: sum(1 for r in ROWS if r[1] == k) for k in sorted({r[1] for r in ROWS})})
 shutil.rmtree(TMP, ignore_errors=True)

@@ -291,6 +291,10 @@ class CalibrationStageConfig(Config):
     n_boot: int = 1000
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.n_boot < 0:
+            raise ValueError(f"n_boot must be >= 0 (0: no intervals), got {self.n_boot}")
+
 
 #: fields of the nested configs that the pipeline sets, and what to set instead
 PIPELINE_SET = {
@@ -415,11 +419,21 @@ def load_pipeline_config(path: str | Path, overrides: Sequence[str] = ()) -> Pip
     ------
     ValueError
         An unknown key (the message lists the valid ones), a bad value, a field the
-        pipeline sets itself, or a malformed override.
+        pipeline sets itself, or a malformed override; an empty file (it would silently
+        start the whole default pipeline).
     """
     from bioreason.config import read_yaml, yaml_loads
 
-    values = read_yaml(path, what="pipeline config") or {}
+    values = read_yaml(path, what="pipeline config")
+    if values is None or values == {}:
+        # every default: 6,200 cells x 500 genes, thousands of VAE steps, 9 fine-tuning
+        # jobs; an empty file is far more often a mistake than that request
+        raise ValueError(
+            f"pipeline config {path} is empty: it would run the whole default pipeline "
+            "(a 6,200-cell x 500-gene screen, a full VAE fit, 9 fine-tuning jobs; hours on a "
+            "CPU). Start from pipelines/configs/demo.yaml (or run `bioreason demo`), or write "
+            "the settings you want (docs/pipelines.md lists them)"
+        )
     if not isinstance(values, dict):
         raise ValueError(f"pipeline config {path} must be a mapping of sections, got {values!r}")
     for item in overrides:

@@ -610,8 +610,14 @@ def run_jobs(
     *,
     workers: int = 1,
     finished: Callable[[dict[str, Any]], Any] | None = None,
+    function: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Run jobs (:func:`run_job`), in ``workers`` spawned processes when above 1.
+
+    An interruption (Ctrl-C, or any error of a job) stops the whole batch: jobs not yet
+    started are cancelled, the worker processes are terminated (a running job stops
+    where it is; its folder records it as unfinished, so a rerun resumes it from its last
+    checkpoint), and the exception is raised once they are gone, within seconds.
 
     Parameters
     ----------
@@ -622,28 +628,66 @@ def run_jobs(
         ``workers * threads`` does not exceed the cores.
     finished : callable, optional
         Called with each job's row as it finishes (in completion order).
+    function : callable, optional
+        What runs a job (default :func:`run_job`); with ``workers > 1`` it must be a
+        module-level function, which the spawned processes import.
 
     Returns
     -------
     list of dict
         The jobs' rows, in the order of ``jobs``.
     """
+    function = function or run_job
     rows: list[dict[str, Any] | None] = [None] * len(jobs)
     if workers > 1 and len(jobs) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
-            futures = {pool.submit(run_job, dict(job)): i for i, job in enumerate(jobs)}
+        # the workers leave Ctrl-C to this process, which stops them all (_stop_pool)
+        pool = ProcessPoolExecutor(
+            min(workers, len(jobs)), mp_context=context, initializer=_ignore_interrupt
+        )
+        try:
+            futures = {pool.submit(function, dict(job)): i for i, job in enumerate(jobs)}
             for future in as_completed(futures):
                 row = future.result()
                 rows[futures[future]] = row
                 if finished is not None:
                     finished(row)
+        except BaseException:
+            _stop_pool(pool)
+            raise
+        pool.shutdown(wait=True)
     else:
         for i, job in enumerate(jobs):
-            rows[i] = run_job(dict(job))
+            rows[i] = function(dict(job))
             if finished is not None:
                 finished(rows[i])
     return [row for row in rows if row is not None]
+
+
+def _ignore_interrupt() -> None:
+    """A worker process's initializer: SIGINT (Ctrl-C reaches the whole process group)
+    is the main process's to handle."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop_pool(pool: Any, timeout: float = 10.0) -> None:
+    """Cancel a process pool's queued jobs and terminate its workers (running jobs too).
+
+    ``ProcessPoolExecutor``'s own shutdown waits for the running jobs and, without
+    ``cancel_futures``, for every queued one: a Ctrl-C would let the whole batch run on.
+    """
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout)

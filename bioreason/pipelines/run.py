@@ -54,7 +54,8 @@ from bioreason.pipelines.calibration_stage import calibration_stage, finding
 from bioreason.pipelines.config import PipelineConfig, load_pipeline_config
 from bioreason.pipelines.data_stage import data_stage
 from bioreason.pipelines.lm_stages import finetune_stage, warm_start_stage
-from bioreason.pipelines.stages import Stage, run_stages, say
+from bioreason.pipelines.preflight import RECORD_GENERATOR, preflight_pipeline, record_is_ours
+from bioreason.pipelines.stages import Stage, run_stages, say, selected_stages
 from bioreason.pipelines.tabular_stage import tabular_stage
 from bioreason.pipelines.task_stage import task_stage
 from bioreason.pipelines.vae_stage import vae_stage
@@ -133,8 +134,11 @@ def run_pipeline(
         Run one stage (``--only``) or a stage and the ones after it (``--from``); the
         earlier stages must be complete and up to date.
     force : bool, default False
-        Let the stages that run replace files bioreason did not write (or that changed
-        since); an up-to-date stage is still skipped (delete its folder to redo it).
+        Let the stages that run, the run record and the report replace files bioreason
+        did not write (or that changed since); an up-to-date stage is still skipped
+        (delete its folder to redo it). Without it such a file stops the run before its
+        first stage (:func:`~bioreason.pipelines.preflight.preflight_pipeline`, which
+        also checks the inputs, the base model and the devices up front).
     workers : int, default 1
         Parallel processes of the ``finetune`` stage's jobs.
     report : bool, default True
@@ -146,6 +150,16 @@ def run_pipeline(
     -------
     dict of str to StageResult
         Every stage's folder and result, by name, in order.
+
+    Raises
+    ------
+    FileExistsError
+        A file the run would replace that bioreason did not write (``pipeline.json``,
+        a stage's or a job's file, ``report.html``, a report figure), and ``force`` is
+        false; raised before the first stage.
+    FileNotFoundError, ValueError
+        A missing input, a base model that cannot be found, a device that is not there,
+        a bad ``only`` / ``from_``: before the first stage.
     """
     from bioreason._io import atomic_write_text, check_output_folder
 
@@ -154,14 +168,21 @@ def run_pipeline(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     stages = pipeline_stages(config, out, workers=workers, force=force)
+    start, stop = selected_stages(stages, only, from_)
+    # everything that can be checked without the work, before the first stage
+    preflight_pipeline(
+        config,
+        out,
+        stages,
+        run=[stage.name for stage in stages[start:stop]],
+        force=force,
+        report=report,
+    )
     out.mkdir(parents=True, exist_ok=True)
     record_path = out / PIPELINE_RECORD
     record: dict[str, Any] = {}
-    if record_path.exists():
-        try:
-            record = json.loads(record_path.read_text())
-        except ValueError:
-            record = {}
+    if record_is_ours(record_path):  # else (--force) a new record replaces the file
+        record = json.loads(record_path.read_text())
     commands = list(record.get("commands", []))
     commands.append(command or " ".join(["bioreason", *sys.argv[1:]]))
     status = dict(record.get("stages", {}))
@@ -169,6 +190,7 @@ def run_pipeline(
         status.setdefault(stage.name, {"status": "not run", "seconds": None})
     record.update(
         {
+            "generator": RECORD_GENERATOR,
             "name": config.name,
             "config": json.loads(json.dumps(config.to_dict(), default=str)),
             "commands": commands,
@@ -219,3 +241,5 @@ def _write_report(out: Path, force: bool) -> None:
         return
     files = write_report(out, force=force)
     say(f"[report] {files.html}")
+    for problem in files.problems:
+        say(f"[report] warning: left out, malformed or unreadable: {problem}")

@@ -13,7 +13,7 @@ from typing import Any
 from bioreason._io import check_output_folder
 from bioreason.stage import StageResult, completed_stage, preflight_stage, run_stage
 
-__all__ = ["Stage", "run_stages", "say"]
+__all__ = ["Stage", "run_stages", "say", "selected_stages"]
 
 Inputs = Mapping[str, "str | Path"]
 
@@ -65,6 +65,33 @@ def _stage_index(names: list[str], name: str, option: str) -> int:
     return names.index(name)
 
 
+def selected_stages(
+    stages: Sequence[Stage], only: str | None = None, from_: str | None = None
+) -> tuple[int, int]:
+    """Where the stages that run start and stop: ``stages[start:stop]`` (``--only`` one
+    stage, ``--from`` a stage and the ones after it, else all).
+
+    Returns
+    -------
+    start, stop : int
+
+    Raises
+    ------
+    ValueError
+        ``only`` and ``from_`` both given, or either naming no stage (the message lists
+        the stage names).
+    """
+    names = [stage.name for stage in stages]
+    if only is not None and from_ is not None:
+        raise ValueError("give either only (--only) or from_ (--from), not both")
+    if only is not None:
+        start = _stage_index(names, only, "--only")
+        return start, start + 1
+    if from_ is not None:
+        return _stage_index(names, from_, "--from"), len(names)
+    return 0, len(names)
+
+
 def run_stages(
     stages: Sequence[Stage],
     root: str | Path,
@@ -113,14 +140,7 @@ def run_stages(
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ValueError(f"stage names must be distinct; repeated: {', '.join(repeated)}")
-    if only is not None and from_ is not None:
-        raise ValueError("give either only (--only) or from_ (--from), not both")
-    start, stop = 0, len(stages)
-    if only is not None:
-        start = _stage_index(names, only, "--only")
-        stop = start + 1
-    elif from_ is not None:
-        start = _stage_index(names, from_, "--from")
+    start, stop = selected_stages(stages, only, from_)
     check_output_folder(root)
     for stage in stages[start:stop]:
         preflight_stage(root / stage.name, force=force)

@@ -13,8 +13,15 @@ into it with the same content:
 
 Files are written atomically. A ``report.html`` / ``report.md`` that write_report did not
 write (it marks its own with ``<meta name="generator" content="bioreason write_report">``
-and a first-line comment in the Markdown) is only replaced with ``force=True``
-(``bioreason report RUN_DIR --force``).
+and a first-line comment in the Markdown), and a ``report_files/figure-*.png`` that it did
+not write or that changed since (``report_files/manifest.json`` records the hash of each
+figure it wrote), is only replaced with ``force=True`` (``bioreason report RUN_DIR
+--force``); :func:`check_report_writable` checks them all before anything is written
+(``bioreason run`` calls it before its first stage). A file of the run folder that exists
+but cannot be read, or lacks the columns its stage writes, is listed in the report and in
+:attr:`ReportFiles.problems` (``bioreason report`` then exits with status 1). A folder of
+``bioreason synthetic-calibration`` (or a ``kind: tabular`` run) gets a report of its own
+kind: its ``metrics.csv`` table and figures.
 
 Run folder
 ----------
@@ -75,7 +82,14 @@ Example
 >>> files.html, files.n_figures  # doctest: +SKIP
 """
 
-from bioreason.report.build import ReportFiles, build_blocks, write_report
+from bioreason.report.build import ReportFiles, build_blocks, check_report_writable, write_report
 from bioreason.report.load import RunFolder, load_run
 
-__all__ = ["ReportFiles", "RunFolder", "build_blocks", "load_run", "write_report"]
+__all__ = [
+    "ReportFiles",
+    "RunFolder",
+    "build_blocks",
+    "check_report_writable",
+    "load_run",
+    "write_report",
+]

@@ -32,13 +32,23 @@ from bioreason.report.document import (
 from bioreason.report.load import RunFolder, load_run
 from bioreason.run_layout import (
     INVALID_RATE_LIMIT,
+    PREDICTIONS_FILE,
     REPORT_FILES_DIR,
     REPORT_HTML,
     REPORT_MD,
+    SUMMARY_FILE,
     judged_probability,
 )
+from bioreason.stage import MANIFEST, file_sha256, read_manifest, write_manifest
 
-__all__ = ["ReportFiles", "build_blocks", "format_interval", "format_value", "write_report"]
+__all__ = [
+    "ReportFiles",
+    "build_blocks",
+    "check_report_writable",
+    "format_interval",
+    "format_value",
+    "write_report",
+]
 
 HTML_NAME = REPORT_HTML
 MARKDOWN_NAME = REPORT_MD
@@ -106,6 +116,20 @@ DRIFT_COLUMNS = {
     "drift_measured": "measured, final policy",
 }
 _LIST_LIMIT = 20
+#: The synthetic calibration's columns (``metrics.csv``), with their labels.
+TABULAR_METRICS = {
+    "ece": "ECE vs y",
+    "brier": "Brier",
+    "log_loss": "log loss",
+    "auroc": "AUROC vs y",
+    "mae_to_reference": "|q - p*|",
+    "overconfidence_per_question": "overconfidence vs p* (per question)",
+    "theory_overconfidence": "overconfidence, theory (fixed point)",
+    "overconfidence": "average-level overconfidence",
+    "correlation_to_reference": "corr(q, p*)",
+    "steps": "steps",
+}
+_PROBLEMS_TITLE = "Files that could not be read"
 
 
 @dataclass(frozen=True)
@@ -120,11 +144,16 @@ class ReportFiles:
         ``run_dir/report.md``; its figures are in ``run_dir/report_files/``.
     n_figures : int
         The number of figures (``<img>`` elements in the HTML, PNG files for the Markdown).
+    problems : tuple of str
+        Files of the run folder that exist but could not be read or are malformed, each
+        with the reason (the report's section "Files that could not be read").
+        ``bioreason report`` exits with status 1 when there are any.
     """
 
     html: Path
     markdown: Path
     n_figures: int
+    problems: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- formatting
@@ -231,6 +260,14 @@ class _Builder:
             return str(entry.get("status", "not recorded"))
         return "not recorded" if entry is None else str(entry)
 
+    def unread(self, stage: str, name: str, consequence: str) -> str:
+        """Why a stage's file is not in the report: missing, or there but unreadable."""
+        folder = self.run.stage_dirs.get(stage, self.run.path / stage)
+        where = f"{folder.name}/{name}"
+        if (folder / name).exists():
+            return f"{where} is malformed or unreadable (see {_PROBLEMS_TITLE}): {consequence}."
+        return f"{where} is missing: {consequence}."
+
     def require(self, stage: str) -> bool:
         """True when the stage folder exists; else add the "not run" note."""
         if stage in self.run.stage_dirs:
@@ -244,18 +281,78 @@ class _Builder:
 
     def section_header(self) -> None:
         pipeline = self.run.pipeline
-        name = str(pipeline.get("name") or self.run.path.name)
-        self.add(Heading(f"bioreason run report: {name}", 1))
-        started = pipeline.get("started") or "unknown"
-        finished = pipeline.get("finished") or "not finished"
+        folder = self.run.path.resolve().name or str(self.run.path)
+        name = str(pipeline.get("name") or folder)
+        # the folder is what the user sees and names: it leads, the config's name follows
+        title = folder if name == folder else f"{folder} (config name {name})"
+        what = (
+            "synthetic calibration report"
+            if self.run.kind == "synthetic_calibration"
+            else "bioreason run report"
+        )
+        self.add(Heading(f"{what}: {title}", 1))
         made = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        if self.run.kind == "synthetic_calibration":
+            text = f"bioreason synthetic-calibration in {self.run.path}; report written {made}."
+        else:
+            started = pipeline.get("started") or "unknown"
+            finished = pipeline.get("finished") or "not finished"
+            text = (
+                f"Run {name} in {self.run.path}. Started {started}, finished {finished}; "
+                f"report written {made}."
+            )
+        self.add(Paragraph(text, muted=True))
+
+    def section_tabular(self) -> None:
+        """The synthetic calibration experiment with a tabular policy: one row per run of
+        ``metrics.csv`` and its figures."""
+        self.heading("Synthetic calibration (tabular policy)", "tabular")
+        folder = self.run.tabular_dir
+        metrics = self.run.tabular
+        if folder is None or metrics is None:
+            where = f"{folder}/metrics.csv" if folder is not None else "metrics.csv"
+            state = (
+                "malformed or unreadable"
+                if folder and (folder / "metrics.csv").exists()
+                else "missing"
+            )
+            self.add(
+                Callout(
+                    f"{where} is {state}: the experiment has not finished (rerun the "
+                    "command that made it; a finished run is skipped).",
+                    "warning",
+                )
+            )
+            return
         self.add(
             Paragraph(
-                f"Run {name} in {self.run.path}. Started {started}, finished {finished}; "
-                f"report written {made}.",
-                muted=True,
+                "A tabular policy (one categorical over the answers per category) trained "
+                "by each estimator with the log-score reward on stochastic outcomes of "
+                "questions whose category has a known probability p* "
+                "(bioreason.pipelines.synthetic_calibration). Against the outcomes: ECE, "
+                "Brier, log loss, AUROC; against p*: the mean |q - p*| and the "
+                "overconfidence per question, the mean of sign(p* - 1/2)(q - p*); the "
+                "theory's overconfidence at its fixed point beside the measured one. "
+                "[low, high]: 95 % bootstrap over questions."
             )
         )
+        columns = {c: label for c, label in TABULAR_METRICS.items() if c in metrics}
+        self.add(_interval_table(metrics, columns, caption="One row per run (metrics.csv)."))
+        for _, row in metrics.iterrows():
+            name = str(row["method"])
+            safe = name.replace(":", "-").replace("=", "_").replace(",", "-")
+            for path, caption in (
+                (
+                    folder / f"{safe}.png",
+                    f"{name}: each category's mean prediction against its true p*.",
+                ),
+                (
+                    folder / "runs" / safe / "reliability.png",
+                    f"{name}: reliability diagram against the outcomes.",
+                ),
+            ):
+                if path.is_file():
+                    self.figure(path.read_bytes(), caption)
 
     def section_finding(self) -> None:
         result = self.run.results.get("calibration") or {}
@@ -542,10 +639,10 @@ class _Builder:
                 self.add(_plain_table(summary, sd, "Standard deviation between seeds."))
             self.section_theory(summary)
         else:
-            self.add(Paragraph("calibration/summary.csv is missing: no calibration table."))
+            self.add(Paragraph(self.unread("calibration", SUMMARY_FILE, "no calibration table")))
         predictions = self.run.predictions
         if predictions is None or "method" not in predictions:
-            self.add(Paragraph("calibration/predictions.parquet is missing: no figures."))
+            self.add(Paragraph(self.unread("calibration", PREDICTIONS_FILE, "no figures")))
             return
         q, _ = judged_probability(predictions)
         self.figure(
@@ -619,12 +716,16 @@ class _Builder:
 
     def section_problems(self) -> None:
         if self.run.problems:
-            self.heading("Files that could not be read", "problems")
+            self.heading(_PROBLEMS_TITLE, "problems")
             self.add(Code("\n".join(self.run.problems)))
 
     def section_provenance(self) -> None:
-        self.heading("Commands and versions", "provenance")
         pipeline = self.run.pipeline
+        if self.run.kind == "synthetic_calibration":  # its pipeline.json is its config
+            self.heading("Configuration", "provenance")
+            self.add(Code(json.dumps(pipeline, indent=2, sort_keys=False, default=str)))
+            return
+        self.heading("Commands and versions", "provenance")
         commands = pipeline.get("commands") or []
         if isinstance(commands, str):
             commands = [commands]
@@ -750,6 +851,13 @@ def build_blocks(run: RunFolder) -> tuple[list[Block], list[tuple[str, str]], in
     builder = _Builder(run)
     methods = run.methods()
     builder.section_header()
+    if run.tabular_dir is not None:  # the synthetic calibration: its own sections
+        builder.section_tabular()
+        if run.kind == "pipeline":
+            builder.section_stages()
+        builder.section_problems()
+        builder.section_provenance()
+        return builder.blocks, builder.nav, builder.n_figures
     builder.section_finding()
     builder.section_stages()
     builder.section_data()
@@ -795,6 +903,75 @@ def _markdown_is_ours(head: str) -> bool:
     return head.splitlines()[:1] == [MARKDOWN_MARK]
 
 
+def _check_figures_replaceable(figure_dir: Path, force: bool) -> None:
+    """Refuse (unless ``force``) when ``report_files/`` holds a ``figure-*.png`` that
+    write_report did not write, or that changed since it did: its manifest
+    (``report_files/manifest.json``) records the hash of every figure it wrote, and any
+    figure may be replaced or, when the new report has fewer, deleted."""
+    if force or not figure_dir.exists():
+        return
+    if not figure_dir.is_dir():
+        raise NotADirectoryError(
+            f"{figure_dir} is a file; move it away to write the report's figures there"
+        )
+    manifest = figure_dir / MANIFEST
+    saved = read_manifest(manifest) if manifest.exists() else None
+    if manifest.exists() and not isinstance((saved or {}).get("outputs"), dict):
+        raise FileExistsError(
+            f"{manifest} is not a manifest of bioreason's write_report, so the figures in "
+            f"{figure_dir} are not known to be bioreason's; move it away or pass --force "
+            "(force=True in Python) to replace them"
+        )
+    recorded = (saved or {}).get("outputs") or {}
+    for path in sorted(figure_dir.glob(f"{_FIGURE_PREFIX}*.png")):
+        if path.name not in recorded:
+            why = (
+                f"no record of it in {manifest}"
+                if manifest.exists()
+                else f"{figure_dir} has no manifest.json: written by hand, or by a bioreason "
+                "version that did not record its figures"
+            )
+            raise FileExistsError(
+                f"{path} already exists and was not written by bioreason's write_report "
+                f"({why}); move it away or pass --force (force=True in Python) to replace it"
+            )
+        digest = recorded[path.name]  # None: being written by an interrupted report
+        if path.is_dir() or (digest is not None and file_sha256(path) != digest):
+            raise FileExistsError(
+                f"{path} has changed since bioreason's write_report wrote it (its hash differs "
+                f"from the one in {manifest}); move it away or pass --force (force=True in "
+                "Python) to replace it"
+            )
+
+
+def check_report_writable(run_dir: str | Path, *, force: bool = False) -> None:
+    """Check, before any work, that :func:`write_report` may write into ``run_dir``.
+
+    Every file the report writes is checked: ``report.html`` and ``report.md`` must be
+    missing or written by write_report (its marks), and every ``report_files/figure-*.png``
+    missing or recorded, unchanged, in ``report_files/manifest.json``. ``bioreason run``
+    calls it before its first stage, so a file of yours stops the run before the work.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        The run folder.
+    force : bool, default False
+        Allow replacing them all (the check then passes).
+
+    Raises
+    ------
+    FileExistsError
+        Naming the first file that bioreason did not write, or that changed since.
+    IsADirectoryError, NotADirectoryError
+        A folder where a report file belongs, or a file where ``report_files/`` belongs.
+    """
+    run_dir = Path(run_dir)
+    _check_replaceable(run_dir / HTML_NAME, _html_is_ours, force)
+    _check_replaceable(run_dir / MARKDOWN_NAME, _markdown_is_ours, force)
+    _check_figures_replaceable(run_dir / FIGURES_DIR, force)
+
+
 def write_report(run_dir: str | Path, *, force: bool = False) -> ReportFiles:
     """Write ``run_dir/report.html`` and ``run_dir/report.md`` from a pipeline run folder.
 
@@ -808,40 +985,62 @@ def write_report(run_dir: str | Path, *, force: bool = False) -> ReportFiles:
     run_dir : str or Path
         ``runs/<name>``, holding ``pipeline.json`` (see :mod:`bioreason.report`).
     force : bool, default False
-        Replace a ``report.html`` / ``report.md`` that write_report did not write.
+        Replace a ``report.html`` / ``report.md`` / ``report_files/figure-*.png`` that
+        write_report did not write (or a figure changed since it did).
 
     Returns
     -------
     ReportFiles
-        The two paths and the number of figures.
+        The two paths, the number of figures, and the files of the run folder that exist
+        but could not be read (``problems``; the report lists them too).
 
     Raises
     ------
     FileNotFoundError
         When ``run_dir`` or its ``pipeline.json`` is missing.
+    ValueError
+        When ``run_dir`` is a folder of another kind than the report knows (its
+        ``pipeline.json`` says neither a pipeline run nor the synthetic calibration).
     FileExistsError
-        When a report file exists that write_report did not write and ``force`` is
-        false; nothing is written.
+        When a file the report writes exists and write_report did not write it (or a
+        figure changed since), and ``force`` is false (:func:`check_report_writable`);
+        nothing is written.
     """
     run_dir = Path(run_dir)
     run = load_run(run_dir)
     html_path = run_dir / HTML_NAME
     md_path = run_dir / MARKDOWN_NAME
-    _check_replaceable(html_path, _html_is_ours, force)
-    _check_replaceable(md_path, _markdown_is_ours, force)
+    check_report_writable(run_dir, force=force)
 
     blocks, nav, n_figures = build_blocks(run)
     title = next((b.text for b in blocks if isinstance(b, Heading)), "bioreason run report")
     figure_blocks = [b for b in blocks if isinstance(b, Figure)]
     figure_dir = run_dir / FIGURES_DIR
     figure_paths = {b.name: f"{FIGURES_DIR}/{b.name}.png" for b in figure_blocks}
-    for block in figure_blocks:
-        atomic_write(figure_dir / f"{block.name}.png", lambda tmp, b=block: tmp.write_bytes(b.png))
-    if figure_dir.is_dir():  # figures of an earlier, longer report of ours
-        current = {f"{b.name}.png" for b in figure_blocks}
+    written = [figure_dir / f"{b.name}.png" for b in figure_blocks]
+    if written or figure_dir.is_dir():
+        figure_dir.mkdir(parents=True, exist_ok=True)
+        # recorded as being written first: an interrupted report may be rewritten
+        _write_figure_manifest(figure_dir, written, complete=False)
+    for block, path in zip(figure_blocks, written):
+        atomic_write(path, lambda tmp, b=block: tmp.write_bytes(b.png))
+    if figure_dir.is_dir():  # figures of an earlier, longer report of ours (checked above)
         for stale in figure_dir.glob(f"{_FIGURE_PREFIX}*.png"):
-            if stale.name not in current:
+            if stale not in written:
                 stale.unlink()
+        _write_figure_manifest(figure_dir, written, complete=True)
     atomic_write_text(md_path, render_markdown(blocks, figure_paths))
     atomic_write_text(html_path, render_html(title, blocks, nav))
-    return ReportFiles(html=html_path, markdown=md_path, n_figures=n_figures)
+    return ReportFiles(
+        html=html_path, markdown=md_path, n_figures=n_figures, problems=tuple(run.problems)
+    )
+
+
+def _write_figure_manifest(figure_dir: Path, figures_written: list[Path], complete: bool) -> None:
+    write_manifest(
+        figure_dir,
+        config={"written_by": "bioreason write_report"},
+        seed=None,
+        outputs=figures_written,
+        complete=complete,
+    )

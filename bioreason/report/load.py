@@ -1,8 +1,14 @@
 """Reading a pipeline run folder for the report, tolerant of missing or partial stages.
 
 Every reader returns ``None`` for a file that is not there, and records a file that is
-there but cannot be read in :attr:`RunFolder.problems` (the report lists them) instead of
-raising: a report of a run that stopped half-way is still worth having.
+there but cannot be read, or that lacks the columns its stage writes, in
+:attr:`RunFolder.problems` (the report lists them, ``bioreason report`` exits with status
+1) instead of raising: a report of a run that stopped half-way is still worth having.
+
+Two kinds of folder are read: a run of ``bioreason run`` / ``bioreason demo`` (its stage
+folders), and the synthetic calibration experiment with a tabular policy, either the
+folder of ``bioreason synthetic-calibration --out DIR`` or the ``tabular`` stage of a
+``kind: tabular`` pipeline run (:attr:`RunFolder.tabular`).
 """
 
 from __future__ import annotations
@@ -82,7 +88,18 @@ class RunFolder:
     summary : DataFrame or None
         ``calibration/summary.csv``.
     problems : list of str
-        Files that exist but could not be read, with the reason.
+        Files that exist but could not be read, or lack the columns their stage writes,
+        with the reason.
+    kind : {"pipeline", "synthetic_calibration"}
+        ``pipeline``: a folder of ``bioreason run`` (``pipeline.json`` is its record);
+        ``synthetic_calibration``: a folder of ``bioreason synthetic-calibration``
+        (``pipeline.json`` is that experiment's config).
+    tabular_dir : Path or None
+        The synthetic calibration's folder (``metrics.csv``, ``<run>.png``,
+        ``runs/<run>/``): the folder itself, or ``tabular/runs`` of a ``kind: tabular``
+        pipeline run; None for an LM pipeline.
+    tabular : DataFrame or None
+        Its ``metrics.csv``, one row per run.
     """
 
     path: Path
@@ -94,6 +111,9 @@ class RunFolder:
     predictions: pd.DataFrame | None = None
     summary: pd.DataFrame | None = None
     problems: list[str] = field(default_factory=list)
+    kind: str = "pipeline"
+    tabular_dir: Path | None = None
+    tabular: pd.DataFrame | None = None
 
     def methods(self) -> list[str]:
         """The methods in display order: the summary's, then the predictions', then the
@@ -130,6 +150,41 @@ def _json(path: Path) -> dict[str, Any]:
 
 def _csv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path)
+
+
+def _table(reader, columns: tuple[str, ...], remedy: str):
+    """A reader that also requires ``columns``: a file without them is malformed (the
+    message ends with ``remedy``)."""
+
+    def read(path: Path) -> pd.DataFrame:
+        frame = reader(path)
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            found = ", ".join(map(str, frame.columns[:8])) or "none"
+            raise ValueError(
+                f"malformed: no column {', '.join(map(repr, missing))} (its columns: {found}); "
+                f"{remedy}"
+            )
+        return frame
+
+    return read
+
+
+def _rerun(stage: str) -> str:
+    return (
+        f"the {stage} stage writes it: delete {stage}/ and rerun the pipeline "
+        f"(bioreason run CONFIG --out RUN --from {stage})"
+    )
+
+
+def _is_synthetic_calibration(record: dict[str, Any]) -> bool:
+    """A ``pipeline.json`` that is the config of ``bioreason synthetic-calibration``,
+    not the record of ``bioreason run`` (which has ``stages`` and ``commands``)."""
+    return (
+        "stages" not in record
+        and "commands" not in record
+        and {"methods", "n_questions"} <= set(record)
+    )
 
 
 def _read_pipeline(path: Path) -> dict[str, Any]:
@@ -173,6 +228,13 @@ def load_run(path: str | Path) -> RunFolder:
     """
     path = Path(path)
     run = RunFolder(path=path, pipeline=_read_pipeline(path))
+    if _is_synthetic_calibration(run.pipeline):
+        run.kind = "synthetic_calibration"
+        _read_tabular(run, path)
+        return run
+    if (path / "tabular").is_dir() and "tabular" in (run.pipeline.get("stages") or {}):
+        _read_tabular(run, path / "tabular" / "runs")
+        run.stage_dirs["tabular"] = path / "tabular"
     for stage in STAGES:
         for name in _STAGE_FOLDERS.get(stage, (stage,)):
             if (path / name).is_dir():
@@ -183,14 +245,23 @@ def load_run(path: str | Path) -> RunFolder:
         if result is not None:
             run.results[stage] = result
     if "task" in run.stage_dirs:
-        run.task = _read(run, run.stage_dirs["task"] / TASK_FILE, pd.read_parquet)
+        task = _table(pd.read_parquet, ("question_id", "p_star"), _rerun("task"))
+        run.task = _read(run, run.stage_dirs["task"] / TASK_FILE, task)
     if "calibration" in run.stage_dirs:
         folder = run.stage_dirs["calibration"]
-        run.predictions = _read(run, folder / PREDICTIONS_FILE, pd.read_parquet)
-        run.summary = _read(run, folder / SUMMARY_FILE, _csv)
+        remedy = _rerun("calibration")
+        predictions = _table(pd.read_parquet, ("method", "question_id", "q_sampled"), remedy)
+        run.predictions = _read(run, folder / PREDICTIONS_FILE, predictions)
+        run.summary = _read(run, folder / SUMMARY_FILE, _table(_csv, ("method",), remedy))
     if "finetune" in run.stage_dirs:
         run.runs = _finetune_runs(run, run.stage_dirs["finetune"])
     return run
+
+
+def _read_tabular(run: RunFolder, folder: Path) -> None:
+    run.tabular_dir = folder
+    remedy = "rerun the synthetic calibration (it rewrites metrics.csv from its runs)"
+    run.tabular = _read(run, folder / "metrics.csv", _table(_csv, ("method", "ece"), remedy))
 
 
 def _finetune_runs(run: RunFolder, folder: Path) -> list[FinetuneRun]:

@@ -422,6 +422,30 @@ def _programs(config: TaskConfig, model: Any, adata: Any) -> list[Any]:
     return readouts
 
 
+def _check_task_files(out: Path) -> None:
+    """Refuse (before any work) to replace the files written beside a task table,
+    ``OUT.summary.json`` and ``OUT.manifest.json``, unless bioreason wrote them: the
+    manifest must be one of bioreason's, and record the summary unchanged."""
+    from bioreason.stage import check_replaceable, read_manifest
+
+    sidecar = out.with_suffix(out.suffix + ".summary.json")
+    manifest = out.parent / (out.name + ".manifest.json")
+    hint = "choose another path or pass --force (overwrite=True in Python) to replace it"
+    for path in (sidecar, manifest):
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder; move it away or {hint}")
+    if manifest.exists():
+        saved = read_manifest(manifest)
+        outputs = (saved or {}).get("outputs")
+        if not isinstance(outputs, dict) or "config" not in (saved or {}):
+            raise FileExistsError(
+                f"{manifest} already exists and is not a manifest written by bioreason's "
+                f"build-task; {hint}"
+            )
+    if sidecar.exists():
+        check_replaceable(sidecar, manifest=manifest)
+
+
 def build_task_from_config(
     config: TaskConfig, out: str | Path | None = None, overwrite: bool = False
 ) -> pd.DataFrame:
@@ -457,6 +481,8 @@ def build_task_from_config(
                 f"{out} already exists; choose another path or pass --force "
                 "(overwrite=True in Python) to replace it"
             )
+        if not overwrite:
+            _check_task_files(out)
     adata = read_h5ad(config.adata, what="adata") if config.adata is not None else None
     if config.ground_truth and "ground_truth" not in adata.uns:
         raise ValueError(
