@@ -172,8 +172,9 @@ def _check_device(device: str, option: str) -> None:
         raise ValueError(f"{option}: {err}") from None
 
 
-def _check_inputs(config: PipelineConfig) -> None:
-    """The files and names the config's sources point at."""
+def _check_inputs(config: PipelineConfig, run: Sequence[str]) -> None:
+    """The files and names the config's sources point at (the task's readouts only when
+    the task stage runs: ``--only data`` needs none)."""
     data, task = config.data, config.task
     if task.from_simulator and data.source == "h5ad":
         path = Path(str(data.path))
@@ -191,7 +192,7 @@ def _check_inputs(config: PipelineConfig) -> None:
             )
     if task.source.endswith(".parquet") and not Path(task.source).is_file():
         raise FileNotFoundError(f"task.source: the task table {task.source} does not exist")
-    if task.from_simulator:
+    if task.from_simulator and "task" in run:
         _check_readouts(task.options)
 
 
@@ -279,7 +280,7 @@ def preflight_pipeline(
         from bioreason.report import check_report_writable
 
         check_report_writable(out, force=force)
-    _check_inputs(config)
+    _check_inputs(config, run)
     if "vae" in run and config.task.from_simulator:
         _check_device(config.vae.train.device, "vae.train.device")
     if any(name in run for name in ("warm_start", "finetune")):
