@@ -88,7 +88,11 @@ def time_log_prob(args) -> dict[str, float]:
         mu = torch.softmax(logits, -1) * library.unsqueeze(-1)
         return GammaPoisson(theta, theta / mu).log_prob(counts).sum(-1)
 
-    forms = {"nb_forward_backward": nb, "previous_form_baseline": previous, "gammapoisson_baseline": stock}
+    forms = {
+        "nb_forward_backward": nb,
+        "previous_form_baseline": previous,
+        "gammapoisson_baseline": stock,
+    }
 
     def step(fn) -> None:
         theta = torch.nn.functional.softplus(gene_parameter) + 1e-4
@@ -122,9 +126,7 @@ def time_training(args) -> None:
 
     LIKELIHOODS.register("nb_previous_form", _previous_nb, overwrite=True)
     try:
-        settings = SimpleNamespace(
-            n_perturbations=100, warmup=2, repeats=1, steps=args.train_steps
-        )
+        settings = SimpleNamespace(n_perturbations=100, warmup=2, repeats=1, steps=args.train_steps)
         rates: dict[str, list[float]] = {"nb": [], "nb_previous_form": []}
         for _ in range(args.train_repeats):
             for name in rates:
@@ -164,9 +166,7 @@ def accuracy(n_cells: int = 16, n_genes: int = 2000) -> dict[tuple[float, float]
             errors[(theta, library_high)] = float(np.abs(new - exact).max())
             label = f"theta_{theta:g}_library_{library_high:g}"
             print(f"nb_float32_max_error_{label}: {errors[(theta, library_high)]:.3f} nats/cell")
-            print(
-                f"previous_form_max_error_{label}: {np.abs(old - exact).max():.3f} nats/cell"
-            )
+            print(f"previous_form_max_error_{label}: {np.abs(old - exact).max():.3f} nats/cell")
     return errors
 
 

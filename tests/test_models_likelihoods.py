@@ -149,9 +149,9 @@ def test_nb_float32_matches_scipy_for_large_libraries_concentrations_and_counts(
     mean = (torch.softmax(logits32.double(), -1) * library.double().unsqueeze(-1)).numpy()
     # data from a nearby mean, not the model's own: the residual is not ~0
     data_mean = mean * np.exp(rng.normal(scale=0.3, size=mean.shape))
-    counts = np.minimum(
-        rng.negative_binomial(theta, theta / (theta + data_mean)), 6e4
-    ).astype(np.float64)
+    counts = np.minimum(rng.negative_binomial(theta, theta / (theta + data_mean)), 6e4).astype(
+        np.float64
+    )
     assert counts.max() >= 1e4 and (counts == 0).mean() > 0.02
     expected = scipy.stats.nbinom.logpmf(counts, theta, theta / (theta + mean)).sum(-1)
     concentration = torch.full((n_genes,), theta)
@@ -245,10 +245,15 @@ def test_nb_centered_residual_closed_form_gradients_pass_gradcheck():
     counts[counts < 5] = 0.0
     log_rho = torch.randn(3, 4, 7, generator=g, dtype=torch.float64).log_softmax(-1)
     theta = torch.rand(7, generator=g, dtype=torch.float64) * 3 + 0.1
-    for library in (torch.rand(4, generator=g), torch.rand(3, 4, generator=g)):  # per cell / particle
+    for library in (
+        torch.rand(4, generator=g),
+        torch.rand(3, 4, generator=g),
+    ):  # per cell / particle
         inputs = (
             log_rho.clone().requires_grad_(True),
             (library.double() * 50 + 20).requires_grad_(True),
             theta.clone().requires_grad_(True),
         )
-        assert torch.autograd.gradcheck(lambda a, b, c: nb_centered_residual(counts, a, b, c), inputs)
+        assert torch.autograd.gradcheck(
+            lambda a, b, c: nb_centered_residual(counts, a, b, c), inputs
+        )

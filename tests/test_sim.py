@@ -519,3 +519,26 @@ def test_the_models_treatment_effects_are_named_as_asked(fitted_models):
     a, b = unseen.split("+")
     ate = models["sams_vae"].average_treatment_effect([f"{b}+{a}", a], n_cells=20)
     assert list(ate.index) == [f"{b}+{a}", a]
+
+
+@pytest.mark.parametrize("p", [0.01, 0.99])
+def test_brute_force_standard_error_does_not_vanish_near_0_and_1(p):
+    """Single-cell expression P(x > 0) = 1 - exp(-rate) = p on the brute-force path:
+    16 draws x 8 replicates agree on every experiment (1 - p)^128 ~ 28 % of the time at
+    p = 0.01. The stopping rule must not accept SE = 0 there; the reported p* +/- 2 SE
+    covers p, and the sequential rule does not bias p* (200 runs: the mean's MC sd is
+    about 0.0006, so 0.002 is > 3 sd)."""
+    rate = -np.log1p(-p)
+    model = PoissonModel({"control": (1.0, 1.0), "A": (rate, rate)})
+    simulator = OutcomeSimulator(
+        model, "cell_expression", threshold=1.0, budget=SimulationBudget(method="brute")
+    )
+    runs = [simulator.probability([("A", "g0")], seed=s).iloc[0] for s in range(200)]
+    p_star = np.array([r["p_star"] for r in runs])
+    se = np.array([r["p_star_se"] for r in runs])
+    assert all(r["method"] == "brute" for r in runs)
+    assert se.min() > 0.004  # about sqrt(p~ (1 - p~) / N) with p~ = 2 / (N + 4), N <= 512
+    assert (se <= 0.01).all()  # and every run still meets the target
+    covered = np.mean(np.abs(p_star - p) <= 2 * se)
+    assert covered >= 0.9, covered
+    assert abs(p_star.mean() - p) < 0.002, p_star.mean()

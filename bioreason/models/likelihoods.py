@@ -11,20 +11,26 @@ cell's ``library_size`` (...) and return exact log-probabilities summed over gen
   counts have no particle dimension, so these terms are computed once per batch,
   not once per particle.
 
-Negative binomial (mean ``mu``, concentration ``theta``), written per gene so that no
-large terms cancel::
+Negative binomial (mean ``mu``, concentration ``theta``), split into a part that depends
+only on the counts and a part of the size of the result::
 
-    log NB(x) = [lgamma(x + theta) - lgamma(theta) - x log theta - lgamma(x + 1)]
-                + x log mu - (theta + x) log1p(mu / theta)
+    log NB(x | mu) = log NB(x | mu = x)                                  (saturated)
+                     + sum_g [x log(mu / x) - (theta + x) log1p((mu - x) / (theta + x))]
 
-The textbook form ``theta log theta - (theta + x) log(theta + mu) + ...`` sums terms of
-size ``theta log theta`` over genes that cancel afterwards; in float32 that loses about a
-nat per cell at ``theta = 1e3`` and hundreds at ``theta = 1e5`` (2000 genes). Here the
-per-particle part stays of the size of the result (``(theta + x) log1p(mu / theta)``
-tends to ``mu + x mu / theta`` as ``theta`` grows: the Poisson limit), and the bracket,
-which depends only on the counts and ``theta``, is evaluated in float64 -- once per
-batch and only on nonzero entries (it is zero where ``x == 0``, most single-cell
-entries) -- where ``lgamma(x + theta) - lgamma(theta)`` keeps its digits.
+The saturated term (the likelihood at the best possible mean) needs ``lgamma`` of large
+arguments; it is evaluated in float64, once per batch (the observed counts carry no
+particle dimension), and only on nonzero entries. The residual is at most 0 and 0 at
+``mu = x``; each gene contributes a number of the size of its own misfit, so a cell of
+200,000 counts over 2,000 genes sums terms of a few nats instead of terms of size
+``x log mu`` or ``theta log theta`` that cancel afterwards. ``x log(mu / x)`` is written
+``x (log rho + log(l / x))`` with ``log(l / x)`` precomputed in float64 without gradient.
+The residual is an autograd Function with closed-form gradients
+(``d/d log mu = x - (theta + x) mu / (theta + mu)``, ``d/d theta = (mu - x) / (theta + mu)
+- log1p((mu - x) / (theta + x))``), so the backward pass is one fused expression.
+Against scipy in float64 the per-cell error is at most a few hundredths of a nat for
+libraries up to 200,000 and concentrations 1 to 1e5 (``benchmarks/nb_likelihood.py``
+prints it); the textbook form, or the earlier ``x log mu - (theta + x) log1p(mu / theta)``
+split, loses tenths of a nat and more there.
 """
 
 from __future__ import annotations

@@ -48,10 +48,12 @@ from bioreason.sim.budget import SimulationBudget
 from bioreason.sim.outcomes import CustomOutcome, Outcome, make_outcome
 from bioreason.sim.readouts import Readout, ReadoutSet, cell_scores, log_normalize
 
-__all__ = ["FAST_MIN_CELLS", "OutcomeSimulator", "questions_frame"]
+__all__ = ["FAST_MIN_CELLS", "INTERVAL_QUANTILES", "OutcomeSimulator", "questions_frame"]
 
 #: replicate size from which the normal approximation of the fast path is used by "auto"
 FAST_MIN_CELLS = 20
+#: quantiles of the per-draw probabilities P_k reported as ``p_star_low`` / ``p_star_high``
+INTERVAL_QUANTILES = (0.05, 0.95)
 #: generated count entries (draws x cells x genes) per simulation call
 _ENTRIES_PER_CALL = 1 << 24
 
@@ -511,9 +513,13 @@ class OutcomeSimulator:
         DataFrame, one row per question in the given order, columns ``condition`` (as
         given: ``"SET+KLF1"`` and ``"KLF1+SET"`` are one condition, simulated once, each
         row keeps its spelling), ``readout``, ``p_star``, ``p_star_se`` (sd(P_k) /
-        sqrt(K)), ``p_star_spread`` (sd of the per-draw estimates P_k across posterior
-        draws: the epistemic spread, plus the per-draw estimate's own noise),
-        ``n_draws``, ``converged`` (bool), ``method`` (``"fast"`` or ``"brute"``) and
+        sqrt(K); on the brute-force path at least the binomial standard error of all its
+        replicate experiments, so it does not vanish when they all agree),
+        ``p_star_spread`` (sd of the per-draw estimates P_k across posterior draws: the
+        epistemic spread, plus the per-draw estimate's own noise), ``p_star_low`` and
+        ``p_star_high`` (the 5 % and 95 % quantiles of the P_k: the central 90 % interval
+        of the posterior's probabilities, :data:`INTERVAL_QUANTILES`), ``n_draws``,
+        ``converged`` (bool), ``method`` (``"fast"`` or ``"brute"``) and
         ``unseen_parts`` (the condition's parts never measured alone, joined by
         ``", "``; ``""`` when there are none, None when no cells are known: see
         :meth:`unseen_parts`; a non-empty value means p* rests on the model's prior for
@@ -528,6 +534,9 @@ class OutcomeSimulator:
         min_draws, draws_per_round = budget.draws_at_least, budget.draws_per_round
         chosen = self._resolve_method(budget.method)
         sizes = {"cells": self._cells_per_draw(budget), "replicates": budget.replicates_per_draw}
+        # brute force: each draw's value is a share of 0/1 replicate outcomes, so the
+        # standard error gets the binomial floor that keeps it from vanishing at 0 and 1
+        binomial_trials = budget.replicates_per_draw if chosen == "brute" else None
         self.fix_thresholds(list(dict.fromkeys(frame["readout"])))
         conditions = list(dict.fromkeys(frame[_CANONICAL]))
         readouts = list(dict.fromkeys(frame["readout"]))
@@ -541,6 +550,7 @@ class OutcomeSimulator:
         asked = np.zeros(shape, dtype=bool)
         asked[q_cond, q_read] = True
         active = np.ones(len(conditions), dtype=bool)
+        per_draw: list[list[np.ndarray]] = [[] for _ in conditions]  # (batch, R) per round
         rounds = 0
         while active.any():
             room = max_draws - draws[active].max()
@@ -559,19 +569,27 @@ class OutcomeSimulator:
             rounds += 1
             total[which] += values.sum(axis=0)
             total_sq[which] += (values**2).sum(axis=0)
+            for j, i in enumerate(which):
+                per_draw[i].append(values[:, j])
             draws[which] += batch
-            se = _standard_error(total, total_sq, draws)
+            se = _standard_error(total, total_sq, draws, binomial_trials)
             done = (se <= target_se) | ~asked
             active = ~done.all(axis=1) | (draws < min_draws)
-        se = _standard_error(total, total_sq, draws)
+        se = _standard_error(total, total_sq, draws, binomial_trials)
         k = np.maximum(draws, 1)[:, None]
         mean = total / k
         spread = np.sqrt(np.maximum(total_sq / k - mean**2, 0.0) * k / np.maximum(k - 1, 1))
         unseen = dict(zip(conditions, self.unseen_parts(conditions), strict=True))
+        low, high = np.full(shape, np.nan), np.full(shape, np.nan)
+        for i, parts in enumerate(per_draw):
+            if parts:
+                low[i], high[i] = np.quantile(np.concatenate(parts), INTERVAL_QUANTILES, axis=0)
         result = frame.drop(columns=[_CANONICAL]).assign(
             p_star=mean[q_cond, q_read],
             p_star_se=se[q_cond, q_read],
             p_star_spread=spread[q_cond, q_read],
+            p_star_low=low[q_cond, q_read],
+            p_star_high=high[q_cond, q_read],
             n_draws=draws[q_cond],
             converged=se[q_cond, q_read] <= target_se,
             method=chosen,
@@ -723,12 +741,35 @@ def _as_budget(budget: Any) -> SimulationBudget:
     return budget
 
 
-def _standard_error(total: np.ndarray, total_sq: np.ndarray, draws: np.ndarray) -> np.ndarray:
+def _standard_error(
+    total: np.ndarray,
+    total_sq: np.ndarray,
+    draws: np.ndarray,
+    trials_per_draw: int | None = None,
+) -> np.ndarray:
+    """Monte Carlo standard error of the mean of the per-draw values: sd / sqrt(K).
+
+    With ``trials_per_draw`` (the brute-force path, where each draw's value is the share
+    of ``m`` replicate experiments with outcome 1), the standard error is at least the
+    binomial one of the pooled ``N = K m`` experiments, with the Agresti-Coull estimate
+    ``p~ = (S + 2) / (N + 4)`` of the probability (S experiments with outcome 1):
+    sqrt(p~ (1 - p~) / N). The plain estimate is 0 when every replicate agrees (all 0 or
+    all 1), which a question of p = 0.01 does about a quarter of the time after 128
+    experiments; it was then reported as 0 +/- 0. With the floor, p* = 0 comes with the
+    uncertainty its experiments leave, and the stopping rule needs about
+    2 / target_se experiments before it accepts such a question. The pseudo-counts also
+    keep the sequential stopping from favouring low estimates: stopping on the plain or
+    Laplace ((S + 1) / (N + 2)) floor biased p* at p = 0.01 down by about 0.002.
+    """
     k = draws[:, None].astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = total / k
         var = np.maximum(total_sq / k - mean**2, 0.0) * k / (k - 1)
         se = np.sqrt(var / k)
+        if trials_per_draw is not None:
+            n = k * trials_per_draw
+            p = (total * trials_per_draw + 2.0) / (n + 4.0)
+            se = np.maximum(se, np.sqrt(p * (1.0 - p) / n))
     return np.where(k > 1, se, np.inf)
 
 
