@@ -713,7 +713,7 @@ class OutcomeSimulator:
 
 
 def describe_condition(condition: str, delimiter: str = "+", verb: str = "knocking down") -> str:
-    """``"A+B"`` -> ``"knocking down A and B"``."""
+    """``"A+B"`` -> ``"knocking down A and B"`` (``verb``: see :func:`perturbation_verb`)."""
     parts = [p for p in str(condition).split(delimiter) if p]
     if len(parts) <= 1:
         return f"{verb} {condition}"

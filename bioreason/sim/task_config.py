@@ -30,6 +30,7 @@ from bioreason.data.h5ad import read_h5ad
 from bioreason.data.tasks import DEFAULT_TEMPLATE, SPLITS, check_template
 from bioreason.registry import Registry
 from bioreason.sim.budget import SimulationBudget
+from bioreason.sim.prompts import perturbation_verb
 
 __all__ = [
     "CONDITION_SETS",
@@ -182,6 +183,10 @@ class TaskConfig(Config):
     threshold_quantile : float in (0, 1)
         Quantile of the model's effects that sets a readout's threshold when
         ``threshold`` is null (``screen_hit``).
+    perturbation_type : str
+        The screen's perturbation, which sets the prompt's verb
+        (:data:`~bioreason.sim.PERTURBATION_VERBS`): ``crispri`` (knocking down),
+        ``crispra`` (activating), ``knockout``, ``overexpression``, ``compound``.
     """
 
     #: the budget's fields that were TaskConfig fields before it was nested
@@ -211,6 +216,7 @@ class TaskConfig(Config):
     seed: int = 0
     budget: SimulationBudget = field(default_factory=SimulationBudget)
     threshold_quantile: float = 0.5
+    perturbation_type: str = "crispri"
 
     def __post_init__(self) -> None:
         if isinstance(self.conditions, str):
@@ -249,6 +255,7 @@ class TaskConfig(Config):
             raise ValueError("test_fraction + val_fraction must be < 1 (nothing left to train on)")
         if not 0 < self.threshold_quantile < 1:
             raise ValueError(f"threshold_quantile must be in (0, 1), got {self.threshold_quantile}")
+        perturbation_verb(self.perturbation_type)  # an unknown type names the known ones
 
     def check_inputs(self) -> None:
         """Check that the settings name what building the task reads: a saved model, and
@@ -493,6 +500,7 @@ def build_task_from_config(
         val_fraction=config.val_fraction,
         seed=config.seed,
         threshold_quantile=config.threshold_quantile,
+        perturbation_type=config.perturbation_type,
         truth=truth,
     )
     table.attrs["summary"] = {
