@@ -542,3 +542,23 @@ def test_brute_force_standard_error_does_not_vanish_near_0_and_1(p):
     covered = np.mean(np.abs(p_star - p) <= 2 * se)
     assert covered >= 0.9, covered
     assert abs(p_star.mean() - p) < 0.002, p_star.mean()
+
+
+def test_a_pooled_control_arm_of_its_own_size_on_both_paths():
+    """n_control = 2000 (a screen's pooled control cells) against 100 perturbed cells:
+    the fast path and brute force agree (each to SE 0.005), and the larger control arm
+    makes the replicate's difference less noisy, so a clear effect is called more often
+    than with 100 control cells."""
+    model = PoissonModel({"control": (1.0, 1.0), "A": (1.2, 1.3)})
+    answers = {}
+    for n_control in (100, 2000):
+        simulator = OutcomeSimulator(
+            model, "screen_hit", threshold=0.3, n_cells=100, n_control=n_control
+        )
+        fast = simulator.probability([("A", "g0")], target_se=0.005, method="fast").iloc[0]
+        brute = simulator.probability([("A", "g0")], target_se=0.005, method="brute").iloc[0]
+        assert f"100 perturbed and {n_control} control cells" in simulator.describe("A", "g0")
+        gap = abs(fast["p_star"] - brute["p_star"])
+        assert gap < 4 * np.hypot(fast["p_star_se"], brute["p_star_se"]) + 0.01, (fast, brute)
+        answers[n_control] = brute["p_star"]
+    assert answers[2000] > answers[100] + 0.03
