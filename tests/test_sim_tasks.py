@@ -338,3 +338,17 @@ def test_the_prompts_verb_follows_the_perturbation_type(screen):
     with pytest.raises(ValueError, match="unknown perturbation_type 'rnai'"):
         TaskConfig(model="m", perturbation_type="rnai")
     assert TaskConfig(model="m", perturbation_type="knockout").perturbation_type == "knockout"
+
+
+def test_the_perturbation_type_is_read_from_the_cells(screen):
+    from bioreason.sim import perturbation_type_of
+
+    assert perturbation_type_of(screen) is None  # the simulated screen records none
+    cells = screen.copy()
+    cells.obs["perturbation_type"] = "CRISPRa"
+    assert perturbation_type_of(cells) == "crispra"
+    cells.obs["perturbation_type"] = ["CRISPRa", "CRISPRi"] * (cells.n_obs // 2) + ["CRISPRa"] * (
+        cells.n_obs % 2
+    )
+    assert perturbation_type_of(cells) is None  # two types: the caller's default
+    assert TaskConfig(model="m").perturbation_type == "auto"

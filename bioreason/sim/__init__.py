@@ -26,7 +26,7 @@ from bioreason.sim.outcomes import (
     make_outcome,
     register_outcome,
 )
-from bioreason.sim.prompts import PERTURBATION_VERBS, perturbation_verb
+from bioreason.sim.prompts import PERTURBATION_VERBS, perturbation_type_of, perturbation_verb
 from bioreason.sim.readouts import (
     Readout,
     ReadoutSet,
@@ -93,6 +93,7 @@ __all__ = [
     "cell_scores",
     "describe_condition",
     "PERTURBATION_VERBS",
+    "perturbation_type_of",
     "perturbation_verb",
     "gene_readout",
     "learn_programs",
