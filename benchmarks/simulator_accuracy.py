@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--steps", type=int, default=None, help="training steps (demo: 800)")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--embedding-lr", type=float, default=None, help="TrainConfig.embedding_lr (None: lr)"
+    )
     parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), metavar="MODEL")
     parser.add_argument("--n-programs", type=int, default=10, help="NMF program readouts")
     parser.add_argument("--n-markers", type=int, default=15, help="marker genes per program")
@@ -238,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=512,
             n_particles=5,
             lr=args.lr,
+            embedding_lr=args.embedding_lr,
             seed=args.seed,
             device="cpu",
             train_indices=np.arange(n_train),
