@@ -562,3 +562,37 @@ def test_a_pooled_control_arm_of_its_own_size_on_both_paths():
         assert gap < 4 * np.hypot(fast["p_star_se"], brute["p_star_se"]) + 0.01, (fast, brute)
         answers[n_control] = brute["p_star"]
     assert answers[2000] > answers[100] + 0.03
+
+
+@pytest.mark.parametrize("method", ["brute", "fast"])
+def test_replicate_variation_matches_the_exact_binomial_answer_with_a_normal_shift(method):
+    """replicate_sd = 1: each replicate's D gets an N(0, 1) shift, so
+    P(D + e > t) = sum over the binomial lattice of pmf * Phi((d - t) / 1), exactly."""
+    rates = {"control": (0.4, 0.4), "A": (0.7, 0.7)}
+    n, threshold, sd = 100, LOG_SCALE * 25.5 / 100, 1.0
+    simulator = OutcomeSimulator(
+        PoissonModel(rates),
+        "screen_hit",
+        threshold=threshold,
+        direction="up",
+        n_cells=n,
+        replicate_sd=sd,
+    )
+    row = simulator.probability([("A", "g0")], target_se=0.01, method=method, seed=3).iloc[0]
+    k = np.arange(n + 1)
+    pmf_p = stats.binom.pmf(k, n, 1 - np.exp(-0.7))
+    pmf_c = stats.binom.pmf(k, n, 1 - np.exp(-0.4))
+    difference = LOG_SCALE * (k[:, None] - k[None, :]) / n
+    exact = float(
+        (pmf_p[:, None] * pmf_c[None, :] * stats.norm.sf((threshold - difference) / sd)).sum()
+    )
+    without = _exact_hit_probability(1 - np.exp(-0.7), 1 - np.exp(-0.4), n, threshold)
+    assert abs(exact - without) > 0.05  # the shift matters at this size
+    slack = 0.0 if method == "brute" else 0.02
+    assert abs(row["p_star"] - exact) < 4 * row["p_star_se"] + slack, (row["p_star"], exact)
+    if method == "brute":  # sampled outcomes carry the same shift
+        outcomes = simulator.sample([("A", "g0")], n=2000, seed=5)
+        rate = float(outcomes.mean())
+        assert abs(rate - exact) < 4 * np.sqrt(exact * (1 - exact) / 2000) + 0.04
+    with pytest.raises(ValueError, match="replicate_sd must be >= 0"):
+        OutcomeSimulator(PoissonModel(rates), "screen_hit", replicate_sd=-1.0)

@@ -473,7 +473,10 @@ class OutcomeSimulator:
             else:
                 weights = self.readouts.weights(readouts)
                 hits = outcome.replicate(
-                    cell_scores(pert, weights), cell_scores(cont, weights), readouts
+                    cell_scores(pert, weights),
+                    cell_scores(cont, weights),
+                    readouts,
+                    rng=np.random.default_rng([sub_seed, _REPLICATE_TAG]),
                 )
             out.append(hits.mean(axis=2, dtype=np.float64))
         return np.concatenate(out)
@@ -702,7 +705,9 @@ class OutcomeSimulator:
                 scores_p = np.matmul(log_normalize(perturbed), own)[..., 0].T
                 scores_c = np.matmul(log_normalize(control), own)[..., 0].T
                 names = [readouts[i] for i in which]
-                hits[start : start + count] = outcome.replicate(scores_p, scores_c, names)
+                hits[start : start + count] = outcome.replicate(
+                    scores_p, scores_c, names, rng=np.random.default_rng([sub_seed, _REPLICATE_TAG])
+                )
             out[rows] = hits.reshape(len(rows), n)
         return out
 
@@ -777,6 +782,8 @@ def _sub_seed(seed: int, number: int) -> int:
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, number]).generate_state(1)[0])
 
 
+#: entropy word of the stream of replicate-level shifts (``ScreenHit.replicate_sd``)
+_REPLICATE_TAG = 0x7265_706C
 #: entropy word that sets the independent outcomes' streams apart from p*'s
 _INDEPENDENT_TAG = 0x6F75_7463
 
