@@ -596,3 +596,72 @@ def test_replicate_variation_matches_the_exact_binomial_answer_with_a_normal_shi
         assert abs(rate - exact) < 4 * np.sqrt(exact * (1 - exact) / 2000) + 0.04
     with pytest.raises(ValueError, match="replicate_sd must be >= 0"):
         OutcomeSimulator(PoissonModel(rates), "screen_hit", replicate_sd=-1.0)
+
+
+class LibraryModel(PoissonModel):
+    """g0 ~ Poisson(rate * library / 1000): a cell's chance of expressing g0 depends on
+    its library size, which the caller may give per condition."""
+
+    library_sizes = np.full(50, 1000.0, dtype=np.float32)  # the pooled training sizes
+
+    def posterior_predictive(self, conditions, n_cells=100, n_draws=100, library_size=None, seed=0):
+        if isinstance(conditions, str):
+            conditions = [conditions]
+        rng = np.random.default_rng(seed)
+        shape = (n_draws, len(conditions), n_cells)
+        library = (
+            rng.choice(self.library_sizes, shape)
+            if library_size is None
+            else np.broadcast_to(library_size, shape)
+        )
+        rate = np.array([self.rates[c][0] for c in conditions])[None, :, None]
+        g0 = rng.poisson(rate * library / 1000.0)
+        counts = np.stack([g0, np.zeros_like(g0)], axis=-1).astype(np.float32)
+        return PosteriorPredictive(
+            conditions=list(conditions),
+            gene_names=self.gene_names,
+            counts=counts,
+            expected_counts=counts,
+            library_size=np.asarray(library, dtype=np.float32),
+        )
+
+
+def test_library_sizes_per_condition_follow_each_conditions_observed_cells():
+    """Condition A's observed cells have libraries of 200 or 400 (an essential-gene
+    knockdown), the control's 1,000-3,000: with per-condition sizes P(g0 > 0) in one A
+    cell is the mean of 1 - exp(-rate L / 1000) over A's sizes; pooled, over the
+    model's 1,000s. B has too few cells (5 < MIN_LIBRARY_CELLS) and falls back."""
+    import anndata as ad
+
+    from bioreason.sim.simulator import MIN_LIBRARY_CELLS
+
+    sizes = {"control": [1000.0, 3000.0] * 30, "A": [200.0, 400.0] * 30, "B": [50.0] * 5}
+    labels = [c for c, values in sizes.items() for _ in values]
+    library = np.concatenate([v for v in sizes.values()])
+    counts = np.stack([library, np.zeros_like(library)], axis=1).astype(np.float32)
+    observed = ad.AnnData(
+        X=counts,
+        obs=pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(len(labels))]),
+    )
+    observed.layers["counts"] = counts
+    observed.var_names = ["g0", "g1"]
+    model = LibraryModel({"control": (1.0, 1.0), "A": (2.0, 2.0), "B": (2.0, 2.0)})
+    assert 5 < MIN_LIBRARY_CELLS
+    questions = [("A", "g0"), ("B", "g0")]
+    answers = {}
+    for rule in ("pooled", "per_condition"):
+        simulator = OutcomeSimulator(
+            model, "cell_expression", threshold=1.0, observed=observed, library_sizes=rule
+        )
+        answers[rule] = simulator.probability(questions, target_se=0.005, method="brute", seed=2)
+    own = np.mean(1 - np.exp(-2.0 * np.array([200.0, 400.0]) / 1000))
+    pooled = 1 - np.exp(-2.0)
+    for rule, expected in (("pooled", [pooled, pooled]), ("per_condition", [own, pooled])):
+        frame = answers[rule]
+        gap = np.abs(frame["p_star"].to_numpy() - expected)
+        assert (gap < 4 * frame["p_star_se"].to_numpy() + 0.01).all(), (
+            rule,
+            frame["p_star"].tolist(),
+        )
+    with pytest.raises(ValueError, match="library_sizes must be 'pooled' or 'per_condition'"):
+        OutcomeSimulator(model, "cell_expression", threshold=1.0, library_sizes="mine")

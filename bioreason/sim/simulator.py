@@ -48,7 +48,13 @@ from bioreason.sim.budget import SimulationBudget
 from bioreason.sim.outcomes import CustomOutcome, Outcome, make_outcome
 from bioreason.sim.readouts import Readout, ReadoutSet, cell_scores, log_normalize
 
-__all__ = ["FAST_MIN_CELLS", "INTERVAL_QUANTILES", "OutcomeSimulator", "questions_frame"]
+__all__ = [
+    "FAST_MIN_CELLS",
+    "INTERVAL_QUANTILES",
+    "MIN_LIBRARY_CELLS",
+    "OutcomeSimulator",
+    "questions_frame",
+]
 
 #: replicate size from which the normal approximation of the fast path is used by "auto"
 FAST_MIN_CELLS = 20
@@ -128,6 +134,15 @@ class OutcomeSimulator:
         posterior draws reach ``target_se``. None (default): when the model supports it
         (not SVAE+). The brute-force path always simulates independent cells, as a
         replicate experiment has them.
+    library_sizes : ``"pooled"`` or ``"per_condition"``
+        Where simulated cells' library sizes come from. ``"pooled"`` (default): every
+        condition draws from the training cells' library sizes (the model's own rule).
+        ``"per_condition"``: each condition draws from its own observed cells' library
+        sizes (the model's AnnData, else ``observed``), so a knockdown that lowers the
+        cells' total counts (an essential gene) keeps that in its replicates; a condition
+        with fewer than :data:`MIN_LIBRARY_CELLS` observed cells (a held-out
+        combination) draws from the pooled sizes. Paired (counterfactual) cells share a
+        quantile: cell ``i`` gets the same rank in each condition's library sizes.
     **outcome_options
         Options of the outcome, e.g. ``threshold=0.2``, ``test="welch"``.
     """
@@ -142,6 +157,7 @@ class OutcomeSimulator:
         observed: Any = None,
         budget: SimulationBudget | None = None,
         counterfactual: bool | None = None,
+        library_sizes: str = "pooled",
         **outcome_options: Any,
     ) -> None:
         for name in ("posterior_predictive", "gene_names", "control_label"):
@@ -167,6 +183,11 @@ class OutcomeSimulator:
                 UserWarning,
                 stacklevel=2,
             )
+        if library_sizes not in ("pooled", "per_condition"):
+            raise ValueError(
+                f"library_sizes must be 'pooled' or 'per_condition', got {library_sizes!r}"
+            )
+        self.library_sizes = library_sizes
         self.model = model
         self.outcome = make_outcome(outcome, **outcome_options)
         self.readouts = ReadoutSet(model.gene_names, readouts)
@@ -381,6 +402,10 @@ class OutcomeSimulator:
         options: dict[str, Any] = {"counterfactual": True} if counterfactual else {}
         if genes is not None:
             options["genes"] = genes
+        if self.library_sizes == "per_condition":
+            options["library_size"] = self._condition_libraries(
+                labels, n_draws, n_cells, seed, counterfactual
+            )
         predictive = self.model.posterior_predictive(
             labels, n_cells=n_cells, n_draws=n_draws, seed=seed, **options
         )
@@ -391,6 +416,53 @@ class OutcomeSimulator:
             else counts.sum(axis=-1, dtype=np.float32)
         )
         return counts[:, 1:], counts[:, :1], totals[:, 1:], totals[:, :1]
+
+    def _condition_libraries(
+        self, labels: list[str], n_draws: int, n_cells: int, seed: int, paired: bool
+    ) -> np.ndarray:
+        """Library sizes (n_draws, C, n_cells), each condition's from its observed cells
+        (``library_sizes="per_condition"``): the empirical quantile of a uniform draw,
+        shared across conditions when the cells are paired."""
+        table = self._observed_libraries()
+        pooled = np.sort(np.asarray(self.model.library_sizes, dtype=np.float64))
+        cache = self.__dict__.setdefault("_canonical_cache", {})
+        missing = [label for label in dict.fromkeys(labels) if label not in cache]
+        if missing:
+            cache.update(self._canonical(missing))
+        canonical = {label: cache[label] for label in labels}
+        rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, _LIBRARY_TAG])
+        shape = (n_draws, 1 if paired else len(labels), n_cells)
+        u = np.broadcast_to(rng.random(shape), (n_draws, len(labels), n_cells))
+        out = np.empty((n_draws, len(labels), n_cells), dtype=np.float32)
+        for i, label in enumerate(labels):
+            sizes = table.get(canonical[label])
+            if sizes is None or sizes.size < MIN_LIBRARY_CELLS:
+                sizes = pooled
+            out[:, i] = sizes[np.minimum((u[:, i] * sizes.size).astype(np.int64), sizes.size - 1)]
+        return out
+
+    def _observed_libraries(self) -> dict[str, np.ndarray]:
+        """Sorted library sizes of each canonical condition's observed cells (the model's
+        AnnData, else ``observed``)."""
+        if hasattr(self, "_libraries"):
+            return self._libraries
+        from bioreason.data import PerturbationData
+
+        cells = getattr(self.model, "adata", None)
+        if cells is None:
+            cells = self.observed
+        if cells is None:
+            raise ValueError(
+                "library_sizes='per_condition' reads each condition's observed cells: the "
+                "model has no AnnData, so pass observed=adata"
+            )
+        data = PerturbationData.from_anndata(cells, getattr(self.model, "setup", None))
+        sizes = np.asarray(data.library_size, dtype=np.float64)
+        self._libraries = {
+            name: np.sort(sizes[data.condition_codes == code])
+            for code, name in enumerate(data.condition_names)
+        }
+        return self._libraries
 
     def _simulate_scores(
         self, conditions: list[str], readouts: list[str], n_draws: int, n_cells: int, seed: int
@@ -782,6 +854,10 @@ def _sub_seed(seed: int, number: int) -> int:
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, number]).generate_state(1)[0])
 
 
+#: entropy word of the stream of per-condition library sizes
+_LIBRARY_TAG = 0x6C69_6272
+#: observed cells a condition needs for library_sizes="per_condition" to use its own sizes
+MIN_LIBRARY_CELLS = 20
 #: entropy word of the stream of replicate-level shifts (``ScreenHit.replicate_sd``)
 _REPLICATE_TAG = 0x7265_706C
 #: entropy word that sets the independent outcomes' streams apart from p*'s
