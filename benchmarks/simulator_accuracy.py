@@ -23,14 +23,19 @@ refer to the same event.
 
 p_true comes from ``GroundTruthSimulator`` (the true parameters behind the simulator
 API), p* from ``OutcomeSimulator`` over each fitted model, both to Monte Carlo standard
-error ``--target-se`` (or ``--max-draws``). A constant predictor, the mean p_true of
-the seen group, gives the numbers a scale. Prints one ``name: value unit`` line per
+error ``--target-se`` (or ``--max-draws``). Three baselines give the numbers a scale: a
+constant predictor (the mean p_true of the seen group), the model-free plug-in estimate
+of each seen condition from its training cells, and the additive estimate of each
+held-out combination from its parts' training cells
+(:func:`bioreason.sim.baselines.observed_probability`). Prints one ``name: value unit`` line per
 figure, per model and per group (seen / heldout): mean |p* - p_true| (with a bootstrap
 interval over conditions), the ECE of p* against p_true (``ece_to_reference``: bins of
 p*, mean p* against mean p_true per bin), overconfidence (mean |p* - 1/2| - mean
-|p_true - 1/2|), the mean across-draw spread of p* (epistemic), the fraction of
-questions with |p* - p_true| > 0.1, the error that Monte Carlo noise alone would give
-(noise floor), and the seconds spent; plus the truth's own Monte Carlo SE.
+|p_true - 1/2|), the bias (mean p* - mean p_true), the share of questions whose p_true
+lies in the central 90 % interval of the per-draw probabilities, the mean across-draw
+spread of p* (epistemic), the fraction of questions with |p* - p_true| > 0.1, the error
+that Monte Carlo noise alone would give (noise floor), and the seconds spent; plus the
+truth's own Monte Carlo SE.
 
     python benchmarks/simulator_accuracy.py [--threads 2] [--steps 800] [--n-programs 10]
         [--n-genes 0] [--target-se 0.01] [--seed 0] [--out accuracy.parquet]
@@ -56,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--steps", type=int, default=None, help="training steps (demo: 800)")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--embedding-lr", type=float, default=None, help="TrainConfig.embedding_lr (None: lr)"
+    )
     parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), metavar="MODEL")
     parser.add_argument("--n-programs", type=int, default=10, help="NMF program readouts")
     parser.add_argument("--n-markers", type=int, default=15, help="marker genes per program")
@@ -99,6 +107,9 @@ def _print_metrics(prefix: str, table: pd.DataFrame) -> None:
         _line(f"{name}_ece_pstar_vs_ptrue", row["ece_to_reference"], "probability")
         _line(f"{name}_overconfidence", row["overconfidence"], "probability")
         _line(f"{name}_fraction_abs_error_gt_{TOLERANCE:g}", row["fraction_off"], "fraction")
+        _line(f"{name}_bias_mean_pstar_minus_ptrue", row["bias"], "probability")
+        if not np.isnan(row["interval_coverage"]):
+            _line(f"{name}_ptrue_in_90pct_interval", row["interval_coverage"], "fraction")
         if not np.isnan(row["mean_spread"]):
             _line(f"{name}_mean_pstar_spread", row["mean_spread"], "probability")
         if not np.isnan(row["noise_floor"]):
@@ -126,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         learn_programs,
     )
     from bioreason.sim.accuracy import compare_to_truth
+    from bioreason.sim.baselines import observed_probability
 
     demo = demo_config()  # the demo's screen and SAMS-VAE sizes
 
@@ -202,6 +214,16 @@ def main(argv: list[str] | None = None) -> int:
     _print_metrics("constant", compare_to_truth(baseline, truth_frame, n_boot=args.n_boot))
     frames.append(baseline.assign(model="constant"))
 
+    # model-free baselines from the training cells: the plug-in estimate of each seen
+    # condition, the sum of the parts' observed effects for each held-out combination
+    outcome = truth.outcome
+    plugin = observed_probability(outcome, train_adata, readouts, seen)
+    additive = observed_probability(outcome, train_adata, readouts, heldout, method="additive")
+    for label, frame in (("plugin", plugin), ("additive", additive)):
+        frame["group"] = frame["condition"].map(groups)
+        _print_metrics(label, compare_to_truth(frame, truth_frame, n_boot=args.n_boot))
+        frames.append(frame.assign(model=label))
+
     # ---------------------------------------------------------------- models
     for name in args.models:
         cls = MODELS[name]
@@ -219,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=512,
             n_particles=5,
             lr=args.lr,
+            embedding_lr=args.embedding_lr,
             seed=args.seed,
             device="cpu",
             train_indices=np.arange(n_train),

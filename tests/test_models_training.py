@@ -136,3 +136,33 @@ def test_mask_logits_get_their_own_learning_rate():
     assert moved.max() == pytest.approx(0.05, rel=0.01)
     with pytest.raises(ValueError, match="mask_lr must be positive"):
         TrainConfig(mask_lr=0.0)
+
+
+@pytest.mark.parametrize("guide", ["correlated", "mean_field"])
+def test_embeddings_get_their_own_learning_rate(guide):
+    """embedding_lr moves the per-perturbation parameters of q(E) (the correlated
+    guide's one-hot table, the mean-field guide's locations and scales) by about their
+    own rate on Adam's first step; the rest keep lr and the masks mask_lr."""
+    from bioreason.models.objectives import batch_arguments
+    from bioreason.models.training import EMBEDDING_PARAMETERS, ENGINES
+
+    model = make(tiny_screen(), guide=guide)
+    config = TrainConfig(mask_lr=0.05, embedding_lr=0.02, lr=1e-3)
+    engine = ENGINES["module"](model.module, config)
+    groups = engine.optimizer.param_groups
+    assert [g["lr"] for g in groups] == [1e-3, 0.05, 0.02]
+    named = dict(model.module.named_parameters())
+    tables = [p for n, p in named.items() if n.rsplit(".", 1)[-1] in EMBEDDING_PARAMETERS]
+    assert tables and groups[2]["params"] == tables
+    before = [p.detach().clone() for p in tables]
+    data = model.data_for(None)
+    engine.step(
+        *batch_arguments(next(iter(model._loader(data, 64))), model.categories_for(data), 64)
+    )
+    moved = max((p.detach() - b).abs().max().item() for p, b in zip(tables, before, strict=True))
+    assert moved == pytest.approx(0.02, rel=0.01)
+    with pytest.raises(ValueError, match="embedding_lr must be positive"):
+        TrainConfig(embedding_lr=-1.0)
+    # None: one group at lr besides the masks (the default keeps the earlier optimizer)
+    default = ENGINES["module"](model.module, TrainConfig(mask_lr=0.05))
+    assert [g["lr"] for g in default.optimizer.param_groups] == [1e-3, 0.05]

@@ -519,3 +519,149 @@ def test_the_models_treatment_effects_are_named_as_asked(fitted_models):
     a, b = unseen.split("+")
     ate = models["sams_vae"].average_treatment_effect([f"{b}+{a}", a], n_cells=20)
     assert list(ate.index) == [f"{b}+{a}", a]
+
+
+@pytest.mark.parametrize("p", [0.01, 0.99])
+def test_brute_force_standard_error_does_not_vanish_near_0_and_1(p):
+    """Single-cell expression P(x > 0) = 1 - exp(-rate) = p on the brute-force path:
+    16 draws x 8 replicates agree on every experiment (1 - p)^128 ~ 28 % of the time at
+    p = 0.01. The stopping rule must not accept SE = 0 there; the reported p* +/- 2 SE
+    covers p, and the sequential rule does not bias p* (200 runs: the mean's MC sd is
+    about 0.0006, so 0.002 is > 3 sd)."""
+    rate = -np.log1p(-p)
+    model = PoissonModel({"control": (1.0, 1.0), "A": (rate, rate)})
+    simulator = OutcomeSimulator(
+        model, "cell_expression", threshold=1.0, budget=SimulationBudget(method="brute")
+    )
+    runs = [simulator.probability([("A", "g0")], seed=s).iloc[0] for s in range(200)]
+    p_star = np.array([r["p_star"] for r in runs])
+    se = np.array([r["p_star_se"] for r in runs])
+    assert all(r["method"] == "brute" for r in runs)
+    assert se.min() > 0.004  # about sqrt(p~ (1 - p~) / N) with p~ = 2 / (N + 4), N <= 512
+    assert (se <= 0.01).all()  # and every run still meets the target
+    covered = np.mean(np.abs(p_star - p) <= 2 * se)
+    assert covered >= 0.9, covered
+    assert abs(p_star.mean() - p) < 0.002, p_star.mean()
+
+
+def test_a_pooled_control_arm_of_its_own_size_on_both_paths():
+    """n_control = 2000 (a screen's pooled control cells) against 100 perturbed cells:
+    the fast path and brute force agree (each to SE 0.005), and the larger control arm
+    makes the replicate's difference less noisy, so a clear effect is called more often
+    than with 100 control cells."""
+    model = PoissonModel({"control": (1.0, 1.0), "A": (1.2, 1.3)})
+    answers = {}
+    for n_control in (100, 2000):
+        simulator = OutcomeSimulator(
+            model, "screen_hit", threshold=0.3, n_cells=100, n_control=n_control
+        )
+        fast = simulator.probability([("A", "g0")], target_se=0.005, method="fast").iloc[0]
+        brute = simulator.probability([("A", "g0")], target_se=0.005, method="brute").iloc[0]
+        assert f"100 perturbed and {n_control} control cells" in simulator.describe("A", "g0")
+        gap = abs(fast["p_star"] - brute["p_star"])
+        assert gap < 4 * np.hypot(fast["p_star_se"], brute["p_star_se"]) + 0.01, (fast, brute)
+        answers[n_control] = brute["p_star"]
+    assert answers[2000] > answers[100] + 0.03
+
+
+@pytest.mark.parametrize("method", ["brute", "fast"])
+def test_replicate_variation_matches_the_exact_binomial_answer_with_a_normal_shift(method):
+    """replicate_sd = 1: each replicate's D gets an N(0, 1) shift, so
+    P(D + e > t) = sum over the binomial lattice of pmf * Phi((d - t) / 1), exactly."""
+    rates = {"control": (0.4, 0.4), "A": (0.7, 0.7)}
+    n, threshold, sd = 100, LOG_SCALE * 25.5 / 100, 1.0
+    simulator = OutcomeSimulator(
+        PoissonModel(rates),
+        "screen_hit",
+        threshold=threshold,
+        direction="up",
+        n_cells=n,
+        replicate_sd=sd,
+    )
+    row = simulator.probability([("A", "g0")], target_se=0.01, method=method, seed=3).iloc[0]
+    k = np.arange(n + 1)
+    pmf_p = stats.binom.pmf(k, n, 1 - np.exp(-0.7))
+    pmf_c = stats.binom.pmf(k, n, 1 - np.exp(-0.4))
+    difference = LOG_SCALE * (k[:, None] - k[None, :]) / n
+    exact = float(
+        (pmf_p[:, None] * pmf_c[None, :] * stats.norm.sf((threshold - difference) / sd)).sum()
+    )
+    without = _exact_hit_probability(1 - np.exp(-0.7), 1 - np.exp(-0.4), n, threshold)
+    assert abs(exact - without) > 0.05  # the shift matters at this size
+    slack = 0.0 if method == "brute" else 0.02
+    assert abs(row["p_star"] - exact) < 4 * row["p_star_se"] + slack, (row["p_star"], exact)
+    if method == "brute":  # sampled outcomes carry the same shift
+        outcomes = simulator.sample([("A", "g0")], n=2000, seed=5)
+        rate = float(outcomes.mean())
+        assert abs(rate - exact) < 4 * np.sqrt(exact * (1 - exact) / 2000) + 0.04
+    with pytest.raises(ValueError, match="replicate_sd must be >= 0"):
+        OutcomeSimulator(PoissonModel(rates), "screen_hit", replicate_sd=-1.0)
+
+
+class LibraryModel(PoissonModel):
+    """g0 ~ Poisson(rate * library / 1000): a cell's chance of expressing g0 depends on
+    its library size, which the caller may give per condition."""
+
+    library_sizes = np.full(50, 1000.0, dtype=np.float32)  # the pooled training sizes
+
+    def posterior_predictive(self, conditions, n_cells=100, n_draws=100, library_size=None, seed=0):
+        if isinstance(conditions, str):
+            conditions = [conditions]
+        rng = np.random.default_rng(seed)
+        shape = (n_draws, len(conditions), n_cells)
+        library = (
+            rng.choice(self.library_sizes, shape)
+            if library_size is None
+            else np.broadcast_to(library_size, shape)
+        )
+        rate = np.array([self.rates[c][0] for c in conditions])[None, :, None]
+        g0 = rng.poisson(rate * library / 1000.0)
+        counts = np.stack([g0, np.zeros_like(g0)], axis=-1).astype(np.float32)
+        return PosteriorPredictive(
+            conditions=list(conditions),
+            gene_names=self.gene_names,
+            counts=counts,
+            expected_counts=counts,
+            library_size=np.asarray(library, dtype=np.float32),
+        )
+
+
+def test_library_sizes_per_condition_follow_each_conditions_observed_cells():
+    """Condition A's observed cells have libraries of 200 or 400 (an essential-gene
+    knockdown), the control's 1,000-3,000: with per-condition sizes P(g0 > 0) in one A
+    cell is the mean of 1 - exp(-rate L / 1000) over A's sizes; pooled, over the
+    model's 1,000s. B has too few cells (5 < MIN_LIBRARY_CELLS) and falls back."""
+    import anndata as ad
+
+    from bioreason.sim.simulator import MIN_LIBRARY_CELLS
+
+    sizes = {"control": [1000.0, 3000.0] * 30, "A": [200.0, 400.0] * 30, "B": [50.0] * 5}
+    labels = [c for c, values in sizes.items() for _ in values]
+    library = np.concatenate([v for v in sizes.values()])
+    counts = np.stack([library, np.zeros_like(library)], axis=1).astype(np.float32)
+    observed = ad.AnnData(
+        X=counts,
+        obs=pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(len(labels))]),
+    )
+    observed.layers["counts"] = counts
+    observed.var_names = ["g0", "g1"]
+    model = LibraryModel({"control": (1.0, 1.0), "A": (2.0, 2.0), "B": (2.0, 2.0)})
+    assert 5 < MIN_LIBRARY_CELLS
+    questions = [("A", "g0"), ("B", "g0")]
+    answers = {}
+    for rule in ("pooled", "per_condition"):
+        simulator = OutcomeSimulator(
+            model, "cell_expression", threshold=1.0, observed=observed, library_sizes=rule
+        )
+        answers[rule] = simulator.probability(questions, target_se=0.005, method="brute", seed=2)
+    own = np.mean(1 - np.exp(-2.0 * np.array([200.0, 400.0]) / 1000))
+    pooled = 1 - np.exp(-2.0)
+    for rule, expected in (("pooled", [pooled, pooled]), ("per_condition", [own, pooled])):
+        frame = answers[rule]
+        gap = np.abs(frame["p_star"].to_numpy() - expected)
+        assert (gap < 4 * frame["p_star_se"].to_numpy() + 0.01).all(), (
+            rule,
+            frame["p_star"].tolist(),
+        )
+    with pytest.raises(ValueError, match="library_sizes must be 'pooled' or 'per_condition'"):
+        OutcomeSimulator(model, "cell_expression", threshold=1.0, library_sizes="mine")

@@ -319,3 +319,36 @@ def test_a_string_where_a_list_belongs_names_the_argument(screen):
         build_task(simulator, ["P0"], "gene00000")
     with pytest.raises(ValueError, match="one condition twice"):
         build_task(simulator, ["P0+P1", "P1+P0"], ["gene00000"])
+
+
+def test_the_prompts_verb_follows_the_perturbation_type(screen):
+    simulator = GroundTruthSimulator(screen, "direction", n_cells=20)
+    budget = SimulationBudget(target_se=0.5, min_draws=2, draws_per_round=2, method="brute")
+    common = {"budget": budget, "seed": 1, "template": "{question}"}
+    default = build_task(simulator, ["P0", "P0+P1"], ["gene00000"], **common)
+    assert default["prompt"].str.contains("knocking down P0").all()
+    activated = build_task(
+        simulator, ["P0", "P0+P1"], ["gene00000"], perturbation_type="CRISPRa", **common
+    )
+    assert activated["prompt"].iloc[0].count("activating P0") == 1
+    assert "activating P0 and P1 together" in activated["prompt"].iloc[1]
+    assert not activated["prompt"].str.contains("knocking").any()
+    with pytest.raises(ValueError, match=r"unknown perturbation_type 'crisprx'.*'crispra'"):
+        build_task(simulator, ["P0"], ["gene00000"], perturbation_type="crisprx", **common)
+    with pytest.raises(ValueError, match="unknown perturbation_type 'rnai'"):
+        TaskConfig(model="m", perturbation_type="rnai")
+    assert TaskConfig(model="m", perturbation_type="knockout").perturbation_type == "knockout"
+
+
+def test_the_perturbation_type_is_read_from_the_cells(screen):
+    from bioreason.sim import perturbation_type_of
+
+    assert perturbation_type_of(screen) is None  # the simulated screen records none
+    cells = screen.copy()
+    cells.obs["perturbation_type"] = "CRISPRa"
+    assert perturbation_type_of(cells) == "crispra"
+    cells.obs["perturbation_type"] = ["CRISPRa", "CRISPRi"] * (cells.n_obs // 2) + ["CRISPRa"] * (
+        cells.n_obs % 2
+    )
+    assert perturbation_type_of(cells) is None  # two types: the caller's default
+    assert TaskConfig(model="m").perturbation_type == "auto"

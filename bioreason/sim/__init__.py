@@ -26,6 +26,7 @@ from bioreason.sim.outcomes import (
     make_outcome,
     register_outcome,
 )
+from bioreason.sim.prompts import PERTURBATION_VERBS, perturbation_type_of, perturbation_verb
 from bioreason.sim.readouts import (
     Readout,
     ReadoutSet,
@@ -91,6 +92,9 @@ __all__ = [
     "SimulationBudget",
     "cell_scores",
     "describe_condition",
+    "PERTURBATION_VERBS",
+    "perturbation_type_of",
+    "perturbation_verb",
     "gene_readout",
     "learn_programs",
     "log_normalize",

@@ -10,6 +10,10 @@ reference metrics of :mod:`bioreason.calibration.metrics`:
 * ``ece_to_reference``: equal-width bins of p*, ``sum_b (n_b / n) |mean p*_b - mean p_true_b|``;
 * ``overconfidence``: ``mean |p* - 1/2| - mean |p_true - 1/2|`` (> 0: p* more extreme);
 * ``fraction_off``: the share of questions with |p* - p_true| > ``tolerance``;
+* ``bias``: mean p* - mean p_true (< 0: the model's probabilities are too low overall);
+* ``interval_coverage``: the share of questions whose p_true lies in the central 90 %
+  interval of the per-draw probabilities (``p_star_low`` .. ``p_star_high``, when the
+  frame has them): near 0.9 when the posterior's uncertainty is honest;
 * ``mean_spread``: mean across-draw spread of the model's per-draw probabilities
   (its epistemic uncertainty, when the frame has ``p_star_spread``);
 * ``noise_floor``: the mean |p* - p_true| that Monte Carlo error alone would give,
@@ -45,6 +49,8 @@ METRIC_UNITS = {
     "ece_to_reference": "probability",
     "overconfidence": "probability",
     "fraction_off": "fraction",
+    "bias": "probability",
+    "interval_coverage": "fraction",
     "mean_spread": "probability",
     "noise_floor": "probability",
     "mean_p_star": "probability",
@@ -110,10 +116,15 @@ def _summary(
         "mean_spread": (
             float(rows["p_star_spread"].mean()) if "p_star_spread" in rows else float("nan")
         ),
+        "bias": float(p_star.mean() - p_true.mean()),
+        "interval_coverage": float("nan"),
         "noise_floor": float("nan"),
         "mean_p_star": float(p_star.mean()),
         "mean_p_true": float(p_true.mean()),
     }
+    if "p_star_low" in rows and "p_star_high" in rows:
+        low, high = rows["p_star_low"].to_numpy(float), rows["p_star_high"].to_numpy(float)
+        out["interval_coverage"] = float(np.mean((low <= p_true) & (p_true <= high)))
     if "p_star_se" in rows and "p_true_se" in rows:
         se = np.hypot(rows["p_star_se"].to_numpy(float), rows["p_true_se"].to_numpy(float))
         out["noise_floor"] = float(np.sqrt(2 / np.pi) * se.mean())

@@ -152,7 +152,11 @@ class Outcome:
         return self
 
     def replicate(
-        self, perturbed: np.ndarray, control: np.ndarray, readouts: Sequence[str]
+        self,
+        perturbed: np.ndarray,
+        control: np.ndarray,
+        readouts: Sequence[str],
+        rng: np.random.Generator | None = None,
     ) -> np.ndarray:
         """The event on replicate experiments.
 
@@ -161,6 +165,9 @@ class Outcome:
         perturbed : ndarray, shape (..., n_cells, R) -- perturbed cells' readout scores
         control : ndarray, shape (..., n_control, R), broadcastable to perturbed's leading dims
         readouts : the R readout names (for per-readout thresholds)
+        rng : numpy Generator, optional
+            Draws what varies between replicate experiments beyond their cells
+            (``ScreenHit.replicate_sd``); needed only by outcomes that have such a term.
 
         Returns
         -------
@@ -209,6 +216,13 @@ class ScreenHit(Outcome):
     ``D < -threshold`` (``"down"``); with ``test="welch"`` it is a Welch t-test of the
     two groups' scores at level ``alpha`` (two-sided for ``"either"``, one-sided
     otherwise). ``threshold`` is a number or a mapping readout -> number.
+
+    ``replicate_sd`` (default 0) is the sd of a shift of D shared by all cells of one
+    replicate experiment: what varies between experiments beyond their cells (batch,
+    day, guide efficiency). Each replicate's D gets an independent N(0, replicate_sd^2)
+    shift; the fast path adds replicate_sd^2 to D's variance. Without it, a replicate's
+    only noise is its cells', and p* of a clear effect is nearly 0 or 1 -- more extreme
+    than replicate screens agree with one another.
     """
 
     name: ClassVar[str] = "screen_hit"
@@ -221,9 +235,15 @@ class ScreenHit(Outcome):
     test: str = "threshold"
     direction: str = "either"
     alpha: float = 0.05
+    replicate_sd: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check_number(self.replicate_sd, "replicate_sd", self.name)
+        if not (math.isfinite(float(self.replicate_sd)) and self.replicate_sd >= 0):
+            raise ValueError(
+                f"screen_hit: replicate_sd must be >= 0 and finite, got {self.replicate_sd}"
+            )
         _check_choice("test", self.test, ("threshold", "welch"), self.name)
         _check_choice("direction", self.direction, ("either", "up", "down"), self.name)
         _check_number(self.alpha, "alpha", self.name)
@@ -292,14 +312,19 @@ class ScreenHit(Outcome):
             return down
         return up + down
 
-    def replicate(self, perturbed, control, readouts):
+    def replicate(self, perturbed, control, readouts, rng=None):
         mean_p, var_p = _moments(perturbed)
         mean_c, var_c = _moments(control)
         n_p, n_c = perturbed.shape[-2], control.shape[-2]
         var_d = var_p / n_p + var_c / n_c
         df = _welch_df(var_p, var_c, n_p, n_c)
         zero = np.zeros_like(var_d)
-        return self._event(mean_p - mean_c, np.sqrt(var_d), zero, readouts, df) > 0.5
+        difference = mean_p - mean_c
+        if self.replicate_sd > 0:
+            if rng is None:
+                raise ValueError("screen_hit with replicate_sd > 0 needs an rng for replicates")
+            difference = difference + rng.normal(0.0, self.replicate_sd, size=difference.shape)
+        return self._event(difference, np.sqrt(var_d), zero, readouts, df) > 0.5
 
     def probability_given_globals(self, perturbed, control, readouts, paired=False):
         n_p, n_c = self.n_cells, self.n_control
@@ -315,6 +340,7 @@ class ScreenHit(Outcome):
         var_d = var_p / n_p + var_c / n_c
         smoothing = np.sqrt(
             np.maximum(var_d - _estimate_variance(perturbed, control, var_p, var_c, paired), 0)
+            + self.replicate_sd**2
         )
         df = _welch_df(var_p, var_c, n_p, n_c)
         return self._event(mean_p - mean_c, np.sqrt(var_d), smoothing, readouts, df)
@@ -368,7 +394,7 @@ class Direction(Outcome):
             f"of {readout} above the control cells'?"
         )
 
-    def replicate(self, perturbed, control, readouts):
+    def replicate(self, perturbed, control, readouts, rng=None):
         return perturbed.mean(axis=-2) - control.mean(axis=-2) > 0
 
     def probability_given_globals(self, perturbed, control, readouts, paired=False):
@@ -422,7 +448,7 @@ class CellExpression(Outcome):
     def with_thresholds(self, thresholds: Mapping[str, float]) -> CellExpression:
         return CellExpression(**{**self.options(), "threshold": dict(thresholds)})
 
-    def replicate(self, perturbed, control, readouts):
+    def replicate(self, perturbed, control, readouts, rng=None):
         cut = _per_readout(self.threshold, readouts, "cell_expression threshold")
         return perturbed[..., 0, :] > cut
 

@@ -48,10 +48,18 @@ from bioreason.sim.budget import SimulationBudget
 from bioreason.sim.outcomes import CustomOutcome, Outcome, make_outcome
 from bioreason.sim.readouts import Readout, ReadoutSet, cell_scores, log_normalize
 
-__all__ = ["FAST_MIN_CELLS", "OutcomeSimulator", "questions_frame"]
+__all__ = [
+    "FAST_MIN_CELLS",
+    "INTERVAL_QUANTILES",
+    "MIN_LIBRARY_CELLS",
+    "OutcomeSimulator",
+    "questions_frame",
+]
 
 #: replicate size from which the normal approximation of the fast path is used by "auto"
 FAST_MIN_CELLS = 20
+#: quantiles of the per-draw probabilities P_k reported as ``p_star_low`` / ``p_star_high``
+INTERVAL_QUANTILES = (0.05, 0.95)
 #: generated count entries (draws x cells x genes) per simulation call
 _ENTRIES_PER_CALL = 1 << 24
 
@@ -126,6 +134,15 @@ class OutcomeSimulator:
         posterior draws reach ``target_se``. None (default): when the model supports it
         (not SVAE+). The brute-force path always simulates independent cells, as a
         replicate experiment has them.
+    library_sizes : ``"pooled"`` or ``"per_condition"``
+        Where simulated cells' library sizes come from. ``"pooled"`` (default): every
+        condition draws from the training cells' library sizes (the model's own rule).
+        ``"per_condition"``: each condition draws from its own observed cells' library
+        sizes (the model's AnnData, else ``observed``), so a knockdown that lowers the
+        cells' total counts (an essential gene) keeps that in its replicates; a condition
+        with fewer than :data:`MIN_LIBRARY_CELLS` observed cells (a held-out
+        combination) draws from the pooled sizes. Paired (counterfactual) cells share a
+        quantile: cell ``i`` gets the same rank in each condition's library sizes.
     **outcome_options
         Options of the outcome, e.g. ``threshold=0.2``, ``test="welch"``.
     """
@@ -140,6 +157,7 @@ class OutcomeSimulator:
         observed: Any = None,
         budget: SimulationBudget | None = None,
         counterfactual: bool | None = None,
+        library_sizes: str = "pooled",
         **outcome_options: Any,
     ) -> None:
         for name in ("posterior_predictive", "gene_names", "control_label"):
@@ -165,6 +183,11 @@ class OutcomeSimulator:
                 UserWarning,
                 stacklevel=2,
             )
+        if library_sizes not in ("pooled", "per_condition"):
+            raise ValueError(
+                f"library_sizes must be 'pooled' or 'per_condition', got {library_sizes!r}"
+            )
+        self.library_sizes = library_sizes
         self.model = model
         self.outcome = make_outcome(outcome, **outcome_options)
         self.readouts = ReadoutSet(model.gene_names, readouts)
@@ -379,6 +402,10 @@ class OutcomeSimulator:
         options: dict[str, Any] = {"counterfactual": True} if counterfactual else {}
         if genes is not None:
             options["genes"] = genes
+        if self.library_sizes == "per_condition":
+            options["library_size"] = self._condition_libraries(
+                labels, n_draws, n_cells, seed, counterfactual
+            )
         predictive = self.model.posterior_predictive(
             labels, n_cells=n_cells, n_draws=n_draws, seed=seed, **options
         )
@@ -389,6 +416,53 @@ class OutcomeSimulator:
             else counts.sum(axis=-1, dtype=np.float32)
         )
         return counts[:, 1:], counts[:, :1], totals[:, 1:], totals[:, :1]
+
+    def _condition_libraries(
+        self, labels: list[str], n_draws: int, n_cells: int, seed: int, paired: bool
+    ) -> np.ndarray:
+        """Library sizes (n_draws, C, n_cells), each condition's from its observed cells
+        (``library_sizes="per_condition"``): the empirical quantile of a uniform draw,
+        shared across conditions when the cells are paired."""
+        table = self._observed_libraries()
+        pooled = np.sort(np.asarray(self.model.library_sizes, dtype=np.float64))
+        cache = self.__dict__.setdefault("_canonical_cache", {})
+        missing = [label for label in dict.fromkeys(labels) if label not in cache]
+        if missing:
+            cache.update(self._canonical(missing))
+        canonical = {label: cache[label] for label in labels}
+        rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, _LIBRARY_TAG])
+        shape = (n_draws, 1 if paired else len(labels), n_cells)
+        u = np.broadcast_to(rng.random(shape), (n_draws, len(labels), n_cells))
+        out = np.empty((n_draws, len(labels), n_cells), dtype=np.float32)
+        for i, label in enumerate(labels):
+            sizes = table.get(canonical[label])
+            if sizes is None or sizes.size < MIN_LIBRARY_CELLS:
+                sizes = pooled
+            out[:, i] = sizes[np.minimum((u[:, i] * sizes.size).astype(np.int64), sizes.size - 1)]
+        return out
+
+    def _observed_libraries(self) -> dict[str, np.ndarray]:
+        """Sorted library sizes of each canonical condition's observed cells (the model's
+        AnnData, else ``observed``)."""
+        if hasattr(self, "_libraries"):
+            return self._libraries
+        from bioreason.data import PerturbationData
+
+        cells = getattr(self.model, "adata", None)
+        if cells is None:
+            cells = self.observed
+        if cells is None:
+            raise ValueError(
+                "library_sizes='per_condition' reads each condition's observed cells: the "
+                "model has no AnnData, so pass observed=adata"
+            )
+        data = PerturbationData.from_anndata(cells, getattr(self.model, "setup", None))
+        sizes = np.asarray(data.library_size, dtype=np.float64)
+        self._libraries = {
+            name: np.sort(sizes[data.condition_codes == code])
+            for code, name in enumerate(data.condition_names)
+        }
+        return self._libraries
 
     def _simulate_scores(
         self, conditions: list[str], readouts: list[str], n_draws: int, n_cells: int, seed: int
@@ -471,7 +545,10 @@ class OutcomeSimulator:
             else:
                 weights = self.readouts.weights(readouts)
                 hits = outcome.replicate(
-                    cell_scores(pert, weights), cell_scores(cont, weights), readouts
+                    cell_scores(pert, weights),
+                    cell_scores(cont, weights),
+                    readouts,
+                    rng=np.random.default_rng([sub_seed, _REPLICATE_TAG]),
                 )
             out.append(hits.mean(axis=2, dtype=np.float64))
         return np.concatenate(out)
@@ -511,9 +588,13 @@ class OutcomeSimulator:
         DataFrame, one row per question in the given order, columns ``condition`` (as
         given: ``"SET+KLF1"`` and ``"KLF1+SET"`` are one condition, simulated once, each
         row keeps its spelling), ``readout``, ``p_star``, ``p_star_se`` (sd(P_k) /
-        sqrt(K)), ``p_star_spread`` (sd of the per-draw estimates P_k across posterior
-        draws: the epistemic spread, plus the per-draw estimate's own noise),
-        ``n_draws``, ``converged`` (bool), ``method`` (``"fast"`` or ``"brute"``) and
+        sqrt(K); on the brute-force path at least the binomial standard error of all its
+        replicate experiments, so it does not vanish when they all agree),
+        ``p_star_spread`` (sd of the per-draw estimates P_k across posterior draws: the
+        epistemic spread, plus the per-draw estimate's own noise), ``p_star_low`` and
+        ``p_star_high`` (the 5 % and 95 % quantiles of the P_k: the central 90 % interval
+        of the posterior's probabilities, :data:`INTERVAL_QUANTILES`), ``n_draws``,
+        ``converged`` (bool), ``method`` (``"fast"`` or ``"brute"``) and
         ``unseen_parts`` (the condition's parts never measured alone, joined by
         ``", "``; ``""`` when there are none, None when no cells are known: see
         :meth:`unseen_parts`; a non-empty value means p* rests on the model's prior for
@@ -528,6 +609,9 @@ class OutcomeSimulator:
         min_draws, draws_per_round = budget.draws_at_least, budget.draws_per_round
         chosen = self._resolve_method(budget.method)
         sizes = {"cells": self._cells_per_draw(budget), "replicates": budget.replicates_per_draw}
+        # brute force: each draw's value is a share of 0/1 replicate outcomes, so the
+        # standard error gets the binomial floor that keeps it from vanishing at 0 and 1
+        binomial_trials = budget.replicates_per_draw if chosen == "brute" else None
         self.fix_thresholds(list(dict.fromkeys(frame["readout"])))
         conditions = list(dict.fromkeys(frame[_CANONICAL]))
         readouts = list(dict.fromkeys(frame["readout"]))
@@ -541,6 +625,7 @@ class OutcomeSimulator:
         asked = np.zeros(shape, dtype=bool)
         asked[q_cond, q_read] = True
         active = np.ones(len(conditions), dtype=bool)
+        per_draw: list[list[np.ndarray]] = [[] for _ in conditions]  # (batch, R) per round
         rounds = 0
         while active.any():
             room = max_draws - draws[active].max()
@@ -559,19 +644,27 @@ class OutcomeSimulator:
             rounds += 1
             total[which] += values.sum(axis=0)
             total_sq[which] += (values**2).sum(axis=0)
+            for j, i in enumerate(which):
+                per_draw[i].append(values[:, j])
             draws[which] += batch
-            se = _standard_error(total, total_sq, draws)
+            se = _standard_error(total, total_sq, draws, binomial_trials)
             done = (se <= target_se) | ~asked
             active = ~done.all(axis=1) | (draws < min_draws)
-        se = _standard_error(total, total_sq, draws)
+        se = _standard_error(total, total_sq, draws, binomial_trials)
         k = np.maximum(draws, 1)[:, None]
         mean = total / k
         spread = np.sqrt(np.maximum(total_sq / k - mean**2, 0.0) * k / np.maximum(k - 1, 1))
         unseen = dict(zip(conditions, self.unseen_parts(conditions), strict=True))
+        low, high = np.full(shape, np.nan), np.full(shape, np.nan)
+        for i, parts in enumerate(per_draw):
+            if parts:
+                low[i], high[i] = np.quantile(np.concatenate(parts), INTERVAL_QUANTILES, axis=0)
         result = frame.drop(columns=[_CANONICAL]).assign(
             p_star=mean[q_cond, q_read],
             p_star_se=se[q_cond, q_read],
             p_star_spread=spread[q_cond, q_read],
+            p_star_low=low[q_cond, q_read],
+            p_star_high=high[q_cond, q_read],
             n_draws=draws[q_cond],
             converged=se[q_cond, q_read] <= target_se,
             method=chosen,
@@ -684,7 +777,9 @@ class OutcomeSimulator:
                 scores_p = np.matmul(log_normalize(perturbed), own)[..., 0].T
                 scores_c = np.matmul(log_normalize(control), own)[..., 0].T
                 names = [readouts[i] for i in which]
-                hits[start : start + count] = outcome.replicate(scores_p, scores_c, names)
+                hits[start : start + count] = outcome.replicate(
+                    scores_p, scores_c, names, rng=np.random.default_rng([sub_seed, _REPLICATE_TAG])
+                )
             out[rows] = hits.reshape(len(rows), n)
         return out
 
@@ -695,7 +790,7 @@ class OutcomeSimulator:
 
 
 def describe_condition(condition: str, delimiter: str = "+", verb: str = "knocking down") -> str:
-    """``"A+B"`` -> ``"knocking down A and B"``."""
+    """``"A+B"`` -> ``"knocking down A and B"`` (``verb``: see :func:`perturbation_verb`)."""
     parts = [p for p in str(condition).split(delimiter) if p]
     if len(parts) <= 1:
         return f"{verb} {condition}"
@@ -723,12 +818,35 @@ def _as_budget(budget: Any) -> SimulationBudget:
     return budget
 
 
-def _standard_error(total: np.ndarray, total_sq: np.ndarray, draws: np.ndarray) -> np.ndarray:
+def _standard_error(
+    total: np.ndarray,
+    total_sq: np.ndarray,
+    draws: np.ndarray,
+    trials_per_draw: int | None = None,
+) -> np.ndarray:
+    """Monte Carlo standard error of the mean of the per-draw values: sd / sqrt(K).
+
+    With ``trials_per_draw`` (the brute-force path, where each draw's value is the share
+    of ``m`` replicate experiments with outcome 1), the standard error is at least the
+    binomial one of the pooled ``N = K m`` experiments, with the Agresti-Coull estimate
+    ``p~ = (S + 2) / (N + 4)`` of the probability (S experiments with outcome 1):
+    sqrt(p~ (1 - p~) / N). The plain estimate is 0 when every replicate agrees (all 0 or
+    all 1), which a question of p = 0.01 does about a quarter of the time after 128
+    experiments; it was then reported as 0 +/- 0. With the floor, p* = 0 comes with the
+    uncertainty its experiments leave, and the stopping rule needs about
+    2 / target_se experiments before it accepts such a question. The pseudo-counts also
+    keep the sequential stopping from favouring low estimates: stopping on the plain or
+    Laplace ((S + 1) / (N + 2)) floor biased p* at p = 0.01 down by about 0.002.
+    """
     k = draws[:, None].astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = total / k
         var = np.maximum(total_sq / k - mean**2, 0.0) * k / (k - 1)
         se = np.sqrt(var / k)
+        if trials_per_draw is not None:
+            n = k * trials_per_draw
+            p = (total * trials_per_draw + 2.0) / (n + 4.0)
+            se = np.maximum(se, np.sqrt(p * (1.0 - p) / n))
     return np.where(k > 1, se, np.inf)
 
 
@@ -736,6 +854,12 @@ def _sub_seed(seed: int, number: int) -> int:
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, number]).generate_state(1)[0])
 
 
+#: entropy word of the stream of per-condition library sizes
+_LIBRARY_TAG = 0x6C69_6272
+#: observed cells a condition needs for library_sizes="per_condition" to use its own sizes
+MIN_LIBRARY_CELLS = 20
+#: entropy word of the stream of replicate-level shifts (``ScreenHit.replicate_sd``)
+_REPLICATE_TAG = 0x7265_706C
 #: entropy word that sets the independent outcomes' streams apart from p*'s
 _INDEPENDENT_TAG = 0x6F75_7463
 

@@ -30,6 +30,7 @@ from bioreason.data.h5ad import read_h5ad
 from bioreason.data.tasks import DEFAULT_TEMPLATE, SPLITS, check_template
 from bioreason.registry import Registry
 from bioreason.sim.budget import SimulationBudget
+from bioreason.sim.prompts import perturbation_type_of, perturbation_verb
 
 __all__ = [
     "CONDITION_SETS",
@@ -182,6 +183,13 @@ class TaskConfig(Config):
     threshold_quantile : float in (0, 1)
         Quantile of the model's effects that sets a readout's threshold when
         ``threshold`` is null (``screen_hit``).
+    perturbation_type : str
+        The screen's perturbation, which sets the prompt's verb
+        (:data:`~bioreason.sim.PERTURBATION_VERBS`): ``crispri`` (knocking down),
+        ``crispra`` (activating), ``knockout``, ``overexpression``, ``compound``; or
+        ``auto`` (default): the one type in ``adata.obs["perturbation_type"]`` when the
+        observed cells record it (``crispra`` for the Norman 2019 cells), else
+        ``crispri``.
     """
 
     #: the budget's fields that were TaskConfig fields before it was nested
@@ -211,6 +219,7 @@ class TaskConfig(Config):
     seed: int = 0
     budget: SimulationBudget = field(default_factory=SimulationBudget)
     threshold_quantile: float = 0.5
+    perturbation_type: str = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.conditions, str):
@@ -249,6 +258,8 @@ class TaskConfig(Config):
             raise ValueError("test_fraction + val_fraction must be < 1 (nothing left to train on)")
         if not 0 < self.threshold_quantile < 1:
             raise ValueError(f"threshold_quantile must be in (0, 1), got {self.threshold_quantile}")
+        if self.perturbation_type != "auto":
+            perturbation_verb(self.perturbation_type)  # an unknown type names the known ones
 
     def check_inputs(self) -> None:
         """Check that the settings name what building the task reads: a saved model, and
@@ -519,6 +530,11 @@ def build_task_from_config(
         val_fraction=config.val_fraction,
         seed=config.seed,
         threshold_quantile=config.threshold_quantile,
+        perturbation_type=(
+            (perturbation_type_of(adata) or "crispri")
+            if config.perturbation_type == "auto"
+            else config.perturbation_type
+        ),
         truth=truth,
     )
     table.attrs["summary"] = {

@@ -18,6 +18,7 @@ from bioreason.data.tasks import (
     task_summary,
 )
 from bioreason.sim.budget import SimulationBudget
+from bioreason.sim.prompts import perturbation_verb
 from bioreason.sim.readouts import Readout
 from bioreason.sim.simulator import OutcomeSimulator
 
@@ -46,6 +47,7 @@ def build_task(
     truth: OutcomeSimulator | None = None,
     path: str | Path | None = None,
     overwrite: bool = False,
+    perturbation_type: str = "crispri",
 ) -> pd.DataFrame:
     """Questions (every condition x readout) with p*, sampled outcomes and a split.
 
@@ -101,6 +103,11 @@ def build_task(
         unless ``overwrite=True``.
     overwrite : bool
         Replace an existing ``path``.
+    perturbation_type : str
+        How the screen perturbs its genes, which sets the prompt's verb
+        (:data:`~bioreason.sim.PERTURBATION_VERBS`): ``"crispri"`` ("knocking down",
+        the default), ``"crispra"`` ("activating"), ``"knockout"``, ``"overexpression"``,
+        ``"compound"``.
 
     Returns
     -------
@@ -114,6 +121,7 @@ def build_task(
         :func:`~bioreason.data.tasks.task_summary` plus ``outcome_sampling``.
     """
     check_template(template)
+    verb = perturbation_verb(perturbation_type)
     if outcome_sampling not in OUTCOME_SAMPLING:
         raise ValueError(
             f"outcome_sampling must be one of {list(OUTCOME_SAMPLING)}, got {outcome_sampling!r}"
@@ -166,7 +174,7 @@ def build_task(
         markers = ""
         if uses_readout:
             markers = ", ".join(simulator.readouts.get(readout).markers[:15])
-        condition_text = _condition_text(simulator, condition)
+        condition_text = _condition_text(simulator, condition, verb)
         prompts.append(
             template.format(
                 question=simulator.describe(condition, readout, condition_text),
@@ -290,12 +298,12 @@ def _refuse_repeated_conditions(simulator: OutcomeSimulator, conditions: list[st
             )
 
 
-def _condition_text(simulator: OutcomeSimulator, condition: str) -> str:
+def _condition_text(simulator: OutcomeSimulator, condition: str, verb: str) -> str:
     """How a prompt names ``condition`` (``"knocking down A and B together"``)."""
     control = getattr(simulator.model, "control_label", "control")
     if condition == control:
         return "no perturbation (control cells)"
     parts = condition.split("+")
     if len(parts) == 1:
-        return f"knocking down {condition}"
-    return f"knocking down {', '.join(parts[:-1])} and {parts[-1]} together"
+        return f"{verb} {condition}"
+    return f"{verb} {', '.join(parts[:-1])} and {parts[-1]} together"

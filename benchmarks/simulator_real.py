@@ -1,0 +1,187 @@
+"""p* against real held-out experiments: the Norman 2019 cells (issue 21).
+
+On a real screen there is no p_true. What can be checked is whether p* of a held-out
+combination agrees with what that combination's own cells say, cells the model never
+saw. The registry dataset ``norman19`` (3,375 K562 cells, CRISPRa, 18 singles and 15
+pairs; ``../shared/data``) is split as a user would: ``--heldout-fraction`` of the
+combinations whose parts are measured alone (``composable_combinations``) are held out
+with all their cells; SAMS-VAE is trained on the rest (the demo's architecture,
+``--steps`` steps, ``--embedding-lr``). Readouts: ``--n-programs`` NMF programs learned on
+the training cells. Questions: ``screen_hit`` with ``--n-cells`` perturbed and as many
+control cells per replicate, one threshold per program (the median over the seen
+conditions of the training cells' |observed effect|).
+
+References (:func:`bioreason.sim.baselines.observed_probability`):
+
+* held-out combinations: the plug-in probability from the combination's own held-out
+  cells against the training control cells (an estimate with its own noise, printed as
+  ``reference_mean_effect_se``); the additive baseline from the training cells of its
+  parts is the model-free competitor;
+* seen conditions: the plug-in from the training cells themselves (does the model
+  reproduce the data it was fitted on?).
+
+Prints one ``name: value unit`` line per figure: per group the mean |p* - reference|
+(bootstrap interval over conditions), the correlation over questions, the bias (mean p*
+- mean reference), the ECE of p* against the reference, and the same for the additive
+baseline on the held-out group.
+
+    python benchmarks/simulator_real.py [--threads 2] [--steps 3000] [--embedding-lr 0.03]
+        [--n-programs 10] [--heldout-fraction 0.34] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--embedding-lr", type=float, default=None)
+    parser.add_argument("--n-programs", type=int, default=10)
+    parser.add_argument("--n-markers", type=int, default=15)
+    parser.add_argument("--n-cells", type=int, default=100, help="cells per replicate group")
+    parser.add_argument("--heldout-fraction", type=float, default=0.34)
+    parser.add_argument("--target-se", type=float, default=0.01)
+    parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _line(name: str, value: float, unit: str) -> None:
+    print(f"{name}: {value:.4f} {unit}", flush=True)
+
+
+def _report(prefix: str, frame, reference, n_boot: int) -> None:
+    from bioreason.sim.accuracy import compare_to_truth, join_truth
+
+    table = compare_to_truth(frame, reference, n_boot=n_boot)
+    joined = join_truth(frame, reference)
+    for group, row in table.iterrows():
+        rows = joined[joined["group"] == group]
+        name = f"{prefix}_{group}"
+        _line(f"{name}_mean_abs_error_vs_reference", row["mean_abs_error"], "probability")
+        _line(f"{name}_mean_abs_error_ci95_low", row["mean_abs_error_low"], "probability")
+        _line(f"{name}_mean_abs_error_ci95_high", row["mean_abs_error_high"], "probability")
+        corr = np.corrcoef(rows["p_star"], rows["p_true"])[0, 1] if len(rows) > 2 else np.nan
+        _line(f"{name}_corr_vs_reference", corr, "corr")
+        _line(f"{name}_bias_mean_pstar_minus_reference", row["bias"], "probability")
+        _line(f"{name}_ece_vs_reference", row["ece_to_reference"], "probability")
+        _line(f"{name}_mean_pstar", row["mean_p_star"], "probability")
+        _line(f"{name}_sd_pstar", float(rows["p_star"].std()), "probability")
+        if not np.isnan(row["interval_coverage"]):
+            _line(f"{name}_reference_in_90pct_interval", row["interval_coverage"], "fraction")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import pandas as pd
+
+    import bioreason.data as bd
+    from bioreason.models import SAMSVAE
+    from bioreason.pipelines.demo import demo_config
+    from bioreason.sim import OutcomeSimulator, SimulationBudget, learn_programs
+    from bioreason.sim.baselines import observed_probability
+    from bioreason.sim.outcomes import ScreenHit
+
+    try:
+        adata = bd.load_dataset("norman19")
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    setup = bd.dataset_registry()["norman19"].setup
+    data = bd.PerturbationData.from_anndata(adata, setup)
+    heldout = bd.composable_combinations(data, fraction=args.heldout_fraction, seed=args.seed)
+    split = bd.split_heldout_combinations(data, heldout=heldout, val_fraction=0.1, seed=args.seed)
+    print(f"heldout_combinations: {', '.join(heldout)}")
+    train_adata = adata[np.concatenate([split.train, split.val])].copy()
+    key = setup.perturbation_key
+    labels = adata.obs[key].astype(str).to_numpy()
+    control = np.flatnonzero(np.isin(labels, list(np.atleast_1d(setup.control))))
+    control_train = np.intersect1d(control, np.concatenate([split.train, split.val]))
+    reference_adata = adata[np.concatenate([split.test, control_train])].copy()
+
+    readouts = learn_programs(
+        train_adata, n_programs=args.n_programs, n_markers=args.n_markers, seed=args.seed
+    )
+    names = [r.name for r in readouts]
+    table = data.condition_table()
+    perturbed = table.index[table["n_perturbations"] >= 1].tolist()
+    held = set(heldout)
+    seen = [c for c in perturbed if c not in held]
+    groups = {c: "seen" for c in seen} | {c: "heldout" for c in heldout}
+
+    # thresholds: per program, the median |observed effect| of the seen conditions
+    probe = ScreenHit(n_cells=args.n_cells, threshold=0.0)
+    seen_effects = observed_probability(probe, train_adata, readouts, seen)
+    thresholds = (
+        seen_effects.assign(size=seen_effects["effect"].abs())
+        .groupby("readout")["size"]
+        .median()
+        .to_dict()
+    )
+    outcome = ScreenHit(n_cells=args.n_cells, threshold=thresholds)
+    reference = pd.concat(
+        [
+            observed_probability(outcome, train_adata, readouts, seen),
+            observed_probability(outcome, reference_adata, readouts, heldout),
+        ],
+        ignore_index=True,
+    )
+    held_rows = reference["condition"].isin(held)
+    _line("reference_heldout_mean_effect_se", reference.loc[held_rows, "effect_se"].mean(), "score")
+    _line("threshold_median", float(np.median(list(thresholds.values()))), "score")
+    additive = observed_probability(outcome, train_adata, readouts, heldout, method="additive")
+    additive["group"] = "heldout"
+    _report("additive", additive, reference, args.n_boot)
+
+    demo = demo_config()
+    model_adata = train_adata.copy()
+    SAMSVAE.setup_anndata(model_adata, **setup.to_dict())
+    model = SAMSVAE(
+        model_adata,
+        perturbation_names=data.perturbation_names,
+        seed=args.seed,
+        **demo.vae.options.to_dict(),
+    )
+    start = time.perf_counter()
+    model.train(
+        max_steps=args.steps,
+        batch_size=512,
+        n_particles=5,
+        lr=args.lr,
+        embedding_lr=args.embedding_lr,
+        seed=args.seed,
+        device="cpu",
+        train_indices=np.arange(split.train.size),
+        validation_indices=np.arange(split.train.size, model_adata.n_obs),
+        progress=False,
+    )
+    _line("sams_vae_train_seconds", time.perf_counter() - start, "s")
+    simulator = OutcomeSimulator(
+        model,
+        outcome,
+        readouts=readouts,
+        budget=SimulationBudget(target_se=args.target_se),
+    )
+    questions = pd.DataFrame(
+        [(c, r) for c in groups for r in names], columns=["condition", "readout"]
+    )
+    start = time.perf_counter()
+    frame = simulator.probability(questions, seed=args.seed)
+    _line("sams_vae_pstar_seconds", time.perf_counter() - start, "s")
+    frame["group"] = frame["condition"].map(groups)
+    _report("sams_vae", frame, reference, args.n_boot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

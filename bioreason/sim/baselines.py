@@ -1,0 +1,142 @@
+"""Model-free reference probabilities from observed cells, to judge p* against.
+
+A fitted model earns its keep when its p* is closer to the truth than what the observed
+cells alone say. Two baselines for :class:`~bioreason.sim.outcomes.ScreenHit` questions:
+
+* **plug-in** (a measured condition): the replicate's score difference D is normal with
+  mean ``d`` and variance ``s^2 = var_p / n + var_c / n_c`` (``n``, ``n_c``: the
+  replicate's cells). The observed cells estimate ``d`` by ``d_hat`` (the difference of
+  the observed mean scores, ``m`` perturbed and ``m_c`` control cells) with variance
+  ``v = var_p / m + var_c / m_c``; the predictive distribution of D is then
+  ``N(d_hat, s^2 + v)``, and the event's probability under it is the plug-in estimate
+  (the estimate's own variance added, so a noisy estimate is not read as certain).
+* **additive** (a combination A+B whose parts were measured alone): ``d_hat = d_hat_A +
+  d_hat_B`` (each part's observed effect against the same control cells), its variance
+  ``var_A / m_A + var_B / m_B + 4 var_c / m_c``, and the perturbed cells' variance the
+  mean of the parts'; the rest as the plug-in.
+
+Both use the same event as the simulator (:meth:`ScreenHit._event`: threshold or Welch
+test, either direction). They need no model: :func:`observed_probability` reads the
+cells' counts and the readouts' weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bioreason.sim.outcomes import ScreenHit, _welch_df
+from bioreason.sim.readouts import Readout, ReadoutSet, cell_scores
+
+__all__ = ["observed_probability"]
+
+
+def _dense(matrix: Any) -> np.ndarray:
+    return np.asarray(matrix.toarray() if hasattr(matrix, "toarray") else matrix, np.float32)
+
+
+def _parts_key(label: str, delimiter: str) -> frozenset[str]:
+    return frozenset(part.strip() for part in str(label).split(delimiter))
+
+
+def observed_probability(
+    outcome: ScreenHit,
+    adata: Any,
+    readouts: Sequence[Readout] | ReadoutSet,
+    conditions: Sequence[str],
+    *,
+    method: str = "plugin",
+    layer: str | None = "counts",
+    perturbation_key: str = "perturbation",
+    control: str = "control",
+    delimiter: str = "+",
+) -> pd.DataFrame:
+    """Model-free probabilities of ``screen_hit`` questions from observed cells.
+
+    Parameters
+    ----------
+    outcome : ScreenHit
+        The event, with its thresholds fixed (a number or one per readout).
+    adata : AnnData
+        Observed cells (counts in ``layers[layer]``, or ``X`` when ``layer`` is None)
+        labelled by ``obs[perturbation_key]``; only these cells are used, so pass the
+        training cells to judge a model trained on them.
+    readouts : list of Readout (or gene names) or ReadoutSet
+        The readouts asked about (every one is scored).
+    conditions : list of str
+        Conditions to answer; a label matches cells whose label has the same parts in
+        any order (``"B+A"`` matches cells labelled ``"A+B"``).
+    method : ``"plugin"`` or ``"additive"``
+        ``plugin``: each condition from its own cells; ``additive``: each condition from
+        its parts' cells (a single perturbation is then its own plug-in).
+
+    Returns
+    -------
+    DataFrame, one row per (condition, readout) in ``conditions`` x readouts order,
+    columns ``condition``, ``readout``, ``p_star`` (the baseline's probability),
+    ``effect`` (``d_hat``), ``effect_se`` (sqrt(v)) and ``n_cells`` (the observed
+    perturbed cells used; for ``additive`` the smaller part's).
+
+    Raises
+    ------
+    ValueError
+        An outcome other than ``screen_hit`` or without thresholds, an unknown
+        ``method``, a condition (or, for ``additive``, a part) with fewer than 2
+        observed cells, or fewer than 2 control cells.
+    """
+    if not isinstance(outcome, ScreenHit):
+        raise ValueError(
+            f"observed_probability answers screen_hit questions; got {type(outcome).__name__}"
+        )
+    if outcome.needs_thresholds():
+        raise ValueError("observed_probability: fix the outcome's thresholds first")
+    if method not in ("plugin", "additive"):
+        raise ValueError(f"method must be 'plugin' or 'additive', got {method!r}")
+    if perturbation_key not in adata.obs:
+        raise ValueError(f"adata.obs has no column {perturbation_key!r}")
+    given = readouts.readouts if isinstance(readouts, ReadoutSet) else list(readouts)
+    resolved = ReadoutSet(list(map(str, adata.var_names)))
+    names = [resolved.add(r).name for r in given]
+    weights = resolved.weights(names)
+    counts = _dense(adata.layers[layer] if layer is not None else adata.X)
+    scores = cell_scores(counts, weights)  # (cells, R)
+    labels = adata.obs[perturbation_key].astype(str).to_numpy()
+    keys = np.array([_parts_key(label, delimiter) for label in labels], dtype=object)
+
+    def cells_of(key: frozenset[str], what: str) -> np.ndarray:
+        rows = scores[np.array([k == key for k in keys], dtype=bool)]
+        if len(rows) < 2:
+            raise ValueError(f"{what}: {len(rows)} observed cell(s); at least 2 are needed")
+        return rows.astype(np.float64)
+
+    ctrl = cells_of(frozenset([control]), f"control {control!r}")
+    mean_c, var_c, m_c = ctrl.mean(0), ctrl.var(0, ddof=1), len(ctrl)
+    n_p, n_c = outcome.n_cells, outcome.n_control
+    rows = []
+    for condition in conditions:
+        key = _parts_key(condition, delimiter)
+        if method == "plugin" or len(key) == 1:
+            cells = cells_of(key, f"condition {condition!r}")
+            effect = cells.mean(0) - mean_c
+            var_p = cells.var(0, ddof=1)
+            v = var_p / len(cells) + var_c / m_c
+            used = len(cells)
+        else:
+            parts = [cells_of(frozenset([p]), f"part {p!r} of {condition!r}") for p in key]
+            effect = sum(c.mean(0) - mean_c for c in parts)
+            var_p = np.mean([c.var(0, ddof=1) for c in parts], axis=0)
+            v = sum(c.var(0, ddof=1) / len(c) for c in parts) + len(parts) ** 2 * var_c / m_c
+            used = min(len(c) for c in parts)
+        var_d = var_p / n_p + var_c / n_c
+        df = _welch_df(var_p, var_c, n_p, n_c)
+        prob = outcome._event(effect, np.sqrt(var_d), np.sqrt(var_d + v), names, df)
+        for r, name in enumerate(names):
+            rows.append(
+                (condition, name, float(prob[r]), float(effect[r]), float(np.sqrt(v[r])), used)
+            )
+    return pd.DataFrame(
+        rows, columns=["condition", "readout", "p_star", "effect", "effect_se", "n_cells"]
+    )

@@ -1,0 +1,98 @@
+"""Model-free baselines: the plug-in probability against resampled replicate experiments
+from the same cells, the additive baseline against its formula, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bioreason.data import simulate_screen
+from bioreason.sim import cell_scores, learn_programs
+from bioreason.sim.baselines import observed_probability
+from bioreason.sim.outcomes import ScreenHit
+from bioreason.sim.readouts import ReadoutSet
+
+
+@pytest.fixture(scope="module")
+def screen():
+    adata = simulate_screen(
+        n_perturbations=3, n_combinations=1, n_genes=60, n_cells_per_condition=1500, seed=3
+    )
+    programs = learn_programs(adata, n_programs=3, n_markers=10, seed=0)
+    return adata, programs
+
+
+def _scores(adata, programs):
+    names = [p.name for p in programs]
+    weights = ReadoutSet(list(map(str, adata.var_names)), programs).weights(names)
+    counts = adata.layers["counts"].toarray()
+    return cell_scores(counts, weights), adata.obs["perturbation"].astype(str).to_numpy()
+
+
+def test_plugin_matches_replicates_resampled_from_the_same_cells(screen):
+    """With 1,500 observed cells per condition the estimate's variance is small, so the
+    plug-in probability is the normal approximation of D over replicates of 30 cells;
+    4,000 resampled replicates have a Monte Carlo sd <= 0.008, and the CLT at 30 cells
+    adds a little: the tolerance is 0.04."""
+    adata, programs = screen
+    scores, labels = _scores(adata, programs)
+    conditions = [c for c in dict.fromkeys(labels) if c != "control"]
+    control = scores[labels == "control"]
+    effects = np.array([scores[labels == c].mean(0) - control.mean(0) for c in conditions])
+    threshold = {p.name: float(t) for p, t in zip(programs, np.median(np.abs(effects), 0))}
+    outcome = ScreenHit(n_cells=30, threshold=threshold)
+    result = observed_probability(outcome, adata, programs, conditions)
+    assert list(result.columns) == [
+        "condition",
+        "readout",
+        "p_star",
+        "effect",
+        "effect_se",
+        "n_cells",
+    ]
+    rng = np.random.default_rng(0)
+    t = np.array(list(threshold.values()))
+    for condition in conditions:
+        cells = scores[labels == condition]
+        pick_p = rng.integers(len(cells), size=(4000, 30))
+        pick_c = rng.integers(len(control), size=(4000, 30))
+        d = cells[pick_p].mean(1) - control[pick_c].mean(1)
+        empirical = (np.abs(d) > t).mean(0)
+        rows = result[result["condition"] == condition]
+        np.testing.assert_allclose(rows["p_star"], empirical, atol=0.04)
+        np.testing.assert_allclose(rows["effect"], cells.mean(0) - control.mean(0), atol=1e-4)
+
+
+def test_additive_adds_the_parts_effects_and_their_variances(screen):
+    adata, programs = screen
+    labels = adata.obs["perturbation"].astype(str)
+    pair = next(c for c in labels.unique() if "+" in c)
+    a, b = pair.split("+")
+    outcome = ScreenHit(n_cells=100, threshold=0.05)
+    singles = observed_probability(outcome, adata, programs, [a, b]).set_index(
+        ["condition", "readout"]
+    )
+    control_se2 = observed_probability(outcome, adata, programs, [a])["effect_se"].to_numpy() ** 2
+    additive = observed_probability(outcome, adata, programs, [f"{b}+{a}"], method="additive")
+    assert (additive["condition"] == f"{b}+{a}").all()  # answered as asked
+    summed = singles.loc[a, "effect"].to_numpy() + singles.loc[b, "effect"].to_numpy()
+    np.testing.assert_allclose(additive["effect"], summed, rtol=1e-5, atol=1e-7)
+    # var = var_A/m_A + var_B/m_B + 4 var_c/m_c > either part's var_A/m_A + var_c/m_c
+    assert (additive["effect_se"].to_numpy() ** 2 > control_se2).all()
+    plugin = observed_probability(outcome, adata, programs, [f"{b}+{a}"])  # spelled B+A
+    assert (plugin["n_cells"] == (labels == pair).sum()).all()
+
+
+def test_bad_input_is_named(screen):
+    adata, programs = screen
+    single = next(
+        c for c in adata.obs["perturbation"].astype(str).unique() if "+" not in c and c != "control"
+    )
+    with pytest.raises(ValueError, match="thresholds first"):
+        observed_probability(ScreenHit(threshold=None), adata, programs, [single])
+    with pytest.raises(ValueError, match="'plugin' or 'additive'"):
+        observed_probability(ScreenHit(), adata, programs, [single], method="sum")
+    with pytest.raises(ValueError, match="condition 'NOPE'.*0 observed"):
+        observed_probability(ScreenHit(), adata, programs, ["NOPE"])
+    with pytest.raises(ValueError, match="part 'NOPE'"):
+        observed_probability(ScreenHit(), adata, programs, [f"{single}+NOPE"], method="additive")
