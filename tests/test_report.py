@@ -485,3 +485,21 @@ def test_a_synthetic_calibration_folder_gets_its_report(tmp_path, capsys):
     (out / "metrics.csv").write_text("nothing useful\n1\n")
     assert main(["report", str(out)]) == 1
     assert "metrics.csv" in capsys.readouterr().err
+
+
+def test_the_simulator_check_judges_p_star_against_its_targets(run_dir):
+    """The fixture's p* is p_true plus noise of sd 0.05 (no bias): the box says p* tracks
+    p_true. Shrunk toward 0 (p* = 0.6 p_true, a model whose effects are too small), it
+    names the missed targets with the measured bias and what to change."""
+    html_text = write_report(run_dir).html.read_text()
+    section = _section(html_text, "task")
+    assert "p* tracks p_true" in section
+    task_path = run_dir / "task" / "task.parquet"
+    task = pd.read_parquet(task_path)
+    task["p_star"] = 0.6 * task["p_true"]
+    task.to_parquet(task_path, index=False)
+    section = _section(write_report(run_dir, force=True).html.read_text(), "task")
+    bias = 0.6 * task["p_true"].mean() - task["p_true"].mean()
+    assert "p* misses its targets" in section
+    assert f"bias {bias:+.3f}" in section
+    assert "embedding_lr" in section
