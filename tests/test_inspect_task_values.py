@@ -67,7 +67,7 @@ def test_bad_values_are_named_and_the_status_is_1(tmp_path, capsys):
     captured = capsys.readouterr()
     problems = [line for line in captured.out.splitlines() if line.startswith("problem:")]
     text = "\n".join(problems)
-    assert "question_id repeats 1 id(s) over 2 rows (e.g. a)" in text
+    assert "question_id has duplicates: 1 id(s) repeated over 2 rows (e.g. a)" in text
     assert "p_star lies outside [0, 1] for 1 question(s) (b; e.g. 50.5)" in text
     assert "p_star is missing (NaN) for 1 of 6 questions (a)" in text
     assert "outcome holds [2.0] for 1 question(s) (a)" in text

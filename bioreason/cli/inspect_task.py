@@ -34,9 +34,10 @@ def main(args: argparse.Namespace) -> int:
     else:
         print(format_task_description(facts, path))
     if facts["problems"]:
+        problems = [str(p) for p in facts["problems"]]
+        more = f" (and {len(problems) - 1} more above)" if len(problems) > 1 else ""
         print(
-            f"{path}: {len(facts['problems'])} problem(s) in the table's values (see "
-            "'problem:' above)",
+            f"{path}: {len(problems)} problem(s) in the table's values: {problems[0]}{more}",
             file=sys.stderr,
         )
         return 1

@@ -329,8 +329,9 @@ def task_problems(table: pd.DataFrame) -> list[str]:
     if repeated.any():
         distinct = ids[repeated].unique()
         problems.append(
-            f"question_id repeats {len(distinct)} id(s) over {int(repeated.sum())} rows "
-            f"(e.g. {', '.join(distinct[:3])}); each question needs its own id"
+            f"question_id has duplicates: {len(distinct)} id(s) repeated over "
+            f"{int(repeated.sum())} rows (e.g. {', '.join(distinct[:3])}); each question "
+            "needs its own id"
         )
     numbers = {}
     for column in ("p_star", "p_star_se", "p_true", "reference_probability", "outcome"):
