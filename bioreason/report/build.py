@@ -534,8 +534,8 @@ class _Builder:
             return
         self.add(
             Callout(
-                f"p* misses its targets (|bias| <= {P_STAR_BIAS_TARGET}, ECE <= "
-                f"{P_STAR_ECE_TARGET}): {figures_text}. A negative bias means the fitted "
+                f"p* misses its targets (|bias| at most {P_STAR_BIAS_TARGET:.2f}, ECE at most "
+                f"{P_STAR_ECE_TARGET:.2f}): {figures_text}. A negative bias means the fitted "
                 "model's effects are too small: with short training the encoder explains "
                 "perturbed cells by their basal state instead of the perturbation's "
                 "embedding. Train longer and give the embeddings their own rate "
