@@ -540,7 +540,8 @@ class _Builder:
                 "perturbed cells by their basal state instead of the perturbation's "
                 "embedding. Train longer and give the embeddings their own rate "
                 "(vae.train.max_steps: 6000, vae.train.embedding_lr: 0.03 took the demo "
-                "screen's ECE to 0.095 and its bias to -0.073; docs/simulator.md, "
+                "screen's ECE to 0.095 and its bias to -0.073; with vae.train.lr: 3e-4 as "
+                "well the bias was -0.008 but the ECE 0.113; docs/simulator.md, "
                 "'Why p* was low').",
                 "warning",
                 "p* against p_true",
