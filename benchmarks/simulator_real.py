@@ -60,6 +60,7 @@ def _line(name: str, value: float, unit: str) -> None:
 
 
 def _report(prefix: str, frame, reference, n_boot: int) -> None:
+    from bioreason.calibration.metrics import correlation_to_reference
     from bioreason.sim.accuracy import compare_to_truth, join_truth
 
     table = compare_to_truth(frame, reference, n_boot=n_boot)
@@ -70,7 +71,7 @@ def _report(prefix: str, frame, reference, n_boot: int) -> None:
         _line(f"{name}_mean_abs_error_vs_reference", row["mean_abs_error"], "probability")
         _line(f"{name}_mean_abs_error_ci95_low", row["mean_abs_error_low"], "probability")
         _line(f"{name}_mean_abs_error_ci95_high", row["mean_abs_error_high"], "probability")
-        corr = np.corrcoef(rows["p_star"], rows["p_true"])[0, 1] if len(rows) > 2 else np.nan
+        corr = correlation_to_reference(rows["p_star"].clip(0, 1), rows["p_true"].clip(0, 1))
         _line(f"{name}_corr_vs_reference", corr, "corr")
         _line(f"{name}_bias_mean_pstar_minus_reference", row["bias"], "probability")
         _line(f"{name}_ece_vs_reference", row["ece_to_reference"], "probability")

@@ -513,7 +513,11 @@ class _Builder:
         """p* against p_true on a simulated screen, judged against issue 21's targets for
         seen conditions (|mean p* - mean p_true| <= 0.03, ECE of p* against p_true <=
         0.10), with what to change when they are missed."""
-        from bioreason.calibration.metrics import ece_to_reference
+        from bioreason.calibration.metrics import (
+            correlation_to_reference,
+            ece_to_reference,
+            mean_absolute_error_to_reference,
+        )
 
         both = task[["p_star", "p_true"]].apply(pd.to_numeric, errors="coerce").dropna()
         if len(both) < 10:
@@ -522,8 +526,8 @@ class _Builder:
         p_true = both["p_true"].to_numpy(float).clip(0, 1)
         bias = float(p_star.mean() - p_true.mean())
         ece = float(ece_to_reference(p_star, p_true))
-        mae = float(np.abs(p_star - p_true).mean())
-        corr = float(np.corrcoef(p_star, p_true)[0, 1]) if p_star.std() > 0 else float("nan")
+        mae = mean_absolute_error_to_reference(p_star, p_true)
+        corr = correlation_to_reference(p_star, p_true)
         figures_text = (
             f"mean p* {p_star.mean():.3f} against mean p_true {p_true.mean():.3f} (bias "
             f"{bias:+.3f}), ECE of p* against p_true {ece:.3f}, mean |p* - p_true| {mae:.3f}, "

@@ -103,11 +103,14 @@ def observed_probability(
     weights = resolved.weights(names)
     counts = _dense(adata.layers[layer] if layer is not None else adata.X)
     scores = cell_scores(counts, weights)  # (cells, R)
-    labels = adata.obs[perturbation_key].astype(str).to_numpy()
-    keys = np.array([_parts_key(label, delimiter) for label in labels], dtype=object)
+    # each distinct label parsed once; cells grouped by the set of their label's parts
+    codes, labels = pd.factorize(adata.obs[perturbation_key].astype(str))
+    key_code: dict[frozenset[str], list[int]] = {}
+    for code, label in enumerate(labels):
+        key_code.setdefault(_parts_key(label, delimiter), []).append(code)
 
     def cells_of(key: frozenset[str], what: str) -> np.ndarray:
-        rows = scores[np.array([k == key for k in keys], dtype=bool)]
+        rows = scores[np.isin(codes, key_code.get(key, []))]
         if len(rows) < 2:
             raise ValueError(f"{what}: {len(rows)} observed cell(s); at least 2 are needed")
         return rows.astype(np.float64)
