@@ -93,17 +93,51 @@ def _fit(run: Path, lr: float, steps: int, target: str, batch: int, seed: int) -
     }
 
 
-def _references(run: Path) -> dict:
-    task = pd.read_parquet(run / "task" / "task.parquet")
+def additive_reference(task: pd.DataFrame) -> dict[str, float]:
+    """The additive fit from the train questions' exact p*, scored on the test questions.
+
+    ``condition mean + program mean - overall mean`` of the train questions' p*
+    (clipped to [0.01, 0.99]; a condition or program with no train question takes the
+    overall mean). It knows p* exactly where RL sees only Bernoulli outcomes, and it
+    composes a condition with a program additively, the way the held-out questions of a
+    random split must be answered; it is the ceiling a question-level LM is judged
+    against.
+
+    Parameters
+    ----------
+    task : pandas.DataFrame
+        The task table (``split``, ``condition``, ``readout``, ``p_star``).
+
+    Returns
+    -------
+    dict
+        ``mae``: mean |additive - p*| over the test questions; ``corr``: their Pearson
+        correlation; ``sd_q``: the sd of the additive answers across test questions.
+    """
     train, test = task[task["split"] == "train"], task[task["split"] == "test"]
     mean = train["p_star"].mean()
     by_condition = test["condition"].map(train.groupby("condition")["p_star"].mean())
     by_program = test["readout"].map(train.groupby("readout")["p_star"].mean())
     additive = (by_condition.fillna(mean) + by_program.fillna(mean) - mean).clip(0.01, 0.99)
+    p_star = test["p_star"].to_numpy(dtype=float)
+    answers = additive.to_numpy(dtype=float)
+    spread = float(answers.std(ddof=1)) if len(answers) > 1 else 0.0
     return {
-        "constant": float((test["p_star"] - mean).abs().mean()),
-        "additive": float((test["p_star"] - additive).abs().mean()),
-        "additive_corr": float(np.corrcoef(additive, test["p_star"])[0, 1]),
+        "mae": float(np.abs(p_star - answers).mean()),
+        "corr": float(np.corrcoef(answers, p_star)[0, 1]) if spread > 0 else float("nan"),
+        "sd_q": spread,
+    }
+
+
+def _references(run: Path) -> dict:
+    task = pd.read_parquet(run / "task" / "task.parquet")
+    train, test = task[task["split"] == "train"], task[task["split"] == "test"]
+    additive = additive_reference(task)
+    return {
+        "constant": float((test["p_star"] - train["p_star"].mean()).abs().mean()),
+        "additive": additive["mae"],
+        "additive_corr": additive["corr"],
+        "additive_sd": additive["sd_q"],
     }
 
 
@@ -130,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"reference_constant_mae_p_star: {references['constant']:.3f}")
     print(f"reference_additive_mae_p_star: {references['additive']:.3f}")
     print(f"reference_additive_corr_p_star: {references['additive_corr']:.3f}")
+    print(f"reference_additive_sd_q: {references['additive_sd']:.3f}")
     for lr in args.lrs:
         result = _fit(args.run, lr, args.steps, args.target, args.batch, args.seed)
         name = f"fit_{args.target}_lr{lr:g}"

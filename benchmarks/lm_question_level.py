@@ -16,6 +16,11 @@ one ``name: value unit`` line each:
 - ``mae_q_pstar_constant``: every held-out question answered with the mean training
   outcome rate, and ``mae_q_pstar_best_constant``: with the median held-out p* (the best
   constant answer, known only in hindsight);
+- ``mae_q_pstar_additive``, ``corr_q_pstar_additive``, ``sd_q_additive``: the additive
+  fit from the train questions' exact p* (``lm_question_fit.additive_reference``:
+  condition mean + program mean - overall mean), the ceiling for answers that compose a
+  condition with a program; a calibrated predictor with correlation r has sd of q near
+  r x sd(p*), so this bounds what the sd and |q - p*| targets can ask;
 - the supervised fit of ``benchmarks/lm_question_fit.py`` (its ``_fit``: the seed-0 warm
   start trained on the exact expected log score against p* of the train questions, no
   RL noise): ``mae_q_pstar_supervised``, ``corr_q_pstar_supervised``,
@@ -153,9 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     baselines = constant_baselines(task)
     _line("mae_q_pstar_constant", baselines["constant"], "probability")
     _line("mae_q_pstar_best_constant", baselines["best_constant"], "probability")
+    question_fit = _question_fit()
+    additive = question_fit.additive_reference(task)
+    _line("mae_q_pstar_additive", additive["mae"], "probability")
+    _line("corr_q_pstar_additive", additive["corr"])
+    _line("sd_q_additive", additive["sd_q"], "probability")
 
     torch.set_num_threads(args.threads)
-    fit = _question_fit()._fit(out, args.fit_lr, args.fit_steps, "p_star", args.fit_batch, 0)
+    fit = question_fit._fit(out, args.fit_lr, args.fit_steps, "p_star", args.fit_batch, 0)
     _line("mae_q_pstar_supervised", fit["mae"], "probability")
     _line("corr_q_pstar_supervised", fit["corr"])
     _line("sd_q_supervised", fit["sd_q"], "probability")

@@ -42,6 +42,7 @@ def test_fit_check_prints_its_figures_and_references(tmp_path, capsys):
         "reference_constant_mae_p_star",
         "reference_additive_mae_p_star",
         "reference_additive_corr_p_star",
+        "reference_additive_sd_q",
         "fit_outcome_lr0.001_corr_p_star",
         "fit_outcome_lr0.001_mae_p_star",
         "fit_outcome_lr0.001_sd_q",

@@ -52,6 +52,7 @@ def test_prints_every_figure_of_every_method_and_the_references(tmp_path, capsys
     figures = _lines(printed[printed.index("corr_q_pstar_grpo") :])
     expected = {"mae_q_pstar_constant", "mae_q_pstar_best_constant", "seconds_total"}
     expected |= {"mae_q_pstar_supervised", "corr_q_pstar_supervised", "sd_q_supervised"}
+    expected |= {"mae_q_pstar_additive", "corr_q_pstar_additive", "sd_q_additive"}
     for method in ("grpo", "rloo"):
         expected |= {f"corr_q_pstar_{method}", f"sd_q_{method}", f"mae_q_pstar_{method}"}
         expected |= {f"overconfidence_question_{method}{s}" for s in ("", "_low", "_high")}
@@ -73,6 +74,38 @@ def test_prints_every_figure_of_every_method_and_the_references(tmp_path, capsys
         float(figures["mae_q_pstar_best_constant"]) <= float(figures["mae_q_pstar_constant"]) + 1e-4
     )
     assert 0 <= float(figures["mae_q_pstar_supervised"]) <= 1
+    assert 0 <= float(figures["mae_q_pstar_additive"]) <= 1
+    assert 0 <= float(figures["sd_q_additive"]) <= 0.5
+
+
+def test_additive_reference_against_a_table_worked_by_hand():
+    fit = _bench()._question_fit()
+    # train: conditions A, B x programs x, y with p* = row + column effects;
+    # test: A-y is missing from train, so the additive answer is exact there
+    rows = [
+        ("A", "x", 0.2, "train"),
+        ("B", "x", 0.6, "train"),
+        ("B", "y", 0.8, "train"),
+        ("A", "y", 0.4, "test"),  # mean A 0.2 + mean y 0.8 - mean 0.533 = 0.467
+        ("B", "x", 0.5, "test"),  # 0.7 + 0.4 - 0.533 = 0.567
+        ("C", "x", 0.9, "test"),  # unseen condition: 0.533 + 0.4 - 0.533 = 0.4
+    ]
+    task = pd.DataFrame(rows, columns=["condition", "readout", "p_star", "split"])
+    mean = 1.6 / 3
+    answers = np.array([0.2 + 0.8 - mean, 0.7 + 0.4 - mean, 0.4])
+    p_star = np.array([0.4, 0.5, 0.9])
+    result = fit.additive_reference(task)
+    assert result["mae"] == pytest.approx(np.abs(answers - p_star).mean())
+    assert result["corr"] == pytest.approx(np.corrcoef(answers, p_star)[0, 1])
+    assert result["sd_q"] == pytest.approx(answers.std(ddof=1))
+    # answers are clipped to [0.01, 0.99]: B-y's additive value is 1 + 1 - 2/3
+    extreme = pd.DataFrame(
+        [("A", "x", 0.0, "train"), ("B", "x", 1.0, "train"), ("B", "y", 1.0, "train")]
+        + [("B", "y", 0.9, "test"), ("A", "y", 0.5, "test")],
+        columns=["condition", "readout", "p_star", "split"],
+    )
+    expected = (abs(0.99 - 0.9) + abs(1 / 3 - 0.5)) / 2
+    assert fit.additive_reference(extreme)["mae"] == pytest.approx(expected)
 
 
 def test_refuses_seeds_without_the_fits_warm_start_and_a_tabular_config(tmp_path, capsys):
