@@ -18,6 +18,7 @@ __all__ = [
     "CHECKPOINT_FILE",
     "DATA_FILE",
     "EVAL_LOG_FILE",
+    "INVALID_RATE_FLAG",
     "INVALID_RATE_LIMIT",
     "LOG_FILE",
     "METRICS_FILE",
@@ -89,6 +90,9 @@ PREDICTION_COLUMNS = (
 #: metrics then score the answer distribution after a forced ``<answer>`` (q_exact), not
 #: anything the policy writes, and the verdict and the report say so
 INVALID_RATE_LIMIT = 0.5
+#: held-out invalid-answer rate above which a method still answers but is flagged: the
+#: verdict names it with its rate (the project's target is at most 1 % invalid answers)
+INVALID_RATE_FLAG = 0.01
 
 
 def method_slug(method: str) -> str:

@@ -17,7 +17,7 @@ from bioreason.cli import main
 from bioreason.pipelines.calibration_stage import finding
 from bioreason.pipelines.config import PipelineConfig, load_pipeline_config
 from bioreason.pipelines.run import run_pipeline
-from bioreason.run_layout import INVALID_RATE_LIMIT
+from bioreason.run_layout import INVALID_RATE_FLAG, INVALID_RATE_LIMIT
 
 from helpers import TINY_PIPELINE as TINY
 
@@ -358,6 +358,21 @@ def test_finding_flags_methods_that_stop_answering():
     assert "rloo stopped answering validly" in lost["text"] and "rloo 0.90" in lost["text"]
     table["invalid_rate"] = [0.0, INVALID_RATE_LIMIT, 0.0]  # at the limit: still answering
     assert finding(table)["shown"] and "Warning" not in finding(table)["text"]
+
+
+def test_finding_flags_methods_above_one_percent_invalid_answers():
+    figures = {"grpo": (0.1, 0.05, 0.15), "rloo": (0.0, -0.1, 0.1), "ppo": (-0.1, -0.2, 0.0)}
+    table = _summary(figures)
+    table["invalid_rate"] = [0.011, INVALID_RATE_FLAG, 0.2]
+    verdict = finding(table)
+    assert verdict["shown"]  # flagged methods still answer: the finding stands
+    assert verdict["flagged_invalid"] == {"grpo": 0.011, "ppo": 0.2}
+    assert "Flagged: more than 1% of the sampled held-out answers" in verdict["text"]
+    assert "grpo 1.1%, ppo 20.0%" in verdict["text"] and "rloo 1.0%" not in verdict["text"]
+    table["invalid_rate"] = [0.0, 0.01, 0.6]  # above the limit: a warning, not a flag
+    verdict = finding(table)
+    assert verdict["flagged_invalid"] == {} and "Flagged" not in verdict["text"]
+    assert "Warning: ppo stopped writing" in verdict["text"]
 
 
 def test_tabular_kind_runs_the_synthetic_calibration_experiment_as_a_stage(tmp_path, capsys):

@@ -21,6 +21,7 @@ import pandas as pd
 from bioreason.pipelines.config import PipelineConfig
 from bioreason.pipelines.stages import Stage
 from bioreason.run_layout import (
+    INVALID_RATE_FLAG,
     INVALID_RATE_LIMIT,
     METRICS_FILE,
     PREDICTIONS_FILE,
@@ -96,8 +97,10 @@ def finding(summary: pd.DataFrame, *, run_sd: pd.Series | None = None) -> dict[s
     p* question by question). The text states GRPO's figure and every compared
     method's, with what the intervals cover (the summary's ``interval``), the ECE
     against outcomes beside them, a warning naming every method of the table that stops
-    answering, and a note on runs whose answers collapsed to one (sd of q below
-    :data:`COLLAPSED_SD`: there "calibrated" describes only an average answer).
+    answering, a flag naming every method that still answers but writes more than
+    :data:`INVALID_RATE_FLAG` invalid answers, and a note on runs whose answers collapsed
+    to one (sd of q below :data:`COLLAPSED_SD`: there "calibrated" describes only an
+    average answer).
 
     Parameters
     ----------
@@ -114,6 +117,8 @@ def finding(summary: pd.DataFrame, *, run_sd: pd.Series | None = None) -> dict[s
         ``grpo_overconfidence`` / ``_low`` / ``_high``, ``others_overconfidence``
         (method -> [value, low, high]), ``reference`` (``"p*"`` or ``"p_true"``),
         ``interval`` (what the intervals cover), ``collapsed_runs`` (how many),
+        ``flagged_invalid`` (method -> invalid-answer rate, for the methods above
+        :data:`INVALID_RATE_FLAG` and at most :data:`INVALID_RATE_LIMIT`),
         ``grpo_ece`` and ``others_max_ece`` (NaN when the table has no ECE).
     """
     by_method = summary.set_index("method")
@@ -215,6 +220,19 @@ def finding(summary: pd.DataFrame, *, run_sd: pd.Series | None = None) -> dict[s
             f"questions (invalid-answer rate {rates}); {'its' if len(silent) == 1 else 'their'} "
             "metrics score the answer distribution after a forced <answer> tag, not "
             "anything the policy writes."
+        )
+    flagged = {
+        str(m): float(invalid[m])
+        for m in by_method.index
+        if INVALID_RATE_FLAG < invalid[m] <= INVALID_RATE_LIMIT
+    }
+    result["flagged_invalid"] = flagged
+    if flagged:
+        rates = ", ".join(f"{m} {rate:.1%}" for m, rate in flagged.items())
+        text += (
+            f" Flagged: more than {INVALID_RATE_FLAG:.0%} of the sampled held-out answers "
+            f"could not be read for {rates}; q_exact scores the answer distribution, not "
+            "what the policy writes."
         )
     sd = run_sd if run_sd is not None else by_method.get("sd_q")
     result["collapsed_runs"] = 0
