@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from bioreason.calibration import (
     correlation_to_reference,
@@ -24,6 +25,7 @@ from bioreason.pipelines.lm_runs import (
     markdown_table,
     summarize_methods,
 )
+from bioreason.rl.theory import kl_fixed_points
 
 N_CONDITIONS, N_READOUTS, SEEDS = 24, 6, (0, 1, 2)
 
@@ -189,6 +191,20 @@ def test_fixed_points_theory_against_measurement():
         pd.concat(frames).assign(p_star=np.nan, p_true=np.nan), answers=grid
     )
     assert no_reference["fixed_point"].isna().all()
+    # with the run's KL term: the unbiased estimators' end state is the tilted reference
+    held = add_fixed_points(pd.concat(frames, ignore_index=True), answers=grid, kl_coef=0.15)
+    rloo_held = held[held["method"] == "rloo"]
+    p_star = rloo_held["p_star"].to_numpy()
+    inside = np.sign(p_star - 0.5) * (rloo_held["fixed_point"].to_numpy() - p_star)
+    assert (inside < 0).all()  # pulled toward the uniform reference's mean 1/2
+    expected = kl_fixed_points(torch.as_tensor(p_star[:3]), torch.as_tensor(grid), 0.15, grpo=False)
+    assert np.allclose(rloo_held["fixed_point"].to_numpy()[:3], expected.numpy())
+    grpo_held = held[held["method"] == "grpo"]
+    outward_held = np.sign(grpo_held["p_star"] - 0.5) * (
+        grpo_held["fixed_point"] - grpo_held["p_star"]
+    )
+    assert (outward_held > 0).all()
+    assert held[held["method"] == "h_target:log"]["fixed_point"].isna().all()
 
 
 def test_tables_headline_and_verdict_carry_the_question_level_figures(summary, capsys):

@@ -13,6 +13,7 @@ from bioreason.rl.theory import (
     expected_scoring_update,
     grpo_coefficients,
     grpo_limit_derivative,
+    kl_fixed_points,
     objective,
     objective_derivative,
     outcome_spreads,
@@ -309,3 +310,92 @@ def test_question_fixed_points_per_question_and_pooled():
         question_fixed_points("rloo", torch.tensor(0.3, dtype=torch.float64), GRID)
     with pytest.raises(ValueError, match="p"):
         question_fixed_points("rloo", torch.tensor([1.3], dtype=torch.float64), GRID)
+
+
+def test_expected_scoring_update_of_a_batch_is_the_row_by_row_one():
+    probs = torch.softmax(
+        torch.randn(4, 99, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), 1
+    )
+    p = torch.tensor([0.1, 0.4, 0.7, 0.95], dtype=torch.float64)
+    for grpo in (False, True):
+        batch = expected_scoring_update(probs, GRID, p, grpo=grpo)
+        rows = torch.stack(
+            [expected_scoring_update(probs[i], GRID, p[i], grpo=grpo) for i in range(4)]
+        )
+        assert torch.allclose(batch, rows, atol=1e-14)
+    # one p for every row broadcasts; a p per row must match the rows
+    shared = expected_scoring_update(probs, GRID, 0.3, grpo=False)
+    assert torch.allclose(shared[1], expected_scoring_update(probs[1], GRID, 0.3, grpo=False))
+    with pytest.raises(ValueError, match="one value or one per category"):
+        expected_scoring_update(probs, GRID, p[:3], grpo=False)
+
+
+def _tilted_mean(p, beta, reference):
+    """The closed form: pi(a) ∝ reference(a) exp(E_p S(a, y) / beta), its mean answer."""
+    score = p * torch.log(GRID) + (1 - p) * torch.log1p(-GRID)
+    weights = reference * torch.exp((score - score.max()) / beta)
+    return float((weights / weights.sum()) @ GRID)
+
+
+@pytest.mark.parametrize("beta", [0.15, 0.5])
+def test_kl_fixed_points_of_unbiased_estimators_are_the_tilted_reference(beta):
+    p = torch.tensor([0.1, 0.3, 0.5, 0.67, 0.9], dtype=torch.float64)
+    uniform = torch.full_like(GRID, 1 / 99)
+    q = kl_fixed_points(p, GRID, beta, grpo=False)
+    expected = torch.tensor([_tilted_mean(v, beta, uniform) for v in p], dtype=torch.float64)
+    assert torch.allclose(q, expected, atol=1e-10)
+    # it is stationary: the expected update and the KL gradient cancel on every logit
+    score = p[:, None] * torch.log(GRID) + (1 - p[:, None]) * torch.log1p(-GRID)
+    probs = torch.softmax(score / beta, 1)
+    log_ratio = probs.log() - uniform.log()
+    kl_gradient = probs * (log_ratio - (probs * log_ratio).sum(1, keepdim=True))
+    update = expected_scoring_update(probs, GRID, p, grpo=False)
+    assert float((update - beta * kl_gradient).abs().max()) < 1e-12
+    # the KL pulls every answer toward the reference's mean 1/2, and more at a larger beta
+    assert bool(((q - p).abs() <= (0.5 - p).abs() + 1e-9).all())
+    assert q[2] == pytest.approx(0.5, abs=1e-9)
+    # e.g. p = 0.67 at beta 0.15: a discretised Beta(5.47, 3.20), mean near 0.631
+    if beta == 0.15:
+        assert q[3] == pytest.approx((0.67 / beta + 1) / (1 / beta + 2), abs=2e-3)
+    # a reference leaning to high answers moves the tilt with it
+    leaning = torch.softmax(3 * GRID, 0)
+    q_leaning = kl_fixed_points(p, GRID, beta, grpo=False, reference=leaning)
+    expected = torch.tensor([_tilted_mean(v, beta, leaning) for v in p], dtype=torch.float64)
+    assert torch.allclose(q_leaning, expected, atol=1e-4)
+    assert bool((q_leaning > q).all())
+
+
+def test_kl_fixed_points_k3_and_grpo():
+    p = torch.tensor([0.2, 0.5, 0.8], dtype=torch.float64)
+    # k3 follows KL(reference || pi): stationary where pi (S - E S) = beta (pi - reference)
+    q3 = kl_fixed_points(p, GRID, 0.15, grpo=False, estimator="k3", steps=8000)
+    logits = torch.full((3, 99), -math.log(99), dtype=torch.float64)
+    probs = torch.softmax(logits, 1)
+    for _ in range(8000):  # the same ascent written out
+        update = expected_scoring_update(probs, GRID, p, grpo=False)
+        logits = logits + 5.0 * (update - 0.15 * (probs - 1 / 99))
+        probs = torch.softmax(logits, 1)
+    assert torch.allclose(q3, probs @ GRID, atol=1e-10)
+    stationary = expected_scoring_update(probs, GRID, p, grpo=False) - 0.15 * (probs - 1 / 99)
+    assert float(stationary.abs().max()) < 1e-6
+    # GRPO ends outward of the unbiased estimators at the same weight, 1/2 stays
+    unbiased = kl_fixed_points(p, GRID, 0.15, grpo=False)
+    grpo = kl_fixed_points(p, GRID, 0.15, grpo=True)
+    outward = torch.sign(p - 0.5) * (grpo - unbiased)
+    assert outward[0] > 0.05 and outward[2] > 0.05
+    assert grpo[1] == pytest.approx(0.5, abs=1e-6)
+    # no KL: the unbiased policy runs to the grid point nearest p (the log score's best)
+    free = kl_fixed_points(torch.tensor([0.3], dtype=torch.float64), GRID, 0.0, grpo=False)
+    assert float(free) == pytest.approx(0.3, abs=0.02)
+
+
+def test_kl_fixed_points_refuses_bad_input():
+    p = torch.tensor([0.3], dtype=torch.float64)
+    with pytest.raises(ValueError, match="kl_coef must be a finite number >= 0"):
+        kl_fixed_points(p, GRID, -0.1, grpo=False)
+    with pytest.raises(ValueError, match="estimator must be 'k2' or 'k3'"):
+        kl_fixed_points(p, GRID, 0.1, grpo=False, estimator="k1")
+    with pytest.raises(ValueError, match="positive distribution"):
+        kl_fixed_points(p, GRID, 0.1, grpo=False, reference=torch.zeros(99, dtype=torch.float64))
+    with pytest.raises(ValueError, match="p must be 1-d"):
+        kl_fixed_points(torch.tensor(0.3), GRID, 0.1, grpo=False)

@@ -304,6 +304,8 @@ def calibration_stage(config: PipelineConfig) -> Stage:
             answers=rl.grid.probabilities(),
             rule=rl.reward,
             options=dict(rl.advantage_options),
+            kl_coef=rl.kl_coef if rl.kl_coef_end is None else rl.kl_coef_end,
+            kl_estimator=rl.kl_estimator,
         )
         summary = summarize_methods(
             predictions, runs, n_boot=config.calibration.n_boot, seed=config.calibration.seed

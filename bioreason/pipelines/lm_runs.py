@@ -359,6 +359,8 @@ def add_fixed_points(
     answers: Any,
     rule: str = "log",
     options: dict[str, Any] | None = None,
+    kl_coef: float = 0.0,
+    kl_estimator: str = "k2",
 ) -> pd.DataFrame:
     """The theory's end state of each prediction's question, as two new columns.
 
@@ -366,8 +368,13 @@ def add_fixed_points(
     question's p* (p_true where the table has no p*): ``fixed_point``, where the theory
     says a method that answers question by question ends, and ``fixed_point_pooled``,
     where it says one answer for every question ends (the fixed point at the mean
-    p*). NaN where the estimator declares no theory, or without a reference. Methods
-    that share a theory (e.g. ``grpo`` and ``seed_grpo:base=grpo``) are computed once.
+    p*). With a KL term (``kl_coef`` > 0) the end state is that of a policy held by the
+    KL to a uniform reference (the warm start's answers):
+    :func:`bioreason.rl.theory.kl_fixed_points`, GRPO's normalisation for estimators
+    whose theory is ``group_std``, computed at 101 probabilities and interpolated. NaN
+    where the estimator declares no theory, or
+    without a reference. Methods that share a theory (e.g. ``grpo`` and
+    ``seed_grpo:base=grpo``) are computed once.
 
     Parameters
     ----------
@@ -380,6 +387,9 @@ def add_fixed_points(
         The reward's scoring rule (``LMRLConfig.reward``).
     options : dict, optional
         The estimators' options (``LMRLConfig.advantage_options``).
+    kl_coef, kl_estimator
+        The KL weight at the end of training and its estimator (``LMRLConfig``); 0: the
+        fixed points without a KL term.
 
     Returns
     -------
@@ -388,7 +398,25 @@ def add_fixed_points(
     """
     import torch
 
-    from bioreason.rl.theory import question_fixed_points, theory_kind
+    from bioreason.rl.theory import kl_fixed_points, question_fixed_points, theory_kind
+
+    def fixed_points(method: str, kind: str, p: np.ndarray) -> tuple[np.ndarray, float]:
+        if kl_coef <= 0 or kind == "none":
+            per_question, pooled = question_fixed_points(
+                method, torch.as_tensor(p), answers, rule, options=options
+            )
+            return per_question.numpy(), float(pooled)
+        # on a grid of 101 probabilities, interpolated: the ascent costs ~30 ms a question
+        grid = np.linspace(0.0, 1.0, 101)
+        at_grid = kl_fixed_points(
+            torch.as_tensor(grid),
+            answers,
+            kl_coef,
+            grpo=kind == "group_std",
+            rule=rule,
+            estimator=kl_estimator,
+        ).numpy()
+        return np.interp(p, grid, at_grid), float(np.interp(p.mean(), grid, at_grid))
 
     answers = torch.as_tensor(answers, dtype=torch.float64)
     out = predictions.copy()
@@ -405,12 +433,10 @@ def add_fixed_points(
     for method, rows in out.groupby("method", sort=False).groups.items():
         questions = out.loc[rows].drop_duplicates("question_id")
         p = np.clip(questions[reference].to_numpy(dtype=float), 0.0, 1.0)
-        key = (theory_kind(str(method), options), tuple(p))
+        kind = theory_kind(str(method), options)
+        key = (kind, tuple(p))
         if key not in done:
-            per_question, pooled = question_fixed_points(
-                str(method), torch.as_tensor(p), answers, rule, options=options
-            )
-            done[key] = (per_question.numpy(), float(pooled))
+            done[key] = fixed_points(str(method), kind, p)
         per_question, pooled = done[key]
         lookup = dict(zip(questions["question_id"], per_question))
         out.loc[rows, "fixed_point"] = out.loc[rows, "question_id"].map(lookup).to_numpy()

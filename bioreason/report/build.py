@@ -706,8 +706,8 @@ class _Builder:
         self.figure(
             figures.fixed_point_scatter(predictions, q, methods),
             "Theory against measurement: the theory's fixed point at each question's p* "
-            "(where the method's expected update stops moving an answer that starts "
-            "calibrated) against the measured final q, one point per question (seeds "
+            "(where the method's expected update, with the run's KL term, stops moving an "
+            "answer) against the measured final q, one point per question (seeds "
             "averaged); the diagonal is agreement. Red star: one answer for every question, "
             "the fixed point at the mean p* against the mean q. No panel where the "
             "estimator declares no theory.",
@@ -740,7 +740,11 @@ class _Builder:
                     "method's expected update started at a calibrated answer "
                     "(bioreason.rl.theory.theory_fixed_point at the question's p*): p* for "
                     "unbiased estimators, near the edge of the answer grid on p*'s side for "
-                    "GRPO. A policy that gives one answer to every question sees the pooled "
+                    "GRPO. With a KL term to the warm start it is where the KL holds a "
+                    "policy started at the warm start's uniform answers "
+                    "(bioreason.rl.theory.kl_fixed_points, the run's final KL weight): "
+                    "inside p* for unbiased estimators, outward for GRPO. A policy that gives "
+                    "one answer to every question sees the pooled "
                     "outcome rate, so its end state is the fixed point at the mean p*. "
                     "Overconfidence predicted: the per-question overconfidence of the "
                     "fixed points; measured: that of the final answers."

@@ -44,6 +44,7 @@ __all__ = [
     "expected_scoring_update",
     "grpo_coefficients",
     "grpo_limit_derivative",
+    "kl_fixed_points",
     "objective",
     "objective_derivative",
     "outcome_spreads",
@@ -261,23 +262,143 @@ def expected_scoring_update(
     ``g_y = grad_theta E_pi S(a, y) = pi (S(., y) - E_pi S(a, y))``. GRPO (``grpo=True``)
     divides ``g_y`` by ``sigma_y``; where ``sigma_y = 0`` (a policy whose reward under y
     is constant) ``g_y = 0`` too and GRPO's update is 0, as its advantages are for a
-    constant group. Shape (n_answers,).
+    constant group.
+
+    Parameters
+    ----------
+    probs : Tensor, shape (n_answers,) or (n_categories, n_answers)
+        One policy, or one per category.
+    answers : Tensor, shape (n_answers,)
+    p : float or Tensor, shape () or (n_categories,)
+        The outcome probability (one per category with a batch of policies).
+
+    Returns
+    -------
+    Tensor, the shape of ``probs``
     """
     where = "expected_scoring_update"
     score = SCORING_RULES[rule]
     answers = _answers(answers, where)
     probs = _policy(probs, answers.numel(), where)
     p = unit_interval(p, "p", where)
+    batch = probs.shape[:-1]
+    if probs.ndim > 2 or (p.ndim > 0 and (p.ndim > 1 or tuple(p.shape) != tuple(batch))):
+        raise ValueError(
+            f"{where}: probs must have shape (n_answers,) or (n_categories, n_answers) and "
+            f"p one value or one per category, got {tuple(probs.shape)} and {tuple(p.shape)}"
+        )
+    p = p[..., None]
     sigma_1, sigma_0 = outcome_spreads(probs, answers, rule)
     update = torch.zeros_like(probs)
     for outcome, weight, sigma in ((1.0, p, sigma_1), (0.0, 1 - p, sigma_0)):
         reward = score(answers, torch.full_like(answers, outcome))
-        grad = probs * (reward - probs @ reward)
+        grad = probs * (reward - (probs @ reward)[..., None])
         if grpo:
+            sigma = sigma[..., None]
             safe = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
             grad = torch.where(sigma > 0, grad / safe, torch.zeros_like(grad))
         update = update + weight * grad
     return update
+
+
+def kl_fixed_points(
+    p: Tensor,
+    answers: Tensor,
+    kl_coef: float,
+    *,
+    grpo: bool,
+    rule: str = "log",
+    estimator: str = "k2",
+    reference: Tensor | None = None,
+    steps: int = 4000,
+    step_size: float = 5.0,
+) -> Tensor:
+    """Where a tabular policy ends under a scoring-rule reward and a KL term to a
+    reference: the mean answer of each question's stationary policy.
+
+    Each question has its own softmax policy over the answer grid, started at the
+    reference, and follows the expected update of :func:`expected_scoring_update` minus
+    ``kl_coef`` times the KL term's gradient on the logits, by ``steps`` ascent steps of
+    ``step_size``. Under on-policy sampling the k2 estimator's gradient is that of
+    KL(pi || reference), ``pi (log(pi / reference) - KL)``; k3's is that of
+    KL(reference || pi), ``pi - reference``.
+
+    For an unbiased estimator with k2 the stationary policy is the reference tilted by
+    the expected score, ``pi(a) ∝ reference(a) exp(E_p S(a, y) / kl_coef)``, returned in
+    closed form: with the log score and a uniform reference a discretised
+    Beta(p / kl_coef + 1, (1 - p) / kl_coef + 1), whose mean lies between p and the
+    reference's mean. GRPO's
+    update is divided by each outcome's reward spread, which shrinks as the policy
+    concentrates, so the KL term holds it less and it ends further out; where a spread
+    reaches 0 its update stops (see :func:`expected_scoring_update`).
+
+    Parameters
+    ----------
+    p : Tensor, shape (n_questions,)
+        Each question's outcome probability.
+    answers : Tensor, shape (n_answers,)
+        The answer grid's probabilities.
+    kl_coef : float
+        The KL weight (>= 0; 0: no KL).
+    grpo : bool
+        GRPO's per-outcome normalisation (True) or an unbiased estimator (False).
+    rule : str
+        The reward's scoring rule.
+    estimator : {"k2", "k3"}
+        The KL estimator of the loss (``LMRLConfig.kl_estimator``).
+    reference : Tensor, shape (n_answers,), optional
+        The reference policy (the warm start); default uniform over the grid.
+    steps, step_size
+        Ascent steps on the logits and their size.
+
+    Returns
+    -------
+    Tensor, shape (n_questions,)
+        The mean answer of each stationary policy.
+
+    Raises
+    ------
+    ValueError, TypeError
+        ``p`` not 1-d in [0, 1], ``kl_coef`` negative or not finite, an estimator
+        other than k2 / k3, a reference that is not a positive distribution over the
+        grid, ``steps`` < 1 or ``step_size`` not > 0.
+    """
+    where = "kl_fixed_points"
+    p = unit_interval(p, "p", where).to(torch.float64)
+    if p.ndim != 1:
+        raise ValueError(f"{where}: p must be 1-d, shape (n_questions,), got {tuple(p.shape)}")
+    answers = _answers(answers, where).to(torch.float64)
+    if isinstance(kl_coef, bool) or not math.isfinite(float(kl_coef)) or float(kl_coef) < 0:
+        raise ValueError(f"{where}: kl_coef must be a finite number >= 0, got {kl_coef!r}")
+    if estimator not in ("k2", "k3"):
+        raise ValueError(f"{where}: estimator must be 'k2' or 'k3', got {estimator!r}")
+    step_size = _check_positive(step_size, "step_size", where)
+    steps = check_int(steps, "steps", where, 1)
+    if reference is None:
+        reference = torch.full_like(answers, 1.0 / answers.numel())
+    reference = _policy(reference, answers.numel(), where).to(torch.float64)
+    if reference.ndim != 1 or not bool((reference > 0).all()):
+        raise ValueError(f"{where}: reference must be a positive distribution over the grid")
+    log_reference = reference.log()
+    if not grpo and estimator == "k2" and kl_coef > 0:
+        # the stationary policy in closed form: the reference tilted by the expected score
+        score = SCORING_RULES[rule]
+        expected = (
+            p[:, None] * score(answers, torch.ones_like(answers))[None]
+            + (1 - p[:, None]) * score(answers, torch.zeros_like(answers))[None]
+        )
+        return torch.softmax(log_reference + expected / float(kl_coef), -1) @ answers
+    logits = log_reference.expand(p.numel(), -1).clone()
+    for _ in range(steps):
+        probs = torch.softmax(logits, -1)
+        if estimator == "k2":
+            log_ratio = torch.log_softmax(logits, -1) - log_reference
+            kl_gradient = probs * (log_ratio - (probs * log_ratio).sum(-1, keepdim=True))
+        else:
+            kl_gradient = probs - reference
+        update = expected_scoring_update(probs, answers, p, rule, grpo=grpo)
+        logits = logits + step_size * (update - float(kl_coef) * kl_gradient)
+    return torch.softmax(logits, -1) @ answers
 
 
 @dataclass(frozen=True)
