@@ -321,6 +321,8 @@ def run_training_loop(
         Extended in place with the log rows (replaced by a resumed run's checkpoint
         rows first), for a trainer that keeps its history in memory.
 
+    Notes
+    -----
     A trainer whose ``should_stop`` attribute becomes True (a callback sets it) stops
     after that step: the step is logged and, when it is not the last, checkpointed, and
     a later call continues from the checkpoint.

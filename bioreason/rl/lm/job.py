@@ -395,6 +395,8 @@ def run_finetune(
         early makes a job with ``stopped_early: true`` in its metrics, at the step it
         stopped (rerun it with more ``rl.steps`` to continue it).
 
+    Notes
+    -----
     A finished job asked for more ``rl.steps`` (nothing else changed) is continued from
     its last checkpoint rather than refused: the same weights as a run of that length from
     the start, unless a schedule follows the run's length (``lr_end``, ``kl_coef_end``,
