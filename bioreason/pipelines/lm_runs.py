@@ -372,9 +372,8 @@ def add_fixed_points(
     KL to a uniform reference (the warm start's answers):
     :func:`bioreason.rl.theory.kl_fixed_points`, GRPO's normalisation for estimators
     whose theory is ``group_std``, computed at 101 probabilities and interpolated. NaN
-    where the estimator declares no theory, or
-    without a reference. Methods that share a theory (e.g. ``grpo`` and
-    ``seed_grpo:base=grpo``) are computed once.
+    where the estimator declares no theory, or without a reference. Methods that share
+    a theory (e.g. ``grpo`` and ``seed_grpo:base=grpo``) are computed once.
 
     Parameters
     ----------

@@ -327,10 +327,10 @@ def kl_fixed_points(
     the expected score, ``pi(a) ∝ reference(a) exp(E_p S(a, y) / kl_coef)``, returned in
     closed form: with the log score and a uniform reference a discretised
     Beta(p / kl_coef + 1, (1 - p) / kl_coef + 1), whose mean lies between p and the
-    reference's mean. GRPO's
-    update is divided by each outcome's reward spread, which shrinks as the policy
-    concentrates, so the KL term holds it less and it ends further out; where a spread
-    reaches 0 its update stops (see :func:`expected_scoring_update`).
+    reference's mean. GRPO's update is divided by each outcome's reward spread, which
+    shrinks as the policy concentrates, so the KL term holds it less and it ends
+    further out; where a spread reaches 0 its update stops (see
+    :func:`expected_scoring_update`).
 
     Parameters
     ----------
