@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--embedding-lr", type=float, default=None, help="TrainConfig.embedding_lr (None: lr)"
     )
+    parser.add_argument(
+        "--basal-guide",
+        choices=("direct", "residual"),
+        default=None,
+        help="VAEConfig.basal_guide (default: the demo config's)",
+    )
     parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), metavar="MODEL")
     parser.add_argument("--n-programs", type=int, default=10, help="NMF program readouts")
     parser.add_argument("--n-markers", type=int, default=15, help="marker genes per program")
@@ -229,11 +235,14 @@ def main(argv: list[str] | None = None) -> int:
         cls = MODELS[name]
         model_adata = train_adata.copy()
         cls.setup_anndata(model_adata)
+        vae_options = demo.vae.options.to_dict()
+        if args.basal_guide is not None and name != "conditional_vae":
+            vae_options["basal_guide"] = args.basal_guide
         model = cls(
             model_adata,
             perturbation_names=data.perturbation_names,
             seed=args.seed,
-            **demo.vae.options.to_dict(),
+            **vae_options,
         )
         start = time.perf_counter()
         model.train(

@@ -145,3 +145,30 @@ def test_encode_offset_feeds_the_sampled_offset_to_the_encoder():
     loc, _ = module.encode(counts, first)
     fn = trace.nodes["z_basal"]["fn"]
     torch.testing.assert_close(getattr(fn, "base_dist", fn).loc.expand_as(loc), loc)
+
+
+@pytest.mark.parametrize("cls", [SAMSVAEModule, CPAVAEModule])
+def test_residual_basal_guide_centres_z_basal_on_the_encoded_latent_minus_the_offset(cls):
+    module = build(cls, encode_offset=True, basal_guide="residual")
+    counts, dosage, library, category = tiny_batch(B, G, P)
+    torch.manual_seed(1)
+    trace = poutine.trace(module.guide).get_trace(counts, dosage, library, category, B)
+    effects = trace.nodes["embedding"]["value"]
+    if module.use_masks:
+        effects = effects * trace.nodes["mask"]["value"]
+    encoded, _ = module.encode(counts, dosage @ module.offset_layer(effects))
+    fn = trace.nodes["z_basal"]["fn"]
+    loc = getattr(fn, "base_dist", fn).loc
+    torch.testing.assert_close(loc, encoded - dosage @ effects)
+    # so z = z_basal + D(E*M) is centred on the encoder's output whatever E is
+    with torch.no_grad():
+        basal = module.latent_mean(counts, dosage, category, "basal", effects)
+        whole = module.latent_mean(counts, dosage, category, "perturbed", effects)
+    torch.testing.assert_close(whole, encoded.detach())
+    torch.testing.assert_close(basal, (encoded - dosage @ effects).detach())
+    assert (dosage @ effects).abs().max() > 1e-3  # the offset is not trivially zero
+
+
+def test_basal_guide_must_be_known():
+    with pytest.raises(ValueError, match="basal_guide must be 'direct' or 'residual'"):
+        VAEConfig(basal_guide="subtract")

@@ -77,6 +77,14 @@ class VAEConfig(Config):
     encode_offset : bool, default True
         Feed the sampled latent offset D (E * M) to the basal encoder (SAMS-VAE and
         CPA-VAE), so that it can infer z_basal as what the offset does not explain.
+    basal_guide : str, default "direct"
+        How q(z_basal | x, D(E * M)) is located (SAMS-VAE and CPA-VAE). ``"direct"``: the
+        encoder outputs z_basal's location. ``"residual"``: the encoder outputs the
+        location of the whole latent z and z_basal's is that minus the offset D(E * M),
+        so every cell's prior term on z_basal pulls its perturbation's embedding toward
+        the cells' encoded shift. With ``"direct"`` the encoder can explain an effect by
+        moving the perturbed cells' basal states, which generation (basal states drawn
+        from the prior) then lacks.
     svae_beta : float, default 1.0
         beta in the SVAE+ prior mask probability ~ Beta(1, beta).
     """
@@ -96,6 +104,7 @@ class VAEConfig(Config):
     mask_temperature: float = 1.0
     mask_init_probability: float = 0.5
     encode_offset: bool = True
+    basal_guide: Literal["direct", "residual"] = "direct"
     svae_beta: float = 1.0
 
     def __post_init__(self) -> None:
@@ -121,6 +130,10 @@ class VAEConfig(Config):
         if not 0.0 < self.mask_init_probability < 1.0:
             raise ValueError(
                 f"mask_init_probability must be in (0, 1), got {self.mask_init_probability}"
+            )
+        if self.basal_guide not in ("direct", "residual"):
+            raise ValueError(
+                f"basal_guide must be 'direct' or 'residual', got {self.basal_guide!r}"
             )
         if self.encoder_input not in ("standardize", "log1p"):
             raise ValueError(

@@ -161,6 +161,8 @@ class SAMSVAEModule(PerturbationVAEModule):
             # through a (P, H) product instead of a (B, L) -> (B, H) one per particle.
             first_layer = dosage @ self.offset_layer(effects)
         loc, scale = self.encode(counts, first_layer)
+        if self.config.basal_guide == "residual":
+            loc = loc - dosage @ effects
         batch = library_size.shape[-1]
         cells = cells_plate(n_total, batch, library_size.device)
         with cells, latent:
@@ -192,6 +194,8 @@ class SAMSVAEModule(PerturbationVAEModule):
         """Posterior mean latent (B, L): basal, or basal + d E_q[E * M] (``perturbed``)."""
         first = dosage @ self.offset_layer(effect) if self.config.encode_offset else None
         loc, _ = self.encode(counts, first)
+        if self.config.basal_guide == "residual":
+            loc = loc - dosage @ effect
         return loc if kind == "basal" else loc + dosage @ effect
 
 
