@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--embedding-lr", type=float, default=None)
+    parser.add_argument(
+        "--basal-guide",
+        choices=("direct", "residual"),
+        default=None,
+        help="VAEConfig.basal_guide (default: the demo config's)",
+    )
     parser.add_argument("--n-programs", type=int, default=10)
     parser.add_argument("--n-markers", type=int, default=15)
     parser.add_argument("--n-cells", type=int, default=100, help="cells per replicate group")
@@ -151,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         model_adata,
         perturbation_names=data.perturbation_names,
         seed=args.seed,
-        **demo.vae.options.to_dict(),
+        **{
+            **demo.vae.options.to_dict(),
+            **({"basal_guide": args.basal_guide} if args.basal_guide else {}),
+        },
     )
     start = time.perf_counter()
     model.train(

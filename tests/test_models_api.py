@@ -95,6 +95,25 @@ def test_save_load_round_trip_gives_identical_outputs(screen, tmp_path):
         bare.get_latent_representation()
 
 
+def test_a_model_saved_before_basal_guide_existed_loads_with_the_direct_guide(screen, tmp_path):
+    import yaml
+
+    adata = screen.copy()
+    model = fitted(SAMSVAE, adata, steps=3, basal_guide="direct")
+    model.save(tmp_path / "old")
+    path = tmp_path / "old" / "config.yaml"
+    values = yaml.safe_load(path.read_text())
+    assert values.pop("basal_guide") == "direct"
+    path.write_text(yaml.safe_dump(values))  # what an older version wrote
+    loaded = SAMSVAE.load(tmp_path / "old", adata=adata)
+    assert loaded.config.basal_guide == "direct"
+    np.testing.assert_array_equal(
+        loaded.get_latent_representation(adata, kind="basal"),
+        model.get_latent_representation(adata, kind="basal"),
+    )
+    assert SAMSVAE(adata).config.basal_guide == "residual"  # a new model's default
+
+
 def test_save_never_overwrites_and_load_checks_the_class(screen, tmp_path):
     adata = screen.copy()
     model = fitted(CPAVAE, adata, steps=1)

@@ -77,14 +77,15 @@ class VAEConfig(Config):
     encode_offset : bool, default True
         Feed the sampled latent offset D (E * M) to the basal encoder (SAMS-VAE and
         CPA-VAE), so that it can infer z_basal as what the offset does not explain.
-    basal_guide : str, default "direct"
-        How q(z_basal | x, D(E * M)) is located (SAMS-VAE and CPA-VAE). ``"direct"``: the
-        encoder outputs z_basal's location. ``"residual"``: the encoder outputs the
-        location of the whole latent z and z_basal's is that minus the offset D(E * M),
-        so every cell's prior term on z_basal pulls its perturbation's embedding toward
-        the cells' encoded shift. With ``"direct"`` the encoder can explain an effect by
-        moving the perturbed cells' basal states, which generation (basal states drawn
-        from the prior) then lacks.
+    basal_guide : str, default "residual"
+        How q(z_basal | x, D(E * M)) is located (SAMS-VAE and CPA-VAE). ``"residual"``:
+        the encoder outputs the location of the whole latent z and z_basal's is that
+        minus the offset D(E * M), so every cell's prior term on z_basal pulls its
+        perturbation's embedding toward the cells' encoded shift. ``"direct"`` (the
+        SAMS-VAE paper's guide): the encoder outputs z_basal's location; it can then
+        explain an effect by moving the perturbed cells' basal states, which generation
+        (basal states drawn from the prior) lacks, so simulated effects come out too
+        small after short training (docs/simulator.md, issue 21).
     svae_beta : float, default 1.0
         beta in the SVAE+ prior mask probability ~ Beta(1, beta).
     """
@@ -104,7 +105,7 @@ class VAEConfig(Config):
     mask_temperature: float = 1.0
     mask_init_probability: float = 0.5
     encode_offset: bool = True
-    basal_guide: Literal["direct", "residual"] = "direct"
+    basal_guide: Literal["direct", "residual"] = "residual"
     svae_beta: float = 1.0
 
     def __post_init__(self) -> None:

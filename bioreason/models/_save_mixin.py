@@ -186,8 +186,16 @@ def _read_attributes(path: Path) -> dict[str, Any]:
 def _read_config(path: Path) -> VAEConfig:
     import yaml
 
+    from bioreason.config import read_yaml
+
     try:
-        return VAEConfig.from_yaml(path)
+        values = read_yaml(path, what="config file")
+        if isinstance(values, dict) and "basal_guide" not in values:
+            # saved before the field existed: those models were trained with this guide
+            values = {**values, "basal_guide": "direct"}
+        return VAEConfig.from_dict(
+            {} if values is None else values, where=f"VAEConfig ({path})"
+        )
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
