@@ -502,4 +502,4 @@ def test_the_simulator_check_judges_p_star_against_its_targets(run_dir):
     bias = 0.6 * task["p_true"].mean() - task["p_true"].mean()
     assert "p* misses its targets" in section
     assert f"bias {bias:+.3f}" in section
-    assert "embedding_lr" in section
+    assert "basal_guide: residual" in section
