@@ -235,7 +235,12 @@ def test_the_residual_basal_guide_generates_effects_of_the_right_size_after_shor
     for guide in ("direct", "residual"):
         model = SAMSVAE(adata, n_latent=3, n_hidden=32, basal_guide=guide, seed=0)
         model.train(
-            max_steps=300, batch_size=256, lr=3e-3, progress=False, device="cpu", early_stopping=False
+            max_steps=300,
+            batch_size=256,
+            lr=3e-3,
+            progress=False,
+            device="cpu",
+            early_stopping=False,
         )
         ate = model.average_treatment_effect(conditions, n_cells=2000, seed=0)
         a = ate.to_numpy().ravel()

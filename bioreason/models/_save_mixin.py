@@ -193,9 +193,7 @@ def _read_config(path: Path) -> VAEConfig:
         if isinstance(values, dict) and "basal_guide" not in values:
             # saved before the field existed: those models were trained with this guide
             values = {**values, "basal_guide": "direct"}
-        return VAEConfig.from_dict(
-            {} if values is None else values, where=f"VAEConfig ({path})"
-        )
+        return VAEConfig.from_dict({} if values is None else values, where=f"VAEConfig ({path})")
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
