@@ -210,6 +210,30 @@ def test_overconfidence_per_question_by_hand_and_against_the_average_level_one()
     )
 
 
+def test_overconfidence_per_answer_is_zero_for_a_calibrated_partly_informed_predictor():
+    from bioreason.calibration import overconfidence_per_answer, overconfidence_per_question
+
+    q = np.array([0.2, 0.4, 0.9, 0.5])
+    p = np.array([0.1, 0.6, 0.8, 0.5])
+    # signs of q - 1/2: -1, -1, +1, 0; q - p = 0.1, -0.2, 0.1, 0.0
+    assert overconfidence_per_answer(q, p) == pytest.approx((-0.1 + 0.2 + 0.1 + 0) / 4)
+    # a predictor that knows only each question's group answers the group's mean p*:
+    # calibrated against p* (E[p* | q] = q), so keyed on the answer it is exactly 0,
+    # while keyed on p* it is negative (its answers regress toward the mean)
+    rng = np.random.default_rng(3)
+    group = rng.integers(0, 12, size=3000)
+    p_star = 1 / (1 + np.exp(-(0.5 * group - 3 + rng.normal(0, 1.5, size=group.size))))
+    means = np.bincount(group, p_star) / np.bincount(group)
+    informed = means[group]
+    assert len(np.unique(informed)) == 12
+    assert overconfidence_per_answer(informed, p_star) == pytest.approx(0.0, abs=1e-12)
+    assert overconfidence_per_question(informed, p_star) < -0.05
+    # the same answers pushed outward (GRPO's direction) are positive
+    pushed = np.clip(0.5 + 1.6 * (informed - 0.5), 0.01, 0.99)
+    assert overconfidence_per_answer(pushed, p_star) > 0.05
+    assert overconfidence_per_answer(p_star, p_star) == 0.0
+
+
 def test_correlations_match_numpy_and_scipy_and_are_nan_when_undefined():
     from scipy.stats import pearsonr, spearmanr
 

@@ -317,6 +317,36 @@ def test_finding_is_shown_only_when_grpo_is_overconfident_question_by_question()
     assert not no_interval["shown"] and "n_boot = 0" in no_interval["text"]
 
 
+def test_finding_against_the_answers_when_every_method_is_pulled_in_per_question():
+    """Keyed on p* every method is below 0 (answers that read their questions only partly
+    regress to the mean); keyed on the answer GRPO is above 0 and the others are not:
+    shown "against the answers", and the text gives both sets of figures."""
+    table = _summary({"grpo": (-0.2, -0.26, -0.15), "rloo": (-0.28, -0.3, -0.26)})
+    table["corr_p_star"] = [0.39, 0.42]
+    for column, values in {
+        "overconfidence_answer": [0.233, -0.022],
+        "overconfidence_answer_low": [0.19, -0.05],
+        "overconfidence_answer_high": [0.27, 0.01],
+    }.items():
+        table[column] = values
+    verdict = finding(table)
+    assert verdict["shown"] and verdict["criterion"] == "per_answer"
+    text = verdict["text"]
+    assert text.startswith("Shown against the answers, not per question")
+    assert "GRPO +0.233 [+0.190, +0.270]; rloo -0.022 [-0.050, +0.010]" in text
+    assert "every method's answers are pulled in toward 1/2" in text and "0.39" in text
+    assert "GRPO -0.200 [-0.260, -0.150]" in text  # the per-question figures too
+    assert verdict["grpo_overconfidence_answer_low"] == 0.19
+    # the others above 0 keyed on the answer too: not shown, both figures in the reason
+    table["overconfidence_answer_low"] = [0.19, 0.01]
+    other = finding(table)
+    assert not other["shown"] and other["criterion"] is None
+    assert "Keyed on the answer" in other["text"]
+    # the per-question criterion, where it holds, is the one named
+    strong = _summary({"grpo": (0.1, 0.05, 0.15), "rloo": (0.0, -0.03, 0.02)})
+    assert finding(strong)["criterion"] == "per_question"
+
+
 def test_finding_without_p_star_uses_p_true_and_without_either_says_so():
     table = _summary({"grpo": (np.nan,) * 3, "rloo": (np.nan,) * 3})
     table["overconfidence_question_p_true"] = [0.1, 0.0]

@@ -44,6 +44,7 @@ __all__ = [
     "mean_absolute_error_to_reference",
     "overconfidence",
     "overconfidence_per_question",
+    "overconfidence_per_answer",
     "prediction_sd",
     "rank_correlation_to_reference",
     "reference_bins",
@@ -386,6 +387,31 @@ def overconfidence_per_question(probs: ArrayLike, p_star: ArrayLike) -> float:
     return float(np.mean(np.sign(p_star - 0.5) * (probs - p_star)))
 
 
+def overconfidence_per_answer(probs: ArrayLike, p_star: ArrayLike) -> float:
+    """Overconfidence keyed on the answer: ``mean_i sign(q_i - 1/2) (q_i - p*_i)``.
+
+    Positive when answers lie further from 1/2 than the probabilities behind them, on
+    the answer's side. Its expectation is 0 for any predictor calibrated against the
+    reference, E[p* | q] = q, however little it knows about each question. So it
+    separates "too extreme for what the answer can support" from "knows too little":
+    a predictor that reads the question only partly has its answers pulled toward the
+    mean p*, so :func:`overconfidence_per_question` (keyed on p*) is negative for it
+    even when it is calibrated, and this one is about 0. An answer of exactly 1/2
+    counts 0.
+
+    Parameters
+    ----------
+    probs, p_star : arrays of probabilities, shape (n,)
+
+    Returns
+    -------
+    float
+        In [-1, 1]; 0 for ``probs == p_star``.
+    """
+    probs, p_star = _check_reference(probs, p_star, "overconfidence_per_answer")
+    return float(np.mean(np.sign(probs - 0.5) * (probs - p_star)))
+
+
 def _constant(values: np.ndarray) -> bool:
     # exact test: the mean of equal floats need not equal them, so centring a constant
     # array can leave rounding residue of order 1e-17 that is not a spread
@@ -525,6 +551,9 @@ REFERENCE_METRICS.register("ece_to_reference", ece_to_reference, binned=True, ed
 REFERENCE_METRICS.register("overconfidence", overconfidence, binned=False, edges=False)
 REFERENCE_METRICS.register(
     "overconfidence_per_question", overconfidence_per_question, binned=False, edges=False
+)
+REFERENCE_METRICS.register(
+    "overconfidence_per_answer", overconfidence_per_answer, binned=False, edges=False
 )
 REFERENCE_METRICS.register(
     "correlation_to_reference", correlation_to_reference, binned=False, edges=False

@@ -60,6 +60,8 @@ HEADLINE_METRICS = (
     "mae_p_true",
     "overconfidence_question",
     "overconfidence_question_p_true",
+    "overconfidence_answer",
+    "overconfidence_answer_p_true",
     "overconfidence",
     "corr_p_star",
     "spearman_p_star",
@@ -102,6 +104,15 @@ def finding(summary: pd.DataFrame, *, run_sd: pd.Series | None = None) -> dict[s
     to one (sd of q below :data:`COLLAPSED_SD`: there "calibrated" describes only an
     average answer).
 
+    Also shown, "against the answers", when the same holds for the overconfidence keyed
+    on the answer (``overconfidence_answer``: the mean of sign(q - 1/2)(q - p*)): GRPO's
+    interval above 0, every compared method's containing 0 or below it. Keyed on p*,
+    an answer that reads its question only partly regresses toward the mean p* and
+    counts as cautious even when it is calibrated; keyed on the answer, any answer
+    calibrated against p* (E[p* | q] = q) scores 0 in expectation, so this criterion
+    asks whether GRPO's answers are more extreme than what they know supports. The text
+    says which criterion held and gives both sets of figures.
+
     Parameters
     ----------
     summary : pandas.DataFrame
@@ -119,7 +130,10 @@ def finding(summary: pd.DataFrame, *, run_sd: pd.Series | None = None) -> dict[s
         ``interval`` (what the intervals cover), ``collapsed_runs`` (how many),
         ``flagged_invalid`` (method -> invalid-answer rate, for the methods above
         :data:`INVALID_RATE_FLAG` and at most :data:`INVALID_RATE_LIMIT`),
-        ``grpo_ece`` and ``others_max_ece`` (NaN when the table has no ECE).
+        ``grpo_ece`` and ``others_max_ece`` (NaN when the table has no ECE),
+        ``grpo_overconfidence_answer`` / ``_low`` / ``_high`` and
+        ``others_overconfidence_answer`` (keyed on the answer), ``criterion``
+        (``"per_question"``, ``"per_answer"`` or None: which one showed the finding).
     """
     by_method = summary.set_index("method")
     if "grpo" not in by_method.index:
@@ -136,6 +150,9 @@ def finding(summary: pd.DataFrame, *, run_sd: pd.Series | None = None) -> dict[s
         metric, reference = "overconfidence_question_p_true", "p_true"
     value, low, high = _figure(grpo, metric)
     other_figures = {m: _figure(by_method.loc[m], metric) for m in others}
+    keyed = metric.replace("question", "answer")
+    answer_value, answer_low, answer_high = _figure(grpo, keyed)
+    other_answer = {m: _figure(by_method.loc[m], keyed) for m in others}
     interval = str(grpo.get("interval", "95 % bootstrap"))
     ece = by_method["ece"].astype(float) if "ece" in by_method else None
     result: dict[str, Any] = {
@@ -143,10 +160,15 @@ def finding(summary: pd.DataFrame, *, run_sd: pd.Series | None = None) -> dict[s
         "grpo_overconfidence_low": low,
         "grpo_overconfidence_high": high,
         "others_overconfidence": {m: list(f) for m, f in other_figures.items()},
+        "grpo_overconfidence_answer": answer_value,
+        "grpo_overconfidence_answer_low": answer_low,
+        "grpo_overconfidence_answer_high": answer_high,
+        "others_overconfidence_answer": {m: list(f) for m, f in other_answer.items()},
         "reference": reference,
         "interval": interval,
         "grpo_ece": float(ece["grpo"]) if ece is not None else math.nan,
         "others_max_ece": float(ece[others].max()) if ece is not None else math.nan,
+        "criterion": None,
     }
     invalid = (
         by_method["invalid_rate"].astype(float)
@@ -168,18 +190,49 @@ def finding(summary: pd.DataFrame, *, run_sd: pd.Series | None = None) -> dict[s
         over = [m for m, f in other_figures.items() if not f[1] <= 0]  # NaN: not shown
         no_interval = not (np.isfinite(low) and np.isfinite(high))
         collapsed_grpo = np.isfinite(grpo_sd) and grpo_sd < COLLAPSED_SD
-        shown = bool(
-            low > 0 and not no_interval and not over and not silent_compared and not collapsed_grpo
+        valid = not no_interval and not silent_compared and not collapsed_grpo
+        per_question = bool(low > 0 and not over and valid)
+        answer_over = [m for m, f in other_answer.items() if not f[1] <= 0]
+        per_answer = bool(answer_low > 0 and np.isfinite(answer_high) and not answer_over and valid)
+        shown = per_question or per_answer
+        result["criterion"] = (
+            "per_question" if per_question else "per_answer" if per_answer else None
         )
         figures = (
             f"Overconfidence vs {reference} per question, the mean of sign({reference} - "
             f"1/2)(q - {reference}): {grpo_text}; {others_text}. Intervals: {interval}."
         )
-        if shown:
+        answer_figures = ""
+        if np.isfinite(answer_value):
+            answer_figures = (
+                f" Keyed on the answer, the mean of sign(q - 1/2)(q - {reference}) (0 for "
+                f"answers calibrated against {reference}, however little they know of "
+                f"each question): GRPO {_with_interval(answer_value, answer_low, answer_high)}; "
+                + "; ".join(f"{m} {_with_interval(*f)}" for m, f in other_answer.items())
+                + "."
+            )
+        if per_question:
             text = (
                 f"Shown, question by question: GRPO pushes its answers outward past "
                 f"{reference} (its interval excludes 0), while {', '.join(others)} do not "
-                f"(their intervals contain 0 or lie below it). {figures}"
+                f"(their intervals contain 0 or lie below it). {figures}{answer_figures}"
+            )
+        elif per_answer:
+            corr = float(grpo.get("corr_p_star", math.nan))
+            corr_text = f" (GRPO's corr(q, {reference}) is {corr:.2f})" if np.isfinite(corr) else ""
+            text = (
+                f"Shown against the answers, not per question: GRPO's answers are more "
+                f"extreme than the {reference} behind them (keyed on the answer its interval "
+                f"excludes 0), while {', '.join(others)}'s are not (their intervals contain "
+                f"0 or lie below it).{answer_figures} Keyed on {reference}, "
+                + (
+                    "every method's answers are pulled in toward 1/2"
+                    if all(f[2] < 0 for f in [(value, low, high), *other_figures.values()])
+                    else "GRPO's interval does not exclude 0"
+                )
+                + f": an answer that reads its question only partly{corr_text} regresses "
+                f"toward the mean {reference}, which counts as caution there even when the "
+                f"answer is calibrated. {figures}"
             )
         else:
             reasons = []
@@ -205,8 +258,8 @@ def finding(summary: pd.DataFrame, *, run_sd: pd.Series | None = None) -> dict[s
             text = (
                 "Not shown by this run: "
                 + "; ".join(reasons)
-                + f". {figures} The training budget may be too small for the methods to "
-                "separate (more steps, more seeds or a larger learning rate)."
+                + f". {figures}{answer_figures} The training budget may be too small for "
+                "the methods to separate (more steps, more seeds or a larger learning rate)."
             )
         if ece is not None:
             text += (

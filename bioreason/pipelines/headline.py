@@ -47,13 +47,11 @@ def print_headline(result: dict[str, Any]) -> None:
             return f"{value:.3f}"
         return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
-    def overconfidence(row: dict[str, Any]) -> str:
+    def overconfidence(row: dict[str, Any], name: str = "overconfidence_question") -> str:
         # per question against p*; against p_true where the run has no p*
-        if finite(row.get("overconfidence_question")) or not finite(
-            row.get("overconfidence_question_p_true")
-        ):
-            return cell(row, "overconfidence_question")
-        return cell(row, "overconfidence_question_p_true") + " (vs p_true)"
+        if finite(row.get(name)) or not finite(row.get(f"{name}_p_true")):
+            return cell(row, name)
+        return cell(row, f"{name}_p_true") + " (vs p_true)"
 
     def invalid(row: dict[str, Any]) -> str:
         rate = row.get("invalid_rate")
@@ -67,6 +65,7 @@ def print_headline(result: dict[str, Any]) -> None:
         "ECE vs outcomes",
         "|q - p*|",
         "overconfidence vs p*",
+        "keyed on q",
         "corr(q, p*)",
         "Spearman",
         "sd of q",
@@ -80,6 +79,7 @@ def print_headline(result: dict[str, Any]) -> None:
             cell(row, "ece"),
             cell(row, "mae_p_star"),
             overconfidence(row),
+            overconfidence(row, "overconfidence_answer"),
             cell(row, "corr_p_star", False),
             cell(row, "spearman_p_star", False),
             cell(row, "sd_q" if "sd_q" in row else "q_spread", False),
@@ -94,8 +94,10 @@ def print_headline(result: dict[str, Any]) -> None:
     interval = result.get("interval") or "95 % bootstrap intervals over held-out questions"
     print(
         f"([low, high]: {interval}; overconfidence vs p*: mean of sign(p* - 1/2)(q - p*) "
-        "over questions, positive when answers are pushed outward past p*; invalid: the "
-        "share of sampled answers that could not be read)"
+        "over questions, positive when answers are pushed outward past p*; keyed on q: mean "
+        "of sign(q - 1/2)(q - p*), 0 for answers calibrated against p* however little they "
+        "know, positive when answers are more extreme than the p* behind them; invalid: "
+        "the share of sampled answers that could not be read)"
     )
     finding = result.get("finding") or {}
     if finding.get("text"):

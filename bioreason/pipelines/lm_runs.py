@@ -74,10 +74,12 @@ RUN_COLUMNS = (
 #: metrics of ``summary.csv``, each with ``_low`` / ``_high`` and ``_seed_sd``: against
 #: the outcomes, against p* and p_true; question by question (``overconfidence_question``:
 #: mean of sign(p* - 1/2)(q - p*); ``overconfidence`` stays the average-level
-#: mean |q - 1/2| - mean |p* - 1/2|; corr and Spearman of q with p*, sd of q across
-#: questions, AUROC against the outcomes and against p* > 1/2); and the theory's fixed
-#: point against the measured end state (``mae_fixed_point``, ``corr_fixed_point``, and
-#: the overconfidence the fixed point predicts, ``overconfidence_fixed_point``)
+#: mean |q - 1/2| - mean |p* - 1/2|; ``overconfidence_answer``: mean of
+#: sign(q - 1/2)(q - p*), 0 for any answer calibrated against p*; corr and Spearman of
+#: q with p*, sd of q across questions, AUROC against the outcomes and against
+#: p* > 1/2); and the theory's fixed point against the measured end state
+#: (``mae_fixed_point``, ``corr_fixed_point``, and the overconfidence the fixed point
+#: predicts, ``overconfidence_fixed_point``)
 SUMMARY_METRICS = (
     "ece",
     "adaptive_ece",
@@ -89,6 +91,8 @@ SUMMARY_METRICS = (
     "overconfidence_p_true",
     "overconfidence_question",
     "overconfidence_question_p_true",
+    "overconfidence_answer",
+    "overconfidence_answer_p_true",
     "corr_p_star",
     "spearman_p_star",
     "sd_q",
@@ -180,6 +184,7 @@ def _metric_functions(n_bins: int = 10) -> dict[str, tuple[Callable[..., float],
         log_loss,
         mean_absolute_error_to_reference,
         overconfidence,
+        overconfidence_per_answer,
         overconfidence_per_question,
         prediction_sd,
         rank_correlation_to_reference,
@@ -199,6 +204,8 @@ def _metric_functions(n_bins: int = 10) -> dict[str, tuple[Callable[..., float],
         "overconfidence_p_true": (overconfidence, ("p_true",)),
         "overconfidence_question": (overconfidence_per_question, ("p_star",)),
         "overconfidence_question_p_true": (overconfidence_per_question, ("p_true",)),
+        "overconfidence_answer": (overconfidence_per_answer, ("p_star",)),
+        "overconfidence_answer_p_true": (overconfidence_per_answer, ("p_true",)),
         "corr_p_star": (correlation_to_reference, ("p_star",)),
         "spearman_p_star": (rank_correlation_to_reference, ("p_star",)),
         "sd_q": (lambda q: prediction_sd(q), ()),
@@ -490,6 +497,7 @@ def markdown_table(summary: pd.DataFrame) -> str:
         "mean \\|q - p*\\| [CI]",
         "mean \\|q - p_true\\| [CI]",
         "overconfidence vs p*, per question [CI]",
+        "overconfidence vs p*, keyed on q [CI]",
         "corr(q, p*) [CI]",
         "Spearman(q, p*) [CI]",
         "sd of q [CI]",
@@ -517,6 +525,7 @@ def markdown_table(summary: pd.DataFrame) -> str:
             _cell(row, "mae_p_star"),
             _cell(row, "mae_p_true"),
             _reference_cell(row, "overconfidence_question"),
+            _reference_cell(row, "overconfidence_answer"),
             _cell(row, "corr_p_star"),
             _cell(row, "spearman_p_star"),
             _cell(row, "sd_q"),

@@ -71,9 +71,11 @@ OUTCOME_METRICS = {
 REFERENCE_METRICS = {
     "mae_p_star": "|q - p*|",
     "overconfidence_question": "overconfidence vs p* (per question)",
+    "overconfidence_answer": "overconfidence vs p* (keyed on the answer)",
     "overconfidence": "average-level overconfidence vs p*",
     "mae_p_true": "|q - p_true|",
     "overconfidence_question_p_true": "overconfidence vs p_true (per question)",
+    "overconfidence_answer_p_true": "overconfidence vs p_true (keyed on the answer)",
     "overconfidence_p_true": "average-level overconfidence vs p_true",
 }
 #: Question-level figures of ``summary.csv``: does q follow the questions?
@@ -99,6 +101,7 @@ HEADLINE_CALIBRATION = {
     "ece": "ECE vs y",
     "mae_p_star": "|q - p*|",
     "overconfidence_question": "overconfidence vs p*",
+    "overconfidence_answer": "overconfidence vs p*, keyed on q",
     "overconfidence_question_p_true": "overconfidence vs p_true",
     "mae_p_true": "|q - p_true|",
     "overconfidence": "average-level overconfidence vs p*",
