@@ -223,8 +223,8 @@ def finding(summary: pd.DataFrame, *, run_sd: pd.Series | None = None) -> dict[s
             text = (
                 f"Shown against the answers, not per question: GRPO's answers are more "
                 f"extreme than the {reference} behind them (keyed on the answer its interval "
-                f"excludes 0), while {', '.join(others)}'s are not (their intervals contain "
-                f"0 or lie below it).{answer_figures} Keyed on {reference}, "
+                f"excludes 0), while those of {', '.join(others)} are not (their intervals "
+                f"contain 0 or lie below it).{answer_figures} Keyed on {reference}, "
                 + (
                     "every method's answers are pulled in toward 1/2"
                     if all(f[2] < 0 for f in [(value, low, high), *other_figures.values()])
