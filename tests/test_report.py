@@ -503,3 +503,28 @@ def test_the_simulator_check_judges_p_star_against_its_targets(run_dir):
     assert "p* misses its targets" in section
     assert f"bias {bias:+.3f}" in section
     assert "basal_guide: residual" in section
+
+
+@pytest.mark.parametrize(
+    "verdict,title",
+    [
+        ({"shown": False}, "Finding not shown by this run"),
+        (
+            {"shown": True, "criterion": "per_question"},
+            "Finding shown: GRPO overconfident question by question, the others not",
+        ),
+        (
+            {"shown": True, "criterion": "per_answer"},
+            "Finding shown against the answers: GRPO's answers more extreme than the p* "
+            "behind them, the others' not",
+        ),
+    ],
+)
+def test_the_verdict_box_names_the_criterion_that_showed_the_finding(run_dir, verdict, title):
+    path = run_dir / "calibration" / "result.json"
+    result = json.loads(path.read_text())
+    result["finding"] = {**verdict, "text": "the verdict's text"}
+    path.write_text(json.dumps(result))
+    html_text = write_report(run_dir, force=True).html.read_text()
+    assert html.escape(title) in html_text
+    assert html.escape("the verdict's text") in html_text

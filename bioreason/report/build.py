@@ -367,11 +367,15 @@ class _Builder:
         verdict = result.get("finding")
         if isinstance(verdict, Mapping) and verdict.get("text"):
             shown = bool(verdict.get("shown"))
-            title = (
-                "Finding shown: GRPO overconfident question by question, the others not"
-                if shown
-                else "Finding not shown by this run"
-            )
+            if not shown:
+                title = "Finding not shown by this run"
+            elif verdict.get("criterion") == "per_answer":
+                title = (
+                    "Finding shown against the answers: GRPO's answers more extreme than "
+                    "the p* behind them, the others' not"
+                )
+            else:
+                title = "Finding shown: GRPO overconfident question by question, the others not"
             self.add(Callout(str(verdict["text"]), "ok" if shown else "warning", title))
         else:
             self.add(
