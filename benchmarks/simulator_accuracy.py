@@ -59,7 +59,9 @@ TOLERANCE = 0.1
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--steps", type=int, default=None, help="training steps (demo: 800)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="training steps (default: the demo config's, 1,500)"
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument(
         "--embedding-lr", type=float, default=None, help="TrainConfig.embedding_lr (None: lr)"
