@@ -218,7 +218,8 @@ def finding(summary: pd.DataFrame, *, run_sd: pd.Series | None = None) -> dict[s
                 f"(their intervals contain 0 or lie below it). {figures}{answer_figures}"
             )
         elif per_answer:
-            corr = float(grpo.get("corr_p_star", math.nan))
+            # the summary's correlation is with p*: name it only when judging against p*
+            corr = float(grpo.get("corr_p_star", math.nan)) if reference == "p*" else math.nan
             corr_text = f" (GRPO's corr(q, {reference}) is {corr:.2f})" if np.isfinite(corr) else ""
             text = (
                 f"Shown against the answers, not per question: GRPO's answers are more "
