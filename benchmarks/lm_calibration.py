@@ -76,7 +76,7 @@ from bioreason.rl.lm import FinetuneConfig, LMRLConfig  # noqa: E402
 from bioreason.rl.lm.job import score_predictions  # noqa: E402
 
 #: the methods of the issue's table (advantage registry names, options included)
-from bioreason.run_layout import method_slug  # noqa: E402
+from bioreason.run_layout import job_folder_name, method_slug  # noqa: E402
 
 REPLOGLE_FOLDER = Path("/work/shared/data/replogle_k562_cnmf_task")
 #: columns of ``runs.csv`` besides the metrics of ``bioreason.calibration.summarize``
@@ -413,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs, rows = [], {}
     for seed in seeds:
         for method in args.methods:
-            folder = out / "runs" / f"{method_slug(method)}_seed{seed}"
+            folder = out / "runs" / job_folder_name(method, seed)
             rl = LMRLConfig(
                 method=method,
                 seed=seed,
@@ -460,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = runs[[*RUN_COLUMNS, *[c for c in runs.columns if c not in RUN_COLUMNS]]]
     predictions = pd.concat(
         [
-            pd.read_parquet(out / "runs" / f"{method_slug(m)}_seed{s}" / "predictions.parquet")
+            pd.read_parquet(out / "runs" / job_folder_name(m, s) / "predictions.parquet")
             for m, s in order
         ],
         ignore_index=True,

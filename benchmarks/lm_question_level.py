@@ -21,25 +21,37 @@ one ``name: value unit`` line each:
   condition mean + program mean - overall mean), the ceiling for answers that compose a
   condition with a program; a calibrated predictor with correlation r has sd of q near
   r x sd(p*), so this bounds what the sd and |q - p*| targets can ask;
-- the supervised fit of ``benchmarks/lm_question_fit.py`` (its ``_fit``: the seed-0 warm
-  start trained on the exact expected log score against p* of the train questions, no
-  RL noise): ``mae_q_pstar_supervised``, ``corr_q_pstar_supervised``,
-  ``sd_q_supervised``; what the model can reach when the signal is clean;
+- ``mae_q_pstar_interaction``, ``corr_q_pstar_interaction``, ``sd_q_interaction``: the
+  interaction fit (``lm_question_fit.interaction_reference``: ridge regression of logit
+  p* on the condition's parts, the program and each part x program pair), the best a
+  reader of the prompt's parts can do from the train questions' exact p*;
+- the same figures on the *train* questions, ``corr_q_pstar_train_<method>``,
+  ``sd_q_train_<method>``, ``mae_q_pstar_train_<method>`` (seed means; each seed's final
+  model scored with ``LMTrainer.predict("train")``): how much of the questions RL
+  learned, apart from how much of it carries to held-out questions;
+- the supervised fits of ``benchmarks/lm_question_fit.py`` (its ``_fit``: the seed-0
+  warm start, with what RL trains (``finetune.rl.trainable``), fitted to the train
+  questions' exact p*, no RL noise), on the test and the train questions: with the
+  expected log score RL maximises, ``..._supervised`` and ``..._train_supervised``; with
+  the cross-entropy to the nearest grid answer (what the model can represent),
+  ``..._supervised_ce`` and ``..._train_supervised_ce``;
 - ``seconds_total``.
 
     python benchmarks/lm_question_level.py [--config pipelines/configs/demo.yaml]
         [--set finetune.rl.steps=200 ...] [--out runs/demo] [--seeds 3] [--workers 2]
-        [--fit-steps 1000] [--fit-lr 5e-4] [--threads 2]
+        [--fit-steps 1000] [--fit-lr 5e-4] [--fit-lr-ce 3e-3] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -96,6 +108,68 @@ def constant_baselines(task: pd.DataFrame) -> dict[str, float]:
     }
 
 
+def in_sample_figures(
+    out: Path, task: pd.DataFrame, config: Any, split: str = "train"
+) -> dict[str, dict[str, float]]:
+    """Each method's figures on the questions of ``split`` (default the train questions),
+    averaged over seeds.
+
+    Every seed's final model (``finetune/<method>_seed<S>/model``) is scored with
+    :meth:`bioreason.rl.LMTrainer.predict` on ``split``, under the run's RL settings; the
+    figures use ``q_exact``.
+
+    Parameters
+    ----------
+    out : Path
+        The run folder.
+    task : pandas.DataFrame
+        The run's task table.
+    config : bioreason.pipelines.run.PipelineConfig
+        The run's configuration (its methods, seeds and RL settings).
+    split : str
+        Which questions.
+
+    Returns
+    -------
+    dict
+        ``{method: {"corr": ..., "sd_q": ..., "mae": ...}}``; ``corr`` is NaN for a
+        seed whose answers are all equal (and then for the mean).
+    """
+    import torch
+
+    from bioreason.lm import load_predictor
+    from bioreason.rl import LMTrainer
+    from bioreason.run_layout import MODEL_DIR, job_folder_name
+
+    figures: dict[str, dict[str, float]] = {}
+    for method in config.finetune.methods:
+        per_seed = []
+        for seed in config.finetune.seeds:
+            predictor = load_predictor(out / "finetune" / job_folder_name(method, seed) / MODEL_DIR)
+            rl = dataclasses.replace(
+                config.finetune.rl,
+                method=method,
+                seed=seed,
+                eval_split=None,
+                tensorboard=False,
+                device="cpu",
+            )
+            with torch.no_grad():
+                frame = LMTrainer.from_predictor(predictor, task, rl).predict(split, n_samples=1)
+            q = frame["q_exact"].to_numpy(dtype=float)
+            p = frame["p_star"].to_numpy(dtype=float)
+            spread = float(q.std(ddof=1))
+            per_seed.append(
+                {
+                    "corr": float(np.corrcoef(q, p)[0, 1]) if spread > 0 else math.nan,
+                    "sd_q": spread,
+                    "mae": float(np.mean(np.abs(q - p))),
+                }
+            )
+        figures[method] = {k: float(np.mean([f[k] for f in per_seed])) for k in per_seed[0]}
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=Path("pipelines/configs/demo.yaml"))
@@ -113,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="parallel fine-tuning jobs")
     parser.add_argument("--fit-steps", type=int, default=1000, help="supervised fit steps")
     parser.add_argument("--fit-lr", type=float, default=5e-4, help="supervised fit rate")
+    parser.add_argument(
+        "--fit-lr-ce", type=float, default=3e-3, help="rate of the cross-entropy fit"
+    )
     parser.add_argument("--fit-batch", type=int, default=32, help="questions per fit step")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the fit")
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
@@ -163,12 +240,26 @@ def main(argv: list[str] | None = None) -> int:
     _line("mae_q_pstar_additive", additive["mae"], "probability")
     _line("corr_q_pstar_additive", additive["corr"])
     _line("sd_q_additive", additive["sd_q"], "probability")
+    interaction = question_fit.interaction_reference(task)
+    _line("mae_q_pstar_interaction", interaction["mae"], "probability")
+    _line("corr_q_pstar_interaction", interaction["corr"])
+    _line("sd_q_interaction", interaction["sd_q"], "probability")
 
     torch.set_num_threads(args.threads)
-    fit = question_fit._fit(out, args.fit_lr, args.fit_steps, "p_star", args.fit_batch, 0)
-    _line("mae_q_pstar_supervised", fit["mae"], "probability")
-    _line("corr_q_pstar_supervised", fit["corr"])
-    _line("sd_q_supervised", fit["sd_q"], "probability")
+    for method, figures in in_sample_figures(out, task, config).items():
+        name = method_slug(method)
+        _line(f"corr_q_pstar_train_{name}", figures["corr"])
+        _line(f"sd_q_train_{name}", figures["sd_q"], "probability")
+        _line(f"mae_q_pstar_train_{name}", figures["mae"], "probability")
+    trainable = config.finetune.rl.trainable
+    for objective, lr, suffix in (("score", args.fit_lr, ""), ("ce", args.fit_lr_ce, "_ce")):
+        fit = question_fit._fit(
+            out, lr, args.fit_steps, "p_star", args.fit_batch, 0, trainable, objective
+        )
+        for split in ("", "train_"):
+            _line(f"mae_q_pstar_{split}supervised{suffix}", fit[split + "mae"], "probability")
+            _line(f"corr_q_pstar_{split}supervised{suffix}", fit[split + "corr"])
+            _line(f"sd_q_{split}supervised{suffix}", fit[split + "sd_q"], "probability")
     _line("seconds_total", time.perf_counter() - start, "s")
     return 0
 

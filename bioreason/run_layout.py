@@ -36,6 +36,7 @@ __all__ = [
     "SUMMARY_MD",
     "TASK_FILE",
     "judged_probability",
+    "job_folder_name",
     "method_slug",
 ]
 
@@ -103,6 +104,17 @@ def method_slug(method: str) -> str:
     str
     """
     return re.sub(r"[^A-Za-z0-9_]+", "-", method).strip("-")
+
+
+def job_folder_name(method: str, seed: int) -> str:
+    """The folder of one fine-tuning job inside the ``finetune`` stage
+    (``seed_grpo:base=grpo``, seed 1 -> ``seed_grpo-base-grpo_seed1``).
+
+    Returns
+    -------
+    str
+    """
+    return f"{method_slug(method)}_seed{int(seed)}"
 
 
 def judged_probability(predictions: Any) -> tuple[np.ndarray, str]:

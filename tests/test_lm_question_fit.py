@@ -38,20 +38,36 @@ def test_fit_check_prints_its_figures_and_references(tmp_path, capsys):
         re.fullmatch(r"(\S+): (\S+)(?: s)?", line).groups()
         for line in capsys.readouterr().out.strip().splitlines()
     )
-    assert set(lines) == {
-        "reference_constant_mae_p_star",
-        "reference_additive_mae_p_star",
-        "reference_additive_corr_p_star",
-        "reference_additive_sd_q",
-        "fit_outcome_lr0.001_corr_p_star",
-        "fit_outcome_lr0.001_mae_p_star",
-        "fit_outcome_lr0.001_sd_q",
-        "fit_outcome_lr0.001_time",
+    references = {"reference_constant_mae_p_star"}
+    for who in ("additive", "interaction"):
+        references |= {f"reference_{who}_{n}" for n in ("mae_p_star", "corr_p_star", "sd_q")}
+    figures = {f"{s}{n}" for s in ("", "train_") for n in ("corr_p_star", "mae_p_star", "sd_q")}
+    assert set(lines) == references | {f"fit_outcome_lr0.001_{n}" for n in figures} | {
+        "fit_outcome_lr0.001_time"
     }
     assert 0 <= float(lines["fit_outcome_lr0.001_mae_p_star"]) <= 1
     assert 0 <= float(lines["fit_outcome_lr0.001_sd_q"]) <= 0.5
     assert 0 <= float(lines["reference_additive_mae_p_star"]) <= 1
     assert -1 <= float(lines["reference_additive_corr_p_star"]) <= 1
+
+
+def test_the_fit_trains_what_the_run_trained_and_the_ce_objective_memorises(tmp_path, capsys):
+    torch.set_num_threads(1)
+    bench = _bench()
+    assert bench.run_trainable(tmp_path) == "all"  # no pipeline.json: the LMRLConfig default
+    pipeline = dict(TINY_PIPELINE)
+    pipeline["finetune"] = {**pipeline["finetune"], "rl": {"trainable": "embeddings"}}
+    config = PipelineConfig.from_dict(pipeline)
+    for stage in ("data", "vae", "task", "warm_start"):
+        run_pipeline(config, tmp_path / "run", only=stage, report=False)
+    assert bench.run_trainable(tmp_path / "run") == "embeddings"
+    # the cross-entropy to the nearest grid answer fits the train questions' p* closely:
+    # the model can represent each question's answer (100 steps: corr 0.99, |q - p*|
+    # 0.012, where the expected log score reaches 0.86 and 0.079)
+    result = bench._fit(tmp_path / "run", 3e-3, 100, "p_star", 32, 0, "embeddings", "ce")
+    assert result["train_corr"] > 0.95 and result["train_mae"] < 0.04
+    with pytest.raises(ValueError, match="objective"):
+        bench._fit(tmp_path / "run", 1e-3, 1, "p_star", 4, 0, "embeddings", "mse")
 
 
 def test_fit_check_names_the_missing_run(tmp_path, capsys):

@@ -13,6 +13,8 @@ import pytest
 import torch
 import yaml
 
+from bioreason.pipelines.run import load_pipeline_config
+
 from helpers import TINY_PIPELINE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,10 +53,13 @@ def test_prints_every_figure_of_every_method_and_the_references(tmp_path, capsys
     printed = capsys.readouterr().out
     figures = _lines(printed[printed.index("corr_q_pstar_grpo") :])
     expected = {"mae_q_pstar_constant", "mae_q_pstar_best_constant", "seconds_total"}
-    expected |= {"mae_q_pstar_supervised", "corr_q_pstar_supervised", "sd_q_supervised"}
-    expected |= {"mae_q_pstar_additive", "corr_q_pstar_additive", "sd_q_additive"}
+    for who in ("supervised", "train_supervised", "supervised_ce", "train_supervised_ce"):
+        expected |= {f"mae_q_pstar_{who}", f"corr_q_pstar_{who}", f"sd_q_{who}"}
+    for who in ("additive", "interaction"):
+        expected |= {f"mae_q_pstar_{who}", f"corr_q_pstar_{who}", f"sd_q_{who}"}
     for method in ("grpo", "rloo"):
-        expected |= {f"corr_q_pstar_{method}", f"sd_q_{method}", f"mae_q_pstar_{method}"}
+        for who in (method, f"train_{method}"):
+            expected |= {f"corr_q_pstar_{who}", f"sd_q_{who}", f"mae_q_pstar_{who}"}
         expected |= {f"overconfidence_question_{method}{s}" for s in ("", "_low", "_high")}
     assert set(figures) == expected
     # the figures are the calibration stage's, as written
@@ -74,8 +79,18 @@ def test_prints_every_figure_of_every_method_and_the_references(tmp_path, capsys
         float(figures["mae_q_pstar_best_constant"]) <= float(figures["mae_q_pstar_constant"]) + 1e-4
     )
     assert 0 <= float(figures["mae_q_pstar_supervised"]) <= 1
+    assert 0 <= float(figures["mae_q_pstar_train_supervised_ce"]) <= 1
     assert 0 <= float(figures["mae_q_pstar_additive"]) <= 1
     assert 0 <= float(figures["sd_q_additive"]) <= 0.5
+    # the in-sample scoring, run on the test split, reproduces the calibration stage's
+    # figures, which come from the fine-tuning jobs' own predictions
+    train = task[task["split"] == "train"]
+    assert 0 <= float(figures["mae_q_pstar_train_rloo"]) <= 1
+    loaded = load_pipeline_config(config, ["finetune.seeds=[0]", "finetune.rl.steps=2"])
+    on_test = _bench().in_sample_figures(out, task, loaded, split="test")
+    assert on_test["rloo"]["mae"] == pytest.approx(summary.loc["rloo", "mae_p_star"], abs=1e-4)
+    assert on_test["grpo"]["sd_q"] == pytest.approx(summary.loc["grpo", "sd_q"], abs=1e-4)
+    assert len(train) > 0
 
 
 def test_additive_reference_against_a_table_worked_by_hand():
@@ -106,6 +121,34 @@ def test_additive_reference_against_a_table_worked_by_hand():
     )
     expected = (abs(0.99 - 0.9) + abs(1 / 3 - 0.5)) / 2
     assert fit.additive_reference(extreme)["mae"] == pytest.approx(expected)
+
+
+def test_interaction_reference_recovers_parts_that_compose_on_each_program():
+    fit = _bench()._question_fit()
+    # logit p* = b + a_part(program) summed over the condition's parts: each gene acts on
+    # each program in its own way, so the additive fit (condition + program) cannot
+    # answer a held-out combination, and the interaction fit can
+    rng = np.random.default_rng(3)
+    genes, programs = ["A", "B", "C", "D"], ["x", "y", "z"]
+    effect = {(g, r): rng.normal(0, 1.5) for g in genes for r in programs}
+    conditions = genes + ["A+B", "C+D", "A+C", "B+D"]
+    rows = []
+    for condition in conditions:
+        for readout in programs:
+            logit = -0.3 + sum(effect[(g, readout)] for g in condition.split("+"))
+            split = "test" if condition in ("A+C", "B+D") else "train"
+            rows.append((condition, readout, 1 / (1 + np.exp(-logit)), split))
+    task = pd.DataFrame(rows, columns=["condition", "readout", "p_star", "split"])
+    task["p_star"] = task["p_star"].clip(0.02, 0.98)  # inside the fit's logit clipping
+    result = fit.interaction_reference(task)
+    additive = fit.additive_reference(task)
+    assert result["lambda"] == pytest.approx(0.1)  # the least shrinkage fits exact data best
+    assert result["mae"] < 0.05 < additive["mae"]
+    assert result["corr"] > 0.97
+    with pytest.raises(ValueError, match="lambdas"):
+        fit.interaction_reference(task, lambdas=(0.0,))
+    with pytest.raises(ValueError, match="test split"):
+        fit.interaction_reference(task.assign(split="train"))
 
 
 def test_refuses_seeds_without_the_fits_warm_start_and_a_tabular_config(tmp_path, capsys):

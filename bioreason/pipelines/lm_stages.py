@@ -16,7 +16,7 @@ from typing import Any
 
 from bioreason.pipelines.config import FinetuneStageConfig, PipelineConfig
 from bioreason.pipelines.stages import Stage, say
-from bioreason.run_layout import METRICS_FILE, MODEL_DIR, TASK_FILE, method_slug
+from bioreason.run_layout import METRICS_FILE, MODEL_DIR, TASK_FILE, job_folder_name
 from bioreason.stage import RESULT, StageResult
 
 __all__ = ["finetune_stage", "warm_start_stage"]
@@ -86,7 +86,7 @@ def _jobs(config: PipelineConfig, stage_dir: Path, task_path: Path, warm_dir: Pa
                 threads=tune.threads,
                 rl=rl,
             )
-            folder = stage_dir / f"{method_slug(method)}_seed{seed}"
+            folder = stage_dir / job_folder_name(method, seed)
             jobs.append({"task": str(task_path), "folder": str(folder), "config": job_config})
     return jobs
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from bioreason.pipelines.config import PipelineConfig
 from bioreason.pipelines.stages import Stage
-from bioreason.run_layout import PIPELINE_RECORD, method_slug
+from bioreason.run_layout import PIPELINE_RECORD, job_folder_name
 from bioreason.stage import MANIFEST, preflight_stage, read_manifest
 
 __all__ = [
@@ -292,4 +292,4 @@ def preflight_pipeline(
     if "finetune" in run:
         for seed in config.finetune.seeds:
             for method in config.finetune.methods:
-                preflight_stage(out / "finetune" / f"{method_slug(method)}_seed{seed}", force=force)
+                preflight_stage(out / "finetune" / job_folder_name(method, seed), force=force)
