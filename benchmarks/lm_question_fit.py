@@ -30,11 +30,13 @@ What is trained is the run's RL setting (``finetune.rl.trainable`` of its
 answer nearest ``t_i``: a check of what the model can represent, since the expected
 score is a bandit objective whose gradient fades as the answer distribution
 concentrates. Each fit is scored on the train questions as well (``..._train_...``):
-how much of the questions it learned, apart from how much generalises.
+how much of the questions it learned, apart from how much generalises. ``--split``
+splits the questions anew for the references and the fits (e.g.
+``heldout_combinations``: held-out pairs of perturbations seen alone).
 
     python benchmarks/lm_question_fit.py [--run runs/demo] [--lrs 5e-4 1e-4]
         [--steps 1000] [--target p_star|outcome] [--objective score|ce]
-        [--trainable all|embeddings] [--threads 2]
+        [--trainable all|embeddings] [--split heldout_combinations] [--threads 2]
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+
+from bioreason.data.tasks import SPLITS
 
 OBJECTIVES = ("score", "ce")
 
@@ -76,6 +80,17 @@ def _figures(q: torch.Tensor, p: torch.Tensor) -> dict[str, float]:
     }
 
 
+def _task(run: Path, split: str | None = None, test_fraction: float = 0.5) -> pd.DataFrame:
+    """The run's task table; with ``split``, its questions split anew
+    (:func:`bioreason.data.tasks.split_questions`, seed 0, no validation split)."""
+    from bioreason.data.tasks import split_questions
+
+    task = pd.read_parquet(run / "task" / "task.parquet")
+    if split is not None:
+        task["split"] = split_questions(task, split, test_fraction, 0.0, 0)
+    return task
+
+
 def _fit(
     run: Path,
     lr: float,
@@ -85,6 +100,8 @@ def _fit(
     seed: int,
     trainable: str = "all",
     objective: str = "score",
+    split: str | None = None,
+    test_fraction: float = 0.5,
 ) -> dict:
     """The seed-0 warm start of ``run`` fitted to its train questions (see the module's
     docstring). Returns ``corr``, ``mae``, ``sd_q`` on the test questions, the same with
@@ -95,7 +112,7 @@ def _fit(
 
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r}")
-    task = pd.read_parquet(run / "task" / "task.parquet")
+    task = _task(run, split, test_fraction)
     predictor = load_predictor(run / "warm_start" / "seed0" / "model")
     config = LMRLConfig(
         method="rloo",
@@ -300,8 +317,8 @@ def interaction_reference(
     }
 
 
-def _references(run: Path) -> dict:
-    task = pd.read_parquet(run / "task" / "task.parquet")
+def _references(run: Path, split: str | None = None, test_fraction: float = 0.5) -> dict:
+    task = _task(run, split, test_fraction)
     train, test = task[task["split"] == "train"], task[task["split"] == "test"]
     additive = additive_reference(task)
     return {
@@ -327,6 +344,13 @@ def main(argv: list[str] | None = None) -> int:
         help="score: the expected log score RL maximises; ce: cross-entropy to the nearest answer",
     )
     parser.add_argument(
+        "--split",
+        choices=SPLITS,
+        help="split the run's questions anew (default: the run's split), e.g. "
+        "heldout_combinations: are unseen pairs of seen perturbations predictable?",
+    )
+    parser.add_argument("--test-fraction", type=float, default=0.5, help="with --split")
+    parser.add_argument(
         "--trainable",
         choices=("all", "embeddings"),
         help="what the fit trains (default: the run's finetune.rl.trainable)",
@@ -343,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
     torch.set_num_threads(args.threads)
-    references = _references(args.run)
+    references = _references(args.run, args.split, args.test_fraction)
     print(f"reference_constant_mae_p_star: {references['constant']:.3f}")
     print(f"reference_additive_mae_p_star: {references['additive']:.3f}")
     print(f"reference_additive_corr_p_star: {references['additive_corr']:.3f}")
@@ -354,7 +378,16 @@ def main(argv: list[str] | None = None) -> int:
     trainable = args.trainable or run_trainable(args.run)
     for lr in args.lrs:
         result = _fit(
-            args.run, lr, args.steps, args.target, args.batch, args.seed, trainable, args.objective
+            args.run,
+            lr,
+            args.steps,
+            args.target,
+            args.batch,
+            args.seed,
+            trainable,
+            args.objective,
+            args.split,
+            args.test_fraction,
         )
         name = f"fit_{args.target}" + ("_ce" if args.objective == "ce" else "") + f"_lr{lr:g}"
         for split in ("", "train_"):

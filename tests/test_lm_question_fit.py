@@ -61,6 +61,13 @@ def test_the_fit_trains_what_the_run_trained_and_the_ce_objective_memorises(tmp_
     for stage in ("data", "vae", "task", "warm_start"):
         run_pipeline(config, tmp_path / "run", only=stage, report=False)
     assert bench.run_trainable(tmp_path / "run") == "embeddings"
+    # --split heldout_combinations: the test questions are pairs whose parts are trained alone
+    task = bench._task(tmp_path / "run", "heldout_combinations")
+    test, train = task[task["split"] == "test"], task[task["split"] == "train"]
+    assert len(test) and all("+" in c for c in test["condition"])
+    singles = {c for c in train["condition"] if "+" not in c}
+    assert all(set(c.split("+")) <= singles for c in test["condition"])
+    assert set(train["question_id"]).isdisjoint(test["question_id"])
     # the cross-entropy to the nearest grid answer fits the train questions' p* closely:
     # the model can represent each question's answer (100 steps: corr 0.99, |q - p*|
     # 0.012, where the expected log score reaches 0.86 and 0.079)
