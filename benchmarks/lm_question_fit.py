@@ -71,11 +71,21 @@ def run_trainable(run: Path) -> str:
     return str(((config.get("finetune") or {}).get("rl") or {}).get("trainable", "all"))
 
 
-def _figures(q: torch.Tensor, p: torch.Tensor) -> dict[str, float]:
-    spread = float(q.std())
+def question_figures(q, p) -> dict[str, float]:
+    """``corr`` (Pearson, NaN when the answers are all equal), ``mae`` (mean |q - p|) and
+    ``sd_q`` (sd of the answers, ddof 1) of answers ``q`` against references ``p``
+    (arrays or tensors).
+
+    Returns
+    -------
+    dict
+    """
+    q = np.asarray(q, dtype=float)
+    p = np.asarray(p, dtype=float)
+    spread = float(q.std(ddof=1)) if len(q) > 1 else 0.0
     return {
-        "corr": float(np.corrcoef(q.numpy(), p.numpy())[0, 1]) if spread > 0 else float("nan"),
-        "mae": float((q - p).abs().mean()),
+        "corr": float(np.corrcoef(q, p)[0, 1]) if spread > 0 else float("nan"),
+        "mae": float(np.abs(q - p).mean()),
         "sd_q": spread,
     }
 
@@ -165,8 +175,8 @@ def _fit(
         loss.backward()
         optimizer.step()
     seconds = time.perf_counter() - start
-    result = _figures(answers(test, grad=False) @ grid, p_star[test])
-    in_sample = _figures(answers(train, grad=False) @ grid, p_star[train])
+    result = question_figures(answers(test, grad=False) @ grid, p_star[test])
+    in_sample = question_figures(answers(train, grad=False) @ grid, p_star[train])
     result.update({f"train_{name}": value for name, value in in_sample.items()})
     result["seconds"] = seconds
     return result
@@ -199,13 +209,7 @@ def additive_reference(task: pd.DataFrame) -> dict[str, float]:
     by_program = test["readout"].map(train.groupby("readout")["p_star"].mean())
     additive = (by_condition.fillna(mean) + by_program.fillna(mean) - mean).clip(0.01, 0.99)
     p_star = test["p_star"].to_numpy(dtype=float)
-    answers = additive.to_numpy(dtype=float)
-    spread = float(answers.std(ddof=1)) if len(answers) > 1 else 0.0
-    return {
-        "mae": float(np.abs(p_star - answers).mean()),
-        "corr": float(np.corrcoef(answers, p_star)[0, 1]) if spread > 0 else float("nan"),
-        "sd_q": spread,
-    }
+    return question_figures(additive.to_numpy(dtype=float), p_star)
 
 
 INTERACTION_LAMBDAS = (0.1, 0.3, 1.0, 3.0, 10.0)
@@ -308,11 +312,8 @@ def interaction_reference(
         1 + np.exp(-_interaction_features(test, part_index, readout_index, delimiter) @ weights)
     )
     p_star = test["p_star"].to_numpy(dtype=float)
-    spread = float(answers.std(ddof=1)) if len(answers) > 1 else 0.0
     return {
-        "mae": float(np.abs(p_star - answers).mean()),
-        "corr": float(np.corrcoef(answers, p_star)[0, 1]) if spread > 0 else float("nan"),
-        "sd_q": spread,
+        **question_figures(answers, p_star),
         "lambda": float(lam),
     }
 

@@ -156,16 +156,7 @@ def in_sample_figures(
             )
             with torch.no_grad():
                 frame = LMTrainer.from_predictor(predictor, task, rl).predict(split, n_samples=1)
-            q = frame["q_exact"].to_numpy(dtype=float)
-            p = frame["p_star"].to_numpy(dtype=float)
-            spread = float(q.std(ddof=1))
-            per_seed.append(
-                {
-                    "corr": float(np.corrcoef(q, p)[0, 1]) if spread > 0 else math.nan,
-                    "sd_q": spread,
-                    "mae": float(np.mean(np.abs(q - p))),
-                }
-            )
+            per_seed.append(_question_fit().question_figures(frame["q_exact"], frame["p_star"]))
         figures[method] = {k: float(np.mean([f[k] for f in per_seed])) for k in per_seed[0]}
     return figures
 
