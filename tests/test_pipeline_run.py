@@ -96,6 +96,12 @@ def test_every_stage_writes_its_result_and_the_run_record(tiny_run):
     assert {"condition", "fixed_point", "fixed_point_pooled"} <= set(predictions)
     rloo = predictions[predictions["method"] == "rloo"]  # unbiased: the fixed point is p*
     assert np.allclose(rloo["fixed_point"], rloo["p_star"].clip(0.01, 0.99))
+    # the prompt spread before and after the warm start reaches every run's row
+    warm = json.loads((out / "warm_start" / "result.json").read_text())["prompt_spread"]["0"]
+    runs = pd.read_csv(out / "calibration" / "runs.csv")
+    assert 0 < warm["before"] <= 1 and 0 < warm["after"] <= 1
+    assert np.allclose(runs["prompt_spread_before_warm_start"], warm["before"])
+    assert np.allclose(runs["prompt_spread_after_warm_start"], warm["after"])
     result = json.loads((out / "calibration" / "result.json").read_text())
     assert isinstance(result["finding"]["shown"], bool) and result["finding"]["text"]
     assert [row["method"] for row in result["headline"]] == ["grpo", "rloo"]

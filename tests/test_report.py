@@ -118,7 +118,12 @@ def make_run(root: Path, n_questions: int = 40) -> Path:
     )
     _write_json(
         run / "warm_start" / "result.json",
-        {"steps": 30, "seconds": 4.0, "invalid_rate_after": 0.0},
+        {
+            "steps": 30,
+            "seconds": 4.0,
+            "invalid_rate_after": 0.0,
+            "prompt_spread": {"0": {"before": 0.2731, "after": 0.2724}},
+        },
     )
     test = task[task["split"] == "test"]
     predictions = []
@@ -150,6 +155,7 @@ def make_run(root: Path, n_questions: int = 40) -> Path:
                     "grpo_predicted_outward": [0.01, 0.02],
                     "method_predicted_outward": [0.0, 0.02 if push else 0.0],
                     "measured_outward": [-0.3, push],
+                    "prompt_spread": [0.2724, 0.4567],
                 }
             ).to_csv(folder / "eval.csv", index=False)
             q = np.clip(test["p_star"] + np.sign(test["p_star"] - 0.5) * push, 0.01, 0.99)
@@ -323,6 +329,9 @@ def test_content(report):
         assert expected in html_text
     finetune = _section(html_text, "finetune")  # one note per silent run, no other
     assert finetune.count("stopped answering validly") == len(SEEDS)
+    # the prompt spread at the answer position: every run's last one, and the warm start's
+    assert "<th>prompt spread</th>" in finetune and finetune.count(">0.457</td>") >= len(METHODS)
+    assert "0.273" in html_text and "0.272" in html_text
     assert "score a forced &lt;answer&gt;" in finetune
     simulator = _section(html_text, "task")  # summary rows only where they add something
     assert "<td>outcome_rate</td>" in simulator and "summary.outcome_rate" not in simulator

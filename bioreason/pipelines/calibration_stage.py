@@ -321,6 +321,24 @@ def _with_conditions(predictions: pd.DataFrame, task: pd.DataFrame) -> pd.DataFr
     return predictions.assign(condition=predictions["question_id"].astype(str).map(lookup))
 
 
+def _with_warm_start_spread(runs: pd.DataFrame, warm_result: Mapping[str, Any]) -> pd.DataFrame:
+    """``runs`` with each run's prompt spread before and after the warm start filled in
+    from the ``warm_start`` stage's result (its ``prompt_spread`` per seed): a pipeline's
+    job starts from the saved warm start, so its own metrics do not have them. Values a
+    job measured itself are kept; a warm start that recorded none leaves NaN."""
+    spreads = warm_result.get("prompt_spread") or {}
+    runs = runs.copy()
+    for when in ("before", "after"):
+        column = f"prompt_spread_{when}_warm_start"
+        by_seed = {
+            int(seed): math.nan if values.get(when) is None else float(values[when])
+            for seed, values in spreads.items()
+        }
+        filled = runs["seed"].astype(int).map(by_seed).astype(float)
+        runs[column] = runs[column].astype(float).fillna(filled) if column in runs else filled
+    return runs
+
+
 def calibration_stage(config: PipelineConfig) -> Stage:
     """The ``calibration`` stage: every job's held-out predictions scored per method.
 
@@ -342,7 +360,7 @@ def calibration_stage(config: PipelineConfig) -> Stage:
         folder = upstream["finetune"].path
         jobs = upstream["finetune"].result["jobs"]
         rows = [read_job_row(folder / job["folder"] / METRICS_FILE) for job in jobs]
-        runs = pd.DataFrame(rows)
+        runs = _with_warm_start_spread(pd.DataFrame(rows), upstream["warm_start"].result)
         runs = runs[[*RUN_COLUMNS, *[c for c in runs.columns if c not in RUN_COLUMNS]]]
         # each job's predictions at its last evaluation (a job evaluating every
         # rl.eval_every steps keeps the earlier ones in its own file)
@@ -392,6 +410,7 @@ def calibration_stage(config: PipelineConfig) -> Stage:
         inputs=lambda up: {
             "finetune": up["finetune"].path / RESULT,
             "task": up["task"].path / TASK_FILE,
+            "warm_start": up["warm_start"].path / RESULT,
         },
         outputs=[RUNS_FILE, SUMMARY_FILE, SUMMARY_MD, PREDICTIONS_FILE],
     )

@@ -8,6 +8,7 @@ interrupted stage resumes job by job); each job is also an independent
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from collections.abc import Mapping
@@ -36,7 +37,7 @@ def warm_start_stage(config: PipelineConfig, force: bool) -> Stage:
 
         task_path = upstream["task"].path / TASK_FILE
         start = time.perf_counter()
-        folders = {}
+        folders, spreads = {}, {}
         for seed in config.finetune.seeds:
             say(f"[warm_start] seed {seed}: {lm.warm_start_steps} steps of uniform answers")
             folders[str(seed)] = str(
@@ -53,7 +54,17 @@ def warm_start_stage(config: PipelineConfig, force: bool) -> Stage:
                     open_answer=config.finetune.rl.open_answer,
                 ).relative_to(stage_dir)
             )
-        return {"models": folders, "seconds": time.perf_counter() - start, **dataclasses.asdict(lm)}
+            # the prompt spread at the answer position before and after (its folder's result)
+            seed_result = json.loads((stage_dir / f"seed{seed}" / RESULT).read_text())
+            spreads[str(seed)] = {
+                when: seed_result.get(f"prompt_spread_{when}") for when in ("before", "after")
+            }
+        return {
+            "models": folders,
+            "prompt_spread": spreads,
+            "seconds": time.perf_counter() - start,
+            **dataclasses.asdict(lm),
+        }
 
     return Stage(
         "warm_start",

@@ -612,6 +612,7 @@ class _Builder:
                     format_value(last_eval.get("brier")),
                     format_value(last_eval.get("mae_to_reference")),
                     format_value(last_eval.get("invalid_rate")),
+                    format_value(last_eval.get("prompt_spread")),
                     _run_note(run.log is not None, last_eval.get("invalid_rate")),
                 )
             )
@@ -626,10 +627,14 @@ class _Builder:
                     "Brier",
                     "|q - p*|",
                     "invalid rate",
+                    "prompt spread",
                     "note",
                 ),
                 tuple(rows),
-                caption="Each run at its last logged step and last evaluation (eval.csv).",
+                caption="Each run at its last logged step and last evaluation (eval.csv). "
+                "Prompt spread: the across-prompt share of the final hidden state at the "
+                "answer position (0: the same state, so the same answer, for every question; "
+                "the warm start's values are in its section and in calibration/runs.csv).",
             )
         )
         self.figure(
@@ -639,8 +644,9 @@ class _Builder:
         )
         self.figure(
             figures.eval_curves(runs, methods),
-            "Evaluations during training: ECE against outcomes, error against p*, and the "
-            "share of answers that could not be read.",
+            "Evaluations during training: ECE against outcomes, error against p*, the "
+            "share of answers that could not be read, and the prompt spread at the answer "
+            "position.",
         )
 
     def section_calibration(self, methods: list[str]) -> None:

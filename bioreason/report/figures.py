@@ -197,7 +197,9 @@ def training_curves(runs, methods: list[str]) -> bytes | None:
 
 
 def eval_curves(runs, methods: list[str]) -> bytes | None:
-    """Held-out ECE, error against p* and invalid-answer rate at each evaluation.
+    """Held-out ECE, error against p*, invalid-answer rate and the prompt spread at the
+    answer position (:func:`bioreason.lm.prompt_spread`; when ``eval.csv`` has it) at
+    each evaluation.
 
     Returns
     -------
@@ -207,6 +209,7 @@ def eval_curves(runs, methods: list[str]) -> bytes | None:
         ("ece", "ECE (held-out, outcomes)"),
         ("mae_to_reference", "|q - p*| (held-out)"),
         ("invalid_rate", "invalid answer rate"),
+        ("prompt_spread", "prompt spread at the answer"),
     ]
     return _runs_panels([(r, r.eval) for r in runs], columns, methods)
 
