@@ -21,8 +21,8 @@ questions' correlation of ``q`` (the mean of the answer distribution) with p*, t
 predictors built from the train questions: the mean p* (one answer for all) and the
 additive fit ``condition mean + program mean - overall mean``, and the interaction fit
 (:func:`interaction_reference`: a ridge regression of logit p* on the condition's
-parts, the program and every part x program pair, the best a reader of the prompt's
-parts can do from the train questions).
+parts, the program and every part x program pair: every feature of the prompt, fitted
+to the train questions' exact p*).
 
 What is trained is the run's RL setting (``finetune.rl.trainable`` of its
 ``pipeline.json``; ``--trainable`` overrides it), so the fit is of the model RL trains.
@@ -265,10 +265,10 @@ def interaction_reference(
     and every part x readout pair, so that a combination's answer on a program is built
     from its parts' answers on that program. The ridge penalty is chosen among
     ``lambdas`` by ``folds``-fold cross-validation on the train questions (mean
-    |answer - p*|). It knows p* exactly, and it reads every feature the prompt offers
-    (which perturbations, which program): a predictor that reads the prompt's parts can
-    reach what it reaches from these train questions, and held-out questions it cannot
-    answer (corr near that of the additive fit) are not predictable from the others.
+    |answer - p*|). It knows p* exactly and uses every feature the prompt offers (which
+    perturbations, which program), linearly in logit space: a reference for how far
+    the held-out questions can be predicted from the train questions. It is not a bound:
+    a nonlinear rule (a pair's answer as the larger of its parts', say) can do better.
 
     Parameters
     ----------

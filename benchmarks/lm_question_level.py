@@ -23,8 +23,8 @@ one ``name: value unit`` line each:
   r x sd(p*), so this bounds what the sd and |q - p*| targets can ask;
 - ``mae_q_pstar_interaction``, ``corr_q_pstar_interaction``, ``sd_q_interaction``: the
   interaction fit (``lm_question_fit.interaction_reference``: ridge regression of logit
-  p* on the condition's parts, the program and each part x program pair), the best a
-  reader of the prompt's parts can do from the train questions' exact p*;
+  p* on the condition's parts, the program and each part x program pair), fitted to the
+  train questions' exact p*: every feature of the prompt, used linearly;
 - the same figures on the *train* questions, ``corr_q_pstar_train_<method>``,
   ``sd_q_train_<method>``, ``mae_q_pstar_train_<method>`` (seed means; each seed's final
   model scored with ``LMTrainer.predict("train")``): how much of the questions RL
@@ -141,6 +141,7 @@ def in_sample_figures(
     from bioreason.rl import LMTrainer
     from bioreason.run_layout import MODEL_DIR, job_folder_name
 
+    question_figures = _question_fit().question_figures
     figures: dict[str, dict[str, float]] = {}
     for method in config.finetune.methods:
         per_seed = []
@@ -156,7 +157,7 @@ def in_sample_figures(
             )
             with torch.no_grad():
                 frame = LMTrainer.from_predictor(predictor, task, rl).predict(split, n_samples=1)
-            per_seed.append(_question_fit().question_figures(frame["q_exact"], frame["p_star"]))
+            per_seed.append(question_figures(frame["q_exact"], frame["p_star"]))
         figures[method] = {k: float(np.mean([f[k] for f in per_seed])) for k in per_seed[0]}
     return figures
 
