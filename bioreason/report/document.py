@@ -88,6 +88,7 @@ table{border-collapse:collapse;margin:8px 0 4px;font-size:.86em}
 th,td{border:1px solid #d9dde3;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#eef1f5}tbody tr:nth-child(even){background:#fafbfc}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+.wide{max-width:100%;overflow-x:auto}
 caption{caption-side:bottom;text-align:left;color:#5b6475;font-size:.9em;padding-top:3px}
 .box{border-left:6px solid #8a94a6;background:#f1f3f6;padding:10px 14px;margin:12px 0;
  border-radius:4px}.box.ok{border-color:#2e9d5b;background:#eaf7ef}
@@ -142,7 +143,9 @@ def _html_block(block: Block) -> str:
             for row in block.rows
         )
         caption = f"<caption>{esc(block.caption)}</caption>" if block.caption else ""
-        return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        # a table wider than the page scrolls on its own instead of overflowing it
+        table = f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        return f'<div class="wide">{table}</div>'
     if isinstance(block, Figure):
         data = base64.b64encode(block.png).decode("ascii")
         return (
