@@ -630,12 +630,20 @@ def test_library_sizes_per_condition_follow_each_conditions_observed_cells():
     """Condition A's observed cells have libraries of 200 or 400 (an essential-gene
     knockdown), the control's 1,000-3,000: with per-condition sizes P(g0 > 0) in one A
     cell is the mean of 1 - exp(-rate L / 1000) over A's sizes; pooled, over the
-    model's 1,000s. B has too few cells (5 < MIN_LIBRARY_CELLS) and falls back."""
+    model's 1,000s. B has too few cells (5 < MIN_LIBRARY_CELLS) and falls back. The
+    combination A+C has no cells: its sizes are the control's times A's and C's ratios to
+    the control, quantile by quantile (1,000 x 0.2 x 0.5 = 100 and 3,000 x 0.133 x 0.5 =
+    200); A+B falls back to the pooled sizes, as B's own cells are too few."""
     import anndata as ad
 
     from bioreason.sim.simulator import MIN_LIBRARY_CELLS
 
-    sizes = {"control": [1000.0, 3000.0] * 30, "A": [200.0, 400.0] * 30, "B": [50.0] * 5}
+    sizes = {
+        "control": [1000.0, 3000.0] * 30,
+        "A": [200.0, 400.0] * 30,
+        "B": [50.0] * 5,
+        "C": [500.0, 1500.0] * 30,
+    }
     labels = [c for c, values in sizes.items() for _ in values]
     library = np.concatenate([v for v in sizes.values()])
     counts = np.stack([library, np.zeros_like(library)], axis=1).astype(np.float32)
@@ -645,9 +653,11 @@ def test_library_sizes_per_condition_follow_each_conditions_observed_cells():
     )
     observed.layers["counts"] = counts
     observed.var_names = ["g0", "g1"]
-    model = LibraryModel({"control": (1.0, 1.0), "A": (2.0, 2.0), "B": (2.0, 2.0)})
+    model = LibraryModel(
+        {c: (2.0, 2.0) for c in ("A", "B", "C", "A+C", "A+B")} | {"control": (1.0, 1.0)}
+    )
     assert 5 < MIN_LIBRARY_CELLS
-    questions = [("A", "g0"), ("B", "g0")]
+    questions = [("A", "g0"), ("B", "g0"), ("A+C", "g0"), ("A+B", "g0")]
     answers = {}
     for rule in ("pooled", "per_condition"):
         simulator = OutcomeSimulator(
@@ -655,8 +665,12 @@ def test_library_sizes_per_condition_follow_each_conditions_observed_cells():
         )
         answers[rule] = simulator.probability(questions, target_se=0.005, method="brute", seed=2)
     own = np.mean(1 - np.exp(-2.0 * np.array([200.0, 400.0]) / 1000))
+    composed = np.mean(1 - np.exp(-2.0 * np.array([100.0, 200.0]) / 1000))
     pooled = 1 - np.exp(-2.0)
-    for rule, expected in (("pooled", [pooled, pooled]), ("per_condition", [own, pooled])):
+    for rule, expected in (
+        ("pooled", [pooled] * 4),
+        ("per_condition", [own, pooled, composed, pooled]),
+    ):
         frame = answers[rule]
         gap = np.abs(frame["p_star"].to_numpy() - expected)
         assert (gap < 4 * frame["p_star_se"].to_numpy() + 0.01).all(), (

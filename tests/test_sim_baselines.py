@@ -8,7 +8,7 @@ import pytest
 
 from bioreason.data import simulate_screen
 from bioreason.sim import cell_scores, learn_programs
-from bioreason.sim.baselines import observed_probability
+from bioreason.sim.baselines import observed_probability, plugin_error
 from bioreason.sim.outcomes import ScreenHit
 from bioreason.sim.readouts import ReadoutSet
 
@@ -49,6 +49,8 @@ def test_plugin_matches_replicates_resampled_from_the_same_cells(screen):
         "effect",
         "effect_se",
         "n_cells",
+        "replicate_sd",
+        "df",
     ]
     rng = np.random.default_rng(0)
     t = np.array(list(threshold.values()))
@@ -96,3 +98,51 @@ def test_bad_input_is_named(screen):
         observed_probability(ScreenHit(), adata, programs, ["NOPE"])
     with pytest.raises(ValueError, match="part 'NOPE'"):
         observed_probability(ScreenHit(), adata, programs, [f"{single}+NOPE"], method="additive")
+
+
+def test_plugin_error_matches_the_integral_over_the_redrawn_estimate():
+    """Threshold event |D| > t: the truth is Phi((d-t)/s) + Phi((-d-t)/s); a plug-in
+    from new cells sees d_hat ~ N(d, v) and answers with scale sqrt(s^2 + v). Its mean
+    |error| is a one-dimensional integral over d_hat, done by quadrature; 20,000 redrawn
+    estimates have a Monte Carlo sd <= 0.5 / sqrt(20,000) = 0.0035 per row."""
+    import pandas as pd
+    from scipy import integrate, stats
+
+    t = 0.2
+    outcome = ScreenHit(n_cells=100, threshold={"a": t, "b": t, "c": t})
+    table = pd.DataFrame(
+        {
+            "readout": ["a", "b", "c"],
+            "effect": [0.25, -0.05, 0.6],
+            "effect_se": [0.15, 0.1, 1e-6],
+            "replicate_sd": [0.1, 0.12, 0.1],
+            "df": [198.0, 198.0, 198.0],
+        }
+    )
+    got = plugin_error(outcome, table, n_draws=20_000, seed=1)
+    bias = plugin_error(outcome, table, n_draws=20_000, seed=1, signed=True)
+
+    def event(x, scale):
+        return stats.norm.cdf((x - t) / scale) + stats.norm.cdf((-x - t) / scale)
+
+    def integral(d, v, s, absolute):
+        truth = event(d, s)
+
+        def integrand(x):
+            error = event(x, np.sqrt(s**2 + v)) - truth
+            return (abs(error) if absolute else error) * stats.norm.pdf(x, d, np.sqrt(v))
+
+        return integrate.quad(integrand, d - 10 * np.sqrt(v), d + 10 * np.sqrt(v), limit=200)[0]
+
+    for i, row in table.iterrows():
+        d, v, s = row["effect"], row["effect_se"] ** 2, row["replicate_sd"]
+        expected = integral(d, v, s, absolute=True)
+        assert abs(got[i] - expected) < 4 * 0.0035, (i, got[i], expected)
+        mean = integral(d, v, s, absolute=False)
+        assert abs(bias[i] - mean) < 4 * 0.0035, (i, bias[i], mean)
+    assert got[2] < 1e-3  # an exact estimate has no error of its own
+    assert got[0] > 0.1  # a noisy one near its threshold has much
+    with pytest.raises(ValueError, match="missing \\['replicate_sd', 'df'\\]"):
+        plugin_error(outcome, table.drop(columns=["replicate_sd", "df"]))
+    with pytest.raises(ValueError, match="n_draws must be >= 1"):
+        plugin_error(outcome, table, n_draws=0)

@@ -352,3 +352,19 @@ def test_the_perturbation_type_is_read_from_the_cells(screen):
     )
     assert perturbation_type_of(cells) is None  # two types: the caller's default
     assert TaskConfig(model="m").perturbation_type == "auto"
+
+
+def test_a_task_configs_library_sizes_reach_the_simulator(saved, tmp_path):
+    """The same config and seed with each condition's own library sizes draws other
+    cells (the sizes come from another stream), so p* moves; the manifest records the
+    choice, and an unknown rule is refused by both ways of building a config."""
+    pooled = build_task_from_config(_config(saved))
+    config = TaskConfig.from_dict({**_config(saved).to_dict(), "library_sizes": "per_condition"})
+    own = build_task_from_config(config, out=tmp_path / "task.parquet")
+    assert not np.allclose(own["p_star"], pooled["p_star"])
+    manifest = json.loads((tmp_path / "task.parquet.manifest.json").read_text())
+    assert manifest["config"]["library_sizes"] == "per_condition"
+    with pytest.raises(TypeError, match=r"TaskConfig.library_sizes must be one of"):
+        TaskConfig.from_dict({"model": "m", "library_sizes": "per_cell"})
+    with pytest.raises(ValueError, match="library_sizes must be one of"):
+        TaskConfig(model="m", library_sizes="per_cell")

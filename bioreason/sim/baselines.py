@@ -18,6 +18,11 @@ cells alone say. Two baselines for :class:`~bioreason.sim.outcomes.ScreenHit` qu
 Both use the same event as the simulator (:meth:`ScreenHit._event`: threshold or Welch
 test, either direction). They need no model: :func:`observed_probability` reads the
 cells' counts and the readouts' weights.
+
+A plug-in used as the *reference* (p_obs of a real held-out condition, which has no
+p_true) carries its own error: :func:`plugin_error` is the mean |p_obs - p| a perfect
+predictor would show against it, by a parametric bootstrap that takes ``d_hat`` as the
+truth and redraws the estimate from ``N(d_hat, v)``.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import pandas as pd
 from bioreason.sim.outcomes import ScreenHit, _welch_df
 from bioreason.sim.readouts import Readout, ReadoutSet, cell_scores
 
-__all__ = ["observed_probability"]
+__all__ = ["observed_probability", "plugin_error"]
 
 
 def _dense(matrix: Any) -> np.ndarray:
@@ -77,8 +82,9 @@ def observed_probability(
     -------
     DataFrame, one row per (condition, readout) in ``conditions`` x readouts order,
     columns ``condition``, ``readout``, ``p_star`` (the baseline's probability),
-    ``effect`` (``d_hat``), ``effect_se`` (sqrt(v)) and ``n_cells`` (the observed
-    perturbed cells used; for ``additive`` the smaller part's).
+    ``effect`` (``d_hat``), ``effect_se`` (sqrt(v)), ``n_cells`` (the observed
+    perturbed cells used; for ``additive`` the smaller part's), ``replicate_sd`` (s, the
+    sd of D in one replicate) and ``df`` (Welch's degrees of freedom of a replicate).
 
     Raises
     ------
@@ -138,8 +144,77 @@ def observed_probability(
         prob = outcome._event(effect, np.sqrt(var_d), np.sqrt(var_d + v), names, df)
         for r, name in enumerate(names):
             rows.append(
-                (condition, name, float(prob[r]), float(effect[r]), float(np.sqrt(v[r])), used)
+                (
+                    condition,
+                    name,
+                    float(prob[r]),
+                    float(effect[r]),
+                    float(np.sqrt(v[r])),
+                    used,
+                    float(np.sqrt(var_d[r])),
+                    float(df[r]),
+                )
             )
-    return pd.DataFrame(
-        rows, columns=["condition", "readout", "p_star", "effect", "effect_se", "n_cells"]
-    )
+    columns = ["condition", "readout", "p_star", "effect", "effect_se", "n_cells"]
+    return pd.DataFrame(rows, columns=[*columns, "replicate_sd", "df"])
+
+
+def plugin_error(
+    outcome: ScreenHit,
+    table: pd.DataFrame,
+    n_draws: int = 4000,
+    seed: int = 0,
+    *,
+    signed: bool = False,
+) -> np.ndarray:
+    """The plug-in's own error: the mean |p_obs - p| of a perfect predictor, per row.
+
+    Takes each row's ``effect`` as the true mean difference ``d``; then the true
+    probability is the event's under ``D ~ N(d, s^2)`` and a plug-in from new cells sees
+    ``d_hat ~ N(d, v)`` and answers as :func:`observed_probability` does (under
+    ``N(d_hat, s^2 + v)``). The mean of |plug-in - truth| over ``n_draws`` such
+    estimates is what a predictor that knew ``d`` exactly would score against the
+    plug-in: the floor of mean |p* - p_obs|.
+
+    Parameters
+    ----------
+    outcome : ScreenHit
+        The event, thresholds fixed (as given to :func:`observed_probability`).
+    table : DataFrame
+        :func:`observed_probability`'s output (``readout``, ``effect``, ``effect_se``,
+        ``replicate_sd``, ``df``).
+    n_draws : int
+        Redrawn estimates per row (Monte Carlo sd of each row's figure at most
+        ``0.5 / sqrt(n_draws)``).
+    seed : int
+    signed : bool
+        Return the mean of plug-in - truth instead (the plug-in's own bias: a noisy
+        ``d_hat`` reads a small effect as larger, and the added variance pulls back).
+
+    Returns
+    -------
+    ndarray, shape (len(table),), float64
+        Each row's expected |plug-in - truth| (``signed``: plug-in - truth).
+
+    Raises
+    ------
+    ValueError
+        A table without those columns, or ``n_draws < 1``.
+    """
+    needed = ["readout", "effect", "effect_se", "replicate_sd", "df"]
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise ValueError(f"plugin_error needs observed_probability's columns; missing {missing}")
+    if n_draws < 1:
+        raise ValueError(f"n_draws must be >= 1, got {n_draws}")
+    names = table["readout"].astype(str).tolist()
+    d = table["effect"].to_numpy(np.float64)
+    v = table["effect_se"].to_numpy(np.float64) ** 2
+    s = table["replicate_sd"].to_numpy(np.float64)
+    df = table["df"].to_numpy(np.float64)
+    truth = outcome._event(d, s, s, names, df)
+    rng = np.random.default_rng(seed)
+    redrawn = d + np.sqrt(v) * rng.standard_normal((n_draws, len(d)))
+    estimate = outcome._event(redrawn, s, np.sqrt(s**2 + v), names, df)
+    error = estimate - truth
+    return (error if signed else np.abs(error)).mean(axis=0)

@@ -140,9 +140,12 @@ class OutcomeSimulator:
         ``"per_condition"``: each condition draws from its own observed cells' library
         sizes (the model's AnnData, else ``observed``), so a knockdown that lowers the
         cells' total counts (an essential gene) keeps that in its replicates; a condition
-        with fewer than :data:`MIN_LIBRARY_CELLS` observed cells (a held-out
-        combination) draws from the pooled sizes. Paired (counterfactual) cells share a
-        quantile: cell ``i`` gets the same rank in each condition's library sizes.
+        with fewer than :data:`MIN_LIBRARY_CELLS` observed cells draws from the pooled
+        sizes, except a combination whose parts and the control have that many: it draws
+        the control's sizes shifted by the sum of its parts' shifts, quantile by quantile
+        on the log scale (the additive rule for library sizes). Paired (counterfactual)
+        cells share a quantile: cell ``i`` gets the same rank in each condition's library
+        sizes.
     **outcome_options
         Options of the outcome, e.g. ``threshold=0.2``, ``test="welch"``.
     """
@@ -422,7 +425,8 @@ class OutcomeSimulator:
     ) -> np.ndarray:
         """Library sizes (n_draws, C, n_cells), each condition's from its observed cells
         (``library_sizes="per_condition"``): the empirical quantile of a uniform draw,
-        shared across conditions when the cells are paired."""
+        shared across conditions when the cells are paired; a combination without its
+        own cells composed from its parts' (see the class docstring)."""
         table = self._observed_libraries()
         pooled = np.sort(np.asarray(self.model.library_sizes, dtype=np.float64))
         cache = self.__dict__.setdefault("_canonical_cache", {})
@@ -434,11 +438,32 @@ class OutcomeSimulator:
         shape = (n_draws, 1 if paired else len(labels), n_cells)
         u = np.broadcast_to(rng.random(shape), (n_draws, len(labels), n_cells))
         out = np.empty((n_draws, len(labels), n_cells), dtype=np.float32)
+        delimiter = _delimiter(self.model)
+        control = self.model.control_label
+
+        def own(name: str) -> np.ndarray | None:
+            sizes = table.get(name)
+            return sizes if sizes is not None and sizes.size >= MIN_LIBRARY_CELLS else None
+
+        def quantile(sizes: np.ndarray, v: np.ndarray) -> np.ndarray:
+            return sizes[np.minimum((v * sizes.size).astype(np.int64), sizes.size - 1)]
+
         for i, label in enumerate(labels):
-            sizes = table.get(canonical[label])
-            if sizes is None or sizes.size < MIN_LIBRARY_CELLS:
-                sizes = pooled
-            out[:, i] = sizes[np.minimum((u[:, i] * sizes.size).astype(np.int64), sizes.size - 1)]
+            name = canonical[label]
+            sizes = own(name)
+            if sizes is not None:
+                out[:, i] = quantile(sizes, u[:, i])
+                continue
+            parts = [own(part) for part in name.split(delimiter)]
+            base = own(control)
+            if len(parts) > 1 and base is not None and all(p is not None for p in parts):
+                # a combination without cells of its own, its parts measured alone: each
+                # part's shift of the log library-size quantiles from the control's, added
+                log_base = np.log(np.maximum(quantile(base, u[:, i]), 1.0))
+                shift = sum(np.log(np.maximum(quantile(p, u[:, i]), 1.0)) - log_base for p in parts)
+                out[:, i] = np.exp(log_base + shift)
+            else:
+                out[:, i] = quantile(pooled, u[:, i])
         return out
 
     def _observed_libraries(self) -> dict[str, np.ndarray]:

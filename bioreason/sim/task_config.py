@@ -190,6 +190,13 @@ class TaskConfig(Config):
         ``auto`` (default): the one type in ``adata.obs["perturbation_type"]`` when the
         observed cells record it (``crispra`` for the Norman 2019 cells), else
         ``crispri``.
+    library_sizes : ``"pooled"`` or ``"per_condition"``
+        Where simulated cells' library sizes come from
+        (:class:`~bioreason.sim.OutcomeSimulator`'s ``library_sizes``): the training
+        cells pooled (default), or each condition's own observed cells, a combination
+        without cells composed from its parts'. On real screens, where a perturbation
+        changes the cells' total counts, ``per_condition`` is the measured choice
+        (docs/simulator.md).
     """
 
     #: the budget's fields that were TaskConfig fields before it was nested
@@ -220,6 +227,7 @@ class TaskConfig(Config):
     budget: SimulationBudget = field(default_factory=SimulationBudget)
     threshold_quantile: float = 0.5
     perturbation_type: str = "auto"
+    library_sizes: Literal["pooled", "per_condition"] = "pooled"
 
     def __post_init__(self) -> None:
         if isinstance(self.conditions, str):
@@ -256,6 +264,11 @@ class TaskConfig(Config):
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.test_fraction + self.val_fraction >= 1:
             raise ValueError("test_fraction + val_fraction must be < 1 (nothing left to train on)")
+        if self.library_sizes not in ("pooled", "per_condition"):
+            raise ValueError(
+                "library_sizes must be one of ['pooled', 'per_condition'], got "
+                f"{self.library_sizes!r}"
+            )
         if not 0 < self.threshold_quantile < 1:
             raise ValueError(f"threshold_quantile must be in (0, 1), got {self.threshold_quantile}")
         if self.perturbation_type != "auto":
@@ -504,7 +517,13 @@ def build_task_from_config(
     programs = _programs(config, model, adata)
     readouts = list(config.readouts) or [r.name for r in programs]
     options = dict(readouts=programs, observed=adata, budget=config.budget)
-    simulator = OutcomeSimulator(model, config.outcome, **options, **config.outcome_options)
+    simulator = OutcomeSimulator(
+        model,
+        config.outcome,
+        library_sizes=config.library_sizes,
+        **options,
+        **config.outcome_options,
+    )
     if simulator.outcome.uses_readout:
         if not readouts:
             raise ValueError(
