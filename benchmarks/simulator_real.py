@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     from bioreason.models import SAMSVAE
     from bioreason.pipelines.demo import demo_config
     from bioreason.sim import OutcomeSimulator, SimulationBudget, learn_programs
-    from bioreason.sim.baselines import observed_probability, plugin_error
+    from bioreason.sim.baselines import heldout_reference, observed_probability, plugin_error
     from bioreason.sim.outcomes import ScreenHit
 
     try:
@@ -126,12 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     heldout = bd.composable_combinations(data, fraction=args.heldout_fraction, seed=args.seed)
     split = bd.split_heldout_combinations(data, heldout=heldout, val_fraction=0.1, seed=args.seed)
     print(f"heldout_combinations: {', '.join(heldout)}")
-    train_adata = adata[np.concatenate([split.train, split.val])].copy()
+    train_cells = np.concatenate([split.train, split.val])
+    train_adata = adata[train_cells].copy()
     key = setup.perturbation_key
-    labels = adata.obs[key].astype(str).to_numpy()
-    control = np.flatnonzero(np.isin(labels, list(np.atleast_1d(setup.control))))
-    control_train = np.intersect1d(control, np.concatenate([split.train, split.val]))
-    reference_adata = adata[np.concatenate([split.test, control_train])].copy()
 
     # library sizes (total counts) of the training cells, per condition
     library = np.asarray(train_adata.layers["counts"].sum(axis=1)).ravel()
@@ -162,25 +159,43 @@ def main(argv: list[str] | None = None) -> int:
         .to_dict()
     )
     outcome = ScreenHit(n_cells=args.n_cells, threshold=thresholds)
+    # held-out pairs: their own cells against the training controls, the additive
+    # baseline from their parts' training cells, and the reference's own error
+    held_reference = heldout_reference(
+        outcome,
+        adata,
+        readouts,
+        heldout,
+        train_cells,
+        perturbation_key=key,
+        control=str(setup.control),
+        delimiter=setup.delimiter,
+        seed=args.seed,
+    )
+    seen_reference = observed_probability(outcome, train_adata, readouts, seen)
     reference = pd.concat(
         [
-            observed_probability(outcome, train_adata, readouts, seen),
-            observed_probability(outcome, reference_adata, readouts, heldout),
+            seen_reference[["condition", "readout", "p_star"]],
+            held_reference[["condition", "readout", "p_obs"]].rename(columns={"p_obs": "p_star"}),
         ],
         ignore_index=True,
     )
-    held_rows = reference["condition"].isin(held)
-    _line("reference_heldout_mean_effect_se", reference.loc[held_rows, "effect_se"].mean(), "score")
+    _line("reference_heldout_mean_effect_se", held_reference["p_obs_effect_se"].mean(), "score")
     # the reference's own error: what a predictor that knew each effect exactly would
     # score against it (the floor of every mean |p - reference| below)
-    own = plugin_error(outcome, reference, seed=args.seed)
-    _line("reference_seen_own_error", float(own[~held_rows.to_numpy()].mean()), "probability")
-    _line("reference_heldout_own_error", float(own[held_rows.to_numpy()].mean()), "probability")
-    own_bias = plugin_error(outcome, reference, seed=args.seed, signed=True)
-    _line("reference_seen_own_bias", float(own_bias[~held_rows.to_numpy()].mean()), "probability")
-    _line("reference_heldout_own_bias", float(own_bias[held_rows.to_numpy()].mean()), "probability")
+    _line(
+        "reference_seen_own_error",
+        float(plugin_error(outcome, seen_reference, seed=args.seed).mean()),
+        "probability",
+    )
+    _line("reference_heldout_own_error", held_reference["p_obs_own_error"].mean(), "probability")
+    seen_bias = plugin_error(outcome, seen_reference, seed=args.seed, signed=True)
+    _line("reference_seen_own_bias", float(seen_bias.mean()), "probability")
+    _line("reference_heldout_own_bias", held_reference["p_obs_own_bias"].mean(), "probability")
     _line("threshold_median", float(np.median(list(thresholds.values()))), "score")
-    additive = observed_probability(outcome, train_adata, readouts, heldout, method="additive")
+    additive = held_reference[["condition", "readout", "p_additive"]].rename(
+        columns={"p_additive": "p_star"}
+    )
     additive["group"] = "heldout"
     _report("additive", additive, reference, args.n_boot)
 

@@ -86,6 +86,15 @@ def test_run_on_norman19_end_to_end(tmp_path):
     assert summary["unseen_parts"]["KLF1+SET"] == "SET"
     report = (out / "report.md").read_text()
     assert "unseen_parts.KLF1+SET" in report and "Parts never measured alone" in report
+    # real data, no p_true: p* of the held-out pairs against their own cells
+    heldout = json.loads((out / "data" / "result.json").read_text())["heldout_conditions"]
+    check = json.loads((out / "task" / "result.json").read_text())["check_on_cells"]
+    assert check["heldout_conditions"] == sorted(heldout)
+    rows = task[task["condition"].isin(heldout)]
+    assert check["n_questions"] == len(rows)
+    assert 0 <= check["mae_p_star_p_obs"] <= 1 and 0 < check["p_obs_own_error"] < 1
+    assert set(check["mae_p_star_p_obs_by_condition"]) == set(heldout)
+    assert "against held-out cells" in report and "mean |p\\* - p_obs|" in report
 
 
 @pytest.fixture(scope="module")

@@ -146,3 +146,50 @@ def test_plugin_error_matches_the_integral_over_the_redrawn_estimate():
         plugin_error(outcome, table.drop(columns=["replicate_sd", "df"]))
     with pytest.raises(ValueError, match="n_draws must be >= 1"):
         plugin_error(outcome, table, n_draws=0)
+
+
+def test_heldout_reference_reads_the_held_out_cells_against_the_training_controls(screen):
+    """A pair held out: p_obs's effect is its own cells' mean score minus the *training*
+    control cells' (control cells outside the training set are not used), the additive
+    baseline reads only training cells (changing the held-out cells leaves it as it
+    was), and a condition without held-out cells is refused."""
+    from bioreason.sim.baselines import heldout_reference
+
+    adata, programs = screen
+    labels = adata.obs["perturbation"].astype(str).to_numpy()
+    pair = next(c for c in dict.fromkeys(labels) if "+" in c)
+    rng = np.random.default_rng(0)
+    control_rows = np.flatnonzero(labels == "control")
+    spare_controls = rng.choice(control_rows, size=len(control_rows) // 2, replace=False)
+    train = np.setdiff1d(np.arange(adata.n_obs), np.flatnonzero(labels == pair))
+    train = np.setdiff1d(train, spare_controls)
+    outcome = ScreenHit(n_cells=100, threshold=0.1)
+    got = heldout_reference(outcome, adata, programs, [pair], train)
+    assert list(got.columns) == [
+        "condition",
+        "readout",
+        "p_obs",
+        "p_obs_effect",
+        "p_obs_effect_se",
+        "p_obs_own_error",
+        "p_obs_own_bias",
+        "n_cells",
+        "p_additive",
+    ]
+    scores, _ = _scores(adata, programs)
+    train_controls = np.intersect1d(control_rows, train)
+    expected = scores[labels == pair].mean(0) - scores[train_controls].mean(0)
+    np.testing.assert_allclose(got["p_obs_effect"], expected, atol=1e-4)
+    assert (got["n_cells"] == (labels == pair).sum()).all()
+    assert ((got["p_obs_own_error"] >= 0) & (got["p_obs_own_error"] <= 1)).all()
+
+    # the held-out cells emptied: p_obs moves, the additive baseline does not
+    changed = adata.copy()
+    counts = changed.layers["counts"].toarray()
+    counts[labels == pair] = counts[labels == "control"][: (labels == pair).sum()]
+    changed.layers["counts"] = counts
+    again = heldout_reference(outcome, changed, programs, [pair], train)
+    np.testing.assert_allclose(again["p_additive"], got["p_additive"])
+    assert not np.allclose(again["p_obs_effect"], got["p_obs_effect"])
+    with pytest.raises(ValueError, match="0 observed"):
+        heldout_reference(outcome, adata, programs, [pair], np.arange(adata.n_obs))

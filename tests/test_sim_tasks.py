@@ -368,3 +368,32 @@ def test_a_task_configs_library_sizes_reach_the_simulator(saved, tmp_path):
         TaskConfig.from_dict({"model": "m", "library_sizes": "per_cell"})
     with pytest.raises(ValueError, match="library_sizes must be one of"):
         TaskConfig(model="m", library_sizes="per_cell")
+
+
+def test_check_on_cells_joins_p_star_to_the_held_out_cells_reference(saved):
+    """The task's questions about the held-out pair get p_obs from the pair's cells
+    outside the training cells and the additive baseline from its parts; questions about
+    other conditions are left out, and a task about none of them gives an empty frame."""
+    import anndata as ad
+
+    from bioreason.sim.baselines import heldout_reference
+    from bioreason.sim.outcomes import make_outcome
+    from bioreason.sim.task_config import check_on_cells
+
+    config = _config(saved)
+    table = build_task_from_config(config)
+    cells = ad.read_h5ad(saved["adata"])
+    labels = cells.obs["perturbation"].astype(str).to_numpy()
+    train = np.flatnonzero(labels != "P0+P1")
+    got = check_on_cells(config, table, ["P0+P1"], train)
+    asked = table[table["condition"] == "P0+P1"]
+    assert sorted(got["readout"]) == sorted(asked["readout"])
+    np.testing.assert_allclose(
+        got.set_index("readout")["p_star"], asked.set_index("readout")["p_star"][got["readout"]]
+    )
+    outcome = make_outcome(json.loads(asked["outcome_definition"].iloc[0]))
+    direct = heldout_reference(outcome, cells, list(asked["readout"]), ["P0+P1"], train)
+    np.testing.assert_allclose(
+        got.set_index("readout")["p_obs"], direct.set_index("readout")["p_obs"][got["readout"]]
+    )
+    assert check_on_cells(config, table, ["P2+P3"], train).empty

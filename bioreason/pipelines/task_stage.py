@@ -50,10 +50,11 @@ def task_stage(config: PipelineConfig) -> Stage:
             )
             say("[task] questions and p* from the fitted model (outcome simulator)")
             table = build_task_from_config(options)
+            cells = _check_on_cells(options, table, upstream["data"])
         elif task_config.source == "replogle":
-            table = load_replogle_task(task_config.replogle_folder)
+            table, cells = load_replogle_task(task_config.replogle_folder), None
         else:
-            table = load_task(task_config.source)
+            table, cells = load_task(task_config.source), None
         save_task(table, path, overwrite=True)
         summary = task_summary(table)
         result: dict[str, Any] = {
@@ -70,6 +71,8 @@ def task_stage(config: PipelineConfig) -> Stage:
         if both.sum() >= 2:
             result["mae_p_star_p_true"] = float(np.abs(p_star[both] - p_true[both]).mean())
             result["corr_p_star_p_true"] = float(np.corrcoef(p_star[both], p_true[both])[0, 1])
+        if cells is not None:
+            result["check_on_cells"] = cells
         if np.isfinite(p_star).any():
             result["mean_p_star"] = float(np.nanmean(p_star))
             result["mean_spread"] = float(np.nanmean(table["p_star_spread"].to_numpy(dtype=float)))
@@ -99,3 +102,36 @@ def task_stage(config: PipelineConfig) -> Stage:
         seed=config.seed,
         outputs=[TASK_FILE, f"{TASK_FILE}.summary.json"],
     )
+
+
+def _check_on_cells(options: Any, table: pd.DataFrame, data: StageResult) -> dict[str, Any] | None:
+    """Real data with held-out combinations (no p_true): p* of the held-out questions
+    against their own cells (:func:`bioreason.sim.task_config.check_on_cells`), summed
+    up for the report; None when there is nothing to check."""
+    from bioreason.calibration.metrics import correlation_to_reference
+    from bioreason.run_layout import SPLIT_FILE
+    from bioreason.sim.task_config import check_on_cells
+
+    heldout = list(data.result.get("heldout_conditions") or [])
+    if data.result.get("ground_truth") or not heldout or options.outcome != "screen_hit":
+        return None
+    with np.load(data.path / SPLIT_FILE) as split:
+        train_cells = np.concatenate([split["train"], split["val"]])
+    frame = check_on_cells(options, table, heldout, train_cells)
+    if frame.empty:
+        return None
+    say(f"[task] p* of {frame['condition'].nunique()} held-out conditions against their cells")
+    p_star, p_obs, additive = (frame[c].to_numpy(float) for c in ("p_star", "p_obs", "p_additive"))
+    by_condition = frame.assign(error=np.abs(p_star - p_obs)).groupby("condition")["error"]
+    return {
+        "heldout_conditions": sorted(frame["condition"].unique().tolist()),
+        "n_questions": int(len(frame)),
+        "mae_p_star_p_obs": float(np.abs(p_star - p_obs).mean()),
+        "corr_p_star_p_obs": float(correlation_to_reference(p_star, p_obs)),
+        "bias_p_star_p_obs": float(p_star.mean() - p_obs.mean()),
+        "mae_additive_p_obs": float(np.abs(additive - p_obs).mean()),
+        "corr_additive_p_obs": float(correlation_to_reference(additive, p_obs)),
+        "p_obs_own_error": float(frame["p_obs_own_error"].mean()),
+        "p_obs_own_bias": float(frame["p_obs_own_bias"].mean()),
+        "mae_p_star_p_obs_by_condition": {str(k): float(v) for k, v in by_condition.mean().items()},
+    }

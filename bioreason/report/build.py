@@ -514,7 +514,33 @@ class _Builder:
         self.figure(figures.simulator_check(task), caption)
         if has_true:
             self.p_star_targets_callout(task)
+        if result is not None and isinstance(result.get("check_on_cells"), Mapping):
+            self.cells_check_callout(result["check_on_cells"])
         self.unseen_parts_callout(task)
+
+    def cells_check_callout(self, check: Mapping[str, Any]) -> None:
+        """Real data: p* of the held-out conditions against their own cells (p_obs), beside
+        the additive baseline and the floor that p_obs's own noise sets."""
+        try:
+            mae, additive = float(check["mae_p_star_p_obs"]), float(check["mae_additive_p_obs"])
+            floor, corr = float(check["p_obs_own_error"]), float(check["corr_p_star_p_obs"])
+        except (KeyError, TypeError, ValueError):
+            return
+        text = (
+            f"On {len(check.get('heldout_conditions', []))} held-out conditions "
+            f"({check.get('n_questions', '?')} questions) mean |p* - p_obs| is {mae:.3f} "
+            f"(correlation {corr:.2f}), the additive baseline's {additive:.3f}. p_obs is the "
+            "plug-in from the held-out cells against the training controls; its own noise "
+            f"alone would give a perfect predictor {floor:.3f}."
+        )
+        better = mae <= additive
+        text += (
+            " p* is at least as close as the additive baseline."
+            if better
+            else " The additive baseline is closer: the model adds nothing over its parts' "
+            "observed effects here (docs/simulator.md, 'On real cells')."
+        )
+        self.add(Callout(text, "ok" if better else "warning", "p* against held-out cells"))
 
     def p_star_targets_callout(self, task: pd.DataFrame) -> None:
         """p* against p_true on a simulated screen, judged against issue 21's targets for

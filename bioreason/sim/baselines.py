@@ -36,7 +36,7 @@ import pandas as pd
 from bioreason.sim.outcomes import ScreenHit, _welch_df
 from bioreason.sim.readouts import Readout, ReadoutSet, cell_scores
 
-__all__ = ["observed_probability", "plugin_error"]
+__all__ = ["heldout_reference", "observed_probability", "plugin_error"]
 
 
 def _dense(matrix: Any) -> np.ndarray:
@@ -218,3 +218,87 @@ def plugin_error(
     estimate = outcome._event(redrawn, s, np.sqrt(s**2 + v), names, df)
     error = estimate - truth
     return (error if signed else np.abs(error)).mean(axis=0)
+
+
+def heldout_reference(
+    outcome: ScreenHit,
+    adata: Any,
+    readouts: Sequence[Readout] | ReadoutSet,
+    heldout: Sequence[str],
+    train_cells: np.ndarray,
+    *,
+    layer: str | None = "counts",
+    perturbation_key: str = "perturbation",
+    control: str = "control",
+    delimiter: str = "+",
+    seed: int = 0,
+) -> pd.DataFrame:
+    """What real held-out conditions' own cells say, to check p* against (no p_true).
+
+    For each held-out condition and readout: ``p_obs``, the plug-in probability from the
+    condition's own cells (those outside ``train_cells``) against the *training* control
+    cells; its own error and bias (:func:`plugin_error`); and the additive baseline from
+    the training cells of the condition's parts (the model-free competitor). A model
+    trained on ``train_cells`` has seen none of the held-out cells.
+
+    Parameters
+    ----------
+    outcome : ScreenHit
+        The event, thresholds fixed.
+    adata : AnnData
+        Every cell, labelled by ``obs[perturbation_key]``.
+    readouts : list of Readout (or gene names) or ReadoutSet
+    heldout : list of str
+        Held-out conditions (a label matches its parts in any order).
+    train_cells : array of int
+        Row indices of the cells the model was trained (and validated) on.
+    layer, perturbation_key, control, delimiter
+        As :func:`observed_probability`.
+    seed : int
+        Seeds :func:`plugin_error`.
+
+    Returns
+    -------
+    DataFrame, one row per (held-out condition, readout), columns ``condition``,
+    ``readout``, ``p_obs``, ``p_obs_effect``, ``p_obs_effect_se``, ``p_obs_own_error``,
+    ``p_obs_own_bias``, ``n_cells`` (the condition's held-out cells), ``p_additive``.
+
+    Raises
+    ------
+    ValueError
+        As :func:`observed_probability`, e.g. a held-out condition without cells outside
+        ``train_cells``, or a part without training cells (for the additive baseline).
+    """
+    train_cells = np.asarray(train_cells, dtype=np.int64)
+    inside = np.zeros(adata.n_obs, dtype=bool)
+    inside[train_cells] = True
+    labels = adata.obs[perturbation_key].astype(str).to_numpy()
+    is_control = labels == control
+    options = {
+        "layer": layer,
+        "perturbation_key": perturbation_key,
+        "control": control,
+        "delimiter": delimiter,
+    }
+    # the held-out cells of every held-out condition, against the training controls
+    reference = adata[np.flatnonzero((~inside & ~is_control) | (inside & is_control))]
+    observed = observed_probability(outcome, reference, readouts, heldout, **options)
+    training = adata[train_cells]
+    additive = observed_probability(
+        outcome, training, readouts, heldout, method="additive", **options
+    )
+    own = plugin_error(outcome, observed, seed=seed)
+    own_bias = plugin_error(outcome, observed, seed=seed, signed=True)
+    return pd.DataFrame(
+        {
+            "condition": observed["condition"],
+            "readout": observed["readout"],
+            "p_obs": observed["p_star"],
+            "p_obs_effect": observed["effect"],
+            "p_obs_effect_se": observed["effect_se"],
+            "p_obs_own_error": own,
+            "p_obs_own_bias": own_bias,
+            "n_cells": observed["n_cells"],
+            "p_additive": additive["p_star"].to_numpy(),
+        }
+    )

@@ -18,11 +18,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import pandas as pd
 
 from bioreason.config import Config, read_yaml
@@ -36,6 +37,7 @@ __all__ = [
     "CONDITION_SETS",
     "TaskConfig",
     "build_task_from_config",
+    "check_on_cells",
     "load_model",
     "resolve_conditions",
 ]
@@ -578,3 +580,68 @@ def build_task_from_config(
         save_task(table, out, overwrite=overwrite)
         write_manifest(out.parent, **manifest, outputs=[out, sidecar])
     return table
+
+
+def check_on_cells(
+    config: TaskConfig, table: pd.DataFrame, heldout: Sequence[str], train_cells: np.ndarray
+) -> pd.DataFrame:
+    """p* of a task's held-out conditions against what their own cells say (real data,
+    where there is no p_true): :func:`bioreason.sim.baselines.heldout_reference` on the
+    config's observed cells and readouts, joined to the task's p*.
+
+    Parameters
+    ----------
+    config : TaskConfig
+        The config that built ``table`` (its ``adata`` holds every cell, its model was
+        trained on ``train_cells``).
+    table : DataFrame
+        The task table (``condition``, ``readout``, ``p_star``, ``outcome_definition``).
+    heldout : list of str
+        Conditions whose cells the model never saw.
+    train_cells : array of int
+        Row indices into ``config.adata`` of the model's training and validation cells.
+
+    Returns
+    -------
+    DataFrame, one row per task question about a held-out condition, the columns of
+    ``heldout_reference`` plus ``p_star``; empty when the task asks about none of
+    ``heldout``.
+
+    Raises
+    ------
+    ValueError
+        A config without ``adata``, an outcome other than ``screen_hit``, or what
+        ``heldout_reference`` refuses.
+    """
+    from bioreason.sim.baselines import heldout_reference
+    from bioreason.sim.outcomes import ScreenHit, make_outcome
+
+    if config.adata is None:
+        raise ValueError("check_on_cells reads the observed cells: the config has no adata")
+    held = {str(c) for c in heldout}
+    rows = table[table["condition"].astype(str).isin(held)]
+    columns = ["condition", "readout", "p_star"]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    outcome = make_outcome(json.loads(str(rows["outcome_definition"].iloc[0])))
+    if not isinstance(outcome, ScreenHit):
+        raise ValueError(f"check_on_cells answers screen_hit questions, not {outcome.name!r}")
+    adata = read_h5ad(config.adata, what="adata")
+    model = load_model(config.model, config.model_class, device=config.device)
+    asked = list(dict.fromkeys(rows["readout"].astype(str)))
+    readouts = [r for r in _programs(config, model, adata) if r.name in asked]
+    readouts += [name for name in asked if name not in {r.name for r in readouts}]  # genes
+    setup = model.setup
+    reference = heldout_reference(
+        outcome,
+        adata,
+        readouts,
+        list(dict.fromkeys(rows["condition"].astype(str))),
+        train_cells,
+        layer=setup.layer,
+        perturbation_key=setup.perturbation_key,
+        control=str(model.control_label),
+        delimiter=setup.delimiter,
+        seed=config.seed,
+    )
+    return rows[columns].merge(reference, on=["condition", "readout"], how="inner")
