@@ -42,6 +42,7 @@ log-normalized score moves with it. A held-out pair's sizes are composed from it
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -60,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=("direct", "residual"),
         default=None,
         help="VAEConfig.basal_guide (default: the demo config's)",
+    )
+    parser.add_argument(
+        "--vae-options",
+        type=json.loads,
+        default={},
+        metavar="JSON",
+        help='VAE options over the demo\'s, e.g. \'{"mask_prior_probability": 0.1}\'',
     )
     parser.add_argument(
         "--library-sizes",
@@ -209,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         **{
             **demo.vae.options.to_dict(),
             **({"basal_guide": args.basal_guide} if args.basal_guide else {}),
+            **args.vae_options,
         },
     )
     start = time.perf_counter()
