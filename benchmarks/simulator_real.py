@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
         type=json.loads,
         default={},
         metavar="JSON",
-        help='VAE options over the demo\'s, e.g. \'{"mask_prior_probability": 0.1}\'',
+        help="VAE options over the demo's, e.g. '{\"mask_prior_probability\": 0.1}'",
     )
     parser.add_argument(
         "--library-sizes",
