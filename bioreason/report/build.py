@@ -537,8 +537,9 @@ class _Builder:
         text += (
             " p* is at least as close as the additive baseline."
             if better
-            else " The additive baseline is closer: the model adds nothing over its parts' "
-            "observed effects here (docs/simulator.md, 'On real cells')."
+            else " The additive baseline is closer: here the model's p* is further from the "
+            "held-out cells than adding its parts' observed effects (the two share the "
+            "training control cells; docs/simulator.md, 'On real cells')."
         )
         self.add(Callout(text, "ok" if better else "warning", "p* against held-out cells"))
 
