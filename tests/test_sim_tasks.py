@@ -397,3 +397,5 @@ def test_check_on_cells_joins_p_star_to_the_held_out_cells_reference(saved):
         got.set_index("readout")["p_obs"], direct.set_index("readout")["p_obs"][got["readout"]]
     )
     assert check_on_cells(config, table, ["P2+P3"], train).empty
+    # the held-out pair spelled the other way round names the same questions
+    pd.testing.assert_frame_equal(check_on_cells(config, table, ["P1+P0"], train), got)

@@ -613,13 +613,18 @@ def check_on_cells(
         A config without ``adata``, an outcome other than ``screen_hit``, or what
         ``heldout_reference`` refuses.
     """
-    from bioreason.sim.baselines import heldout_reference
+    from bioreason.sim.baselines import _parts_key, heldout_reference
     from bioreason.sim.outcomes import ScreenHit, make_outcome
 
     if config.adata is None:
         raise ValueError("check_on_cells reads the observed cells: the config has no adata")
-    held = {str(c) for c in heldout}
-    rows = table[table["condition"].astype(str).isin(held)]
+    model = load_model(config.model, config.model_class, device=config.device)
+    setup = model.setup
+    # a held-out condition matches its questions whatever the order of its parts
+    # ("SET+KLF1" in the data, "KLF1+SET" in the task)
+    held = {_parts_key(c, setup.delimiter) for c in heldout}
+    keys = table["condition"].astype(str).map(lambda c: _parts_key(c, setup.delimiter))
+    rows = table[keys.isin(held)]
     columns = ["condition", "readout", "p_star"]
     if rows.empty:
         return pd.DataFrame(columns=columns)
@@ -627,11 +632,9 @@ def check_on_cells(
     if not isinstance(outcome, ScreenHit):
         raise ValueError(f"check_on_cells answers screen_hit questions, not {outcome.name!r}")
     adata = read_h5ad(config.adata, what="adata")
-    model = load_model(config.model, config.model_class, device=config.device)
     asked = list(dict.fromkeys(rows["readout"].astype(str)))
     readouts = [r for r in _programs(config, model, adata) if r.name in asked]
     readouts += [name for name in asked if name not in {r.name for r in readouts}]  # genes
-    setup = model.setup
     reference = heldout_reference(
         outcome,
         adata,
