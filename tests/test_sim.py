@@ -677,5 +677,26 @@ def test_library_sizes_per_condition_follow_each_conditions_observed_cells():
             rule,
             frame["p_star"].tolist(),
         )
+    # held-out cells of A+C (libraries of 2,000) among the observed ones: read unless
+    # library_cells names the training cells, which leaves A+C composed from its parts
+    held = ad.AnnData(
+        X=np.tile(np.float32([[2000.0, 0.0]]), (30, 1)),
+        obs=pd.DataFrame({"perturbation": ["A+C"] * 30}, index=[f"h{i}" for i in range(30)]),
+    )
+    held.layers["counts"] = held.X.copy()
+    held.var_names = ["g0", "g1"]
+    every = ad.concat([observed, held])
+    for cells, expected in ((None, 1 - np.exp(-4.0)), (observed, composed)):
+        simulator = OutcomeSimulator(
+            model,
+            "cell_expression",
+            threshold=1.0,
+            observed=every,
+            library_sizes="per_condition",
+            library_cells=cells,
+        )
+        frame = simulator.probability([("A+C", "g0")], target_se=0.005, method="brute", seed=2)
+        gap = abs(float(frame["p_star"].iloc[0]) - expected)
+        assert gap < 4 * float(frame["p_star_se"].iloc[0]) + 0.01, (cells is None, frame)
     with pytest.raises(ValueError, match="library_sizes must be 'pooled' or 'per_condition'"):
         OutcomeSimulator(model, "cell_expression", threshold=1.0, library_sizes="mine")

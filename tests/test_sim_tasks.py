@@ -364,6 +364,19 @@ def test_a_task_configs_library_sizes_reach_the_simulator(saved, tmp_path):
     assert not np.allclose(own["p_star"], pooled["p_star"])
     manifest = json.loads((tmp_path / "task.parquet.manifest.json").read_text())
     assert manifest["config"]["library_sizes"] == "per_condition"
+    # the model's training cells given: the pair's sizes are composed from its parts'
+    # (tests/test_sim.py checks the sizes; here, that train_cells reaches them: ignored,
+    # the same config and seed would give the same table)
+    import anndata as ad
+
+    labels = ad.read_h5ad(saved["adata"]).obs["perturbation"].astype(str).to_numpy()
+    train = np.flatnonzero(labels != "P0+P1")
+    composed = build_task_from_config(config, train_cells=train)
+    pair = (own["condition"] == "P0+P1").to_numpy()
+    assert not np.allclose(composed["p_star"][pair], own["p_star"][pair])
+    pd.testing.assert_frame_equal(build_task_from_config(config, train_cells=None), own)
+    with pytest.raises(ValueError, match="train_cells must index the"):
+        build_task_from_config(config, train_cells=np.array([len(labels)]))
     with pytest.raises(TypeError, match=r"TaskConfig.library_sizes must be one of"):
         TaskConfig.from_dict({"model": "m", "library_sizes": "per_cell"})
     with pytest.raises(ValueError, match="library_sizes must be one of"):

@@ -49,8 +49,9 @@ def task_stage(config: PipelineConfig) -> Stage:
                 adata=str(data_dir / DATA_FILE),
             )
             say("[task] questions and p* from the fitted model (outcome simulator)")
-            table = build_task_from_config(options)
-            cells = _check_on_cells(options, table, upstream["data"])
+            train_cells = _train_cells(upstream["data"])
+            table = build_task_from_config(options, train_cells=train_cells)
+            cells = _check_on_cells(options, table, upstream["data"], train_cells)
         elif task_config.source == "replogle":
             table, cells = load_replogle_task(task_config.replogle_folder), None
         else:
@@ -104,19 +105,29 @@ def task_stage(config: PipelineConfig) -> Stage:
     )
 
 
-def _check_on_cells(options: Any, table: pd.DataFrame, data: StageResult) -> dict[str, Any] | None:
+def _train_cells(data: StageResult) -> np.ndarray | None:
+    """The model's training and validation cells (the data stage's split), or None when
+    the data stage held nothing out."""
+    from bioreason.run_layout import SPLIT_FILE
+
+    if not data.result.get("heldout_conditions") or not (data.path / SPLIT_FILE).exists():
+        return None
+    with np.load(data.path / SPLIT_FILE) as split:
+        return np.concatenate([split["train"], split["val"]])
+
+
+def _check_on_cells(
+    options: Any, table: pd.DataFrame, data: StageResult, train_cells: np.ndarray | None
+) -> dict[str, Any] | None:
     """Real data with held-out combinations (no p_true): p* of the held-out questions
     against their own cells (:func:`bioreason.sim.task_config.check_on_cells`), summed
     up for the report; None when there is nothing to check."""
     from bioreason.calibration.metrics import correlation_to_reference
-    from bioreason.run_layout import SPLIT_FILE
     from bioreason.sim.task_config import check_on_cells
 
     heldout = list(data.result.get("heldout_conditions") or [])
-    if data.result.get("ground_truth") or not heldout or options.outcome != "screen_hit":
+    if data.result.get("ground_truth") or train_cells is None or options.outcome != "screen_hit":
         return None
-    with np.load(data.path / SPLIT_FILE) as split:
-        train_cells = np.concatenate([split["train"], split["val"]])
     frame = check_on_cells(options, table, heldout, train_cells)
     if frame.empty:
         return None

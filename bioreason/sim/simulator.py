@@ -146,6 +146,11 @@ class OutcomeSimulator:
         on the log scale (the additive rule for library sizes). Paired (counterfactual)
         cells share a quantile: cell ``i`` gets the same rank in each condition's library
         sizes.
+    library_cells : AnnData, optional
+        The cells whose library sizes ``per_condition`` reads (default: the model's
+        AnnData, else ``observed``). Give the training cells when the model's AnnData
+        also holds held-out cells, so that a held-out pair's sizes are composed from its
+        parts' rather than read from its own cells.
     **outcome_options
         Options of the outcome, e.g. ``threshold=0.2``, ``test="welch"``.
     """
@@ -161,6 +166,7 @@ class OutcomeSimulator:
         budget: SimulationBudget | None = None,
         counterfactual: bool | None = None,
         library_sizes: str = "pooled",
+        library_cells: Any = None,
         **outcome_options: Any,
     ) -> None:
         for name in ("posterior_predictive", "gene_names", "control_label"):
@@ -191,6 +197,7 @@ class OutcomeSimulator:
                 f"library_sizes must be 'pooled' or 'per_condition', got {library_sizes!r}"
             )
         self.library_sizes = library_sizes
+        self.library_cells = library_cells
         self.model = model
         self.outcome = make_outcome(outcome, **outcome_options)
         self.readouts = ReadoutSet(model.gene_names, readouts)
@@ -467,13 +474,15 @@ class OutcomeSimulator:
         return out
 
     def _observed_libraries(self) -> dict[str, np.ndarray]:
-        """Sorted library sizes of each canonical condition's observed cells (the model's
-        AnnData, else ``observed``)."""
+        """Sorted library sizes of each canonical condition's observed cells
+        (``library_cells``, else the model's AnnData, else ``observed``)."""
         if hasattr(self, "_libraries"):
             return self._libraries
         from bioreason.data import PerturbationData
 
-        cells = getattr(self.model, "adata", None)
+        cells = self.library_cells
+        if cells is None:
+            cells = getattr(self.model, "adata", None)
         if cells is None:
             cells = self.observed
         if cells is None:

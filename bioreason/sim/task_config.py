@@ -472,11 +472,29 @@ def _check_task_files(out: Path) -> None:
         check_replaceable(sidecar, manifest=manifest)
 
 
+def _training_cells(adata: Any, train_cells: np.ndarray) -> Any:
+    if adata is None:
+        raise ValueError("train_cells index the observed cells: the config has no adata")
+    rows = np.asarray(train_cells, dtype=np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= adata.n_obs):
+        raise ValueError(f"train_cells must index the {adata.n_obs} cells of adata")
+    return adata[rows]
+
+
 def build_task_from_config(
-    config: TaskConfig, out: str | Path | None = None, overwrite: bool = False
+    config: TaskConfig,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    *,
+    train_cells: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Build the task ``config`` describes; write it to ``out`` (parquet, atomically, with
     a ``.summary.json`` and a ``.manifest.json`` beside it) when given.
+
+    ``train_cells`` (row indices into ``config.adata``): the cells the model was trained
+    on, when ``adata`` also holds held-out cells. With ``library_sizes: per_condition``
+    only these cells' library sizes are read, so a held-out combination's are composed
+    from its parts'. (Learned programs still read every cell of ``adata``.)
 
     Raises
     ------
@@ -523,6 +541,7 @@ def build_task_from_config(
         model,
         config.outcome,
         library_sizes=config.library_sizes,
+        library_cells=None if train_cells is None else _training_cells(adata, train_cells),
         **options,
         **config.outcome_options,
     )
