@@ -38,12 +38,16 @@ that Monte Carlo noise alone would give (noise floor), and the seconds spent; pl
 truth's own Monte Carlo SE.
 
     python benchmarks/simulator_accuracy.py [--threads 2] [--steps 800] [--n-programs 10]
-        [--n-genes 0] [--target-se 0.01] [--seed 0] [--out accuracy.parquet]
+        [--n-genes 0] [--target-se 0.01] [--seed 0] [--screen JSON] [--out accuracy.parquet]
+
+``--screen`` overrides fields of the demo's ``ScreenConfig``, e.g.
+``--screen '{"n_cells_per_condition": 200}'`` for another screen size.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -72,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="VAEConfig.basal_guide (default: the demo config's)",
     )
+    parser.add_argument(
+        "--vae-options",
+        type=json.loads,
+        default={},
+        metavar="JSON",
+        help="VAEConfig fields over the demo's, e.g. '{\"mask_prior_probability\": 0.1}'",
+    )
     parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), metavar="MODEL")
     parser.add_argument("--n-programs", type=int, default=10, help="NMF program readouts")
     parser.add_argument("--n-markers", type=int, default=15, help="marker genes per program")
@@ -82,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--target-se", type=float, default=0.01)
     parser.add_argument("--max-draws", type=int, default=2000)
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap over conditions")
+    parser.add_argument(
+        "--screen",
+        type=json.loads,
+        default={},
+        metavar="JSON",
+        help="ScreenConfig fields over the demo's, e.g. '{\"mask_probability\": 0.1}'",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="parquet of every question")
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
@@ -131,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     from bioreason._io import atomic_write
     from bioreason.data import (
         PerturbationData,
+        ScreenConfig,
         composable_combinations,
         simulate_screen,
         split_heldout_combinations,
@@ -158,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     start_all = time.perf_counter()
 
     # ---------------------------------------------------------------- screen and split
-    adata = simulate_screen(demo.data.screen, seed=args.seed)
+    screen = ScreenConfig.from_dict({**demo.data.screen.to_dict(), **args.screen}, where="--screen")
+    adata = simulate_screen(screen, seed=args.seed)
     data = PerturbationData.from_anndata(adata)
     heldout = composable_combinations(data, fraction=args.heldout_fraction, seed=args.seed)
     split = split_heldout_combinations(data, heldout=heldout, val_fraction=0.1, seed=args.seed)
@@ -240,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         vae_options = demo.vae.options.to_dict()
         if args.basal_guide is not None and name != "conditional_vae":
             vae_options["basal_guide"] = args.basal_guide
+        vae_options.update(args.vae_options)
         model = cls(
             model_adata,
             perturbation_names=data.perturbation_names,
