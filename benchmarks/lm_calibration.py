@@ -116,6 +116,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=2, help="torch threads per worker")
     parser.add_argument("--device", default="cpu")
     # the synthetic task
+    parser.add_argument(
+        "--screen",
+        type=json.loads,
+        default={},
+        metavar="JSON",
+        help="ScreenConfig fields over the demo's, e.g. '{\"mask_probability\": 0.1}'",
+    )
     parser.add_argument("--screen-seed", type=int, default=0, help="screen, VAE and split seed")
     parser.add_argument("--vae-steps", type=int, default=3000, help="SAMS-VAE training steps")
     parser.add_argument("--n-programs", type=int, default=10, help="NMF program readouts")
@@ -211,7 +218,7 @@ def build_synthetic_task(args: argparse.Namespace) -> pd.DataFrame:
         split_heldout_combinations,
     )
     from bioreason.models import SAMSVAE
-    from bioreason.pipelines.demo import demo_config
+    from bioreason.pipelines.demo import demo_config, demo_screen
     from bioreason.sim import (
         GroundTruthSimulator,
         OutcomeSimulator,
@@ -224,7 +231,7 @@ def build_synthetic_task(args: argparse.Namespace) -> pd.DataFrame:
 
     seed = args.screen_seed
     start = time.perf_counter()
-    adata = simulate_screen(demo.data.screen, seed=seed)
+    adata = simulate_screen(demo_screen(args.screen), seed=seed)
     data = PerturbationData.from_anndata(adata)
     heldout = composable_combinations(data, fraction=_SCREEN_OPTIONS["heldout_fraction"], seed=seed)
     split = split_heldout_combinations(data, heldout=heldout, val_fraction=0.1, seed=seed)

@@ -149,13 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     from bioreason._io import atomic_write
     from bioreason.data import (
         PerturbationData,
-        ScreenConfig,
         composable_combinations,
         simulate_screen,
         split_heldout_combinations,
     )
     from bioreason.models import MODELS
-    from bioreason.pipelines.demo import demo_config
+    from bioreason.pipelines.demo import demo_config, demo_screen
     from bioreason.sim import (
         GroundTruthSimulator,
         OutcomeSimulator,
@@ -177,8 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     start_all = time.perf_counter()
 
     # ---------------------------------------------------------------- screen and split
-    screen = ScreenConfig.from_dict({**demo.data.screen.to_dict(), **args.screen}, where="--screen")
-    adata = simulate_screen(screen, seed=args.seed)
+    adata = simulate_screen(demo_screen(args.screen), seed=args.seed)
     data = PerturbationData.from_anndata(adata)
     heldout = composable_combinations(data, fraction=args.heldout_fraction, seed=args.seed)
     split = split_heldout_combinations(data, heldout=heldout, val_fraction=0.1, seed=args.seed)

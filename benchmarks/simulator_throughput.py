@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import time
 
 import numpy as np
@@ -26,6 +27,13 @@ import torch
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--screen",
+        type=json.loads,
+        default={},
+        metavar="JSON",
+        help="ScreenConfig fields over the demo's, e.g. '{\"mask_probability\": 0.1}'",
+    )
     parser.add_argument("--train-steps", type=int, default=400)
     parser.add_argument("--n-conditions", type=int, default=50)
     parser.add_argument("--n-readouts", type=int, default=20)
@@ -46,12 +54,12 @@ def main() -> None:
 
     from bioreason.data import simulate_screen
     from bioreason.models import SAMSVAE
-    from bioreason.pipelines.demo import demo_config
+    from bioreason.pipelines.demo import demo_config, demo_screen
     from bioreason.sim import OutcomeSimulator, SimulationBudget, learn_programs
 
     demo = demo_config()  # the demo's screen and SAMS-VAE sizes
 
-    adata = simulate_screen(demo.data.screen, seed=0)
+    adata = simulate_screen(demo_screen(args.screen), seed=0)
     SAMSVAE.setup_anndata(adata)
     model = SAMSVAE(adata, **demo.vae.options.to_dict())
     model.train(max_steps=args.train_steps, batch_size=512, progress=False, device="cpu")

@@ -43,3 +43,19 @@ def test_demo_config_covers_every_method_of_the_comparison():
         "h_target:log",
     }
     assert config.task.from_simulator and config.vae.model == "sams_vae"
+
+
+def test_demo_screen_is_the_demo_configs_with_fields_replaced():
+    from bioreason.pipelines.demo import demo_config, demo_screen
+
+    screen = demo_config().data.screen
+    assert demo_screen() == screen
+    # the demo's screen shares effects across latent dimensions (docs/results_lm.md)
+    assert screen.mask_probability == 0.3
+    earlier = demo_screen({"mask_probability": 0.1, "n_genes": 50})
+    assert earlier.mask_probability == 0.1 and earlier.n_genes == 50
+    assert earlier.n_perturbations == screen.n_perturbations
+    with pytest.raises(ValueError, match="unknown field.*mask_prob"):
+        demo_screen({"mask_prob": 0.1})
+    with pytest.raises(ValueError, match="mask_probability must be in"):
+        demo_screen({"mask_probability": 1.5})

@@ -16,7 +16,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-__all__ = ["DEMO_CONFIG", "demo_config", "run_demo"]
+__all__ = ["DEMO_CONFIG", "demo_config", "demo_screen", "run_demo"]
 
 #: the demo's settings (a pipeline config); ``bioreason run`` reads the same file
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "pipelines" / "configs" / "demo.yaml"
@@ -44,6 +44,29 @@ def demo_config(seed: int = 0):
         finetune=replace(config.finetune, seeds=[seed]),
         calibration=replace(config.calibration, seed=seed),
     )
+
+
+def demo_screen(overrides: dict | None = None):
+    """The demo's simulated screen settings, with some fields replaced.
+
+    Benchmarks that run on "the demo screen" call this, so that one flag
+    (``--screen JSON``) reruns them on another screen, e.g. the demo's earlier one with
+    ``{"mask_probability": 0.1}``.
+
+    Parameters
+    ----------
+    overrides : dict, optional
+        ``ScreenConfig`` fields and their values; an unknown field is an error that lists
+        the valid ones.
+
+    Returns
+    -------
+    bioreason.data.ScreenConfig
+    """
+    from bioreason.data import ScreenConfig
+
+    base = demo_config().data.screen.to_dict()
+    return ScreenConfig.from_dict({**base, **(overrides or {})}, where="screen")
 
 
 def run_demo(

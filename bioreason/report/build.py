@@ -577,8 +577,10 @@ class _Builder:
                 "model's effects are too small: the encoder explained perturbed cells by "
                 "their basal state instead of the perturbation's embedding. The residual "
                 "basal guide (vae.options.basal_guide: residual, the default) removes most "
-                "of this; with it the demo screen at 1,500 steps gave bias -0.020 and ECE "
-                "0.051, at 3,000 steps seen-condition error 0.121 (the plug-in's 0.118). "
+                "of this; with it the demo's screen (benchmarks/simulator_accuracy.py, seeds "
+                "0 and 1) gave bias -0.043 and -0.019 and ECE 0.088 and 0.043 at 1,500 steps, "
+                "and at 4,000 steps seen-condition errors of 0.117 and 0.074 (the plug-in's "
+                "0.096 and 0.080). "
                 "Otherwise train longer (vae.train.max_steps) and see docs/simulator.md, "
                 "'Why p* was low'.",
                 "warning",
