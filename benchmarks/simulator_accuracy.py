@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument(
-        "--steps", type=int, default=None, help="training steps (default: the demo config's, 1,500)"
+        "--steps", type=int, default=None, help="training steps (default: the demo config's, 4,000)"
     )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument(

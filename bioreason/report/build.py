@@ -578,9 +578,9 @@ class _Builder:
                 "their basal state instead of the perturbation's embedding. The residual "
                 "basal guide (vae.options.basal_guide: residual, the default) removes most "
                 "of this; with it the demo's screen (benchmarks/simulator_accuracy.py, seeds "
-                "0 and 1) gave bias -0.043 and -0.019 and ECE 0.088 and 0.043 at 1,500 steps, "
-                "and at 4,000 steps seen-condition errors of 0.117 and 0.074 (the plug-in's "
-                "0.096 and 0.080). "
+                "0 and 1) at the demo's 4,000 steps gave bias -0.036 and -0.019, ECE 0.063 "
+                "and 0.041, and seen-condition errors of 0.117 and 0.074 (the plug-in's "
+                "0.096 and 0.080); at 1,500 steps bias -0.043 and -0.019. "
                 "Otherwise train longer (vae.train.max_steps) and see docs/simulator.md, "
                 "'Why p* was low'.",
                 "warning",
