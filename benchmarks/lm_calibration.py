@@ -60,6 +60,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bioreason.cli._base import add_fields_option
 from bioreason.pipelines.lm_runs import (  # noqa: E402  (the library half of this script)
     METHODS,
     RUN_COLUMNS,
@@ -116,13 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=2, help="torch threads per worker")
     parser.add_argument("--device", default="cpu")
     # the synthetic task
-    parser.add_argument(
-        "--screen",
-        type=json.loads,
-        default={},
-        metavar="JSON",
-        help="ScreenConfig fields over the demo's, e.g. '{\"mask_probability\": 0.1}'",
-    )
+    add_fields_option(parser, "--screen", "ScreenConfig", '{"mask_probability": 0.1}')
     parser.add_argument("--screen-seed", type=int, default=0, help="screen, VAE and split seed")
     parser.add_argument("--vae-steps", type=int, default=3000, help="SAMS-VAE training steps")
     parser.add_argument("--n-programs", type=int, default=10, help="NMF program readouts")

@@ -47,7 +47,6 @@ truth's own Monte Carlo SE.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -55,6 +54,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+
+from bioreason.cli._base import add_fields_option
 
 MODEL_NAMES = ("sams_vae", "cpa_vae", "conditional_vae")
 TOLERANCE = 0.1
@@ -76,13 +77,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="VAEConfig.basal_guide (default: the demo config's)",
     )
-    parser.add_argument(
-        "--vae-options",
-        type=json.loads,
-        default={},
-        metavar="JSON",
-        help="VAEConfig fields over the demo's, e.g. '{\"mask_prior_probability\": 0.1}'",
-    )
+    add_fields_option(parser, "--vae-options", "VAEConfig", '{"mask_prior_probability": 0.1}')
     parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), metavar="MODEL")
     parser.add_argument("--n-programs", type=int, default=10, help="NMF program readouts")
     parser.add_argument("--n-markers", type=int, default=15, help="marker genes per program")
@@ -93,13 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--target-se", type=float, default=0.01)
     parser.add_argument("--max-draws", type=int, default=2000)
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap over conditions")
-    parser.add_argument(
-        "--screen",
-        type=json.loads,
-        default={},
-        metavar="JSON",
-        help="ScreenConfig fields over the demo's, e.g. '{\"mask_probability\": 0.1}'",
-    )
+    add_fields_option(parser, "--screen", "ScreenConfig", '{"mask_probability": 0.1}')
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="parquet of every question")
     parser.add_argument("--force", action="store_true", help="replace an existing --out")

@@ -42,12 +42,13 @@ log-normalized score moves with it. A held-out pair's sizes are composed from it
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 import numpy as np
 import torch
+
+from bioreason.cli._base import add_fields_option
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,13 +63,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="VAEConfig.basal_guide (default: the demo config's)",
     )
-    parser.add_argument(
-        "--vae-options",
-        type=json.loads,
-        default={},
-        metavar="JSON",
-        help="VAE options over the demo's, e.g. '{\"mask_prior_probability\": 0.1}'",
-    )
+    add_fields_option(parser, "--vae-options", "VAEConfig", '{"mask_prior_probability": 0.1}')
     parser.add_argument(
         "--library-sizes",
         choices=("pooled", "per_condition"),

@@ -17,23 +17,18 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import time
 
 import numpy as np
 import torch
 
+from bioreason.cli._base import add_fields_option
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument(
-        "--screen",
-        type=json.loads,
-        default={},
-        metavar="JSON",
-        help="ScreenConfig fields over the demo's, e.g. '{\"mask_probability\": 0.1}'",
-    )
+    add_fields_option(parser, "--screen", "ScreenConfig", '{"mask_probability": 0.1}')
     parser.add_argument("--train-steps", type=int, default=400)
     parser.add_argument("--n-conditions", type=int, default=50)
     parser.add_argument("--n-readouts", type=int, default=20)

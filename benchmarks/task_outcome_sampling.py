@@ -21,17 +21,13 @@ import time
 import numpy as np
 import torch
 
+from bioreason.cli._base import add_fields_option
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument(
-        "--screen",
-        type=json.loads,
-        default={},
-        metavar="JSON",
-        help="ScreenConfig fields over the demo's, e.g. '{\"mask_probability\": 0.1}'",
-    )
+    add_fields_option(parser, "--screen", "ScreenConfig", '{"mask_probability": 0.1}')
     parser.add_argument("--train-steps", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=2, help="timed builds per mode")
     parser.add_argument("--many", type=int, default=8, help="outcomes per question, 2nd size")

@@ -59,3 +59,20 @@ def test_demo_screen_is_the_demo_configs_with_fields_replaced():
         demo_screen({"mask_prob": 0.1})
     with pytest.raises(ValueError, match="mask_probability must be in"):
         demo_screen({"mask_probability": 1.5})
+
+
+def test_fields_option_takes_a_json_object_and_names_what_else_it_got():
+    import argparse
+
+    from bioreason.cli._base import add_fields_option, json_fields
+    from bioreason.pipelines.demo import demo_screen
+
+    parser = argparse.ArgumentParser()
+    add_fields_option(parser, "--screen", "ScreenConfig", '{"mask_probability": 0.1}')
+    assert parser.parse_args([]).screen == {}
+    fields = parser.parse_args(["--screen", '{"mask_probability": 0.1}']).screen
+    assert demo_screen(fields).mask_probability == 0.1
+    with pytest.raises(argparse.ArgumentTypeError, match="expected a JSON object"):
+        json_fields("[0.1]")
+    with pytest.raises(argparse.ArgumentTypeError, match="not JSON"):
+        json_fields("{mask_probability: 0.1}")

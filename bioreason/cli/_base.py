@@ -20,9 +20,11 @@ __all__ = [
     "CommandListFormatter",
     "Parser",
     "UsageError",
+    "add_fields_option",
     "add_force",
     "check_out_file",
     "config_group",
+    "json_fields",
     "non_negative_int",
     "one_line",
     "positive_float",
@@ -160,6 +162,36 @@ def add_force(parser: argparse.ArgumentParser, what: str) -> None:
         dest="force",
         action="store_true",
         help=f"replace {what} (--overwrite is the same flag)",
+    )
+
+
+def json_fields(text: str) -> dict[str, Any]:
+    """An argument type: a JSON object of config fields, e.g. ``'{"n_genes": 50}'``.
+    Anything else (bad JSON, a list, a number) is an ``argparse`` error naming it."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON ({err.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object of fields, e.g. '{{\"field\": 1}}', got {text!r}"
+        )
+    return value
+
+
+def add_fields_option(
+    parser: argparse.ArgumentParser, flag: str, config: str, example: str
+) -> None:
+    """``flag JSON``: fields of ``config`` (a class name) over the defaults the script
+    starts from; parsed by :func:`json_fields`, ``{}`` when absent."""
+    parser.add_argument(
+        flag,
+        type=json_fields,
+        default={},
+        metavar="JSON",
+        help=f"{config} fields over the demo's, e.g. '{example}'",
     )
 
 
