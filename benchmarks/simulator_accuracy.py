@@ -281,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         _line(f"{name}_train_seconds", train_seconds, "s", 1)
         _line(f"{name}_pstar_seconds", pstar_seconds, "s", 1)
         _line(f"{name}_final_train_loss", model.history["train_loss"].iloc[-50:].mean(), "nats", 1)
+        if hasattr(model, "get_mask_prior_probability"):
+            pi = model.get_mask_prior_probability()
+            _line(f"{name}_mask_prior_probability", pi, "probability")
         _line(f"{name}_pstar_converged", frame["converged"].mean(), "fraction")
         _line(f"{name}_pstar_mean_draws", frame["n_draws"].mean(), "draws", 0)
         if not cls.composes:

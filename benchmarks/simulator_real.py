@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         progress=False,
     )
     _line("sams_vae_train_seconds", time.perf_counter() - start, "s")
+    _line("sams_vae_mask_prior_probability", model.get_mask_prior_probability(), "probability")
     simulator = OutcomeSimulator(
         model,
         outcome,

@@ -114,6 +114,7 @@ def test_every_figure_equals_the_one_computed_by_hand(screen):
         "ate_pearson_seen",
         "mask_auroc",
         "mask_probability_quantiles",
+        "mask_prior_probability",
         "ppc",
         "iwelbo_terms",
         "global_kl",
@@ -165,6 +166,7 @@ def test_every_figure_equals_the_one_computed_by_hand(screen):
     assert result["mask_auroc"] == recovery["auroc"]
     median = np.quantile(effects["mask_probability"].to_numpy(), 0.5)
     assert result["mask_probability_quantiles"]["0.5"] == median
+    assert result["mask_prior_probability"] == pytest.approx(0.01)  # fixed by default
     assert set(result["ppc"]) == {"mean_log_ratio_median", "mean_corr", "variance_corr"}
     # the IWELBO read off the terms is the same estimate (same draws, other sum order)
     terms = result["iwelbo_terms"]
@@ -227,6 +229,7 @@ def test_svae_plus_masks_are_scored_on_the_single_perturbations(screen):
     assert result["mask_auroc"] == recovery["auroc"]
     assert 0.0 <= result["mask_auroc"] <= 1.0
     assert result["mask_probability_quantiles"]["0.5"] == np.quantile(frame.to_numpy(), 0.5)
+    assert "mask_prior_probability" not in result  # SVAE+ infers pi per dimension
     # it cannot score or generate the held-out combinations: skipped, saying why
     assert "iwelbo_heldout" not in result and "ate_pearson_heldout" not in result
     assert set(result["notes"]) == {"heldout_iwelbo", "ate_heldout"}

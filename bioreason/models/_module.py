@@ -68,6 +68,14 @@ class VAEConfig(Config):
         s in E_t ~ N(0, s^2 I).
     mask_prior_probability : float, default 0.01
         pi in M_t,d ~ Bernoulli(pi) (SAMS-VAE).
+    learn_mask_prior : bool, default False
+        SAMS-VAE only: choose pi from the data (empirical Bayes) instead of fixing it.
+        At every step pi is set to the value that maximizes the ELBO given the current
+        q(M): the mean of q(M_t,d = 1) over the perturbations with training cells
+        (``mask_prior_probability`` is used while no perturbation has any). A fixed
+        sparse pi below the share of latent dimensions the perturbations really move
+        shrinks the fitted effects (docs/simulator.md, issue 21); the held-out IWELBO
+        barely tells priors apart, so it cannot be used to pick pi.
     mask_temperature : float, default 1.0
         Temperature of the straight-through relaxed Bernoulli in q(M).
     mask_init_probability : float, default 0.5
@@ -102,6 +110,7 @@ class VAEConfig(Config):
     embedding_n_layers: int = 1
     embedding_prior_scale: float = 1.0
     mask_prior_probability: float = 0.01
+    learn_mask_prior: bool = False
     mask_temperature: float = 1.0
     mask_init_probability: float = 0.5
     encode_offset: bool = True

@@ -186,7 +186,8 @@ def fit_vae(
         * ``mask_recovery``: ``mask_auroc`` (float; models with masks and a ``truth``;
           SVAE+ is scored on the categories of single perturbations).
         * ``mask_quantiles``: ``mask_probability_quantiles``, dict ``"0.1"``, ``"0.5"``,
-          ``"0.9"``, ``"0.99"`` -> float (models with masks).
+          ``"0.9"``, ``"0.99"`` -> float (models with masks); ``mask_prior_probability``
+          (float, SAMS-VAE: the prior's pi, learned with ``learn_mask_prior``).
         * ``ppc``: ``ppc``, dict ``mean_log_ratio_median``, ``mean_corr``,
           ``variance_corr`` (floats; posterior predictive check on the model's cells).
         * ``iwelbo_terms``: ``iwelbo_terms``, dict ``heldout`` / ``validation`` /

@@ -402,17 +402,23 @@ def _mask_recovery(fit: FitContext) -> dict[str, Any]:
     return {"mask_auroc": float(recovery["auroc"])}
 
 
-@EVALUATIONS.register("mask_quantiles", keys=("mask_probability_quantiles",))
+@EVALUATIONS.register(
+    "mask_quantiles", keys=("mask_probability_quantiles", "mask_prior_probability")
+)
 def _mask_quantiles(fit: FitContext) -> dict[str, Any]:
     effects = fit.effects
     if "mask_probability" not in effects:
         return {}
     probability = effects["mask_probability"].to_numpy()
-    return {
+    out: dict[str, Any] = {
         "mask_probability_quantiles": {
             str(q): float(np.quantile(probability, q)) for q in _MASK_QUANTILES
         }
     }
+    prior = getattr(fit.model, "get_mask_prior_probability", None)
+    if prior is not None:
+        out["mask_prior_probability"] = prior()
+    return out
 
 
 @EVALUATIONS.register("ppc", keys=("ppc",))

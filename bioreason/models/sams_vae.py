@@ -57,6 +57,11 @@ class SAMSVAEModule(PerturbationVAEModule):
         P, L = n_perturbations, config.n_latent
         H = config.embedding_n_hidden or config.n_hidden
         self.global_sites = ("mask", "embedding") if self.use_masks else ("embedding",)
+        if config.learn_mask_prior and not self.use_masks:
+            raise ValueError(
+                "learn_mask_prior needs a model with masks (SAMS-VAE); "
+                f"{type(self).__name__} has none"
+            )
         if self.use_masks:
             init_logit = torch.logit(torch.tensor(config.mask_init_probability))
             self.mask_logits = nn.Parameter(torch.full((P, L), float(init_logit)))
@@ -88,7 +93,7 @@ class SAMSVAEModule(PerturbationVAEModule):
             )
             if not self.use_masks:
                 return embedding
-            mask = pyro.sample("mask", dist.Bernoulli(self._zero + cfg.mask_prior_probability))
+            mask = pyro.sample("mask", dist.Bernoulli(self.mask_prior()))
         return embedding * mask
 
     def model(
@@ -126,8 +131,26 @@ class SAMSVAEModule(PerturbationVAEModule):
             out["embedding"] = pyro.sample("embedding", dist.Normal(loc, scale))
         return out
 
+    def mask_prior(self) -> torch.Tensor:
+        """pi of the prior M ~ Bernoulli(pi), a 0-d tensor.
+
+        ``config.mask_prior_probability``, or with ``config.learn_mask_prior`` the
+        ELBO's maximizer given q(M): the KL terms sum_t,d KL(Bern(q_td) || Bern(pi)) over
+        the observed perturbations are smallest at pi = mean(q_td). It is detached: at
+        the maximizer the ELBO's derivative in pi is zero, so its total gradient in q
+        is the partial one (envelope theorem).
+        """
+        fixed = self._zero + self.config.mask_prior_probability
+        if not self.config.learn_mask_prior:
+            return fixed
+        observed = self.perturbation_observed
+        if not bool(observed.any()):
+            return fixed
+        pi = torch.sigmoid(self.mask_logits.detach()[observed]).mean()
+        return pi.clamp(1e-4, 1.0 - 1e-4)
+
     def _prior_mask_logit(self) -> torch.Tensor:
-        return torch.logit(self._zero + self.config.mask_prior_probability)
+        return torch.logit(self.mask_prior())
 
     def embedding_posterior(self, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Loc and scale of q(E | M), shape (..., P, L)."""
@@ -211,3 +234,13 @@ class SAMSVAE(PerturbationModel):
     """
 
     module_class = SAMSVAEModule
+
+    def get_mask_prior_probability(self) -> float:
+        """pi of the mask prior M ~ Bernoulli(pi): ``mask_prior_probability``, or the
+        value chosen from the data with ``learn_mask_prior=True``.
+
+        Returns
+        -------
+        float
+        """
+        return float(self.module.mask_prior())
