@@ -39,7 +39,11 @@ one ``name: value unit`` line each:
 
     python benchmarks/lm_question_level.py [--config pipelines/configs/demo.yaml]
         [--set finetune.rl.steps=200 ...] [--out runs/demo] [--seeds 3] [--workers 2]
-        [--fit-steps 1000] [--fit-lr 5e-4] [--fit-lr-ce 3e-3] [--threads 2]
+        [--fit-steps 1000] [--fit-lr 5e-4] [--fit-lr-ce 3e-3] [--threads 2] [--refit]
+
+A ``--out`` that holds a run fitted with other data, vae, task or lm settings is refused
+(running would refit those stages and replace the fitted model) unless ``--refit``;
+give the run's own ``--set`` flags to read it.
 """
 
 from __future__ import annotations
@@ -162,6 +166,23 @@ def in_sample_figures(
     return figures
 
 
+def _changed_fitted_stages(out: Path, config: Any) -> list[str]:
+    """The stages before fine-tuning (``data``, ``vae``, ``task``, ``lm``) whose settings
+    in ``out``'s run record (``pipeline.json``) differ from ``config``; [] when ``out``
+    holds no run."""
+    import json
+
+    from bioreason.run_layout import PIPELINE_RECORD
+
+    record = out / PIPELINE_RECORD
+    if not record.is_file():
+        return []
+    recorded = json.loads(record.read_text()).get("config", {})
+    wanted = json.loads(json.dumps(config.to_dict(), default=str))
+    stages = ("data", "vae", "task", "lm")
+    return [s for s in stages if recorded.get(s, wanted.get(s)) != wanted.get(s)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=Path("pipelines/configs/demo.yaml"))
@@ -185,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fit-batch", type=int, default=32, help="questions per fit step")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the fit")
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
+    parser.add_argument(
+        "--refit",
+        action="store_true",
+        help="let a --config that differs from the run in --out refit its data, vae, task "
+        "or lm stage (by default that is refused: it would replace the fitted model)",
+    )
     args = parser.parse_args(argv)
     if args.fit_steps < 1 or args.fit_batch < 1:
         parser.error("--fit-steps and --fit-batch must be >= 1")
@@ -209,6 +236,14 @@ def main(argv: list[str] | None = None) -> int:
             f"(got {config.finetune.seeds})"
         )
     out = args.out or Path("runs") / config.name
+    changed = _changed_fitted_stages(out, config)
+    if changed and not args.refit:
+        parser.error(
+            f"{out} holds a run whose {', '.join(changed)} settings differ from --config "
+            f"{args.config} with the --set overrides given; running it would refit "
+            "those stages and replace what they fitted. Give the run's own settings "
+            "(the --set flags it was run with), another --out, or --refit."
+        )
     results = run_pipeline(config, out, workers=args.workers, report=not args.no_report)
     if "calibration" not in results:
         print(f"lm_question_level: the pipeline in {out} has no calibration stage", file=sys.stderr)

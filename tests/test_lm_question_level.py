@@ -91,6 +91,15 @@ def test_prints_every_figure_of_every_method_and_the_references(tmp_path, capsys
     assert on_test["rloo"]["mae"] == pytest.approx(summary.loc["rloo", "mae_p_star"], abs=1e-4)
     assert on_test["grpo"]["sd_q"] == pytest.approx(summary.loc["grpo", "sd_q"], abs=1e-4)
     assert len(train) > 0
+    # the same folder with another VAE setting is refused: it would refit the VAE
+    bench = _bench()
+    assert bench._changed_fitted_stages(out, loaded) == []
+    fitted = {p: p.stat().st_mtime_ns for p in (out / "vae").rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit):
+        bench.main(argv + ["--set", "vae.train.max_steps=7"])
+    error = capsys.readouterr().err
+    assert "vae settings differ" in error and "--refit" in error
+    assert {p: p.stat().st_mtime_ns for p in (out / "vae").rglob("*") if p.is_file()} == fitted
 
 
 def test_additive_reference_against_a_table_worked_by_hand():
