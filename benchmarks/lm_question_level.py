@@ -167,20 +167,36 @@ def in_sample_figures(
 
 
 def _changed_fitted_stages(out: Path, config: Any) -> list[str]:
-    """The stages before fine-tuning (``data``, ``vae``, ``task``, ``lm``) whose settings
-    in ``out``'s run record (``pipeline.json``) differ from ``config``; [] when ``out``
-    holds no run."""
+    """How the settings of the stages before fine-tuning (``data``, ``vae``, ``task``,
+    ``lm``) recorded in ``out``'s run record (``pipeline.json``) differ from ``config``:
+    one ``"vae.options.n_latent: 10 -> 20"`` line per setting (a setting the record lacks,
+    e.g. one added to bioreason since, shows as ``(absent)``); [] when ``out`` holds no
+    run or the same settings."""
     import json
 
     from bioreason.run_layout import PIPELINE_RECORD
+    from bioreason.stage import describe_differences
+
+    def flat(values: Any, prefix: str) -> dict[str, Any]:
+        if not isinstance(values, dict):
+            return {prefix: values}
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            out.update(flat(value, f"{prefix}.{key}"))
+        return out
 
     record = out / PIPELINE_RECORD
     if not record.is_file():
         return []
     recorded = json.loads(record.read_text()).get("config", {})
     wanted = json.loads(json.dumps(config.to_dict(), default=str))
-    stages = ("data", "vae", "task", "lm")
-    return [s for s in stages if recorded.get(s, wanted.get(s)) != wanted.get(s)]
+    found: list[str] = []
+    for stage in ("data", "vae", "task", "lm"):
+        if stage in recorded and recorded[stage] != wanted.get(stage):
+            found += describe_differences(
+                flat(recorded[stage], stage), flat(wanted.get(stage), stage)
+            )
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,10 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     changed = _changed_fitted_stages(out, config)
     if changed and not args.refit:
         parser.error(
-            f"{out} holds a run whose {', '.join(changed)} settings differ from --config "
-            f"{args.config} with the --set overrides given; running it would refit "
-            "those stages and replace what they fitted. Give the run's own settings "
-            "(the --set flags it was run with), another --out, or --refit."
+            f"{out} holds a run fitted with other settings than --config {args.config} "
+            f"with the --set overrides given ({'; '.join(changed[:5])}"
+            f"{'; ...' if len(changed) > 5 else ''}); running it would refit those stages "
+            "and replace what they fitted. Give the run's own settings (the --set flags it "
+            "was run with), another --out, or --refit."
         )
     results = run_pipeline(config, out, workers=args.workers, report=not args.no_report)
     if "calibration" not in results:

@@ -98,7 +98,7 @@ def test_prints_every_figure_of_every_method_and_the_references(tmp_path, capsys
     with pytest.raises(SystemExit):
         bench.main(argv + ["--set", "vae.train.max_steps=7"])
     error = capsys.readouterr().err
-    assert "vae settings differ" in error and "--refit" in error
+    assert "vae.train.max_steps: 30 -> 7" in error and "--refit" in error
     assert {p: p.stat().st_mtime_ns for p in (out / "vae").rglob("*") if p.is_file()} == fitted
 
 
