@@ -201,6 +201,7 @@ def test_the_default_evaluations_write_the_vae_stage_keys(screen):
         "ate_heldout",
         "ate_seen",
         "mask_recovery",
+        "mask_quantiles",
         "ppc",
     )
 

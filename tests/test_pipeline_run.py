@@ -71,6 +71,8 @@ def test_every_stage_writes_its_result_and_the_run_record(tiny_run):
     vae = json.loads((out / "vae" / "result.json").read_text())
     assert np.isfinite(vae["iwelbo_heldout"]) and 0.0 <= vae["mask_auroc"] <= 1.0
     assert len(vae["loss_curve"]) >= 2 and set(vae["ppc"]) >= {"mean_corr"}
+    assert vae["mask_prior_probability"] == pytest.approx(0.01)  # SAMS-VAE's fixed default
+    assert set(vae["mask_probability_quantiles"]) == {"0.1", "0.5", "0.9", "0.99"}
     task = pd.read_parquet(out / "task" / "task.parquet")
     assert set(task["split"]) == {"train", "test"}
     assert task["p_star"].between(0, 1).all() and task["p_true"].between(0, 1).all()

@@ -48,6 +48,7 @@ _STAGE_EVALUATIONS = (
     "ate_heldout",
     "ate_seen",
     "mask_recovery",
+    "mask_quantiles",
     "ppc",
 )
 
@@ -61,12 +62,12 @@ class EvaluationConfig(Config):
 
     Attributes
     ----------
-    evaluations : tuple of str, default the ``vae`` stage's seven
+    evaluations : tuple of str, default the ``vae`` stage's eight
         Names in :data:`EVALUATIONS`, run in this order: ``loss_curve``,
         ``validation_iwelbo``, ``heldout_iwelbo``, ``ate_heldout``, ``ate_seen``,
-        ``mask_recovery``, ``ppc`` by default; also ``final_loss``,
+        ``mask_recovery``, ``mask_quantiles``, ``ppc`` by default; also ``final_loss``,
         ``heldout_iwelbo_per_condition``, ``ate_pooled``, ``ate_truth``,
-        ``mask_quantiles``, ``iwelbo_terms``, ``global_kl``, ``amortization_gap``. See
+        ``iwelbo_terms``, ``global_kl``, ``amortization_gap``. See
         :func:`~bioreason.models.fit_vae` for the keys each writes.
     iwelbo_particles : int, default 20
         Importance samples K of every IWELBO (and of ``amortization_gap``).
