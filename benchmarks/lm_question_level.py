@@ -175,15 +175,7 @@ def _changed_fitted_stages(out: Path, config: Any) -> list[str]:
     import json
 
     from bioreason.run_layout import PIPELINE_RECORD
-    from bioreason.stage import describe_differences
-
-    def flat(values: Any, prefix: str) -> dict[str, Any]:
-        if not isinstance(values, dict):
-            return {prefix: values}
-        out: dict[str, Any] = {}
-        for key, value in values.items():
-            out.update(flat(value, f"{prefix}.{key}"))
-        return out
+    from bioreason.stage import config_differences
 
     record = out / PIPELINE_RECORD
     if not record.is_file():
@@ -193,9 +185,7 @@ def _changed_fitted_stages(out: Path, config: Any) -> list[str]:
     found: list[str] = []
     for stage in ("data", "vae", "task", "lm"):
         if stage in recorded and recorded[stage] != wanted.get(stage):
-            found += describe_differences(
-                flat(recorded[stage], stage), flat(wanted.get(stage), stage)
-            )
+            found += config_differences({stage: recorded[stage]}, {stage: wanted.get(stage)})
     return found
 
 

@@ -409,7 +409,7 @@ def finished_differences(
     if not _outputs_unchanged(stage_dir, saved):
         return None
     plain = _plain_config(config)
-    found = describe_differences(_flat(saved.get("config") or {}), _flat(plain))
+    found = config_differences(saved.get("config") or {}, plain)
     if saved.get("seed") != seed:
         found.append(f"seed: {saved.get('seed')} -> {seed}")
     hashes = {key: file_sha256(path) for key, path in _input_paths(inputs, stage_dir).items()}
@@ -718,6 +718,17 @@ def describe_differences(saved: dict[str, Any], current: dict[str, Any]) -> list
         if before != after:
             out.append(f"{key}: {_show(before, missing)} -> {_show(after, missing)}")
     return out
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """``"section.field: saved -> current"`` for every nested setting that differs
+    (``(absent)`` for one that only one side has).
+
+    Returns
+    -------
+    list of str
+    """
+    return describe_differences(_flat(saved), _flat(current))
 
 
 def _show(value: Any, missing: object) -> str:
