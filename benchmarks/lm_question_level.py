@@ -170,22 +170,25 @@ def _changed_fitted_stages(out: Path, config: Any) -> list[str]:
     """How the settings of the stages before fine-tuning (``data``, ``vae``, ``task``,
     ``lm``) recorded in ``out``'s run record (``pipeline.json``) differ from ``config``:
     one ``"vae.options.n_latent: 10 -> 20"`` line per setting (a setting the record lacks,
-    e.g. one added to bioreason since, shows as ``(absent)``); [] when ``out`` holds no
-    run or the same settings."""
+    e.g. one added to bioreason since, is no difference at its default and shows as
+    ``(absent)`` otherwise); [] when ``out`` holds no run or the same settings."""
     import json
 
     from bioreason.run_layout import PIPELINE_RECORD
-    from bioreason.stage import config_differences
+    from bioreason.stage import config_defaults, config_differences
 
     record = out / PIPELINE_RECORD
     if not record.is_file():
         return []
     recorded = json.loads(record.read_text()).get("config", {})
     wanted = json.loads(json.dumps(config.to_dict(), default=str))
+    defaults = config_defaults(config)
     found: list[str] = []
     for stage in ("data", "vae", "task", "lm"):
         if stage in recorded and recorded[stage] != wanted.get(stage):
-            found += config_differences({stage: recorded[stage]}, {stage: wanted.get(stage)})
+            found += config_differences(
+                {stage: recorded[stage]}, {stage: wanted.get(stage)}, defaults
+            )
     return found
 
 

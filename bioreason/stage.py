@@ -165,19 +165,23 @@ def _outputs_unchanged(stage_dir: Path, saved: dict[str, Any]) -> bool:
 def manifest_matches(
     stage_dir: str | Path,
     *,
-    config: dict[str, Any],
+    config: Any,
     seed: int | None,
     inputs: dict[str, str | Path] | None = None,
     name: str = MANIFEST,
 ) -> bool:
     """True when a stage was completed with this config, seed and these inputs, and the
-    outputs it recorded are still there unchanged. A damaged manifest does not match."""
+    outputs it recorded are still there unchanged. A damaged manifest does not match.
+
+    ``config`` (a dict, or a dataclass or dict of dataclasses) matches the recorded one
+    when every setting is equal, a setting the record lacks counting as equal when
+    ``config`` holds it at its dataclass default (:func:`config_differences`)."""
     stage_dir = Path(stage_dir)
     saved = read_manifest(stage_dir / name)
     if saved is None:
         return False
     current_inputs = {k: file_sha256(v) for k, v in (inputs or {}).items()}
-    same_config = json.loads(json.dumps(config, default=str)) == saved.get("config")
+    same_config = _same_config(saved, config)
     return (
         same_config
         and saved.get("seed") == seed
@@ -298,12 +302,22 @@ def _is_temporary(path: Path) -> bool:
     return path.name.startswith(".") and path.name.endswith(".tmp")
 
 
-def _same_run(saved: Mapping[str, Any], config: dict, seed: int | None, inputs: dict) -> bool:
+def _same_config(saved: Mapping[str, Any], config: Any) -> bool:
+    """Whether ``config`` is the one ``saved`` (a manifest) records, settings added since
+    the record and left at their defaults counting as equal."""
+    recorded = saved.get("config")
+    if not isinstance(recorded, Mapping):
+        return False
+    plain = _plain_config(config)
+    if recorded == plain:
+        return True
+    return not config_differences(recorded, plain, config_defaults(config))
+
+
+def _same_run(saved: Mapping[str, Any], config: Any, seed: int | None, inputs: dict) -> bool:
     hashes = {key: file_sha256(path) for key, path in inputs.items()}
     return (
-        saved.get("config") == config
-        and saved.get("seed") == seed
-        and saved.get("inputs") == hashes
+        _same_config(saved, config) and saved.get("seed") == seed and saved.get("inputs") == hashes
     )
 
 
@@ -409,7 +423,7 @@ def finished_differences(
     if not _outputs_unchanged(stage_dir, saved):
         return None
     plain = _plain_config(config)
-    found = config_differences(saved.get("config") or {}, plain)
+    found = config_differences(saved.get("config") or {}, plain, config_defaults(config))
     if saved.get("seed") != seed:
         found.append(f"seed: {saved.get('seed')} -> {seed}")
     hashes = {key: file_sha256(path) for key, path in _input_paths(inputs, stage_dir).items()}
@@ -518,9 +532,8 @@ def completed_stage(
     saved = read_manifest(stage_dir / MANIFEST)
     if saved is None or result not in (saved.get("outputs") or {}):
         return None
-    plain = _plain_config(config)
     paths = _input_paths(inputs, stage_dir)
-    if not manifest_matches(stage_dir, config=plain, seed=seed, inputs=paths):
+    if not manifest_matches(stage_dir, config=config, seed=seed, inputs=paths):
         return None
     try:
         values = json.loads((stage_dir / result).read_text())
@@ -616,7 +629,7 @@ def run_stage(
     declared = [str(Path(output).as_posix()) for output in (outputs or ())]
     saved = read_manifest(stage_dir / MANIFEST)
 
-    done = completed_stage(stage_dir, plain, inputs, seed=seed, result=result)
+    done = completed_stage(stage_dir, config, inputs, seed=seed, result=result)
     if done is not None:
         if log is not None:
             log(f"[{name}] up to date: {stage_dir}")
@@ -624,7 +637,7 @@ def run_stage(
     if keep_finished and not force:
         _refuse_finished(stage_dir, saved)
     paths = _input_paths(inputs, stage_dir)
-    resuming = saved is not None and _is_partial(saved) and _same_run(saved, plain, seed, paths)
+    resuming = saved is not None and _is_partial(saved) and _same_run(saved, config, seed, paths)
     _check_ours(stage_dir, saved, force, scratch, resuming)
     if not resuming:
         _remove_recorded(stage_dir, saved)
@@ -720,15 +733,63 @@ def describe_differences(saved: dict[str, Any], current: dict[str, Any]) -> list
     return out
 
 
-def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+def config_differences(
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = None,
+) -> list[str]:
     """``"section.field: saved -> current"`` for every nested setting that differs
     (``(absent)`` for one that only one side has).
+
+    ``defaults`` (dotted setting -> plain value, :func:`config_defaults`) names the
+    settings a config class fills in by itself: one that ``saved`` lacks and ``current``
+    holds at its default is not a difference. A record written before a setting existed
+    then matches a config that leaves it at its default (a field added to bioreason keeps
+    the earlier behaviour at its default), instead of refitting every older run.
 
     Returns
     -------
     list of str
     """
-    return describe_differences(_flat(saved), _flat(current))
+    before, after = _flat(saved), _flat(current)
+    for key, value in (defaults or {}).items():
+        if key not in before and key in after and after[key] == value:
+            del after[key]
+    return describe_differences(before, after)
+
+
+def config_defaults(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted name -> plain (JSON) default of every dataclass field with a default inside
+    ``config`` (a dataclass, or a mapping holding dataclasses, nested), at the dotted
+    place :func:`_plain_config` gives it; a field whose default is itself a dataclass or a
+    mapping contributes its leaves.
+
+    Returns
+    -------
+    dict of str to object
+    """
+    found: dict[str, Any] = {}
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        for spec in dataclasses.fields(config):
+            key = f"{prefix}{spec.name}"
+            if spec.default is not dataclasses.MISSING:
+                default = spec.default
+            elif spec.default_factory is not dataclasses.MISSING:
+                default = spec.default_factory()
+            else:
+                default = dataclasses.MISSING
+            if default is not dataclasses.MISSING:
+                plain = json.loads(json.dumps({"value": default}, default=_json_default))
+                value = plain["value"]
+                if isinstance(value, Mapping) and value:
+                    found.update(_flat(value, f"{key}."))
+                else:
+                    found[key] = value
+            found.update(config_defaults(getattr(config, spec.name), f"{key}."))
+    elif isinstance(config, Mapping):
+        for name, value in config.items():
+            found.update(config_defaults(value, f"{prefix}{name}."))
+    return found
 
 
 def _show(value: Any, missing: object) -> str:

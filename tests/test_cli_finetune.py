@@ -90,6 +90,22 @@ def test_finetune_writes_outputs_and_is_idempotent(task_path, tmp_path, capsys):
     assert f"invalid answers {metrics['invalid_rate']:.1%} of those sampled" in last
     assert run(task_path, out, config, "--warm-start-steps", "2", "--seed", "3") == 0
     assert "up to date" in capsys.readouterr().out
+    # a manifest an older bioreason wrote, before two settings existed (one at its default
+    # here, one not, as `_config` sets it): up to date for the first, refused for the second
+    from bioreason.rl.lm import LMRLConfig
+
+    recorded = manifest["config"]["rl"]
+    assert recorded["kl_coef_end"] is None and LMRLConfig().kl_coef_end is None
+    assert recorded["questions_per_step"] == 2 != LMRLConfig().questions_per_step
+    for older, code in (("kl_coef_end", 0), ("questions_per_step", 1)):
+        edited = json.loads((out / "manifest.json").read_text())
+        del edited["config"]["rl"][older]
+        (out / "manifest.json").write_text(json.dumps(edited))
+        argv = ("--warm-start-steps", "2", "--seed", "3")
+        assert run(task_path, out, config, *argv) == code, older
+        printed = capsys.readouterr()
+        assert ("up to date" in printed.out) == (code == 0), older
+        (out / "manifest.json").write_text(json.dumps(manifest))
 
     from bioreason.lm import load_predictor
 

@@ -72,6 +72,18 @@ def test_train_vae_writes_a_model_folder_that_build_task_reads(screen, tmp_path,
 
     code, text, err = _run(capsys, "train-vae", "--adata", screen, "--out", out, *FAST)
     assert code == 0 and "up to date" in text, err
+    # a folder an older bioreason wrote, before the model's learn_mask_prior existed, is
+    # up to date while the setting is at its default, and not once it is set
+    manifest_path = out / "manifest.json"
+    edited = json.loads(manifest_path.read_text())
+    assert edited["config"]["vae"]["learn_mask_prior"] is False
+    del edited["config"]["vae"]["learn_mask_prior"]
+    manifest_path.write_text(json.dumps(edited))
+    code, text, err = _run(capsys, "train-vae", "--adata", screen, "--out", out, *FAST)
+    assert code == 0 and "up to date" in text, err
+    argv = ["train-vae", "--adata", screen, "--out", out, *FAST, "--learn-mask-prior"]
+    code, text, err = _run(capsys, *argv)
+    assert code != 0 and "--force" in err, err
 
     task = tmp_path / "task.parquet"
     argv = ["build-task", "--model", out, "--out", task, "--readouts", "gene00000"]

@@ -4,6 +4,7 @@ values it reads from the calibration stage, and its constant baselines."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -100,6 +101,23 @@ def test_prints_every_figure_of_every_method_and_the_references(tmp_path, capsys
     error = capsys.readouterr().err
     assert "vae.train.max_steps: 30 -> 7" in error and "--refit" in error
     assert {p: p.stat().st_mtime_ns for p in (out / "vae").rglob("*") if p.is_file()} == fitted
+    # a record written before a setting existed is not refused while the setting is at
+    # its default (a field added to bioreason since), and is while it is not
+    from bioreason.run_layout import PIPELINE_RECORD
+    from bioreason.stage import config_defaults
+
+    record_path = out / PIPELINE_RECORD
+    record = json.loads(record_path.read_text())
+    options = record["config"]["vae"]["options"]
+    defaults = config_defaults(loaded)
+    at_default = next(k for k in options if options[k] == defaults[f"vae.options.{k}"])
+    off_default = next(k for k in options if options[k] != defaults[f"vae.options.{k}"])
+    for name in (at_default, off_default):
+        del options[name]
+    record_path.write_text(json.dumps(record))
+    assert bench._changed_fitted_stages(out, loaded) == [
+        f"vae.options.{off_default}: (absent) -> {loaded.vae.options.to_dict()[off_default]}"
+    ]
 
 
 def test_additive_reference_against_a_table_worked_by_hand():

@@ -1,10 +1,18 @@
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 from bioreason.pipelines.stages import Stage, run_stages
-from bioreason.stage import completed_stage, manifest_matches, run_stage
+from bioreason.stage import (
+    completed_stage,
+    config_defaults,
+    config_differences,
+    finished_differences,
+    manifest_matches,
+    run_stage,
+)
 
 
 class Counter:
@@ -36,6 +44,64 @@ def test_computes_once_then_skips(tmp_path):
     assert messages == [f"[s] up to date: {tmp_path / 's'}"]
     # another seed recomputes
     assert not run_stage(tmp_path / "s", {"k": 1}, None, compute, seed=4, log=None).skipped
+
+
+@dataclasses.dataclass
+class _Inner:
+    rate: float = 0.5
+    added: bool = False  # a setting "added to bioreason" after the first run
+
+
+@dataclasses.dataclass
+class _Outer:
+    steps: int = 10
+    inner: _Inner = dataclasses.field(default_factory=_Inner)
+    tags: dict = dataclasses.field(default_factory=lambda: {"a": 1})
+
+
+def test_config_defaults_name_every_dataclass_default_by_its_dotted_place():
+    config = {"vae": _Outer(steps=3, inner=_Inner(rate=0.1)), "seed": 0}
+    defaults = config_defaults(config)
+    assert defaults == {
+        "vae.steps": 10,
+        "vae.inner.rate": 0.5,
+        "vae.inner.added": False,
+        "vae.tags.a": 1,
+    }
+    saved = {"vae": {"steps": 3, "inner": {"rate": 0.1}, "tags": {"a": 1}}, "seed": 0}
+    current = json.loads(json.dumps({"vae": dataclasses.asdict(config["vae"]), "seed": 0}))
+    # without the defaults the setting the record lacks is a difference
+    assert config_differences(saved, current) == ["vae.inner.added: (absent) -> False"]
+    assert config_differences(saved, current, defaults) == []
+    current["vae"]["inner"]["added"] = True  # not its default: still a difference
+    assert config_differences(saved, current, defaults) == ["vae.inner.added: (absent) -> True"]
+    # a setting the record holds is compared as ever, default or not
+    saved["vae"]["inner"]["added"] = True
+    current["vae"]["inner"]["added"] = False
+    assert config_differences(saved, current, defaults) == ["vae.inner.added: True -> False"]
+
+
+def test_a_record_from_before_a_setting_existed_matches_it_at_its_default(tmp_path):
+    """A stage finished before a config field was added is up to date when the field is
+    at its default, and recomputed when it is not (it used to refit every older run)."""
+    compute = Counter()
+    stage = tmp_path / "s"
+    run_stage(stage, {"vae": _Outer()}, None, compute, seed=0, log=None)
+    manifest_path = stage / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["config"]["vae"]["inner"] == {"rate": 0.5, "added": False}
+    del manifest["config"]["vae"]["inner"]["added"]  # as an older bioreason wrote it
+    manifest_path.write_text(json.dumps(manifest))
+    assert manifest_matches(stage, config={"vae": _Outer()}, seed=0)
+    assert completed_stage(stage, {"vae": _Outer()}, seed=0) is not None
+    again = run_stage(stage, {"vae": _Outer()}, None, compute, seed=0, log=None)
+    assert again.skipped and compute.calls == 1
+    assert finished_differences(stage, {"vae": _Outer()}, seed=0) == []
+    changed = {"vae": _Outer(inner=_Inner(added=True))}
+    assert not manifest_matches(stage, config=changed, seed=0)
+    assert finished_differences(stage, changed, seed=0) == ["vae.inner.added: (absent) -> True"]
+    assert not run_stage(stage, changed, None, compute, seed=0, log=None).skipped
+    assert compute.calls == 2
 
 
 def test_result_json_round_trip(tmp_path):

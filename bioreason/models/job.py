@@ -39,9 +39,11 @@ def _record(config: TrainVAEConfig, adata_path: Path) -> dict[str, Any]:
     Returns
     -------
     dict
-        Plain JSON data.
+        The model's, setup's and training's settings as their dataclasses (recorded as
+        plain JSON, so that a setting added to them since a folder was written matches it
+        at its default), the rest plain JSON data.
     """
-    import json
+    import dataclasses
 
     default = TrainVAEConfig().evaluation.to_dict()
     evaluation = {
@@ -52,16 +54,17 @@ def _record(config: TrainVAEConfig, adata_path: Path) -> dict[str, Any]:
     record = {
         "model": config.model,
         "adata": str(adata_path),
-        "setup": config.setup.to_dict(),
-        "vae": config.vae.to_dict(),
-        "train": {k: v for k, v in config.train.to_dict().items() if k != "progress"},
+        "setup": config.setup,
+        "vae": config.vae,
+        # progress changes only what is shown: recorded at its default
+        "train": dataclasses.replace(config.train, progress=type(config.train)().progress),
         "test_fraction": config.test_fraction,
         "validation_fraction": config.validation_fraction,
         "iwelbo_particles": config.evaluation.iwelbo_particles,
         **({"evaluation": evaluation} if evaluation else {}),
         **({"recover_counts": True} if config.recover_counts else {}),
     }
-    return json.loads(json.dumps(record, default=str))
+    return record
 
 
 def run_train_vae(

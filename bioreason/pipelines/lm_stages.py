@@ -162,10 +162,14 @@ def finetune_stage(config: PipelineConfig, workers: int, force: bool) -> Stage:
     )
 
 
-def _speed_free(tune: FinetuneStageConfig) -> dict[str, Any]:
-    """The finetune settings that change results (the stage's manifest config): threads
-    and compilation change only the speed."""
-    values = dataclasses.asdict(tune)
-    values.pop("threads")
-    values["rl"].pop("torch_compile")
-    return values
+def _speed_free(tune: FinetuneStageConfig) -> FinetuneStageConfig:
+    """The finetune settings that change results (the stage's manifest config): ``tune``
+    with threads and compilation at their defaults, since they change only the speed. It
+    stays a dataclass, so a setting added to bioreason since a run finished matches that
+    run at its default (:func:`bioreason.stage.config_differences`)."""
+    defaults = type(tune)()
+    return dataclasses.replace(
+        tune,
+        threads=defaults.threads,
+        rl=dataclasses.replace(tune.rl, torch_compile=defaults.rl.torch_compile),
+    )

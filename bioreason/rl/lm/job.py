@@ -321,17 +321,17 @@ def _settings(config: FinetuneConfig | dict[str, Any]) -> FinetuneConfig:
     )
 
 
-def _record(config: FinetuneConfig, task_path: Path) -> tuple[dict[str, Any], dict[str, Path]]:
-    """The manifest's config (what determines the results) and the input paths: the task
-    and, for a model folder, the folder (by its hash, so that moving it changes nothing)."""
-    from bioreason._io import json_safe
-
-    record = json_safe(config.to_dict())
-    record.pop("threads")  # speed only
+def _record(config: FinetuneConfig, task_path: Path) -> tuple[FinetuneConfig, dict[str, Path]]:
+    """The manifest's config (what determines the results: ``config`` with ``threads``,
+    which changes only the speed, at its default) and the input paths: the task and, for a
+    model folder, the folder (by its hash, so that moving it changes nothing). The config
+    stays a dataclass, so a setting added to bioreason since a job finished matches that
+    job at its default (:func:`bioreason.stage.config_differences`)."""
+    record = dataclasses.replace(config, threads=type(config)().threads)
     inputs = {"task": task_path}
     folder = Path(config.model).expanduser()
     if folder.is_dir():
-        record["model"] = "(a folder: its hash is the input 'model')"
+        record = dataclasses.replace(record, model="(a folder: its hash is the input 'model')")
         inputs["model"] = folder
     return record, inputs
 
@@ -550,7 +550,7 @@ def _read_task(task_path: Path, config: LMRLConfig) -> Any:
 
 def _continue_finished(
     out: Path,
-    record: dict[str, Any],
+    record: FinetuneConfig,
     inputs: dict[str, Path],
     config: FinetuneConfig,
     log: Callable[[str], Any] | None,
