@@ -90,6 +90,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap over conditions")
     add_fields_option(parser, "--screen", "ScreenConfig", '{"mask_probability": 0.1}')
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--fits",
+        type=int,
+        default=1,
+        help="fits per model from other seeds (--seed, --seed + 1000, ...), on the same "
+        "cells; with 2 or more their p* are also pooled (bioreason.sim.pool_fits)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="parquet of every question")
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
     return parser
@@ -132,6 +139,95 @@ def _print_metrics(prefix: str, table: pd.DataFrame) -> None:
         _line(f"{name}_mean_pstar", row["mean_p_star"], "probability")
 
 
+def _fit_and_ask(
+    cls,
+    label,
+    args,
+    demo,
+    data,
+    train_adata,
+    n_train,
+    steps,
+    asked,
+    budget,
+    thresholds,
+    options,
+    *,
+    keep_draws: bool,
+    fit_seed: int,
+) -> pd.DataFrame:
+    """Fit one model on the training cells (seeded by ``fit_seed``) and compute p* of the
+    questions it can answer; prints its timings and training figures."""
+    from bioreason.sim import OutcomeSimulator
+
+    model_adata = train_adata.copy()
+    cls.setup_anndata(model_adata)
+    vae_options = demo.vae.options.to_dict()
+    if args.basal_guide is not None and label.split("_fit")[0] != "conditional_vae":
+        vae_options["basal_guide"] = args.basal_guide
+    vae_options.update(args.vae_options)
+    model = cls(
+        model_adata, perturbation_names=data.perturbation_names, seed=fit_seed, **vae_options
+    )
+    start = time.perf_counter()
+    model.train(
+        max_steps=steps,
+        batch_size=512,
+        n_particles=5,
+        lr=args.lr,
+        embedding_lr=args.embedding_lr,
+        seed=fit_seed,
+        device="cpu",
+        train_indices=np.arange(n_train),
+        validation_indices=np.arange(n_train, model_adata.n_obs),
+        early_stopping=False,
+        progress=False,
+    )
+    train_seconds = time.perf_counter() - start
+    simulator = OutcomeSimulator(
+        model, "screen_hit", threshold=thresholds, budget=budget, **options
+    )
+    start = time.perf_counter()
+    frame = simulator.probability(
+        asked[["condition", "readout"]], seed=args.seed, keep_draws=keep_draws
+    )
+    pstar_seconds = time.perf_counter() - start
+    frame["condition"] = asked["condition"].to_numpy()
+    frame["group"] = asked["group"].to_numpy()
+    _line(f"{label}_train_seconds", train_seconds, "s", 1)
+    _line(f"{label}_pstar_seconds", pstar_seconds, "s", 1)
+    _line(f"{label}_final_train_loss", model.history["train_loss"].iloc[-50:].mean(), "nats", 1)
+    if hasattr(model, "get_mask_prior_probability"):
+        _line(f"{label}_mask_prior_probability", model.get_mask_prior_probability(), "probability")
+    _line(f"{label}_pstar_converged", frame["converged"].mean(), "fraction")
+    _line(f"{label}_pstar_mean_draws", frame["n_draws"].mean(), "draws", 0)
+    return frame
+
+
+def _print_pooled(name: str, fitted: list[pd.DataFrame], truth_frame, n_boot: int) -> pd.DataFrame:
+    """The fits pooled (:func:`bioreason.sim.pool_fits`): prints their metrics, and per
+    group how far the fits' p* lie apart against each fit's own spread; returns the pooled
+    frame (with ``group``)."""
+    from bioreason.sim import pool_fits
+    from bioreason.sim.accuracy import compare_to_truth
+
+    pooled = pool_fits(fitted)
+    pooled["group"] = fitted[0]["group"].to_numpy()
+    _print_metrics(f"{name}_pooled", compare_to_truth(pooled, truth_frame, n_boot=n_boot))
+    for group, part in pooled.groupby("group", sort=False):
+        _line(
+            f"{name}_{group}_pstar_sd_between_fits",
+            part["p_star_between_fits"].mean(),
+            "probability",
+        )
+        _line(
+            f"{name}_{group}_pstar_spread_within_fit",
+            part["p_star_within_fit"].mean(),
+            "probability",
+        )
+    return pooled
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -146,7 +242,6 @@ def main(argv: list[str] | None = None) -> int:
     from bioreason.pipelines.demo import demo_config, demo_screen
     from bioreason.sim import (
         GroundTruthSimulator,
-        OutcomeSimulator,
         SimulationBudget,
         gene_readout,
         learn_programs,
@@ -242,54 +337,35 @@ def main(argv: list[str] | None = None) -> int:
     # ---------------------------------------------------------------- models
     for name in args.models:
         cls = MODELS[name]
-        model_adata = train_adata.copy()
-        cls.setup_anndata(model_adata)
-        vae_options = demo.vae.options.to_dict()
-        if args.basal_guide is not None and name != "conditional_vae":
-            vae_options["basal_guide"] = args.basal_guide
-        vae_options.update(args.vae_options)
-        model = cls(
-            model_adata,
-            perturbation_names=data.perturbation_names,
-            seed=args.seed,
-            **vae_options,
-        )
-        start = time.perf_counter()
-        model.train(
-            max_steps=steps,
-            batch_size=512,
-            n_particles=5,
-            lr=args.lr,
-            embedding_lr=args.embedding_lr,
-            seed=args.seed,
-            device="cpu",
-            train_indices=np.arange(n_train),
-            validation_indices=np.arange(n_train, model_adata.n_obs),
-            early_stopping=False,
-            progress=False,
-        )
-        train_seconds = time.perf_counter() - start
         asked = questions if cls.composes else questions[questions["group"] == "seen"]
-        simulator = OutcomeSimulator(
-            model, "screen_hit", threshold=thresholds, budget=budget, **options
-        )
-        start = time.perf_counter()
-        frame = simulator.probability(asked[["condition", "readout"]], seed=args.seed)
-        pstar_seconds = time.perf_counter() - start
-        frame["condition"] = asked["condition"].to_numpy()
-        frame["group"] = asked["group"].to_numpy()
-        _line(f"{name}_train_seconds", train_seconds, "s", 1)
-        _line(f"{name}_pstar_seconds", pstar_seconds, "s", 1)
-        _line(f"{name}_final_train_loss", model.history["train_loss"].iloc[-50:].mean(), "nats", 1)
-        if hasattr(model, "get_mask_prior_probability"):
-            pi = model.get_mask_prior_probability()
-            _line(f"{name}_mask_prior_probability", pi, "probability")
-        _line(f"{name}_pstar_converged", frame["converged"].mean(), "fraction")
-        _line(f"{name}_pstar_mean_draws", frame["n_draws"].mean(), "draws", 0)
-        if not cls.composes:
-            print(f"{name}_heldout: skipped (the model cannot compose unseen combinations)")
-        _print_metrics(name, compare_to_truth(frame, truth_frame, n_boot=args.n_boot))
-        frames.append(frame.assign(model=name))
+        fitted = []
+        for fit in range(args.fits):
+            # fit 0 is the single fit's (seed --seed); the others start elsewhere
+            label = name if fit == 0 else f"{name}_fit{fit}"
+            frame = _fit_and_ask(
+                cls,
+                label,
+                args,
+                demo,
+                data,
+                train_adata,
+                n_train,
+                steps,
+                asked,
+                budget,
+                thresholds,
+                options,
+                keep_draws=args.fits > 1,
+                fit_seed=args.seed + 1000 * fit,
+            )
+            if not cls.composes:
+                print(f"{label}_heldout: skipped (the model cannot compose unseen combinations)")
+            _print_metrics(label, compare_to_truth(frame, truth_frame, n_boot=args.n_boot))
+            frames.append(frame.drop(columns="p_star_draws", errors="ignore").assign(model=label))
+            fitted.append(frame)
+        if args.fits > 1:
+            pooled = _print_pooled(name, fitted, truth_frame, args.n_boot)
+            frames.append(pooled.drop(columns="p_star_draws").assign(model=f"{name}_pooled"))
 
     _line("total_seconds", time.perf_counter() - start_all, "s", 1)
     if args.out is not None:

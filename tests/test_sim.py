@@ -700,3 +700,75 @@ def test_library_sizes_per_condition_follow_each_conditions_observed_cells():
         assert gap < 4 * float(frame["p_star_se"].iloc[0]) + 0.01, (cells is None, frame)
     with pytest.raises(ValueError, match="library_sizes must be 'pooled' or 'per_condition'"):
         OutcomeSimulator(model, "cell_expression", threshold=1.0, library_sizes="mine")
+
+
+def test_kept_draws_give_p_star_and_its_interval():
+    model = PoissonModel({"control": (1.0, 1.0), "A": (0.2, 1.5)})
+    simulator = OutcomeSimulator(
+        model, "cell_expression", threshold=1.0, budget=SimulationBudget(cells_per_draw=200)
+    )
+    result = simulator.probability([("A", "g0"), ("A", "g1")], min_draws=40, keep_draws=True)
+    for _, row in result.iterrows():
+        draws = row["p_star_draws"]
+        assert draws.shape == (row["n_draws"],)
+        assert row["p_star"] == pytest.approx(draws.mean())
+        assert (row["p_star_low"], row["p_star_high"]) == pytest.approx(
+            tuple(np.quantile(draws, [0.05, 0.95]))
+        )
+    assert "p_star_draws" not in simulator.probability([("A", "g0")], min_draws=4).columns
+
+
+def test_pooled_fits_weigh_each_fit_equally_and_their_interval_spans_both():
+    """Two "fits" that disagree: one puts A's rate at 0.2, the other at 1.5. The pooled
+    p* is their mean; its interval reaches from one fit's answer to the other's, and its
+    spread is that of an equal mixture even though the fits drew unequally often."""
+    from bioreason.sim import pool_fits
+
+    questions = [("A", "g0"), ("B", "g0")]
+    budget = SimulationBudget(cells_per_draw=400, target_se=1.0)
+    frames = []
+    for rate, draws in ((0.2, 64), (1.5, 200)):
+        model = PoissonModel({"control": (1.0, 1.0), "A": (rate, rate), "B": (0.5, 0.5)})
+        simulator = OutcomeSimulator(model, "cell_expression", threshold=1.0, budget=budget)
+        frames.append(
+            simulator.probability(questions, min_draws=draws, max_draws=draws, keep_draws=True)
+        )
+    pooled = pool_fits(frames)
+    assert list(pooled["condition"]) == ["A", "B"] and (pooled["n_fits"] == 2).all()
+    a, b = (f.iloc[0] for f in frames)
+    assert pooled.iloc[0]["p_star"] == pytest.approx((a["p_star"] + b["p_star"]) / 2)
+    assert pooled.iloc[0]["p_star_se"] == pytest.approx(np.hypot(a["p_star_se"], b["p_star_se"]) / 2)
+    assert pooled.iloc[0]["p_star_between_fits"] == pytest.approx(
+        abs(a["p_star"] - b["p_star"]) / np.sqrt(2)
+    )
+    low_fit, high_fit = 1 - np.exp(-0.2), 1 - np.exp(-1.5)  # each fit's exact answer
+    noise = 4 * np.sqrt(0.25 / 400)  # a draw's own binomial noise, 4 sd
+    assert abs(pooled.iloc[0]["p_star_low"] - low_fit) < noise
+    assert abs(pooled.iloc[0]["p_star_high"] - high_fit) < noise
+    # equal weights: the mixture's sd is half the distance between the answers (an
+    # unweighted pool of 64 and 200 draws would give 0.43 of it)
+    assert pooled.iloc[0]["p_star_spread"] == pytest.approx((high_fit - low_fit) / 2, abs=0.02)
+    assert pooled.iloc[0]["n_draws"] == 264 and len(pooled.iloc[0]["p_star_draws"]) == 264
+    # B: the fits agree, so the pooled interval is as narrow as one fit's
+    assert pooled.iloc[1]["p_star_between_fits"] < 0.02
+    assert pooled.iloc[1]["p_star_high"] - pooled.iloc[1]["p_star_low"] < 2 * noise
+    assert pooled.iloc[1]["p_star_within_fit"] == pytest.approx(
+        (frames[0].iloc[1]["p_star_spread"] + frames[1].iloc[1]["p_star_spread"]) / 2
+    )
+
+
+def test_pooling_fits_names_what_is_wrong():
+    from bioreason.sim import pool_fits
+
+    model = PoissonModel({"control": (1.0, 1.0), "A": (0.2, 0.2), "B": (0.5, 0.5)})
+    simulator = OutcomeSimulator(model, "cell_expression", threshold=1.0)
+    kept = simulator.probability([("A", "g0"), ("B", "g0")], max_draws=8, keep_draws=True)
+    other = simulator.probability([("B", "g0"), ("A", "g0")], max_draws=8, keep_draws=True)
+    with pytest.raises(ValueError, match="at least one"):
+        pool_fits([])
+    with pytest.raises(ValueError, match="keep_draws=True"):
+        pool_fits([kept, kept.drop(columns="p_star_draws")])
+    with pytest.raises(ValueError, match=r"fit 1 row 0 asks \('B', 'g0'\)"):
+        pool_fits([kept, other])
+    with pytest.raises(ValueError, match="1 questions, fit 0 has 2"):
+        pool_fits([kept, kept.iloc[:1]])

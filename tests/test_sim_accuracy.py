@@ -72,3 +72,43 @@ def test_join_truth_errors():
         join_truth(predicted, pd.concat([truth, truth]))
     with pytest.raises(ValueError, match="p_star"):
         join_truth(predicted.drop(columns="p_star"), truth)
+
+
+def test_the_benchmark_pools_fits_from_other_seeds(tmp_path, capsys):
+    """benchmarks/simulator_accuracy.py --fits 2 on a tiny screen: each fit's figures,
+    the pooled ones, the between-fit and within-fit spreads, and the pooled rows in --out."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    import torch
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "simulator_accuracy.py"
+    spec = importlib.util.spec_from_file_location("_simulator_accuracy", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    screen = '{"n_genes": 60, "n_perturbations": 4, "n_combinations": 2, "n_cells_per_condition": 30}'
+    out = tmp_path / "accuracy.parquet"
+    threads = torch.get_num_threads()
+    try:
+        argv = ["--threads", "1", "--models", "sams_vae", "--steps", "3", "--fits", "2"]
+        argv += ["--screen", screen, "--n-programs", "2", "--n-markers", "5", "--n-cells", "20"]
+        argv += ["--target-se", "0.2", "--max-draws", "16", "--n-boot", "10"]
+        argv += ["--heldout-fraction", "0.5", "--vae-options", '{"n_latent": 2, "n_hidden": 16}']
+        assert bench.main([*argv, "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    printed = dict(re.findall(r"^(\S+): (\S+) ", capsys.readouterr().out, flags=re.M))
+    for label in ("sams_vae", "sams_vae_fit1", "sams_vae_pooled"):
+        coverage = float(printed[f"{label}_seen_ptrue_in_90pct_interval"])
+        assert 0 <= coverage <= 1
+    assert "sams_vae_fit1_train_seconds" in printed
+    between = float(printed["sams_vae_seen_pstar_sd_between_fits"])
+    assert 0 <= between <= 0.75 and float(printed["sams_vae_seen_pstar_spread_within_fit"]) >= 0
+    table = pd.read_parquet(out)
+    assert set(table["model"]) >= {"sams_vae", "sams_vae_fit1", "sams_vae_pooled"}
+    fits = table[table["model"].isin(["sams_vae", "sams_vae_fit1"])]
+    pooled = table[table["model"] == "sams_vae_pooled"].set_index(["condition", "readout"])
+    mean = fits.groupby(["condition", "readout"])["p_star"].mean()
+    assert np.allclose(pooled.loc[mean.index, "p_star"], mean)
+    assert "p_star_draws" not in table.columns

@@ -210,3 +210,14 @@ def test_compare_with_svi_tables_every_method(small_reference_screen, small_nuts
     for guide in ("correlated", "mean_field"):
         assert np.isfinite(summary[f"mean_abs_pstar_svi_{guide}_vs_nuts"])
     assert set(table.attrs["thresholds"]) == set(table["readout"])
+    # each method's 90 % interval of its per-draw probabilities, and what it covers
+    for label in ("nuts", "svi_correlated", "svi_mean_field"):
+        low, high = table[f"p_star_{label}_low"], table[f"p_star_{label}_high"]
+        assert (low <= high).all() and low.between(0, 1).all() and high.between(0, 1).all()
+        assert summary[f"mean_interval_width_{label}"] == pytest.approx((high - low).mean())
+        inside = (low <= table["p_true"]) & (table["p_true"] <= high)
+        assert summary[f"ptrue_in_90pct_interval_{label}"] == pytest.approx(inside.mean())
+        if label != "nuts":
+            inside = (low <= table["p_star_nuts"]) & (table["p_star_nuts"] <= high)
+            assert summary[f"pstar_nuts_in_90pct_interval_{label}"] == pytest.approx(inside.mean())
+    assert "p_true_low" not in table.columns  # the truth has no posterior to spread over

@@ -47,6 +47,7 @@ from bioreason.sim.reference import (
     sams_reference_model,
     simulate_reference_screen,
 )
+from bioreason.sim.ensemble import pool_fits
 from bioreason.sim.simulator import (
     FAST_MIN_CELLS,
     OutcomeSimulator,
@@ -101,5 +102,6 @@ __all__ = [
     "make_outcome",
     "program_readout",
     "questions_frame",
+    "pool_fits",
     "register_outcome",
 ]

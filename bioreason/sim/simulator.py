@@ -594,6 +594,7 @@ class OutcomeSimulator:
         budget: SimulationBudget | None = None,
         *,
         seed: int = 0,
+        keep_draws: bool = False,
         **changes: Any,
     ) -> pd.DataFrame:
         """p* of every question, with its Monte Carlo standard error.
@@ -613,6 +614,10 @@ class OutcomeSimulator:
             The Monte Carlo budget of this call; default: the simulator's ``budget``.
         seed : int
             Seeds the posterior draws and the simulated cells.
+        keep_draws : bool, default False
+            Also return every question's per-draw probabilities P_k (column
+            ``p_star_draws``, a float array per row), e.g. to pool several fits with
+            :func:`bioreason.sim.pool_fits`.
         **changes
             Fields of the budget changed for this call only, e.g. ``target_se=0.005``
             (``budget.replace(target_se=0.005)``).
@@ -632,7 +637,8 @@ class OutcomeSimulator:
         ``unseen_parts`` (the condition's parts never measured alone, joined by
         ``", "``; ``""`` when there are none, None when no cells are known: see
         :meth:`unseen_parts`; a non-empty value means p* rests on the model's prior for
-        those parts). ``attrs["seconds"]`` is the wall time.
+        those parts), and with ``keep_draws`` ``p_star_draws``. ``attrs["seconds"]`` is
+        the wall time.
         """
         start_time = time.perf_counter()
         budget = self.budget if budget is None else _as_budget(budget)
@@ -704,6 +710,13 @@ class OutcomeSimulator:
             method=chosen,
             unseen_parts=frame[_CANONICAL].map(unseen).to_numpy(),
         )
+        if keep_draws:
+            pooled = [
+                np.concatenate(parts) if parts else np.empty((0, shape[1])) for parts in per_draw
+            ]
+            result["p_star_draws"] = [
+                pooled[c][:, r].copy() for c, r in zip(q_cond, q_read, strict=True)
+            ]
         result.attrs["seconds"] = time.perf_counter() - start_time
         result.attrs["outcome"] = self.outcome.to_json()
         return result

@@ -87,12 +87,17 @@ def compare_with_svi(
     -------
     DataFrame, one row per question: ``condition``, ``readout``, ``p_true`` (when
     ``adata`` has the data-generating parameters), ``p_star_nuts``, and
-    ``p_star_svi_<guide>`` per guide, each p column with its ``_se``. ``attrs
+    ``p_star_svi_<guide>`` per guide, each p column with its ``_se``, and each p*
+    column with ``_low`` and ``_high`` (the central 90 % interval of its per-draw
+    probabilities, as :meth:`OutcomeSimulator.probability` gives it). ``attrs
     ["summary"]``: dict of ``mean_abs_pstar_nuts_vs_true``,
     ``mean_abs_pstar_svi_<guide>_vs_nuts``, ``mean_abs_pstar_svi_<guide>_vs_true``,
     ``mean_pstar_spread_<method>`` (across-draw sd: epistemic spread plus per-draw
-    noise), ``nuts_seconds``, ``svi_seconds_<guide>``, ``r_hat_max``, ``n_eff_min``,
-    ``divergences``, ``n_questions``; ``attrs["thresholds"]``.
+    noise), ``mean_interval_width_<method>``, ``ptrue_in_90pct_interval_<method>``
+    (the share of questions whose p_true lies in the method's interval),
+    ``pstar_nuts_in_90pct_interval_svi_<guide>`` (the share whose NUTS p* lies in the
+    guide's interval), ``nuts_seconds``, ``svi_seconds_<guide>``, ``r_hat_max``,
+    ``n_eff_min``, ``divergences``, ``n_questions``; ``attrs["thresholds"]``.
     """
     import torch
 
@@ -177,10 +182,26 @@ def compare_with_svi(
         name = columns.get(run.label, f"p_star_{run.label}")
         out[name] = run.frame["p_star"].to_numpy()
         out[f"{name}_se"] = run.frame["p_star_se"].to_numpy()
+        if run.label != "true":  # the truth's draws differ only by Monte Carlo noise
+            out[f"{name}_low"] = run.frame["p_star_low"].to_numpy()
+            out[f"{name}_high"] = run.frame["p_star_high"].to_numpy()
     nuts = out["p_star_nuts"].to_numpy()
     summary: dict[str, float] = {"n_questions": float(len(out))}
     if truth is not None:
         summary["mean_abs_pstar_nuts_vs_true"] = float(np.abs(nuts - out["p_true"]).mean())
+    for run in runs:
+        if run.label == "true":
+            continue
+        name = columns.get(run.label, f"p_star_{run.label}")
+        low, high = out[f"{name}_low"].to_numpy(), out[f"{name}_high"].to_numpy()
+        summary[f"mean_interval_width_{run.label}"] = float(np.mean(high - low))
+        if truth is not None:
+            p_true = out["p_true"].to_numpy()
+            inside = (low <= p_true) & (p_true <= high)
+            summary[f"ptrue_in_90pct_interval_{run.label}"] = float(inside.mean())
+        if run.label != "nuts":
+            inside = (low <= nuts) & (nuts <= high)
+            summary[f"pstar_nuts_in_90pct_interval_{run.label}"] = float(inside.mean())
     for run in runs:
         if run.label.startswith("svi_"):
             values = out[f"p_star_{run.label}"].to_numpy()
