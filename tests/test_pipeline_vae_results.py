@@ -32,11 +32,13 @@ def test_a_short_synthetic_run_reports_every_figure_and_tabulates(tmp_path):
     for key in ("test_iwelbo", "validation_iwelbo", "ate_pooled_pearson_all", "mask_auroc"):
         assert isinstance(result[key], float)
     assert 0.0 <= result["mask_probability_quantiles"]["0.5"] <= 1.0
+    assert result["mask_prior_probability"] == pytest.approx(0.01)  # the fixed default
     path = save_result(result, tmp_path, config.name)
     assert json.loads(path.read_text())["model"] == "sams_vae"
     table = write_results_table(tmp_path)
     assert "### synthetic, composable split, 3 steps, early stopping off" in table
     assert "| sams_vae | default | 3 |" in table
+    assert "| median q(M=1) | prior pi | train s |" in table and "| 0.01 |" in table
 
 
 def test_field_values_are_json_and_errors_say_how_to_quote():

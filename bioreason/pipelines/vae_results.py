@@ -281,6 +281,7 @@ _CURVE_SETS = (("test", "heldout"), ("validation", "validation"), ("train", "tra
 #: the same for the masks
 _MASK_KEYS = {
     "mask_probability_quantiles": "mask_probability_quantiles",
+    "mask_prior_probability": "mask_prior_probability",
     "mask_auroc": "mask_auroc",
 }
 
@@ -372,7 +373,8 @@ def run_vae_results(config: VAEResultsConfig, progress: bool = False) -> dict[st
     (nats per cell), ``validation_iwelbo``, ``final_train_loss``, the ATE agreement
     (``ate_pearson_all`` / ``ate_pearson_top20``: mean over held-out conditions of the
     per-condition r; ``ate_pooled_pearson_all`` / ``ate_pooled_pearson_top20``: r over all
-    (condition, gene) entries pooled), ``mask_probability_quantiles`` (SAMS-VAE) and, on
+    (condition, gene) entries pooled), ``mask_probability_quantiles`` and
+    ``mask_prior_probability`` (the prior pi, fixed or learned; SAMS-VAE) and, on
     the synthetic screen, ``ate_vs_truth_*`` and ``mask_auroc``. A model that cannot
     compose the held-out combinations gets ``cannot_predict_heldout`` instead.
     """
@@ -492,8 +494,8 @@ def write_results_table(directory: Path) -> str:
             "| model | options | steps run | test IWELBO | "
             + " | ".join(first["heldout"])
             + " | validation IWELBO | ATE r all (mean / pooled) | ATE r top 20 (mean / pooled)"
-            " | ATE r vs truth (all / top 20) | mask AUROC | median q(M=1) | train s |",
-            "| " + " | ".join(["---"] * (12 + len(first["heldout"]))) + " |",
+            " | ATE r vs truth (all / top 20) | mask AUROC | median q(M=1) | prior pi | train s |",
+            "| " + " | ".join(["---"] * (13 + len(first["heldout"]))) + " |",
         ]
         for r in subset:
             per = r.get("test_iwelbo_per_condition", {})
@@ -525,6 +527,7 @@ def write_results_table(directory: Path) -> str:
                 truth,
                 _fmt(r.get("mask_auroc")),
                 _fmt(quantiles.get("0.5")),
+                _fmt(r.get("mask_prior_probability")),
                 str(r["train_seconds"]),
             ]
             lines.append("| " + " | ".join(cells) + " |")
