@@ -14,12 +14,15 @@ per-gene thresholds at the median of the NUTS reference's expected |effect|. Pri
 whose p_true it contains and, for SVI, the share whose NUTS p* it contains.
 
     python benchmarks/simulator_reference.py [--svi-steps 5000] [--num-samples 500]
+        [--seed 0] [--decoder fixed|learned] [--svi-options JSON]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+
+from bioreason.cli._base import json_fields
 
 
 def main() -> None:
@@ -34,6 +37,14 @@ def main() -> None:
     parser.add_argument("--n-readouts", type=int, default=5)
     parser.add_argument("--replicate-cells", type=int, default=20)
     parser.add_argument("--target-se", type=float, default=0.01)
+    parser.add_argument(
+        "--svi-options",
+        type=json_fields,
+        default={},
+        metavar="JSON",
+        help="SAMS-VAE (VAEConfig) fields over the reference's settings, e.g. "
+        '\'{"basal_guide": "direct"}\'',
+    )
     args = parser.parse_args()
 
     import torch
@@ -56,6 +67,7 @@ def main() -> None:
         "screen_hit",
         decoder=args.decoder,
         svi_steps=args.svi_steps,
+        svi_options=args.svi_options,
         nuts_options={
             "num_warmup": args.num_warmup,
             "num_samples": args.num_samples,
@@ -72,6 +84,8 @@ def main() -> None:
     ]
     print(f"n_questions: {int(summary['n_questions'])} questions")
     print(f"svi_decoder: {args.decoder}")
+    for key, value in args.svi_options.items():
+        print(f"svi_option: {key}={value}")
     for key in probability:
         print(f"{key}: {summary[key]:.4f} probability")
     for guide in ("correlated", "mean_field"):
