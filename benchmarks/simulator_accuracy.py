@@ -361,11 +361,12 @@ def main(argv: list[str] | None = None) -> int:
             if not cls.composes:
                 print(f"{label}_heldout: skipped (the model cannot compose unseen combinations)")
             _print_metrics(label, compare_to_truth(frame, truth_frame, n_boot=args.n_boot))
-            frames.append(frame.drop(columns="p_star_draws", errors="ignore").assign(model=label))
+            kept = frame.drop(columns="p_star_per_draw", errors="ignore")
+            frames.append(kept.assign(model=label))
             fitted.append(frame)
         if args.fits > 1:
             pooled = _print_pooled(name, fitted, truth_frame, args.n_boot)
-            frames.append(pooled.drop(columns="p_star_draws").assign(model=f"{name}_pooled"))
+            frames.append(pooled.drop(columns="p_star_per_draw").assign(model=f"{name}_pooled"))
 
     _line("total_seconds", time.perf_counter() - start_all, "s", 1)
     if args.out is not None:

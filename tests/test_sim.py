@@ -709,13 +709,13 @@ def test_kept_draws_give_p_star_and_its_interval():
     )
     result = simulator.probability([("A", "g0"), ("A", "g1")], min_draws=40, keep_draws=True)
     for _, row in result.iterrows():
-        draws = row["p_star_draws"]
+        draws = row["p_star_per_draw"]
         assert draws.shape == (row["n_draws"],)
         assert row["p_star"] == pytest.approx(draws.mean())
         assert (row["p_star_low"], row["p_star_high"]) == pytest.approx(
             tuple(np.quantile(draws, [0.05, 0.95]))
         )
-    assert "p_star_draws" not in simulator.probability([("A", "g0")], min_draws=4).columns
+    assert "p_star_per_draw" not in simulator.probability([("A", "g0")], min_draws=4).columns
 
 
 def test_pooled_fits_weigh_each_fit_equally_and_their_interval_spans_both():
@@ -737,7 +737,9 @@ def test_pooled_fits_weigh_each_fit_equally_and_their_interval_spans_both():
     assert list(pooled["condition"]) == ["A", "B"] and (pooled["n_fits"] == 2).all()
     a, b = (f.iloc[0] for f in frames)
     assert pooled.iloc[0]["p_star"] == pytest.approx((a["p_star"] + b["p_star"]) / 2)
-    assert pooled.iloc[0]["p_star_se"] == pytest.approx(np.hypot(a["p_star_se"], b["p_star_se"]) / 2)
+    assert pooled.iloc[0]["p_star_se"] == pytest.approx(
+        np.hypot(a["p_star_se"], b["p_star_se"]) / 2
+    )
     assert pooled.iloc[0]["p_star_between_fits"] == pytest.approx(
         abs(a["p_star"] - b["p_star"]) / np.sqrt(2)
     )
@@ -748,7 +750,7 @@ def test_pooled_fits_weigh_each_fit_equally_and_their_interval_spans_both():
     # equal weights: the mixture's sd is half the distance between the answers (an
     # unweighted pool of 64 and 200 draws would give 0.43 of it)
     assert pooled.iloc[0]["p_star_spread"] == pytest.approx((high_fit - low_fit) / 2, abs=0.02)
-    assert pooled.iloc[0]["n_draws"] == 264 and len(pooled.iloc[0]["p_star_draws"]) == 264
+    assert pooled.iloc[0]["n_draws"] == 264 and len(pooled.iloc[0]["p_star_per_draw"]) == 264
     # B: the fits agree, so the pooled interval is as narrow as one fit's
     assert pooled.iloc[1]["p_star_between_fits"] < 0.02
     assert pooled.iloc[1]["p_star_high"] - pooled.iloc[1]["p_star_low"] < 2 * noise
@@ -767,8 +769,80 @@ def test_pooling_fits_names_what_is_wrong():
     with pytest.raises(ValueError, match="at least one"):
         pool_fits([])
     with pytest.raises(ValueError, match="keep_draws=True"):
-        pool_fits([kept, kept.drop(columns="p_star_draws")])
+        pool_fits([kept, kept.drop(columns="p_star_per_draw")])
     with pytest.raises(ValueError, match=r"fit 1 row 0 asks \('B', 'g0'\)"):
         pool_fits([kept, other])
     with pytest.raises(ValueError, match="1 questions, fit 0 has 2"):
         pool_fits([kept, kept.iloc[:1]])
+
+
+def _two_worlds():
+    """Two "fits" that disagree completely: under the first no cell of A or B expresses
+    g0, under the second every cell does, so each gives p 0 or 1 and their mixture 1/2."""
+    never = PoissonModel({"control": (1.0, 1.0), "A": (0.0, 0.0), "B": (0.0, 0.0)})
+    always = PoissonModel({"control": (1.0, 1.0), "A": (60.0, 60.0), "B": (60.0, 60.0)})
+    return never, always
+
+
+def test_an_ensemble_answers_with_the_pooled_p_star_and_draws_from_the_mixture():
+    from bioreason.sim import EnsembleSimulator, pool_fits
+
+    never, always = _two_worlds()
+    questions = [("A", "g0"), ("B", "g0")]
+    budget = SimulationBudget(cells_per_draw=100, max_draws=32)
+    ensemble = EnsembleSimulator([never, always], "cell_expression", threshold=1.0, budget=budget)
+    assert ensemble.models == [never, always]
+    result = ensemble.probability(questions, seed=0)
+    assert result["p_star"].tolist() == pytest.approx([0.5, 0.5])
+    assert result["p_star_between_fits"].tolist() == pytest.approx([np.sqrt(0.5)] * 2)
+    assert (result["n_fits"] == 2).all() and "p_star_per_draw" not in result.columns
+    # the same as pooling the fits by hand
+    alone = [
+        OutcomeSimulator(m, "cell_expression", threshold=1.0, budget=budget).probability(
+            questions, seed=0, keep_draws=True
+        )
+        for m in (never, always)
+    ]
+    assert np.allclose(pool_fits(alone)["p_star_high"], result["p_star_high"])
+    # outcomes: each a Bernoulli(1/2) draw; independent questions disagree half the time,
+    # shared worlds never (a column is one fit's)
+    n = 400
+    independent = ensemble.sample(questions, n=n, seed=3).numpy()
+    assert independent.shape == (2, n) and set(np.unique(independent)) == {0.0, 1.0}
+    tolerance = 4 * np.sqrt(0.25 / n)
+    assert abs(independent.mean(axis=1) - 0.5).max() < tolerance
+    assert abs((independent[0] != independent[1]).mean() - 0.5) < tolerance
+    shared = ensemble.sample(questions, n=n, seed=3, independent=False).numpy()
+    assert (shared[0] == shared[1]).all() and abs(shared.mean() - 0.5) < tolerance
+    assert np.array_equal(independent, ensemble.sample(questions, n=n, seed=3).numpy())
+
+
+def test_an_ensemble_builds_a_task_and_serves_live_outcomes_by_index():
+    from bioreason.sim import EnsembleSimulator, build_task
+
+    never, always = _two_worlds()
+    budget = SimulationBudget(cells_per_draw=100, max_draws=16)
+    ensemble = EnsembleSimulator(
+        [never, always],
+        "cell_expression",
+        threshold=1.0,
+        budget=budget,
+        questions=[("A", "g0"), ("B", "g0")],
+    )
+    by_index = ensemble.sample(np.array([1, 0, 1]), n=200, seed=0).numpy()
+    assert by_index.shape == (3, 200) and abs(by_index.mean() - 0.5) < 4 * np.sqrt(0.25 / 600)
+    task = build_task(ensemble, ["A", "B"], ["g0"], test_fraction=0.5, seed=0)
+    assert task["p_star"].tolist() == pytest.approx([0.5, 0.5])
+    assert set(task["outcome"]) <= {0, 1}
+
+
+def test_an_ensemble_refuses_no_fits_and_fits_of_other_genes():
+    from bioreason.sim import EnsembleSimulator
+
+    never, _ = _two_worlds()
+    with pytest.raises(ValueError, match="at least one"):
+        EnsembleSimulator([], "cell_expression", threshold=1.0)
+    other = PoissonModel({"control": (1.0, 1.0), "A": (1.0, 1.0)})
+    other.gene_names = ["g0", "g9"]
+    with pytest.raises(ValueError, match="model 1 has other genes"):
+        EnsembleSimulator([never, other], "cell_expression", threshold=1.0)

@@ -15,6 +15,7 @@ model folder (what ``bioreason build-task`` runs).
 """
 
 from bioreason.sim.budget import SimulationBudget
+from bioreason.sim.ensemble import EnsembleSimulator, pool_fits
 from bioreason.sim.ground_truth import GroundTruthModel, GroundTruthSimulator
 from bioreason.sim.outcomes import (
     OUTCOMES,
@@ -47,7 +48,6 @@ from bioreason.sim.reference import (
     sams_reference_model,
     simulate_reference_screen,
 )
-from bioreason.sim.ensemble import pool_fits
 from bioreason.sim.simulator import (
     FAST_MIN_CELLS,
     OutcomeSimulator,
@@ -103,5 +103,6 @@ __all__ = [
     "program_readout",
     "questions_frame",
     "pool_fits",
+    "EnsembleSimulator",
     "register_outcome",
 ]

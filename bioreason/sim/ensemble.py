@@ -5,19 +5,25 @@ approximate posteriors; each fit's per-draw interval (``p_star_low`` .. ``p_star
 knows nothing of the other. :func:`pool_fits` pools the per-draw probabilities of several
 fits (:meth:`OutcomeSimulator.probability` with ``keep_draws=True``) into one p* per
 question whose interval includes the fit-to-fit variation (docs/simulator.md, "Honest
-uncertainty").
+uncertainty"). :class:`EnsembleSimulator` is an :class:`OutcomeSimulator` over several
+fits: its p* is the pooled one and its outcomes are drawn from the mixture, so
+:func:`bioreason.sim.build_task` and RL with live outcomes take it as they take one fit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from bioreason.sim.simulator import INTERVAL_QUANTILES
+from bioreason.sim.simulator import _CANONICAL, INTERVAL_QUANTILES, OutcomeSimulator
 
-__all__ = ["pool_fits"]
+__all__ = ["EnsembleSimulator", "pool_fits"]
+
+#: tag of the random stream that picks each outcome's fit (no other stream uses it)
+_PICK_TAG = 0xF175
 
 
 def _weighted_quantiles(
@@ -50,22 +56,22 @@ def pool_fits(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     probabilities), ``p_star_low`` / ``p_star_high`` (the mixture's 5 % and 95 %
     quantiles), ``p_star_between_fits`` (sd of the fits' p* across fits, ddof 1),
     ``p_star_within_fit`` (the mean of the fits' ``p_star_spread``), ``n_draws`` (all
-    fits' draws), ``converged`` (every fit converged), ``n_fits`` and ``p_star_draws``
+    fits' draws), ``converged`` (every fit converged), ``n_fits`` and ``p_star_per_draw``
     (the pooled draws). ``attrs["seconds"]`` sums the fits'.
 
     Raises
     ------
     ValueError
-        No frames; a frame without ``p_star_draws``; frames of other questions or in
+        No frames; a frame without ``p_star_per_draw``; frames of other questions or in
         another order (naming the first row that differs).
     """
     frames = list(frames)
     if not frames:
         raise ValueError("pool_fits needs at least one fit's probabilities")
     for index, frame in enumerate(frames):
-        if "p_star_draws" not in frame.columns:
+        if "p_star_per_draw" not in frame.columns:
             raise ValueError(
-                f"fit {index} has no p_star_draws column: compute its probabilities with "
+                f"fit {index} has no p_star_per_draw column: compute its probabilities with "
                 "OutcomeSimulator.probability(..., keep_draws=True)"
             )
     first = frames[0]
@@ -90,7 +96,7 @@ def pool_fits(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     within = np.stack([f["p_star_spread"].to_numpy(dtype=float) for f in frames])
     low, high, spread, pooled = [], [], [], []
     for q in range(len(first)):
-        draws = [np.asarray(f["p_star_draws"].iloc[q], dtype=float) for f in frames]
+        draws = [np.asarray(f["p_star_per_draw"].iloc[q], dtype=float) for f in frames]
         values = np.concatenate(draws)
         weights = np.concatenate([np.full(len(d), 1.0 / (k * len(d))) for d in draws])
         lo, hi = _weighted_quantiles(values, weights, INTERVAL_QUANTILES)
@@ -111,7 +117,7 @@ def pool_fits(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     out["n_draws"] = np.sum([f["n_draws"].to_numpy() for f in frames], axis=0)
     out["converged"] = np.all([f["converged"].to_numpy(dtype=bool) for f in frames], axis=0)
     out["n_fits"] = k
-    out["p_star_draws"] = pooled
+    out["p_star_per_draw"] = pooled
     out.attrs["seconds"] = float(sum(f.attrs.get("seconds", 0.0) for f in frames))
     return out
 
@@ -124,5 +130,133 @@ _POOLED = {
     "p_star_high",
     "n_draws",
     "converged",
-    "p_star_draws",
+    "p_star_per_draw",
 }
+
+
+class EnsembleSimulator(OutcomeSimulator):
+    """An :class:`OutcomeSimulator` over several fits of one model to the same cells
+    (e.g. SAMS-VAE from several seeds), answering as their equal-weight mixture.
+
+    It is the first fit's simulator (its questions, readouts, thresholds, descriptions
+    and unseen parts), with the other fits kept in step: the same outcome definition
+    (thresholds included) and the same readouts. :meth:`probability` is
+    :func:`pool_fits` of every fit's; :meth:`sample` draws each outcome from a fit picked
+    uniformly at random, so an outcome is a Bernoulli draw of the pooled p*.
+
+    Parameters
+    ----------
+    models : sequence of fitted models
+        At least one; every one with the first's genes.
+    *args, **options
+        :class:`OutcomeSimulator`'s arguments (outcome, ``readouts=``, ``budget=``,
+        ``observed=``, outcome options ...), given to every fit's simulator.
+
+    Raises
+    ------
+    ValueError
+        No models, or a model whose genes differ from the first's (naming it).
+    """
+
+    def __init__(self, models: Sequence[Any], *args: Any, **options: Any) -> None:
+        models = list(models)
+        if not models:
+            raise ValueError("EnsembleSimulator needs at least one fitted model")
+        super().__init__(models[0], *args, **options)
+        genes = list(map(str, models[0].gene_names))
+        for index, model in enumerate(models[1:], start=1):
+            if list(map(str, getattr(model, "gene_names", []))) != genes:
+                raise ValueError(
+                    f"model {index} has other genes than model 0: the fits of an ensemble "
+                    "must be fits of one model to the same genes"
+                )
+        others = dict(options)
+        others.pop("questions", None)
+        self.others = [OutcomeSimulator(model, *args, **others) for model in models[1:]]
+        for other in self.others:
+            other.readouts = self.readouts  # one set: a readout added is every fit's
+
+    @property
+    def models(self) -> list[Any]:
+        """The fits, the first one first."""
+        return [self.model, *(other.model for other in self.others)]
+
+    def _in_step(self, questions: Any) -> pd.DataFrame:
+        """The questions resolved once (as (condition, readout) rows every fit reads),
+        with the thresholds fixed by the first fit and given to the others."""
+        frame = self._resolve(self.questions if questions is None else questions)
+        self.fix_thresholds(list(dict.fromkeys(frame["readout"])))
+        for other in self.others:
+            other.outcome = self.outcome
+        return frame.drop(columns=[_CANONICAL])
+
+    def probability(
+        self,
+        questions: Any = None,
+        budget: Any = None,
+        *,
+        seed: int = 0,
+        keep_draws: bool = False,
+        **changes: Any,
+    ) -> pd.DataFrame:
+        """p* of every question under the mixture of the fits.
+
+        Every fit computes its p* with the same budget and seed
+        (:meth:`OutcomeSimulator.probability`), and :func:`pool_fits` pools them.
+
+        Returns
+        -------
+        DataFrame
+            :meth:`OutcomeSimulator.probability`'s columns, pooled as :func:`pool_fits`
+            gives them (with ``p_star_between_fits``, ``p_star_within_fit`` and
+            ``n_fits``); ``p_star_per_draw`` only with ``keep_draws``.
+        """
+        frame = self._in_step(questions)
+        frames = [
+            OutcomeSimulator.probability(self, frame, budget, seed=seed, keep_draws=True, **changes)
+        ]
+        frames += [
+            other.probability(frame, budget, seed=seed, keep_draws=True, **changes)
+            for other in self.others
+        ]
+        pooled = pool_fits(frames)
+        if not keep_draws:
+            pooled = pooled.drop(columns="p_star_per_draw")
+        pooled.attrs["outcome"] = self.outcome.to_json()
+        return pooled
+
+    def sample(
+        self, questions: Any = None, n: int = 1, seed: int = 0, *, independent: bool = True
+    ) -> Any:
+        """0/1 outcomes, ``n`` per question, each from a fit picked at random.
+
+        With ``independent=True`` every outcome picks its fit on its own; with
+        ``independent=False`` outcome ``j`` of every question comes from one fit (one
+        realisation of the world is one fit's). Fit ``k`` samples with the seed
+        ``SeedSequence([seed, k])`` (:meth:`OutcomeSimulator.sample`), and the picks come
+        from a stream of their own, so the outcomes are Bernoulli draws of the pooled p*.
+
+        Returns
+        -------
+        Tensor, shape (len(questions), n), float64 of 0/1.
+        """
+        import torch
+
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        frame = self._in_step(questions)
+        fits = [self, *self.others]
+        outcomes = []
+        for k, fit in enumerate(fits):
+            fit_seed = int(np.random.SeedSequence([int(seed), k]).generate_state(1)[0])
+            drawn = OutcomeSimulator.sample(fit, frame, int(n), fit_seed, independent=independent)
+            outcomes.append(np.asarray(drawn))
+        stacked = np.stack(outcomes)  # (K, Q, n)
+        rng = np.random.default_rng([int(seed), _PICK_TAG])
+        q = len(frame)
+        if independent:
+            picks = rng.integers(len(fits), size=(q, int(n)))
+        else:
+            picks = np.broadcast_to(rng.integers(len(fits), size=int(n)), (q, int(n)))
+        chosen = np.take_along_axis(stacked, picks[None], axis=0)[0]
+        return torch.as_tensor(chosen, dtype=torch.float64)

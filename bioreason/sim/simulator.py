@@ -616,7 +616,7 @@ class OutcomeSimulator:
             Seeds the posterior draws and the simulated cells.
         keep_draws : bool, default False
             Also return every question's per-draw probabilities P_k (column
-            ``p_star_draws``, a float array per row), e.g. to pool several fits with
+            ``p_star_per_draw``, a float array per row), e.g. to pool several fits with
             :func:`bioreason.sim.pool_fits`.
         **changes
             Fields of the budget changed for this call only, e.g. ``target_se=0.005``
@@ -637,7 +637,7 @@ class OutcomeSimulator:
         ``unseen_parts`` (the condition's parts never measured alone, joined by
         ``", "``; ``""`` when there are none, None when no cells are known: see
         :meth:`unseen_parts`; a non-empty value means p* rests on the model's prior for
-        those parts), and with ``keep_draws`` ``p_star_draws``. ``attrs["seconds"]`` is
+        those parts), and with ``keep_draws`` ``p_star_per_draw``. ``attrs["seconds"]`` is
         the wall time.
         """
         start_time = time.perf_counter()
@@ -714,7 +714,7 @@ class OutcomeSimulator:
             pooled = [
                 np.concatenate(parts) if parts else np.empty((0, shape[1])) for parts in per_draw
             ]
-            result["p_star_draws"] = [
+            result["p_star_per_draw"] = [
                 pooled[c][:, r].copy() for c, r in zip(q_cond, q_read, strict=True)
             ]
         result.attrs["seconds"] = time.perf_counter() - start_time
