@@ -23,6 +23,7 @@ __all__ = [
     "LOG_FILE",
     "METRICS_FILE",
     "MODEL_DIR",
+    "fit_model_dir",
     "PIPELINE_RECORD",
     "PREDICTIONS_FILE",
     "PREDICTION_COLUMNS",
@@ -51,6 +52,13 @@ SPLIT_FILE = "split.npz"
 TASK_FILE = "task.parquet"
 #: a fitted model's folder (``vae`` stage; a warm start's and a fine-tuning job's LM)
 MODEL_DIR = "model"
+
+
+def fit_model_dir(fit: int) -> str:
+    """The ``vae`` stage's folder of fit ``fit`` (``vae.fits``): ``model`` for fit 0,
+    ``model_fit<k>`` for the others."""
+    return MODEL_DIR if fit == 0 else f"{MODEL_DIR}_fit{fit}"
+
 #: ``calibration`` stage: one row per job, one row per method, as a table and markdown
 RUNS_FILE = "runs.csv"
 SUMMARY_FILE = "summary.csv"

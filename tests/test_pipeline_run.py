@@ -606,3 +606,50 @@ def test_changing_the_vae_or_the_screen_of_a_finished_run_recomputes(tiny_run, t
     assert "[data] up to date" not in printed and "[vae] up to date" not in printed
     data = json.loads((copy / "data" / "manifest.json").read_text())
     assert data["config"]["data"]["screen"]["n_cells_per_condition"] == 20
+
+
+def test_vae_fits_pools_the_fits_into_the_tasks_p_star(tiny_run, tmp_path, capsys):
+    """vae.fits: 2 fits the model a second time from seed + 1000 (model_fit1/), and the
+    task stage answers with the two fits' mixture: p* is the mean of the fits' own p*
+    (each computed alone with the task's thresholds, budget and seed)."""
+    import dataclasses
+
+    from bioreason.pipelines.config import load_pipeline_config
+    from bioreason.sim import build_task_from_config
+
+    out, config, _ = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    argv = ["run", str(config), "--out", str(copy), "--workers", "1", "--no-report"]
+    argv += ["--set", "vae.fits=2"]
+    assert main([*argv, "--only", "vae"]) == 0
+    assert main([*argv, "--only", "task"]) == 0
+    printed = capsys.readouterr().out
+    assert "fit 2 of 2, seed 1000" in printed and "the 2 fits of the model pooled" in printed
+    vae = json.loads((copy / "vae" / "result.json").read_text())
+    assert [fit["seed"] for fit in vae["fits"]] == [0, 1000]
+    assert vae["iwelbo_heldout"] == vae["fits"][0]["iwelbo_heldout"]  # fit 0 on top
+    assert vae["fits"][0]["iwelbo_heldout"] != vae["fits"][1]["iwelbo_heldout"]
+    assert json.loads((copy / "task" / "result.json").read_text())["n_fits"] == 2
+    task = pd.read_parquet(copy / "task" / "task.parquet")
+    thresholds = json.loads(task["outcome_definition"].iloc[0])["threshold"]
+    loaded = load_pipeline_config(config, ["vae.fits=2"])
+    data = json.loads((copy / "data" / "result.json").read_text())
+    train_cells = None
+    if data.get("heldout_conditions"):
+        with np.load(copy / "data" / "split.npz") as split:
+            train_cells = np.concatenate([split["train"], split["val"]])
+    each = []
+    for folder in ("model", "model_fit1"):
+        options = dataclasses.replace(
+            loaded.task.options,
+            seed=loaded.seed,
+            model=str(copy / "vae" / folder),
+            adata=str(copy / "data" / "data.h5ad"),
+            outcome_options={**loaded.task.options.outcome_options, "threshold": thresholds},
+        )
+        each.append(build_task_from_config(options, train_cells=train_cells)["p_star"])
+    assert np.allclose(task["p_star"], (each[0] + each[1]) / 2, atol=1e-12)
+    assert not np.allclose(each[0], each[1])  # two fits, two answers
+    assert main([*argv[:-1], "vae.fits=0", "--only", "vae"]) == 1
+    assert "vae: fits must be an integer >= 1, got 0" in capsys.readouterr().err

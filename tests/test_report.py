@@ -511,7 +511,13 @@ def test_the_simulator_check_judges_p_star_against_its_targets(run_dir):
     bias = 0.6 * task["p_true"].mean() - task["p_true"].mean()
     assert "p* misses its targets" in section
     assert f"bias {bias:+.3f}" in section
-    assert "basal_guide: residual" in section
+    assert "basal_guide: residual" in section and "learn_mask_prior: true" in section
+    assert "p* is one fit" in section and "vae.fits: 3" in section  # no n_fits: one fit
+    result_path = run_dir / "task" / "result.json"
+    result = json.loads(result_path.read_text())
+    result_path.write_text(json.dumps({**result, "n_fits": 3}))
+    section = _section(write_report(run_dir, force=True).html.read_text(), "task")
+    assert "p* pools 3 fits of the model (vae.fits)" in section and "is one fit" not in section
 
 
 @pytest.mark.parametrize(

@@ -124,12 +124,24 @@ class VAEStageConfig(Config):
     evaluation : EvaluationConfig
         What is measured after training (:class:`bioreason.models.EvaluationConfig`:
         which evaluations, ``iwelbo_particles``, ``ate_cells``, ...).
+    fits : int, default 1
+        How many times the model is fitted to the same cells: fit 0 with the pipeline's
+        seed (``model/``), fit k with seed + 1,000 k (``model_fit<k>/``), each trained and
+        evaluated alike. With more than one, the ``task`` stage answers with their
+        equal-weight mixture (:class:`bioreason.sim.EnsembleSimulator`): p* no longer
+        depends on one fit's starting point, and its 90 % intervals carry the
+        fit-to-fit variation (docs/simulator.md, "Honest uncertainty").
     """
 
     model: Literal["sams_vae", "cpa_vae", "conditional_vae", "svae_plus"] = "sams_vae"
     options: VAEConfig = field(default_factory=VAEConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    fits: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fits, bool) or not isinstance(self.fits, int) or self.fits < 1:
+            raise ValueError(f"fits must be an integer >= 1, got {self.fits!r}")
 
     moved_fields: ClassVar[dict[str, str]] = {
         "steps": "train.max_steps",

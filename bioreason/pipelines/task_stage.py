@@ -17,7 +17,7 @@ import pandas as pd
 
 from bioreason.pipelines.config import PipelineConfig
 from bioreason.pipelines.stages import Stage, say
-from bioreason.run_layout import DATA_FILE, MODEL_DIR, TASK_FILE
+from bioreason.run_layout import DATA_FILE, MODEL_DIR, TASK_FILE, fit_model_dir
 from bioreason.stage import StageResult
 
 __all__ = ["task_stage"]
@@ -46,9 +46,11 @@ def task_stage(config: PipelineConfig) -> Stage:
                 seed=config.seed,
                 ground_truth=bool(upstream["data"].result.get("ground_truth")),
                 model=str(upstream["vae"].path / MODEL_DIR),
+                ensemble=[str(upstream["vae"].path / d) for d in _further_fits(config)],
                 adata=str(data_dir / DATA_FILE),
             )
-            say("[task] questions and p* from the fitted model (outcome simulator)")
+            fits = f"the {config.vae.fits} fits of the model pooled" if options.ensemble else ""
+            say(f"[task] questions and p* from {fits or 'the fitted model'} (outcome simulator)")
             train_cells = _train_cells(upstream["data"])
             table = build_task_from_config(options, train_cells=train_cells)
             cells = _check_on_cells(options, table, upstream["data"], train_cells)
@@ -66,6 +68,8 @@ def task_stage(config: PipelineConfig) -> Stage:
             "summary": summary,
             "seconds": time.perf_counter() - start,
         }
+        if task_config.source == "simulator":
+            result["n_fits"] = config.vae.fits  # p* from one fit, or from their mixture
         p_star = table["p_star"].to_numpy(dtype=float)
         p_true = table["p_true"].to_numpy(dtype=float)
         both = np.isfinite(p_star) & np.isfinite(p_true)
@@ -90,7 +94,12 @@ def task_stage(config: PipelineConfig) -> Stage:
 
     def inputs(up: Mapping[str, StageResult]) -> dict[str, Path]:
         if task_config.source == "simulator":
-            return {MODEL_DIR: up["vae"].path / MODEL_DIR, "data": up["data"].path / DATA_FILE}
+            fits = {d: up["vae"].path / d for d in _further_fits(config)}
+            return {
+                MODEL_DIR: up["vae"].path / MODEL_DIR,
+                **fits,
+                "data": up["data"].path / DATA_FILE,
+            }
         if task_config.source == "replogle":
             return {"replogle": Path(task_config.replogle_folder)}
         return {"task": Path(task_config.source)}
@@ -103,6 +112,11 @@ def task_stage(config: PipelineConfig) -> Stage:
         seed=config.seed,
         outputs=[TASK_FILE, f"{TASK_FILE}.summary.json"],
     )
+
+
+def _further_fits(config: PipelineConfig) -> list[str]:
+    """The ``vae`` stage's folders of its fits after the first (``vae.fits``)."""
+    return [fit_model_dir(fit) for fit in range(1, config.vae.fits)]
 
 
 def _train_cells(data: StageResult) -> np.ndarray | None:

@@ -3,7 +3,8 @@
 (:func:`bioreason.models.fit_vae`, the function ``bioreason train-vae`` and the VAE
 benchmarks call): by default its held-out IWELBO, average-treatment-effect agreement on
 the held-out and seen conditions, mask recovery where the truth is known and a posterior
-predictive check (``vae.evaluation``). Writes ``model/``."""
+predictive check (``vae.evaluation``). Writes ``model/`` (and, with ``vae.fits`` > 1,
+``model_fit1/`` ...: the same model fitted from other seeds)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ import numpy as np
 
 from bioreason.pipelines.config import PipelineConfig
 from bioreason.pipelines.stages import Stage, say
-from bioreason.run_layout import DATA_FILE, MODEL_DIR, SPLIT_FILE
+from bioreason.run_layout import DATA_FILE, SPLIT_FILE, fit_model_dir
 from bioreason.stage import StageResult
 
 __all__ = ["vae_stage"]
 
 _CHECKPOINT = "checkpoint"
+#: fit k of ``vae.fits`` trains with the pipeline's seed + k times this
+_FIT_SEED_STEP = 1000
 
 
 def vae_stage(config: PipelineConfig) -> Stage:
@@ -54,26 +57,40 @@ def vae_stage(config: PipelineConfig) -> Stage:
             if "ground_truth" in adata.uns
             else None
         )
-        checkpoint = stage_dir / _CHECKPOINT  # left only by an interrupted run: resume it
-        say(f"[vae] fitting {vae.model}: {vae.train.max_steps} steps on {split.train.size} cells")
-        model, result = fit_vae(
-            adata,
-            split,
-            vae.model,
-            vae.options,
-            dataclasses.replace(vae.train, progress=False),  # a stage prints no progress bar
-            vae.evaluation,
-            truth=truth,
-            checkpoint_dir=checkpoint,
-            resume=checkpoint.is_dir(),
-        )
-        model.save(stage_dir / MODEL_DIR, overwrite=True)
-        seconds = result["train_seconds"]
-        say(
-            f"[vae] {seconds:.0f} s; held-out IWELBO "
-            f"{result.get('iwelbo_heldout', math.nan):.1f} nats/cell, ATE Pearson on held-out "
-            f"combinations {result.get('ate_pearson_heldout', math.nan):.2f}"
-        )
+        fitted = []
+        for fit in range(vae.fits):
+            # left only by an interrupted run: resume it
+            checkpoint = stage_dir / _checkpoint(fit)
+            seed = vae.train.seed + _FIT_SEED_STEP * fit
+            which = f" (fit {fit + 1} of {vae.fits}, seed {seed})" if vae.fits > 1 else ""
+            say(
+                f"[vae] fitting {vae.model}: {vae.train.max_steps} steps on "
+                f"{split.train.size} cells{which}"
+            )
+            model, result = fit_vae(
+                adata,
+                split,
+                vae.model,
+                vae.options,
+                # a stage prints no progress bar
+                dataclasses.replace(vae.train, progress=False, seed=seed),
+                vae.evaluation,
+                truth=truth,
+                checkpoint_dir=checkpoint,
+                resume=checkpoint.is_dir(),
+            )
+            model.save(stage_dir / fit_model_dir(fit), overwrite=True)
+            seconds = result["train_seconds"]
+            say(
+                f"[vae] {seconds:.0f} s; held-out IWELBO "
+                f"{result.get('iwelbo_heldout', math.nan):.1f} nats/cell, ATE Pearson on "
+                f"held-out combinations {result.get('ate_pearson_heldout', math.nan):.2f}"
+            )
+            fitted.append({"seed": seed, **result})
+        result = dict(fitted[0])
+        del result["seed"]
+        if vae.fits > 1:
+            result["fits"] = fitted  # every fit's figures, fit 0's first
         return result
 
     return Stage(
@@ -82,6 +99,11 @@ def vae_stage(config: PipelineConfig) -> Stage:
         config={"vae": config.vae},
         inputs=lambda up: {"data": up["data"].path / DATA_FILE},
         seed=config.seed,
-        outputs=[MODEL_DIR],
-        scratch=[_CHECKPOINT],
+        outputs=[fit_model_dir(fit) for fit in range(config.vae.fits)],
+        scratch=[_checkpoint(fit) for fit in range(config.vae.fits)],
     )
+
+
+def _checkpoint(fit: int) -> str:
+    """The training checkpoint's folder of fit ``fit``."""
+    return _CHECKPOINT if fit == 0 else f"{_CHECKPOINT}_fit{fit}"

@@ -123,6 +123,12 @@ class TaskConfig(Config):
         Registry name (``"sams_vae"``) or class name (``"SAMSVAE"``) of
         :data:`bioreason.models.MODELS`; default: the class recorded in the folder's
         ``attributes.json``.
+    ensemble : list of str
+        Folders of further fits of the same model to the same cells (e.g. from other
+        seeds). With them p* and the outcomes come from the equal-weight mixture of
+        ``model`` and these fits (:class:`bioreason.sim.EnsembleSimulator`), whose 90 %
+        intervals carry the fit-to-fit variation (docs/simulator.md, "Honest
+        uncertainty"). Default: none, ``model`` alone.
     adata : str, optional
         ``.h5ad`` of observed cells with the model's genes: the source of ``measured``
         conditions, learned programs, data-dependent thresholds (``cell_expression``)
@@ -209,6 +215,7 @@ class TaskConfig(Config):
 
     model: str | None = None
     model_class: str | None = None
+    ensemble: list[str] = field(default_factory=list)
     adata: str | None = None
     device: str = "cpu"
     outcome: str = "screen_hit"
@@ -506,10 +513,11 @@ def build_task_from_config(
     Returns
     -------
     DataFrame, the task table of :func:`bioreason.sim.build_task`;
-    ``attrs["summary"]`` is its summary plus the budget's ``target_se`` and
-    ``n_unconverged``.
+    ``attrs["summary"]`` is its summary plus ``n_fits`` (1 + the ``ensemble`` folders),
+    the budget's ``target_se`` and ``n_unconverged``.
     """
     from bioreason.data.tasks import save_task
+    from bioreason.sim.ensemble import EnsembleSimulator
     from bioreason.sim.ground_truth import GroundTruthSimulator
     from bioreason.sim.simulator import OutcomeSimulator
     from bioreason.sim.tasks import build_task
@@ -534,11 +542,15 @@ def build_task_from_config(
             "by simulate_screen know their true parameters)"
         )
     model = load_model(config.model, config.model_class, adata=adata, device=config.device)
+    fits = [
+        load_model(path, config.model_class, adata=adata, device=config.device)
+        for path in config.ensemble
+    ]
     programs = _programs(config, model, adata)
     readouts = list(config.readouts) or [r.name for r in programs]
     options = dict(readouts=programs, observed=adata, budget=config.budget)
-    simulator = OutcomeSimulator(
-        model,
+    simulator = (EnsembleSimulator if fits else OutcomeSimulator)(
+        [model, *fits] if fits else model,
         config.outcome,
         library_sizes=config.library_sizes,
         library_cells=None if train_cells is None else _training_cells(adata, train_cells),
@@ -579,11 +591,13 @@ def build_task_from_config(
     )
     table.attrs["summary"] = {
         **table.attrs["summary"],
+        "n_fits": 1 + len(fits),
         "target_se": config.budget.target_se,
         "n_unconverged": int((table["p_star_se"] > config.budget.target_se).sum()),
     }
     if out is not None:
         inputs = {"model": config.model}
+        inputs.update({f"ensemble{k}": path for k, path in enumerate(config.ensemble, start=1)})
         if config.adata is not None:
             inputs["adata"] = config.adata
         if isinstance(config.programs, str):
