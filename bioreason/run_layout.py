@@ -59,6 +59,7 @@ def fit_model_dir(fit: int) -> str:
     ``model_fit<k>`` for the others."""
     return MODEL_DIR if fit == 0 else f"{MODEL_DIR}_fit{fit}"
 
+
 #: ``calibration`` stage: one row per job, one row per method, as a table and markdown
 RUNS_FILE = "runs.csv"
 SUMMARY_FILE = "summary.csv"
