@@ -140,38 +140,29 @@ def _print_metrics(prefix: str, table: pd.DataFrame) -> None:
 
 
 def _fit_and_ask(
-    cls,
-    label,
-    args,
-    demo,
-    data,
-    train_adata,
-    n_train,
-    steps,
-    asked,
-    budget,
-    thresholds,
-    options,
-    *,
-    keep_draws: bool,
-    fit_seed: int,
+    name: str, label: str, args, asked: pd.DataFrame, screen: dict, *, fit_seed: int
 ) -> pd.DataFrame:
-    """Fit one model on the training cells (seeded by ``fit_seed``) and compute p* of the
-    questions it can answer; prints its timings and training figures."""
+    """Fit model ``name`` on the training cells (seeded by ``fit_seed``) and compute p* of
+    the questions ``asked`` (with the per-draw probabilities when ``--fits`` > 1); prints
+    its timings and training figures under ``label``. ``screen``: the screen's ``data``,
+    ``train_adata``, ``n_train``, ``steps``, ``demo`` config, ``thresholds``, ``budget``
+    and outcome ``options``, the same for every fit."""
+    from bioreason.models import MODELS
     from bioreason.sim import OutcomeSimulator
 
-    model_adata = train_adata.copy()
+    cls = MODELS[name]
+    model_adata = screen["train_adata"].copy()
+    n_train = screen["n_train"]
     cls.setup_anndata(model_adata)
-    vae_options = demo.vae.options.to_dict()
-    if args.basal_guide is not None and label.split("_fit")[0] != "conditional_vae":
+    vae_options = screen["demo"].vae.options.to_dict()
+    if args.basal_guide is not None and name != "conditional_vae":
         vae_options["basal_guide"] = args.basal_guide
     vae_options.update(args.vae_options)
-    model = cls(
-        model_adata, perturbation_names=data.perturbation_names, seed=fit_seed, **vae_options
-    )
+    names = screen["data"].perturbation_names
+    model = cls(model_adata, perturbation_names=names, seed=fit_seed, **vae_options)
     start = time.perf_counter()
     model.train(
-        max_steps=steps,
+        max_steps=screen["steps"],
         batch_size=512,
         n_particles=5,
         lr=args.lr,
@@ -185,11 +176,15 @@ def _fit_and_ask(
     )
     train_seconds = time.perf_counter() - start
     simulator = OutcomeSimulator(
-        model, "screen_hit", threshold=thresholds, budget=budget, **options
+        model,
+        "screen_hit",
+        threshold=screen["thresholds"],
+        budget=screen["budget"],
+        **screen["options"],
     )
     start = time.perf_counter()
     frame = simulator.probability(
-        asked[["condition", "readout"]], seed=args.seed, keep_draws=keep_draws
+        asked[["condition", "readout"]], seed=args.seed, keep_draws=args.fits > 1
     )
     pstar_seconds = time.perf_counter() - start
     frame["condition"] = asked["condition"].to_numpy()
@@ -335,6 +330,16 @@ def main(argv: list[str] | None = None) -> int:
         frames.append(frame.assign(model=label))
 
     # ---------------------------------------------------------------- models
+    screen = {
+        "demo": demo,
+        "data": data,
+        "train_adata": train_adata,
+        "n_train": n_train,
+        "steps": steps,
+        "thresholds": thresholds,
+        "budget": budget,
+        "options": options,
+    }
     for name in args.models:
         cls = MODELS[name]
         asked = questions if cls.composes else questions[questions["group"] == "seen"]
@@ -342,22 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         for fit in range(args.fits):
             # fit 0 is the single fit's (seed --seed); the others start elsewhere
             label = name if fit == 0 else f"{name}_fit{fit}"
-            frame = _fit_and_ask(
-                cls,
-                label,
-                args,
-                demo,
-                data,
-                train_adata,
-                n_train,
-                steps,
-                asked,
-                budget,
-                thresholds,
-                options,
-                keep_draws=args.fits > 1,
-                fit_seed=args.seed + 1000 * fit,
-            )
+            frame = _fit_and_ask(name, label, args, asked, screen, fit_seed=args.seed + 1000 * fit)
             if not cls.composes:
                 print(f"{label}_heldout: skipped (the model cannot compose unseen combinations)")
             _print_metrics(label, compare_to_truth(frame, truth_frame, n_boot=args.n_boot))
