@@ -38,10 +38,14 @@ that Monte Carlo noise alone would give (noise floor), and the seconds spent; pl
 truth's own Monte Carlo SE.
 
     python benchmarks/simulator_accuracy.py [--threads 2] [--steps 800] [--n-programs 10]
-        [--n-genes 0] [--target-se 0.01] [--seed 0] [--screen JSON] [--out accuracy.parquet]
+        [--n-genes 0] [--target-se 0.01] [--seed 0] [--screen JSON] [--fits 1]
+        [--out accuracy.parquet]
 
 ``--screen`` overrides fields of the demo's ``ScreenConfig``, e.g.
-``--screen '{"n_cells_per_condition": 200}'`` for another screen size.
+``--screen '{"n_cells_per_condition": 200}'`` for another screen size. ``--fits 3`` fits
+each model three times (seeds ``--seed``, ``--seed`` + 1,000, ``--seed`` + 2,000) and
+also prints the fits pooled (``<model>_pooled_*``: :func:`bioreason.sim.pool_fits`) and
+the sd of p* across the fits against each fit's own spread.
 """
 
 from __future__ import annotations
