@@ -30,6 +30,18 @@ Prints one ``name: value unit`` line per figure: per group the mean |p* - refere
 - mean reference), the ECE of p* against the reference, and the same for the additive
 baseline on the held-out group.
 
+``--fits K`` fits SAMS-VAE K times from other seeds (``--seed``, ``--seed`` + 1,000, ...,
+as the pipeline's ``vae.fits``) on the same cells and prints each fit's figures
+(``sams_vae_*``, ``sams_vae_fit<k>_*``), the fits pooled (``sams_vae_pooled_*``,
+:func:`bioreason.sim.pool_fits`) and the sd of p* across fits beside each fit's own spread.
+
+The headline, for the held-out combinations (p* pooled when ``--fits`` > 1):
+``real_mae_pstar_pobs``, ``real_ece_pstar_pobs``, ``real_bias_pstar_pobs``,
+``real_pobs_in_90pct_interval`` (the share of questions whose p_obs lies inside p*'s
+central 90 % per-draw interval), the same ``real_*_additive_pobs`` for the additive
+baseline, ``real_pobs_own_error``, and per held-out pair ``real_<pair>_mae_pstar_pobs``,
+``real_<pair>_mae_additive_pobs`` and ``real_<pair>_pobs_own_error``.
+
 Simulated cells draw their library sizes from their own condition's training cells
 (``--library-sizes per_condition``, the default): on these cells a perturbation changes
 the total count several-fold (medians 54 to 366 against the control's 107), and the
@@ -37,7 +49,7 @@ log-normalized score moves with it. A held-out pair's sizes are composed from it
 
     python benchmarks/simulator_real.py [--threads 2] [--steps 3000] [--embedding-lr 0.03]
         [--library-sizes per_condition|pooled] [--n-programs 10] [--heldout-fraction 0.34]
-        [--seed 0]
+        [--seed 0] [--fits 1]
 """
 
 from __future__ import annotations
@@ -79,6 +91,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--target-se", type=float, default=0.01)
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--fits",
+        type=int,
+        default=1,
+        help="SAMS-VAE fits from other seeds (--seed, --seed + 1000, ...), on the same "
+        "cells; with 2 or more their p* are pooled (bioreason.sim.pool_fits), as the "
+        "pipeline's vae.fits does",
+    )
     return parser
 
 
@@ -108,15 +128,94 @@ def _report(prefix: str, frame, reference, n_boot: int) -> None:
             _line(f"{name}_reference_in_90pct_interval", row["interval_coverage"], "fraction")
 
 
+def _fit_and_ask(label: str, args, screen: dict, *, fit_seed: int):
+    """Fit SAMS-VAE on the training cells (seeded by ``fit_seed``) and compute p* of
+    ``screen["questions"]`` (with the per-draw probabilities when ``--fits`` > 1);
+    prints its timings under ``label``. Returns the simulator's probability frame."""
+    from bioreason.models import SAMSVAE
+    from bioreason.sim import OutcomeSimulator, SimulationBudget
+
+    model_adata = screen["adata"].copy()
+    SAMSVAE.setup_anndata(model_adata, **screen["setup"].to_dict())
+    model = SAMSVAE(
+        model_adata,
+        perturbation_names=screen["names"],
+        seed=fit_seed,
+        **{
+            **screen["options"],
+            # the mask prior fixed, as in pipelines/configs/norman.yaml: learned from
+            # these cells it composes the held-out pairs worse (docs/simulator.md)
+            "learn_mask_prior": False,
+            **({"basal_guide": args.basal_guide} if args.basal_guide else {}),
+            **args.vae_options,
+        },
+    )
+    n_train = screen["n_train"]
+    start = time.perf_counter()
+    model.train(
+        max_steps=args.steps,
+        batch_size=512,
+        n_particles=5,
+        lr=args.lr,
+        embedding_lr=args.embedding_lr,
+        seed=fit_seed,
+        device="cpu",
+        train_indices=np.arange(n_train),
+        validation_indices=np.arange(n_train, model_adata.n_obs),
+        progress=False,
+    )
+    _line(f"{label}_train_seconds", time.perf_counter() - start, "s")
+    _line(f"{label}_mask_prior_probability", model.get_mask_prior_probability(), "probability")
+    simulator = OutcomeSimulator(
+        model,
+        screen["outcome"],
+        readouts=screen["readouts"],
+        budget=SimulationBudget(target_se=args.target_se),
+        library_sizes=args.library_sizes,
+    )
+    start = time.perf_counter()
+    frame = simulator.probability(screen["questions"], seed=args.seed, keep_draws=args.fits > 1)
+    _line(f"{label}_pstar_seconds", time.perf_counter() - start, "s")
+    return frame
+
+
+def _summary(final, additive, reference, held_reference, n_boot: int) -> None:
+    """The issue's headline lines for the held-out combinations: ``real_*_pobs`` for p*
+    (pooled when ``--fits`` > 1) and the additive baseline, p_obs's own error beside
+    them, and the same per held-out condition."""
+    from bioreason.sim.accuracy import compare_to_truth, join_truth
+
+    held = final[final["group"] == "heldout"]
+    for name, frame in (("pstar", held), ("additive", additive)):
+        row = compare_to_truth(frame, reference, n_boot=n_boot).loc["heldout"]
+        _line(f"real_mae_{name}_pobs", row["mean_abs_error"], "probability")
+        _line(f"real_ece_{name}_pobs", row["ece_to_reference"], "probability")
+        _line(f"real_bias_{name}_pobs", row["bias"], "probability")
+        if name == "pstar" and not np.isnan(row["interval_coverage"]):
+            _line("real_pobs_in_90pct_interval", row["interval_coverage"], "fraction")
+    _line("real_pobs_own_error", held_reference["p_obs_own_error"].mean(), "probability")
+    joined = {
+        name: join_truth(frame, reference).assign(
+            abs_error=lambda t: (t["p_star"].clip(0, 1) - t["p_true"].clip(0, 1)).abs()
+        )
+        for name, frame in (("pstar", held), ("additive", additive))
+    }
+    own = held_reference.groupby("condition")["p_obs_own_error"].mean()
+    for condition in sorted(held["condition"].unique()):
+        for name, table in joined.items():
+            error = table.loc[table["condition"] == condition, "abs_error"].mean()
+            _line(f"real_{condition}_mae_{name}_pobs", error, "probability")
+        _line(f"real_{condition}_pobs_own_error", own[condition], "probability")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     import pandas as pd
 
     import bioreason.data as bd
-    from bioreason.models import SAMSVAE
     from bioreason.pipelines.demo import demo_config
-    from bioreason.sim import OutcomeSimulator, SimulationBudget, learn_programs
+    from bioreason.sim import learn_programs
     from bioreason.sim.baselines import heldout_reference, observed_probability, plugin_error
     from bioreason.sim.outcomes import ScreenHit
 
@@ -204,51 +303,47 @@ def main(argv: list[str] | None = None) -> int:
     _report("additive", additive, reference, args.n_boot)
 
     demo = demo_config()
-    model_adata = train_adata.copy()
-    SAMSVAE.setup_anndata(model_adata, **setup.to_dict())
-    model = SAMSVAE(
-        model_adata,
-        perturbation_names=data.perturbation_names,
-        seed=args.seed,
-        **{
-            **demo.vae.options.to_dict(),
-            # the mask prior fixed, as in pipelines/configs/norman.yaml: learned from
-            # these cells it composes the held-out pairs worse (docs/simulator.md)
-            "learn_mask_prior": False,
-            **({"basal_guide": args.basal_guide} if args.basal_guide else {}),
-            **args.vae_options,
-        },
-    )
-    start = time.perf_counter()
-    model.train(
-        max_steps=args.steps,
-        batch_size=512,
-        n_particles=5,
-        lr=args.lr,
-        embedding_lr=args.embedding_lr,
-        seed=args.seed,
-        device="cpu",
-        train_indices=np.arange(split.train.size),
-        validation_indices=np.arange(split.train.size, model_adata.n_obs),
-        progress=False,
-    )
-    _line("sams_vae_train_seconds", time.perf_counter() - start, "s")
-    _line("sams_vae_mask_prior_probability", model.get_mask_prior_probability(), "probability")
-    simulator = OutcomeSimulator(
-        model,
-        outcome,
-        readouts=readouts,
-        budget=SimulationBudget(target_se=args.target_se),
-        library_sizes=args.library_sizes,
-    )
     questions = pd.DataFrame(
         [(c, r) for c in groups for r in names], columns=["condition", "readout"]
     )
-    start = time.perf_counter()
-    frame = simulator.probability(questions, seed=args.seed)
-    _line("sams_vae_pstar_seconds", time.perf_counter() - start, "s")
-    frame["group"] = frame["condition"].map(groups)
-    _report("sams_vae", frame, reference, args.n_boot)
+    screen = {
+        "adata": train_adata,
+        "setup": setup,
+        "names": data.perturbation_names,
+        "n_train": split.train.size,
+        "options": demo.vae.options.to_dict(),
+        "outcome": outcome,
+        "readouts": readouts,
+        "questions": questions,
+    }
+    fitted = []
+    for fit in range(args.fits):
+        # fit 0 is the single fit's (seed --seed); the others start elsewhere, with the
+        # seeds the pipeline's vae.fits uses
+        label = "sams_vae" if fit == 0 else f"sams_vae_fit{fit}"
+        frame = _fit_and_ask(label, args, screen, fit_seed=args.seed + 1000 * fit)
+        frame["group"] = frame["condition"].map(groups)
+        _report(label, frame, reference, args.n_boot)
+        fitted.append(frame)
+    final = fitted[0]
+    if args.fits > 1:
+        from bioreason.sim import pool_fits
+
+        final = pool_fits(fitted)
+        final["group"] = final["condition"].map(groups)
+        _report("sams_vae_pooled", final, reference, args.n_boot)
+        for group, part in final.groupby("group", sort=False):
+            _line(
+                f"sams_vae_{group}_pstar_sd_between_fits",
+                part["p_star_between_fits"].mean(),
+                "probability",
+            )
+            _line(
+                f"sams_vae_{group}_pstar_spread_within_fit",
+                part["p_star_within_fit"].mean(),
+                "probability",
+            )
+    _summary(final, additive, reference, held_reference, args.n_boot)
     return 0
 
 

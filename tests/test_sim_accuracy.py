@@ -113,3 +113,44 @@ def test_the_benchmark_pools_fits_from_other_seeds(tmp_path, capsys):
     mean = fits.groupby(["condition", "readout"])["p_star"].mean()
     assert np.allclose(pooled.loc[mean.index, "p_star"], mean)
     assert "p_star_per_draw" not in table.columns
+
+
+def test_the_real_benchmark_pools_fits_and_prints_the_headline(capsys):
+    """benchmarks/simulator_real.py --fits 2 on the shipped Norman cells (a 3-step model):
+    each fit's figures, the pooled ones, and the issue's ``real_*_pobs`` lines, per
+    held-out pair too. The additive baseline does not depend on the model, so its line
+    equals the per-pair lines' mean (the pairs have equal numbers of questions)."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    import torch
+
+    from helpers import require_norman
+
+    require_norman()
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "simulator_real.py"
+    spec = importlib.util.spec_from_file_location("_simulator_real", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        argv = ["--threads", "1", "--steps", "3", "--fits", "2", "--target-se", "0.2"]
+        argv += ["--n-boot", "10", "--n-programs", "3"]
+        argv += ["--vae-options", '{"n_latent": 2, "n_hidden": 16}']
+        assert bench.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    lines = re.findall(r"^(\S+): (\S+) (\S+)$", out, flags=re.M)
+    printed = {name: float(value) for name, value, _unit in lines}
+    for label in ("sams_vae", "sams_vae_fit1", "sams_vae_pooled"):
+        assert 0 <= printed[f"{label}_heldout_reference_in_90pct_interval"] <= 1
+    assert printed["real_mae_pstar_pobs"] == printed["sams_vae_pooled_heldout_mean_abs_error_vs_reference"]
+    assert printed["real_mae_additive_pobs"] == printed["additive_heldout_mean_abs_error_vs_reference"]
+    assert 0 <= printed["real_pobs_in_90pct_interval"] <= 1
+    pairs = re.findall(r"^heldout_combinations: (.*)$", out, flags=re.M)[0].split(", ")
+    assert len(pairs) >= 2 and all("+" in pair for pair in pairs)
+    per_pair = [printed[f"real_{pair}_mae_additive_pobs"] for pair in pairs]
+    assert np.mean(per_pair) == pytest.approx(printed["real_mae_additive_pobs"], abs=1e-4)
+    assert all(printed[f"real_{pair}_pobs_own_error"] > 0 for pair in pairs)
