@@ -146,8 +146,10 @@ def test_the_real_benchmark_pools_fits_and_prints_the_headline(capsys):
     printed = {name: float(value) for name, value, _unit in lines}
     for label in ("sams_vae", "sams_vae_fit1", "sams_vae_pooled"):
         assert 0 <= printed[f"{label}_heldout_reference_in_90pct_interval"] <= 1
-    assert printed["real_mae_pstar_pobs"] == printed["sams_vae_pooled_heldout_mean_abs_error_vs_reference"]
-    assert printed["real_mae_additive_pobs"] == printed["additive_heldout_mean_abs_error_vs_reference"]
+    pooled = printed["sams_vae_pooled_heldout_mean_abs_error_vs_reference"]
+    assert printed["real_mae_pstar_pobs"] == pooled
+    additive = printed["additive_heldout_mean_abs_error_vs_reference"]
+    assert printed["real_mae_additive_pobs"] == additive
     assert 0 <= printed["real_pobs_in_90pct_interval"] <= 1
     pairs = re.findall(r"^heldout_combinations: (.*)$", out, flags=re.M)[0].split(", ")
     assert len(pairs) >= 2 and all("+" in pair for pair in pairs)
