@@ -80,6 +80,11 @@ def test_every_stage_writes_its_result_and_the_run_record(tiny_run):
     assert task_result["n_questions"] == len(task)
     expected = np.abs(task["p_star"] - task["p_true"]).mean()
     assert task_result["mae_p_star_p_true"] == pytest.approx(expected)
+    # p*'s 90 % interval travels with the table, and its coverage of p_true with the result
+    assert (task["p_star_low"] <= task["p_star_high"]).all()
+    assert task["p_star_low"].between(0, 1).all() and task["p_star_high"].between(0, 1).all()
+    inside = task["p_star_low"].le(task["p_true"]) & task["p_true"].le(task["p_star_high"])
+    assert task_result["p_true_in_90pct_interval"] == pytest.approx(inside.mean())
     predictions = pd.read_parquet(out / "calibration" / "predictions.parquet")
     n_test = int((task["split"] == "test").sum())
     assert sorted(predictions["method"].unique()) == ["grpo", "rloo"]

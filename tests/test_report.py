@@ -503,8 +503,26 @@ def test_the_simulator_check_judges_p_star_against_its_targets(run_dir):
     html_text = write_report(run_dir).html.read_text()
     section = _section(html_text, "task")
     assert "p* tracks p_true" in section
+    assert "central 90 % interval" not in section  # the fixture's table has no interval
     task_path = run_dir / "task" / "task.parquet"
     task = pd.read_parquet(task_path)
+    # an interval of +-0.1 around p* holds p_true (p* = p_true + N(0, 0.05)) for most
+    # questions, one that misses every p_true by construction for none
+    original = task.copy()
+    task["p_star_low"] = task["p_star"] - 0.1
+    task["p_star_high"] = task["p_star"] + 0.1
+    task.to_parquet(task_path, index=False)
+    section = _section(write_report(run_dir, force=True).html.read_text(), "task")
+    inside = (
+        (task["p_star_low"] <= task["p_true"]) & (task["p_true"] <= task["p_star_high"])
+    ).mean()
+    assert f"central 90 % interval for {inside:.0%} of" in section
+    task["p_star_low"] = task["p_true"] + 0.01
+    task["p_star_high"] = task["p_true"] + 0.02
+    task.to_parquet(task_path, index=False)
+    section = _section(write_report(run_dir, force=True).html.read_text(), "task")
+    assert "central 90 % interval for 0% of" in section
+    task = original
     task["p_star"] = 0.6 * task["p_true"]
     task.to_parquet(task_path, index=False)
     section = _section(write_report(run_dir, force=True).html.read_text(), "task")

@@ -156,3 +156,15 @@ def test_the_real_benchmark_pools_fits_and_prints_the_headline(capsys):
     per_pair = [printed[f"real_{pair}_mae_additive_pobs"] for pair in pairs]
     assert np.mean(per_pair) == pytest.approx(printed["real_mae_additive_pobs"], abs=1e-4)
     assert all(printed[f"real_{pair}_pobs_own_error"] > 0 for pair in pairs)
+
+
+def test_interval_coverage_counts_the_questions_inside():
+    from bioreason.sim.accuracy import interval_coverage
+
+    low = np.array([0.1, 0.2, 0.3, np.nan, 0.5])
+    high = np.array([0.3, 0.4, 0.5, 0.9, 0.7])
+    reference = np.array([0.3, 0.5, 0.3, 0.5, np.nan])  # inside (end), outside, inside (end)
+    assert interval_coverage(low, high, reference) == pytest.approx(2 / 3)
+    assert np.isnan(interval_coverage([np.nan], [0.5], [0.2]))
+    with pytest.raises(ValueError, match="one low, high and reference per question, got 2, 1"):
+        interval_coverage([0.1, 0.2], [0.3], [0.2])

@@ -19,6 +19,9 @@ Columns (every task, simulated or loaded):
 ``split``              ``"train"``, ``"val"`` or ``"test"``
 =====================  =============================================================
 
+A simulated task (:func:`bioreason.sim.build_task`) also has ``p_star_low`` and
+``p_star_high``: the central 90 % interval of the per-draw probabilities behind p*.
+
 :func:`bioreason.sim.build_task` builds a table from an outcome simulator;
 :func:`load_replogle_task` reads the real Replogle K562 task into the same schema.
 """

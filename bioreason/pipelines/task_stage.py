@@ -34,6 +34,7 @@ def task_stage(config: PipelineConfig) -> Stage:
 
     def compute(stage_dir: Path, upstream: Mapping[str, StageResult]) -> dict[str, Any]:
         from bioreason.data.tasks import load_replogle_task, load_task, save_task, task_summary
+        from bioreason.sim.accuracy import interval_coverage
 
         start = time.perf_counter()
         path = stage_dir / TASK_FILE
@@ -76,6 +77,11 @@ def task_stage(config: PipelineConfig) -> Stage:
         if both.sum() >= 2:
             result["mae_p_star_p_true"] = float(np.abs(p_star[both] - p_true[both]).mean())
             result["corr_p_star_p_true"] = float(np.corrcoef(p_star[both], p_true[both])[0, 1])
+            if {"p_star_low", "p_star_high"} <= set(table.columns):
+                # the share of p_true inside p*'s 90 % interval: ~0.9 when honest
+                result["p_true_in_90pct_interval"] = interval_coverage(
+                    table["p_star_low"], table["p_star_high"], p_true
+                )
         if cells is not None:
             result["check_on_cells"] = cells
         if np.isfinite(p_star).any():
@@ -137,6 +143,7 @@ def _check_on_cells(
     against their own cells (:func:`bioreason.sim.task_config.check_on_cells`), summed
     up for the report; None when there is nothing to check."""
     from bioreason.calibration.metrics import correlation_to_reference
+    from bioreason.sim.accuracy import interval_coverage
     from bioreason.sim.task_config import check_on_cells
 
     heldout = list(data.result.get("heldout_conditions") or [])
@@ -148,7 +155,7 @@ def _check_on_cells(
     say(f"[task] p* of {frame['condition'].nunique()} held-out conditions against their cells")
     p_star, p_obs, additive = (frame[c].to_numpy(float) for c in ("p_star", "p_obs", "p_additive"))
     by_condition = frame.assign(error=np.abs(p_star - p_obs)).groupby("condition")["error"]
-    return {
+    cells = {
         "heldout_conditions": sorted(frame["condition"].unique().tolist()),
         "n_questions": int(len(frame)),
         "mae_p_star_p_obs": float(np.abs(p_star - p_obs).mean()),
@@ -160,3 +167,8 @@ def _check_on_cells(
         "p_obs_own_bias": float(frame["p_obs_own_bias"].mean()),
         "mae_p_star_p_obs_by_condition": {str(k): float(v) for k, v in by_condition.mean().items()},
     }
+    if {"p_star_low", "p_star_high"} <= set(frame.columns):
+        cells["p_obs_in_90pct_interval"] = interval_coverage(
+            frame["p_star_low"], frame["p_star_high"], p_obs
+        )
+    return cells

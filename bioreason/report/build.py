@@ -534,6 +534,13 @@ class _Builder:
             "plug-in from the held-out cells against the training controls; its own noise "
             f"alone would give a perfect predictor {floor:.3f}."
         )
+        coverage = check.get("p_obs_in_90pct_interval")
+        if isinstance(coverage, (int, float)) and np.isfinite(coverage):
+            text += (
+                f" p_obs lies inside p*'s central 90 % interval for {coverage:.0%} of these "
+                "questions (near 90 % when p*'s uncertainty is honest; p_obs's own noise "
+                "widens the gap)."
+            )
         better = mae <= additive
         text += (
             " p* is at least as close as the additive baseline."
@@ -554,6 +561,7 @@ class _Builder:
             ece_to_reference,
             mean_absolute_error_to_reference,
         )
+        from bioreason.sim.accuracy import interval_coverage
 
         both = task[["p_star", "p_true"]].apply(pd.to_numeric, errors="coerce").dropna()
         if len(both) < 10:
@@ -569,6 +577,17 @@ class _Builder:
             f"{bias:+.3f}), ECE of p* against p_true {ece:.3f}, mean |p* - p_true| {mae:.3f}, "
             f"correlation {corr:.2f} over {len(both)} questions"
         )
+        if {"p_star_low", "p_star_high"} <= set(task.columns):
+            coverage = interval_coverage(
+                task["p_star_low"].to_numpy(float),
+                task["p_star_high"].to_numpy(float),
+                pd.to_numeric(task["p_true"], errors="coerce").to_numpy(float),
+            )
+            if np.isfinite(coverage):
+                figures_text += (
+                    f"; p_true lies inside p*'s central 90 % interval for {coverage:.0%} of "
+                    "the questions (near 90 % when p*'s uncertainty is honest)"
+                )
         figures_text += (
             f"; p* pools {n_fits} fits of the model (vae.fits)"
             if n_fits > 1

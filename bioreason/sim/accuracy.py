@@ -37,7 +37,7 @@ from bioreason.calibration.metrics import (
     overconfidence,
 )
 
-__all__ = ["METRIC_UNITS", "compare_to_truth", "join_truth"]
+__all__ = ["METRIC_UNITS", "compare_to_truth", "interval_coverage", "join_truth"]
 
 #: the unit of each column of :func:`compare_to_truth` (for ``name: value unit`` lines)
 METRIC_UNITS = {
@@ -92,6 +92,38 @@ def join_truth(predicted: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     return joined
 
 
+def interval_coverage(low: np.ndarray, high: np.ndarray, reference: np.ndarray) -> float:
+    """The share of questions whose reference probability (p_true, or p_obs on real
+    cells) lies inside p*'s interval ``low`` .. ``high`` (both ends included).
+
+    Parameters
+    ----------
+    low, high, reference : array-like of float, one value per question
+        The interval (``p_star_low`` / ``p_star_high``) and the reference.
+
+    Returns
+    -------
+    float
+        The share, over the questions where all three are finite; NaN when none is.
+
+    Raises
+    ------
+    ValueError
+        Arrays of different lengths.
+    """
+    low, high, reference = (np.asarray(a, dtype=np.float64).ravel() for a in (low, high, reference))
+    if not low.size == high.size == reference.size:
+        raise ValueError(
+            f"interval_coverage needs one low, high and reference per question, got "
+            f"{low.size}, {high.size} and {reference.size}"
+        )
+    known = np.isfinite(low) & np.isfinite(high) & np.isfinite(reference)
+    if not known.any():
+        return float("nan")
+    inside = (low[known] <= reference[known]) & (reference[known] <= high[known])
+    return float(inside.mean())
+
+
 def _clip(values: pd.Series) -> np.ndarray:
     # Monte Carlo means of probabilities are in [0, 1] up to float rounding
     return np.clip(values.to_numpy(dtype=np.float64), 0.0, 1.0)
@@ -123,8 +155,9 @@ def _summary(
         "mean_p_true": float(p_true.mean()),
     }
     if "p_star_low" in rows and "p_star_high" in rows:
-        low, high = rows["p_star_low"].to_numpy(float), rows["p_star_high"].to_numpy(float)
-        out["interval_coverage"] = float(np.mean((low <= p_true) & (p_true <= high)))
+        out["interval_coverage"] = interval_coverage(
+            rows["p_star_low"].to_numpy(float), rows["p_star_high"].to_numpy(float), p_true
+        )
     if "p_star_se" in rows and "p_true_se" in rows:
         se = np.hypot(rows["p_star_se"].to_numpy(float), rows["p_true_se"].to_numpy(float))
         out["noise_floor"] = float(np.sqrt(2 / np.pi) * se.mean())

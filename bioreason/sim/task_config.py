@@ -637,7 +637,8 @@ def check_on_cells(
     Returns
     -------
     DataFrame, one row per task question about a held-out condition, the columns of
-    ``heldout_reference`` plus ``p_star``; empty when the task asks about none of
+    ``heldout_reference`` plus ``p_star`` (and the table's ``p_star_low`` /
+    ``p_star_high`` when it has them); empty when the task asks about none of
     ``heldout``.
 
     Raises
@@ -659,6 +660,7 @@ def check_on_cells(
     keys = table["condition"].astype(str).map(lambda c: _parts_key(c, setup.delimiter))
     rows = table[keys.isin(held)]
     columns = ["condition", "readout", "p_star"]
+    columns += [c for c in ("p_star_low", "p_star_high") if c in table.columns]
     if rows.empty:
         return pd.DataFrame(columns=columns)
     outcome = make_outcome(json.loads(str(rows["outcome_definition"].iloc[0])))

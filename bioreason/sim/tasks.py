@@ -113,7 +113,8 @@ def build_task(
     -------
     DataFrame
         The columns of :data:`bioreason.data.tasks.TASK_COLUMNS` (plus
-        ``further_outcomes`` when n_outcomes > 1, and ``p_star_draws``,
+        ``further_outcomes`` when n_outcomes > 1, and ``p_star_low`` / ``p_star_high``
+        (the central 90 % interval of the per-draw probabilities), ``p_star_draws``,
         ``p_star_method``, ``unseen_parts``: the condition's parts that no observed
         cell carries alone, ``""`` when none, None when no cells are known -- see
         :meth:`~bioreason.sim.OutcomeSimulator.unseen_parts`); ``condition`` keeps the
@@ -202,6 +203,11 @@ def build_task(
     if n_outcomes > 1:
         table["further_outcomes"] = [row.tolist() for row in outcomes[:, 1:]]
     table["split"] = split_questions(table, split, test_fraction, val_fraction, seed)
+    # the central 90 % interval of the per-draw probabilities (the fits' mixture's for an
+    # EnsembleSimulator): whether p_true (or p_obs) lies inside it says whether p*'s
+    # uncertainty is honest
+    table["p_star_low"] = result["p_star_low"].to_numpy()
+    table["p_star_high"] = result["p_star_high"].to_numpy()
     table["p_star_draws"] = result["n_draws"].to_numpy()
     table["p_star_method"] = result["method"].to_numpy()
     table["unseen_parts"] = result["unseen_parts"].to_numpy()
