@@ -658,3 +658,48 @@ def test_vae_fits_pools_the_fits_into_the_tasks_p_star(tiny_run, tmp_path, capsy
     assert not np.allclose(each[0], each[1])  # two fits, two answers
     assert main([*argv[:-1], "vae.fits=0", "--only", "vae"]) == 1
     assert "vae: fits must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_an_interrupted_vae_stage_with_several_fits_resumes_each_fit(
+    tiny_run, tmp_path, capsys, monkeypatch
+):
+    """vae.fits: 2, interrupted while saving fit 1 (after both fits trained): the rerun
+    resumes both fits from their checkpoints instead of training them again, ends with
+    the same fits as an uninterrupted run, and leaves no checkpoint behind."""
+    from bioreason.models import SAMSVAE
+
+    out, config, _ = tiny_run
+    argv = ["run", str(config), "--workers", "1", "--no-report", "--only", "vae"]
+    argv += ["--set", "vae.fits=2"]
+    whole = tmp_path / "whole"
+    shutil.copytree(out, whole)
+    assert main([*argv, "--out", str(whole)]) == 0
+    capsys.readouterr()
+
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    original = SAMSVAE.save
+
+    def interrupted(self, path, *args, **kwargs):
+        if Path(path).name == "model_fit1":
+            raise KeyboardInterrupt
+        return original(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(SAMSVAE, "save", interrupted)
+    assert main([*argv, "--out", str(copy)]) == 130  # interrupted, as on Ctrl-C
+    assert (copy / "vae" / "checkpoint_fit1").is_dir()
+    assert not (copy / "vae" / "model_fit1").exists()
+    monkeypatch.setattr(SAMSVAE, "save", original)
+    capsys.readouterr()
+    assert main([*argv, "--out", str(copy)]) == 0
+    printed = capsys.readouterr()
+    assert "fit 1 of 2, seed 0), resuming from checkpoint/" in printed.out
+    assert "fit 2 of 2, seed 1000), resuming from checkpoint_fit1/" in printed.out
+    resumed = json.loads((copy / "vae" / "result.json").read_text())
+    expected = json.loads((whole / "vae" / "result.json").read_text())
+    for fit, (got, want) in enumerate(zip(resumed["fits"], expected["fits"], strict=True)):
+        assert got["steps"] == want["steps"], fit
+        assert got["iwelbo_heldout"] == pytest.approx(want["iwelbo_heldout"], abs=1e-6), fit
+    for folder in ("checkpoint", "checkpoint_fit1"):
+        assert not (copy / "vae" / folder).exists()
+    assert (copy / "vae" / "model_fit1").is_dir()

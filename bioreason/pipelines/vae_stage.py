@@ -63,9 +63,11 @@ def vae_stage(config: PipelineConfig) -> Stage:
             checkpoint = stage_dir / _checkpoint(fit)
             seed = vae.train.seed + _FIT_SEED_STEP * fit
             which = f" (fit {fit + 1} of {vae.fits}, seed {seed})" if vae.fits > 1 else ""
+            resume = checkpoint.is_dir()
             say(
                 f"[vae] fitting {vae.model}: {vae.train.max_steps} steps on "
                 f"{split.train.size} cells{which}"
+                + (f", resuming from {checkpoint.name}/" if resume else "")
             )
             model, result = fit_vae(
                 adata,
@@ -77,7 +79,7 @@ def vae_stage(config: PipelineConfig) -> Stage:
                 vae.evaluation,
                 truth=truth,
                 checkpoint_dir=checkpoint,
-                resume=checkpoint.is_dir(),
+                resume=resume,
             )
             model.save(stage_dir / fit_model_dir(fit), overwrite=True)
             seconds = result["train_seconds"]
