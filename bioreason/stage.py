@@ -132,7 +132,9 @@ def write_manifest(
     """
     stage_dir = Path(stage_dir)
     manifest = {
-        "config": config,
+        # a dataclass (or a dict holding dataclasses) is recorded as manifest_matches
+        # compares it: plain JSON, field by field
+        "config": None if config is None else _plain_config(config),
         "seed": seed,
         "inputs": {k: file_sha256(v) for k, v in (inputs or {}).items()},
         "outputs": {

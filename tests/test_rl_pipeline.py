@@ -1,5 +1,6 @@
 """The synthetic-calibration pipeline and CLI, on a shortened run."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -87,6 +88,23 @@ def test_cli_short_run_writes_metrics_figures_and_resumes(tmp_path, capsys):
     assert main(args) == 0
     assert capsys.readouterr().out.count("up to date") == 15
     assert pd.read_csv(out / "metrics.csv").equals(table)
+
+    # a run recorded before a TabularRLConfig field existed stays up to date while that
+    # field is at its default (the manifest rule of bioreason.stage), and only then
+    manifest_path = out / "runs" / "rloo" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["config"]["run"]["entropy_coef"] == 0.0  # the default
+    del manifest["config"]["run"]["entropy_coef"]
+    manifest_path.write_text(json.dumps(manifest))
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("up to date") == 15
+    assert manifest["config"]["run"]["log_every"] == 50  # 1,000 by default
+    del manifest["config"]["run"]["log_every"]
+    manifest_path.write_text(json.dumps(manifest))
+    assert main(args) == 1
+    assert "different settings" in capsys.readouterr().err
+    manifest["config"]["run"]["log_every"] = 50
+    manifest_path.write_text(json.dumps(manifest))
 
     # other settings in the same folder: refused unless --overwrite
     changed = [a if a != "150" else "100" for a in args]

@@ -322,7 +322,7 @@ def run_synthetic_calibration(
     for name, rl_config in runs:
         run_dir = out / "runs" / _safe(name)
         manifest_config = {
-            "run": rl_config.to_dict(),
+            "run": rl_config,  # a dataclass: a field added later counts at its default
             "n_questions": config.n_questions,
             "n_categories": config.n_categories,
             "n_eval_samples": config.n_eval_samples,
