@@ -96,6 +96,7 @@ def test_run_on_norman19_end_to_end(tmp_path):
     assert set(check["mae_p_star_p_obs_by_condition"]) == set(heldout)
     assert 0 <= check["p_obs_in_90pct_interval"] <= 1
     assert "central 90 % interval" in report
+    assert "p\\* is one fit's" in report and "vae.fits: 3" in report
     assert "against held-out cells" in report and "mean |p\\* - p_obs|" in report
 
 

@@ -561,3 +561,34 @@ def test_the_verdict_box_names_the_criterion_that_showed_the_finding(run_dir, ve
     html_text = write_report(run_dir, force=True).html.read_text()
     assert html.escape(title) in html_text
     assert html.escape("the verdict's text") in html_text
+
+
+def test_the_cells_check_names_coverage_fits_and_a_baseline_that_cannot_answer(run_dir):
+    """Real data: the box gives p_obs's coverage by p*'s 90 % interval, says whether p* is
+    one fit's, and without an additive baseline (every held-out pair has a part never
+    measured alone) says so instead of comparing."""
+    from html import unescape
+
+    result_path = run_dir / "task" / "result.json"
+    result = json.loads(result_path.read_text())
+    check = {
+        "heldout_conditions": ["A+B", "C+D"],
+        "n_questions": 20,
+        "mae_p_star_p_obs": 0.17,
+        "corr_p_star_p_obs": 0.61,
+        "mae_additive_p_obs": 0.21,
+        "p_obs_own_error": 0.15,
+        "p_obs_in_90pct_interval": 0.85,
+    }
+    result_path.write_text(json.dumps({**result, "check_on_cells": check}))
+    section = unescape(_section(write_report(run_dir, force=True).html.read_text(), "task"))
+    assert "mean |p* - p_obs| is 0.170 (correlation 0.61), the additive baseline's 0.210" in section
+    assert "p* is at least as close as the additive baseline" in section
+    assert "p_obs lies inside p*'s central 90 % interval for 85% of these" in section
+    assert "p* is one fit's" in section
+    check["mae_additive_p_obs"] = None
+    result_path.write_text(json.dumps({**result, "n_fits": 3, "check_on_cells": check}))
+    section = unescape(_section(write_report(run_dir, force=True).html.read_text(), "task"))
+    assert "the additive baseline answers none of them" in section
+    assert "at least as close" not in section and "additive baseline is closer" not in section
+    assert "p* pools 3 fits of the model" in section

@@ -193,3 +193,23 @@ def test_heldout_reference_reads_the_held_out_cells_against_the_training_control
     assert not np.allclose(again["p_obs_effect"], got["p_obs_effect"])
     with pytest.raises(ValueError, match="0 observed"):
         heldout_reference(outcome, adata, programs, [pair], np.arange(adata.n_obs))
+
+
+def test_heldout_reference_leaves_the_additive_baseline_out_where_a_part_is_unmeasured(screen):
+    """A held-out pair with a part that has no training cells (as the Norman reference
+    split's CBL+CNN1): p_obs is read from its cells as before, the additive baseline is
+    NaN instead of an error."""
+    from bioreason.sim.baselines import heldout_reference
+
+    adata, programs = screen
+    labels = adata.obs["perturbation"].astype(str).to_numpy()
+    pair = next(c for c in dict.fromkeys(labels) if "+" in c)
+    part = pair.split("+")[1]
+    outcome = ScreenHit(n_cells=100, threshold=0.1)
+    measured = heldout_reference(outcome, adata, programs, [pair], np.flatnonzero(labels != pair))
+    unmeasured = heldout_reference(
+        outcome, adata, programs, [pair], np.flatnonzero(~np.isin(labels, [pair, part]))
+    )
+    assert measured["p_additive"].notna().all()
+    assert unmeasured["p_additive"].isna().all()
+    np.testing.assert_allclose(unmeasured["p_obs"], measured["p_obs"])

@@ -155,14 +155,21 @@ def _check_on_cells(
     say(f"[task] p* of {frame['condition'].nunique()} held-out conditions against their cells")
     p_star, p_obs, additive = (frame[c].to_numpy(float) for c in ("p_star", "p_obs", "p_additive"))
     by_condition = frame.assign(error=np.abs(p_star - p_obs)).groupby("condition")["error"]
+    answered = np.isfinite(additive)
     cells = {
         "heldout_conditions": sorted(frame["condition"].unique().tolist()),
         "n_questions": int(len(frame)),
         "mae_p_star_p_obs": float(np.abs(p_star - p_obs).mean()),
         "corr_p_star_p_obs": float(correlation_to_reference(p_star, p_obs)),
         "bias_p_star_p_obs": float(p_star.mean() - p_obs.mean()),
-        "mae_additive_p_obs": float(np.abs(additive - p_obs).mean()),
-        "corr_additive_p_obs": float(correlation_to_reference(additive, p_obs)),
+        # the additive baseline is NaN where a part was never measured alone
+        "mae_additive_p_obs": float(np.abs(additive - p_obs)[answered].mean())
+        if answered.any()
+        else None,
+        "corr_additive_p_obs": float(correlation_to_reference(additive[answered], p_obs[answered]))
+        if answered.sum() >= 2
+        else None,
+        "n_questions_additive": int(answered.sum()),
         "p_obs_own_error": float(frame["p_obs_own_error"].mean()),
         "p_obs_own_bias": float(frame["p_obs_own_bias"].mean()),
         "mae_p_star_p_obs_by_condition": {str(k): float(v) for k, v in by_condition.mean().items()},

@@ -261,13 +261,15 @@ def heldout_reference(
     -------
     DataFrame, one row per (held-out condition, readout), columns ``condition``,
     ``readout``, ``p_obs``, ``p_obs_effect``, ``p_obs_effect_se``, ``p_obs_own_error``,
-    ``p_obs_own_bias``, ``n_cells`` (the condition's held-out cells), ``p_additive``.
+    ``p_obs_own_bias``, ``n_cells`` (the condition's held-out cells), ``p_additive``
+    (NaN for a condition with a part that no training cell carries alone: the additive
+    baseline cannot answer it, while a model answers from its prior for that part).
 
     Raises
     ------
     ValueError
         As :func:`observed_probability`, e.g. a held-out condition without cells outside
-        ``train_cells``, or a part without training cells (for the additive baseline).
+        ``train_cells``.
     """
     train_cells = np.asarray(train_cells, dtype=np.int64)
     inside = np.zeros(adata.n_obs, dtype=bool)
@@ -284,9 +286,26 @@ def heldout_reference(
     reference = adata[np.flatnonzero((~inside & ~is_control) | (inside & is_control))]
     observed = observed_probability(outcome, reference, readouts, heldout, **options)
     training = adata[train_cells]
-    additive = observed_probability(
-        outcome, training, readouts, heldout, method="additive", **options
-    )
+    # the additive baseline needs every part measured alone in the training cells; a
+    # condition with a part that is not (the Norman reference split's CBL+CNN1) gets NaN
+    trained = training.obs[perturbation_key].astype(str).value_counts()
+    alone: dict[frozenset[str], int] = {}
+    for label, n in trained.items():
+        key = _parts_key(label, delimiter)
+        alone[key] = alone.get(key, 0) + int(n)
+    composable = [
+        c
+        for c in heldout
+        if all(alone.get(frozenset([part]), 0) >= 2 for part in _parts_key(c, delimiter))
+    ]
+    p_additive = np.full(len(observed), np.nan)
+    if composable:
+        additive = observed_probability(
+            outcome, training, readouts, composable, method="additive", **options
+        )
+        by_question = additive.set_index(["condition", "readout"])["p_star"]
+        at = pd.MultiIndex.from_frame(observed[["condition", "readout"]])
+        p_additive = by_question.reindex(at).to_numpy(dtype=np.float64)
     own = plugin_error(outcome, observed, seed=seed)
     own_bias = plugin_error(outcome, observed, seed=seed, signed=True)
     return pd.DataFrame(
@@ -299,6 +318,6 @@ def heldout_reference(
             "p_obs_own_error": own,
             "p_obs_own_bias": own_bias,
             "n_cells": observed["n_cells"],
-            "p_additive": additive["p_star"].to_numpy(),
+            "p_additive": p_additive,
         }
     )
