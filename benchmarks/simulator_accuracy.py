@@ -207,23 +207,15 @@ def _print_pooled(name: str, fitted: list[pd.DataFrame], truth_frame, n_boot: in
     """The fits pooled (:func:`bioreason.sim.pool_fits`): prints their metrics, and per
     group how far the fits' p* lie apart against each fit's own spread; returns the pooled
     frame (with ``group``)."""
-    from bioreason.sim import pool_fits
+    from bioreason.sim import fit_spreads, pool_fits
     from bioreason.sim.accuracy import compare_to_truth
 
     pooled = pool_fits(fitted)
     pooled["group"] = fitted[0]["group"].to_numpy()
     _print_metrics(f"{name}_pooled", compare_to_truth(pooled, truth_frame, n_boot=n_boot))
-    for group, part in pooled.groupby("group", sort=False):
-        _line(
-            f"{name}_{group}_pstar_sd_between_fits",
-            part["p_star_between_fits"].mean(),
-            "probability",
-        )
-        _line(
-            f"{name}_{group}_pstar_spread_within_fit",
-            part["p_star_within_fit"].mean(),
-            "probability",
-        )
+    for group, row in fit_spreads(pooled).iterrows():
+        _line(f"{name}_{group}_pstar_sd_between_fits", row["between_fits"], "probability")
+        _line(f"{name}_{group}_pstar_spread_within_fit", row["within_fit"], "probability")
     return pooled
 
 

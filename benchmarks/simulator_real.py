@@ -364,22 +364,14 @@ def main(argv: list[str] | None = None) -> int:
         fitted.append(frame)
     final = fitted[0]
     if args.fits > 1:
-        from bioreason.sim import pool_fits
+        from bioreason.sim import fit_spreads, pool_fits
 
         final = pool_fits(fitted)
         final["group"] = final["condition"].map(groups)
         _report("sams_vae_pooled", final, reference, args.n_boot)
-        for group, part in final.groupby("group", sort=False):
-            _line(
-                f"sams_vae_{group}_pstar_sd_between_fits",
-                part["p_star_between_fits"].mean(),
-                "probability",
-            )
-            _line(
-                f"sams_vae_{group}_pstar_spread_within_fit",
-                part["p_star_within_fit"].mean(),
-                "probability",
-            )
+        for group, row in fit_spreads(final).iterrows():
+            _line(f"sams_vae_{group}_pstar_sd_between_fits", row["between_fits"], "probability")
+            _line(f"sams_vae_{group}_pstar_spread_within_fit", row["within_fit"], "probability")
     _summary(final, additive, reference, held_reference, args.n_boot)
     return 0
 

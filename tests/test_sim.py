@@ -757,6 +757,16 @@ def test_pooled_fits_weigh_each_fit_equally_and_their_interval_spans_both():
     assert pooled.iloc[1]["p_star_within_fit"] == pytest.approx(
         (frames[0].iloc[1]["p_star_spread"] + frames[1].iloc[1]["p_star_spread"]) / 2
     )
+    # per group: the means of the two columns (A and B in groups of their own, then one)
+    from bioreason.sim import fit_spreads
+
+    spreads = fit_spreads(pooled.assign(group=["a", "b"]))
+    assert list(spreads.index) == ["a", "b"]
+    assert spreads.loc["a", "between_fits"] == pooled.iloc[0]["p_star_between_fits"]
+    both = fit_spreads(pooled.assign(group="all")).loc["all"]
+    assert both["within_fit"] == pytest.approx(pooled["p_star_within_fit"].mean())
+    with pytest.raises(ValueError, match=r"missing \['group'\]"):
+        fit_spreads(pooled)
 
 
 def test_pooling_fits_names_what_is_wrong():

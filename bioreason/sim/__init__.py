@@ -15,7 +15,7 @@ model folder (what ``bioreason build-task`` runs).
 """
 
 from bioreason.sim.budget import SimulationBudget
-from bioreason.sim.ensemble import EnsembleSimulator, pool_fits
+from bioreason.sim.ensemble import EnsembleSimulator, fit_spreads, pool_fits
 from bioreason.sim.ground_truth import GroundTruthModel, GroundTruthSimulator
 from bioreason.sim.outcomes import (
     OUTCOMES,
@@ -103,6 +103,7 @@ __all__ = [
     "program_readout",
     "questions_frame",
     "pool_fits",
+    "fit_spreads",
     "EnsembleSimulator",
     "register_outcome",
 ]

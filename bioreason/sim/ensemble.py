@@ -20,7 +20,7 @@ import pandas as pd
 
 from bioreason.sim.simulator import _CANONICAL, INTERVAL_QUANTILES, OutcomeSimulator
 
-__all__ = ["EnsembleSimulator", "pool_fits"]
+__all__ = ["EnsembleSimulator", "fit_spreads", "pool_fits"]
 
 #: tag of the random stream that picks each outcome's fit (no other stream uses it)
 _PICK_TAG = 0xF175
@@ -120,6 +120,40 @@ def pool_fits(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     out["p_star_per_draw"] = pooled
     out.attrs["seconds"] = float(sum(f.attrs.get("seconds", 0.0) for f in frames))
     return out
+
+
+def fit_spreads(pooled: pd.DataFrame, by: str = "group") -> pd.DataFrame:
+    """How far the fits' p* lie apart against each fit's own spread, per group of
+    questions (e.g. seen conditions and held-out combinations).
+
+    Parameters
+    ----------
+    pooled : DataFrame
+        :func:`pool_fits`'s result with a grouping column ``by``.
+    by : str
+        The grouping column.
+
+    Returns
+    -------
+    DataFrame indexed by group (in order of appearance), with ``between_fits`` (the mean
+    over questions of ``p_star_between_fits``) and ``within_fit`` (the mean of
+    ``p_star_within_fit``).
+
+    Raises
+    ------
+    ValueError
+        A frame without ``by`` or without the pooled columns.
+    """
+    needed = {by, "p_star_between_fits", "p_star_within_fit"}
+    if missing := sorted(needed - set(pooled.columns)):
+        raise ValueError(f"fit_spreads needs pool_fits' result with {by!r}; missing {missing}")
+    groups = pooled.groupby(by, sort=False)
+    return pd.DataFrame(
+        {
+            "between_fits": groups["p_star_between_fits"].mean(),
+            "within_fit": groups["p_star_within_fit"].mean(),
+        }
+    )
 
 
 _POOLED = {
